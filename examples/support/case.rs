@@ -1,0 +1,319 @@
+//! Replay cases: the JSON input and output of the conformance harness, and the run between.
+//!
+//! Shared by `examples/replay.rs` (the command) and the integration tests, so both go
+//! through the same door as any outside check.
+
+use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
+use ndarray_optim::{
+    Adadelta, Adagrad, Adam, Element, Momentum, Nesterov, Optimizer, RmsProp, Sgd, UpdateRule,
+};
+use serde::de::DeserializeOwned;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// One replay case, as read from JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub optimizer: String,
+    pub dtype: String,
+    #[serde(default)]
+    pub hyper: Map<String, Value>,
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+    pub params: Vec<ParamSpec>,
+    pub steps: usize,
+    #[serde(default)]
+    pub checkpoint_every: usize,
+}
+
+/// A parameter group: a name and hyperparameter overrides.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: String,
+    #[serde(default)]
+    pub hyper: Map<String, Value>,
+}
+
+/// A named parameter tensor with its initial value and objective.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    #[serde(default)]
+    pub layout: Layout,
+    #[serde(default)]
+    pub group: Option<String>,
+    pub init: Vec<f64>,
+    pub objective: Objective,
+}
+
+/// The memory order a parameter is stored in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Deserialize)]
+pub enum Layout {
+    #[default]
+    #[serde(rename = "c")]
+    RowMajor,
+    #[serde(rename = "f")]
+    ColumnMajor,
+}
+
+/// Where a tensor's gradient comes from.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Objective {
+    /// g = a ⊙ θ − b
+    Quadratic { a: Vec<f64>, b: Vec<f64> },
+    /// g at step t is `grads[t - 1]`
+    Sequence { grads: Vec<Vec<f64>> },
+    /// J = (1 − x)² + 100 (y − x²)²
+    Rosenbrock,
+}
+
+/// The parameter values after every step, per tensor, in the order of the case's params.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory {
+    pub name: String,
+    pub dtype: String,
+    /// (tensor name, one row-major row of values per step)
+    pub tensors: Vec<(String, Vec<Vec<f64>>)>,
+}
+
+/// Parses a case and replays it.
+pub fn run_json(json: &str) -> Result<Trajectory, String> {
+    let case: Case = serde_json::from_str(json).map_err(|e| format!("invalid case: {e}"))?;
+    run(&case)
+}
+
+/// Replays a case with the optimizer and element type it names.
+pub fn run(case: &Case) -> Result<Trajectory, String> {
+    match case.dtype.as_str() {
+        "f32" => run_dtype::<f32>(case),
+        "f64" => run_dtype::<f64>(case),
+        other => Err(format!("dtype `{other}` is not `f32` or `f64`")),
+    }
+}
+
+fn run_dtype<A: Element + Serialize + DeserializeOwned>(case: &Case) -> Result<Trajectory, String> {
+    match case.optimizer.as_str() {
+        "sgd" => replay::<Sgd, A>(case),
+        "momentum" => replay::<Momentum, A>(case),
+        "nesterov" => replay::<Nesterov, A>(case),
+        "adagrad" => replay::<Adagrad, A>(case),
+        "adadelta" => replay::<Adadelta, A>(case),
+        "rmsprop" => replay::<RmsProp, A>(case),
+        "adam" => replay::<Adam, A>(case),
+        other => Err(format!(
+            "unknown optimizer `{other}` (expected sgd, momentum, nesterov, adagrad, adadelta, \
+             rmsprop or adam)"
+        )),
+    }
+}
+
+/// Hyperparameters from the case's keys over the rule's defaults; unknown keys are errors.
+fn hyper<R: DeserializeOwned>(
+    base: &Map<String, Value>,
+    overrides: &Map<String, Value>,
+    context: &str,
+) -> Result<R, String> {
+    let mut keys = base.clone();
+    keys.extend(overrides.iter().map(|(key, value)| (key.clone(), value.clone())));
+    serde_json::from_value(Value::Object(keys)).map_err(|e| format!("{context}: {e}"))
+}
+
+/// A tensor being replayed: its parameter, objective and recorded rows.
+struct Tensor<'a, A> {
+    spec: &'a ParamSpec,
+    param: ArrayD<A>,
+    grad: ArrayD<A>,
+    rows: Vec<Vec<f64>>,
+}
+
+fn array<A: Element>(shape: &[usize], layout: Layout, values: &[f64]) -> ArrayD<A> {
+    let row_major =
+        ArrayD::from_shape_vec(IxDyn(shape), values.iter().map(|&v| A::from_f64(v)).collect())
+            .expect("lengths are checked before arrays are built");
+    let mut array = ArrayD::zeros(IxDyn(shape).set_f(layout == Layout::ColumnMajor));
+    array.assign(&row_major);
+    array
+}
+
+fn check_len(what: &str, param: &str, len: usize, numel: usize) -> Result<(), String> {
+    if len == numel {
+        Ok(())
+    } else {
+        Err(format!("param `{param}`: {what} has {len} values, its shape needs {numel}"))
+    }
+}
+
+impl<'a, A: Element> Tensor<'a, A> {
+    fn new(spec: &'a ParamSpec, steps: usize) -> Result<Self, String> {
+        let numel: usize = spec.shape.iter().product();
+        let name = spec.name.as_str();
+        check_len("init", name, spec.init.len(), numel)?;
+        match &spec.objective {
+            Objective::Quadratic { a, b } => {
+                check_len("objective.a", name, a.len(), numel)?;
+                check_len("objective.b", name, b.len(), numel)?;
+            }
+            Objective::Sequence { grads } => {
+                if grads.len() < steps {
+                    return Err(format!(
+                        "param `{name}`: sequence has {} gradients for {steps} steps",
+                        grads.len()
+                    ));
+                }
+                for row in grads {
+                    check_len("a sequence gradient", name, row.len(), numel)?;
+                }
+            }
+            Objective::Rosenbrock if spec.shape != [2] => {
+                return Err(format!("param `{name}`: rosenbrock needs shape [2]"));
+            }
+            Objective::Rosenbrock => {}
+        }
+        let param = array(&spec.shape, spec.layout, &spec.init);
+        let grad = param.clone();
+        Ok(Tensor { spec, param, grad, rows: Vec::with_capacity(steps) })
+    }
+
+    /// Writes the gradient of step `step` (from 1) at the current parameter into `self.grad`.
+    fn compute_grad(&mut self, step: usize) {
+        match &self.spec.objective {
+            Objective::Quadratic { a, b } => {
+                let a = array::<A>(&self.spec.shape, Layout::RowMajor, a);
+                let b = array::<A>(&self.spec.shape, Layout::RowMajor, b);
+                Zip::from(&mut self.grad)
+                    .and(&self.param)
+                    .and(&a)
+                    .and(&b)
+                    .for_each(|g, &t, &a, &b| *g = a * t - b);
+            }
+            Objective::Sequence { grads } => {
+                let row = array::<A>(&self.spec.shape, Layout::RowMajor, &grads[step - 1]);
+                self.grad.assign(&row);
+            }
+            Objective::Rosenbrock => {
+                let c = A::from_f64;
+                let (x, y) = (self.param[[0]], self.param[[1]]);
+                let d = y - x * x;
+                self.grad[[0]] = -c(2.0) * (c(1.0) - x) - c(400.0) * x * d;
+                self.grad[[1]] = c(200.0) * d;
+            }
+        }
+    }
+}
+
+fn build<R, A>(case: &Case) -> Result<Optimizer<R, A>, String>
+where
+    R: UpdateRule + DeserializeOwned,
+    A: Element,
+{
+    let defaults: R = hyper(&case.hyper, &Map::new(), "hyper")?;
+    let mut optimizer = Optimizer::new(defaults).map_err(|e| e.to_string())?;
+    for group in &case.groups {
+        let context = format!("group `{}`", group.name);
+        let hyper: R = hyper(&case.hyper, &group.hyper, &context)?;
+        optimizer.add_group(&group.name, hyper).map_err(|e| format!("{context}: {e}"))?;
+    }
+    for spec in &case.params {
+        if let Some(group) = &spec.group {
+            optimizer
+                .assign(&spec.name, group)
+                .map_err(|e| format!("param `{}`: {e}", spec.name))?;
+        }
+    }
+    Ok(optimizer)
+}
+
+fn replay<R, A>(case: &Case) -> Result<Trajectory, String>
+where
+    R: UpdateRule + Serialize + DeserializeOwned,
+    A: Element + Serialize + DeserializeOwned,
+{
+    let mut names = std::collections::HashSet::new();
+    if let Some(spec) = case.params.iter().find(|spec| !names.insert(spec.name.as_str())) {
+        return Err(format!("param `{}` is listed twice", spec.name));
+    }
+    let mut tensors = case
+        .params
+        .iter()
+        .map(|spec| Tensor::<A>::new(spec, case.steps))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut optimizer = build::<R, A>(case)?;
+    for step in 1..=case.steps {
+        for tensor in &mut tensors {
+            tensor.compute_grad(step);
+            optimizer
+                .step(&tensor.spec.name, &mut tensor.param, &tensor.grad)
+                .map_err(|e| e.to_string())?;
+            tensor.rows.push(tensor.param.iter().map(|v| v.into_f64()).collect());
+        }
+        if case.checkpoint_every > 0 && step % case.checkpoint_every == 0 {
+            let bytes = serde_json::to_vec(&optimizer).map_err(|e| e.to_string())?;
+            drop(optimizer);
+            optimizer = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Trajectory {
+        name: case.name.clone(),
+        dtype: A::NAME.to_owned(),
+        tensors: tensors.into_iter().map(|t| (t.spec.name.clone(), t.rows)).collect(),
+    })
+}
+
+/// One row of values, printed in the case's dtype so that each round-trips exactly with the
+/// fewest digits.
+struct Row<'a> {
+    values: &'a [f64],
+    single: bool,
+}
+
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.values.len()))?;
+        for &value in self.values {
+            if self.single {
+                seq.serialize_element(&(value as f32))?;
+            } else {
+                seq.serialize_element(&value)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+struct Rows<'a>(&'a [Vec<f64>], bool);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|values| Row { values, single: self.1 }))
+    }
+}
+
+struct Tensors<'a>(&'a Trajectory);
+
+impl Serialize for Tensors<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let single = self.0.dtype == "f32";
+        let mut map = serializer.serialize_map(Some(self.0.tensors.len()))?;
+        for (name, rows) in &self.0.tensors {
+            map.serialize_entry(name, &Rows(rows, single))?;
+        }
+        map.end()
+    }
+}
+
+/// `{"name": ..., "trajectory": {tensor: [[row after step 1], ...], ...}}`
+impl Serialize for Trajectory {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("name", &self.name)?;
+        map.serialize_entry("trajectory", &Tensors(self))?;
+        map.end()
+    }
+}

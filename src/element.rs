@@ -1,0 +1,56 @@
+//! The element types the optimizers run on.
+
+use core::fmt::{Debug, Display};
+use num_traits::Float;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type of parameters, gradients and optimizer state: `f32` or `f64`.
+///
+/// Hyperparameters are kept as `f64` and converted to the element type once per step, so one
+/// configuration serves both precisions. The trait is sealed: the bit-exactness guarantees of
+/// this crate are stated and tested for IEEE-754 binary32 and binary64 only.
+pub trait Element:
+    Float + Debug + Display + Default + Send + Sync + 'static + sealed::Sealed
+{
+    /// The type's name as written in checkpoints and replay cases: `"f32"` or `"f64"`.
+    const NAME: &'static str;
+
+    /// Rounds an `f64` to this type (round-to-nearest-even, as `as` does).
+    fn from_f64(value: f64) -> Self;
+
+    /// Widens this value to `f64` (exact for both element types).
+    fn into_f64(self) -> f64;
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+
+    #[inline]
+    fn from_f64(value: f64) -> Self {
+        value as f32
+    }
+
+    #[inline]
+    fn into_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Element for f64 {
+    const NAME: &'static str = "f64";
+
+    #[inline]
+    fn from_f64(value: f64) -> Self {
+        value
+    }
+
+    #[inline]
+    fn into_f64(self) -> f64 {
+        self
+    }
+}

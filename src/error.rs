@@ -1,0 +1,125 @@
+//! The crate's one error type.
+
+use core::fmt;
+
+/// Everything that can go wrong in this crate.
+///
+/// A call that returns an error has changed nothing: parameters, state buffers, step counts
+/// and hyperparameters are exactly as they were before the call.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The gradient handed to a step does not have the parameter's shape.
+    GradientShape {
+        /// Name of the parameter tensor.
+        param: String,
+        /// Shape of the parameter.
+        param_shape: Vec<usize>,
+        /// Shape of the gradient.
+        grad_shape: Vec<usize>,
+    },
+    /// A registered parameter was stepped with a tensor of another shape than its state has.
+    ShapeChanged {
+        /// Name of the parameter tensor.
+        param: String,
+        /// Shape the optimizer state was created with.
+        registered: Vec<usize>,
+        /// Shape of the tensor passed now.
+        given: Vec<usize>,
+    },
+    /// A hyperparameter is outside its valid range.
+    InvalidHyperparameter {
+        /// The update rule, e.g. `"adam"`.
+        rule: &'static str,
+        /// The hyperparameter's key, e.g. `"beta1"`.
+        key: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// What the value must satisfy, e.g. `"finite and > 0"`.
+        requirement: &'static str,
+    },
+    /// No parameter group has this name.
+    UnknownGroup {
+        /// The group name that was asked for.
+        group: String,
+    },
+    /// A parameter group with this name exists already.
+    DuplicateGroup {
+        /// The group name.
+        group: String,
+    },
+    /// A checkpoint is not of this crate's format, or of a format version this build does not
+    /// read.
+    UnsupportedCheckpoint {
+        /// The format name found (this crate writes `"ndarray-optim"`).
+        format: String,
+        /// The format version found.
+        version: u32,
+    },
+    /// A checkpoint holds the state of another rule or element type than the optimizer.
+    CheckpointMismatch {
+        /// What differs: `"rule"` or `"dtype"`.
+        field: &'static str,
+        /// What the optimizer expects, e.g. `"adam"`.
+        expected: &'static str,
+        /// What the checkpoint holds.
+        found: String,
+    },
+    /// A checkpoint lists a tensor name twice.
+    DuplicateParam {
+        /// The tensor's name.
+        param: String,
+    },
+    /// A checkpoint's state of one tensor does not fit the rule or the tensor's shape.
+    InvalidTensorState {
+        /// The tensor's name.
+        param: String,
+        /// What is wrong, e.g. which buffer has how many values for which shape.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::GradientShape { param, param_shape, grad_shape } => write!(
+                f,
+                "gradient of `{param}` has shape {grad_shape:?} but the parameter has shape \
+                 {param_shape:?}"
+            ),
+            Error::ShapeChanged { param, registered, given } => write!(
+                f,
+                "`{param}` was registered with shape {registered:?} but is now stepped with \
+                 shape {given:?}"
+            ),
+            Error::InvalidHyperparameter { rule, key, value, requirement } => {
+                write!(f, "{rule}: `{key}` = {value} is invalid, it must be {requirement}")
+            }
+            Error::UnknownGroup { group } => write!(f, "no parameter group is named `{group}`"),
+            Error::DuplicateGroup { group } => {
+                write!(f, "a parameter group named `{group}` exists already")
+            }
+            Error::UnsupportedCheckpoint { format, version } => write!(
+                f,
+                "unsupported checkpoint: format `{format}` version {version} (this build reads \
+                 `{}` versions 1 to {})",
+                crate::checkpoint::FORMAT,
+                crate::checkpoint::VERSION
+            ),
+            Error::CheckpointMismatch { field, expected, found } => {
+                write!(f, "checkpoint {field} is `{found}`, but the optimizer's is `{expected}`")
+            }
+            Error::DuplicateParam { param } => {
+                write!(f, "checkpoint lists the tensor `{param}` more than once")
+            }
+            Error::InvalidTensorState { param, reason } => {
+                write!(f, "checkpoint state of `{param}` is invalid: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The result type of this crate's fallible operations.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -1,0 +1,60 @@
+//! Gradient-descent optimizers for [`ndarray`], exact to the bit and fast.
+//!
+//! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
+//! [`RmsProp`], [`Adam`]) steps named parameter tensors of any shape, dimension and memory
+//! layout, in `f32` or `f64`, through one [`Optimizer`]. State lives under each tensor's name,
+//! created on its first step; [`ParamGroup`]s give sets of tensors their own
+//! hyperparameters, as PyTorch's param groups do.
+//!
+//! ```
+//! use ndarray::{Array1, Array2, array};
+//! use ndarray_optim::{Adam, Optimizer};
+//!
+//! // Fit y = W x for one x by least squares: the gradient of ½‖Wx − y‖² is (Wx − y) xᵀ.
+//! let x = array![1.0_f64, 2.0, 3.0];
+//! let y = array![1.0, -1.0];
+//! let mut w = Array2::<f64>::zeros((2, 3));
+//! let mut opt = Optimizer::new(Adam { lr: 0.05, ..Adam::default() })?;
+//! for _ in 0..500 {
+//!     let residual: Array1<f64> = w.dot(&x) - &y;
+//!     let grad = residual.view().insert_axis(ndarray::Axis(1)).dot(&x.view().insert_axis(ndarray::Axis(0)));
+//!     opt.step("w", &mut w, &grad)?;
+//! }
+//! assert!((w.dot(&x) - &y).iter().all(|r| r.abs() < 1e-3));
+//! # Ok::<(), ndarray_optim::Error>(())
+//! ```
+//!
+//! | rule | update | state per element | defaults |
+//! | --- | --- | --- | --- |
+//! | [`Sgd`] | $\theta \leftarrow \theta - \eta g$ | 0 | η 0.01 |
+//! | [`Momentum`] | $b \leftarrow \gamma b + g;\ \theta \leftarrow \theta - \eta b$ | 1 | η 0.01, γ 0.9 |
+//! | [`Nesterov`] | $b \leftarrow \gamma b + g;\ \theta \leftarrow \theta - \eta (g + \gamma b)$ | 1 | η 0.01, γ 0.9 |
+//! | [`Adagrad`] | $G \leftarrow G + g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{G + \epsilon}$ | 1 | η 0.01, ε 1e-8 |
+//! | [`Adadelta`] | see its page | 2 | η 1, ρ 0.9, ε 1e-6 |
+//! | [`RmsProp`] | $s \leftarrow \rho s + (1-\rho) g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{s + \epsilon}$ | 1 | η 0.001, ρ 0.9, ε 1e-8 |
+//! | [`Adam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//!
+//! Every rule runs through one fused kernel: a single pass over parameter, gradient and
+//! state per step, on flat slices when the arrays are contiguous in one memory order and
+//! through [`ndarray::Zip`] otherwise, with the same arithmetic on both paths.
+
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+mod element;
+mod error;
+mod kernel;
+mod optimizer;
+mod registry;
+pub mod rule;
+pub mod rules;
+
+pub use checkpoint::Checkpoint;
+pub use element::Element;
+pub use error::{Error, Result};
+pub use kernel::StateSlots;
+pub use optimizer::Optimizer;
+pub use registry::{DEFAULT_GROUP, ParamGroup};
+pub use rule::{EpsPlacement, UpdateRule};
+pub use rules::{Adadelta, Adagrad, Adam, Momentum, Nesterov, RmsProp, Sgd};

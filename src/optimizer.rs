@@ -1,0 +1,156 @@
+//! [`Optimizer`]: the public stepping API over the registry.
+
+use ndarray::{ArrayRef, Dimension};
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::kernel;
+use crate::registry::{ParamGroup, Registry};
+use crate::rule::UpdateRule;
+
+/// An optimizer: update rule `R` applied to named parameter tensors of element type `A`.
+///
+/// Each tensor is identified by a name. Its state (step count and the rule's buffers) is
+/// created on its first [`step`](Self::step), with its shape, and found again by name on every
+/// later step, so tensors of any shape and dimension share one optimizer and the order in
+/// which they are stepped does not matter. Tensors belong to [`ParamGroup`]s that carry
+/// their own hyperparameters; a tensor that was never [`assign`](Self::assign)ed belongs to
+/// the [`DEFAULT_GROUP`](crate::DEFAULT_GROUP), whose hyperparameters are the ones given to
+/// [`new`](Self::new).
+///
+/// Every method that fails returns an [`Error`] and leaves the optimizer, and the parameter it
+/// was handed, exactly as they were.
+///
+/// ```
+/// use ndarray::{Array2, array};
+/// use ndarray_optim::{Adam, Optimizer};
+///
+/// let mut opt = Optimizer::new(Adam::default())?;
+/// opt.add_group("head", Adam { lr: 1e-2, ..Adam::default() })?;
+/// opt.assign("head.w", "head")?;
+///
+/// let mut w = Array2::<f32>::zeros((2, 3));
+/// let mut b = array![0.5_f32];
+/// for _ in 0..3 {
+///     let grad_w = Array2::from_elem((2, 3), 0.1);
+///     opt.step("head.w", &mut w, &grad_w)?;
+///     opt.step("b", &mut b, &array![-1.0])?;
+/// }
+/// assert_eq!(opt.step_count("head.w"), Some(3));
+/// assert!(w[[0, 0]] < 0.0 && b[0] > 0.5);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimizer<R: UpdateRule, A: Element> {
+    pub(crate) registry: Registry<R, A>,
+}
+
+impl<R: UpdateRule, A: Element> Optimizer<R, A> {
+    /// An optimizer whose default group has hyperparameters `defaults`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`] if `defaults` is out of range.
+    pub fn new(defaults: R) -> Result<Self> {
+        Ok(Optimizer { registry: Registry::new(defaults)? })
+    }
+
+    /// Applies one step of the rule to the tensor `name`: updates `param` in place from
+    /// `grad`, and the tensor's state with it.
+    ///
+    /// `param` and `grad` may be any arrays or views of one dimensionality and shape, in any
+    /// memory layout (each may differ); the result does not depend on the layout by a single
+    /// bit. The first step of a name creates its state; later steps of a registered name
+    /// allocate nothing.
+    ///
+    /// # Errors
+    /// - [`Error::GradientShape`] if `grad`'s shape differs from `param`'s;
+    /// - [`Error::ShapeChanged`] if `name` has state for another shape.
+    pub fn step<D: Dimension>(
+        &mut self,
+        name: &str,
+        param: &mut ArrayRef<A, D>,
+        grad: &ArrayRef<A, D>,
+    ) -> Result<()> {
+        if param.shape() != grad.shape() {
+            return Err(Error::GradientShape {
+                param: name.to_owned(),
+                param_shape: param.shape().to_vec(),
+                grad_shape: grad.shape().to_vec(),
+            });
+        }
+        let param = param.view_mut();
+        let order = kernel::preferred_order(&param);
+        let (hyper, tensor) = self.registry.prepare(name, param.shape(), order)?;
+        tensor.step += 1;
+        let coefficients = hyper.coefficients::<A>(tensor.step);
+        kernel::step::<R, A, D>(
+            &coefficients,
+            param,
+            grad.view(),
+            &mut tensor.buffers,
+            tensor.order,
+        );
+        Ok(())
+    }
+
+    /// Adds a parameter group with its own hyperparameters.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateGroup`] if the name is taken, [`Error::InvalidHyperparameter`] if
+    /// `hyper` is out of range.
+    pub fn add_group(&mut self, name: &str, hyper: R) -> Result<()> {
+        self.registry.add_group(name, hyper)
+    }
+
+    /// Puts the tensor `param` into `group`; its next step uses that group's hyperparameters.
+    /// A tensor belongs to one group at a time: assigning it again moves it, with its state.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if no group has that name.
+    pub fn assign(&mut self, param: &str, group: &str) -> Result<()> {
+        self.registry.assign(param, group)
+    }
+
+    /// All groups, the default group first, then in the order they were added.
+    pub fn groups(&self) -> &[ParamGroup<R>] {
+        &self.registry.groups
+    }
+
+    /// The group named `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if there is none.
+    pub fn group(&self, name: &str) -> Result<&ParamGroup<R>> {
+        Ok(&self.registry.groups[self.registry.group_index(name)?])
+    }
+
+    /// Replaces a group's hyperparameters; they apply from the next step of its tensors.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`], or [`Error::InvalidHyperparameter`] if `hyper` is out of range.
+    pub fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
+        self.registry.set_hyper(group, hyper)
+    }
+
+    /// Sets a group's learning rate, e.g. from a schedule, from the next step on.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`], or [`Error::InvalidHyperparameter`] if `lr` is not finite
+    /// and positive.
+    pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
+        let mut hyper = self.group(group)?.hyper.clone();
+        *hyper.lr_mut() = lr;
+        self.set_hyper(group, hyper)
+    }
+
+    /// The group that the tensor `param` belongs to, if the optimizer knows the name.
+    pub fn group_of(&self, param: &str) -> Option<&str> {
+        let slot = self.registry.slots.get(param)?;
+        Some(&self.registry.groups[slot.group].name)
+    }
+
+    /// How many steps the tensor `param` has taken, if it has state.
+    pub fn step_count(&self, param: &str) -> Option<u64> {
+        Some(self.registry.slots.get(param)?.tensor.as_ref()?.step)
+    }
+}

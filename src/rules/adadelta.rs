@@ -1,0 +1,104 @@
+use crate::element::Element;
+use crate::error::Result;
+use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
+
+/// Adadelta (seed eq. 8–15, Zeiler 2012): step sizes in the units of the parameter.
+///
+/// $$\begin{aligned}
+/// E[g^2]_t &= \rho\, E[g^2]_{t-1} + (1 - \rho)\, g_t^2 \\
+/// \Delta\theta_t &= -\frac{\sqrt{E[\Delta\theta^2]_{t-1} + \epsilon}}
+///                        {\sqrt{E[g^2]_t + \epsilon}}\, g_t \\
+/// E[\Delta\theta^2]_t &= \rho\, E[\Delta\theta^2]_{t-1} + (1 - \rho)\, \Delta\theta_t^2 \\
+/// \theta &\leftarrow \theta + \eta\, \Delta\theta_t
+/// \end{aligned}$$
+///
+/// The second average is over the squared *update* $\Delta\theta^2$, as in Zeiler's paper
+/// (the seed's eq. 11 prints $\theta_t^2$, a typo). The optional rate η scales the step after
+/// both averages are updated, as PyTorch does; η = 1 is the seed exactly.
+///
+/// | symbol | field | default | source of the default |
+/// | --- | --- | --- | --- |
+/// | $\eta$ | `lr` | 1.0 | the seed (no rate); PyTorch's too |
+/// | $\rho$ | `rho` | 0.9 | the seed and PyTorch |
+/// | $\epsilon$ | `eps` | 1e-6 | PyTorch (Zeiler's paper uses 1e-6 too) |
+///
+/// State: `square_avg` ($E[g^2]$) and `acc_delta` ($E[\Delta\theta^2]$), both zero before
+/// the first step. Matches PyTorch's `Adadelta(lr, rho, eps)`.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::{Adadelta, Optimizer};
+///
+/// let mut opt = Optimizer::new(Adadelta { lr: 1.0, rho: 0.0, eps: 1.0 })?;
+/// let mut w = array![1.0_f64];
+/// // E[g²] = 9, Δθ = -√(0 + 1) / √(9 + 1) · 3
+/// opt.step("w", &mut w, &array![3.0])?;
+/// assert!((w[0] - (1.0 - 3.0 / 10f64.sqrt())).abs() < 1e-15);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Adadelta {
+    /// Rate η that scales the update (finite, > 0).
+    pub lr: f64,
+    /// Decay ρ of both running averages, in [0, 1).
+    pub rho: f64,
+    /// Smoothing term ε inside both square roots (finite, ≥ 0).
+    pub eps: f64,
+}
+
+impl Default for Adadelta {
+    fn default() -> Self {
+        Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6 }
+    }
+}
+
+/// The coefficients of one [`Adadelta`] step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdadeltaStep<A> {
+    lr: A,
+    rho: A,
+    one_minus_rho: A,
+    eps: A,
+}
+
+impl UpdateRule for Adadelta {
+    const NAME: &'static str = "adadelta";
+    const STATE_NAMES: &'static [&'static str] = &["square_avg", "acc_delta"];
+    type State<A: Element> = [A; 2];
+    type Coefficients<A: Element> = AdadeltaStep<A>;
+
+    fn validate(&self) -> Result<()> {
+        check_lr(Self::NAME, self.lr)?;
+        check_decay(Self::NAME, "rho", self.rho)?;
+        check_eps(Self::NAME, "eps", self.eps)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn coefficients<A: Element>(&self, _step: u64) -> AdadeltaStep<A> {
+        AdadeltaStep {
+            lr: A::from_f64(self.lr),
+            rho: A::from_f64(self.rho),
+            one_minus_rho: A::from_f64(1.0 - self.rho),
+            eps: A::from_f64(self.eps),
+        }
+    }
+
+    #[inline]
+    fn update<A: Element>(c: &AdadeltaStep<A>, p: &mut A, g: A, state: &mut [A; 2]) {
+        let [square_avg, acc_delta] = state;
+        *square_avg = c.rho * *square_avg + c.one_minus_rho * (g * g);
+        // `delta` is −Δθ: the step the parameter moves against.
+        let delta = (*acc_delta + c.eps).sqrt() / (*square_avg + c.eps).sqrt() * g;
+        *acc_delta = c.rho * *acc_delta + c.one_minus_rho * (delta * delta);
+        *p = *p - c.lr * delta;
+    }
+}

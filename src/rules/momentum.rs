@@ -1,0 +1,96 @@
+use crate::element::Element;
+use crate::error::Result;
+use crate::rule::{UpdateRule, check_decay, check_lr};
+
+/// SGD with momentum (seed eq. 1–2).
+///
+/// The seed keeps an η-scaled velocity, $v_t = \gamma v_{t-1} + \eta g_t$,
+/// $\theta \leftarrow \theta - v_t$. This crate keeps PyTorch's `momentum_buffer` instead,
+///
+/// $$b_t = \gamma\, b_{t-1} + g_t, \qquad \theta \leftarrow \theta - \eta\, b_t,$$
+///
+/// which is the same trajectory ($v_t = \eta b_t$) while η is constant, and is what PyTorch
+/// does when a schedule changes η: the rate applies at the moment of the update.
+///
+/// | symbol | field | default | source of the default |
+/// | --- | --- | --- | --- |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\gamma$ | `momentum` | 0.9 | the seed ("usually set to 0.9") |
+///
+/// State: `momentum_buffer` ($b$, zero before the first step). Matches PyTorch's
+/// `SGD(lr, momentum)` with `dampening=0`.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::{Momentum, Optimizer};
+///
+/// let mut opt = Optimizer::new(Momentum { lr: 0.5, momentum: 0.5 })?;
+/// let mut w = array![1.0_f64];
+/// opt.step("w", &mut w, &array![1.0])?; // b = 1,   w = 1 - 0.5
+/// opt.step("w", &mut w, &array![1.0])?; // b = 1.5, w = 0.5 - 0.75
+/// assert_eq!(w, array![-0.25]);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Momentum {
+    /// Learning rate η (finite, > 0).
+    pub lr: f64,
+    /// Momentum γ, in [0, 1).
+    pub momentum: f64,
+}
+
+impl Default for Momentum {
+    fn default() -> Self {
+        Momentum { lr: 0.01, momentum: 0.9 }
+    }
+}
+
+/// Checks the hyperparameters shared by [`Momentum`] and [`Nesterov`](crate::Nesterov).
+pub(crate) fn check_momentum(rule: &'static str, lr: f64, momentum: f64) -> Result<()> {
+    check_lr(rule, lr)?;
+    check_decay(rule, "momentum", momentum)
+}
+
+/// The coefficients of one [`Momentum`] or [`Nesterov`](crate::Nesterov) step.
+#[derive(Clone, Copy, Debug)]
+pub struct MomentumStep<A> {
+    pub(super) lr: A,
+    pub(super) momentum: A,
+}
+
+impl<A: Element> MomentumStep<A> {
+    pub(crate) fn new(lr: f64, momentum: f64) -> Self {
+        MomentumStep { lr: A::from_f64(lr), momentum: A::from_f64(momentum) }
+    }
+}
+
+impl UpdateRule for Momentum {
+    const NAME: &'static str = "momentum";
+    const STATE_NAMES: &'static [&'static str] = &["momentum_buffer"];
+    type State<A: Element> = [A; 1];
+    type Coefficients<A: Element> = MomentumStep<A>;
+
+    fn validate(&self) -> Result<()> {
+        check_momentum(Self::NAME, self.lr, self.momentum)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn coefficients<A: Element>(&self, _step: u64) -> MomentumStep<A> {
+        MomentumStep::new(self.lr, self.momentum)
+    }
+
+    #[inline]
+    fn update<A: Element>(c: &MomentumStep<A>, p: &mut A, g: A, [b]: &mut [A; 1]) {
+        *b = c.momentum * *b + g;
+        *p = *p - c.lr * *b;
+    }
+}

@@ -1,0 +1,82 @@
+use crate::element::Element;
+use crate::error::Result;
+use crate::rule::UpdateRule;
+use crate::rules::momentum::check_momentum;
+use crate::rules::{Momentum, MomentumStep};
+
+/// Nesterov accelerated gradient (seed eq. 3–4), in look-ahead form.
+///
+/// The seed evaluates the gradient at the look-ahead point $\theta - \gamma v_{t-1}$. An
+/// optimizer that is handed gradients keeps that point itself as the parameter,
+/// $\Theta = \theta - \gamma v$, so the caller's gradient at the stored parameter is exactly
+/// the seed's look-ahead gradient. Substituting into eq. 3–4 gives
+/// $\Theta \leftarrow \Theta - (\gamma v_t + \eta g_t)$; with PyTorch's buffer $b = v / \eta$:
+///
+/// $$b_t = \gamma\, b_{t-1} + g_t, \qquad \Theta \leftarrow \Theta - \eta\,(g_t + \gamma\, b_t).$$
+///
+/// The stored parameter after step $t$ is the seed's $\theta_t - \gamma v_t$; once training
+/// stops, $\theta = \Theta + \gamma\eta b$ recovers the seed's iterate (the two agree as the
+/// velocity vanishes). This is PyTorch's `SGD(lr, momentum, nesterov=True)`.
+///
+/// | symbol | field | default | source of the default |
+/// | --- | --- | --- | --- |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\gamma$ | `momentum` | 0.9 | the seed |
+///
+/// State: `momentum_buffer` ($b$).
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::{Nesterov, Optimizer};
+///
+/// let mut opt = Optimizer::new(Nesterov { lr: 0.5, momentum: 0.5 })?;
+/// let mut w = array![1.0_f64];
+/// opt.step("w", &mut w, &array![1.0])?; // b = 1, w = 1 - 0.5 * (1 + 0.5)
+/// assert_eq!(w, array![0.25]);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Nesterov {
+    /// Learning rate η (finite, > 0).
+    pub lr: f64,
+    /// Momentum γ, in [0, 1).
+    pub momentum: f64,
+}
+
+impl Default for Nesterov {
+    fn default() -> Self {
+        let Momentum { lr, momentum } = Momentum::default();
+        Nesterov { lr, momentum }
+    }
+}
+
+impl UpdateRule for Nesterov {
+    const NAME: &'static str = "nesterov";
+    const STATE_NAMES: &'static [&'static str] = &["momentum_buffer"];
+    type State<A: Element> = [A; 1];
+    type Coefficients<A: Element> = MomentumStep<A>;
+
+    fn validate(&self) -> Result<()> {
+        check_momentum(Self::NAME, self.lr, self.momentum)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn coefficients<A: Element>(&self, _step: u64) -> MomentumStep<A> {
+        MomentumStep::new(self.lr, self.momentum)
+    }
+
+    #[inline]
+    fn update<A: Element>(c: &MomentumStep<A>, p: &mut A, g: A, [b]: &mut [A; 1]) {
+        *b = c.momentum * *b + g;
+        *p = *p - c.lr * (g + c.momentum * *b);
+    }
+}

@@ -1,0 +1,71 @@
+use crate::element::Element;
+use crate::error::Result;
+use crate::rule::{UpdateRule, check_lr};
+
+/// Plain stochastic gradient descent.
+///
+/// $$\theta \leftarrow \theta - \eta\, g$$
+///
+/// | symbol | field | default | source of the default |
+/// | --- | --- | --- | --- |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+///
+/// No state. Matches PyTorch's `SGD(lr)`.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::{Optimizer, Sgd};
+///
+/// let mut opt = Optimizer::new(Sgd { lr: 0.5 })?;
+/// let mut w = array![1.0_f64, 2.0];
+/// opt.step("w", &mut w, &array![0.5, -1.0])?;
+/// assert_eq!(w, array![0.75, 2.5]);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Sgd {
+    /// Learning rate η (finite, > 0).
+    pub lr: f64,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Sgd { lr: 0.01 }
+    }
+}
+
+/// The coefficients of one [`Sgd`] step: the learning rate in the element type.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdStep<A> {
+    lr: A,
+}
+
+impl UpdateRule for Sgd {
+    const NAME: &'static str = "sgd";
+    const STATE_NAMES: &'static [&'static str] = &[];
+    type State<A: Element> = [A; 0];
+    type Coefficients<A: Element> = SgdStep<A>;
+
+    fn validate(&self) -> Result<()> {
+        check_lr(Self::NAME, self.lr)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn coefficients<A: Element>(&self, _step: u64) -> SgdStep<A> {
+        SgdStep { lr: A::from_f64(self.lr) }
+    }
+
+    #[inline]
+    fn update<A: Element>(c: &SgdStep<A>, p: &mut A, g: A, _state: &mut [A; 0]) {
+        *p = *p - c.lr * g;
+    }
+}

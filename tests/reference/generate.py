@@ -1,0 +1,708 @@
+#!/usr/bin/env python3
+"""Reference fixtures for the replay harness (docs: CONFORMANCE.md).
+
+How to run, from the repository root:
+
+    python3 -m venv ref && ref/bin/pip install torch==2.15.0 numpy \
+        && ref/bin/python tests/reference/generate.py
+
+It writes two files next to this script (and overwrites them):
+
+* ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
+  code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
+  ``adagrad`` and ``rmsprop`` (both with ``"eps_placement": "outside"``,
+  PyTorch's convention), ``adadelta`` and ``adam``, in f64 and f32, 120 steps.
+* ``seed.json``: trajectories computed independently with numpy, in the case's
+  dtype, straight from the seed formulas (the seed's optimizers.md, with the
+  eq. 11 typo fixed: Adadelta's second average is over the squared update
+  Δθ²): the same seven optimizers, ``adagrad``/``rmsprop`` with eps inside the
+  square root (the crate's default placement), ``nesterov`` run in the seed's
+  own look-ahead form and recorded as Θ = θ − γv.  Plus a few two-step cases
+  whose numbers are checked by hand below (HAND_CASES).
+
+Both files have the shape
+
+    { "generator": "tests/reference/generate.py",
+      "torch_version": "2.15.0",                      (pytorch.json only)
+      "cases": [ { "case": { ...replay-harness input case... },
+                   "source": "pytorch" | "seed",
+                   "trajectory": { "<param>": [[row-major values after step 1],
+                                               [after step 2], ...] } } ] }
+
+Floats are written with Python's ``repr``, which round-trips exactly; f32
+values (inputs of f32 cases as well as their trajectories) are f32 numbers
+converted exactly to Python floats.
+
+Cases, for each optimizer and each of f64/f32 (names ``torch-…`` in
+pytorch.json, ``seed-…`` in seed.json), 120 steps each:
+
+* ``<opt>-<dtype>-custom``: non-default hyperparameters and a group "slow"
+  with its own overrides; params ``w`` (2x3 quadratic, layout "f"), ``s``
+  (0-D sequence), ``r`` (Rosenbrock from (-1.2, 1), in group "slow") and
+  ``t`` (shape [2] sequence of tiny gradients, where eps and its placement
+  matter).
+* ``<opt>-<dtype>-defaults``: no hyperparameters given (CONFORMANCE
+  defaults; only ``eps_placement: outside`` for the PyTorch Adagrad/RMSprop);
+  params ``w`` (2x3 quadratic, layout "c"), ``bias`` (0-D sequence), ``r``
+  (Rosenbrock from (0.3, -0.4); in a group with a smaller lr for
+  sgd/momentum/nesterov, whose default lr diverges there), ``k`` (2x1x2
+  quadratic, layout "f"), ``t`` (tiny gradients).
+
+Everything is deterministic: inputs are hand-chosen, and the gradient
+sequences come from numpy generators with fixed seeds.  The numpy side is
+bit-reproducible; PyTorch's CPU kernels may round differently (last bit)
+on another CPU, far inside the comparison tolerance.
+
+After writing the files the script replays every case through the other
+implementation where the formulas coincide (the numpy one on the PyTorch
+cases, PyTorch on the seed cases it can express) and prints the largest
+differences.  That cross-check is informational; it does not affect the files.
+
+Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
+``--any-torch`` accepts a PyTorch other than 2.15.0.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+GENERATOR = "tests/reference/generate.py"
+TORCH_VERSION = "2.15.0"
+STEPS = 120
+
+# CONFORMANCE.md defaults (not always PyTorch's: PyTorch's Adagrad eps is
+# 1e-10, its RMSprop lr 0.01 and alpha 0.99, so torch always gets every value
+# explicitly).
+DEFAULTS = {
+    "sgd": {"lr": 0.01},
+    "momentum": {"lr": 0.01, "momentum": 0.9},
+    "nesterov": {"lr": 0.01, "momentum": 0.9},
+    "adagrad": {"lr": 0.01, "eps": 1e-8, "eps_placement": "inside"},
+    "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6},
+    "rmsprop": {"lr": 0.001, "rho": 0.9, "eps": 1e-8, "eps_placement": "inside"},
+    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+}
+
+NP_DTYPE = {"f64": np.float64, "f32": np.float32}
+
+
+# ---------------------------------------------------------------------------
+# Case helpers
+# ---------------------------------------------------------------------------
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def resolved_hyper(case, group_name):
+    """Defaults, then the case's hyper, then the group's overrides."""
+    h = dict(DEFAULTS[case["optimizer"]])
+    for k, v in case.get("hyper", {}).items():
+        if k not in h:
+            raise ValueError(f"{case['name']}: key {k!r} not taken by {case['optimizer']}")
+        h[k] = v
+    if group_name is not None:
+        (group,) = [g for g in case.get("groups", []) if g["name"] == group_name]
+        for k, v in group["hyper"].items():
+            if k not in h:
+                raise ValueError(f"{case['name']}: key {k!r} not taken by {case['optimizer']}")
+            h[k] = v
+    return h
+
+
+def check_case(case):
+    names = [p["name"] for p in case["params"]]
+    assert len(set(names)) == len(names), case["name"]
+    groups = {g["name"] for g in case.get("groups", [])}
+    for p in case["params"]:
+        n = numel(p["shape"])
+        assert len(p["init"]) == n, (case["name"], p["name"])
+        assert p.get("group") is None or p["group"] in groups, (case["name"], p["name"])
+        obj = p["objective"]
+        if obj["kind"] == "quadratic":
+            assert len(obj["a"]) == n and len(obj["b"]) == n
+        elif obj["kind"] == "sequence":
+            assert len(obj["grads"]) >= case["steps"]
+            assert all(len(row) == n for row in obj["grads"])
+        elif obj["kind"] == "rosenbrock":
+            assert p["shape"] == [2]
+        else:
+            raise ValueError(obj["kind"])
+        resolved_hyper(case, p.get("group"))  # validates keys
+
+
+# ---------------------------------------------------------------------------
+# Objectives (CONFORMANCE.md "Objectives"), evaluated in the case dtype on the
+# flat row-major values of one tensor.
+# ---------------------------------------------------------------------------
+
+def gradient(param, theta, step, dtype):
+    """Gradient of one tensor at flat row-major values ``theta`` (step is 1-based)."""
+    T = NP_DTYPE[dtype]
+    obj = param["objective"]
+    kind = obj["kind"]
+    if kind == "quadratic":
+        a = np.array(obj["a"], dtype=T)
+        b = np.array(obj["b"], dtype=T)
+        g = a * theta - b  # two roundings, as the harness computes it
+    elif kind == "sequence":
+        g = np.array(obj["grads"][step - 1], dtype=T)
+    elif kind == "rosenbrock":
+        x, y = theta[0], theta[1]
+        one, two, c200, c400 = T(1), T(2), T(200), T(400)
+        d = y - x * x
+        g = np.array([-two * (one - x) - c400 * x * d, c200 * d], dtype=T)
+    else:
+        raise ValueError(kind)
+    assert g.dtype == T and g.shape == theta.shape
+    return g
+
+
+# ---------------------------------------------------------------------------
+# Seed formulas, in numpy, in the case dtype.  One state object per tensor;
+# hyperparameters are cast to the dtype once (as a generic Rust
+# implementation over T would hold them).
+# ---------------------------------------------------------------------------
+
+class SeedTensor:
+    def __init__(self, opt, hyper, init, dtype):
+        T = NP_DTYPE[dtype]
+        self.opt, self.T = opt, T
+        self.h = {k: (v if isinstance(v, str) else T(v)) for k, v in hyper.items()}
+        self.theta = np.array(init, dtype=T)  # the seed's θ
+        z = np.zeros_like(self.theta)
+        if opt in ("momentum", "nesterov"):
+            self.v = z.copy()
+        elif opt == "adagrad":
+            self.G = z.copy()
+        elif opt == "rmsprop":
+            self.Eg = z.copy()
+        elif opt == "adadelta":
+            self.Eg, self.Ex = z.copy(), z.copy()
+        elif opt == "adam":
+            self.m, self.s, self.t = z.copy(), z.copy(), 0
+
+    def stored(self):
+        """What the harness stores and prints (Θ = θ − γv for nesterov)."""
+        if self.opt == "nesterov":
+            return self.theta - self.h["momentum"] * self.v
+        return self.theta
+
+    def step(self, g):
+        T, h = self.T, self.h
+        one = T(1)
+        if self.opt == "sgd":
+            # θ = θ − η g
+            self.theta = self.theta - h["lr"] * g
+        elif self.opt == "momentum":
+            # (1) v = γ v + η g;  (2) θ = θ − v
+            self.v = h["momentum"] * self.v + h["lr"] * g
+            self.theta = self.theta - self.v
+        elif self.opt == "nesterov":
+            # (3) v = γ v + η ∇J(θ − γ v);  (4) θ = θ − v.  ``g`` was evaluated
+            # at stored() = θ − γ v_{t-1}, the look-ahead point.
+            self.v = h["momentum"] * self.v + h["lr"] * g
+            self.theta = self.theta - self.v
+        elif self.opt == "adagrad":
+            # G = G + g²;  (7) θ = θ − η / √(G + ε) ⊙ g
+            self.G = self.G + g * g
+            if h["eps_placement"] == "inside":
+                denom = np.sqrt(self.G + h["eps"])
+            else:
+                denom = np.sqrt(self.G) + h["eps"]
+            self.theta = self.theta - h["lr"] * g / denom
+        elif self.opt == "rmsprop":
+            # (16) E[g²] = ρ E[g²] + (1 − ρ) g²;  (17) θ = θ − η / √(E[g²] + ε) g
+            rho = h["rho"]
+            self.Eg = rho * self.Eg + (one - rho) * (g * g)
+            if h["eps_placement"] == "inside":
+                denom = np.sqrt(self.Eg + h["eps"])
+            else:
+                denom = np.sqrt(self.Eg) + h["eps"]
+            self.theta = self.theta - h["lr"] * g / denom
+        elif self.opt == "adadelta":
+            # (8) E[g²] = ρ E[g²] + (1 − ρ) g²
+            # (14) Δθ = −RMS[Δθ]_{t−1} / RMS[g]_t g, RMS[x] = √(E[x²] + ε)
+            # (11, fixed) E[Δθ²] = ρ E[Δθ²] + (1 − ρ) Δθ²
+            # (15) θ = θ + η Δθ   (η = lr, 1 in the seed, applied after the averages)
+            rho, eps = h["rho"], h["eps"]
+            self.Eg = rho * self.Eg + (one - rho) * (g * g)
+            delta = -(np.sqrt(self.Ex + eps) / np.sqrt(self.Eg + eps)) * g
+            self.Ex = rho * self.Ex + (one - rho) * (delta * delta)
+            self.theta = self.theta + h["lr"] * delta
+        elif self.opt == "adam":
+            # (18)-(22), t per tensor starting at 1
+            b1, b2 = h["beta1"], h["beta2"]
+            self.t += 1
+            self.m = b1 * self.m + (one - b1) * g
+            self.s = b2 * self.s + (one - b2) * (g * g)
+            m_hat = self.m / (one - b1 ** self.t)
+            s_hat = self.s / (one - b2 ** self.t)
+            self.theta = self.theta - h["lr"] * m_hat / (np.sqrt(s_hat) + h["eps"])
+        else:
+            raise ValueError(self.opt)
+        assert self.theta.dtype == T
+
+
+def run_seed(case):
+    dtype = case["dtype"]
+    tensors = [SeedTensor(case["optimizer"], resolved_hyper(case, p.get("group")),
+                          p["init"], dtype) for p in case["params"]]
+    traj = {p["name"]: [] for p in case["params"]}
+    for step in range(1, case["steps"] + 1):
+        for p, st in zip(case["params"], tensors):
+            st.step(gradient(p, st.stored(), step, dtype))
+        for p, st in zip(case["params"], tensors):
+            traj[p["name"]].append([float(x) for x in st.stored()])
+    return traj
+
+
+# ---------------------------------------------------------------------------
+# PyTorch
+# ---------------------------------------------------------------------------
+
+def torch_kwargs(opt, h):
+    """Every PyTorch constructor argument spelled out (CONFORMANCE defaults)."""
+    if opt in ("sgd", "momentum", "nesterov"):
+        return {"lr": h["lr"], "momentum": 0.0 if opt == "sgd" else h["momentum"],
+                "dampening": 0.0, "weight_decay": 0.0,
+                "nesterov": opt == "nesterov", "maximize": False}
+    if opt == "adagrad":
+        assert h["eps_placement"] == "outside", "torch Adagrad puts eps outside the sqrt"
+        return {"lr": h["lr"], "lr_decay": 0.0, "weight_decay": 0.0,
+                "initial_accumulator_value": 0.0, "eps": h["eps"], "maximize": False}
+    if opt == "rmsprop":
+        assert h["eps_placement"] == "outside", "torch RMSprop puts eps outside the sqrt"
+        return {"lr": h["lr"], "alpha": h["rho"], "eps": h["eps"], "weight_decay": 0.0,
+                "momentum": 0.0, "centered": False, "maximize": False}
+    if opt == "adadelta":
+        return {"lr": h["lr"], "rho": h["rho"], "eps": h["eps"], "weight_decay": 0.0,
+                "maximize": False}
+    if opt == "adam":
+        return {"lr": h["lr"], "betas": (h["beta1"], h["beta2"]), "eps": h["eps"],
+                "weight_decay": 0.0, "amsgrad": False, "maximize": False}
+    raise ValueError(opt)
+
+
+def torch_expressible(case):
+    """Whether torch.optim computes exactly this case's update formula."""
+    opt = case["optimizer"]
+    if opt not in ("adagrad", "rmsprop"):
+        return True
+    groups = [None] + [g["name"] for g in case.get("groups", [])]
+    return all(resolved_hyper(case, g)["eps_placement"] == "outside" for g in groups)
+
+
+def run_torch(case):
+    import torch
+
+    opt = case["optimizer"]
+    dtype = case["dtype"]
+    T = NP_DTYPE[dtype]
+    cls = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
+           "nesterov": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+           "rmsprop": torch.optim.RMSprop, "adadelta": torch.optim.Adadelta,
+           "adam": torch.optim.Adam}[opt]
+
+    def with_layout(t, layout):
+        # Column-major storage for layout "f" (elementwise updates do not care,
+        # but this is what the case describes).
+        if layout == "f" and t.dim() >= 2:
+            rev = list(reversed(range(t.dim())))
+            t = t.permute(rev).contiguous().permute(rev)
+        return t
+
+    tensors = []
+    for p in case["params"]:
+        t = torch.from_numpy(np.array(p["init"], dtype=T).reshape(p["shape"]))
+        param = torch.nn.Parameter(with_layout(t, p.get("layout", "c")))
+        tensors.append(param)
+
+    group_names = [None] + [g["name"] for g in case.get("groups", [])]
+    param_groups = []
+    for gname in group_names:
+        members = [t for p, t in zip(case["params"], tensors) if p.get("group") == gname]
+        if members:
+            param_groups.append({"params": members,
+                                 **torch_kwargs(opt, resolved_hyper(case, gname))})
+    optimizer = cls(param_groups, foreach=False,
+                    **torch_kwargs(opt, resolved_hyper(case, None)))
+    assert all(g["foreach"] is False for g in optimizer.param_groups)
+
+    def flat(t):
+        return np.array(t.detach().numpy(), copy=True).reshape(-1)  # row-major
+
+    traj = {p["name"]: [] for p in case["params"]}
+    for step in range(1, case["steps"] + 1):
+        for p, t in zip(case["params"], tensors):
+            g = gradient(p, flat(t), step, dtype)
+            t.grad = with_layout(torch.from_numpy(g.reshape(p["shape"])), p.get("layout", "c"))
+        optimizer.step()
+        for p, t in zip(case["params"], tensors):
+            traj[p["name"]].append([float(x) for x in flat(t)])
+    return traj
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+def seq_grads(seed, width=1, lo=-2.0, hi=0.5, steps=STEPS, zeros=()):
+    """Gradient rows of ``width`` values: varying sign, magnitudes 10**lo ..
+    10**hi, 4 significant digits, exact zeros in the given rows."""
+    rng = np.random.default_rng(seed)
+    mags = 10.0 ** rng.uniform(lo, hi, (steps, width))
+    signs = rng.choice([-1.0, 1.0], (steps, width))
+    rows = [[float(f"{v:.4g}") for v in row] for row in signs * mags]
+    for i in zeros:
+        rows[i] = [0.0] * width
+    return rows
+
+
+# Two quadratic variants (2x3), with positive moderate curvatures.
+QUAD = [
+    {"init": [0.5, -1.5, 2.0, -0.25, 1.25, -3.0],
+     "a": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+     "b": [0.1, -0.2, 0.3, 0.0, 1.0, -0.5]},
+    {"init": [-2.0, 0.75, 1.5, 3.0, -0.6, 0.2],
+     "a": [2.5, 0.8, 1.2, 0.4, 3.5, 1.8],
+     "b": [-1.0, 0.5, 0.0, 0.25, -0.3, 2.0]},
+]
+# 2x1x2 quadratic (a 3-axis tensor stored column-major in the defaults cases).
+QUAD3 = {"init": [1.0, -2.0, 0.3, 0.7], "a": [1.1, 0.6, 2.2, 1.7], "b": [0.2, 0.0, -0.4, 0.9]}
+
+# Non-default hyperparameters and a group override per optimizer.  The group
+# holds the Rosenbrock tensor (and often overrides a second key as well).
+# The Rosenbrock settings keep the iterates away from the bottom of the
+# valley, where f32 rounding noise in the gradient would be amplified (an
+# adaptive method normalises a tiny, noisy gradient) and the trajectory would
+# depend on how the objective is evaluated, not only on the optimizer.
+CUSTOM = {
+    "sgd": ({"lr": 0.05}, {"lr": 5e-4}),
+    "momentum": ({"lr": 0.02, "momentum": 0.8}, {"lr": 2e-4, "momentum": 0.95}),
+    "nesterov": ({"lr": 0.03, "momentum": 0.7}, {"lr": 2e-4, "momentum": 0.9}),
+    "adagrad": ({"lr": 0.1, "eps": 1e-6}, {"lr": 0.05}),
+    "rmsprop": ({"lr": 0.01, "rho": 0.95, "eps": 1e-6}, {"lr": 0.001, "rho": 0.8}),
+    "adadelta": ({"lr": 0.5, "rho": 0.95, "eps": 1e-5}, {"lr": 0.25, "rho": 0.8}),
+    "adam": ({"lr": 0.02, "beta1": 0.8, "beta2": 0.99, "eps": 1e-7},
+             {"lr": 0.005, "beta2": 0.9}),
+}
+# With default hyperparameters, plain gradient descent at lr 0.01 diverges on
+# Rosenbrock (curvature ~1300 near the start), so those cases put it in a
+# group with a smaller lr.
+DEFAULTS_ROSEN_GROUP = {"sgd": {"lr": 5e-4}, "momentum": {"lr": 1e-4},
+                        "nesterov": {"lr": 1e-4}}
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam"]
+
+
+def to_dtype(values, dtype):
+    """Inputs of f32 cases are made exactly representable in f32."""
+    if dtype == "f64":
+        return [float(v) for v in values]
+    return [float(np.float32(v)) for v in values]
+
+
+def quad_param(name, q, dtype, shape=(2, 3), **extra):
+    return {"name": name, "shape": list(shape), **extra,
+            "init": to_dtype(q["init"], dtype),
+            "objective": {"kind": "quadratic", "a": to_dtype(q["a"], dtype),
+                          "b": to_dtype(q["b"], dtype)}}
+
+
+def seq_param(name, init, grads, dtype, shape=(), **extra):
+    return {"name": name, "shape": list(shape), **extra, "init": to_dtype(init, dtype),
+            "objective": {"kind": "sequence",
+                          "grads": [to_dtype(r, dtype) for r in grads]}}
+
+
+def rosen_param(name, init, dtype, **extra):
+    return {"name": name, "shape": [2], **extra, "init": to_dtype(init, dtype),
+            "objective": {"kind": "rosenbrock"}}
+
+
+def custom_case(source, opt, dtype):
+    top, group = CUSTOM[opt]
+    hyper = dict(top)
+    group = dict(group)
+    if opt in ("adagrad", "rmsprop"):
+        placement = "outside" if source == "pytorch" else "inside"
+        hyper["eps_placement"] = placement
+    prefix = "torch" if source == "pytorch" else "seed"
+    name = f"{prefix}-{opt}-{dtype}-custom"
+    seed = zlib.crc32(f"{opt}-custom".encode())
+    return {
+        "name": name, "optimizer": opt, "dtype": dtype, "hyper": hyper,
+        "groups": [{"name": "slow", "hyper": group}],
+        "params": [
+            quad_param("w", QUAD[0], dtype, layout="f"),
+            seq_param("s", [0.5], seq_grads(seed, zeros=(40,)), dtype),
+            rosen_param("r", [-1.2, 1.0], dtype, group="slow"),
+            # tiny gradients, where eps (and its placement) matters
+            seq_param("t", [0.1, -0.2], seq_grads(seed + 1, width=2, lo=-5.0, hi=-2.0),
+                      dtype, shape=(2,)),
+        ],
+        "steps": STEPS, "checkpoint_every": 0,
+    }
+
+
+def defaults_case(source, opt, dtype):
+    hyper = {}
+    if source == "pytorch" and opt in ("adagrad", "rmsprop"):
+        hyper["eps_placement"] = "outside"
+    prefix = "torch" if source == "pytorch" else "seed"
+    name = f"{prefix}-{opt}-{dtype}-defaults"
+    seed = zlib.crc32(f"{opt}-defaults".encode())
+    case = {"name": name, "optimizer": opt, "dtype": dtype, "hyper": hyper}
+    rosen_extra = {}
+    if opt in DEFAULTS_ROSEN_GROUP:
+        case["groups"] = [{"name": "rosen", "hyper": DEFAULTS_ROSEN_GROUP[opt]}]
+        rosen_extra = {"group": "rosen"}
+    case["params"] = [
+        quad_param("w", QUAD[1], dtype, layout="c"),
+        seq_param("bias", [-0.25], seq_grads(seed, zeros=(0, 77)), dtype),
+        rosen_param("r", [0.3, -0.4], dtype, **rosen_extra),
+        quad_param("k", QUAD3, dtype, shape=(2, 1, 2), layout="f"),
+        seq_param("t", [0.05, 0.3], seq_grads(seed + 1, width=2, lo=-6.0, hi=-3.0),
+                  dtype, shape=(2,)),
+    ]
+    case["steps"] = STEPS
+    case["checkpoint_every"] = 0
+    return case
+
+
+# Two-step cases checked by hand.  ``expect`` holds the hand-computed values;
+# the script asserts the numpy implementation reproduces them.
+#
+# seed-hand-sgd-f64: θ0 = 1, g = 2θ − 1, η = 0.25.
+#   step 1: g = 2·1 − 1 = 1,      θ = 1 − 0.25·1 = 0.75
+#   step 2: g = 2·0.75 − 1 = 0.5, θ = 0.75 − 0.25·0.5 = 0.625
+#
+# seed-hand-momentum-f32: γ = 0.5.
+#   s (η = 0.5, grads 1, 1, θ0 = 0):
+#     step 1: v = 0.5·0 + 0.5·1 = 0.5,    θ = −0.5
+#     step 2: v = 0.5·0.5 + 0.5·1 = 0.75, θ = −0.5 − 0.75 = −1.25
+#   q in group "g" (η = 0.25, g = (1, 4)⊙θ − (0, 2), θ0 = (2, 1)):
+#     step 1: g = (2, 2),   v = (0.5, 0.5),                       θ = (1.5, 0.5)
+#     step 2: g = (1.5, 0), v = (0.25 + 0.375, 0.25 + 0) = (0.625, 0.25), θ = (0.875, 0.25)
+#   (all exact in binary, so f32 and f64 agree)
+#
+# seed-hand-nesterov-f64: θ0 = 1, v0 = 0, g = θ (a = 1, b = 0), η = 0.5, γ = 0.5.
+#   step 1: look-ahead θ0 − γv0 = 1, g = 1, v1 = 0 + 0.5 = 0.5, θ1 = 0.5,
+#           recorded Θ1 = θ1 − γv1 = 0.5 − 0.25 = 0.25
+#   step 2: look-ahead θ1 − γv1 = 0.25, g = 0.25, v2 = 0.25 + 0.125 = 0.375,
+#           θ2 = 0.5 − 0.375 = 0.125, Θ2 = 0.125 − 0.1875 = −0.0625
+#   (Θ form: Θ1 = 1 − (0.5·0.5 + 0.5·1) = 0.25; Θ2 = 0.25 − (0.5·0.375 + 0.5·0.25) = −0.0625)
+#
+# seed-hand-adagrad-f64: θ0 = 0, grads 4, 12, η = 0.5, ε = 9 (inside).
+#   step 1: G = 16,            θ = −0.5·4/√(16 + 9) = −0.5·4/5 = −0.4
+#   step 2: G = 16 + 144 = 160, θ = −0.4 − 0.5·12/√169 = −0.4 − 6/13 = −0.86153846153846...
+#
+# seed-hand-adam-f64: θ0 = 0, grads 2, 2, η = 0.1, β1 = 0.5, β2 = 0.75, ε = 1e-8.
+#   step 1: m = 1, v = 1, m̂ = 1/0.5 = 2, v̂ = 1/0.25 = 4,
+#           θ = −0.1·2/(2 + 1e-8) = −0.0999999995000000025
+#   step 2: m = 0.5 + 1 = 1.5, v = 0.75 + 1 = 1.75, m̂ = 1.5/0.75 = 2,
+#           v̂ = 1.75/(1 − 0.5625) = 4, θ = 2·(−0.0999999995) = −0.199999999000000005
+HAND_CASES = [
+    ({"name": "seed-hand-sgd-f64", "optimizer": "sgd", "dtype": "f64",
+      "hyper": {"lr": 0.25},
+      "params": [{"name": "x", "shape": [1], "init": [1],
+                  "objective": {"kind": "quadratic", "a": [2], "b": [1]}}],
+      "steps": 2},
+     {"x": [[0.75], [0.625]]}),
+    ({"name": "seed-hand-momentum-f32", "optimizer": "momentum", "dtype": "f32",
+      "hyper": {"lr": 0.5, "momentum": 0.5},
+      "groups": [{"name": "g", "hyper": {"lr": 0.25}}],
+      "params": [{"name": "s", "shape": [], "init": [0.0],
+                  "objective": {"kind": "sequence", "grads": [[1.0], [1.0]]}},
+                 {"name": "q", "shape": [2], "group": "g", "init": [2.0, 1.0],
+                  "objective": {"kind": "quadratic", "a": [1.0, 4.0], "b": [0.0, 2.0]}}],
+      "steps": 2, "checkpoint_every": 0},
+     {"s": [[-0.5], [-1.25]], "q": [[1.5, 0.5], [0.875, 0.25]]}),
+    ({"name": "seed-hand-nesterov-f64", "optimizer": "nesterov", "dtype": "f64",
+      "hyper": {"lr": 0.5, "momentum": 0.5},
+      "params": [{"name": "x", "shape": [1], "init": [1.0],
+                  "objective": {"kind": "quadratic", "a": [1.0], "b": [0.0]}}],
+      "steps": 2},
+     {"x": [[0.25], [-0.0625]]}),
+    ({"name": "seed-hand-adagrad-f64", "optimizer": "adagrad", "dtype": "f64",
+      "hyper": {"lr": 0.5, "eps": 9.0},
+      "params": [{"name": "s", "shape": [], "init": [0.0],
+                  "objective": {"kind": "sequence", "grads": [[4.0], [12.0]]}}],
+      "steps": 2},
+     {"s": [[-0.4], [-0.4 - 6 / 13]]}),
+    ({"name": "seed-hand-adam-f64", "optimizer": "adam", "dtype": "f64",
+      "hyper": {"lr": 0.1, "beta1": 0.5, "beta2": 0.75, "eps": 1e-8},
+      "params": [{"name": "s", "shape": [], "init": [0.0],
+                  "objective": {"kind": "sequence", "grads": [[2.0], [2.0]]}}],
+      "steps": 2},
+     {"s": [[-0.0999999995], [-0.199999999]]}),
+]
+
+
+def build_cases(source):
+    cases = []
+    for dtype in ("f64", "f32"):
+        for opt in OPTIMIZERS:
+            cases.append(custom_case(source, opt, dtype))
+            cases.append(defaults_case(source, opt, dtype))
+    return cases
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+
+def _scalar(x):
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if not math.isfinite(x):
+            raise ValueError(f"non-finite value {x}")
+        return repr(x)  # shortest string that round-trips
+    return json.dumps(x)
+
+
+def _dump(obj, indent=0):
+    """JSON with dicts indented and every list of numbers on one line."""
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{pad}  {json.dumps(k)}: {_dump(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)):
+        if all(not isinstance(x, (list, tuple, dict)) for x in obj):
+            return "[" + ", ".join(_scalar(x) for x in obj) + "]"
+        items = [pad + "  " + _dump(x, indent + 1) for x in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return _scalar(obj)
+
+
+def write(path, doc):
+    text = _dump(doc) + "\n"
+    assert json.loads(text) == json.loads(json.dumps(doc))  # round-trips
+    path.write_text(text)
+    return len(text)
+
+
+def check_trajectory(case, traj):
+    for p in case["params"]:
+        rows = traj[p["name"]]
+        assert len(rows) == case["steps"], (case["name"], p["name"])
+        for row in rows:
+            assert len(row) == numel(p["shape"])
+            assert all(math.isfinite(x) for x in row), (case["name"], p["name"])
+            if case["dtype"] == "f32":
+                assert all(float(np.float32(x)) == x for x in row)
+        if case["steps"] > 2:  # the trajectory actually moves
+            assert rows[0] != rows[-1], (case["name"], p["name"])
+
+
+# ---------------------------------------------------------------------------
+# Cross-check (printed only)
+# ---------------------------------------------------------------------------
+
+def compare(traj, ref, dtype):
+    """Max abs diff, max rel diff (over |ref| > 1e-8), and whether every value
+    is within CONFORMANCE's tolerance of ``ref``."""
+    atol, rtol = (1e-12, 1e-9) if dtype == "f64" else (1e-6, 1e-4)
+    max_abs = max_rel = 0.0
+    ok = True
+    for name, rows in ref.items():
+        a = np.array(traj[name], dtype=np.float64)
+        r = np.array(rows, dtype=np.float64)
+        d = np.abs(a - r)
+        max_abs = max(max_abs, float(d.max()))
+        big = np.abs(r) > 1e-8
+        if big.any():
+            max_rel = max(max_rel, float((d[big] / np.abs(r[big])).max()))
+        ok = ok and bool((d <= atol + rtol * np.abs(r)).all())
+    return max_abs, max_rel, ok
+
+
+def cross_check(torch_entries, seed_entries):
+    rows = []
+    for e in torch_entries:  # numpy seed formulas on the PyTorch cases
+        c = e["case"]
+        rows.append((c["name"], "numpy vs torch") + compare(run_seed(c), e["trajectory"], c["dtype"]))
+    for e in seed_entries:  # PyTorch on the seed cases it can express
+        c = e["case"]
+        if torch_expressible(c):
+            rows.append((c["name"], "torch vs numpy") + compare(run_torch(c), e["trajectory"], c["dtype"]))
+    print("\ncross-check (max abs diff, max rel diff over |ref|>1e-8, within CONFORMANCE tolerance)")
+    for name, what, a, r, ok in rows:
+        print(f"  {name:32s} {what:15s} abs {a:9.3g}  rel {r:9.3g}  {'ok' if ok else 'OUT OF TOLERANCE'}")
+    for dtype in ("f64", "f32"):
+        sel = [x for x in rows if f"-{dtype}-" in x[0] or x[0].endswith(dtype)]
+        print(f"  {dtype}: max abs {max(x[2] for x in sel):.3g}, max rel {max(x[3] for x in sel):.3g}, "
+              f"all within tolerance: {all(x[4] for x in sel)}")
+
+
+# ---------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
+    ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
+    ap.add_argument("--no-cross-check", action="store_true")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+
+    # seed.json
+    seed_entries = []
+    for case in build_cases("seed"):
+        check_case(case)
+        traj = run_seed(case)
+        check_trajectory(case, traj)
+        seed_entries.append({"case": case, "source": "seed", "trajectory": traj})
+    for case, expect in HAND_CASES:
+        check_case(case)
+        traj = run_seed(case)
+        check_trajectory(case, traj)
+        for name, rows in expect.items():
+            got = np.array(traj[name])
+            assert np.allclose(got, rows, rtol=1e-15, atol=0), (case["name"], name, traj[name], rows)
+        seed_entries.append({"case": case, "source": "seed", "trajectory": traj})
+    n = write(HERE / "seed.json", {"generator": GENERATOR, "cases": seed_entries})
+    print(f"seed.json: {len(seed_entries)} cases, {n} bytes")
+
+    if args.no_torch:
+        return
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    if version != TORCH_VERSION and not args.any_torch:
+        sys.exit(f"error: torch {torch.__version__} found, fixtures are pinned to {TORCH_VERSION}")
+    torch.set_num_threads(1)
+
+    torch_entries = []
+    for case in build_cases("pytorch"):
+        check_case(case)
+        traj = run_torch(case)
+        check_trajectory(case, traj)
+        torch_entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    n = write(HERE / "pytorch.json", {"generator": GENERATOR, "torch_version": version,
+                                      "cases": torch_entries})
+    print(f"pytorch.json: {len(torch_entries)} cases, {n} bytes")
+    print(f"generation took {time.perf_counter() - t0:.2f} s")
+
+    if not args.no_cross_check:
+        cross_check(torch_entries, seed_entries)
+
+
+if __name__ == "__main__":
+    main()
