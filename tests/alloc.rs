@@ -1,0 +1,89 @@
+//! Steady-state steps allocate nothing: a counting global allocator watches this thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use ndarray::{Array2, Array3, ArrayD, IxDyn, ShapeBuilder, s};
+use ndarray_optim::{Element, Optimizer, UpdateRule};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::common::{RuleCheck, for_each_rule};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+// SAFETY-free: only forwards to the system allocator and bumps a thread-local counter while
+// a test is counting.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get().map(|n| n + 1)));
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above, for `dealloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// How many allocations `f` makes on this thread.
+fn allocations(f: impl FnOnce()) -> u64 {
+    ALLOCATIONS.with(|count| count.set(Some(0)));
+    f();
+    ALLOCATIONS.with(|count| count.replace(None)).unwrap_or(0)
+}
+
+struct NoAllocation;
+
+impl RuleCheck for NoAllocation {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let mut opt = Optimizer::<R, A>::new(rule.clone()).unwrap();
+        opt.add_group("other", rule.clone()).unwrap();
+        opt.assign("layer.bias", "other").unwrap();
+        let mut weight = Array2::<A>::zeros((64, 33));
+        let mut f_order = Array3::<A>::zeros((5, 6, 7).f());
+        let mut wide = Array2::<A>::zeros((16, 40));
+        let mut bias = ArrayD::<A>::zeros(IxDyn(&[3, 1, 2, 5]));
+        let g_weight = Array2::from_elem((64, 33), A::from_f64(0.25));
+        let g_f = Array3::from_elem((5, 6, 7).f(), A::from_f64(-0.5));
+        let g_wide = Array2::from_elem((16, 20), A::from_f64(0.125));
+        let g_bias = ArrayD::from_elem(IxDyn(&[3, 1, 2, 5]), A::from_f64(1.5));
+        let mut steps = |opt: &mut Optimizer<R, A>| {
+            opt.step("layer.weight", &mut weight, &g_weight).unwrap();
+            opt.step("f", &mut f_order, &g_f).unwrap();
+            opt.step("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide).unwrap();
+            opt.step("layer.bias", &mut bias, &g_bias).unwrap();
+        };
+        steps(&mut opt);
+        let count = allocations(|| {
+            for _ in 0..5 {
+                steps(&mut opt);
+            }
+        });
+        assert_eq!(count, 0, "{rule:?} {}: steady-state steps allocated", A::NAME);
+        assert_eq!(opt.step_count("layer.bias"), Some(6));
+    }
+}
+
+#[test]
+fn steady_state_steps_do_not_allocate() {
+    for_each_rule(&mut NoAllocation);
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    assert!(allocations(|| drop(vec![1u8; 10])) >= 1);
+}

@@ -1,0 +1,213 @@
+//! Saving and restoring the whole optimizer state.
+
+use ndarray::{Array2, ArrayD, IxDyn, ShapeBuilder};
+use ndarray_optim::checkpoint::{BufferRecord, StateRecord};
+use ndarray_optim::{Adam, Checkpoint, Element, Error, Optimizer, Sgd, UpdateRule};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::common::{RuleCheck, bits, for_each_rule, values};
+
+/// A model of three tensors in two groups, one stored column-major.
+struct Model<A> {
+    tensors: Vec<(&'static str, ArrayD<A>)>,
+}
+
+impl<A: Element> Model<A> {
+    fn new() -> Self {
+        let mut f_order = ArrayD::zeros(IxDyn(&[3, 4]).f());
+        f_order.assign(&values::<A>(&[3, 4], 100));
+        Model {
+            tensors: vec![
+                ("encoder.weight", values(&[4, 5], 101)),
+                ("encoder.bias", values(&[], 102)),
+                ("head.weight", f_order),
+            ],
+        }
+    }
+
+    fn train<R: UpdateRule>(&mut self, opt: &mut Optimizer<R, A>, steps: std::ops::Range<u64>) {
+        for step in steps {
+            for (index, (name, param)) in self.tensors.iter_mut().enumerate() {
+                let grad = values::<A>(param.shape(), 1000 * step + index as u64);
+                opt.step(name, param, &grad).unwrap();
+            }
+        }
+    }
+
+    fn bits(&self) -> Vec<Vec<u64>> {
+        self.tensors.iter().map(|(_, p)| bits(p.iter())).collect()
+    }
+}
+
+fn optimizer<R: UpdateRule, A: Element>(rule: R) -> Optimizer<R, A> {
+    let mut opt = Optimizer::new(rule.clone()).unwrap();
+    let mut head = rule;
+    *head.lr_mut() *= 0.5;
+    opt.add_group("head", head).unwrap();
+    opt.assign("head.weight", "head").unwrap();
+    opt.assign("not.yet.stepped", "head").unwrap();
+    opt
+}
+
+struct ExactResume;
+
+impl RuleCheck for ExactResume {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let mut straight = Model::<A>::new();
+        let mut opt = optimizer::<R, A>(rule.clone());
+        straight.train(&mut opt, 0..9);
+
+        let mut resumed = Model::<A>::new();
+        let mut first = optimizer::<R, A>(rule.clone());
+        resumed.train(&mut first, 0..4);
+        let json = serde_json::to_vec(&first).unwrap();
+        drop(first);
+        let mut second: Optimizer<R, A> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(second.group_of("not.yet.stepped"), Some("head"));
+        assert_eq!(second.step_count("encoder.bias"), Some(4));
+        resumed.train(&mut second, 4..9);
+
+        assert_eq!(resumed.bits(), straight.bits(), "{rule:?} {}", A::NAME);
+        assert_eq!(second.checkpoint(), opt.checkpoint());
+    }
+}
+
+#[test]
+fn resume_is_bit_for_bit() {
+    for_each_rule(&mut ExactResume);
+}
+
+fn adam_checkpoint() -> Checkpoint<Adam, f32> {
+    let mut opt = optimizer::<Adam, f32>(Adam::default());
+    Model::<f32>::new().train(&mut opt, 0..2);
+    opt.checkpoint()
+}
+
+fn state_of<'a>(c: &'a mut Checkpoint<Adam, f32>, name: &str) -> &'a mut StateRecord<f32> {
+    c.tensors.iter_mut().find(|t| t.name == name).unwrap().state.as_mut().unwrap()
+}
+
+#[test]
+fn checkpoint_lists_everything_by_name() {
+    let c = adam_checkpoint();
+    assert_eq!((c.format.as_str(), c.version), ("ndarray-optim", 1));
+    assert_eq!((c.rule.as_str(), c.dtype.as_str()), ("adam", "f32"));
+    let names: Vec<&str> = c.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["encoder.bias", "encoder.weight", "head.weight", "not.yet.stepped"]);
+    let head = c.tensors.iter().find(|t| t.name == "head.weight").unwrap();
+    let state = head.state.as_ref().unwrap();
+    assert_eq!((head.group.as_str(), state.step, state.shape.as_slice()), ("head", 2, &[3, 4][..]));
+    let buffers: Vec<&str> = state.buffers.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(buffers, ["exp_avg", "exp_avg_sq"]);
+    // Values are row-major whatever the layout: exp_avg after two steps of Adam is
+    // (1 − β₁)(β₁ g₁ + g₂) elementwise, with g from the same deterministic generator.
+    let g1 = values::<f32>(&[3, 4], 2);
+    let g2 = values::<f32>(&[3, 4], 1002);
+    for (i, (&m, (&a, &b))) in state.buffers[0].values.iter().zip(g1.iter().zip(&g2)).enumerate() {
+        let expected = 0.9f32 * (0.1f32 * a) + 0.1f32 * b;
+        assert!((m - expected).abs() <= 1e-6, "exp_avg[{i}] = {m}, expected {expected}");
+    }
+}
+
+fn refused(c: Checkpoint<Adam, f32>) -> Error {
+    Optimizer::from_checkpoint(c).unwrap_err()
+}
+
+#[test]
+fn invalid_checkpoints_are_refused_with_the_reason() {
+    let mut c = adam_checkpoint();
+    c.version = 2;
+    assert_eq!(refused(c), Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2 });
+
+    let mut c = adam_checkpoint();
+    c.format = "other".into();
+    assert!(matches!(refused(c), Error::UnsupportedCheckpoint { .. }));
+
+    let mut c = adam_checkpoint();
+    c.rule = "sgd".into();
+    assert_eq!(
+        refused(c),
+        Error::CheckpointMismatch { field: "rule", expected: "adam", found: "sgd".into() }
+    );
+
+    let mut c = adam_checkpoint();
+    c.dtype = "f64".into();
+    assert!(matches!(refused(c), Error::CheckpointMismatch { field: "dtype", .. }));
+
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "head.weight").buffers[1].values.pop();
+    let err = refused(c);
+    assert!(matches!(&err, Error::InvalidTensorState { param, .. } if param == "head.weight"));
+    assert!(err.to_string().contains("exp_avg_sq") && err.to_string().contains("11"), "{err}");
+
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "encoder.bias").buffers[0].name = "momentum_buffer".into();
+    assert!(matches!(refused(c), Error::InvalidTensorState { param, .. } if param == "encoder.bias"));
+
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "encoder.bias").buffers.push(BufferRecord { name: "x".into(), values: vec![] });
+    assert!(matches!(refused(c), Error::InvalidTensorState { .. }));
+
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "encoder.bias").shape = vec![usize::MAX, 2];
+    assert!(matches!(refused(c), Error::InvalidTensorState { .. }));
+
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "encoder.bias").step = 0;
+    assert!(matches!(refused(c), Error::InvalidTensorState { .. }));
+
+    let mut c = adam_checkpoint();
+    let duplicate = c.tensors[0].clone();
+    c.tensors.push(duplicate);
+    assert_eq!(refused(c), Error::DuplicateParam { param: "encoder.bias".into() });
+
+    let mut c = adam_checkpoint();
+    c.tensors[0].group = "nowhere".into();
+    assert_eq!(refused(c), Error::UnknownGroup { group: "nowhere".into() });
+
+    let mut c = adam_checkpoint();
+    c.groups[1].hyper.beta2 = 1.0;
+    assert!(matches!(refused(c), Error::InvalidHyperparameter { key: "beta2", .. }));
+
+    let mut c = adam_checkpoint();
+    c.groups[1].name = "default".into();
+    assert_eq!(refused(c), Error::DuplicateGroup { group: "default".into() });
+
+    let mut c = adam_checkpoint();
+    c.groups.remove(0);
+    assert!(matches!(refused(c), Error::UnknownGroup { .. }));
+}
+
+#[test]
+fn serde_errors_name_the_problem() {
+    let json = serde_json::to_string(&Optimizer::<Sgd, f64>::new(Sgd::default()).unwrap()).unwrap();
+    let err = serde_json::from_str::<Optimizer<Adam, f64>>(&json).unwrap_err();
+    assert!(err.to_string().contains("rule"), "{err}");
+    assert!(serde_json::from_str::<Optimizer<Sgd, f64>>(&json[..json.len() - 3]).is_err());
+}
+
+#[test]
+fn restored_column_major_state_takes_the_fast_path_layout() {
+    // State restored into row-major buffers is relaid out for a column-major parameter on its
+    // next step, and stays exact.
+    let rule = Adam::default();
+    let mut a = Array2::<f64>::zeros((3, 5).f());
+    a.assign(&values::<f64>(&[3, 5], 7).into_dimensionality::<ndarray::Ix2>().unwrap());
+    let mut b = a.clone();
+    let mut straight = Optimizer::new(rule).unwrap();
+    let mut resumed = Optimizer::new(rule).unwrap();
+    for step in 0..6 {
+        let g = values::<f64>(&[3, 5], step).into_dimensionality::<ndarray::Ix2>().unwrap();
+        straight.step("a", &mut a, &g).unwrap();
+        if step == 3 {
+            resumed = Optimizer::from_checkpoint(resumed.checkpoint()).unwrap();
+        }
+        resumed.step("a", &mut b, &g).unwrap();
+    }
+    assert_eq!(bits(a.iter()), bits(b.iter()));
+}

@@ -1,0 +1,50 @@
+//! What several test modules share: the list of rules under test and deterministic data.
+
+use ndarray::{ArrayD, IxDyn};
+use ndarray_optim::{
+    Adadelta, Adagrad, Adam, Element, EpsPlacement, Momentum, Nesterov, RmsProp, Sgd, UpdateRule,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A check to run for one rule and element type.
+pub trait RuleCheck {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned;
+}
+
+/// Runs `check` for every rule (both ε placements where a rule has them) in f32 and f64.
+pub fn for_each_rule(check: &mut impl RuleCheck) {
+    fn rules<A: Element + Serialize + DeserializeOwned>(check: &mut impl RuleCheck) {
+        check.check::<_, A>(Sgd { lr: 0.05 });
+        check.check::<_, A>(Momentum { lr: 0.05, momentum: 0.9 });
+        check.check::<_, A>(Nesterov { lr: 0.05, momentum: 0.8 });
+        for eps_placement in [EpsPlacement::Inside, EpsPlacement::Outside] {
+            check.check::<_, A>(Adagrad { lr: 0.1, eps: 1e-8, eps_placement });
+            check.check::<_, A>(RmsProp { lr: 0.01, rho: 0.9, eps: 1e-8, eps_placement });
+        }
+        check.check::<_, A>(Adadelta { lr: 0.5, rho: 0.9, eps: 1e-6 });
+        check.check::<_, A>(Adam { lr: 0.01, beta1: 0.8, beta2: 0.99, eps: 1e-8 });
+    }
+    rules::<f32>(check);
+    rules::<f64>(check);
+}
+
+/// Deterministic, varied values of `shape` (row-major), different for every `seed`.
+pub fn values<A: Element>(shape: &[usize], seed: u64) -> ArrayD<A> {
+    let numel: usize = shape.iter().product();
+    let values = (0..numel)
+        .map(|i| {
+            let x = (i as f64 + 1.0) * 0.7548776662 + seed as f64 * 0.5698402910;
+            A::from_f64((x * 12.9898).sin() * (1.0 + (i % 3) as f64))
+        })
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(shape), values).expect("numel matches")
+}
+
+/// The bits of every value in logical (row-major) order, for bit-for-bit comparisons.
+pub fn bits<'a, A: Element>(values: impl IntoIterator<Item = &'a A>) -> Vec<u64> {
+    values.into_iter().map(|v| v.into_f64().to_bits()).collect()
+}

@@ -1,0 +1,168 @@
+//! Every rule on every dimensionality and memory layout gives the same bits as on a plain
+//! row-major array.
+
+use ndarray::{
+    Array, ArrayD, ArrayViewMut, Axis, Dimension, Ix0, Ix1, Ix3, Ix5, IxDyn, ShapeBuilder, Slice,
+};
+use ndarray_optim::{Element, Optimizer, UpdateRule};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::common::{RuleCheck, bits, for_each_rule, values};
+
+const STEPS: u64 = 6;
+
+/// How a tensor is stored in memory; its logical values are the same in every layout.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    RowMajor,
+    ColumnMajor,
+    /// Every other element of a twice-as-long last axis.
+    Strided,
+    /// Stored backwards along every axis (negative strides).
+    Reversed,
+}
+
+const LAYOUTS: [Layout; 4] =
+    [Layout::RowMajor, Layout::ColumnMajor, Layout::Strided, Layout::Reversed];
+
+/// Storage for a tensor of `dim` in `layout`; `view` gives the tensor itself.
+struct Stored<A, D: Dimension> {
+    storage: Array<A, D>,
+    layout: Layout,
+}
+
+impl<A: Element, D: Dimension> Stored<A, D> {
+    fn new(dim: D, layout: Layout, logical: &ArrayD<A>) -> Self {
+        let storage = match layout {
+            Layout::RowMajor | Layout::Reversed => Array::zeros(dim),
+            Layout::ColumnMajor => Array::zeros(dim.f()),
+            Layout::Strided => {
+                let mut wide = dim.clone();
+                if let Some(last) = wide.slice_mut().last_mut() {
+                    *last *= 2;
+                }
+                Array::zeros(wide)
+            }
+        };
+        let mut stored = Stored { storage, layout };
+        let logical = logical.view().into_dimensionality::<D>().unwrap();
+        stored.view().assign(&logical);
+        stored
+    }
+
+    fn view(&mut self) -> ArrayViewMut<'_, A, D> {
+        let mut view = self.storage.view_mut();
+        match self.layout {
+            Layout::RowMajor | Layout::ColumnMajor => {}
+            Layout::Strided => {
+                if view.ndim() > 0 {
+                    let last = Axis(view.ndim() - 1);
+                    view.slice_axis_inplace(last, Slice::new(0, None, 2));
+                }
+            }
+            Layout::Reversed => {
+                for axis in 0..view.ndim() {
+                    view.invert_axis(Axis(axis));
+                }
+            }
+        }
+        view
+    }
+}
+
+/// Runs `STEPS` steps on a parameter stored in `param_layout` with gradients stored in
+/// `grad_layout`; returns the parameter's bits and the optimizer's checkpoint.
+fn run<R, A, D>(rule: &R, dim: D, param_layout: Layout, grad_layout: Layout) -> (Vec<u64>, String)
+where
+    R: UpdateRule + Serialize,
+    A: Element + Serialize,
+    D: Dimension,
+{
+    let shape = dim.slice().to_vec();
+    let mut optimizer = Optimizer::<R, A>::new(rule.clone()).unwrap();
+    let mut param = Stored::new(dim.clone(), param_layout, &values::<A>(&shape, 0));
+    for step in 1..=STEPS {
+        let mut grad = Stored::new(dim.clone(), grad_layout, &values::<A>(&shape, step));
+        optimizer.step("p", &mut param.view(), &grad.view()).unwrap();
+    }
+    (bits(param.view().iter()), serde_json::to_string(&optimizer).unwrap())
+}
+
+struct AllLayouts<D>(D);
+
+impl<D: Dimension> RuleCheck for AllLayouts<D> {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let dim = self.0.clone();
+        let plain = run::<R, A, D>(&rule, dim.clone(), Layout::RowMajor, Layout::RowMajor);
+        for param_layout in LAYOUTS {
+            for grad_layout in LAYOUTS {
+                assert_eq!(
+                    run::<R, A, D>(&rule, dim.clone(), param_layout, grad_layout),
+                    plain,
+                    "{rule:?} {} shape {:?}: param {param_layout:?}, grad {grad_layout:?}",
+                    A::NAME,
+                    dim.slice(),
+                );
+            }
+        }
+    }
+}
+
+fn check_all_rules<D: Dimension>(dim: D) {
+    for_each_rule(&mut AllLayouts(dim));
+}
+
+#[test]
+fn zero_dimensional() {
+    check_all_rules(Ix0());
+}
+
+#[test]
+fn one_dimensional() {
+    check_all_rules(Ix1(37));
+}
+
+#[test]
+fn three_dimensional() {
+    check_all_rules(Ix3(3, 4, 5));
+}
+
+#[test]
+fn five_dimensional() {
+    check_all_rules(Ix5(2, 3, 1, 4, 2));
+}
+
+#[test]
+fn dynamic_dimensional() {
+    check_all_rules(IxDyn(&[3, 2, 4]));
+    check_all_rules(IxDyn(&[2, 1, 3, 2, 2, 3]));
+}
+
+#[test]
+fn empty_tensors() {
+    check_all_rules(Ix3(2, 0, 3));
+}
+
+/// The same tensor stepped once through a view and once through an owned array of another
+/// dimension type (same shape) shares its state and keeps matching bits.
+#[test]
+fn static_and_dynamic_dimensions_agree() {
+    let rule = ndarray_optim::Adam::default();
+    let shape = [4, 3];
+    let mut fixed = Optimizer::<_, f64>::new(rule).unwrap();
+    let mut dynamic = fixed.clone();
+    let mut a = values::<f64>(&shape, 0).into_dimensionality::<ndarray::Ix2>().unwrap();
+    let mut b = values::<f64>(&shape, 0);
+    for step in 1..=STEPS {
+        let g = values::<f64>(&shape, step);
+        fixed.step("w", &mut a, &g.clone().into_dimensionality().unwrap()).unwrap();
+        dynamic.step("w", &mut b, &g).unwrap();
+    }
+    assert_eq!(bits(a.iter()), bits(b.iter()));
+    assert_eq!(fixed.checkpoint(), dynamic.checkpoint());
+}

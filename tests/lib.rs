@@ -1,0 +1,13 @@
+//! The integration tests, one binary with a module per concern.
+
+#[path = "../examples/support/case.rs"]
+#[allow(dead_code)]
+mod case;
+
+mod alloc;
+mod checkpoint;
+mod common;
+mod errors;
+mod hand;
+mod layouts;
+mod reference;
