@@ -12,7 +12,6 @@ use ndarray::Order;
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::StateSlots;
 use crate::optimizer::Optimizer;
 use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
 use crate::rule::UpdateRule;
@@ -76,7 +75,7 @@ pub struct StateRecord<A> {
     pub step: u64,
     /// The tensor's shape.
     pub shape: Vec<usize>,
-    /// The rule's buffers in the order of [`UpdateRule::STATE_NAMES`].
+    /// The rule's buffers in the order of [`UpdateRule::state_names`].
     pub buffers: Vec<BufferRecord<A>>,
 }
 
@@ -109,18 +108,22 @@ fn invalid_state(param: &str, reason: String) -> Error {
     Error::InvalidTensorState { param: param.to_owned(), reason }
 }
 
-fn restore_state<R: UpdateRule, A: Element>(
+fn restore_state<A: Element>(
     param: &str,
     record: StateRecord<A>,
+    rule: &'static str,
+    state_names: &[&str],
 ) -> Result<TensorState<A>> {
     if record.step == 0 {
         return Err(invalid_state(param, "step count 0 with state".to_owned()));
     }
     let names: Vec<&str> = record.buffers.iter().map(|buffer| buffer.name.as_str()).collect();
-    if names != R::STATE_NAMES {
+    if names != state_names {
         return Err(invalid_state(
             param,
-            format!("buffers are {names:?}, `{}` keeps {:?}", R::NAME, R::STATE_NAMES),
+            format!(
+                "buffers are {names:?}, `{rule}` with its group's settings keeps {state_names:?}"
+            ),
         ));
     }
     let numel = record
@@ -139,7 +142,7 @@ fn restore_state<R: UpdateRule, A: Element>(
             ),
         ));
     }
-    let mut buffers = Vec::with_capacity(R::State::<A>::LEN * numel);
+    let mut buffers = Vec::with_capacity(state_names.len() * numel);
     for buffer in record.buffers {
         buffers.extend(buffer.values);
     }
@@ -162,7 +165,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             .map(|(name, slot)| TensorRecord {
                 name: name.clone(),
                 group: registry.groups[slot.group].name.clone(),
-                state: slot.tensor.as_ref().map(|tensor| tensor.record(R::STATE_NAMES)),
+                state: slot
+                    .tensor
+                    .as_ref()
+                    .map(|tensor| tensor.record(registry.groups[slot.group].hyper.state_names())),
             })
             .collect();
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -219,8 +225,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let mut slots = HashMap::with_capacity(tensors.len());
         for record in tensors {
             let group = registry.group_index(&record.group)?;
-            let tensor =
-                record.state.map(|state| restore_state::<R, A>(&record.name, state)).transpose()?;
+            let state_names = registry.groups[group].hyper.state_names();
+            let tensor = record
+                .state
+                .map(|state| restore_state(&record.name, state, R::NAME, state_names))
+                .transpose()?;
             if slots.contains_key(&record.name) {
                 return Err(Error::DuplicateParam { param: record.name });
             }

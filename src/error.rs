@@ -48,6 +48,16 @@ pub enum Error {
         /// The group name.
         group: String,
     },
+    /// New hyperparameters would need other state buffers than a stepped tensor has (e.g.
+    /// switching an option that adds a buffer on in mid-training).
+    StateBuffersChange {
+        /// A tensor whose state would not fit.
+        param: String,
+        /// The buffers it has.
+        current: &'static [&'static str],
+        /// The buffers the new hyperparameters need.
+        requested: &'static [&'static str],
+    },
     /// A checkpoint is not of this crate's format, or of a format version this build does not
     /// read.
     UnsupportedCheckpoint {
@@ -99,6 +109,11 @@ impl fmt::Display for Error {
             Error::DuplicateGroup { group } => {
                 write!(f, "a parameter group named `{group}` exists already")
             }
+            Error::StateBuffersChange { param, current, requested } => write!(
+                f,
+                "`{param}` has state buffers {current:?}, the new hyperparameters need \
+                 {requested:?}"
+            ),
             Error::UnsupportedCheckpoint { format, version } => write!(
                 f,
                 "unsupported checkpoint: format `{format}` version {version} (this build reads \

@@ -12,7 +12,6 @@ use ndarray::{
 };
 
 use crate::element::Element;
-use crate::rule::UpdateRule;
 
 mod sealed {
     pub trait Sealed {}
@@ -20,7 +19,7 @@ mod sealed {
 }
 
 /// The state values of one element, `[A; N]` for N from 0 to 4, as a rule's
-/// [`UpdateRule::State`].
+/// per-element state.
 ///
 /// The per-element update sees the N values as a plain array; this trait moves them between
 /// the N state buffers of a tensor and that array.
@@ -109,29 +108,47 @@ fn is_contiguous_in<A, D: Dimension>(view: &ArrayView<'_, A, D>, order: Order) -
     }
 }
 
-/// Applies one step of rule `R` with `coefficients` to a tensor whose state buffers, laid out
-/// in `order`, are `state`. Shapes must already agree (the registry checks them).
-pub(crate) fn step<R, A, D>(
-    coefficients: &R::Coefficients<A>,
-    mut param: ArrayViewMut<'_, A, D>,
-    grad: ArrayView<'_, A, D>,
-    state: &mut [A],
-    order: Order,
-) where
-    R: UpdateRule,
-    A: Element,
-    D: Dimension,
-{
-    let update = |p: &mut A, g: A, s: &mut R::State<A>| R::update(coefficients, p, g, s);
-    let flat = is_contiguous_in(&param.view(), order) && is_contiguous_in(&grad, order);
-    match (param.as_slice_memory_order_mut(), grad.as_slice_memory_order()) {
-        (Some(p), Some(g)) if flat => R::State::<A>::for_each(
-            ArrayViewMut1::from(p),
-            ArrayView1::from(g),
-            state,
-            Order::RowMajor,
-            update,
-        ),
-        _ => R::State::<A>::for_each(param, grad, state, order, update),
+/// One tensor's step as a rule sees it: parameter, gradient and the tensor's state buffers.
+///
+/// A rule's [`UpdateRule::step`](crate::UpdateRule::step) computes its per-step scalars and hands its per-element
+/// update to [`apply`](Self::apply), which runs it over every element in one fused pass.
+pub struct TensorStep<'a, A, D> {
+    pub(crate) param: ArrayViewMut<'a, A, D>,
+    pub(crate) grad: ArrayView<'a, A, D>,
+    pub(crate) state: &'a mut [A],
+    pub(crate) order: Order,
+}
+
+impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
+    /// Runs `update(p, g, s)` on every element: its parameter `p`, gradient `g` and state
+    /// values `s`, one per state buffer (`S` is `[A; N]` for a rule with N buffers, the
+    /// length of its [`UpdateRule::state_names`](crate::UpdateRule::state_names)).
+    ///
+    /// # Panics
+    /// If `N` is not the number of buffers the rule declared: a bug in the rule, not in the
+    /// data.
+    #[inline]
+    pub fn apply<S, F>(self, update: F)
+    where
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S),
+    {
+        let TensorStep { mut param, grad, state, order } = self;
+        assert_eq!(
+            state.len(),
+            S::LEN * param.len(),
+            "a rule's update must take one state value per declared state buffer"
+        );
+        let flat = is_contiguous_in(&param.view(), order) && is_contiguous_in(&grad, order);
+        match (param.as_slice_memory_order_mut(), grad.as_slice_memory_order()) {
+            (Some(p), Some(g)) if flat => S::for_each(
+                ArrayViewMut1::from(p),
+                ArrayView1::from(g),
+                state,
+                Order::RowMajor,
+                update,
+            ),
+            _ => S::for_each(param, grad, state, order, update),
+        }
     }
 }

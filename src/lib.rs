@@ -53,7 +53,7 @@ pub mod rules;
 pub use checkpoint::Checkpoint;
 pub use element::Element;
 pub use error::{Error, Result};
-pub use kernel::StateSlots;
+pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::Optimizer;
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};

@@ -4,7 +4,7 @@ use ndarray::{ArrayRef, Dimension};
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel;
+use crate::kernel::{self, TensorStep};
 use crate::registry::{ParamGroup, Registry};
 use crate::rule::UpdateRule;
 
@@ -82,14 +82,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let order = kernel::preferred_order(&param);
         let (hyper, tensor) = self.registry.prepare(name, param.shape(), order)?;
         tensor.step += 1;
-        let coefficients = hyper.coefficients::<A>(tensor.step);
-        kernel::step::<R, A, D>(
-            &coefficients,
-            param,
-            grad.view(),
-            &mut tensor.buffers,
-            tensor.order,
-        );
+        let (grad, state, order) = (grad.view(), &mut tensor.buffers, tensor.order);
+        hyper.step(tensor.step, TensorStep { param, grad, state, order });
         Ok(())
     }
 

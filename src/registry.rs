@@ -6,7 +6,6 @@ use ndarray::{ArrayView, IxDyn, Order, ShapeBuilder};
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::StateSlots;
 use crate::rule::UpdateRule;
 
 /// The name of the group that [`Optimizer::new`](crate::Optimizer::new) creates, which holds
@@ -87,6 +86,19 @@ impl<A: Element> TensorState<A> {
     }
 }
 
+/// Refuses hyperparameters that would need other state buffers than a tensor has.
+fn check_same_buffers(
+    param: &str,
+    current: &'static [&'static str],
+    requested: &'static [&'static str],
+) -> Result<()> {
+    if current == requested {
+        Ok(())
+    } else {
+        Err(Error::StateBuffersChange { param: param.to_owned(), current, requested })
+    }
+}
+
 /// A named tensor's group and, once it has been stepped, its state.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Slot<A> {
@@ -128,14 +140,32 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
         let index = self.group_index(group)?;
         hyper.validate()?;
+        let current = self.groups[index].hyper.state_names();
+        if let Some(param) = self.stepped_members(index).next() {
+            check_same_buffers(param, current, hyper.state_names())?;
+        }
         self.groups[index].hyper = hyper;
         Ok(())
+    }
+
+    /// Names of the group's tensors that have state.
+    fn stepped_members(&self, group: usize) -> impl Iterator<Item = &str> {
+        self.slots
+            .iter()
+            .filter(move |(_, slot)| slot.group == group && slot.tensor.is_some())
+            .map(|(name, _)| name.as_str())
     }
 
     pub(crate) fn assign(&mut self, param: &str, group: &str) -> Result<()> {
         let group = self.group_index(group)?;
         match self.slots.get_mut(param) {
-            Some(slot) => slot.group = group,
+            Some(slot) => {
+                if slot.tensor.is_some() {
+                    let current = self.groups[slot.group].hyper.state_names();
+                    check_same_buffers(param, current, self.groups[group].hyper.state_names())?;
+                }
+                slot.group = group;
+            }
             None => {
                 self.slots.insert(param.to_owned(), Slot { group, tensor: None });
             }
@@ -157,6 +187,8 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
             self.slots.insert(param.to_owned(), Slot { group: 0, tensor: None });
         }
         let slot = self.slots.get_mut(param).expect("the slot exists or was just inserted");
+        let hyper = &self.groups[slot.group].hyper;
+        let state_len = hyper.state_names().len() * shape.iter().product::<usize>();
         let tensor = match &mut slot.tensor {
             Some(tensor) if tensor.shape != shape => {
                 return Err(Error::ShapeChanged {
@@ -171,12 +203,12 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                 shape: shape.to_vec(),
                 order,
                 order_pending: false,
-                buffers: vec![A::zero(); R::State::<A>::LEN * shape.iter().product::<usize>()],
+                buffers: vec![A::zero(); state_len],
             }),
         };
         if tensor.order_pending {
             tensor.relayout(order);
         }
-        Ok((&self.groups[slot.group].hyper, tensor))
+        Ok((hyper, tensor))
     }
 }

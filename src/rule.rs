@@ -4,26 +4,27 @@ use core::fmt::Debug;
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::StateSlots;
+use crate::kernel::TensorStep;
+use ndarray::Dimension;
 
 /// An elementwise optimizer update rule, such as [`Adam`](crate::Adam).
 ///
 /// A value of the implementing type is the rule's hyperparameters. Every rule here is
-/// elementwise: for each element it reads the parameter `p`, the gradient `g` and
-/// [`STATE_NAMES`](Self::STATE_NAMES)`.len()` state values, and writes `p` and the state. The
-/// scalars that do not depend on the element (bias corrections, the learning rate in the
-/// element type) are computed once per tensor per step by
-/// [`coefficients`](Self::coefficients); [`update`](Self::update) is the per-element
-/// arithmetic. The crate's kernel owns the loops, so a rule gets every memory layout, the
-/// named registry and checkpoints without code of its own.
+/// elementwise: for each element it reads the parameter `p`, the gradient `g` and one value
+/// per state buffer, and writes `p` and the state. [`step`](Self::step) computes the scalars
+/// that do not depend on the element (bias corrections, the learning rate in the element type)
+/// once per tensor, then hands the per-element arithmetic to [`TensorStep::apply`], which owns
+/// the loops. So a rule gets every memory layout, the named registry and checkpoints without
+/// code of its own, and its number of state buffers may depend on its hyperparameters (as
+/// PyTorch's `amsgrad` or `centered` options do).
 ///
 /// Hyperparameters are `f64` whatever the element type, converted once per step.
 ///
 /// # Example: a rule of your own
 ///
 /// ```
-/// use ndarray::array;
-/// use ndarray_optim::{Element, Optimizer, Result, UpdateRule};
+/// use ndarray::{Dimension, array};
+/// use ndarray_optim::{Element, Optimizer, Result, TensorStep, UpdateRule};
 ///
 /// /// Sign descent: θ ← θ − η·sign(g).
 /// #[derive(Clone, Debug, PartialEq)]
@@ -31,18 +32,16 @@ use crate::kernel::StateSlots;
 ///
 /// impl UpdateRule for SignSgd {
 ///     const NAME: &'static str = "sign_sgd";
-///     const STATE_NAMES: &'static [&'static str] = &[];
-///     type State<A: Element> = [A; 0];
-///     type Coefficients<A: Element> = A;
 ///
+///     fn state_names(&self) -> &'static [&'static str] { &[] }
 ///     fn validate(&self) -> Result<()> {
 ///         ndarray_optim::rule::check_lr(Self::NAME, self.lr)
 ///     }
 ///     fn lr(&self) -> f64 { self.lr }
 ///     fn lr_mut(&mut self) -> &mut f64 { &mut self.lr }
-///     fn coefficients<A: Element>(&self, _step: u64) -> A { A::from_f64(self.lr) }
-///     fn update<A: Element>(lr: &A, p: &mut A, g: A, _state: &mut [A; 0]) {
-///         *p = *p - *lr * g.signum();
+///     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+///         let lr = A::from_f64(self.lr);
+///         tensor.apply(|p, g, _: &mut [A; 0]| *p = *p - lr * g.signum());
 ///     }
 /// }
 ///
@@ -56,15 +55,9 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// The rule's name in checkpoints, errors and replay cases, e.g. `"adam"`.
     const NAME: &'static str;
 
-    /// The names of the per-element state buffers, in the order of [`State`](Self::State),
-    /// e.g. `["exp_avg", "exp_avg_sq"]` for Adam (PyTorch's names where it has the buffer).
-    const STATE_NAMES: &'static [&'static str];
-
-    /// The state values of one element: `[A; STATE_NAMES.len()]`.
-    type State<A: Element>: StateSlots<A>;
-
-    /// The scalars of one step of one tensor, shared by all its elements.
-    type Coefficients<A: Element>: Copy + Send + Sync;
+    /// The names of the per-element state buffers these hyperparameters need, in the order
+    /// the update sees them, e.g. `["exp_avg", "exp_avg_sq"]` for Adam (PyTorch's names).
+    fn state_names(&self) -> &'static [&'static str];
 
     /// Checks every hyperparameter's range; called whenever hyperparameters enter an
     /// optimizer, so that stepping never has to.
@@ -79,16 +72,10 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// The learning rate η, for schedules that change it between steps.
     fn lr_mut(&mut self) -> &mut f64;
 
-    /// The coefficients of step `step` (1 for a tensor's first step) in the element type.
-    fn coefficients<A: Element>(&self, step: u64) -> Self::Coefficients<A>;
-
-    /// Updates one element: parameter `param`, gradient `grad` and its `state` values.
-    fn update<A: Element>(
-        coefficients: &Self::Coefficients<A>,
-        param: &mut A,
-        grad: A,
-        state: &mut Self::State<A>,
-    );
+    /// Applies step number `step` (1 for a tensor's first step) to one tensor: computes the
+    /// step's scalars and calls [`TensorStep::apply`] with the per-element update, whose
+    /// state has one value per name in [`state_names`](Self::state_names).
+    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>);
 }
 
 /// Where a rule adds ε to the root of its second-moment estimate `s`.

@@ -122,7 +122,10 @@ fn refused(c: Checkpoint<Adam, f32>) -> Error {
 fn invalid_checkpoints_are_refused_with_the_reason() {
     let mut c = adam_checkpoint();
     c.version = 2;
-    assert_eq!(refused(c), Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2 });
+    assert_eq!(
+        refused(c),
+        Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2 }
+    );
 
     let mut c = adam_checkpoint();
     c.format = "other".into();
@@ -147,10 +150,14 @@ fn invalid_checkpoints_are_refused_with_the_reason() {
 
     let mut c = adam_checkpoint();
     state_of(&mut c, "encoder.bias").buffers[0].name = "momentum_buffer".into();
-    assert!(matches!(refused(c), Error::InvalidTensorState { param, .. } if param == "encoder.bias"));
+    assert!(
+        matches!(refused(c), Error::InvalidTensorState { param, .. } if param == "encoder.bias")
+    );
 
     let mut c = adam_checkpoint();
-    state_of(&mut c, "encoder.bias").buffers.push(BufferRecord { name: "x".into(), values: vec![] });
+    state_of(&mut c, "encoder.bias")
+        .buffers
+        .push(BufferRecord { name: "x".into(), values: vec![] });
     assert!(matches!(refused(c), Error::InvalidTensorState { .. }));
 
     let mut c = adam_checkpoint();

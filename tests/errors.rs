@@ -151,3 +151,72 @@ fn errors_are_std_errors() {
     fn takes(_: &dyn std::error::Error) {}
     takes(&Error::UnknownGroup { group: "g".into() });
 }
+
+/// A rule whose buffer count depends on a hyperparameter, as PyTorch's `amsgrad` does.
+#[derive(Clone, Debug, PartialEq)]
+struct MaybeMomentum {
+    momentum: bool,
+}
+
+impl UpdateRule for MaybeMomentum {
+    const NAME: &'static str = "maybe_momentum";
+
+    fn state_names(&self) -> &'static [&'static str] {
+        if self.momentum { &["momentum_buffer"] } else { &[] }
+    }
+
+    fn validate(&self) -> ndarray_optim::Result<()> {
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        1.0
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        unimplemented!("not scheduled in these tests")
+    }
+
+    fn step<A: ndarray_optim::Element, D: ndarray::Dimension>(
+        &self,
+        _step: u64,
+        tensor: ndarray_optim::TensorStep<'_, A, D>,
+    ) {
+        if self.momentum {
+            tensor.apply(|p, g, [b]: &mut [A; 1]| {
+                *b = *b + g;
+                *p = *p - *b;
+            });
+        } else {
+            tensor.apply(|p, g, _: &mut [A; 0]| *p = *p - g);
+        }
+    }
+}
+
+#[test]
+fn hyperparameters_that_change_the_state_buffers() {
+    let mut opt = Optimizer::<_, f64>::new(MaybeMomentum { momentum: true }).unwrap();
+    opt.add_group("plain", MaybeMomentum { momentum: false }).unwrap();
+    // Before a tensor has state, anything goes.
+    opt.assign("w", "plain").unwrap();
+    opt.assign("w", ndarray_optim::DEFAULT_GROUP).unwrap();
+    let mut w = array![1.0, 2.0];
+    opt.step("w", &mut w, &array![1.0, 1.0]).unwrap();
+    opt.step("w", &mut w, &array![1.0, 1.0]).unwrap();
+    assert_eq!(w, array![-2.0, -1.0]);
+
+    let before = opt.clone();
+    let expected = Error::StateBuffersChange {
+        param: "w".into(),
+        current: &["momentum_buffer"],
+        requested: &[],
+    };
+    assert_eq!(opt.assign("w", "plain").unwrap_err(), expected);
+    let err =
+        opt.set_hyper(ndarray_optim::DEFAULT_GROUP, MaybeMomentum { momentum: false }).unwrap_err();
+    assert_eq!(err, expected);
+    assert!(err.to_string().contains("momentum_buffer"));
+    assert_eq!(opt, before);
+    // The group without stepped members can change freely.
+    opt.set_hyper("plain", MaybeMomentum { momentum: true }).unwrap();
+}

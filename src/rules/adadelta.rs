@@ -1,5 +1,8 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
 
 /// Adadelta (seed eq. 8–15, Zeiler 2012): step sizes in the units of the parameter.
@@ -54,20 +57,12 @@ impl Default for Adadelta {
     }
 }
 
-/// The coefficients of one [`Adadelta`] step.
-#[derive(Clone, Copy, Debug)]
-pub struct AdadeltaStep<A> {
-    lr: A,
-    rho: A,
-    one_minus_rho: A,
-    eps: A,
-}
-
 impl UpdateRule for Adadelta {
     const NAME: &'static str = "adadelta";
-    const STATE_NAMES: &'static [&'static str] = &["square_avg", "acc_delta"];
-    type State<A: Element> = [A; 2];
-    type Coefficients<A: Element> = AdadeltaStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["square_avg", "acc_delta"]
+    }
 
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
@@ -83,22 +78,16 @@ impl UpdateRule for Adadelta {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, _step: u64) -> AdadeltaStep<A> {
-        AdadeltaStep {
-            lr: A::from_f64(self.lr),
-            rho: A::from_f64(self.rho),
-            one_minus_rho: A::from_f64(1.0 - self.rho),
-            eps: A::from_f64(self.eps),
-        }
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &AdadeltaStep<A>, p: &mut A, g: A, state: &mut [A; 2]) {
-        let [square_avg, acc_delta] = state;
-        *square_avg = c.rho * *square_avg + c.one_minus_rho * (g * g);
-        // `delta` is −Δθ: the step the parameter moves against.
-        let delta = (*acc_delta + c.eps).sqrt() / (*square_avg + c.eps).sqrt() * g;
-        *acc_delta = c.rho * *acc_delta + c.one_minus_rho * (delta * delta);
-        *p = *p - c.lr * delta;
+    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+        let lr = A::from_f64(self.lr);
+        let (rho, one_minus_rho) = (A::from_f64(self.rho), A::from_f64(1.0 - self.rho));
+        let eps = A::from_f64(self.eps);
+        tensor.apply(|p, g, [square_avg, acc_delta]: &mut [A; 2]| {
+            *square_avg = rho * *square_avg + one_minus_rho * (g * g);
+            // `delta` is −Δθ: the step the parameter moves against.
+            let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;
+            *acc_delta = rho * *acc_delta + one_minus_rho * (delta * delta);
+            *p = *p - lr * delta;
+        });
     }
 }

@@ -1,5 +1,8 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::{EpsPlacement, UpdateRule, check_eps, check_lr};
 
 /// Adagrad (seed eq. 7): a per-element rate that shrinks with the sum of past squared
@@ -48,19 +51,12 @@ impl Default for Adagrad {
     }
 }
 
-/// The coefficients of one [`Adagrad`] step.
-#[derive(Clone, Copy, Debug)]
-pub struct AdagradStep<A> {
-    lr: A,
-    eps_inside: A,
-    eps_outside: A,
-}
-
 impl UpdateRule for Adagrad {
     const NAME: &'static str = "adagrad";
-    const STATE_NAMES: &'static [&'static str] = &["sum"];
-    type State<A: Element> = [A; 1];
-    type Coefficients<A: Element> = AdagradStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["sum"]
+    }
 
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
@@ -75,14 +71,12 @@ impl UpdateRule for Adagrad {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, _step: u64) -> AdagradStep<A> {
-        let (eps_inside, eps_outside) = self.eps_placement.split(self.eps);
-        AdagradStep { lr: A::from_f64(self.lr), eps_inside, eps_outside }
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &AdagradStep<A>, p: &mut A, g: A, [sum]: &mut [A; 1]) {
-        *sum = *sum + g * g;
-        *p = *p - c.lr * (g / ((*sum + c.eps_inside).sqrt() + c.eps_outside));
+    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+        let lr = A::from_f64(self.lr);
+        let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
+        tensor.apply(|p, g, [sum]: &mut [A; 1]| {
+            *sum = *sum + g * g;
+            *p = *p - lr * (g / ((*sum + eps_inside).sqrt() + eps_outside));
+        });
     }
 }

@@ -1,5 +1,8 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
 
 /// Adam (seed eq. 18–22, Kingma & Ba 2015): bias-corrected first and second moments.
@@ -58,25 +61,12 @@ impl Default for Adam {
     }
 }
 
-/// The coefficients of one [`Adam`] step, bias corrections included.
-#[derive(Clone, Copy, Debug)]
-pub struct AdamStep<A> {
-    beta1: A,
-    one_minus_beta1: A,
-    beta2: A,
-    one_minus_beta2: A,
-    /// η / (1 − β₁ᵗ)
-    step_size: A,
-    /// √(1 − β₂ᵗ)
-    bias_correction2_sqrt: A,
-    eps: A,
-}
-
 impl UpdateRule for Adam {
     const NAME: &'static str = "adam";
-    const STATE_NAMES: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
-    type State<A: Element> = [A; 2];
-    type Coefficients<A: Element> = AdamStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["exp_avg", "exp_avg_sq"]
+    }
 
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
@@ -93,28 +83,21 @@ impl UpdateRule for Adam {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, step: u64) -> AdamStep<A> {
+    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
         // `powf` on the step as a float, like PyTorch's `beta ** step`.
         let t = step as f64;
         let bias_correction1 = 1.0 - self.beta1.powf(t);
         let bias_correction2 = 1.0 - self.beta2.powf(t);
-        AdamStep {
-            beta1: A::from_f64(self.beta1),
-            one_minus_beta1: A::from_f64(1.0 - self.beta1),
-            beta2: A::from_f64(self.beta2),
-            one_minus_beta2: A::from_f64(1.0 - self.beta2),
-            step_size: A::from_f64(self.lr / bias_correction1),
-            bias_correction2_sqrt: A::from_f64(bias_correction2.sqrt()),
-            eps: A::from_f64(self.eps),
-        }
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &AdamStep<A>, p: &mut A, g: A, state: &mut [A; 2]) {
-        let [m, v] = state;
-        *m = c.beta1 * *m + c.one_minus_beta1 * g;
-        *v = c.beta2 * *v + c.one_minus_beta2 * (g * g);
-        let denom = v.sqrt() / c.bias_correction2_sqrt + c.eps;
-        *p = *p - c.step_size * (*m / denom);
+        let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
+        let (beta2, one_minus_beta2) = (A::from_f64(self.beta2), A::from_f64(1.0 - self.beta2));
+        let step_size = A::from_f64(self.lr / bias_correction1);
+        let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
+        let eps = A::from_f64(self.eps);
+        tensor.apply(|p, g, [m, v]: &mut [A; 2]| {
+            *m = beta1 * *m + one_minus_beta1 * g;
+            *v = beta2 * *v + one_minus_beta2 * (g * g);
+            let denom = v.sqrt() / bias_correction2_sqrt + eps;
+            *p = *p - step_size * (*m / denom);
+        });
     }
 }

@@ -9,10 +9,10 @@ mod nesterov;
 mod rmsprop;
 mod sgd;
 
-pub use adadelta::{Adadelta, AdadeltaStep};
-pub use adagrad::{Adagrad, AdagradStep};
-pub use adam::{Adam, AdamStep};
-pub use momentum::{Momentum, MomentumStep};
+pub use adadelta::Adadelta;
+pub use adagrad::Adagrad;
+pub use adam::Adam;
+pub use momentum::Momentum;
 pub use nesterov::Nesterov;
-pub use rmsprop::{RmsProp, RmsPropStep};
-pub use sgd::{Sgd, SgdStep};
+pub use rmsprop::RmsProp;
+pub use sgd::Sgd;

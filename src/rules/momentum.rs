@@ -1,5 +1,8 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::{UpdateRule, check_decay, check_lr};
 
 /// SGD with momentum (seed eq. 1–2).
@@ -53,24 +56,12 @@ pub(crate) fn check_momentum(rule: &'static str, lr: f64, momentum: f64) -> Resu
     check_decay(rule, "momentum", momentum)
 }
 
-/// The coefficients of one [`Momentum`] or [`Nesterov`](crate::Nesterov) step.
-#[derive(Clone, Copy, Debug)]
-pub struct MomentumStep<A> {
-    pub(super) lr: A,
-    pub(super) momentum: A,
-}
-
-impl<A: Element> MomentumStep<A> {
-    pub(crate) fn new(lr: f64, momentum: f64) -> Self {
-        MomentumStep { lr: A::from_f64(lr), momentum: A::from_f64(momentum) }
-    }
-}
-
 impl UpdateRule for Momentum {
     const NAME: &'static str = "momentum";
-    const STATE_NAMES: &'static [&'static str] = &["momentum_buffer"];
-    type State<A: Element> = [A; 1];
-    type Coefficients<A: Element> = MomentumStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["momentum_buffer"]
+    }
 
     fn validate(&self) -> Result<()> {
         check_momentum(Self::NAME, self.lr, self.momentum)
@@ -84,13 +75,11 @@ impl UpdateRule for Momentum {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, _step: u64) -> MomentumStep<A> {
-        MomentumStep::new(self.lr, self.momentum)
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &MomentumStep<A>, p: &mut A, g: A, [b]: &mut [A; 1]) {
-        *b = c.momentum * *b + g;
-        *p = *p - c.lr * *b;
+    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+        let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
+        tensor.apply(|p, g, [b]: &mut [A; 1]| {
+            *b = momentum * *b + g;
+            *p = *p - lr * *b;
+        });
     }
 }

@@ -1,8 +1,11 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::UpdateRule;
+use crate::rules::Momentum;
 use crate::rules::momentum::check_momentum;
-use crate::rules::{Momentum, MomentumStep};
 
 /// Nesterov accelerated gradient (seed eq. 3–4), in look-ahead form.
 ///
@@ -54,9 +57,10 @@ impl Default for Nesterov {
 
 impl UpdateRule for Nesterov {
     const NAME: &'static str = "nesterov";
-    const STATE_NAMES: &'static [&'static str] = &["momentum_buffer"];
-    type State<A: Element> = [A; 1];
-    type Coefficients<A: Element> = MomentumStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["momentum_buffer"]
+    }
 
     fn validate(&self) -> Result<()> {
         check_momentum(Self::NAME, self.lr, self.momentum)
@@ -70,13 +74,11 @@ impl UpdateRule for Nesterov {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, _step: u64) -> MomentumStep<A> {
-        MomentumStep::new(self.lr, self.momentum)
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &MomentumStep<A>, p: &mut A, g: A, [b]: &mut [A; 1]) {
-        *b = c.momentum * *b + g;
-        *p = *p - c.lr * (g + c.momentum * *b);
+    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+        let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
+        tensor.apply(|p, g, [b]: &mut [A; 1]| {
+            *b = momentum * *b + g;
+            *p = *p - lr * (g + momentum * *b);
+        });
     }
 }

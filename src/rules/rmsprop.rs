@@ -1,5 +1,8 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::{EpsPlacement, UpdateRule, check_decay, check_eps, check_lr};
 
 /// RMSprop (seed eq. 16–17): Adagrad with a decaying average of squared gradients.
@@ -51,21 +54,12 @@ impl Default for RmsProp {
     }
 }
 
-/// The coefficients of one [`RmsProp`] step.
-#[derive(Clone, Copy, Debug)]
-pub struct RmsPropStep<A> {
-    lr: A,
-    rho: A,
-    one_minus_rho: A,
-    eps_inside: A,
-    eps_outside: A,
-}
-
 impl UpdateRule for RmsProp {
     const NAME: &'static str = "rmsprop";
-    const STATE_NAMES: &'static [&'static str] = &["square_avg"];
-    type State<A: Element> = [A; 1];
-    type Coefficients<A: Element> = RmsPropStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["square_avg"]
+    }
 
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
@@ -81,20 +75,13 @@ impl UpdateRule for RmsProp {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, _step: u64) -> RmsPropStep<A> {
-        let (eps_inside, eps_outside) = self.eps_placement.split(self.eps);
-        RmsPropStep {
-            lr: A::from_f64(self.lr),
-            rho: A::from_f64(self.rho),
-            one_minus_rho: A::from_f64(1.0 - self.rho),
-            eps_inside,
-            eps_outside,
-        }
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &RmsPropStep<A>, p: &mut A, g: A, [avg]: &mut [A; 1]) {
-        *avg = c.rho * *avg + c.one_minus_rho * (g * g);
-        *p = *p - c.lr * (g / ((*avg + c.eps_inside).sqrt() + c.eps_outside));
+    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+        let lr = A::from_f64(self.lr);
+        let (rho, one_minus_rho) = (A::from_f64(self.rho), A::from_f64(1.0 - self.rho));
+        let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
+        tensor.apply(|p, g, [avg]: &mut [A; 1]| {
+            *avg = rho * *avg + one_minus_rho * (g * g);
+            *p = *p - lr * (g / ((*avg + eps_inside).sqrt() + eps_outside));
+        });
     }
 }

@@ -1,5 +1,8 @@
+use ndarray::Dimension;
+
 use crate::element::Element;
 use crate::error::Result;
+use crate::kernel::TensorStep;
 use crate::rule::{UpdateRule, check_lr};
 
 /// Plain stochastic gradient descent.
@@ -36,17 +39,12 @@ impl Default for Sgd {
     }
 }
 
-/// The coefficients of one [`Sgd`] step: the learning rate in the element type.
-#[derive(Clone, Copy, Debug)]
-pub struct SgdStep<A> {
-    lr: A,
-}
-
 impl UpdateRule for Sgd {
     const NAME: &'static str = "sgd";
-    const STATE_NAMES: &'static [&'static str] = &[];
-    type State<A: Element> = [A; 0];
-    type Coefficients<A: Element> = SgdStep<A>;
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)
@@ -60,12 +58,8 @@ impl UpdateRule for Sgd {
         &mut self.lr
     }
 
-    fn coefficients<A: Element>(&self, _step: u64) -> SgdStep<A> {
-        SgdStep { lr: A::from_f64(self.lr) }
-    }
-
-    #[inline]
-    fn update<A: Element>(c: &SgdStep<A>, p: &mut A, g: A, _state: &mut [A; 0]) {
-        *p = *p - c.lr * g;
+    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+        let lr = A::from_f64(self.lr);
+        tensor.apply(|p, g, _: &mut [A; 0]| *p = *p - lr * g);
     }
 }
