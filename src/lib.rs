@@ -54,7 +54,7 @@ pub use checkpoint::Checkpoint;
 pub use element::Element;
 pub use error::{Error, Result};
 pub use kernel::{StateSlots, TensorStep};
-pub use optimizer::Optimizer;
+pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{Adadelta, Adagrad, Adam, Momentum, Nesterov, RmsProp, Sgd};

@@ -1,12 +1,37 @@
 //! [`Optimizer`]: the public stepping API over the registry.
 
-use ndarray::{ArrayRef, Dimension};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{self, TensorStep};
 use crate::registry::{ParamGroup, Registry};
 use crate::rule::UpdateRule;
+
+/// One named tensor of a batch for [`Optimizer::step_all`]: its parameter and gradient, as
+/// views of dynamic dimension so that tensors of any dimensionality share one batch.
+#[derive(Debug)]
+pub struct ParamGrad<'a, A> {
+    name: &'a str,
+    param: ArrayViewMut<'a, A, IxDyn>,
+    grad: ArrayView<'a, A, IxDyn>,
+}
+
+impl<'a, A> ParamGrad<'a, A> {
+    /// Pairs the parameter tensor `name` with its gradient.
+    pub fn new<D: Dimension>(
+        name: &'a str,
+        param: &'a mut ArrayRef<A, D>,
+        grad: &'a ArrayRef<A, D>,
+    ) -> Self {
+        ParamGrad { name, param: param.view_mut().into_dyn(), grad: grad.view().into_dyn() }
+    }
+
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+}
 
 /// An optimizer: update rule `R` applied to named parameter tensors of element type `A`.
 ///
@@ -71,20 +96,66 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         param: &mut ArrayRef<A, D>,
         grad: &ArrayRef<A, D>,
     ) -> Result<()> {
-        if param.shape() != grad.shape() {
+        self.check(name, param.shape(), grad.shape())?;
+        self.apply(name, param.view_mut(), grad.view());
+        Ok(())
+    }
+
+    /// Steps every tensor of `batch`, in order, as [`step`](Self::step) does one; either all
+    /// are stepped or, on an error, none is.
+    ///
+    /// This is the form for training loops that hold their tensors in a list, and for
+    /// anything that must see all gradients before any update. A batch built as an array on
+    /// the stack costs no allocation.
+    ///
+    /// ```
+    /// use ndarray::{Array1, Array2};
+    /// use ndarray_optim::{Optimizer, ParamGrad, Sgd};
+    ///
+    /// let mut opt = Optimizer::new(Sgd { lr: 0.5 })?;
+    /// let (mut w, mut b) = (Array2::<f32>::ones((2, 2)), Array1::<f32>::ones(2));
+    /// let (gw, gb) = (Array2::ones((2, 2)), Array1::ones(2));
+    /// opt.step_all(&mut [ParamGrad::new("w", &mut w, &gw), ParamGrad::new("b", &mut b, &gb)])?;
+    /// assert_eq!((w[[1, 1]], b[0]), (0.5, 0.5));
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`step`](Self::step), for the first tensor that fails; nothing has changed then.
+    pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<()> {
+        for entry in batch.iter() {
+            self.check(entry.name, entry.param.shape(), entry.grad.shape())?;
+        }
+        for entry in batch.iter_mut() {
+            self.apply(entry.name, entry.param.view_mut(), entry.grad.view());
+        }
+        Ok(())
+    }
+
+    /// Everything that can make a step of `name` fail, checked before anything changes.
+    fn check(&self, name: &str, param: &[usize], grad: &[usize]) -> Result<()> {
+        if param != grad {
             return Err(Error::GradientShape {
                 param: name.to_owned(),
-                param_shape: param.shape().to_vec(),
-                grad_shape: grad.shape().to_vec(),
+                param_shape: param.to_vec(),
+                grad_shape: grad.to_vec(),
             });
         }
-        let param = param.view_mut();
+        self.registry.check_shape(name, param)
+    }
+
+    /// Steps one tensor that [`check`](Self::check) has accepted.
+    fn apply<D: Dimension>(
+        &mut self,
+        name: &str,
+        param: ArrayViewMut<'_, A, D>,
+        grad: ArrayView<'_, A, D>,
+    ) {
         let order = kernel::preferred_order(&param);
-        let (hyper, tensor) = self.registry.prepare(name, param.shape(), order)?;
+        let (hyper, tensor) = self.registry.prepare(name, param.shape(), order);
         tensor.step += 1;
-        let (grad, state, order) = (grad.view(), &mut tensor.buffers, tensor.order);
+        let (state, order) = (&mut tensor.buffers, tensor.order);
         hyper.step(tensor.step, TensorStep { param, grad, state, order });
-        Ok(())
     }
 
     /// Adds a parameter group with its own hyperparameters.

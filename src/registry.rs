@@ -173,15 +173,27 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         Ok(())
     }
 
+    /// Fails if `param` has state for another shape than `shape`.
+    pub(crate) fn check_shape(&self, param: &str, shape: &[usize]) -> Result<()> {
+        match self.slots.get(param).and_then(|slot| slot.tensor.as_ref()) {
+            Some(tensor) if tensor.shape != shape => Err(Error::ShapeChanged {
+                param: param.to_owned(),
+                registered: tensor.shape.clone(),
+                given: shape.to_vec(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The hyperparameters and state that the next step of `param` uses, creating the state
-    /// (in `order`) on the tensor's first step. Fails, changing nothing, if the tensor was
-    /// registered with another shape.
+    /// (in `order`) on the tensor's first step. The shape must have passed
+    /// [`check_shape`](Self::check_shape).
     pub(crate) fn prepare(
         &mut self,
         param: &str,
         shape: &[usize],
         order: Order,
-    ) -> Result<(&R, &mut TensorState<A>)> {
+    ) -> (&R, &mut TensorState<A>) {
         // Looking up before inserting keeps a registered name's step free of allocation.
         if !self.slots.contains_key(param) {
             self.slots.insert(param.to_owned(), Slot { group: 0, tensor: None });
@@ -190,13 +202,6 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let hyper = &self.groups[slot.group].hyper;
         let state_len = hyper.state_names().len() * shape.iter().product::<usize>();
         let tensor = match &mut slot.tensor {
-            Some(tensor) if tensor.shape != shape => {
-                return Err(Error::ShapeChanged {
-                    param: param.to_owned(),
-                    registered: tensor.shape.clone(),
-                    given: shape.to_vec(),
-                });
-            }
             Some(tensor) => tensor,
             empty => empty.insert(TensorState {
                 step: 0,
@@ -209,6 +214,6 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         if tensor.order_pending {
             tensor.relayout(order);
         }
-        Ok((hyper, tensor))
+        (hyper, tensor)
     }
 }

@@ -220,3 +220,34 @@ fn hyperparameters_that_change_the_state_buffers() {
     // The group without stepped members can change freely.
     opt.set_hyper("plain", MaybeMomentum { momentum: true }).unwrap();
 }
+
+#[test]
+fn a_failing_batch_steps_nothing() {
+    let (mut opt, mut w) = trained();
+    let before = (opt.clone(), w.clone());
+    let mut fresh = Array1::<f64>::zeros(3);
+    let (gw, g_fresh) = (Array2::from_elem((2, 3), 0.5), Array1::from_elem(3, 1.0));
+    let mut wrong = Array1::<f64>::zeros(6);
+    let g_wrong = Array1::zeros(6);
+    let err = opt
+        .step_all(&mut [
+            ndarray_optim::ParamGrad::new("head.w", &mut w, &gw),
+            ndarray_optim::ParamGrad::new("fresh", &mut fresh, &g_fresh),
+            ndarray_optim::ParamGrad::new("b", &mut wrong, &g_wrong),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeChanged { param, .. } if param == "b"));
+    assert_eq!((opt.clone(), w.clone()), before);
+    assert_eq!(fresh, Array1::zeros(3));
+    // The same batch without the bad entry steps like two single steps.
+    let mut single = before.0.clone();
+    let (mut w2, mut fresh2) = (before.1.clone(), Array1::<f64>::zeros(3));
+    single.step("head.w", &mut w2, &gw).unwrap();
+    single.step("fresh", &mut fresh2, &g_fresh).unwrap();
+    opt.step_all(&mut [
+        ndarray_optim::ParamGrad::new("head.w", &mut w, &gw),
+        ndarray_optim::ParamGrad::new("fresh", &mut fresh, &g_fresh),
+    ])
+    .unwrap();
+    assert_eq!((opt, w, fresh), (single, w2, fresh2));
+}
