@@ -238,7 +238,7 @@ fn a_failing_batch_steps_nothing() {
         .unwrap_err();
     assert!(matches!(err, Error::ShapeChanged { param, .. } if param == "b"));
     assert_eq!((opt.clone(), w.clone()), before);
-    assert_eq!(fresh, Array1::zeros(3));
+    assert_eq!(fresh, Array1::<f64>::zeros(3));
     // The same batch without the bad entry steps like two single steps.
     let mut single = before.0.clone();
     let (mut w2, mut fresh2) = (before.1.clone(), Array1::<f64>::zeros(3));
