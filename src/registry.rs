@@ -38,7 +38,7 @@ impl<R> ParamGroup<R> {
 }
 
 /// The optimizer state of one tensor, created on its first step.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(crate) struct TensorState<A> {
     /// Steps taken so far.
     pub(crate) step: u64,
@@ -52,7 +52,7 @@ pub(crate) struct TensorState<A> {
     pub(crate) buffers: Vec<A>,
 }
 
-impl<A: Element> TensorState<A> {
+impl<A> TensorState<A> {
     pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -66,12 +66,17 @@ impl<A: Element> TensorState<A> {
             .expect("every buffer holds exactly the elements of the tensor's shape")
     }
 
+    fn buffer_count(&self) -> usize {
+        self.buffers.len().checked_div(self.numel()).unwrap_or(0)
+    }
+}
+
+impl<A: Copy> TensorState<A> {
     /// Lays every buffer out in `order`, copying the values.
     fn relayout(&mut self, order: Order) {
         if order != self.order {
-            let numel = self.numel();
             let mut buffers = Vec::with_capacity(self.buffers.len());
-            for index in 0..self.buffers.len() / numel.max(1) {
+            for index in 0..self.buffer_count() {
                 let buffer = self.buffer(index);
                 if order == Order::ColumnMajor {
                     buffers.extend(buffer.t().iter().copied());
@@ -96,6 +101,16 @@ fn check_same_buffers(
         Ok(())
     } else {
         Err(Error::StateBuffersChange { param: param.to_owned(), current, requested })
+    }
+}
+
+/// Equal state: the same step count, shape and buffer values, whatever their memory order.
+impl<A: PartialEq> PartialEq for TensorState<A> {
+    fn eq(&self, other: &Self) -> bool {
+        self.step == other.step
+            && self.shape == other.shape
+            && self.buffer_count() == other.buffer_count()
+            && (0..self.buffer_count()).all(|index| self.buffer(index) == other.buffer(index))
     }
 }
 
