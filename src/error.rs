@@ -75,6 +75,11 @@ pub enum Error {
         /// What the checkpoint holds.
         found: String,
     },
+    /// A sharding plan or sharded checkpoints do not fit together.
+    InvalidSharding {
+        /// What is wrong, naming the tensor, rank or shard.
+        reason: String,
+    },
     /// A checkpoint lists a tensor name twice.
     DuplicateParam {
         /// The tensor's name.
@@ -124,6 +129,7 @@ impl fmt::Display for Error {
             Error::CheckpointMismatch { field, expected, found } => {
                 write!(f, "checkpoint {field} is `{found}`, but the optimizer's is `{expected}`")
             }
+            Error::InvalidSharding { reason } => write!(f, "invalid sharding: {reason}"),
             Error::DuplicateParam { param } => {
                 write!(f, "checkpoint lists the tensor `{param}` more than once")
             }

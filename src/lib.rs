@@ -49,6 +49,7 @@ mod optimizer;
 mod registry;
 pub mod rule;
 pub mod rules;
+pub mod shard;
 
 pub use checkpoint::Checkpoint;
 pub use element::Element;
@@ -58,6 +59,7 @@ pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{Adadelta, Adagrad, Adam, Momentum, Nesterov, RmsProp, Sgd};
+pub use shard::{ShardPlan, ShardedOptimizer};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

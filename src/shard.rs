@@ -1,0 +1,268 @@
+//! Optimizer state sharded across data-parallel ranks (ZeRO stage 1).
+//!
+//! In data-parallel training every rank holds the whole model and, after the gradients are
+//! averaged across ranks, applies the same update. The optimizer state is the largest memory
+//! cost (two values per element for Adam), so each rank keeps the state of only the tensors
+//! it owns, steps those, and sends the updated parameters to the others. A [`ShardPlan`] is
+//! the assignment, the same on every rank; [`ShardedOptimizer`] holds one rank's share; and
+//! [`merge`] and [`split`] turn per-rank checkpoints into one full checkpoint and back, for
+//! any world size. Because every update is elementwise, a sharded run gives the same bits as
+//! one process stepping every tensor with the same averaged gradients.
+//!
+//! The crate does no communication itself: bring your own (MPI, sockets, threads); the
+//! `data_parallel` example does it over MPI.
+
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayRef, Dimension};
+
+use crate::checkpoint::{Checkpoint, TensorRecord};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
+use crate::rule::UpdateRule;
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidSharding { reason }
+}
+
+/// A deterministic assignment of named tensors to `world` ranks, balanced by element count.
+///
+/// Tensors are taken largest first (ties by name) and each goes to the rank that owns the
+/// fewest elements so far (ties to the lowest rank), the classic longest-processing-time
+/// rule: no rank owns more than 4/3 of the optimum. The plan depends only on the names and
+/// sizes, not on their order, so every rank and every run computes the same one.
+///
+/// ```
+/// use ndarray_optim::ShardPlan;
+///
+/// let plan = ShardPlan::new([("w1", 600), ("b1", 10), ("w2", 500), ("b2", 4)], 2)?;
+/// assert_eq!(plan.owner("w1"), Some(0));
+/// assert_eq!(plan.owner("w2"), Some(1));
+/// assert_eq!(plan.load(0) + plan.load(1), 1114);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardPlan {
+    owners: BTreeMap<String, usize>,
+    loads: Vec<usize>,
+}
+
+impl ShardPlan {
+    /// Plans `tensors` (name, element count) over `world` ranks.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSharding`] if `world` is 0, [`Error::DuplicateParam`] if a name is
+    /// listed twice.
+    pub fn new<'a>(
+        tensors: impl IntoIterator<Item = (&'a str, usize)>,
+        world: usize,
+    ) -> Result<Self> {
+        if world == 0 {
+            return Err(invalid("a plan needs at least one rank".to_owned()));
+        }
+        let mut sizes: Vec<(&str, usize)> = tensors.into_iter().collect();
+        sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let mut owners = BTreeMap::new();
+        let mut loads = vec![0; world];
+        for (name, numel) in sizes {
+            let rank = (0..world).min_by_key(|&rank| (loads[rank], rank)).unwrap_or(0);
+            if owners.insert(name.to_owned(), rank).is_some() {
+                return Err(Error::DuplicateParam { param: name.to_owned() });
+            }
+            loads[rank] += numel;
+        }
+        Ok(ShardPlan { owners, loads })
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> usize {
+        self.loads.len()
+    }
+
+    /// The rank that owns tensor `name`, if the plan has it.
+    pub fn owner(&self, name: &str) -> Option<usize> {
+        self.owners.get(name).copied()
+    }
+
+    /// The names of the tensors `rank` owns, in name order.
+    pub fn owned(&self, rank: usize) -> impl Iterator<Item = &str> {
+        self.owners.iter().filter(move |(_, owner)| **owner == rank).map(|(name, _)| name.as_str())
+    }
+
+    /// How many elements `rank` owns (0 for a rank outside the world).
+    pub fn load(&self, rank: usize) -> usize {
+        self.loads.get(rank).copied().unwrap_or(0)
+    }
+
+    fn owner_of(&self, name: &str) -> Result<usize> {
+        self.owner(name).ok_or_else(|| invalid(format!("tensor `{name}` is not in the plan")))
+    }
+}
+
+/// One rank's share of a sharded optimizer: the state of the tensors the plan gives it.
+///
+/// Every rank calls [`step`](Self::step) for every tensor with the averaged gradient; only
+/// the owner updates the parameter (and keeps state), and then sends it to the other ranks.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::{Adam, Optimizer, ShardPlan, ShardedOptimizer};
+///
+/// let plan = ShardPlan::new([("w", 3), ("b", 1)], 2)?;
+/// let mut rank1 = ShardedOptimizer::new(Optimizer::new(Adam::default())?, plan, 1)?;
+/// let (mut w, mut b) = (array![1.0_f32, 2.0, 3.0], array![0.5_f32]);
+/// assert!(!rank1.step("w", &mut w, &array![0.1, 0.1, 0.1])?); // rank 0 owns `w`
+/// assert!(rank1.step("b", &mut b, &array![0.1])?);
+/// assert_eq!((rank1.optimizer().step_count("w"), rank1.optimizer().step_count("b")), (None, Some(1)));
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardedOptimizer<R: UpdateRule, A: Element> {
+    optimizer: Optimizer<R, A>,
+    plan: ShardPlan,
+    rank: usize,
+}
+
+impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
+    /// Rank `rank`'s share of `optimizer` (its groups and hyperparameters; state of tensors
+    /// it does not own is dropped).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSharding`] if `rank` is outside the plan's world, or the optimizer has
+    /// state for a tensor the plan does not list.
+    pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
+        if rank >= plan.world() {
+            return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
+        }
+        let mut shards = split(optimizer.checkpoint(), &plan)?;
+        let optimizer = Optimizer::from_checkpoint(shards.swap_remove(rank))?;
+        Ok(ShardedOptimizer { optimizer, plan, rank })
+    }
+
+    /// Steps tensor `name` if this rank owns it; returns whether it did.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSharding`] if the plan does not list `name`; otherwise as
+    /// [`Optimizer::step`].
+    pub fn step<D: Dimension>(
+        &mut self,
+        name: &str,
+        param: &mut ArrayRef<A, D>,
+        grad: &ArrayRef<A, D>,
+    ) -> Result<bool> {
+        if self.plan.owner_of(name)? != self.rank {
+            return Ok(false);
+        }
+        self.optimizer.step(name, param, grad)?;
+        Ok(true)
+    }
+
+    /// The rank this share belongs to.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// The optimizer holding this rank's state (for groups, learning rates and checkpoints).
+    pub fn optimizer(&self) -> &Optimizer<R, A> {
+        &self.optimizer
+    }
+
+    /// The optimizer holding this rank's state, e.g. to change learning rates.
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer<R, A> {
+        &mut self.optimizer
+    }
+}
+
+fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> bool {
+    a.format == b.format
+        && a.version == b.version
+        && a.rule == b.rule
+        && a.dtype == b.dtype
+        && a.groups == b.groups
+}
+
+/// Merges per-rank checkpoints into one full checkpoint.
+///
+/// Every shard must come from the same optimizer setup (format, rule, dtype, groups and
+/// hyperparameters), and each tensor's state must be in exactly one shard; a tensor that no
+/// rank has stepped yet may be listed, without state, by any number of them.
+///
+/// # Errors
+/// [`Error::InvalidSharding`] for no shards or shards of different setups (naming the
+/// shard), [`Error::DuplicateParam`] for state of one tensor in two shards.
+pub fn merge<R: UpdateRule, A: Element>(shards: Vec<Checkpoint<R, A>>) -> Result<Checkpoint<R, A>> {
+    let mut shards = shards.into_iter().enumerate();
+    let (_, mut full) = shards.next().ok_or_else(|| invalid("no shards to merge".to_owned()))?;
+    let mut tensors: BTreeMap<String, TensorRecord<A>> =
+        full.tensors.drain(..).map(|tensor| (tensor.name.clone(), tensor)).collect();
+    for (index, shard) in shards {
+        if !same_header(&full, &shard) {
+            return Err(invalid(format!(
+                "shard {index} differs from shard 0 in format, rule, dtype or groups"
+            )));
+        }
+        for tensor in shard.tensors {
+            match tensors.get_mut(&tensor.name) {
+                None => {
+                    tensors.insert(tensor.name.clone(), tensor);
+                }
+                Some(known) if known.group != tensor.group => {
+                    return Err(invalid(format!(
+                        "tensor `{}` is in group `{}` in shard {index} but `{}` before",
+                        tensor.name, tensor.group, known.group
+                    )));
+                }
+                Some(known) => match (&known.state, tensor.state) {
+                    (Some(_), Some(_)) => {
+                        return Err(Error::DuplicateParam { param: tensor.name });
+                    }
+                    (None, state @ Some(_)) => known.state = state,
+                    (_, None) => {}
+                },
+            }
+        }
+    }
+    full.tensors = tensors.into_values().collect();
+    Ok(full)
+}
+
+/// Splits a full checkpoint into one checkpoint per rank of `plan`: each tensor's state goes
+/// to its owner; tensors without state are listed in every shard, so that each rank knows
+/// every tensor's group.
+///
+/// # Errors
+/// [`Error::InvalidSharding`] if the checkpoint has state for a tensor the plan does not
+/// list.
+pub fn split<R: UpdateRule, A: Element>(
+    full: Checkpoint<R, A>,
+    plan: &ShardPlan,
+) -> Result<Vec<Checkpoint<R, A>>> {
+    let Checkpoint { format, version, rule, dtype, groups, tensors } = full;
+    let mut shards: Vec<Checkpoint<R, A>> = (0..plan.world())
+        .map(|_| Checkpoint {
+            format: format.clone(),
+            version,
+            rule: rule.clone(),
+            dtype: dtype.clone(),
+            groups: groups.clone(),
+            tensors: Vec::new(),
+        })
+        .collect();
+    for tensor in tensors {
+        if tensor.state.is_some() {
+            let owner = plan.owner_of(&tensor.name)?;
+            shards[owner].tensors.push(tensor);
+        } else {
+            for shard in &mut shards {
+                shard.tensors.push(tensor.clone());
+            }
+        }
+    }
+    Ok(shards)
+}
