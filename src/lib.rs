@@ -57,4 +57,6 @@ pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
-pub use rules::{Adadelta, Adagrad, Adam, Momentum, Nesterov, RmsProp, Sgd};
+pub use rules::{
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+};
