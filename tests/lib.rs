@@ -10,4 +10,5 @@ mod common;
 mod errors;
 mod hand;
 mod layouts;
+mod options;
 mod reference;
