@@ -23,7 +23,7 @@ use crate::rules::gradient::{self, Decay};
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
 /// | $\gamma$ | `momentum` | 0.9 | the seed ("usually set to 0.9") |
 /// | $\tau$ | `dampening` | 0 | PyTorch |
 /// | $\lambda$ | `weight_decay` | 0 | PyTorch |

@@ -26,7 +26,7 @@ use crate::rules::momentum::check_momentum;
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
 /// | $\gamma$ | `momentum` | 0.9 | the seed |
 /// | $\lambda$ | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
