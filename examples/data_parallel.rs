@@ -313,7 +313,9 @@ fn main() -> ExitCode {
     let world = universe.world();
     let result = options().and_then(|options| match options.rule.as_str() {
         "adam" => run(Adam { lr: 0.01, ..Adam::default() }, &options, &world),
-        "momentum" => run(Momentum { lr: 0.05, momentum: 0.9 }, &options, &world),
+        "momentum" => {
+            run(Momentum { lr: 0.05, momentum: 0.9, ..Momentum::default() }, &options, &world)
+        }
         other => Err(format!("unknown rule {other} (adam or momentum)")),
     });
     match result {

@@ -56,10 +56,17 @@ fn main() {
     let initial = problem.loss_and_grads(&Array2::zeros((3, 5)), &Array1::zeros(3)).0;
     let inside = EpsPlacement::Inside;
     let results = [
-        ("sgd", train(&problem, Sgd { lr: 0.05 }, steps)),
-        ("momentum", train(&problem, Momentum { lr: 0.02, momentum: 0.9 }, steps)),
-        ("nesterov", train(&problem, Nesterov { lr: 0.02, momentum: 0.9 }, steps)),
-        ("adagrad", train(&problem, Adagrad { lr: 0.5, eps: 1e-8, eps_placement: inside }, steps)),
+        ("sgd", train(&problem, Sgd { lr: 0.05, ..Sgd::default() }, steps)),
+        ("momentum", train(&problem, Momentum { lr: 0.02, ..Momentum::default() }, steps)),
+        ("nesterov", train(&problem, Nesterov { lr: 0.02, ..Nesterov::default() }, steps)),
+        (
+            "adagrad",
+            train(
+                &problem,
+                Adagrad { lr: 0.5, eps_placement: inside, ..Adagrad::default() },
+                steps,
+            ),
+        ),
         ("adadelta", train(&problem, Adadelta::default(), steps)),
         ("rmsprop", train(&problem, RmsProp { lr: 0.01, ..RmsProp::default() }, steps)),
         ("adam", train(&problem, Adam { lr: 0.05, ..Adam::default() }, steps)),

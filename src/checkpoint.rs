@@ -77,6 +77,21 @@ pub struct StateRecord<A> {
     pub shape: Vec<usize>,
     /// The rule's buffers in the order of [`UpdateRule::state_names`].
     pub buffers: Vec<BufferRecord<A>>,
+    /// The rule's per-tensor scalars in the order of [`UpdateRule::scalar_names`]; left out
+    /// of the serialized form when the rule has none.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
+    pub scalars: Vec<ScalarRecord>,
+}
+
+/// One per-tensor scalar state of one tensor in a [`Checkpoint`], e.g. NAdam's `mu_product`.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct ScalarRecord {
+    /// The scalar's name.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
 }
 
 /// One state buffer of one tensor in a [`Checkpoint`].
@@ -91,8 +106,9 @@ pub struct BufferRecord<A> {
 }
 
 impl<A: Element> TensorState<A> {
-    fn record(&self, names: &[&str]) -> StateRecord<A> {
-        let buffers = names
+    fn record<R: UpdateRule>(&self, hyper: &R) -> StateRecord<A> {
+        let buffers = hyper
+            .state_names()
             .iter()
             .enumerate()
             .map(|(index, name)| BufferRecord {
@@ -100,7 +116,13 @@ impl<A: Element> TensorState<A> {
                 values: self.buffer(index).iter().copied().collect(),
             })
             .collect();
-        StateRecord { step: self.step, shape: self.shape.clone(), buffers }
+        let scalars = hyper
+            .scalar_names()
+            .iter()
+            .zip(&self.scalars)
+            .map(|(name, &value)| ScalarRecord { name: (*name).to_owned(), value })
+            .collect();
+        StateRecord { step: self.step, shape: self.shape.clone(), buffers, scalars }
     }
 }
 
@@ -108,21 +130,32 @@ fn invalid_state(param: &str, reason: String) -> Error {
     Error::InvalidTensorState { param: param.to_owned(), reason }
 }
 
-fn restore_state<A: Element>(
+fn restore_state<A: Element, R: UpdateRule>(
     param: &str,
     record: StateRecord<A>,
-    rule: &'static str,
-    state_names: &[&str],
+    hyper: &R,
 ) -> Result<TensorState<A>> {
     if record.step == 0 {
         return Err(invalid_state(param, "step count 0 with state".to_owned()));
     }
+    let (state_names, scalar_names) = (hyper.state_names(), hyper.scalar_names());
     let names: Vec<&str> = record.buffers.iter().map(|buffer| buffer.name.as_str()).collect();
     if names != state_names {
         return Err(invalid_state(
             param,
             format!(
-                "buffers are {names:?}, `{rule}` with its group's settings keeps {state_names:?}"
+                "buffers are {names:?}, `{}` with its group's settings keeps {state_names:?}",
+                R::NAME
+            ),
+        ));
+    }
+    let scalars: Vec<&str> = record.scalars.iter().map(|scalar| scalar.name.as_str()).collect();
+    if scalars != scalar_names {
+        return Err(invalid_state(
+            param,
+            format!(
+                "scalars are {scalars:?}, `{}` with its group's settings keeps {scalar_names:?}",
+                R::NAME
             ),
         ));
     }
@@ -152,6 +185,7 @@ fn restore_state<A: Element>(
         order: Order::RowMajor,
         order_pending: true,
         buffers,
+        scalars: record.scalars.iter().map(|scalar| scalar.value).collect(),
     })
 }
 
@@ -168,7 +202,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 state: slot
                     .tensor
                     .as_ref()
-                    .map(|tensor| tensor.record(registry.groups[slot.group].hyper.state_names())),
+                    .map(|tensor| tensor.record(&registry.groups[slot.group].hyper)),
             })
             .collect();
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -225,11 +259,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let mut slots = HashMap::with_capacity(tensors.len());
         for record in tensors {
             let group = registry.group_index(&record.group)?;
-            let state_names = registry.groups[group].hyper.state_names();
-            let tensor = record
-                .state
-                .map(|state| restore_state(&record.name, state, R::NAME, state_names))
-                .transpose()?;
+            let hyper = &registry.groups[group].hyper;
+            let tensor =
+                record.state.map(|state| restore_state(&record.name, state, hyper)).transpose()?;
             if slots.contains_key(&record.name) {
                 return Err(Error::DuplicateParam { param: record.name });
             }

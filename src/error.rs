@@ -48,8 +48,8 @@ pub enum Error {
         /// The group name.
         group: String,
     },
-    /// New hyperparameters would need other state buffers than a stepped tensor has (e.g.
-    /// switching an option that adds a buffer on in mid-training).
+    /// New hyperparameters would need other state buffers (or per-tensor scalars) than a
+    /// stepped tensor has (e.g. switching an option that adds a buffer on in mid-training).
     StateBuffersChange {
         /// A tensor whose state would not fit.
         param: String,

@@ -116,10 +116,18 @@ pub struct TensorStep<'a, A, D> {
     pub(crate) param: ArrayViewMut<'a, A, D>,
     pub(crate) grad: ArrayView<'a, A, D>,
     pub(crate) state: &'a mut [A],
+    pub(crate) scalars: &'a mut [f64],
     pub(crate) order: Order,
 }
 
 impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
+    /// The tensor's scalar states, one per name in
+    /// [`UpdateRule::scalar_names`](crate::UpdateRule::scalar_names), for the rule to read
+    /// and update before it calls [`apply`](Self::apply).
+    pub fn scalars(&mut self) -> &mut [f64] {
+        self.scalars
+    }
+
     /// Runs `update(p, g, s)` on every element: its parameter `p`, gradient `g` and state
     /// values `s`, one per state buffer (`S` is `[A; N]` for a rule with N buffers, the
     /// length of its [`UpdateRule::state_names`](crate::UpdateRule::state_names)).
@@ -133,7 +141,7 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
-        let TensorStep { mut param, grad, state, order } = self;
+        let TensorStep { mut param, grad, state, order, .. } = self;
         assert_eq!(
             state.len(),
             S::LEN * param.len(),

@@ -1,9 +1,9 @@
 //! Gradient-descent optimizers for [`ndarray`], exact to the bit and fast.
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
-//! [`RmsProp`], [`Adam`]) steps named parameter tensors of any shape, dimension and memory
-//! layout, in `f32` or `f64`, through one [`Optimizer`]. State lives under each tensor's name,
-//! created on its first step; [`ParamGroup`]s give sets of tensors their own
+//! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`]) steps named parameter
+//! tensors of any shape, dimension and memory layout, in `f32` or `f64`, through one
+//! [`Optimizer`]. State lives under each tensor's name, created on its first step; [`ParamGroup`]s give sets of tensors their own
 //! hyperparameters, as PyTorch's param groups do.
 //!
 //! ```
@@ -32,7 +32,18 @@
 //! | [`Adagrad`] | $G \leftarrow G + g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{G + \epsilon}$ | 1 | η 0.01, ε 1e-8 |
 //! | [`Adadelta`] | see its page | 2 | η 1, ρ 0.9, ε 1e-6 |
 //! | [`RmsProp`] | $s \leftarrow \rho s + (1-\rho) g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{s + \epsilon}$ | 1 | η 0.001, ρ 0.9, ε 1e-8 |
-//! | [`Adam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`Adam`] | see its page | 2 (3 with `amsgrad`) | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`AdamW`] | Adam after $\theta \leftarrow \theta(1 - \eta\lambda)$ | 2 (3 with `amsgrad`) | as Adam, λ 0.01 |
+//! | [`Adamax`] | $u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t} m / u$ | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`NAdam`] | see its page | 2, and 1 scalar | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8, ψ 0.004 |
+//! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//!
+//! Every rule also has PyTorch's options with PyTorch's defaults: `weight_decay` (L2, λθ
+//! added to the gradient; decoupled in [`AdamW`] and optionally in [`NAdam`] and [`RAdam`])
+//! and `maximize`, and per rule `dampening` ([`Momentum`]), `lr_decay` and
+//! `initial_accumulator_value` ([`Adagrad`]), `momentum` and `centered` ([`RmsProp`]),
+//! `amsgrad` ([`Adam`], [`AdamW`]), `momentum_decay` ([`NAdam`]). Options at their defaults
+//! leave a rule's arithmetic exactly as without them.
 //!
 //! Every rule runs through one fused kernel: a single pass over parameter, gradient and
 //! state per step, on flat slices when the arrays are contiguous in one memory order and
@@ -58,7 +69,9 @@ pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
-pub use rules::{Adadelta, Adagrad, Adam, Momentum, Nesterov, RmsProp, Sgd};
+pub use rules::{
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+};
 pub use shard::{ShardPlan, ShardedOptimizer};
 
 /// The README's examples, compiled and run as doctests.

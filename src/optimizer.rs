@@ -112,7 +112,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// use ndarray::{Array1, Array2};
     /// use ndarray_optim::{Optimizer, ParamGrad, Sgd};
     ///
-    /// let mut opt = Optimizer::new(Sgd { lr: 0.5 })?;
+    /// let mut opt = Optimizer::new(Sgd { lr: 0.5, ..Sgd::default() })?;
     /// let (mut w, mut b) = (Array2::<f32>::ones((2, 2)), Array1::<f32>::ones(2));
     /// let (gw, gb) = (Array2::ones((2, 2)), Array1::ones(2));
     /// opt.step_all(&mut [ParamGrad::new("w", &mut w, &gw), ParamGrad::new("b", &mut b, &gb)])?;
@@ -154,8 +154,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let order = kernel::preferred_order(&param);
         let (hyper, tensor) = self.registry.prepare(name, param.shape(), order);
         tensor.step += 1;
-        let (state, order) = (&mut tensor.buffers, tensor.order);
-        hyper.step(tensor.step, TensorStep { param, grad, state, order });
+        let (state, scalars, order) = (&mut tensor.buffers, &mut tensor.scalars, tensor.order);
+        hyper.step(tensor.step, TensorStep { param, grad, state, scalars, order });
     }
 
     /// Adds a parameter group with its own hyperparameters.

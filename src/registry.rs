@@ -50,6 +50,29 @@ pub(crate) struct TensorState<A> {
     pub(crate) order_pending: bool,
     /// The rule's buffers, one after the other, `numel` elements each.
     pub(crate) buffers: Vec<A>,
+    /// The rule's per-tensor scalars, one per name in [`UpdateRule::scalar_names`].
+    pub(crate) scalars: Vec<f64>,
+}
+
+impl<A: Element> TensorState<A> {
+    /// The state before a tensor's first step, every value at the rule's initial value.
+    fn initial<R: UpdateRule>(hyper: &R, shape: &[usize], order: Order) -> Self {
+        let numel = shape.iter().product::<usize>();
+        let names = hyper.state_names();
+        let mut buffers = Vec::with_capacity(names.len() * numel);
+        for name in names {
+            buffers.extend(core::iter::repeat_n(A::from_f64(hyper.initial_value(name)), numel));
+        }
+        let scalars = hyper.scalar_names().iter().map(|name| hyper.initial_value(name)).collect();
+        TensorState {
+            step: 0,
+            shape: shape.to_vec(),
+            order,
+            order_pending: false,
+            buffers,
+            scalars,
+        }
+    }
 }
 
 impl<A> TensorState<A> {
@@ -91,16 +114,19 @@ impl<A: Copy> TensorState<A> {
     }
 }
 
-/// Refuses hyperparameters that would need other state buffers than a tensor has.
-fn check_same_buffers(
-    param: &str,
-    current: &'static [&'static str],
-    requested: &'static [&'static str],
-) -> Result<()> {
-    if current == requested {
-        Ok(())
+/// Refuses hyperparameters that would need other state buffers or scalars than a tensor has.
+fn check_same_buffers<R: UpdateRule>(param: &str, current: &R, requested: &R) -> Result<()> {
+    let change = |current, requested| Error::StateBuffersChange {
+        param: param.to_owned(),
+        current,
+        requested,
+    };
+    if current.state_names() != requested.state_names() {
+        Err(change(current.state_names(), requested.state_names()))
+    } else if current.scalar_names() != requested.scalar_names() {
+        Err(change(current.scalar_names(), requested.scalar_names()))
     } else {
-        Err(Error::StateBuffersChange { param: param.to_owned(), current, requested })
+        Ok(())
     }
 }
 
@@ -109,6 +135,7 @@ impl<A: PartialEq> PartialEq for TensorState<A> {
     fn eq(&self, other: &Self) -> bool {
         self.step == other.step
             && self.shape == other.shape
+            && self.scalars == other.scalars
             && self.buffer_count() == other.buffer_count()
             && (0..self.buffer_count()).all(|index| self.buffer(index) == other.buffer(index))
     }
@@ -155,9 +182,8 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
         let index = self.group_index(group)?;
         hyper.validate()?;
-        let current = self.groups[index].hyper.state_names();
         if let Some(param) = self.stepped_members(index).next() {
-            check_same_buffers(param, current, hyper.state_names())?;
+            check_same_buffers(param, &self.groups[index].hyper, &hyper)?;
         }
         self.groups[index].hyper = hyper;
         Ok(())
@@ -176,8 +202,8 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         match self.slots.get_mut(param) {
             Some(slot) => {
                 if slot.tensor.is_some() {
-                    let current = self.groups[slot.group].hyper.state_names();
-                    check_same_buffers(param, current, self.groups[group].hyper.state_names())?;
+                    let (current, requested) = (&self.groups[slot.group], &self.groups[group]);
+                    check_same_buffers(param, &current.hyper, &requested.hyper)?;
                 }
                 slot.group = group;
             }
@@ -215,16 +241,9 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         }
         let slot = self.slots.get_mut(param).expect("the slot exists or was just inserted");
         let hyper = &self.groups[slot.group].hyper;
-        let state_len = hyper.state_names().len() * shape.iter().product::<usize>();
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,
-            empty => empty.insert(TensorState {
-                step: 0,
-                shape: shape.to_vec(),
-                order,
-                order_pending: false,
-                buffers: vec![A::zero(); state_len],
-            }),
+            empty => empty.insert(TensorState::initial(hyper, shape, order)),
         };
         if tensor.order_pending {
             tensor.relayout(order);

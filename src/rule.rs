@@ -59,6 +59,24 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// the update sees them, e.g. `["exp_avg", "exp_avg_sq"]` for Adam (PyTorch's names).
     fn state_names(&self) -> &'static [&'static str];
 
+    /// The names of the per-tensor scalar states these hyperparameters need, e.g.
+    /// `["mu_product"]` for [`NAdam`](crate::NAdam): values that change every step but are
+    /// the same for all elements of a tensor. They are `f64` whatever the element type, kept
+    /// and checkpointed by name next to the buffers, and reached in
+    /// [`step`](Self::step) through [`TensorStep::scalars`]. None by default.
+    fn scalar_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The value that the state named `name` (every element of a buffer of
+    /// [`state_names`](Self::state_names), or a scalar of
+    /// [`scalar_names`](Self::scalar_names)) holds before a tensor's first step. Zero by
+    /// default; e.g. Adagrad's `initial_accumulator_value` for `sum`.
+    fn initial_value(&self, name: &str) -> f64 {
+        let _ = name;
+        0.0
+    }
+
     /// Checks every hyperparameter's range; called whenever hyperparameters enter an
     /// optimizer, so that stepping never has to.
     ///
@@ -129,14 +147,30 @@ pub fn check_decay(rule: &'static str, key: &'static str, value: f64) -> Result<
     if (0.0..1.0).contains(&value) { Ok(()) } else { Err(invalid(rule, key, value, "in [0, 1)")) }
 }
 
-/// Checks a smoothing term ε: finite and ≥ 0.
+/// Checks a coefficient that must be finite and ≥ 0, such as a weight decay.
 ///
 /// # Errors
 /// [`Error::InvalidHyperparameter`] with the given key.
-pub fn check_eps(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
+pub fn check_non_negative(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
         Err(invalid(rule, key, value, "finite and >= 0"))
     }
+}
+
+/// Checks a fraction such as SGD's dampening: in [0, 1].
+///
+/// # Errors
+/// [`Error::InvalidHyperparameter`] with the given key.
+pub fn check_unit(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&value) { Ok(()) } else { Err(invalid(rule, key, value, "in [0, 1]")) }
+}
+
+/// Checks a smoothing term ε: finite and ≥ 0.
+///
+/// # Errors
+/// [`Error::InvalidHyperparameter`] with the given key.
+pub fn check_eps(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
+    check_non_negative(rule, key, value)
 }

@@ -2,7 +2,8 @@
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, Element, EpsPlacement, Momentum, Nesterov, RmsProp, Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Element, EpsPlacement, Momentum, NAdam, Nesterov,
+    RAdam, RmsProp, Sgd, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,18 +16,86 @@ pub trait RuleCheck {
         A: Element + Serialize + DeserializeOwned;
 }
 
-/// Runs `check` for every rule (both ε placements where a rule has them) in f32 and f64.
+/// Runs `check` for every rule (both ε placements where a rule has them), each also with its
+/// PyTorch options on (weight decay, maximize and every option that adds state), in f32 and
+/// f64.
 pub fn for_each_rule(check: &mut impl RuleCheck) {
     fn rules<A: Element + Serialize + DeserializeOwned>(check: &mut impl RuleCheck) {
-        check.check::<_, A>(Sgd { lr: 0.05 });
-        check.check::<_, A>(Momentum { lr: 0.05, momentum: 0.9 });
-        check.check::<_, A>(Nesterov { lr: 0.05, momentum: 0.8 });
+        let (weight_decay, maximize) = (0.05, true);
+        check.check::<_, A>(Sgd { lr: 0.05, ..Sgd::default() });
+        check.check::<_, A>(Sgd { lr: 0.05, weight_decay, maximize });
+        check.check::<_, A>(Momentum { lr: 0.05, momentum: 0.9, ..Momentum::default() });
+        check.check::<_, A>(Momentum {
+            lr: 0.05,
+            momentum: 0.9,
+            dampening: 0.3,
+            weight_decay,
+            maximize,
+        });
+        check.check::<_, A>(Nesterov { lr: 0.05, momentum: 0.8, ..Nesterov::default() });
+        check.check::<_, A>(Nesterov { lr: 0.05, momentum: 0.8, weight_decay, maximize });
         for eps_placement in [EpsPlacement::Inside, EpsPlacement::Outside] {
-            check.check::<_, A>(Adagrad { lr: 0.1, eps: 1e-8, eps_placement });
-            check.check::<_, A>(RmsProp { lr: 0.01, rho: 0.9, eps: 1e-8, eps_placement });
+            check.check::<_, A>(Adagrad {
+                lr: 0.1,
+                eps: 1e-8,
+                eps_placement,
+                ..Adagrad::default()
+            });
+            let rmsprop =
+                RmsProp { lr: 0.01, rho: 0.9, eps: 1e-8, eps_placement, ..RmsProp::default() };
+            check.check::<_, A>(rmsprop);
+            check.check::<_, A>(RmsProp { momentum: 0.5, ..rmsprop });
+            check.check::<_, A>(RmsProp { centered: true, ..rmsprop });
+            check.check::<_, A>(RmsProp {
+                momentum: 0.5,
+                centered: true,
+                weight_decay,
+                maximize,
+                ..rmsprop
+            });
         }
-        check.check::<_, A>(Adadelta { lr: 0.5, rho: 0.9, eps: 1e-6 });
-        check.check::<_, A>(Adam { lr: 0.01, beta1: 0.8, beta2: 0.99, eps: 1e-8 });
+        check.check::<_, A>(Adagrad {
+            lr: 0.1,
+            weight_decay,
+            lr_decay: 0.1,
+            initial_accumulator_value: 0.25,
+            maximize,
+            ..Adagrad::default()
+        });
+        check.check::<_, A>(Adadelta { lr: 0.5, rho: 0.9, eps: 1e-6, ..Adadelta::default() });
+        check.check::<_, A>(Adadelta { lr: 0.5, weight_decay, maximize, ..Adadelta::default() });
+        let adam = Adam { lr: 0.01, beta1: 0.8, beta2: 0.99, eps: 1e-8, ..Adam::default() };
+        check.check::<_, A>(adam);
+        check.check::<_, A>(Adam { amsgrad: true, weight_decay, maximize, ..adam });
+        check.check::<_, A>(AdamW { lr: 0.01, ..AdamW::default() });
+        check.check::<_, A>(AdamW {
+            lr: 0.01,
+            weight_decay: 0.1,
+            amsgrad: true,
+            maximize,
+            ..AdamW::default()
+        });
+        check.check::<_, A>(Adamax { lr: 0.01, ..Adamax::default() });
+        check.check::<_, A>(Adamax { lr: 0.01, weight_decay, maximize, ..Adamax::default() });
+        for decoupled_weight_decay in [false, true] {
+            check.check::<_, A>(NAdam { lr: 0.01, ..NAdam::default() });
+            check.check::<_, A>(NAdam {
+                lr: 0.01,
+                weight_decay,
+                momentum_decay: 0.01,
+                decoupled_weight_decay,
+                maximize,
+                ..NAdam::default()
+            });
+            check.check::<_, A>(RAdam { lr: 0.01, ..RAdam::default() });
+            check.check::<_, A>(RAdam {
+                lr: 0.01,
+                weight_decay,
+                decoupled_weight_decay,
+                maximize,
+                ..RAdam::default()
+            });
+        }
     }
     rules::<f32>(check);
     rules::<f64>(check);

@@ -81,7 +81,7 @@ const BAD_EPS: [f64; 4] = [-1e-8, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
 #[test]
 fn invalid_hyperparameters() {
     for lr in BAD_LR {
-        assert_invalid(Sgd { lr }, "lr");
+        assert_invalid(Sgd { lr, ..Sgd::default() }, "lr");
         assert_invalid(Momentum { lr, ..Momentum::default() }, "lr");
         assert_invalid(Nesterov { lr, ..Nesterov::default() }, "lr");
         assert_invalid(Adagrad { lr, ..Adagrad::default() }, "lr");
@@ -107,7 +107,16 @@ fn invalid_hyperparameters() {
     }
     // The edges of the ranges are accepted: zero momentum, decay and ε.
     assert!(Optimizer::<_, f32>::new(Momentum { momentum: 0.0, ..Momentum::default() }).is_ok());
-    assert!(Optimizer::<_, f32>::new(Adam { beta1: 0.0, beta2: 0.0, eps: 0.0, lr: 1.0 }).is_ok());
+    assert!(
+        Optimizer::<_, f32>::new(Adam {
+            beta1: 0.0,
+            beta2: 0.0,
+            eps: 0.0,
+            lr: 1.0,
+            ..Adam::default()
+        })
+        .is_ok()
+    );
 }
 
 #[test]

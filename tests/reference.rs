@@ -1,6 +1,7 @@
 //! Trajectories of the replay harness against the committed reference fixtures: PyTorch's
-//! `torch.optim` and an independent implementation of the seed formulas
-//! (`tests/reference/generate.py` writes both).
+//! `torch.optim` (the seed rules, and every option and rule beyond the seed) and an
+//! independent implementation of the seed formulas (`tests/reference/generate.py` writes
+//! all three files).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -53,15 +54,15 @@ fn assert_matches(fixture: &Fixture) {
     }
 }
 
-/// Every optimizer of the seed appears in both dtypes, over at least 100 steps.
-fn assert_covers(fixtures: &[Fixture], optimizers: &[&str]) {
+/// Every optimizer appears in both dtypes, over at least `steps` steps.
+fn assert_covers(fixtures: &[Fixture], optimizers: &[&str], steps: u64) {
     for optimizer in optimizers {
         for dtype in ["f32", "f64"] {
             assert!(
                 fixtures.iter().any(|f| f.case["optimizer"] == *optimizer
                     && f.case["dtype"] == dtype
-                    && f.case["steps"].as_u64() >= Some(100)),
-                "no {optimizer} {dtype} fixture of 100 steps or more"
+                    && f.case["steps"].as_u64() >= Some(steps)),
+                "no {optimizer} {dtype} fixture of {steps} steps or more"
             );
         }
     }
@@ -73,14 +74,51 @@ const SEED_RULES: [&str; 7] =
 #[test]
 fn matches_pytorch() {
     let fixtures = load("pytorch.json");
-    assert_covers(&fixtures, &SEED_RULES);
+    assert_covers(&fixtures, &SEED_RULES, 100);
     fixtures.iter().for_each(assert_matches);
 }
 
 #[test]
 fn matches_seed_formulas() {
     let fixtures = load("seed.json");
-    assert_covers(&fixtures, &SEED_RULES);
+    assert_covers(&fixtures, &SEED_RULES, 100);
+    fixtures.iter().for_each(assert_matches);
+}
+
+/// Every hyperparameter key beyond the seed, as CONFORMANCE.md lists them.
+const EXTENSION_KEYS: [(&str, &[&str]); 11] = [
+    ("sgd", &["weight_decay", "maximize"]),
+    ("momentum", &["weight_decay", "dampening", "maximize"]),
+    ("nesterov", &["weight_decay", "maximize"]),
+    ("adagrad", &["weight_decay", "lr_decay", "initial_accumulator_value", "maximize"]),
+    ("adadelta", &["weight_decay", "maximize"]),
+    ("rmsprop", &["weight_decay", "momentum", "centered", "maximize"]),
+    ("adam", &["weight_decay", "amsgrad", "maximize"]),
+    ("adamw", &["weight_decay", "amsgrad", "maximize"]),
+    ("adamax", &["weight_decay", "maximize"]),
+    ("nadam", &["weight_decay", "momentum_decay", "decoupled_weight_decay", "maximize"]),
+    ("radam", &["weight_decay", "decoupled_weight_decay", "maximize"]),
+];
+
+/// Every option of every rule, and every rule beyond the seed, against PyTorch: each key is
+/// set away from its default in some case of each dtype, over at least 50 steps.
+#[test]
+fn matches_pytorch_extensions() {
+    let fixtures = load("pytorch_extensions.json");
+    let rules: Vec<&str> = EXTENSION_KEYS.iter().map(|(rule, _)| *rule).collect();
+    assert_covers(&fixtures, &rules, 50);
+    for (rule, keys) in EXTENSION_KEYS {
+        for key in keys {
+            for dtype in ["f32", "f64"] {
+                assert!(
+                    fixtures.iter().any(|f| f.case["optimizer"] == rule
+                        && f.case["dtype"] == dtype
+                        && f.case["hyper"].get(key).is_some()),
+                    "no {rule} {dtype} fixture sets `{key}`"
+                );
+            }
+        }
+    }
     fixtures.iter().for_each(assert_matches);
 }
 
@@ -95,7 +133,8 @@ fn bits(trajectory: &Trajectory) -> Vec<(String, Vec<Vec<u64>>)> {
 /// every trajectory bit-for-bit the same.
 #[test]
 fn checkpoints_and_layouts_do_not_change_a_bit() {
-    for fixture in load("pytorch.json").iter().chain(&load("seed.json")) {
+    let files = ["pytorch.json", "seed.json", "pytorch_extensions.json"];
+    for fixture in files.iter().flat_map(|file| load(file)) {
         let plain = bits(&replay(&fixture.case));
         for every in [1, 7] {
             let mut case = fixture.case.clone();

@@ -5,7 +5,8 @@
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, Element, Momentum, Nesterov, Optimizer, RmsProp, Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Element, Momentum, NAdam, Nesterov, Optimizer, RAdam,
+    RmsProp, Sgd, UpdateRule,
 };
 use serde::de::DeserializeOwned;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -107,9 +108,13 @@ fn run_dtype<A: Element + Serialize + DeserializeOwned>(case: &Case) -> Result<T
         "adadelta" => replay::<Adadelta, A>(case),
         "rmsprop" => replay::<RmsProp, A>(case),
         "adam" => replay::<Adam, A>(case),
+        "adamw" => replay::<AdamW, A>(case),
+        "adamax" => replay::<Adamax, A>(case),
+        "nadam" => replay::<NAdam, A>(case),
+        "radam" => replay::<RAdam, A>(case),
         other => Err(format!(
             "unknown optimizer `{other}` (expected sgd, momentum, nesterov, adagrad, adadelta, \
-             rmsprop or adam)"
+             rmsprop, adam, adamw, adamax, nadam or radam)"
         )),
     }
 }

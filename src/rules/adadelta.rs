@@ -3,7 +3,8 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
+use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
+use crate::rules::gradient::{self, Decay};
 
 /// Adadelta (seed eq. 8–15, Zeiler 2012): step sizes in the units of the parameter.
 ///
@@ -17,22 +18,26 @@ use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
 ///
 /// The second average is over the squared *update* $\Delta\theta^2$, as in Zeiler's paper
 /// (the seed's eq. 11 prints $\theta_t^2$, a typo). The optional rate η scales the step after
-/// both averages are updated, as PyTorch does; η = 1 is the seed exactly.
+/// both averages are updated, as PyTorch does; η = 1 is the seed exactly. PyTorch's options:
+/// $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$ when `weight_decay`
+/// λ is not 0.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
 /// | $\eta$ | `lr` | 1.0 | the seed (no rate); PyTorch's too |
 /// | $\rho$ | `rho` | 0.9 | the seed and PyTorch |
 /// | $\epsilon$ | `eps` | 1e-6 | PyTorch (Zeiler's paper uses 1e-6 too) |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
 ///
 /// State: `square_avg` ($E[g^2]$) and `acc_delta` ($E[\Delta\theta^2]$), both zero before
-/// the first step. Matches PyTorch's `Adadelta(lr, rho, eps)`.
+/// the first step. Matches PyTorch's `Adadelta(lr, rho, eps, weight_decay, maximize=maximize)`.
 ///
 /// ```
 /// use ndarray::array;
 /// use ndarray_optim::{Adadelta, Optimizer};
 ///
-/// let mut opt = Optimizer::new(Adadelta { lr: 1.0, rho: 0.0, eps: 1.0 })?;
+/// let mut opt = Optimizer::new(Adadelta { lr: 1.0, rho: 0.0, eps: 1.0, ..Adadelta::default() })?;
 /// let mut w = array![1.0_f64];
 /// // E[g²] = 9, Δθ = -√(0 + 1) / √(9 + 1) · 3
 /// opt.step("w", &mut w, &array![3.0])?;
@@ -49,11 +54,15 @@ pub struct Adadelta {
     pub rho: f64,
     /// Smoothing term ε inside both square roots (finite, ≥ 0).
     pub eps: f64,
+    /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
 }
 
 impl Default for Adadelta {
     fn default() -> Self {
-        Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6 }
+        Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6, weight_decay: 0.0, maximize: false }
     }
 }
 
@@ -67,7 +76,8 @@ impl UpdateRule for Adadelta {
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
         check_decay(Self::NAME, "rho", self.rho)?;
-        check_eps(Self::NAME, "eps", self.eps)
+        check_eps(Self::NAME, "eps", self.eps)?;
+        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)
     }
 
     fn lr(&self) -> f64 {
@@ -82,12 +92,18 @@ impl UpdateRule for Adadelta {
         let lr = A::from_f64(self.lr);
         let (rho, one_minus_rho) = (A::from_f64(self.rho), A::from_f64(1.0 - self.rho));
         let eps = A::from_f64(self.eps);
-        tensor.apply(|p, g, [square_avg, acc_delta]: &mut [A; 2]| {
-            *square_avg = rho * *square_avg + one_minus_rho * (g * g);
-            // `delta` is −Δθ: the step the parameter moves against.
-            let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;
-            *acc_delta = rho * *acc_delta + one_minus_rho * (delta * delta);
-            *p = *p - lr * delta;
-        });
+        let decay = Decay::l2(self.weight_decay);
+        gradient::apply(
+            tensor,
+            self.maximize,
+            decay,
+            |p, g, [square_avg, acc_delta]: &mut [A; 2]| {
+                *square_avg = rho * *square_avg + one_minus_rho * (g * g);
+                // `delta` is −Δθ: the step the parameter moves against.
+                let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;
+                *acc_delta = rho * *acc_delta + one_minus_rho * (delta * delta);
+                *p = *p - lr * delta;
+            },
+        );
     }
 }

@@ -3,7 +3,8 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{EpsPlacement, UpdateRule, check_eps, check_lr};
+use crate::rule::{EpsPlacement, UpdateRule, check_eps, check_lr, check_non_negative};
+use crate::rules::gradient::{self, Decay};
 
 /// Adagrad (seed eq. 7): a per-element rate that shrinks with the sum of past squared
 /// gradients.
@@ -13,20 +14,29 @@ use crate::rule::{EpsPlacement, UpdateRule, check_eps, check_lr};
 ///
 /// With [`EpsPlacement::Outside`] the denominator is $\sqrt{G_t} + \epsilon$, as in PyTorch.
 ///
+/// PyTorch's options: step $t$ uses the rate $\eta / (1 + (t - 1)\,\kappa)$ with `lr_decay`
+/// κ; $G$ starts at `initial_accumulator_value` $G_0$; $g_t$ is the gradient, negated when
+/// `maximize`, plus $\lambda\theta$ when `weight_decay` λ is not 0.
+///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
 /// | $\eta$ | `lr` | 0.01 | the seed ("most implementations use 0.01"); PyTorch's too |
 /// | $\epsilon$ | `eps` | 1e-8 | the seed; PyTorch uses 1e-10 |
 /// | | `eps_placement` | [`EpsPlacement::Inside`] | the seed; PyTorch is `Outside` |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | $\kappa$ | `lr_decay` | 0 | PyTorch |
+/// | $G_0$ | `initial_accumulator_value` | 0 | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `sum` ($G$, zero before the first step). `Adagrad { eps: 1e-10, eps_placement:
-/// EpsPlacement::Outside, ..}` matches PyTorch's `Adagrad(lr)`.
+/// State: `sum` ($G$). `Adagrad { eps: 1e-10, eps_placement: EpsPlacement::Outside, ..}`
+/// matches PyTorch's `Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value,
+/// maximize=maximize)`.
 ///
 /// ```
 /// use ndarray::array;
 /// use ndarray_optim::{Adagrad, EpsPlacement, Optimizer};
 ///
-/// let rule = Adagrad { lr: 0.1, eps: 0.0, eps_placement: EpsPlacement::Inside };
+/// let rule = Adagrad { lr: 0.1, eps: 0.0, eps_placement: EpsPlacement::Inside, ..Adagrad::default() };
 /// let mut opt = Optimizer::new(rule)?;
 /// let mut w = array![1.0_f64];
 /// opt.step("w", &mut w, &array![3.0])?; // G = 9, w = 1 - 0.1 * 3 / 3
@@ -43,11 +53,27 @@ pub struct Adagrad {
     pub eps: f64,
     /// Whether ε goes inside or outside the square root.
     pub eps_placement: EpsPlacement,
+    /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Decay κ of the rate over steps (finite, ≥ 0).
+    pub lr_decay: f64,
+    /// The value $G_0$ every element of `sum` starts at (finite, ≥ 0).
+    pub initial_accumulator_value: f64,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
 }
 
 impl Default for Adagrad {
     fn default() -> Self {
-        Adagrad { lr: 0.01, eps: 1e-8, eps_placement: EpsPlacement::Inside }
+        Adagrad {
+            lr: 0.01,
+            eps: 1e-8,
+            eps_placement: EpsPlacement::Inside,
+            weight_decay: 0.0,
+            lr_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            maximize: false,
+        }
     }
 }
 
@@ -60,7 +86,14 @@ impl UpdateRule for Adagrad {
 
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
-        check_eps(Self::NAME, "eps", self.eps)
+        check_eps(Self::NAME, "eps", self.eps)?;
+        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)?;
+        check_non_negative(Self::NAME, "lr_decay", self.lr_decay)?;
+        check_non_negative(Self::NAME, "initial_accumulator_value", self.initial_accumulator_value)
+    }
+
+    fn initial_value(&self, _name: &str) -> f64 {
+        self.initial_accumulator_value
     }
 
     fn lr(&self) -> f64 {
@@ -71,10 +104,12 @@ impl UpdateRule for Adagrad {
         &mut self.lr
     }
 
-    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
-        let lr = A::from_f64(self.lr);
+    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
+        // Exactly η when κ = 0: η / 1.
+        let lr = A::from_f64(self.lr / (1.0 + (step - 1) as f64 * self.lr_decay));
         let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
-        tensor.apply(|p, g, [sum]: &mut [A; 1]| {
+        let decay = Decay::l2(self.weight_decay);
+        gradient::apply(tensor, self.maximize, decay, |p, g, [sum]: &mut [A; 1]| {
             *sum = *sum + g * g;
             *p = *p - lr * (g / ((*sum + eps_inside).sqrt() + eps_outside));
         });

@@ -3,7 +3,8 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
+use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
+use crate::rules::gradient::{self, Decay, maximum};
 
 /// Adam (seed eq. 18–22, Kingma & Ba 2015): bias-corrected first and second moments.
 ///
@@ -20,15 +21,24 @@ use crate::rule::{UpdateRule, check_decay, check_eps, check_lr};
 /// $\theta - \frac{\eta}{1-\beta_1^t} \cdot m_t / (\sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon)$,
 /// the order of operations PyTorch's `Adam` uses.
 ///
+/// PyTorch's options: $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$
+/// when `weight_decay` λ is not 0 (L2 decay through the moments; for decoupled decay see
+/// [`AdamW`](crate::AdamW)). `amsgrad` (Reddi et al. 2018) divides by the root of the
+/// running maximum $\hat v^{max}_t = \max(\hat v^{max}_{t-1}, v_t)$ instead of $v_t$.
+///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
 /// | $\eta$ | `lr` | 0.001 | the paper, the seed and PyTorch |
 /// | $\beta_1$ | `beta1` | 0.9 | the paper and PyTorch |
 /// | $\beta_2$ | `beta2` | 0.999 | the paper and PyTorch |
 /// | $\epsilon$ | `eps` | 1e-8 | the paper and PyTorch |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | | `amsgrad` | `false` | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `exp_avg` ($m$) and `exp_avg_sq` ($v$), zero before the first step. Matches
-/// PyTorch's `Adam(lr, betas=(beta1, beta2), eps)`.
+/// State: `exp_avg` ($m$) and `exp_avg_sq` ($v$), then `max_exp_avg_sq` with `amsgrad`, zero
+/// before the first step. Matches PyTorch's `Adam(lr, betas=(beta1, beta2), eps,
+/// weight_decay, amsgrad, maximize=maximize)`.
 ///
 /// ```
 /// use ndarray::array;
@@ -53,11 +63,87 @@ pub struct Adam {
     pub beta2: f64,
     /// Smoothing term ε added to $\sqrt{\hat v}$ (finite, ≥ 0).
     pub eps: f64,
+    /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Divide by the running maximum of the second moment (AMSGrad).
+    pub amsgrad: bool,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
 }
 
 impl Default for Adam {
     fn default() -> Self {
-        Adam { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Adam {
+            lr: 0.001,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            maximize: false,
+        }
+    }
+}
+
+/// The buffers of Adam and AdamW, which differ only in how weight decay enters.
+pub(crate) fn state_names(amsgrad: bool) -> &'static [&'static str] {
+    if amsgrad { &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] } else { &["exp_avg", "exp_avg_sq"] }
+}
+
+/// Checks the hyperparameters Adam and AdamW share.
+pub(crate) fn validate(
+    rule: &'static str,
+    lr: f64,
+    betas: [f64; 2],
+    eps: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    check_lr(rule, lr)?;
+    check_decay(rule, "beta1", betas[0])?;
+    check_decay(rule, "beta2", betas[1])?;
+    check_eps(rule, "eps", eps)?;
+    check_non_negative(rule, "weight_decay", weight_decay)
+}
+
+/// One step of Adam or AdamW, which differ only in the form of decay (`hyper.weight_decay`
+/// enters through `decay` alone).
+pub(crate) fn adam_step<A: Element, D: Dimension>(
+    hyper: &Adam,
+    decay: Decay,
+    step: u64,
+    tensor: TensorStep<'_, A, D>,
+) {
+    // `powf` on the step as a float, like PyTorch's `beta ** step`.
+    let t = step as f64;
+    let bias_correction1 = 1.0 - hyper.beta1.powf(t);
+    let bias_correction2 = 1.0 - hyper.beta2.powf(t);
+    let (beta1, one_minus_beta1) = (A::from_f64(hyper.beta1), A::from_f64(1.0 - hyper.beta1));
+    let (beta2, one_minus_beta2) = (A::from_f64(hyper.beta2), A::from_f64(1.0 - hyper.beta2));
+    let step_size = A::from_f64(hyper.lr / bias_correction1);
+    let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
+    let eps = A::from_f64(hyper.eps);
+    // `max_v` is there with AMSGrad only, so each case compiles to its own loop.
+    let update = |p: &mut A, g: A, m: &mut A, v: &mut A, max_v: Option<&mut A>| {
+        *m = beta1 * *m + one_minus_beta1 * g;
+        *v = beta2 * *v + one_minus_beta2 * (g * g);
+        let v = match max_v {
+            Some(max_v) => {
+                *max_v = maximum(*max_v, *v);
+                *max_v
+            }
+            None => *v,
+        };
+        let denom = v.sqrt() / bias_correction2_sqrt + eps;
+        *p = *p - step_size * (*m / denom);
+    };
+    if hyper.amsgrad {
+        gradient::apply(tensor, hyper.maximize, decay, |p, g, [m, v, max_v]: &mut [A; 3]| {
+            update(p, g, m, v, Some(max_v));
+        });
+    } else {
+        gradient::apply(tensor, hyper.maximize, decay, |p, g, [m, v]: &mut [A; 2]| {
+            update(p, g, m, v, None);
+        });
     }
 }
 
@@ -65,14 +151,11 @@ impl UpdateRule for Adam {
     const NAME: &'static str = "adam";
 
     fn state_names(&self) -> &'static [&'static str] {
-        &["exp_avg", "exp_avg_sq"]
+        state_names(self.amsgrad)
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
-        check_decay(Self::NAME, "beta1", self.beta1)?;
-        check_decay(Self::NAME, "beta2", self.beta2)?;
-        check_eps(Self::NAME, "eps", self.eps)
+        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
     }
 
     fn lr(&self) -> f64 {
@@ -84,20 +167,6 @@ impl UpdateRule for Adam {
     }
 
     fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        // `powf` on the step as a float, like PyTorch's `beta ** step`.
-        let t = step as f64;
-        let bias_correction1 = 1.0 - self.beta1.powf(t);
-        let bias_correction2 = 1.0 - self.beta2.powf(t);
-        let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
-        let (beta2, one_minus_beta2) = (A::from_f64(self.beta2), A::from_f64(1.0 - self.beta2));
-        let step_size = A::from_f64(self.lr / bias_correction1);
-        let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
-        let eps = A::from_f64(self.eps);
-        tensor.apply(|p, g, [m, v]: &mut [A; 2]| {
-            *m = beta1 * *m + one_minus_beta1 * g;
-            *v = beta2 * *v + one_minus_beta2 * (g * g);
-            let denom = v.sqrt() / bias_correction2_sqrt + eps;
-            *p = *p - step_size * (*m / denom);
-        });
+        adam_step(self, Decay::l2(self.weight_decay), step, tensor);
     }
 }

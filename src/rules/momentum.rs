@@ -3,7 +3,8 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_lr};
+use crate::rule::{UpdateRule, check_decay, check_lr, check_non_negative, check_unit};
+use crate::rules::gradient::{self, Decay};
 
 /// SGD with momentum (seed eq. 1–2).
 ///
@@ -15,19 +16,27 @@ use crate::rule::{UpdateRule, check_decay, check_lr};
 /// which is the same trajectory ($v_t = \eta b_t$) while η is constant, and is what PyTorch
 /// does when a schedule changes η: the rate applies at the moment of the update.
 ///
+/// PyTorch's options: with `dampening` τ the buffer takes $(1 - \tau) g_t$ instead of $g_t$
+/// from the second step on (the first step sets $b_1 = g_1$); the gradient is negated when
+/// `maximize` and gets $\lambda\theta$ added when `weight_decay` λ is not 0, in that
+/// order, before it enters the buffer.
+///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
 /// | $\gamma$ | `momentum` | 0.9 | the seed ("usually set to 0.9") |
+/// | $\tau$ | `dampening` | 0 | PyTorch |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
 ///
 /// State: `momentum_buffer` ($b$, zero before the first step). Matches PyTorch's
-/// `SGD(lr, momentum)` with `dampening=0`.
+/// `SGD(lr, momentum, dampening, weight_decay, maximize)`.
 ///
 /// ```
 /// use ndarray::array;
 /// use ndarray_optim::{Momentum, Optimizer};
 ///
-/// let mut opt = Optimizer::new(Momentum { lr: 0.5, momentum: 0.5 })?;
+/// let mut opt = Optimizer::new(Momentum { lr: 0.5, momentum: 0.5, ..Momentum::default() })?;
 /// let mut w = array![1.0_f64];
 /// opt.step("w", &mut w, &array![1.0])?; // b = 1,   w = 1 - 0.5
 /// opt.step("w", &mut w, &array![1.0])?; // b = 1.5, w = 0.5 - 0.75
@@ -42,18 +51,30 @@ pub struct Momentum {
     pub lr: f64,
     /// Momentum γ, in [0, 1).
     pub momentum: f64,
+    /// Dampening τ of the gradient entering the buffer, in [0, 1].
+    pub dampening: f64,
+    /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
 }
 
 impl Default for Momentum {
     fn default() -> Self {
-        Momentum { lr: 0.01, momentum: 0.9 }
+        Momentum { lr: 0.01, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, maximize: false }
     }
 }
 
 /// Checks the hyperparameters shared by [`Momentum`] and [`Nesterov`](crate::Nesterov).
-pub(crate) fn check_momentum(rule: &'static str, lr: f64, momentum: f64) -> Result<()> {
+pub(crate) fn check_momentum(
+    rule: &'static str,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<()> {
     check_lr(rule, lr)?;
-    check_decay(rule, "momentum", momentum)
+    check_decay(rule, "momentum", momentum)?;
+    check_non_negative(rule, "weight_decay", weight_decay)
 }
 
 impl UpdateRule for Momentum {
@@ -64,7 +85,8 @@ impl UpdateRule for Momentum {
     }
 
     fn validate(&self) -> Result<()> {
-        check_momentum(Self::NAME, self.lr, self.momentum)
+        check_momentum(Self::NAME, self.lr, self.momentum, self.weight_decay)?;
+        check_unit(Self::NAME, "dampening", self.dampening)
     }
 
     fn lr(&self) -> f64 {
@@ -75,10 +97,16 @@ impl UpdateRule for Momentum {
         &mut self.lr
     }
 
-    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
         let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
-        tensor.apply(|p, g, [b]: &mut [A; 1]| {
-            *b = momentum * *b + g;
+        // PyTorch's first step copies the gradient into the buffer undampened; the buffer is
+        // zero then, so γ·0 + 1·g is that copy. Multiplying by 1 is exact: without dampening
+        // this is the plain b = γb + g.
+        let undampened = if step == 1 { 1.0 } else { 1.0 - self.dampening };
+        let undampened = A::from_f64(undampened);
+        let decay = Decay::l2(self.weight_decay);
+        gradient::apply(tensor, self.maximize, decay, |p, g, [b]: &mut [A; 1]| {
+            *b = momentum * *b + undampened * g;
             *p = *p - lr * *b;
         });
     }

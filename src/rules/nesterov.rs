@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::kernel::TensorStep;
 use crate::rule::UpdateRule;
 use crate::rules::Momentum;
+use crate::rules::gradient::{self, Decay};
 use crate::rules::momentum::check_momentum;
 
 /// Nesterov accelerated gradient (seed eq. 3–4), in look-ahead form.
@@ -19,12 +20,16 @@ use crate::rules::momentum::check_momentum;
 ///
 /// The stored parameter after step $t$ is the seed's $\theta_t - \gamma v_t$; once training
 /// stops, $\theta = \Theta + \gamma\eta b$ recovers the seed's iterate (the two agree as the
-/// velocity vanishes). This is PyTorch's `SGD(lr, momentum, nesterov=True)`.
+/// velocity vanishes). This is PyTorch's `SGD(lr, momentum, nesterov=True, weight_decay,
+/// maximize)`: $g_t$ is the gradient, negated when `maximize`, plus $\lambda\Theta$ when
+/// `weight_decay` λ is not 0. PyTorch refuses dampening with Nesterov, so there is none.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
 /// | $\gamma$ | `momentum` | 0.9 | the seed |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
 ///
 /// State: `momentum_buffer` ($b$).
 ///
@@ -32,7 +37,7 @@ use crate::rules::momentum::check_momentum;
 /// use ndarray::array;
 /// use ndarray_optim::{Nesterov, Optimizer};
 ///
-/// let mut opt = Optimizer::new(Nesterov { lr: 0.5, momentum: 0.5 })?;
+/// let mut opt = Optimizer::new(Nesterov { lr: 0.5, momentum: 0.5, ..Nesterov::default() })?;
 /// let mut w = array![1.0_f64];
 /// opt.step("w", &mut w, &array![1.0])?; // b = 1, w = 1 - 0.5 * (1 + 0.5)
 /// assert_eq!(w, array![0.25]);
@@ -46,12 +51,16 @@ pub struct Nesterov {
     pub lr: f64,
     /// Momentum γ, in [0, 1).
     pub momentum: f64,
+    /// L2 weight decay λ added to the gradient as λΘ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
 }
 
 impl Default for Nesterov {
     fn default() -> Self {
-        let Momentum { lr, momentum } = Momentum::default();
-        Nesterov { lr, momentum }
+        let Momentum { lr, momentum, weight_decay, maximize, .. } = Momentum::default();
+        Nesterov { lr, momentum, weight_decay, maximize }
     }
 }
 
@@ -63,7 +72,7 @@ impl UpdateRule for Nesterov {
     }
 
     fn validate(&self) -> Result<()> {
-        check_momentum(Self::NAME, self.lr, self.momentum)
+        check_momentum(Self::NAME, self.lr, self.momentum, self.weight_decay)
     }
 
     fn lr(&self) -> f64 {
@@ -76,7 +85,8 @@ impl UpdateRule for Nesterov {
 
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
-        tensor.apply(|p, g, [b]: &mut [A; 1]| {
+        let decay = Decay::l2(self.weight_decay);
+        gradient::apply(tensor, self.maximize, decay, |p, g, [b]: &mut [A; 1]| {
             *b = momentum * *b + g;
             *p = *p - lr * (g + momentum * *b);
         });

@@ -3,23 +3,29 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_lr};
+use crate::rule::{UpdateRule, check_lr, check_non_negative};
+use crate::rules::gradient::{self, Decay};
 
 /// Plain stochastic gradient descent.
 ///
 /// $$\theta \leftarrow \theta - \eta\, g$$
 ///
+/// where $g$ is the gradient, negated when `maximize`, plus $\lambda\theta$ when
+/// `weight_decay` λ is not 0 (PyTorch's L2 decay, in that order).
+///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` has none |
+/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
 ///
-/// No state. Matches PyTorch's `SGD(lr)`.
+/// No state. Matches PyTorch's `SGD(lr, weight_decay, maximize)`.
 ///
 /// ```
 /// use ndarray::array;
 /// use ndarray_optim::{Optimizer, Sgd};
 ///
-/// let mut opt = Optimizer::new(Sgd { lr: 0.5 })?;
+/// let mut opt = Optimizer::new(Sgd { lr: 0.5, ..Sgd::default() })?;
 /// let mut w = array![1.0_f64, 2.0];
 /// opt.step("w", &mut w, &array![0.5, -1.0])?;
 /// assert_eq!(w, array![0.75, 2.5]);
@@ -31,11 +37,15 @@ use crate::rule::{UpdateRule, check_lr};
 pub struct Sgd {
     /// Learning rate η (finite, > 0).
     pub lr: f64,
+    /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
 }
 
 impl Default for Sgd {
     fn default() -> Self {
-        Sgd { lr: 0.01 }
+        Sgd { lr: 0.01, weight_decay: 0.0, maximize: false }
     }
 }
 
@@ -47,7 +57,8 @@ impl UpdateRule for Sgd {
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)
+        check_lr(Self::NAME, self.lr)?;
+        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)
     }
 
     fn lr(&self) -> f64 {
@@ -60,6 +71,7 @@ impl UpdateRule for Sgd {
 
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let lr = A::from_f64(self.lr);
-        tensor.apply(|p, g, _: &mut [A; 0]| *p = *p - lr * g);
+        let decay = Decay::l2(self.weight_decay);
+        gradient::apply(tensor, self.maximize, decay, |p, g, _: &mut [A; 0]| *p = *p - lr * g);
     }
 }

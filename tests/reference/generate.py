@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes two files next to this script (and overwrites them):
+It writes three files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -19,11 +19,20 @@ It writes two files next to this script (and overwrites them):
   square root (the crate's default placement), ``nesterov`` run in the seed's
   own look-ahead form and recorded as Θ = θ − γv.  Plus a few two-step cases
   whose numbers are checked by hand below (HAND_CASES).
+* ``pytorch_extensions.json``: trajectories computed by ``torch.optim``
+  (``foreach=False``) for every option beyond the seed (CONFORMANCE.md,
+  "Extensions beyond the seed": weight_decay, maximize, dampening, lr_decay,
+  initial_accumulator_value, RMSprop momentum and centered, amsgrad,
+  momentum_decay, decoupled_weight_decay), each alone and in combination, and
+  for the rules ``adamw``, ``adamax``, ``nadam``, ``radam``, in f64 and f32,
+  60 steps (EXTENSION_CASES).  PyTorch runs each case with the default dtype
+  set to the case's dtype, so that its per-tensor scalar state (the step
+  count, NAdam's ``mu_product``) is f64 in an f64 case.
 
-Both files have the shape
+All files have the shape
 
     { "generator": "tests/reference/generate.py",
-      "torch_version": "2.15.0",                      (pytorch.json only)
+      "torch_version": "2.15.0",                      (pytorch*.json only)
       "cases": [ { "case": { ...replay-harness input case... },
                    "source": "pytorch" | "seed",
                    "trajectory": { "<param>": [[row-major values after step 1],
@@ -47,6 +56,11 @@ pytorch.json, ``seed-…`` in seed.json), 120 steps each:
   (Rosenbrock from (0.3, -0.4); in a group with a smaller lr for
   sgd/momentum/nesterov, whose default lr diverges there), ``k`` (2x1x2
   quadratic, layout "f"), ``t`` (tiny gradients).
+* ``torch-<opt>-<options>-<dtype>`` (pytorch_extensions.json): params ``w``
+  (2x3 quadratic, layout "f"), ``s`` (0-D sequence), ``k`` (2x1x2 quadratic,
+  layout "f", in group "g" where the case has a group with overrides) and
+  ``t`` (tiny gradients); cases with ``maximize`` use the quadratics negated,
+  which have a maximum.
 
 Everything is deterministic: inputs are hand-chosen, and the gradient
 sequences come from numpy generators with fixed seeds.  The numpy side is
@@ -90,6 +104,31 @@ DEFAULTS = {
     "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
 }
 
+# CONFORMANCE.md "Extensions beyond the seed": PyTorch's options of the seed
+# optimizers, with PyTorch's defaults, and the rules added beyond the seed.
+# The seed formulas know none of these; run_seed refuses a case that changes one.
+_ADAM_BASE = {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+              "maximize": False}
+EXTENSION_KEYS = {
+    "sgd": {"weight_decay": 0.0, "maximize": False},
+    "momentum": {"dampening": 0.0, "weight_decay": 0.0, "maximize": False},
+    "nesterov": {"weight_decay": 0.0, "maximize": False},
+    "adagrad": {"weight_decay": 0.0, "lr_decay": 0.0, "initial_accumulator_value": 0.0,
+                "maximize": False},
+    "adadelta": {"weight_decay": 0.0, "maximize": False},
+    "rmsprop": {"weight_decay": 0.0, "momentum": 0.0, "centered": False, "maximize": False},
+    "adam": {"weight_decay": 0.0, "amsgrad": False, "maximize": False},
+}
+EXTENSION_RULES = {
+    "adamw": {**_ADAM_BASE, "weight_decay": 0.01, "amsgrad": False},
+    "adamax": {**_ADAM_BASE, "lr": 0.002},
+    "nadam": {**_ADAM_BASE, "lr": 0.002, "momentum_decay": 0.004,
+              "decoupled_weight_decay": False},
+    "radam": {**_ADAM_BASE, "decoupled_weight_decay": False},
+}
+ALL_DEFAULTS = {**{opt: {**h, **EXTENSION_KEYS[opt]} for opt, h in DEFAULTS.items()},
+                **EXTENSION_RULES}
+
 NP_DTYPE = {"f64": np.float64, "f32": np.float32}
 
 
@@ -106,7 +145,7 @@ def numel(shape):
 
 def resolved_hyper(case, group_name):
     """Defaults, then the case's hyper, then the group's overrides."""
-    h = dict(DEFAULTS[case["optimizer"]])
+    h = dict(ALL_DEFAULTS[case["optimizer"]])
     for k, v in case.get("hyper", {}).items():
         if k not in h:
             raise ValueError(f"{case['name']}: key {k!r} not taken by {case['optimizer']}")
@@ -256,6 +295,11 @@ class SeedTensor:
 
 def run_seed(case):
     dtype = case["dtype"]
+    groups = [None] + [g["name"] for g in case.get("groups", [])]
+    for g in groups:  # the seed formulas have none of PyTorch's options
+        h = resolved_hyper(case, g)
+        assert case["optimizer"] in DEFAULTS, case["name"]
+        assert all(h[k] == v for k, v in EXTENSION_KEYS[case["optimizer"]].items()), case["name"]
     tensors = [SeedTensor(case["optimizer"], resolved_hyper(case, p.get("group")),
                           p["init"], dtype) for p in case["params"]]
     traj = {p["name"]: [] for p in case["params"]}
@@ -273,24 +317,30 @@ def run_seed(case):
 
 def torch_kwargs(opt, h):
     """Every PyTorch constructor argument spelled out (CONFORMANCE defaults)."""
+    common = {"lr": h["lr"], "weight_decay": h["weight_decay"], "maximize": h["maximize"]}
     if opt in ("sgd", "momentum", "nesterov"):
-        return {"lr": h["lr"], "momentum": 0.0 if opt == "sgd" else h["momentum"],
-                "dampening": 0.0, "weight_decay": 0.0,
-                "nesterov": opt == "nesterov", "maximize": False}
+        return {**common, "momentum": 0.0 if opt == "sgd" else h["momentum"],
+                "dampening": h.get("dampening", 0.0), "nesterov": opt == "nesterov"}
     if opt == "adagrad":
         assert h["eps_placement"] == "outside", "torch Adagrad puts eps outside the sqrt"
-        return {"lr": h["lr"], "lr_decay": 0.0, "weight_decay": 0.0,
-                "initial_accumulator_value": 0.0, "eps": h["eps"], "maximize": False}
+        return {**common, "lr_decay": h["lr_decay"],
+                "initial_accumulator_value": h["initial_accumulator_value"], "eps": h["eps"]}
     if opt == "rmsprop":
         assert h["eps_placement"] == "outside", "torch RMSprop puts eps outside the sqrt"
-        return {"lr": h["lr"], "alpha": h["rho"], "eps": h["eps"], "weight_decay": 0.0,
-                "momentum": 0.0, "centered": False, "maximize": False}
+        return {**common, "alpha": h["rho"], "eps": h["eps"], "momentum": h["momentum"],
+                "centered": h["centered"]}
     if opt == "adadelta":
-        return {"lr": h["lr"], "rho": h["rho"], "eps": h["eps"], "weight_decay": 0.0,
-                "maximize": False}
-    if opt == "adam":
-        return {"lr": h["lr"], "betas": (h["beta1"], h["beta2"]), "eps": h["eps"],
-                "weight_decay": 0.0, "amsgrad": False, "maximize": False}
+        return {**common, "rho": h["rho"], "eps": h["eps"]}
+    adam_like = {**common, "betas": (h["beta1"], h["beta2"]), "eps": h["eps"]}
+    if opt in ("adam", "adamw"):
+        return {**adam_like, "amsgrad": h["amsgrad"]}
+    if opt == "adamax":
+        return adam_like
+    if opt == "nadam":
+        return {**adam_like, "momentum_decay": h["momentum_decay"],
+                "decoupled_weight_decay": h["decoupled_weight_decay"]}
+    if opt == "radam":
+        return {**adam_like, "decoupled_weight_decay": h["decoupled_weight_decay"]}
     raise ValueError(opt)
 
 
@@ -312,7 +362,23 @@ def run_torch(case):
     cls = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
            "nesterov": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
            "rmsprop": torch.optim.RMSprop, "adadelta": torch.optim.Adadelta,
-           "adam": torch.optim.Adam}[opt]
+           "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
+           "radam": torch.optim.RAdam}[opt]
+    # PyTorch keeps per-tensor scalar state (the step count, NAdam's mu_product)
+    # in the default dtype: make that the case's dtype, as a user of that dtype
+    # would, so that an f64 case has f64 scalars.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == "f64" else torch.float32)
+    try:
+        return _run_torch(case, torch, cls, T)
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def _run_torch(case, torch, cls, T):
+    opt = case["optimizer"]
+    dtype = case["dtype"]
 
     def with_layout(t, layout):
         # Column-major storage for layout "f" (elementwise updates do not care,
@@ -550,6 +616,120 @@ HAND_CASES = [
 ]
 
 
+# ---------------------------------------------------------------------------
+# Extensions beyond the seed (pytorch_extensions.json): every PyTorch option of
+# the seed optimizers and every added rule, alone and combined.
+# ---------------------------------------------------------------------------
+
+EXT_STEPS = 60
+
+# (optimizer, tag, hyper, group overrides or None).  Adagrad and RMSprop cases
+# get "eps_placement": "outside" (PyTorch's).  A case with "maximize" on runs
+# on objectives with a maximum (the quadratics negated), so that it converges.
+EXTENSION_CASES = [
+    ("sgd", "weight_decay", {"lr": 0.05, "weight_decay": 0.1}, {"weight_decay": 0.3}),
+    ("sgd", "maximize", {"lr": 0.05, "maximize": True}, None),
+    ("sgd", "weight_decay-maximize", {"lr": 0.05, "weight_decay": 0.1, "maximize": True}, None),
+    ("momentum", "dampening", {"lr": 0.02, "momentum": 0.8, "dampening": 0.3},
+     {"dampening": 0.9, "lr": 0.01}),
+    ("momentum", "weight_decay", {"lr": 0.02, "momentum": 0.8, "weight_decay": 0.05}, None),
+    ("momentum", "dampening-weight_decay-maximize",
+     {"lr": 0.02, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.05, "maximize": True},
+     None),
+    ("nesterov", "weight_decay", {"lr": 0.03, "momentum": 0.7, "weight_decay": 0.05}, None),
+    ("nesterov", "weight_decay-maximize",
+     {"lr": 0.03, "momentum": 0.7, "weight_decay": 0.05, "maximize": True}, None),
+    ("adagrad", "lr_decay", {"lr": 0.1, "lr_decay": 0.05}, None),
+    # PyTorch fills every group's `sum` with the constructor's value (a group's own
+    # initial_accumulator_value is ignored), so the group here overrides lr only.
+    ("adagrad", "initial_accumulator_value", {"lr": 0.1, "initial_accumulator_value": 0.5},
+     {"lr": 0.05}),
+    ("adagrad", "weight_decay", {"lr": 0.1, "weight_decay": 0.1}, None),
+    ("adagrad", "all", {"lr": 0.1, "eps": 1e-10, "weight_decay": 0.05, "lr_decay": 0.02,
+                        "initial_accumulator_value": 0.1, "maximize": True}, None),
+    ("adadelta", "weight_decay", {"lr": 0.5, "weight_decay": 0.1}, None),
+    ("adadelta", "weight_decay-maximize",
+     {"lr": 0.5, "weight_decay": 0.1, "maximize": True}, None),
+    ("rmsprop", "weight_decay", {"lr": 0.01, "weight_decay": 0.1}, None),
+    ("rmsprop", "momentum", {"lr": 0.01, "momentum": 0.9}, None),
+    ("rmsprop", "centered", {"lr": 0.01, "centered": True}, None),
+    ("rmsprop", "centered-momentum", {"lr": 0.01, "centered": True, "momentum": 0.5},
+     {"centered": False}),
+    ("rmsprop", "all", {"lr": 0.01, "rho": 0.99, "centered": True, "momentum": 0.5,
+                        "weight_decay": 0.05, "maximize": True}, None),
+    ("adam", "weight_decay", {"lr": 0.02, "weight_decay": 0.1}, None),
+    ("adam", "amsgrad", {"lr": 0.02, "amsgrad": True}, {"amsgrad": False}),
+    ("adam", "maximize", {"lr": 0.02, "maximize": True}, None),
+    ("adam", "amsgrad-weight_decay-maximize",
+     {"lr": 0.02, "amsgrad": True, "weight_decay": 0.1, "maximize": True}, None),
+    ("adamw", "defaults", {}, None),
+    ("adamw", "amsgrad", {"lr": 0.02, "weight_decay": 0.1, "amsgrad": True}, None),
+    ("adamw", "amsgrad-maximize",
+     {"lr": 0.02, "weight_decay": 0.05, "amsgrad": True, "maximize": True}, None),
+    ("adamw", "no-decay", {"lr": 0.02, "weight_decay": 0.0}, {"weight_decay": 0.2}),
+    ("adamax", "defaults", {}, None),
+    ("adamax", "custom", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6}, None),
+    ("adamax", "weight_decay-maximize",
+     {"lr": 0.01, "weight_decay": 0.1, "maximize": True}, None),
+    ("nadam", "defaults", {}, None),
+    ("nadam", "weight_decay", {"lr": 0.01, "weight_decay": 0.1}, None),
+    ("nadam", "decoupled", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+     {"decoupled_weight_decay": False}),
+    ("nadam", "momentum_decay-maximize",
+     {"lr": 0.01, "beta2": 0.99, "momentum_decay": 0.01, "maximize": True}, None),
+    ("radam", "defaults", {}, None),
+    ("radam", "weight_decay", {"lr": 0.01, "weight_decay": 0.1}, None),
+    ("radam", "decoupled", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+     {"decoupled_weight_decay": False}),
+    ("radam", "maximize", {"lr": 0.01, "beta2": 0.99, "maximize": True}, None),
+]
+
+
+def negated(q):
+    return {k: ([-x for x in v] if k in ("a", "b") else v) for k, v in q.items()}
+
+
+def extension_case(opt, tag, hyper, group, dtype):
+    hyper = dict(hyper)
+    if opt in ("adagrad", "rmsprop"):
+        hyper["eps_placement"] = "outside"
+    maximize = hyper.get("maximize", False)
+    quad = negated(QUAD[0]) if maximize else QUAD[0]
+    quad3 = negated(QUAD3) if maximize else QUAD3
+    seed = zlib.crc32(f"ext-{opt}-{tag}".encode())
+    k_extra = {"layout": "f"}
+    case = {"name": f"torch-{opt}-{tag}-{dtype}", "optimizer": opt, "dtype": dtype,
+            "hyper": hyper}
+    if group is not None:
+        case["groups"] = [{"name": "g", "hyper": group}]
+        k_extra["group"] = "g"
+    case["params"] = [
+        quad_param("w", quad, dtype, layout="f"),
+        seq_param("s", [0.5], seq_grads(seed, steps=EXT_STEPS, zeros=(20,)), dtype),
+        quad_param("k", quad3, dtype, shape=(2, 1, 2), **k_extra),
+        seq_param("t", [0.1, -0.2],
+                  seq_grads(seed + 1, width=2, lo=-5.0, hi=-2.0, steps=EXT_STEPS),
+                  dtype, shape=(2,)),
+    ]
+    case["steps"] = EXT_STEPS
+    case["checkpoint_every"] = 0
+    return case
+
+
+def write_extensions(version):
+    entries = []
+    for dtype in ("f64", "f32"):
+        for opt, tag, hyper, group in EXTENSION_CASES:
+            case = extension_case(opt, tag, hyper, group, dtype)
+            check_case(case)
+            traj = run_torch(case)
+            check_trajectory(case, traj)
+            entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    n = write(HERE / "pytorch_extensions.json",
+              {"generator": GENERATOR, "torch_version": version, "cases": entries})
+    print(f"pytorch_extensions.json: {len(entries)} cases, {n} bytes")
+
+
 def build_cases(source):
     cases = []
     for dtype in ("f64", "f32"):
@@ -698,6 +878,7 @@ def main():
     n = write(HERE / "pytorch.json", {"generator": GENERATOR, "torch_version": version,
                                       "cases": torch_entries})
     print(f"pytorch.json: {len(torch_entries)} cases, {n} bytes")
+    write_extensions(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:

@@ -1,0 +1,110 @@
+use ndarray::Dimension;
+
+use crate::element::Element;
+use crate::error::Result;
+use crate::kernel::TensorStep;
+use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
+use crate::rules::gradient::{self, Decay, maximum};
+
+/// Adamax (Kingma & Ba 2015, §7.1): Adam with the infinity norm in place of the second
+/// moment.
+///
+/// $$\begin{aligned}
+/// m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
+/// u_t &= \max(\beta_2 u_{t-1},\ |g_t| + \epsilon), \\
+/// \theta &\leftarrow \theta - \frac{\eta}{1 - \beta_1^t}\, \frac{m_t}{u_t}.
+/// \end{aligned}$$
+///
+/// $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$ when `weight_decay`
+/// λ is not 0. ε sits inside the maximum, where PyTorch puts it; `max` is NaN when either
+/// side is, as `torch.maximum` is.
+///
+/// | symbol | field | default | source of the default |
+/// | --- | --- | --- | --- |
+/// | $\eta$ | `lr` | 0.002 | the paper and PyTorch |
+/// | $\beta_1$ | `beta1` | 0.9 | the paper and PyTorch |
+/// | $\beta_2$ | `beta2` | 0.999 | the paper and PyTorch |
+/// | $\epsilon$ | `eps` | 1e-8 | PyTorch |
+/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | | `maximize` | `false` | PyTorch |
+///
+/// State: `exp_avg` ($m$) and `exp_inf` ($u$), zero before the first step. Matches
+/// PyTorch's `Adamax(lr, betas=(beta1, beta2), eps, weight_decay, maximize=maximize)`.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::{Adamax, Optimizer};
+///
+/// let mut opt = Optimizer::new(Adamax { lr: 0.1, eps: 0.0, ..Adamax::default() })?;
+/// let mut w = array![1.0_f64, 1.0];
+/// // The first step moves every element by lr against the sign of its gradient.
+/// opt.step("w", &mut w, &array![5.0, -0.25])?;
+/// assert!((w[0] - 0.9).abs() < 1e-15 && (w[1] - 1.1).abs() < 1e-15);
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Adamax {
+    /// Learning rate η (finite, > 0).
+    pub lr: f64,
+    /// Decay β₁ of the first moment, in [0, 1).
+    pub beta1: f64,
+    /// Decay β₂ of the infinity norm, in [0, 1).
+    pub beta2: f64,
+    /// Smoothing term ε added to $|g|$ (finite, ≥ 0).
+    pub eps: f64,
+    /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
+    pub weight_decay: f64,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
+}
+
+impl Default for Adamax {
+    fn default() -> Self {
+        Adamax {
+            lr: 0.002,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            maximize: false,
+        }
+    }
+}
+
+impl UpdateRule for Adamax {
+    const NAME: &'static str = "adamax";
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["exp_avg", "exp_inf"]
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_lr(Self::NAME, self.lr)?;
+        check_decay(Self::NAME, "beta1", self.beta1)?;
+        check_decay(Self::NAME, "beta2", self.beta2)?;
+        check_eps(Self::NAME, "eps", self.eps)?;
+        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
+        let step_size = A::from_f64(self.lr / (1.0 - self.beta1.powf(step as f64)));
+        let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
+        let (beta2, eps) = (A::from_f64(self.beta2), A::from_f64(self.eps));
+        let decay = Decay::l2(self.weight_decay);
+        gradient::apply(tensor, self.maximize, decay, |p, g, [m, u]: &mut [A; 2]| {
+            *m = beta1 * *m + one_minus_beta1 * g;
+            *u = maximum(beta2 * *u, g.abs() + eps);
+            *p = *p - step_size * (*m / *u);
+        });
+    }
+}
