@@ -15,9 +15,9 @@
 mod args;
 mod digits;
 mod mlp;
+#[path = "../support/palette.rs"]
+mod palette;
 mod plot;
-#[path = "../support/style.rs"]
-mod style;
 mod train;
 
 use std::error::Error;
@@ -157,7 +157,7 @@ fn run(args: Args) -> Result<bool, Box<dyn Error>> {
         .iter()
         .map(|(index, contestant, outcome)| plot::Curve {
             label: contestant.label,
-            color: style::color(*index),
+            color: palette::color(*index),
             points: &outcome.curve,
         })
         .collect();

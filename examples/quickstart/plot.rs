@@ -5,8 +5,6 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::style;
-
 /// One rule's curve: (step, training loss) points.
 pub struct Curve<'a> {
     pub label: &'a str,
@@ -23,6 +21,15 @@ fn ticks(low: f64, high: f64) -> Vec<f64> {
         .flat_map(|exponent| [1.0, 2.0, 5.0].map(|mantissa| mantissa * 10f64.powi(exponent)))
         .filter(|tick| (low..=high).contains(tick))
         .collect()
+}
+
+/// A legend label padded so that its box holds it.
+///
+/// Without a font backend, plotters estimates a text's width at about 0.45 em per character,
+/// while the browser draws lowercase sans-serif nearer 0.6 em, so a legend box would be too
+/// narrow. Trailing spaces widen the estimate and are not drawn.
+pub fn legend_label(label: &str) -> String {
+    format!("{label}{}", " ".repeat(label.len().div_ceil(3)))
 }
 
 /// Draws `curves` over steps on a log-scaled loss axis, with a legend.
@@ -61,7 +68,7 @@ pub fn loss_chart(path: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), 
         let series = curve.points.iter().map(|&(step, loss)| (step, f64::from(loss)));
         chart
             .draw_series(LineSeries::new(series, style))?
-            .label(style::legend_label(curve.label))
+            .label(legend_label(curve.label))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
     }
     chart

@@ -1,5 +1,5 @@
-//! The look shared by the examples' charts: one colour per rule, by the rule's place in an
-//! example's list, so that a rule has the same colour in every picture; legend labels that fit.
+//! One colour per rule, by the rule's place in an example's list, so that a rule has the same
+//! colour in every picture the examples draw.
 
 use plotters::style::RGBColor;
 
@@ -21,13 +21,4 @@ const COLORS: [RGBColor; 10] = [
 /// The colour of the rule at `index` in its list (repeating after ten rules).
 pub fn color(index: usize) -> RGBColor {
     COLORS[index % COLORS.len()]
-}
-
-/// A legend label padded so that its box holds it.
-///
-/// Without a font backend, plotters estimates a text's width at about 0.45 em per character,
-/// while the browser draws lowercase sans-serif nearer 0.6 em, so a legend box would be too
-/// narrow. Trailing spaces widen the estimate and are not drawn.
-pub fn legend_label(label: &str) -> String {
-    format!("{label}{}", " ".repeat(label.len().div_ceil(3)))
 }
