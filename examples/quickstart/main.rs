@@ -68,6 +68,11 @@ fn setup(args: &Args) -> Result<Setup, Box<dyn Error>> {
     Ok(Setup { train, test, init, batches })
 }
 
+/// A loss to four decimals, or to three significant digits once it is below 0.001.
+fn format_loss(loss: f32) -> String {
+    if loss >= 1e-3 { format!("{loss:.4}") } else { format!("{loss:.2e}") }
+}
+
 /// Prints rows as a Markdown table with aligned columns.
 fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
@@ -107,7 +112,7 @@ fn run(args: Args) -> Result<bool, Box<dyn Error>> {
     );
     println!(
         "Network 64-{HIDDEN_UNITS}-{CLASSES} (tanh, softmax), batches of {BATCH_SIZE}, {} epochs, \
-         seed {}; the output layer is a parameter group with half the learning rate.\n",
+         seed {}.\nThe output layer is a parameter group that learns at half the rate.\n",
         setup.epochs(),
         args.seed
     );
@@ -139,7 +144,7 @@ fn run(args: Args) -> Result<bool, Box<dyn Error>> {
             vec![
                 contestant.label.to_owned(),
                 format!("{}", contestant.lr),
-                format!("{:.4}", outcome.train_loss),
+                format_loss(outcome.train_loss),
                 format!("{:.1} %", 100.0 * outcome.test_accuracy),
                 outcome.steps.to_string(),
                 (if outcome.resume_identical { "bit-identical" } else { "DIFFERS" }).to_owned(),

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use crate::surfaces::Surface;
 
 /// Grid points per axis at which the surface is sampled for its contour lines.
-const GRID: usize = 240;
+const GRID: usize = 150;
 
 /// Room right of the plot for the legend, in pixels.
 const LEGEND_WIDTH: u32 = 200;
