@@ -1,0 +1,168 @@
+//! Training one rule: the generic loop, the mid-run checkpoint and the resumed run.
+
+use std::error::Error;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use ndarray::Axis;
+use ndarray_optim::{Optimizer, UpdateRule};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::digits::Digits;
+use crate::mlp::{HIDDEN_WEIGHT, Mlp, OUTPUT_BIAS, OUTPUT_WEIGHT};
+
+/// The parameter group of the output layer.
+const OUTPUT_GROUP: &str = "output";
+/// The output layer's learning rate relative to the rule's: it learns at half the rate of the
+/// hidden layer, to show a group with hyperparameters of its own.
+const OUTPUT_LR_SCALE: f64 = 0.5;
+/// Steps between two measurements of the loss on the whole training set.
+const LOG_EVERY: u64 = 10;
+
+/// Everything that every rule trains on: the same data, starting weights and batch order.
+pub struct Setup {
+    pub train: Digits,
+    pub test: Digits,
+    pub init: Mlp,
+    /// The training examples of every batch of every epoch, in order.
+    pub batches: Vec<Vec<Vec<usize>>>,
+}
+
+impl Setup {
+    pub fn epochs(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Steps of one run from start to end.
+    pub fn steps(&self) -> u64 {
+        self.batches.iter().map(|epoch| epoch.len() as u64).sum()
+    }
+
+    /// The epoch after which the checkpoint is taken.
+    pub fn midway(&self) -> usize {
+        self.epochs() / 2
+    }
+
+    /// Steps of the run plus those of the run resumed from the checkpoint.
+    pub fn steps_with_resume(&self) -> u64 {
+        self.steps() + self.batches[self.midway()..].iter().map(|e| e.len() as u64).sum::<u64>()
+    }
+}
+
+/// What one rule's training produced.
+pub struct Outcome {
+    /// (step, loss on the whole training set) from step 0 to the end.
+    pub curve: Vec<(u64, f32)>,
+    pub train_loss: f32,
+    pub test_accuracy: f32,
+    pub steps: u64,
+    /// Whether the run resumed from the mid-run checkpoint ended with the same parameters and
+    /// optimizer state, bit for bit.
+    pub resume_identical: bool,
+    pub elapsed: Duration,
+}
+
+type Run = dyn Fn(&Setup, &dyn Fn()) -> Result<Outcome, Box<dyn Error>>;
+
+/// A rule in the comparison: its label, learning rate and how to train with it.
+pub struct Contestant {
+    pub label: &'static str,
+    pub lr: f64,
+    run: Box<Run>,
+}
+
+impl Contestant {
+    /// A contestant that trains with `rule`'s hyperparameters.
+    pub fn new<R>(label: &'static str, rule: R) -> Contestant
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+    {
+        let lr = rule.lr();
+        Contestant { label, lr, run: Box::new(move |setup, tick| train(rule.clone(), setup, tick)) }
+    }
+
+    /// Trains; `tick` is called after every step.
+    pub fn run(&self, setup: &Setup, tick: &dyn Fn()) -> Result<Outcome, Box<dyn Error>> {
+        (self.run)(setup, tick)
+    }
+}
+
+/// An optimizer for the network: `rule` for the hidden layer, and the output layer in a group
+/// of its own whose learning rate is scaled by [`OUTPUT_LR_SCALE`].
+fn optimizer<R: UpdateRule>(rule: R) -> Result<Optimizer<R, f32>, Box<dyn Error>> {
+    let mut output = rule.clone();
+    *output.lr_mut() *= OUTPUT_LR_SCALE;
+    let mut optimizer = Optimizer::new(rule)?;
+    optimizer.add_group(OUTPUT_GROUP, output)?;
+    optimizer.assign(OUTPUT_WEIGHT, OUTPUT_GROUP)?;
+    optimizer.assign(OUTPUT_BIAS, OUTPUT_GROUP)?;
+    Ok(optimizer)
+}
+
+/// Trains the whole run with `rule`, checkpointing midway, then trains the second half again
+/// from the checkpoint in a fresh optimizer and compares the two ends.
+fn train<R>(rule: R, setup: &Setup, tick: &dyn Fn()) -> Result<Outcome, Box<dyn Error>>
+where
+    R: UpdateRule + Serialize + DeserializeOwned,
+{
+    let start = Instant::now();
+    let mut optimizer = optimizer(rule)?;
+    let mut model = setup.init.clone();
+    let (images, labels) = (setup.train.images.view(), setup.train.labels.as_slice());
+    let mut curve = vec![(0, model.loss(images, labels))];
+    let midway = setup.midway();
+    run_epochs(&mut optimizer, &mut model, setup, 0..midway, Some(&mut curve), tick)?;
+
+    // The checkpoint: the optimizer as JSON bytes, as it would be written to a file.
+    let checkpoint = serde_json::to_vec(&optimizer)?;
+    let model_at_checkpoint = model.clone();
+
+    let second_half = midway..setup.epochs();
+    run_epochs(&mut optimizer, &mut model, setup, second_half.clone(), Some(&mut curve), tick)?;
+    let elapsed = start.elapsed();
+
+    let mut resumed_optimizer: Optimizer<R, f32> = serde_json::from_slice(&checkpoint)?;
+    let mut resumed_model = model_at_checkpoint;
+    run_epochs(&mut resumed_optimizer, &mut resumed_model, setup, second_half, None, tick)?;
+
+    Ok(Outcome {
+        train_loss: model.loss(images, labels),
+        test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
+        steps: optimizer.step_count(HIDDEN_WEIGHT).unwrap_or(0),
+        curve,
+        resume_identical: resumed_model == model && resumed_optimizer == optimizer,
+        elapsed,
+    })
+}
+
+/// Trains through `epochs`, appending the training loss to `curve`, if given, every
+/// [`LOG_EVERY`] steps and after the last.
+fn run_epochs<R: UpdateRule>(
+    optimizer: &mut Optimizer<R, f32>,
+    model: &mut Mlp,
+    setup: &Setup,
+    epochs: Range<usize>,
+    mut curve: Option<&mut Vec<(u64, f32)>>,
+    tick: &dyn Fn(),
+) -> Result<(), Box<dyn Error>> {
+    let train = &setup.train;
+    let mut step: u64 = setup.batches[..epochs.start].iter().map(|e| e.len() as u64).sum();
+    for epoch in &setup.batches[epochs] {
+        for batch in epoch {
+            let images = train.images.select(Axis(0), batch);
+            let labels: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
+            let gradient = model.gradient(images.view(), &labels);
+            optimizer.step_all(&mut model.with_gradient(&gradient))?;
+            step += 1;
+            tick();
+            if let Some(curve) = curve.as_deref_mut().filter(|_| step % LOG_EVERY == 0) {
+                curve.push((step, model.loss(train.images.view(), &train.labels)));
+            }
+        }
+    }
+    if let Some(curve) = curve.filter(|curve| curve.last().is_some_and(|&(at, _)| at != step)) {
+        curve.push((step, model.loss(train.images.view(), &train.labels)));
+    }
+    Ok(())
+}

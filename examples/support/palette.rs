@@ -1,0 +1,25 @@
+//! One colour per rule, by the rule's place in an example's list, so that a rule has the same
+//! colour in every picture the examples draw.
+
+use plotters::style::RGBColor;
+
+/// The "Tableau 10" colours and a dark grey, one per rule of the crate, chosen to stay apart from each other on white; the pale yellow
+/// comes late so that the first eight rules get the colours that read best as thin lines.
+const COLORS: [RGBColor; 11] = [
+    RGBColor(78, 121, 167),
+    RGBColor(242, 142, 43),
+    RGBColor(225, 87, 89),
+    RGBColor(118, 183, 178),
+    RGBColor(89, 161, 79),
+    RGBColor(176, 122, 161),
+    RGBColor(156, 117, 95),
+    RGBColor(255, 157, 167),
+    RGBColor(237, 201, 72),
+    RGBColor(186, 176, 172),
+    RGBColor(64, 64, 64),
+];
+
+/// The colour of the rule at `index` in its list (repeating after eleven rules).
+pub fn color(index: usize) -> RGBColor {
+    COLORS[index % COLORS.len()]
+}
