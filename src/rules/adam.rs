@@ -90,7 +90,7 @@ pub(crate) fn state_names(amsgrad: bool) -> &'static [&'static str] {
     if amsgrad { &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] } else { &["exp_avg", "exp_avg_sq"] }
 }
 
-/// Checks the hyperparameters Adam and AdamW share.
+/// Checks the hyperparameters of the Adam family (Adam, AdamW, Adamax, NAdam, RAdam).
 pub(crate) fn validate(
     rule: &'static str,
     lr: f64,

@@ -3,7 +3,8 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
+use crate::rule::{UpdateRule, check_non_negative};
+use crate::rules::adam::validate;
 use crate::rules::gradient::{self, Decay};
 
 /// NAdam (Dozat 2016): Adam with Nesterov momentum and a momentum schedule.
@@ -111,11 +112,7 @@ impl UpdateRule for NAdam {
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
-        check_decay(Self::NAME, "beta1", self.beta1)?;
-        check_decay(Self::NAME, "beta2", self.beta2)?;
-        check_eps(Self::NAME, "eps", self.eps)?;
-        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)?;
+        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)?;
         check_non_negative(Self::NAME, "momentum_decay", self.momentum_decay)
     }
 

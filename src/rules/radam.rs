@@ -3,7 +3,8 @@ use ndarray::Dimension;
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
+use crate::rule::UpdateRule;
+use crate::rules::adam::validate;
 use crate::rules::gradient::{self, Decay};
 
 /// RAdam (Liu et al. 2020): Adam whose adaptive rate is switched on, and rectified, once
@@ -94,11 +95,7 @@ impl UpdateRule for RAdam {
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
-        check_decay(Self::NAME, "beta1", self.beta1)?;
-        check_decay(Self::NAME, "beta2", self.beta2)?;
-        check_eps(Self::NAME, "eps", self.eps)?;
-        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)
+        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
     }
 
     fn lr(&self) -> f64 {
