@@ -14,7 +14,15 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::optimizer::Optimizer;
 use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
+
+#[cfg(feature = "serde")]
+mod file;
+mod report;
+
 use crate::rule::UpdateRule;
+#[cfg(feature = "serde")]
+pub use file::Encoding;
+pub use report::{LoadMode, LoadReport, ShapeMismatch};
 
 /// The format name written into every checkpoint.
 pub const FORMAT: &str = "ndarray-optim";
@@ -90,20 +98,6 @@ pub struct BufferRecord<A> {
     pub values: Vec<A>,
 }
 
-impl<A: Element> TensorState<A> {
-    fn record(&self, names: &[&str]) -> StateRecord<A> {
-        let buffers = names
-            .iter()
-            .enumerate()
-            .map(|(index, name)| BufferRecord {
-                name: (*name).to_owned(),
-                values: self.buffer(index).iter().copied().collect(),
-            })
-            .collect();
-        StateRecord { step: self.step, shape: self.shape.clone(), buffers }
-    }
-}
-
 fn invalid_state(param: &str, reason: String) -> Error {
     Error::InvalidTensorState { param: param.to_owned(), reason }
 }
@@ -156,29 +150,33 @@ fn restore_state<A: Element>(
 }
 
 impl<R: UpdateRule, A: Element> Optimizer<R, A> {
-    /// A copy of the optimizer's whole state.
+    /// A copy of the optimizer's whole state, every buffer in row-major order.
     pub fn checkpoint(&self) -> Checkpoint<R, A> {
-        let registry = &self.registry;
-        let mut tensors: Vec<TensorRecord<A>> = registry
-            .slots
-            .iter()
-            .map(|(name, slot)| TensorRecord {
-                name: name.clone(),
-                group: registry.groups[slot.group].name.clone(),
-                state: slot
-                    .tensor
-                    .as_ref()
-                    .map(|tensor| tensor.record(registry.groups[slot.group].hyper.state_names())),
+        let tensors = self
+            .state()
+            .map(|tensor| TensorRecord {
+                name: tensor.name().to_owned(),
+                group: tensor.group().to_owned(),
+                state: tensor.step().zip(tensor.shape()).map(|(step, shape)| StateRecord {
+                    step,
+                    shape: shape.to_vec(),
+                    buffers: tensor
+                        .buffers()
+                        .map(|(name, values)| BufferRecord {
+                            name: name.to_owned(),
+                            values: values.iter().copied().collect(),
+                        })
+                        .collect(),
+                }),
             })
             .collect();
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
         Checkpoint {
             format: FORMAT.to_owned(),
             version: VERSION,
             rule: R::NAME.to_owned(),
             dtype: A::NAME.to_owned(),
-            groups: registry
-                .groups
+            groups: self
+                .groups()
                 .iter()
                 .map(|group| GroupRecord { name: group.name.clone(), hyper: group.hyper.clone() })
                 .collect(),
@@ -195,24 +193,21 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ///   [`Error::UnknownGroup`] for bad groups (the first must be the default group);
     /// - [`Error::DuplicateParam`] or [`Error::InvalidTensorState`] for bad tensors.
     pub fn from_checkpoint(checkpoint: Checkpoint<R, A>) -> Result<Self> {
-        let Checkpoint { format, version, rule, dtype, groups, tensors } = checkpoint;
-        if format != FORMAT || !(1..=VERSION).contains(&version) {
-            return Err(Error::UnsupportedCheckpoint { format, version });
-        }
-        if rule != R::NAME {
-            return Err(Error::CheckpointMismatch {
-                field: "rule",
-                expected: R::NAME,
-                found: rule,
-            });
-        }
-        if dtype != A::NAME {
-            return Err(Error::CheckpointMismatch {
-                field: "dtype",
-                expected: A::NAME,
-                found: dtype,
-            });
-        }
+        Ok(Optimizer { registry: checkpoint.into_registry()? })
+    }
+}
+
+impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
+    /// Checks the format, version, rule and element type (the parts that decide how the rest
+    /// is read).
+    pub(crate) fn check_kind(&self) -> Result<()> {
+        check_kind::<R, A>(&self.format, self.version, &self.rule, &self.dtype)
+    }
+
+    /// Checks all of the checkpoint and builds the registry it describes.
+    fn into_registry(self) -> Result<Registry<R, A>> {
+        self.check_kind()?;
+        let Checkpoint { groups, tensors, .. } = self;
         let mut groups = groups.into_iter();
         let default = match groups.next() {
             Some(first) if first.name == DEFAULT_GROUP => first.hyper,
@@ -236,8 +231,35 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             slots.insert(record.name, Slot { group, tensor });
         }
         registry.slots = slots;
-        Ok(Optimizer { registry })
+        Ok(registry)
     }
+}
+
+/// Refuses another format, a version this build does not read, another rule or element type.
+pub(crate) fn check_kind<R: UpdateRule, A: Element>(
+    format: &str,
+    version: u32,
+    rule: &str,
+    dtype: &str,
+) -> Result<()> {
+    if format != FORMAT || !(1..=VERSION).contains(&version) {
+        return Err(Error::UnsupportedCheckpoint { format: format.to_owned(), version });
+    }
+    if rule != R::NAME {
+        return Err(Error::CheckpointMismatch {
+            field: "rule",
+            expected: R::NAME,
+            found: rule.to_owned(),
+        });
+    }
+    if dtype != A::NAME {
+        return Err(Error::CheckpointMismatch {
+            field: "dtype",
+            expected: A::NAME,
+            found: dtype.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(feature = "serde")]
