@@ -1,10 +1,109 @@
-//! The optimizer's whole state as plain data, validated on the way back in.
+//! Checkpoints: the optimizer's whole state, saved beside the model's weights and resumed
+//! exactly, days later, on another machine, after a crash.
 //!
-//! [`Optimizer::checkpoint`] copies the state into a [`Checkpoint`]; with the `serde` feature
-//! (on by default) that is what an [`Optimizer`] serializes as, in any serde format, and
-//! deserializing an [`Optimizer`] validates the data through
-//! [`Optimizer::from_checkpoint`]. Buffer values are stored in row-major order whatever the
-//! memory layout they had, so a checkpoint does not depend on layouts.
+//! - [`Optimizer::save`] and [`Optimizer::load`] write and read a file, in JSON for people
+//!   or [postcard](https://docs.rs/postcard) for size ([`Encoding`]). A save goes to a
+//!   temporary file that is synced and then renamed over the old one, so a crash at any
+//!   moment leaves either the old checkpoint or the new one whole, never a torn file. A
+//!   header with the payload's length and CRC-32 refuses truncated or altered bytes.
+//! - [`Optimizer::checkpoint`] copies the state into a [`Checkpoint`], plain data: rule,
+//!   every group with its hyperparameters, every named tensor's group, step count, shape and
+//!   buffers (by name, values in row-major order whatever the memory layout), format and
+//!   version. [`Checkpoint::to_bytes`] and [`Checkpoint::from_bytes`] are the file's bytes.
+//! - [`Optimizer::from_checkpoint`] rebuilds an optimizer after checking all of it;
+//!   [`Optimizer::load_state`] restores against the tensors a model has now, strictly or
+//!   leniently, and returns a [`LoadReport`] of what is missing, unexpected or of another
+//!   shape, by name.
+//! - With the `serde` feature (on by default) an [`Optimizer`] serializes as its
+//!   [`Checkpoint`] in any serde format, and deserializing one checks it the same way.
+//! - [`Optimizer::state`] lists the state by name, each buffer as an array view, with its
+//!   memory.
+//!
+//! Resuming is exact: N steps, a save, a load into a fresh optimizer (in another process)
+//! and M more steps give the same bits as N + M steps without the break, for every rule,
+//! element type and memory layout.
+//!
+//! # Example: save, crash, resume
+//!
+//! ```
+//! use ndarray::Array1;
+//! use ndarray_optim::checkpoint::Encoding;
+//! use ndarray_optim::{Adam, Optimizer, Result};
+//!
+//! # fn main() -> Result<()> {
+//! # let folder = std::env::temp_dir().join(format!("checkpoint-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&folder).unwrap();
+//! let path = folder.join("optimizer.ckpt");
+//! // Minimise ½‖w − 1‖², whose gradient is w − 1.
+//! fn train(opt: &mut Optimizer<Adam, f64>, w: &mut Array1<f64>, steps: usize) -> Result<()> {
+//!     for _ in 0..steps {
+//!         let grad = &*w - 1.0;
+//!         opt.step("w", w, &grad)?;
+//!     }
+//!     Ok(())
+//! }
+//! let adam = Adam { lr: 0.1, ..Adam::default() };
+//!
+//! let mut uninterrupted = Array1::zeros(3);
+//! train(&mut Optimizer::new(adam)?, &mut uninterrupted, 10)?;
+//!
+//! let mut w = Array1::zeros(3);
+//! let mut opt = Optimizer::new(adam)?;
+//! train(&mut opt, &mut w, 6)?;
+//! opt.save(&path, Encoding::Postcard)?;
+//! let saved_w = w.clone(); // the model's weights are saved with it
+//!
+//! // Two more steps, then the process dies halfway through the next save: the temporary
+//! // file holds half the new checkpoint, the checkpoint itself is untouched.
+//! train(&mut opt, &mut w, 2)?;
+//! let torn = opt.checkpoint().to_bytes(Encoding::Postcard)?;
+//! std::fs::write(folder.join("optimizer.ckpt.tmp"), &torn[..torn.len() / 2]).unwrap();
+//! drop(opt);
+//!
+//! // The next run resumes from the last whole checkpoint, after step 6.
+//! let mut opt = Optimizer::<Adam, f64>::load(&path)?;
+//! assert_eq!(opt.step_count("w"), Some(6));
+//! let mut w = saved_w;
+//! train(&mut opt, &mut w, 4)?;
+//! assert_eq!(w, uninterrupted); // bit for bit
+//! # std::fs::remove_dir_all(&folder).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is refused
+//!
+//! Loading checks everything before anything changes, and a refused load leaves the optimizer
+//! exactly as it was. Refused, with an error that names the tensor and what differs: bytes
+//! that are truncated, altered or not a checkpoint ([`Error::CorruptCheckpoint`]); a newer
+//! format version ([`Error::UnsupportedCheckpoint`]); another rule or element type
+//! ([`Error::CheckpointMismatch`]); negative or non-finite hyperparameters
+//! ([`Error::InvalidHyperparameter`]); a buffer whose length does not match its shape, a
+//! buffer the rule does not keep, a step count of 0 ([`Error::InvalidTensorState`]); a name
+//! listed twice or a group that does not exist. State that does not fit the parameter the
+//! caller then steps is refused by that step ([`Error::ShapeChanged`]), or beforehand, for a
+//! whole model, by [`Optimizer::load_state`]. Hostile bytes give an error, never a panic, and
+//! no allocation larger than the input calls for beyond a small bound (serde caps what a
+//! claimed length preallocates).
+//!
+//! # Format versions
+//!
+//! Every checkpoint carries its format name [`FORMAT`] and version [`VERSION`], in the data
+//! and, for bytes and files, first in the header. The policy:
+//!
+//! - A build reads every version from 1 to its own [`VERSION`] and writes only its own.
+//!   Any change to what a checkpoint holds or how it is laid out bumps the version; this
+//!   includes a new hyperparameter of a rule, because postcard stores fields by position.
+//!   The loader then keeps the older layout's record types and converts them on load, so
+//!   checkpoints written by older versions of this crate keep loading, with the same values.
+//! - A checkpoint of a newer version is refused with [`Error::UnsupportedCheckpoint`], which
+//!   names both versions; it is never read by guesswork. The header's first two fields,
+//!   format and version, keep their place in every version, so bytes and files of any later
+//!   version are recognised and refused before anything else is read.
+//! - Bare serde data (an [`Optimizer`] serialized in a format of your choice) has the version
+//!   only inside the data, which is checked after decoding: a newer layout may fail with the
+//!   format's own decoding error instead. Use files or [`Checkpoint::to_bytes`] for
+//!   checkpoints that must outlive a version of the crate.
 
 use std::collections::HashMap;
 
@@ -14,12 +113,12 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::optimizer::Optimizer;
 use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
+use crate::rule::UpdateRule;
 
 #[cfg(feature = "serde")]
 mod file;
 mod report;
 
-use crate::rule::UpdateRule;
 #[cfg(feature = "serde")]
 pub use file::Encoding;
 pub use report::{LoadMode, LoadReport, ShapeMismatch};
