@@ -373,3 +373,22 @@ fn restored_column_major_state_takes_the_fast_path_layout() {
     }
     assert_eq!(bits(a.iter()), bits(b.iter()));
 }
+
+#[test]
+fn restored_state_refuses_a_parameter_of_another_shape() {
+    let mut opt = Optimizer::from_checkpoint(adam_checkpoint()).unwrap();
+    let before = opt.clone();
+    let mut wider = Array2::<f32>::zeros((3, 5));
+    let err = opt.step("head.weight", &mut wider, &Array2::zeros((3, 5))).unwrap_err();
+    assert_eq!(
+        err,
+        Error::ShapeChanged {
+            param: "head.weight".into(),
+            registered: vec![3, 4],
+            given: vec![3, 5]
+        }
+    );
+    assert!(err.to_string().contains("head.weight") && err.to_string().contains("[3, 5]"));
+    assert_eq!(opt, before);
+    assert_eq!(wider, Array2::<f32>::zeros((3, 5)));
+}

@@ -178,7 +178,10 @@ where
     ///
     /// # Errors
     /// [`Error::Encode`] as [`to_bytes`](Self::to_bytes); [`Error::Io`] naming the file that
-    /// could not be written. On an error, `path` is as it was.
+    /// could not be written. If writing or renaming the temporary file failed, `path` is as
+    /// it was and the temporary file is removed; if only the final sync of the folder failed
+    /// (the error then names `path`), the new file is in place but a power loss may still
+    /// undo the rename.
     pub fn save(&self, path: impl AsRef<Path>, encoding: Encoding) -> Result<()> {
         write_atomically(path.as_ref(), &self.to_bytes(encoding)?, |file, bytes| {
             file.write_all(bytes)
