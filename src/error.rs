@@ -80,7 +80,9 @@ pub enum Error {
         /// What is wrong, naming the tensor, rank or shard.
         reason: String,
     },
-    /// A checkpoint lists a tensor name twice.
+    /// A checkpoint lists a tensor name twice, or the model's tensors given to
+    /// [`Optimizer::load_state`](crate::Optimizer::load_state) list one twice with different
+    /// shapes.
     DuplicateParam {
         /// The tensor's name.
         param: String,
@@ -91,6 +93,32 @@ pub enum Error {
         param: String,
         /// What is wrong, e.g. which buffer has how many values for which shape.
         reason: String,
+    },
+    /// Checkpoint bytes are not a whole checkpoint: truncated, altered (the checksum does not
+    /// match), or not a checkpoint at all.
+    CorruptCheckpoint {
+        /// What is wrong, e.g. how many payload bytes the header announces and how many follow.
+        reason: String,
+    },
+    /// A checkpoint could not be encoded, e.g. state holding NaN in JSON.
+    Encode {
+        /// What could not be encoded and why.
+        reason: String,
+    },
+    /// A checkpoint file could not be read or written.
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The kind of the operating system's error.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        message: String,
+    },
+    /// A strict [`Optimizer::load_state`](crate::Optimizer::load_state) found tensors
+    /// missing, unexpected or of another shape; the report names them.
+    ModelMismatch {
+        /// Everything that differs, by name.
+        report: Box<crate::checkpoint::LoadReport>,
     },
 }
 
@@ -135,6 +163,12 @@ impl fmt::Display for Error {
             }
             Error::InvalidTensorState { param, reason } => {
                 write!(f, "checkpoint state of `{param}` is invalid: {reason}")
+            }
+            Error::CorruptCheckpoint { reason } => write!(f, "corrupt checkpoint: {reason}"),
+            Error::Encode { reason } => write!(f, "cannot encode checkpoint: {reason}"),
+            Error::Io { path, message, .. } => write!(f, "{}: {message}", path.display()),
+            Error::ModelMismatch { report } => {
+                write!(f, "checkpoint does not match the model: {report}")
             }
         }
     }

@@ -55,6 +55,7 @@
 pub mod checkpoint;
 mod element;
 mod error;
+mod inspect;
 mod kernel;
 mod optimizer;
 mod registry;
@@ -65,6 +66,7 @@ pub mod shard;
 pub use checkpoint::Checkpoint;
 pub use element::Element;
 pub use error::{Error, Result};
+pub use inspect::TensorView;
 pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};

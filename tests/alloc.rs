@@ -14,6 +14,7 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<Option<u64>> = const { Cell::new(None) };
+    static BYTES: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 // SAFETY-free: only forwards to the system allocator and bumps a thread-local counter while
@@ -22,6 +23,7 @@ thread_local! {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|count| count.set(count.get().map(|n| n + 1)));
+        let _ = BYTES.try_with(|bytes| bytes.set(bytes.get().map(|n| n + layout.size() as u64)));
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
         unsafe { System.alloc(layout) }
     }
@@ -40,6 +42,13 @@ fn allocations(f: impl FnOnce()) -> u64 {
     ALLOCATIONS.with(|count| count.set(Some(0)));
     f();
     ALLOCATIONS.with(|count| count.replace(None)).unwrap_or(0)
+}
+
+/// How many bytes `f` allocates on this thread, counting every allocation (not the peak).
+pub fn allocated_bytes<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    BYTES.with(|bytes| bytes.set(Some(0)));
+    let result = f();
+    (result, BYTES.with(|bytes| bytes.replace(None)).unwrap_or(0))
 }
 
 struct NoAllocation;

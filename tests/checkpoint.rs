@@ -1,7 +1,7 @@
 //! Saving and restoring the whole optimizer state.
 
 use ndarray::{Array2, ArrayD, IxDyn, ShapeBuilder};
-use ndarray_optim::checkpoint::{BufferRecord, StateRecord};
+use ndarray_optim::checkpoint::{BufferRecord, Encoding, LoadMode, StateRecord};
 use ndarray_optim::{Adam, Checkpoint, Element, Error, Optimizer, Sgd, UpdateRule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,6 +50,68 @@ fn optimizer<R: UpdateRule, A: Element>(rule: R) -> Optimizer<R, A> {
     opt
 }
 
+/// The ways a checkpoint leaves one optimizer and enters a fresh one.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// The optimizer itself through serde_json, as the replay harness does.
+    SerdeJson,
+    /// The optimizer itself through postcard.
+    SerdePostcard,
+    /// Checkpoint bytes (header and payload) in each encoding.
+    Bytes(Encoding),
+    /// A file written by `save` and read by `load`.
+    File(Encoding),
+    /// `load_state` into an optimizer built with other hyperparameters.
+    LoadState,
+}
+
+const ROUTES: [Route; 7] = [
+    Route::SerdeJson,
+    Route::SerdePostcard,
+    Route::Bytes(Encoding::Json),
+    Route::Bytes(Encoding::Postcard),
+    Route::File(Encoding::Json),
+    Route::File(Encoding::Postcard),
+    Route::LoadState,
+];
+
+fn temp_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ndarray-optim-{}-{name}", std::process::id()))
+}
+
+fn round_trip<R, A>(opt: Optimizer<R, A>, route: Route, model: &Model<A>) -> Optimizer<R, A>
+where
+    R: UpdateRule + Serialize + DeserializeOwned,
+    A: Element + Serialize + DeserializeOwned,
+{
+    match route {
+        Route::SerdeJson => serde_json::from_slice(&serde_json::to_vec(&opt).unwrap()).unwrap(),
+        Route::SerdePostcard => postcard::from_bytes(&postcard::to_stdvec(&opt).unwrap()).unwrap(),
+        Route::Bytes(encoding) => {
+            let bytes = opt.checkpoint().to_bytes(encoding).unwrap();
+            drop(opt);
+            Optimizer::from_checkpoint(Checkpoint::from_bytes(&bytes).unwrap()).unwrap()
+        }
+        Route::File(encoding) => {
+            let path = temp_file(&format!("{}-{}-{encoding:?}", R::NAME, A::NAME));
+            opt.save(&path, encoding).unwrap();
+            drop(opt);
+            let restored = Optimizer::load(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            restored
+        }
+        Route::LoadState => {
+            let mut fresh = Optimizer::new(opt.groups()[0].hyper().clone()).unwrap();
+            let shapes = model.tensors.iter().map(|(name, param)| (*name, param.shape()));
+            let report = fresh.load_state(opt.checkpoint(), shapes, LoadMode::Lenient).unwrap();
+            assert_eq!(report.restored, ["encoder.bias", "encoder.weight", "head.weight"]);
+            // Known to the checkpoint (assigned, never stepped), not to the model: dropped.
+            assert_eq!(report.unexpected, ["not.yet.stepped"]);
+            fresh
+        }
+    }
+}
+
 struct ExactResume;
 
 impl RuleCheck for ExactResume {
@@ -62,18 +124,24 @@ impl RuleCheck for ExactResume {
         let mut opt = optimizer::<R, A>(rule.clone());
         straight.train(&mut opt, 0..9);
 
-        let mut resumed = Model::<A>::new();
-        let mut first = optimizer::<R, A>(rule.clone());
-        resumed.train(&mut first, 0..4);
-        let json = serde_json::to_vec(&first).unwrap();
-        drop(first);
-        let mut second: Optimizer<R, A> = serde_json::from_slice(&json).unwrap();
-        assert_eq!(second.group_of("not.yet.stepped"), Some("head"));
-        assert_eq!(second.step_count("encoder.bias"), Some(4));
-        resumed.train(&mut second, 4..9);
+        for route in ROUTES {
+            let mut resumed = Model::<A>::new();
+            let mut first = optimizer::<R, A>(rule.clone());
+            resumed.train(&mut first, 0..4);
+            let mut second = round_trip(first, route, &resumed);
+            assert_eq!(second.group_of("head.weight"), Some("head"));
+            assert_eq!(second.step_count("encoder.bias"), Some(4));
+            resumed.train(&mut second, 4..9);
 
-        assert_eq!(resumed.bits(), straight.bits(), "{rule:?} {}", A::NAME);
-        assert_eq!(second.checkpoint(), opt.checkpoint());
+            assert_eq!(resumed.bits(), straight.bits(), "{rule:?} {} {route:?}", A::NAME);
+            let mut expected = opt.checkpoint();
+            if let Route::LoadState = route {
+                expected.tensors.retain(|t| t.name != "not.yet.stepped");
+            } else {
+                assert_eq!(second.group_of("not.yet.stepped"), Some("head"));
+            }
+            assert_eq!(second.checkpoint(), expected, "{rule:?} {} {route:?}", A::NAME);
+        }
     }
 }
 
@@ -191,6 +259,93 @@ fn invalid_checkpoints_are_refused_with_the_reason() {
 }
 
 #[test]
+fn negative_or_non_finite_hyperparameters_are_refused() {
+    type Set = fn(&mut Adam, f64);
+    let keys: [(&str, Set); 4] = [
+        ("lr", |h, v| h.lr = v),
+        ("beta1", |h, v| h.beta1 = v),
+        ("beta2", |h, v| h.beta2 = v),
+        ("eps", |h, v| h.eps = v),
+    ];
+    for (key, set) in keys {
+        for value in [-0.5, -1e-12, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut c = adam_checkpoint();
+            set(&mut c.groups[1].hyper, value);
+            // Postcard carries NaN and infinities, so the refusal is the loader's, not JSON's.
+            let bytes = c.to_bytes(Encoding::Postcard).unwrap();
+            let err =
+                Optimizer::from_checkpoint(Checkpoint::<Adam, f32>::from_bytes(&bytes).unwrap());
+            let err = err.unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidHyperparameter { rule: "adam", key: k, .. } if k == key),
+                "{key} = {value}: {err}"
+            );
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+}
+
+#[test]
+fn headers_refuse_newer_versions_other_rules_and_dtypes() {
+    let bytes = adam_checkpoint().to_bytes(Encoding::Postcard).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("ndarray-optim 1 postcard adam f32 "), "{text}");
+
+    // A later version may change everything after its version number.
+    let mut future = b"ndarray-optim 2 zstd-postcard adam f32 extra fields\n".to_vec();
+    future.extend_from_slice(&bytes[bytes.iter().position(|&b| b == b'\n').unwrap() + 1..]);
+    let err = Checkpoint::<Adam, f32>::from_bytes(&future).unwrap_err();
+    assert_eq!(err, Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2 });
+    assert!(err.to_string().contains("version 2") && err.to_string().contains("1 to 1"), "{err}");
+
+    let err = Checkpoint::<Sgd, f32>::from_bytes(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        Error::CheckpointMismatch { field: "rule", expected: "sgd", found: "adam".into() }
+    );
+    let err = Checkpoint::<Adam, f64>::from_bytes(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        Error::CheckpointMismatch { field: "dtype", expected: "f64", found: "f32".into() }
+    );
+}
+
+#[test]
+fn a_refused_load_changes_nothing() {
+    let mut model = Model::<f64>::new();
+    let mut opt = optimizer::<Adam, f64>(Adam::default());
+    model.train(&mut opt, 0..3);
+    let shapes: Vec<(&str, Vec<usize>)> =
+        model.tensors.iter().map(|(name, param)| (*name, param.shape().to_vec())).collect();
+    let before = opt.clone();
+
+    let mut other = optimizer::<Adam, f64>(Adam { lr: 0.5, ..Adam::default() });
+    Model::<f64>::new().train(&mut other, 0..5);
+    type Break = fn(&mut Checkpoint<Adam, f64>);
+    let breaks: [Break; 6] = [
+        |c| c.version = 9,
+        |c| c.groups[0].hyper.lr = -1.0,
+        |c| c.tensors[1].state.as_mut().unwrap().buffers[0].values.truncate(3),
+        |c| c.tensors[1].state.as_mut().unwrap().step = 0,
+        |c| c.tensors[2].group = "gone".into(),
+        |c| c.groups.swap(0, 1),
+    ];
+    for (index, break_it) in breaks.iter().enumerate() {
+        let mut c = other.checkpoint();
+        break_it(&mut c);
+        for mode in [LoadMode::Strict, LoadMode::Lenient] {
+            assert!(opt.load_state(c.clone(), shapes.clone(), mode).is_err(), "break {index}");
+            assert_eq!(opt, before, "break {index} {mode:?}");
+        }
+    }
+    // Valid, but not the model: strictly refused.
+    let mut fewer = shapes.clone();
+    fewer.pop();
+    assert!(opt.load_state(other.checkpoint(), fewer, LoadMode::Strict).is_err());
+    assert_eq!(opt, before);
+}
+
+#[test]
 fn serde_errors_name_the_problem() {
     let json = serde_json::to_string(&Optimizer::<Sgd, f64>::new(Sgd::default()).unwrap()).unwrap();
     let err = serde_json::from_str::<Optimizer<Adam, f64>>(&json).unwrap_err();
@@ -217,4 +372,23 @@ fn restored_column_major_state_takes_the_fast_path_layout() {
         resumed.step("a", &mut b, &g).unwrap();
     }
     assert_eq!(bits(a.iter()), bits(b.iter()));
+}
+
+#[test]
+fn restored_state_refuses_a_parameter_of_another_shape() {
+    let mut opt = Optimizer::from_checkpoint(adam_checkpoint()).unwrap();
+    let before = opt.clone();
+    let mut wider = Array2::<f32>::zeros((3, 5));
+    let err = opt.step("head.weight", &mut wider, &Array2::zeros((3, 5))).unwrap_err();
+    assert_eq!(
+        err,
+        Error::ShapeChanged {
+            param: "head.weight".into(),
+            registered: vec![3, 4],
+            given: vec![3, 5]
+        }
+    );
+    assert!(err.to_string().contains("head.weight") && err.to_string().contains("[3, 5]"));
+    assert_eq!(opt, before);
+    assert_eq!(wider, Array2::<f32>::zeros((3, 5)));
 }

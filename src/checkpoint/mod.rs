@@ -1,0 +1,425 @@
+//! Checkpoints: the optimizer's whole state, saved beside the model's weights and resumed
+//! exactly, days later, on another machine, after a crash.
+//!
+//! - [`Optimizer::save`] and [`Optimizer::load`] write and read a file, in JSON for people
+//!   or [postcard](https://docs.rs/postcard) for size ([`Encoding`]). A save goes to a
+//!   temporary file that is synced and then renamed over the old one, so a crash at any
+//!   moment leaves either the old checkpoint or the new one whole, never a torn file. A
+//!   header with the payload's length and CRC-32 refuses truncated or altered bytes.
+//! - [`Optimizer::checkpoint`] copies the state into a [`Checkpoint`], plain data: rule,
+//!   every group with its hyperparameters, every named tensor's group, step count, shape and
+//!   buffers (by name, values in row-major order whatever the memory layout), format and
+//!   version. [`Checkpoint::to_bytes`] and [`Checkpoint::from_bytes`] are the file's bytes.
+//! - [`Optimizer::from_checkpoint`] rebuilds an optimizer after checking all of it;
+//!   [`Optimizer::load_state`] restores against the tensors a model has now, strictly or
+//!   leniently, and returns a [`LoadReport`] of what is missing, unexpected or of another
+//!   shape, by name.
+//! - With the `serde` feature (on by default) an [`Optimizer`] serializes as its
+//!   [`Checkpoint`] in any serde format, and deserializing one checks it the same way.
+//! - [`Optimizer::state`] lists the state by name, each buffer as an array view, with its
+//!   memory.
+//!
+//! Resuming is exact: N steps, a save, a load into a fresh optimizer (in another process)
+//! and M more steps give the same bits as N + M steps without the break, for every rule,
+//! element type and memory layout.
+//!
+//! # Example: save, crash, resume
+//!
+//! ```
+//! use ndarray::Array1;
+//! use ndarray_optim::checkpoint::Encoding;
+//! use ndarray_optim::{Adam, Optimizer, Result};
+//!
+//! # fn main() -> Result<()> {
+//! # let folder = std::env::temp_dir().join(format!("checkpoint-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&folder).unwrap();
+//! let path = folder.join("optimizer.ckpt");
+//! // Minimise ½‖w − 1‖², whose gradient is w − 1.
+//! fn train(opt: &mut Optimizer<Adam, f64>, w: &mut Array1<f64>, steps: usize) -> Result<()> {
+//!     for _ in 0..steps {
+//!         let grad = &*w - 1.0;
+//!         opt.step("w", w, &grad)?;
+//!     }
+//!     Ok(())
+//! }
+//! let adam = Adam { lr: 0.1, ..Adam::default() };
+//!
+//! let mut uninterrupted = Array1::zeros(3);
+//! train(&mut Optimizer::new(adam)?, &mut uninterrupted, 10)?;
+//!
+//! let mut w = Array1::zeros(3);
+//! let mut opt = Optimizer::new(adam)?;
+//! train(&mut opt, &mut w, 6)?;
+//! opt.save(&path, Encoding::Postcard)?;
+//! let saved_w = w.clone(); // the model's weights are saved with it
+//!
+//! // Two more steps, then the process dies halfway through the next save: the temporary
+//! // file holds half the new checkpoint, the checkpoint itself is untouched.
+//! train(&mut opt, &mut w, 2)?;
+//! let torn = opt.checkpoint().to_bytes(Encoding::Postcard)?;
+//! std::fs::write(folder.join("optimizer.ckpt.tmp"), &torn[..torn.len() / 2]).unwrap();
+//! drop(opt);
+//!
+//! // The next run resumes from the last whole checkpoint, after step 6.
+//! let mut opt = Optimizer::<Adam, f64>::load(&path)?;
+//! assert_eq!(opt.step_count("w"), Some(6));
+//! let mut w = saved_w;
+//! train(&mut opt, &mut w, 4)?;
+//! assert_eq!(w, uninterrupted); // bit for bit
+//! # std::fs::remove_dir_all(&folder).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is refused
+//!
+//! Loading checks everything before anything changes, and a refused load leaves the optimizer
+//! exactly as it was. Refused, with an error that names the tensor and what differs: bytes
+//! that are truncated, altered or not a checkpoint ([`Error::CorruptCheckpoint`]); a newer
+//! format version ([`Error::UnsupportedCheckpoint`]); another rule or element type
+//! ([`Error::CheckpointMismatch`]); negative or non-finite hyperparameters
+//! ([`Error::InvalidHyperparameter`]); a buffer whose length does not match its shape, a
+//! buffer the rule does not keep, a step count of 0 ([`Error::InvalidTensorState`]); a name
+//! listed twice or a group that does not exist. State that does not fit the parameter the
+//! caller then steps is refused by that step ([`Error::ShapeChanged`]), or beforehand, for a
+//! whole model, by [`Optimizer::load_state`]. Hostile bytes give an error, never a panic, and
+//! no allocation larger than the input calls for beyond a small bound (serde caps what a
+//! claimed length preallocates).
+//!
+//! # Format versions
+//!
+//! Every checkpoint carries its format name [`FORMAT`] and version [`VERSION`], in the data
+//! and, for bytes and files, first in the header. The policy:
+//!
+//! - A build reads every version from 1 to its own [`VERSION`] and writes only its own.
+//!   Any change to what a checkpoint holds or how it is laid out bumps the version; this
+//!   includes a new hyperparameter of a rule, because postcard stores fields by position.
+//!   The loader then keeps the older layout's record types and converts them on load, so
+//!   checkpoints written by older versions of this crate keep loading, with the same values.
+//! - A checkpoint of a newer version is refused with [`Error::UnsupportedCheckpoint`], which
+//!   names both versions; it is never read by guesswork. The header's first two fields,
+//!   format and version, keep their place in every version, so bytes and files of any later
+//!   version are recognised and refused before anything else is read.
+//! - Bare serde data (an [`Optimizer`] serialized in a format of your choice) has the version
+//!   only inside the data, which is checked after decoding: a newer layout may fail with the
+//!   format's own decoding error instead. Use files or [`Checkpoint::to_bytes`] for
+//!   checkpoints that must outlive a version of the crate.
+
+use std::collections::HashMap;
+
+use ndarray::Order;
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
+use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
+use crate::rule::UpdateRule;
+
+#[cfg(feature = "serde")]
+mod file;
+mod report;
+
+#[cfg(feature = "serde")]
+pub use file::Encoding;
+pub use report::{LoadMode, LoadReport, ShapeMismatch};
+
+/// The format name written into every checkpoint.
+pub const FORMAT: &str = "ndarray-optim";
+
+/// The format version this build writes. It reads every version from 1 up to this one.
+pub const VERSION: u32 = 1;
+
+/// An optimizer's complete state: rule, hyperparameters of every group, and every named
+/// tensor's group, step count and buffers.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct Checkpoint<R, A> {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The format version, [`VERSION`] when written by this build.
+    pub version: u32,
+    /// The rule's [`UpdateRule::NAME`].
+    pub rule: String,
+    /// The element type's [`Element::NAME`].
+    pub dtype: String,
+    /// Every group, the default group first.
+    pub groups: Vec<GroupRecord<R>>,
+    /// Every named tensor, sorted by name.
+    pub tensors: Vec<TensorRecord<A>>,
+}
+
+/// One parameter group in a [`Checkpoint`].
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct GroupRecord<R> {
+    /// The group's name.
+    pub name: String,
+    /// The group's hyperparameters.
+    pub hyper: R,
+}
+
+/// One named tensor in a [`Checkpoint`].
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct TensorRecord<A> {
+    /// The tensor's name.
+    pub name: String,
+    /// The name of the group it belongs to.
+    pub group: String,
+    /// Its state, `None` if it was assigned to a group but never stepped.
+    pub state: Option<StateRecord<A>>,
+}
+
+/// The state of one tensor in a [`Checkpoint`].
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct StateRecord<A> {
+    /// Steps taken (≥ 1).
+    pub step: u64,
+    /// The tensor's shape.
+    pub shape: Vec<usize>,
+    /// The rule's buffers in the order of [`UpdateRule::state_names`].
+    pub buffers: Vec<BufferRecord<A>>,
+    /// The rule's per-tensor scalars in the order of [`UpdateRule::scalar_names`] (always
+    /// written, since postcard has no optional fields; JSON without it reads as none).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub scalars: Vec<ScalarRecord>,
+}
+
+/// One per-tensor scalar state of one tensor in a [`Checkpoint`], e.g. NAdam's `mu_product`.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct ScalarRecord {
+    /// The scalar's name.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// One state buffer of one tensor in a [`Checkpoint`].
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct BufferRecord<A> {
+    /// The buffer's name, e.g. `"exp_avg"`.
+    pub name: String,
+    /// Its values in row-major order.
+    pub values: Vec<A>,
+}
+
+fn invalid_state(param: &str, reason: String) -> Error {
+    Error::InvalidTensorState { param: param.to_owned(), reason }
+}
+
+fn restore_state<A: Element, R: UpdateRule>(
+    param: &str,
+    record: StateRecord<A>,
+    hyper: &R,
+) -> Result<TensorState<A>> {
+    if record.step == 0 {
+        return Err(invalid_state(param, "step count 0 with state".to_owned()));
+    }
+    let (state_names, scalar_names) = (hyper.state_names(), hyper.scalar_names());
+    let names: Vec<&str> = record.buffers.iter().map(|buffer| buffer.name.as_str()).collect();
+    if names != state_names {
+        return Err(invalid_state(
+            param,
+            format!(
+                "buffers are {names:?}, `{}` with its group's settings keeps {state_names:?}",
+                R::NAME
+            ),
+        ));
+    }
+    let scalars: Vec<&str> = record.scalars.iter().map(|scalar| scalar.name.as_str()).collect();
+    if scalars != scalar_names {
+        return Err(invalid_state(
+            param,
+            format!(
+                "scalars are {scalars:?}, `{}` with its group's settings keeps {scalar_names:?}",
+                R::NAME
+            ),
+        ));
+    }
+    let numel = record
+        .shape
+        .iter()
+        .try_fold(1_usize, |product, &len| product.checked_mul(len))
+        .ok_or_else(|| invalid_state(param, format!("shape {:?} overflows", record.shape)))?;
+    if let Some(buffer) = record.buffers.iter().find(|buffer| buffer.values.len() != numel) {
+        return Err(invalid_state(
+            param,
+            format!(
+                "buffer `{}` has {} values, shape {:?} needs {numel}",
+                buffer.name,
+                buffer.values.len(),
+                record.shape
+            ),
+        ));
+    }
+    let mut buffers = Vec::with_capacity(state_names.len() * numel);
+    for buffer in record.buffers {
+        buffers.extend(buffer.values);
+    }
+    Ok(TensorState {
+        step: record.step,
+        shape: record.shape,
+        order: Order::RowMajor,
+        order_pending: true,
+        buffers,
+        scalars: record.scalars.iter().map(|scalar| scalar.value).collect(),
+    })
+}
+
+impl<R: UpdateRule, A: Element> Optimizer<R, A> {
+    /// A copy of the optimizer's whole state, every buffer in row-major order.
+    pub fn checkpoint(&self) -> Checkpoint<R, A> {
+        let tensors = self
+            .state()
+            .map(|tensor| TensorRecord {
+                name: tensor.name().to_owned(),
+                group: tensor.group().to_owned(),
+                state: tensor.step().zip(tensor.shape()).map(|(step, shape)| StateRecord {
+                    step,
+                    shape: shape.to_vec(),
+                    buffers: tensor
+                        .buffers()
+                        .map(|(name, values)| BufferRecord {
+                            name: name.to_owned(),
+                            values: values.iter().copied().collect(),
+                        })
+                        .collect(),
+                    scalars: tensor
+                        .scalars()
+                        .map(|(name, value)| ScalarRecord { name: name.to_owned(), value })
+                        .collect(),
+                }),
+            })
+            .collect();
+        Checkpoint {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            rule: R::NAME.to_owned(),
+            dtype: A::NAME.to_owned(),
+            groups: self
+                .groups()
+                .iter()
+                .map(|group| GroupRecord { name: group.name.clone(), hyper: group.hyper.clone() })
+                .collect(),
+            tensors,
+        }
+    }
+
+    /// Rebuilds an optimizer from a checkpoint, after checking all of it.
+    ///
+    /// # Errors
+    /// - [`Error::UnsupportedCheckpoint`] for another format or a newer version;
+    /// - [`Error::CheckpointMismatch`] for another rule or element type;
+    /// - [`Error::InvalidHyperparameter`], [`Error::DuplicateGroup`] or
+    ///   [`Error::UnknownGroup`] for bad groups (the first must be the default group);
+    /// - [`Error::DuplicateParam`] or [`Error::InvalidTensorState`] for bad tensors.
+    pub fn from_checkpoint(checkpoint: Checkpoint<R, A>) -> Result<Self> {
+        Ok(Optimizer { registry: checkpoint.into_registry()? })
+    }
+}
+
+impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
+    /// Checks the format, version, rule and element type (the parts that decide how the rest
+    /// is read).
+    pub(crate) fn check_kind(&self) -> Result<()> {
+        check_kind::<R, A>(&self.format, self.version, &self.rule, &self.dtype)
+    }
+
+    /// Checks all of the checkpoint and builds the registry it describes.
+    fn into_registry(self) -> Result<Registry<R, A>> {
+        self.check_kind()?;
+        let Checkpoint { groups, tensors, .. } = self;
+        let mut groups = groups.into_iter();
+        let default = match groups.next() {
+            Some(first) if first.name == DEFAULT_GROUP => first.hyper,
+            _ => return Err(Error::UnknownGroup { group: DEFAULT_GROUP.to_owned() }),
+        };
+        let mut registry = Registry::<R, A>::new(default)?;
+        for group in groups {
+            registry.add_group(&group.name, group.hyper)?;
+        }
+        let mut slots = HashMap::with_capacity(tensors.len());
+        for record in tensors {
+            let group = registry.group_index(&record.group)?;
+            let hyper = &registry.groups[group].hyper;
+            let tensor =
+                record.state.map(|state| restore_state(&record.name, state, hyper)).transpose()?;
+            if slots.contains_key(&record.name) {
+                return Err(Error::DuplicateParam { param: record.name });
+            }
+            slots.insert(record.name, Slot { group, tensor });
+        }
+        registry.slots = slots;
+        Ok(registry)
+    }
+}
+
+/// Refuses another format, a version this build does not read, another rule or element type.
+pub(crate) fn check_kind<R: UpdateRule, A: Element>(
+    format: &str,
+    version: u32,
+    rule: &str,
+    dtype: &str,
+) -> Result<()> {
+    if format != FORMAT || !(1..=VERSION).contains(&version) {
+        return Err(Error::UnsupportedCheckpoint { format: format.to_owned(), version });
+    }
+    if rule != R::NAME {
+        return Err(Error::CheckpointMismatch {
+            field: "rule",
+            expected: R::NAME,
+            found: rule.to_owned(),
+        });
+    }
+    if dtype != A::NAME {
+        return Err(Error::CheckpointMismatch {
+            field: "dtype",
+            expected: A::NAME,
+            found: dtype.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(feature = "serde")]
+mod serde_impl {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Checkpoint;
+    use crate::element::Element;
+    use crate::optimizer::Optimizer;
+    use crate::rule::UpdateRule;
+
+    /// Serializes as the optimizer's [`Checkpoint`].
+    impl<R, A> Serialize for Optimizer<R, A>
+    where
+        R: UpdateRule + Serialize,
+        A: Element + Serialize,
+    {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.checkpoint().serialize(serializer)
+        }
+    }
+
+    /// Deserializes a [`Checkpoint`] and validates it with
+    /// [`Optimizer::from_checkpoint`]; a validation error becomes the format's custom error.
+    impl<'de, R, A> Deserialize<'de> for Optimizer<R, A>
+    where
+        R: UpdateRule + Deserialize<'de>,
+        A: Element + Deserialize<'de>,
+    {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let checkpoint = Checkpoint::<R, A>::deserialize(deserializer)?;
+            Optimizer::from_checkpoint(checkpoint).map_err(serde::de::Error::custom)
+        }
+    }
+}

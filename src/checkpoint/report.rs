@@ -1,0 +1,178 @@
+//! Restoring a checkpoint against the tensors a model has now, with a report by name.
+
+use core::fmt;
+use std::collections::BTreeMap;
+
+use super::Checkpoint;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
+use crate::rule::UpdateRule;
+
+/// How [`Optimizer::load_state`] treats a checkpoint that does not match the model exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoadMode {
+    /// Refuse unless every tensor of the model has state of its shape in the checkpoint (or
+    /// is listed there without state) and the checkpoint has no other tensor.
+    Strict,
+    /// Restore the tensors that match, leave the others fresh, and report them.
+    Lenient,
+}
+
+/// A tensor whose checkpointed state has another shape than the model's tensor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShapeMismatch {
+    /// The tensor's name.
+    pub name: String,
+    /// The shape its state has in the checkpoint.
+    pub checkpoint: Vec<usize>,
+    /// The shape the model's tensor has now.
+    pub model: Vec<usize>,
+}
+
+/// What [`Optimizer::load_state`] found comparing a checkpoint with the model's tensors, by
+/// name; every list is sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LoadReport {
+    /// Tensors of the model restored from the checkpoint: state of the model's shape, or (for
+    /// tensors assigned but never stepped) their group.
+    pub restored: Vec<String>,
+    /// Tensors of the model the checkpoint does not list (e.g. a new head). Their state is
+    /// fresh and they belong to the default group until assigned to another.
+    pub missing: Vec<String>,
+    /// Tensors of the checkpoint the model no longer has (e.g. a renamed layer). A lenient
+    /// load drops them.
+    pub unexpected: Vec<String>,
+    /// Tensors whose checkpointed state has another shape than the model's tensor. A lenient
+    /// load keeps their group and leaves their state fresh.
+    pub mismatched: Vec<ShapeMismatch>,
+}
+
+impl LoadReport {
+    /// Whether checkpoint and model match exactly: nothing missing, unexpected or mismatched.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// One line: how many tensors were restored, then every difference by name.
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} restored", self.restored.len())?;
+        if !self.missing.is_empty() {
+            write!(f, "; missing from the checkpoint: {}", self.missing.join(", "))?;
+        }
+        if !self.unexpected.is_empty() {
+            write!(f, "; not in the model: {}", self.unexpected.join(", "))?;
+        }
+        for ShapeMismatch { name, checkpoint, model } in &self.mismatched {
+            write!(
+                f,
+                "; `{name}` has shape {checkpoint:?} in the checkpoint, {model:?} in the model"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: UpdateRule, A: Element> Optimizer<R, A> {
+    /// Replaces the optimizer's whole state (groups, hyperparameters, tensors) with a
+    /// checkpoint's, matched by name against the tensors the model has now, and reports what
+    /// differs.
+    ///
+    /// `model` lists each tensor's name and shape, e.g. `[("w", w.shape()), ("b", b.shape())]`
+    /// or a `&HashMap<String, Vec<usize>>`. Unlike PyTorch (which matches state by position and
+    /// accepts any shape) nothing is matched by order and no state is used for a tensor of
+    /// another shape; unlike re-initialising silently, every difference is in the report.
+    /// All tensors share the optimizer's element type, so a checkpoint of another one is
+    /// refused as a whole.
+    ///
+    /// ```
+    /// use ndarray::{Array1, Array2};
+    /// use ndarray_optim::checkpoint::LoadMode;
+    /// use ndarray_optim::{Adam, Optimizer};
+    ///
+    /// let mut opt = Optimizer::new(Adam::default())?;
+    /// let (mut w, mut head) = (Array2::<f32>::zeros((4, 3)), Array1::<f32>::zeros(3));
+    /// opt.step("encoder.w", &mut w, &Array2::ones((4, 3)))?;
+    /// opt.step("head", &mut head, &Array1::ones(3))?;
+    /// let saved = opt.checkpoint();
+    ///
+    /// // The next run has a wider head and a new bias.
+    /// let model = [("encoder.w", &[4, 3][..]), ("head", &[5][..]), ("head.bias", &[5][..])];
+    /// let mut resumed = Optimizer::new(Adam::default())?;
+    /// let err = resumed.load_state(saved.clone(), model, LoadMode::Strict).unwrap_err();
+    /// assert!(err.to_string().contains("`head` has shape [3] in the checkpoint, [5] in the model"));
+    /// assert_eq!(resumed.state().len(), 0); // a refused load changes nothing
+    ///
+    /// let report = resumed.load_state(saved, model, LoadMode::Lenient)?;
+    /// assert_eq!(report.restored, ["encoder.w"]);
+    /// assert_eq!(report.missing, ["head.bias"]);
+    /// assert_eq!(report.mismatched[0].name, "head");
+    /// assert_eq!(resumed.step_count("encoder.w"), Some(1));
+    /// assert_eq!(resumed.step_count("head"), None); // fresh: its first step will be step 1
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Every error of [`from_checkpoint`](Self::from_checkpoint) for an invalid checkpoint
+    /// (checked in full, whatever the mode); [`Error::DuplicateParam`] if `model` lists a name
+    /// twice with different shapes; in [`LoadMode::Strict`], [`Error::ModelMismatch`] with
+    /// the report unless it [`is_exact`](LoadReport::is_exact). On an error the optimizer is
+    /// exactly as it was.
+    pub fn load_state<N, S>(
+        &mut self,
+        checkpoint: Checkpoint<R, A>,
+        model: impl IntoIterator<Item = (N, S)>,
+        mode: LoadMode,
+    ) -> Result<LoadReport>
+    where
+        N: AsRef<str>,
+        S: AsRef<[usize]>,
+    {
+        let mut registry = checkpoint.into_registry()?;
+        let mut shapes = BTreeMap::<String, Vec<usize>>::new();
+        for (name, shape) in model {
+            let (name, shape) = (name.as_ref(), shape.as_ref());
+            match shapes.get(name) {
+                Some(known) if known != shape => {
+                    return Err(Error::DuplicateParam { param: name.to_owned() });
+                }
+                Some(_) => {}
+                None => {
+                    shapes.insert(name.to_owned(), shape.to_vec());
+                }
+            }
+        }
+        let mut report = LoadReport::default();
+        for (name, model) in &shapes {
+            match registry.slots.get(name).map(|slot| slot.tensor.as_ref()) {
+                None => report.missing.push(name.clone()),
+                Some(Some(state)) if state.shape != *model => {
+                    report.mismatched.push(ShapeMismatch {
+                        name: name.clone(),
+                        checkpoint: state.shape.clone(),
+                        model: model.clone(),
+                    });
+                }
+                Some(_) => report.restored.push(name.clone()),
+            }
+        }
+        report.unexpected =
+            registry.slots.keys().filter(|name| !shapes.contains_key(*name)).cloned().collect();
+        report.unexpected.sort_unstable();
+        if mode == LoadMode::Strict && !report.is_exact() {
+            return Err(Error::ModelMismatch { report: Box::new(report) });
+        }
+        for name in &report.unexpected {
+            registry.slots.remove(name);
+        }
+        for mismatch in &report.mismatched {
+            if let Some(slot) = registry.slots.get_mut(&mismatch.name) {
+                slot.tensor = None;
+            }
+        }
+        self.registry = registry;
+        Ok(report)
+    }
+}
