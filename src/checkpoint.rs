@@ -10,8 +10,10 @@ use std::collections::HashMap;
 
 use ndarray::Order;
 
+use crate::clip::Clip;
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::guard::NonFinite;
 use crate::optimizer::Optimizer;
 use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
 use crate::rule::UpdateRule;
@@ -22,8 +24,12 @@ pub const FORMAT: &str = "ndarray-optim";
 /// The format version this build writes. It reads every version from 1 up to this one.
 pub const VERSION: u32 = 1;
 
-/// An optimizer's complete state: rule, hyperparameters of every group, and every named
-/// tensor's group, step count and buffers.
+/// An optimizer's complete state: rule, hyperparameters and current learning rate of every
+/// group, every named tensor's group, step count and buffers, and the optimizer's gradient
+/// clipping and non-finite policy.
+///
+/// The last three are optional in serde formats and left out when unset, so a checkpoint of
+/// an optimizer that uses none of them reads exactly as before they existed.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
@@ -40,6 +46,17 @@ pub struct Checkpoint<R, A> {
     pub groups: Vec<GroupRecord<R>>,
     /// Every named tensor, sorted by name.
     pub tensors: Vec<TensorRecord<A>>,
+    /// The gradient clipping, if any.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub clip: Option<Clip>,
+    /// What steps do with non-finite gradients.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_default"))]
+    pub non_finite: NonFinite,
+}
+
+#[cfg(feature = "serde")]
+fn is_default(policy: &NonFinite) -> bool {
+    *policy == NonFinite::default()
 }
 
 /// One parameter group in a [`Checkpoint`].
@@ -49,8 +66,11 @@ pub struct Checkpoint<R, A> {
 pub struct GroupRecord<R> {
     /// The group's name.
     pub name: String,
-    /// The group's hyperparameters.
+    /// The group's hyperparameters, with its base learning rate.
     pub hyper: R,
+    /// The current learning rate a schedule has set, if any (finite, ≥ 0).
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub lr: Option<f64>,
 }
 
 /// One named tensor in a [`Checkpoint`].
@@ -180,9 +200,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             groups: registry
                 .groups
                 .iter()
-                .map(|group| GroupRecord { name: group.name.clone(), hyper: group.hyper.clone() })
+                .map(|group| GroupRecord {
+                    name: group.name.clone(),
+                    hyper: group.hyper.clone(),
+                    lr: group.scheduled_lr,
+                })
                 .collect(),
             tensors,
+            clip: self.clip,
+            non_finite: self.non_finite,
         }
     }
 
@@ -193,9 +219,12 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// - [`Error::CheckpointMismatch`] for another rule or element type;
     /// - [`Error::InvalidHyperparameter`], [`Error::DuplicateGroup`] or
     ///   [`Error::UnknownGroup`] for bad groups (the first must be the default group);
-    /// - [`Error::DuplicateParam`] or [`Error::InvalidTensorState`] for bad tensors.
+    /// - [`Error::DuplicateParam`] or [`Error::InvalidTensorState`] for bad tensors;
+    /// - [`Error::InvalidHyperparameter`] for a bad clip or a group's current learning rate
+    ///   that is not finite and ≥ 0.
     pub fn from_checkpoint(checkpoint: Checkpoint<R, A>) -> Result<Self> {
-        let Checkpoint { format, version, rule, dtype, groups, tensors } = checkpoint;
+        let Checkpoint { format, version, rule, dtype, groups, tensors, clip, non_finite } =
+            checkpoint;
         if format != FORMAT || !(1..=VERSION).contains(&version) {
             return Err(Error::UnsupportedCheckpoint { format, version });
         }
@@ -213,6 +242,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 found: dtype,
             });
         }
+        let scheduled: Vec<Option<f64>> = groups.iter().map(|group| group.lr).collect();
         let mut groups = groups.into_iter();
         let default = match groups.next() {
             Some(first) if first.name == DEFAULT_GROUP => first.hyper,
@@ -221,6 +251,20 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let mut registry = Registry::<R, A>::new(default)?;
         for group in groups {
             registry.add_group(&group.name, group.hyper)?;
+        }
+        for (group, lr) in registry.groups.iter_mut().zip(scheduled) {
+            if let Some(value) = lr.filter(|lr| !(lr.is_finite() && *lr >= 0.0)) {
+                return Err(Error::InvalidHyperparameter {
+                    rule: R::NAME,
+                    key: "lr",
+                    value,
+                    requirement: "finite and >= 0 (a scheduled rate)",
+                });
+            }
+            group.scheduled_lr = lr;
+        }
+        if let Some(clip) = &clip {
+            clip.validate()?;
         }
         let mut slots = HashMap::with_capacity(tensors.len());
         for record in tensors {
@@ -236,7 +280,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             slots.insert(record.name, Slot { group, tensor });
         }
         registry.slots = slots;
-        Ok(Optimizer { registry })
+        Ok(Optimizer { registry, clip, non_finite })
     }
 }
 

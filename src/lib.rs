@@ -42,8 +42,10 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+mod clip;
 mod element;
 mod error;
+mod guard;
 mod kernel;
 mod optimizer;
 mod registry;
@@ -51,8 +53,10 @@ pub mod rule;
 pub mod rules;
 
 pub use checkpoint::Checkpoint;
+pub use clip::Clip;
 pub use element::Element;
 pub use error::{Error, Result};
+pub use guard::{NonFinite, StepOutcome};
 pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
