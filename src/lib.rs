@@ -48,9 +48,11 @@ mod error;
 mod guard;
 mod kernel;
 mod optimizer;
+pub mod pattern;
 mod registry;
 pub mod rule;
 pub mod rules;
+pub mod schedule;
 
 pub use checkpoint::Checkpoint;
 pub use clip::Clip;
