@@ -11,3 +11,4 @@ mod errors;
 mod hand;
 mod layouts;
 mod reference;
+mod training;
