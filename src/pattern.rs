@@ -20,27 +20,31 @@ use crate::rule::UpdateRule;
 /// assert!(glob_match("layer?.w", "layer7.w") && !glob_match("layer?.w", "layer10.w"));
 /// ```
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (pattern, name): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), name.chars().collect());
-    // Greedy matching with backtracking to the last `*`: linear in practice, no recursion.
+    let first = |s: &str, at: usize| s[at..].chars().next();
+    // Byte offsets into both; on a mismatch, back up to the last `*` and let it take one
+    // more character. No recursion, no allocation.
     let (mut p, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == name[n]) {
-            p += 1;
-            n += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, n));
-            p += 1;
-        } else if let Some((star_p, star_n)) = star {
-            p = star_p + 1;
-            n = star_n + 1;
-            star = Some((star_p, star_n + 1));
-        } else {
-            return false;
+    while let Some(c) = first(name, n) {
+        match first(pattern, p) {
+            Some('*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(expected) if expected == '?' || expected == c => {
+                p += expected.len_utf8();
+                n += c.len_utf8();
+            }
+            _ => match star {
+                Some((star_p, star_n)) => {
+                    let taken = star_n + first(name, star_n).map_or(0, char::len_utf8);
+                    (p, n, star) = (star_p + 1, taken, Some((star_p, taken)));
+                }
+                None => return false,
+            },
         }
     }
-    pattern[p..].iter().all(|&c| c == '*')
+    pattern[p..].chars().all(|c| c == '*')
 }
 
 /// Rules that put named tensors into groups: `(pattern, group)` pairs tried in order, the

@@ -10,5 +10,6 @@ mod common;
 mod errors;
 mod hand;
 mod layouts;
+mod patterns;
 mod reference;
 mod training;

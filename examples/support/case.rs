@@ -6,8 +6,8 @@
 use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
 use ndarray_optim::schedule::{LrScheduler, Schedule};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, Clip, Element, Momentum, Nesterov, Optimizer, ParamGrad, RmsProp,
-    Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, Clip, Element, Momentum, Nesterov, Optimizer, ParamGrad, RmsProp, Sgd,
+    UpdateRule,
 };
 use serde::de::DeserializeOwned;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -274,7 +274,9 @@ where
             tensor.rows.push(tensor.param.iter().map(|v| v.into_f64()).collect());
         }
         if let Some(scheduler) = &mut scheduler {
-            scheduler.step(&mut optimizer).map_err(|e| format!("schedule after step {step}: {e}"))?;
+            scheduler
+                .step(&mut optimizer)
+                .map_err(|e| format!("schedule after step {step}: {e}"))?;
         }
         if case.checkpoint_every > 0 && step % case.checkpoint_every == 0 {
             let bytes = serde_json::to_vec(&(&optimizer, &scheduler)).map_err(|e| e.to_string())?;
