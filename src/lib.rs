@@ -34,6 +34,10 @@
 //! | [`RmsProp`] | $s \leftarrow \rho s + (1-\rho) g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{s + \epsilon}$ | 1 | η 0.001, ρ 0.9, ε 1e-8 |
 //! | [`Adam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //!
+//! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
+//! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, and group
+//! assignment by name [`pattern`]s.
+//!
 //! Every rule runs through one fused kernel: a single pass over parameter, gradient and
 //! state per step, on flat slices when the arrays are contiguous in one memory order and
 //! through [`ndarray::Zip`] otherwise, with the same arithmetic on both paths.

@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes two files next to this script (and overwrites them):
+It writes three files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -20,7 +20,18 @@ It writes two files next to this script (and overwrites them):
   own look-ahead form and recorded as Θ = θ − γv.  Plus a few two-step cases
   whose numbers are checked by hand below (HAND_CASES).
 
-Both files have the shape
+* ``pytorch_training.json``: the training loop around the rules, computed by
+  PyTorch: cases with a ``schedule`` (torch.optim.lr_scheduler) or a
+  ``clip`` (torch.nn.utils.clip_grad_value_ / clip_grad_norm_) key, on the
+  seed optimizers, in f64 and f32, 60 steps (TRAINING); and, under
+  ``"schedules"``, the learning rates PyTorch's schedulers print for two
+  groups over 60 steps (SCHEDULES: single, ChainedScheduler, SequentialLR;
+  PLATEAUS: ReduceLROnPlateau fed a metric sequence), each entry
+  ``{"name", "plan", "schedules", "milestones", "base_lrs", "lrs": [[group
+  rates of step 1], ...]}`` (plateau entries: ``"plateau"`` settings and
+  ``"metrics"`` instead of schedules).
+
+The case files have the shape
 
     { "generator": "tests/reference/generate.py",
       "torch_version": "2.15.0",                      (pytorch.json only)
@@ -59,6 +70,7 @@ cases, PyTorch on the seed cases it can express) and prints the largest
 differences.  That cross-check is informational; it does not affect the files.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
+``--training-only`` regenerates pytorch_training.json only;
 ``--any-torch`` accepts a PyTorch other than 2.15.0.
 """
 
@@ -890,8 +902,11 @@ def main():
     if args.training_only:
         import torch
 
+        version = torch.__version__.split("+")[0]
+        if version != TORCH_VERSION and not args.any_torch:
+            sys.exit(f"error: torch {torch.__version__} found, fixtures are pinned to {TORCH_VERSION}")
         torch.set_num_threads(1)
-        write_training(torch.__version__.split("+")[0])
+        write_training(version)
         return
 
     # seed.json
