@@ -120,6 +120,33 @@ pub enum Error {
         /// Everything that differs, by name.
         report: Box<crate::checkpoint::LoadReport>,
     },
+    /// A gradient holds NaN or infinity and the optimizer is set to
+    /// [`NonFinite::Refuse`](crate::NonFinite::Refuse) such steps.
+    NonFiniteGradient {
+        /// The first tensor whose gradient is not finite.
+        param: String,
+    },
+    /// Global-norm clipping was asked of a single-tensor [`step`](crate::Optimizer::step); it
+    /// needs every gradient of the step, which [`step_all`](crate::Optimizer::step_all) has.
+    GlobalClipNeedsBatch,
+    /// A learning-rate schedule was stepped past its last step (PyTorch's `OneCycleLR` refuses
+    /// the same).
+    ScheduleFinished {
+        /// The schedule's number of steps.
+        total_steps: u64,
+    },
+    /// A learning-rate schedule is malformed, e.g. milestones that do not fit its phases.
+    InvalidSchedule {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Group patterns did not put every tensor into exactly one group.
+    GroupPatterns {
+        /// Tensors that no pattern matched.
+        unmatched: Vec<String>,
+        /// Tensors that patterns of different groups matched (strict matching only).
+        ambiguous: Vec<String>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -170,6 +197,24 @@ impl fmt::Display for Error {
             Error::ModelMismatch { report } => {
                 write!(f, "checkpoint does not match the model: {report}")
             }
+            Error::NonFiniteGradient { param } => {
+                write!(f, "the gradient of `{param}` holds NaN or infinity; nothing was stepped")
+            }
+            Error::GlobalClipNeedsBatch => write!(
+                f,
+                "global-norm clipping needs every gradient of the step: use `step_all`, not `step`"
+            ),
+            Error::ScheduleFinished { total_steps } => {
+                write!(f, "the learning-rate schedule has run all its {total_steps} steps")
+            }
+            Error::InvalidSchedule { reason } => {
+                write!(f, "invalid learning-rate schedule: {reason}")
+            }
+            Error::GroupPatterns { unmatched, ambiguous } => write!(
+                f,
+                "group patterns must put every tensor into exactly one group: no pattern \
+                 matches {unmatched:?}, patterns of different groups match {ambiguous:?}"
+            ),
         }
     }
 }

@@ -108,6 +108,30 @@ fn is_contiguous_in<A, D: Dimension>(view: &ArrayView<'_, A, D>, order: Order) -
     }
 }
 
+/// A transform of every gradient element before the rule sees it: gradient clipping, applied
+/// inside the fused pass because gradients are borrowed read-only and never copied.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum GradTransform<A> {
+    /// The gradient as it is.
+    Identity,
+    /// `g * c`, in the element type (PyTorch's `clip_grad_norm_` multiplies in place).
+    Scale(A),
+    /// `g` clamped to `[-c, c]`; NaN stays NaN (PyTorch's `clip_grad_value_`).
+    Clamp(A),
+}
+
+/// `g` clamped to `[-c, c]` by comparisons, so that NaN passes through as `clamp_` lets it.
+#[inline]
+fn clamp<A: Element>(g: A, c: A) -> A {
+    if g > c {
+        c
+    } else if g < -c {
+        -c
+    } else {
+        g
+    }
+}
+
 /// One tensor's step as a rule sees it: parameter, gradient and the tensor's state buffers.
 ///
 /// A rule's [`UpdateRule::step`](crate::UpdateRule::step) computes its per-step scalars and hands its per-element
@@ -118,6 +142,7 @@ pub struct TensorStep<'a, A, D> {
     pub(crate) state: &'a mut [A],
     pub(crate) scalars: &'a mut [f64],
     pub(crate) order: Order,
+    pub(crate) transform: GradTransform<A>,
 }
 
 impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
@@ -132,11 +157,30 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
     /// values `s`, one per state buffer (`S` is `[A; N]` for a rule with N buffers, the
     /// length of its [`UpdateRule::state_names`](crate::UpdateRule::state_names)).
     ///
+    /// When the optimizer clips gradients, `g` is the clipped gradient.
+    ///
     /// # Panics
     /// If `N` is not the number of buffers the rule declared: a bug in the rule, not in the
     /// data.
     #[inline]
     pub fn apply<S, F>(self, update: F)
+    where
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S),
+    {
+        // One match per tensor, outside the element loop: each arm is its own monomorphised
+        // loop, and the identity arm is exactly the loop without clipping.
+        match self.transform {
+            GradTransform::Identity => self.drive(update),
+            GradTransform::Scale(c) => self.drive(move |p, g, s: &mut S| update(p, g * c, s)),
+            GradTransform::Clamp(c) => self.drive(move |p, g, s: &mut S| update(p, clamp(g, c), s)),
+        }
+    }
+
+    /// The fused pass: flat slices when everything is contiguous in the state's order,
+    /// strided `Zip` otherwise.
+    #[inline]
+    fn drive<S, F>(self, update: F)
     where
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),

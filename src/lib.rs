@@ -45,6 +45,10 @@
 //! `amsgrad` ([`Adam`], [`AdamW`]), `momentum_decay` ([`NAdam`]). Options at their defaults
 //! leave a rule's arithmetic exactly as without them.
 //!
+//! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
+//! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, and group
+//! assignment by name [`pattern`]s.
+//!
 //! Every rule runs through one fused kernel: a single pass over parameter, gradient and
 //! state per step, on flat slices when the arrays are contiguous in one memory order and
 //! through [`ndarray::Zip`] otherwise, with the same arithmetic on both paths.
@@ -53,19 +57,25 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+mod clip;
 mod element;
 mod error;
+mod guard;
 mod inspect;
 mod kernel;
 mod optimizer;
+pub mod pattern;
 mod registry;
 pub mod rule;
 pub mod rules;
+pub mod schedule;
 pub mod shard;
 
 pub use checkpoint::Checkpoint;
+pub use clip::Clip;
 pub use element::Element;
 pub use error::{Error, Result};
+pub use guard::{NonFinite, StepOutcome};
 pub use inspect::TensorView;
 pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};

@@ -2,9 +2,11 @@
 
 use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
+use crate::clip::{self, Clip};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::{self, TensorStep};
+use crate::guard::{self, NonFinite, StepOutcome};
+use crate::kernel::{self, GradTransform, TensorStep};
 use crate::registry::{ParamGroup, Registry};
 use crate::rule::UpdateRule;
 
@@ -46,6 +48,11 @@ impl<'a, A> ParamGrad<'a, A> {
 /// Every method that fails returns an [`Error`] and leaves the optimizer, and the parameter it
 /// was handed, exactly as they were.
 ///
+/// Around the rule, an optimizer can [clip](Self::set_clip) gradients, [refuse or
+/// skip](Self::set_non_finite) steps with NaN or infinite gradients, and follow a
+/// learning-rate [schedule](crate::schedule); all of it is part of its
+/// [checkpoint](crate::Checkpoint) except the schedule's position, which the schedule keeps.
+///
 /// ```
 /// use ndarray::{Array2, array};
 /// use ndarray_optim::{Adam, Optimizer};
@@ -68,6 +75,8 @@ impl<'a, A> ParamGrad<'a, A> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer<R: UpdateRule, A: Element> {
     pub(crate) registry: Registry<R, A>,
+    pub(crate) clip: Option<Clip>,
+    pub(crate) non_finite: NonFinite,
 }
 
 impl<R: UpdateRule, A: Element> Optimizer<R, A> {
@@ -76,7 +85,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// # Errors
     /// [`Error::InvalidHyperparameter`] if `defaults` is out of range.
     pub fn new(defaults: R) -> Result<Self> {
-        Ok(Optimizer { registry: Registry::new(defaults)? })
+        Ok(Optimizer {
+            registry: Registry::new(defaults)?,
+            clip: None,
+            non_finite: NonFinite::Ignore,
+        })
     }
 
     /// Applies one step of the rule to the tensor `name`: updates `param` in place from
@@ -85,28 +98,40 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// `param` and `grad` may be any arrays or views of one dimensionality and shape, in any
     /// memory layout (each may differ); the result does not depend on the layout by a single
     /// bit. The first step of a name creates its state; later steps of a registered name
-    /// allocate nothing.
+    /// allocate nothing. The gradient is [clipped](Self::set_clip) and
+    /// [checked](Self::set_non_finite) as the optimizer is set to.
     ///
     /// # Errors
     /// - [`Error::GradientShape`] if `grad`'s shape differs from `param`'s;
-    /// - [`Error::ShapeChanged`] if `name` has state for another shape.
+    /// - [`Error::ShapeChanged`] if `name` has state for another shape;
+    /// - [`Error::GlobalClipNeedsBatch`] if the optimizer clips by global norm;
+    /// - [`Error::NonFiniteGradient`] if `grad` is not finite and the optimizer refuses that.
     pub fn step<D: Dimension>(
         &mut self,
         name: &str,
         param: &mut ArrayRef<A, D>,
         grad: &ArrayRef<A, D>,
-    ) -> Result<()> {
+    ) -> Result<StepOutcome> {
         self.check(name, param.shape(), grad.shape())?;
-        self.apply(name, param.view_mut(), grad.view());
-        Ok(())
+        if let Some(Clip::GlobalNorm { .. }) = self.clip {
+            return Err(Error::GlobalClipNeedsBatch);
+        }
+        if let Some(skipped) = self.guard(0, name, &grad.view())? {
+            return Ok(skipped);
+        }
+        let (transform, norm) = self.tensor_transform(&grad.view());
+        self.apply(name, param.view_mut(), grad.view(), transform);
+        Ok(StepOutcome::Stepped { grad_norm: norm })
     }
 
     /// Steps every tensor of `batch`, in order, as [`step`](Self::step) does one; either all
-    /// are stepped or, on an error, none is.
+    /// are stepped or, on an error or a skip, none is.
     ///
     /// This is the form for training loops that hold their tensors in a list, and for
-    /// anything that must see all gradients before any update. A batch built as an array on
-    /// the stack costs no allocation.
+    /// anything that must see all gradients before any update: [global-norm
+    /// clipping](Clip::GlobalNorm) and the [non-finite check](Self::set_non_finite) cover the
+    /// whole batch. A batch built as an array on the stack costs no allocation, and neither
+    /// does clipping.
     ///
     /// ```
     /// use ndarray::{Array1, Array2};
@@ -121,15 +146,44 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// ```
     ///
     /// # Errors
-    /// As [`step`](Self::step), for the first tensor that fails; nothing has changed then.
-    pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<()> {
+    /// As [`step`](Self::step), for the first tensor that fails (global-norm clipping is
+    /// allowed here); nothing has changed then.
+    pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<StepOutcome> {
         for entry in batch.iter() {
             self.check(entry.name, entry.param.shape(), entry.grad.shape())?;
         }
-        for entry in batch.iter_mut() {
-            self.apply(entry.name, entry.param.view_mut(), entry.grad.view());
+        for (index, entry) in batch.iter().enumerate() {
+            if let Some(skipped) = self.guard(index, entry.name, &entry.grad)? {
+                return Ok(skipped);
+            }
         }
-        Ok(())
+        let global = match self.clip {
+            Some(Clip::GlobalNorm { max_norm }) => {
+                // PyTorch's total norm: the norm of the per-tensor norms.
+                let norm = batch
+                    .iter()
+                    .map(|entry| clip::l2_norm(&entry.grad).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                Some((clip::norm_transform(max_norm, norm), norm))
+            }
+            _ => None,
+        };
+        let mut squares = 0.0;
+        for entry in batch.iter_mut() {
+            let (transform, norm) = match global {
+                Some((transform, _)) => (transform, None),
+                None => self.tensor_transform(&entry.grad),
+            };
+            squares += norm.map_or(0.0, |norm| norm * norm);
+            self.apply(entry.name, entry.param.view_mut(), entry.grad.view(), transform);
+        }
+        let grad_norm = match self.clip {
+            Some(Clip::GlobalNorm { .. }) => global.map(|(_, norm)| norm),
+            Some(Clip::Norm { .. }) => Some(squares.sqrt()),
+            _ => None,
+        };
+        Ok(StepOutcome::Stepped { grad_norm })
     }
 
     /// Everything that can make a step of `name` fail, checked before anything changes.
@@ -144,18 +198,90 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         self.registry.check_shape(name, param)
     }
 
+    /// Applies the non-finite policy to the gradient of batch entry `index`: `Some` outcome
+    /// when the step is to be skipped.
+    fn guard<D: Dimension>(
+        &self,
+        index: usize,
+        name: &str,
+        grad: &ArrayView<'_, A, D>,
+    ) -> Result<Option<StepOutcome>> {
+        if self.non_finite == NonFinite::Ignore || guard::all_finite(grad) {
+            return Ok(None);
+        }
+        match self.non_finite {
+            NonFinite::Skip => Ok(Some(StepOutcome::Skipped { index })),
+            _ => Err(Error::NonFiniteGradient { param: name.to_owned() }),
+        }
+    }
+
+    /// The gradient transform of a clip that looks at one tensor alone, and the tensor's
+    /// norm when the clip computed it.
+    fn tensor_transform<D: Dimension>(
+        &self,
+        grad: &ArrayView<'_, A, D>,
+    ) -> (GradTransform<A>, Option<f64>) {
+        match self.clip {
+            Some(Clip::Value { clip_value }) => {
+                (GradTransform::Clamp(A::from_f64(clip_value)), None)
+            }
+            Some(Clip::Norm { max_norm }) => {
+                let norm = clip::l2_norm(grad);
+                (clip::norm_transform(max_norm, norm), Some(norm))
+            }
+            Some(Clip::GlobalNorm { .. }) | None => (GradTransform::Identity, None),
+        }
+    }
+
     /// Steps one tensor that [`check`](Self::check) has accepted.
     fn apply<D: Dimension>(
         &mut self,
         name: &str,
         param: ArrayViewMut<'_, A, D>,
         grad: ArrayView<'_, A, D>,
+        transform: GradTransform<A>,
     ) {
         let order = kernel::preferred_order(&param);
-        let (hyper, tensor) = self.registry.prepare(name, param.shape(), order);
+        let (group, tensor) = self.registry.prepare(name, param.shape(), order);
         tensor.step += 1;
         let (state, scalars, order) = (&mut tensor.buffers, &mut tensor.scalars, tensor.order);
-        hyper.step(tensor.step, TensorStep { param, grad, state, scalars, order });
+        let tensor_step = TensorStep { param, grad, state, scalars, order, transform };
+        match group.scheduled_lr {
+            None => group.hyper.step(tensor.step, tensor_step),
+            Some(lr) => {
+                let mut hyper = group.hyper.clone();
+                *hyper.lr_mut() = lr;
+                hyper.step(tensor.step, tensor_step);
+            }
+        }
+    }
+
+    /// Clips every later step's gradients (`None`: no clipping, the default).
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`] if the clip's bound is not finite and positive.
+    pub fn set_clip(&mut self, clip: Option<Clip>) -> Result<()> {
+        if let Some(clip) = &clip {
+            clip.validate()?;
+        }
+        self.clip = clip;
+        Ok(())
+    }
+
+    /// The gradient clipping in effect.
+    pub fn clip(&self) -> Option<Clip> {
+        self.clip
+    }
+
+    /// Sets what later steps do with NaN or infinite gradients (default
+    /// [`NonFinite::Ignore`], PyTorch's behaviour).
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
+    /// What steps do with NaN or infinite gradients.
+    pub fn non_finite(&self) -> NonFinite {
+        self.non_finite
     }
 
     /// Adds a parameter group with its own hyperparameters.
@@ -190,6 +316,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     }
 
     /// Replaces a group's hyperparameters; they apply from the next step of its tensors.
+    /// Their learning rate becomes the group's base rate; a rate that a schedule has set
+    /// stays in effect until the schedule sets the next one.
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], or [`Error::InvalidHyperparameter`] if `hyper` is out of range.
@@ -197,7 +325,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         self.registry.set_hyper(group, hyper)
     }
 
-    /// Sets a group's learning rate, e.g. from a schedule, from the next step on.
+    /// Sets a group's (base) learning rate from the next step on, replacing any rate a
+    /// schedule has set.
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], or [`Error::InvalidHyperparameter`] if `lr` is not finite
@@ -205,7 +334,50 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
         let mut hyper = self.group(group)?.hyper.clone();
         *hyper.lr_mut() = lr;
-        self.set_hyper(group, hyper)
+        self.set_hyper(group, hyper)?;
+        let index = self.registry.group_index(group)?;
+        self.registry.groups[index].scheduled_lr = None;
+        Ok(())
+    }
+
+    /// Sets every group's current learning rate to `lr(base, current)`, from its base rate
+    /// (the one in its hyperparameters) and its current rate ([`ParamGroup::lr`]): the door
+    /// through which [schedules](crate::schedule) drive the rates. The new rates may be 0,
+    /// as PyTorch's schedules may make them; they leave the base rates as they are.
+    ///
+    /// `lr` is called twice per group (to check, then to set), so it must be a pure
+    /// function of its arguments. No allocation.
+    ///
+    /// ```
+    /// use ndarray_optim::{Optimizer, Sgd};
+    ///
+    /// let mut opt = Optimizer::<_, f32>::new(Sgd { lr: 0.1, ..Sgd::default() })?;
+    /// opt.add_group("head", Sgd { lr: 1.0, ..Sgd::default() })?;
+    /// opt.set_lrs_with(|base, _current| base * 0.5)?; // a warm-up factor of one half
+    /// assert_eq!(opt.group("head")?.lr(), 0.5);
+    /// assert_eq!(opt.group("head")?.hyper().lr, 1.0);
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`] (rule `"schedule"`, key `"lr"`) if a new rate is not
+    /// finite and ≥ 0; nothing changes then.
+    pub fn set_lrs_with(&mut self, lr: impl Fn(f64, f64) -> f64) -> Result<()> {
+        for group in &self.registry.groups {
+            let value = lr(group.hyper.lr(), group.lr());
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::InvalidHyperparameter {
+                    rule: "schedule",
+                    key: "lr",
+                    value,
+                    requirement: "finite and >= 0",
+                });
+            }
+        }
+        for group in &mut self.registry.groups {
+            group.scheduled_lr = Some(lr(group.hyper.lr(), group.lr()));
+        }
+        Ok(())
     }
 
     /// The group that the tensor `param` belongs to, if the optimizer knows the name.

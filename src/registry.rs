@@ -19,10 +19,16 @@ pub const DEFAULT_GROUP: &str = "default";
 /// optimizer's defaults with overrides by whoever adds the group); changing them changes the
 /// next step of every member. Each named tensor belongs to exactly one group, and the
 /// optimizer's registry keeps the tensor's state (step count and buffers) under its name.
+///
+/// The learning rate in the hyperparameters is the group's *base* rate. A learning-rate
+/// [schedule](crate::schedule) sets the group's *current* rate ([`lr`](Self::lr)) from it,
+/// which may reach 0 (as PyTorch's schedules may), while the base rate stays validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamGroup<R> {
     pub(crate) name: String,
     pub(crate) hyper: R,
+    /// The rate a schedule has set, if any; the step uses it instead of `hyper`'s.
+    pub(crate) scheduled_lr: Option<f64>,
 }
 
 impl<R> ParamGroup<R> {
@@ -31,9 +37,21 @@ impl<R> ParamGroup<R> {
         &self.name
     }
 
-    /// The group's hyperparameters.
+    /// The group's hyperparameters, with its base learning rate.
     pub fn hyper(&self) -> &R {
         &self.hyper
+    }
+}
+
+impl<R: UpdateRule> ParamGroup<R> {
+    /// The learning rate the group's next step uses: the one a schedule set last, else the
+    /// base rate of its hyperparameters.
+    pub fn lr(&self) -> f64 {
+        self.scheduled_lr.unwrap_or_else(|| self.hyper.lr())
+    }
+
+    fn new(name: &str, hyper: R) -> Self {
+        ParamGroup { name: name.to_owned(), hyper, scheduled_lr: None }
     }
 }
 
@@ -159,7 +177,7 @@ pub(crate) struct Registry<R, A> {
 impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn new(defaults: R) -> Result<Self> {
         defaults.validate()?;
-        let groups = vec![ParamGroup { name: DEFAULT_GROUP.to_owned(), hyper: defaults }];
+        let groups = vec![ParamGroup::new(DEFAULT_GROUP, defaults)];
         Ok(Registry { groups, slots: HashMap::new() })
     }
 
@@ -175,7 +193,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
             return Err(Error::DuplicateGroup { group: name.to_owned() });
         }
         hyper.validate()?;
-        self.groups.push(ParamGroup { name: name.to_owned(), hyper });
+        self.groups.push(ParamGroup::new(name, hyper));
         Ok(())
     }
 
@@ -226,7 +244,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         }
     }
 
-    /// The hyperparameters and state that the next step of `param` uses, creating the state
+    /// The group and state that the next step of `param` uses, creating the state
     /// (in `order`) on the tensor's first step. The shape must have passed
     /// [`check_shape`](Self::check_shape).
     pub(crate) fn prepare(
@@ -234,20 +252,20 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         param: &str,
         shape: &[usize],
         order: Order,
-    ) -> (&R, &mut TensorState<A>) {
+    ) -> (&ParamGroup<R>, &mut TensorState<A>) {
         // Looking up before inserting keeps a registered name's step free of allocation.
         if !self.slots.contains_key(param) {
             self.slots.insert(param.to_owned(), Slot { group: 0, tensor: None });
         }
         let slot = self.slots.get_mut(param).expect("the slot exists or was just inserted");
-        let hyper = &self.groups[slot.group].hyper;
+        let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,
-            empty => empty.insert(TensorState::initial(hyper, shape, order)),
+            empty => empty.insert(TensorState::initial(&group.hyper, shape, order)),
         };
         if tensor.order_pending {
             tensor.relayout(order);
         }
-        (hyper, tensor)
+        (group, tensor)
     }
 }

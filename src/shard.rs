@@ -185,6 +185,8 @@ fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> b
         && a.rule == b.rule
         && a.dtype == b.dtype
         && a.groups == b.groups
+        && a.clip == b.clip
+        && a.non_finite == b.non_finite
 }
 
 /// Merges per-rank checkpoints into one full checkpoint.
@@ -204,7 +206,7 @@ pub fn merge<R: UpdateRule, A: Element>(shards: Vec<Checkpoint<R, A>>) -> Result
     for (index, shard) in shards {
         if !same_header(&full, &shard) {
             return Err(invalid(format!(
-                "shard {index} differs from shard 0 in format, rule, dtype or groups"
+                "shard {index} differs from shard 0 in format, rule, dtype, groups or clipping"
             )));
         }
         for tensor in shard.tensors {
@@ -243,17 +245,9 @@ pub fn split<R: UpdateRule, A: Element>(
     full: Checkpoint<R, A>,
     plan: &ShardPlan,
 ) -> Result<Vec<Checkpoint<R, A>>> {
-    let Checkpoint { format, version, rule, dtype, groups, tensors } = full;
-    let mut shards: Vec<Checkpoint<R, A>> = (0..plan.world())
-        .map(|_| Checkpoint {
-            format: format.clone(),
-            version,
-            rule: rule.clone(),
-            dtype: dtype.clone(),
-            groups: groups.clone(),
-            tensors: Vec::new(),
-        })
-        .collect();
+    let mut full = full;
+    let tensors = std::mem::take(&mut full.tensors);
+    let mut shards = vec![full; plan.world()];
     for tensor in tensors {
         if tensor.state.is_some() {
             let owner = plan.owner_of(&tensor.name)?;

@@ -96,3 +96,53 @@ fn steady_state_steps_do_not_allocate() {
 fn the_counter_sees_allocations() {
     assert!(allocations(|| drop(vec![1u8; 10])) >= 1);
 }
+
+/// Clipping (each kind, through `step_all`), the non-finite check and schedule steps allocate
+/// nothing once every tensor has state.
+#[test]
+fn clipped_and_scheduled_steps_do_not_allocate() {
+    use ndarray_optim::schedule::{LrScheduler, ReduceLrOnPlateau, Schedule};
+    use ndarray_optim::{Adam, Clip, NonFinite, ParamGrad};
+
+    let clips = [
+        Clip::Value { clip_value: 0.1 },
+        Clip::Norm { max_norm: 0.5 },
+        Clip::GlobalNorm { max_norm: 0.5 },
+    ];
+    for clip in clips {
+        let mut opt = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+        opt.set_clip(Some(clip)).unwrap();
+        opt.set_non_finite(NonFinite::Skip);
+        let mut scheduler = LrScheduler::sequential(
+            &mut opt,
+            vec![
+                Schedule::Linear { start_factor: 0.1, end_factor: 1.0, total_iters: 3 },
+                Schedule::Cosine { t_max: 10, eta_min: 0.0 },
+            ],
+            vec![3],
+        )
+        .unwrap();
+        let mut plateau = ReduceLrOnPlateau { patience: 0, ..ReduceLrOnPlateau::default() };
+        let mut weight = Array2::<f32>::zeros((64, 33));
+        let mut f_order = Array3::<f32>::zeros((5, 6, 7).f());
+        let g_weight = Array2::from_elem((64, 33), 0.25_f32);
+        let g_f = Array3::from_elem((5, 6, 7).f(), -0.5_f32);
+        let mut steps = |opt: &mut Optimizer<Adam, f32>| {
+            opt.step_all(&mut [
+                ParamGrad::new("weight", &mut weight, &g_weight),
+                ParamGrad::new("f", &mut f_order, &g_f),
+            ])
+            .unwrap();
+            scheduler.step(opt).unwrap();
+            plateau.step(opt, 1.0).unwrap();
+        };
+        steps(&mut opt);
+        let count = allocations(|| {
+            for _ in 0..5 {
+                steps(&mut opt);
+            }
+        });
+        assert_eq!(count, 0, "{clip:?}: clipped, scheduled steps allocated");
+        assert_eq!(opt.step_count("f"), Some(6));
+    }
+}

@@ -392,3 +392,34 @@ fn restored_state_refuses_a_parameter_of_another_shape() {
     assert_eq!(opt, before);
     assert_eq!(wider, Array2::<f32>::zeros((3, 5)));
 }
+
+/// Clipping, the non-finite policy and scheduled learning rates are part of the state, in the
+/// binary encoding (which cannot read internally tagged enums) as well as in JSON.
+#[test]
+fn training_settings_survive_both_encodings() {
+    use ndarray_optim::{Clip, NonFinite, ParamGrad};
+    for clip in [
+        Clip::Value { clip_value: 0.5 },
+        Clip::Norm { max_norm: 2.0 },
+        Clip::GlobalNorm { max_norm: 1.0 },
+    ] {
+        let mut opt = Optimizer::<Adam, f64>::new(Adam::default()).unwrap();
+        opt.add_group("head", Adam { lr: 0.01, ..Adam::default() }).unwrap();
+        opt.assign("head.w", "head").unwrap();
+        opt.set_clip(Some(clip)).unwrap();
+        opt.set_non_finite(NonFinite::Skip);
+        opt.set_lrs_with(|base, _| base * 0.25).unwrap();
+        let (mut w, mut h) = (Array2::<f64>::ones((2, 2)), Array2::<f64>::ones((1, 3)));
+        let (gw, gh) = (Array2::from_elem((2, 2), 3.0), Array2::from_elem((1, 3), -2.0));
+        let batch = &mut [ParamGrad::new("w", &mut w, &gw), ParamGrad::new("head.w", &mut h, &gh)];
+        opt.step_all(batch).unwrap();
+        for encoding in [Encoding::Json, Encoding::Postcard] {
+            let bytes = opt.checkpoint().to_bytes(encoding).unwrap();
+            let restored = Optimizer::from_checkpoint(Checkpoint::from_bytes(&bytes).unwrap());
+            let restored: Optimizer<Adam, f64> = restored.unwrap();
+            assert_eq!(restored.checkpoint(), opt.checkpoint(), "{clip:?} {encoding:?}");
+            assert_eq!((restored.clip(), restored.non_finite()), (Some(clip), NonFinite::Skip));
+            assert_eq!(restored.group("head").unwrap().lr(), 0.0025);
+        }
+    }
+}

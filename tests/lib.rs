@@ -14,6 +14,8 @@ mod hostile;
 mod inspect;
 mod layouts;
 mod options;
+mod patterns;
 mod reference;
 mod report;
 mod shard;
+mod training;

@@ -14,25 +14,25 @@ struct Fixtures {
 }
 
 #[derive(Deserialize)]
-struct Fixture {
-    case: Value,
+pub(crate) struct Fixture {
+    pub(crate) case: Value,
     source: String,
     trajectory: serde_json::Map<String, Value>,
 }
 
-fn load(file: &str) -> Vec<Fixture> {
+pub(crate) fn load(file: &str) -> Vec<Fixture> {
     let path = format!("{}/tests/reference/{file}", env!("CARGO_MANIFEST_DIR"));
     let json = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str::<Fixtures>(&json).unwrap().cases
 }
 
-fn replay(case: &Value) -> Trajectory {
+pub(crate) fn replay(case: &Value) -> Trajectory {
     let case: Case = serde_json::from_value(case.clone()).unwrap();
     case::run(&case).unwrap_or_else(|e| panic!("{}: {e}", case.name))
 }
 
 /// CONFORMANCE.md's tolerance: f64 |x − ref| ≤ 1e-12 + 1e-9·|ref|, f32 ≤ 1e-6 + 1e-4·|ref|.
-fn assert_matches(fixture: &Fixture) {
+pub(crate) fn assert_matches(fixture: &Fixture) {
     let got = replay(&fixture.case);
     let (absolute, relative) = if got.dtype == "f32" { (1e-6, 1e-4) } else { (1e-12, 1e-9) };
     assert_eq!(got.tensors.len(), fixture.trajectory.len(), "{}: tensor count", got.name);
@@ -122,7 +122,7 @@ fn matches_pytorch_extensions() {
     fixtures.iter().for_each(assert_matches);
 }
 
-fn bits(trajectory: &Trajectory) -> Vec<(String, Vec<Vec<u64>>)> {
+pub(crate) fn bits(trajectory: &Trajectory) -> Vec<(String, Vec<Vec<u64>>)> {
     let rows = |rows: &Vec<Vec<f64>>| -> Vec<Vec<u64>> {
         rows.iter().map(|row| row.iter().map(|v| v.to_bits()).collect()).collect()
     };

@@ -4,9 +4,10 @@
 //! through the same door as any outside check.
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
+use ndarray_optim::schedule::{LrScheduler, Schedule};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Element, Momentum, NAdam, Nesterov, Optimizer, RAdam,
-    RmsProp, Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Clip, Element, Momentum, NAdam, Nesterov, Optimizer,
+    ParamGrad, RAdam, RmsProp, Sgd, UpdateRule,
 };
 use serde::de::DeserializeOwned;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -28,6 +29,12 @@ pub struct Case {
     pub steps: usize,
     #[serde(default)]
     pub checkpoint_every: usize,
+    /// Learning-rate schedule over every group's base rate, advanced after every step.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Gradient clipping before every step.
+    #[serde(default)]
+    pub clip: Option<Clip>,
 }
 
 /// A parameter group: a name and hyperparameter overrides.
@@ -220,6 +227,7 @@ where
 {
     let defaults: R = hyper(&case.hyper, &Map::new(), "hyper")?;
     let mut optimizer = Optimizer::new(defaults).map_err(|e| e.to_string())?;
+    optimizer.set_clip(case.clip).map_err(|e| format!("clip: {e}"))?;
     for group in &case.groups {
         let context = format!("group `{}`", group.name);
         let hyper: R = hyper(&case.hyper, &group.hyper, &context)?;
@@ -250,18 +258,34 @@ where
         .map(|spec| Tensor::<A>::new(spec, case.steps))
         .collect::<Result<Vec<_>, _>>()?;
     let mut optimizer = build::<R, A>(case)?;
+    let mut scheduler = case
+        .schedule
+        .map(|schedule| LrScheduler::new(&mut optimizer, schedule))
+        .transpose()
+        .map_err(|e| format!("schedule: {e}"))?;
     for step in 1..=case.steps {
+        // Every gradient first, then one step over all tensors, so that a global-norm clip
+        // sees them all (each gradient depends on its own tensor only).
         for tensor in &mut tensors {
             tensor.compute_grad(step);
-            optimizer
-                .step(&tensor.spec.name, &mut tensor.param, &tensor.grad)
-                .map_err(|e| e.to_string())?;
+        }
+        let mut batch: Vec<ParamGrad<'_, A>> = tensors
+            .iter_mut()
+            .map(|t| ParamGrad::new(&t.spec.name, &mut t.param, &t.grad))
+            .collect();
+        optimizer.step_all(&mut batch).map_err(|e| e.to_string())?;
+        for tensor in &mut tensors {
             tensor.rows.push(tensor.param.iter().map(|v| v.into_f64()).collect());
         }
+        if let Some(scheduler) = &mut scheduler {
+            scheduler
+                .step(&mut optimizer)
+                .map_err(|e| format!("schedule after step {step}: {e}"))?;
+        }
         if case.checkpoint_every > 0 && step % case.checkpoint_every == 0 {
-            let bytes = serde_json::to_vec(&optimizer).map_err(|e| e.to_string())?;
-            drop(optimizer);
-            optimizer = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let bytes = serde_json::to_vec(&(&optimizer, &scheduler)).map_err(|e| e.to_string())?;
+            drop((optimizer, scheduler));
+            (optimizer, scheduler) = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         }
     }
     Ok(Trajectory {

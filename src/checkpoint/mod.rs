@@ -109,8 +109,10 @@ use std::collections::HashMap;
 
 use ndarray::Order;
 
+use crate::clip::Clip;
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::guard::NonFinite;
 use crate::optimizer::Optimizer;
 use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
 use crate::rule::UpdateRule;
@@ -129,8 +131,9 @@ pub const FORMAT: &str = "ndarray-optim";
 /// The format version this build writes. It reads every version from 1 up to this one.
 pub const VERSION: u32 = 1;
 
-/// An optimizer's complete state: rule, hyperparameters of every group, and every named
-/// tensor's group, step count and buffers.
+/// An optimizer's complete state: rule, hyperparameters and current learning rate of every
+/// group, every named tensor's group, step count and buffers, and the optimizer's gradient
+/// clipping and non-finite policy.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
@@ -147,6 +150,49 @@ pub struct Checkpoint<R, A> {
     pub groups: Vec<GroupRecord<R>>,
     /// Every named tensor, sorted by name.
     pub tensors: Vec<TensorRecord<A>>,
+    /// The gradient clipping, if any.
+    #[cfg_attr(feature = "serde", serde(default, with = "stored_clip"))]
+    pub clip: Option<Clip>,
+    /// What steps do with non-finite gradients.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub non_finite: NonFinite,
+}
+
+/// A clip as checkpoints store it. [`Clip`]'s own serde form is internally tagged (`{"kind":
+/// "norm", ...}`, the form configuration files use), which formats that are not
+/// self-describing, such as postcard, cannot read; checkpoints use the default, externally
+/// tagged form instead, which every serde format can.
+#[cfg(feature = "serde")]
+mod stored_clip {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::clip::Clip;
+
+    #[derive(Serialize, Deserialize)]
+    enum Stored {
+        Value(f64),
+        Norm(f64),
+        GlobalNorm(f64),
+    }
+
+    pub fn serialize<S: Serializer>(clip: &Option<Clip>, serializer: S) -> Result<S::Ok, S::Error> {
+        clip.map(|clip| match clip {
+            Clip::Value { clip_value } => Stored::Value(clip_value),
+            Clip::Norm { max_norm } => Stored::Norm(max_norm),
+            Clip::GlobalNorm { max_norm } => Stored::GlobalNorm(max_norm),
+        })
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Clip>, D::Error> {
+        Ok(Option::<Stored>::deserialize(deserializer)?.map(|stored| match stored {
+            Stored::Value(clip_value) => Clip::Value { clip_value },
+            Stored::Norm(max_norm) => Clip::Norm { max_norm },
+            Stored::GlobalNorm(max_norm) => Clip::GlobalNorm { max_norm },
+        }))
+    }
 }
 
 /// One parameter group in a [`Checkpoint`].
@@ -156,8 +202,11 @@ pub struct Checkpoint<R, A> {
 pub struct GroupRecord<R> {
     /// The group's name.
     pub name: String,
-    /// The group's hyperparameters.
+    /// The group's hyperparameters, with its base learning rate.
     pub hyper: R,
+    /// The current learning rate a schedule has set, if any (finite, ≥ 0).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub lr: Option<f64>,
 }
 
 /// One named tensor in a [`Checkpoint`].
@@ -308,9 +357,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             groups: self
                 .groups()
                 .iter()
-                .map(|group| GroupRecord { name: group.name.clone(), hyper: group.hyper.clone() })
+                .map(|group| GroupRecord {
+                    name: group.name.clone(),
+                    hyper: group.hyper.clone(),
+                    lr: group.scheduled_lr,
+                })
                 .collect(),
             tensors,
+            clip: self.clip,
+            non_finite: self.non_finite,
         }
     }
 
@@ -321,9 +376,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// - [`Error::CheckpointMismatch`] for another rule or element type;
     /// - [`Error::InvalidHyperparameter`], [`Error::DuplicateGroup`] or
     ///   [`Error::UnknownGroup`] for bad groups (the first must be the default group);
-    /// - [`Error::DuplicateParam`] or [`Error::InvalidTensorState`] for bad tensors.
+    /// - [`Error::DuplicateParam`] or [`Error::InvalidTensorState`] for bad tensors;
+    /// - [`Error::InvalidHyperparameter`] for a bad clip or a group's current learning rate
+    ///   that is not finite and ≥ 0.
     pub fn from_checkpoint(checkpoint: Checkpoint<R, A>) -> Result<Self> {
-        Ok(Optimizer { registry: checkpoint.into_registry()? })
+        checkpoint.into_optimizer()
     }
 }
 
@@ -334,10 +391,14 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         check_kind::<R, A>(&self.format, self.version, &self.rule, &self.dtype)
     }
 
-    /// Checks all of the checkpoint and builds the registry it describes.
-    fn into_registry(self) -> Result<Registry<R, A>> {
+    /// Checks all of the checkpoint and builds the optimizer it describes.
+    pub(crate) fn into_optimizer(self) -> Result<Optimizer<R, A>> {
         self.check_kind()?;
-        let Checkpoint { groups, tensors, .. } = self;
+        let Checkpoint { groups, tensors, clip, non_finite, .. } = self;
+        if let Some(clip) = &clip {
+            clip.validate()?;
+        }
+        let scheduled: Vec<Option<f64>> = groups.iter().map(|group| group.lr).collect();
         let mut groups = groups.into_iter();
         let default = match groups.next() {
             Some(first) if first.name == DEFAULT_GROUP => first.hyper,
@@ -346,6 +407,17 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         let mut registry = Registry::<R, A>::new(default)?;
         for group in groups {
             registry.add_group(&group.name, group.hyper)?;
+        }
+        for (group, lr) in registry.groups.iter_mut().zip(scheduled) {
+            if let Some(value) = lr.filter(|lr| !(lr.is_finite() && *lr >= 0.0)) {
+                return Err(Error::InvalidHyperparameter {
+                    rule: R::NAME,
+                    key: "lr",
+                    value,
+                    requirement: "finite and >= 0 (a scheduled rate)",
+                });
+            }
+            group.scheduled_lr = lr;
         }
         let mut slots = HashMap::with_capacity(tensors.len());
         for record in tensors {
@@ -359,7 +431,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             slots.insert(record.name, Slot { group, tensor });
         }
         registry.slots = slots;
-        Ok(registry)
+        Ok(Optimizer { registry, clip, non_finite })
     }
 }
 
@@ -395,6 +467,7 @@ mod serde_impl {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::Checkpoint;
+
     use crate::element::Element;
     use crate::optimizer::Optimizer;
     use crate::rule::UpdateRule;

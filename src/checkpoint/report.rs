@@ -130,7 +130,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         N: AsRef<str>,
         S: AsRef<[usize]>,
     {
-        let mut registry = checkpoint.into_registry()?;
+        let mut restored = checkpoint.into_optimizer()?;
+        let registry = &mut restored.registry;
         let mut shapes = BTreeMap::<String, Vec<usize>>::new();
         for (name, shape) in model {
             let (name, shape) = (name.as_ref(), shape.as_ref());
@@ -172,7 +173,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 slot.tensor = None;
             }
         }
-        self.registry = registry;
+        *self = restored;
         Ok(report)
     }
 }

@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes three files next to this script (and overwrites them):
+It writes four files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -28,8 +28,18 @@ It writes three files next to this script (and overwrites them):
   60 steps (EXTENSION_CASES).  PyTorch runs each case with the default dtype
   set to the case's dtype, so that its per-tensor scalar state (the step
   count, NAdam's ``mu_product``) is f64 in an f64 case.
+* ``pytorch_training.json``: the training loop around the rules, computed by
+  PyTorch: cases with a ``schedule`` (torch.optim.lr_scheduler) or a
+  ``clip`` (torch.nn.utils.clip_grad_value_ / clip_grad_norm_) key, on the
+  seed optimizers, in f64 and f32, 60 steps (TRAINING); and, under
+  ``"schedules"``, the learning rates PyTorch's schedulers print for two
+  groups over 60 steps (SCHEDULES: single, ChainedScheduler, SequentialLR;
+  PLATEAUS: ReduceLROnPlateau fed a metric sequence), each entry
+  ``{"name", "plan", "schedules", "milestones", "base_lrs", "lrs": [[group
+  rates of step 1], ...]}`` (plateau entries: ``"plateau"`` settings and
+  ``"metrics"`` instead of schedules).
 
-All files have the shape
+The case files have the shape
 
     { "generator": "tests/reference/generate.py",
       "torch_version": "2.15.0",                      (pytorch*.json only)
@@ -73,6 +83,7 @@ cases, PyTorch on the seed cases it can express) and prints the largest
 differences.  That cross-check is informational; it does not affect the files.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
+``--training-only`` regenerates pytorch_training.json only;
 ``--any-torch`` accepts a PyTorch other than 2.15.0.
 """
 
@@ -404,6 +415,7 @@ def _run_torch(case, torch, cls, T):
     optimizer = cls(param_groups, foreach=False,
                     **torch_kwargs(opt, resolved_hyper(case, None)))
     assert all(g["foreach"] is False for g in optimizer.param_groups)
+    scheduler = torch_scheduler(optimizer, case.get("schedule"))
 
     def flat(t):
         return np.array(t.detach().numpy(), copy=True).reshape(-1)  # row-major
@@ -413,10 +425,60 @@ def _run_torch(case, torch, cls, T):
         for p, t in zip(case["params"], tensors):
             g = gradient(p, flat(t), step, dtype)
             t.grad = with_layout(torch.from_numpy(g.reshape(p["shape"])), p.get("layout", "c"))
+        torch_clip(tensors, case.get("clip"))
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         for p, t in zip(case["params"], tensors):
             traj[p["name"]].append([float(x) for x in flat(t)])
     return traj
+
+
+def torch_scheduler(optimizer, spec):
+    """The PyTorch scheduler of a case's (or a schedule entry's) ``schedule`` key."""
+    import torch
+
+    if spec is None:
+        return None
+    S = torch.optim.lr_scheduler
+    kind = spec["kind"]
+    if kind == "step":
+        return S.StepLR(optimizer, step_size=spec["step_size"], gamma=spec.get("gamma", 0.1))
+    if kind == "exponential":
+        return S.ExponentialLR(optimizer, gamma=spec["gamma"])
+    if kind == "cosine":
+        return S.CosineAnnealingLR(optimizer, T_max=spec["t_max"], eta_min=spec.get("eta_min", 0.0))
+    if kind == "cosine_restarts":
+        return S.CosineAnnealingWarmRestarts(optimizer, T_0=spec["t_0"], T_mult=spec.get("t_mult", 1),
+                                             eta_min=spec.get("eta_min", 0.0))
+    if kind == "linear":
+        return S.LinearLR(optimizer, start_factor=spec.get("start_factor", 1.0 / 3),
+                          end_factor=spec.get("end_factor", 1.0),
+                          total_iters=spec.get("total_iters", 5))
+    if kind == "one_cycle":
+        return S.OneCycleLR(optimizer, max_lr=spec["max_lr"], total_steps=spec["total_steps"],
+                            pct_start=spec.get("pct_start", 0.3), anneal_strategy="cos",
+                            cycle_momentum=False, div_factor=spec.get("div_factor", 25.0),
+                            final_div_factor=spec.get("final_div_factor", 1e4))
+    raise ValueError(kind)
+
+
+def torch_clip(tensors, spec):
+    """A case's ``clip`` key, applied to the gradients in place (PyTorch's utilities)."""
+    import torch
+
+    if spec is None:
+        return
+    clip = torch.nn.utils
+    if spec["kind"] == "value":
+        clip.clip_grad_value_(tensors, spec["clip_value"], foreach=False)
+    elif spec["kind"] == "norm":
+        for t in tensors:
+            clip.clip_grad_norm_([t], spec["max_norm"], foreach=False)
+    elif spec["kind"] == "global_norm":
+        clip.clip_grad_norm_(tensors, spec["max_norm"], foreach=False)
+    else:
+        raise ValueError(spec["kind"])
 
 
 # ---------------------------------------------------------------------------
@@ -740,6 +802,178 @@ def build_cases(source):
 
 
 # ---------------------------------------------------------------------------
+# Training-loop cases (pytorch_training.json): schedules and clipping, on the
+# seed optimizers, and the learning rates PyTorch's schedulers print.
+# ---------------------------------------------------------------------------
+
+TRAINING_STEPS = 60
+
+# (name, optimizer, hyper, group "slow" overrides, schedule, clip).  Each
+# runs in f64 and f32 over TRAINING_STEPS steps; params as in the custom
+# cases, so every group has its own base rate for the schedule to drive.
+TRAINING = [
+    ("step", "sgd", {"lr": 0.05}, {"lr": 5e-4},
+     {"kind": "step", "step_size": 7, "gamma": 0.5}, None),
+    ("exponential", "adam", {"lr": 0.02, "beta1": 0.8, "beta2": 0.99}, {"lr": 0.005},
+     {"kind": "exponential", "gamma": 0.97}, None),
+    ("cosine", "momentum", {"lr": 0.02, "momentum": 0.8}, {"lr": 2e-4},
+     {"kind": "cosine", "t_max": 25, "eta_min": 1e-4}, None),
+    ("cosine-to-zero", "nesterov", {"lr": 0.03, "momentum": 0.7}, {"lr": 2e-4},
+     {"kind": "cosine", "t_max": 20}, None),
+    ("cosine-restarts", "rmsprop", {"lr": 0.01, "rho": 0.95, "eps": 1e-6,
+                                    "eps_placement": "outside"}, {"lr": 0.001},
+     {"kind": "cosine_restarts", "t_0": 5, "t_mult": 2, "eta_min": 1e-4}, None),
+    ("linear-warmup", "adagrad", {"lr": 0.1, "eps": 1e-6, "eps_placement": "outside"},
+     {"lr": 0.05}, {"kind": "linear", "start_factor": 0.1, "end_factor": 1.0,
+                    "total_iters": 10}, None),
+    ("linear-to-zero", "adadelta", {"lr": 0.5, "rho": 0.95, "eps": 1e-5}, {"lr": 0.25},
+     {"kind": "linear", "start_factor": 0.5, "end_factor": 0.0, "total_iters": 40}, None),
+    ("one-cycle", "adam", {"lr": 0.02}, {"lr": 0.005},
+     {"kind": "one_cycle", "max_lr": 0.05, "total_steps": TRAINING_STEPS, "pct_start": 0.25,
+      "div_factor": 10.0, "final_div_factor": 100.0}, None),
+    ("clip-value", "momentum", {"lr": 0.02, "momentum": 0.8}, {"lr": 2e-4},
+     None, {"kind": "value", "clip_value": 0.5}),
+    ("clip-norm", "adam", {"lr": 0.02, "beta1": 0.8, "beta2": 0.99}, {"lr": 0.005},
+     None, {"kind": "norm", "max_norm": 1.0}),
+    ("clip-global-norm", "sgd", {"lr": 0.05}, {"lr": 5e-4},
+     None, {"kind": "global_norm", "max_norm": 2.0}),
+    ("cosine-global-norm", "rmsprop", {"lr": 0.01, "eps_placement": "outside"},
+     {"lr": 0.002}, {"kind": "cosine", "t_max": 40, "eta_min": 1e-5},
+     {"kind": "global_norm", "max_norm": 5.0}),
+    ("warm-restarts-clip-value", "nesterov", {"lr": 0.03, "momentum": 0.7}, {"lr": 2e-4},
+     {"kind": "cosine_restarts", "t_0": 8}, {"kind": "value", "clip_value": 1.0}),
+]
+
+
+def training_case(entry, dtype):
+    name, opt, hyper, group, schedule, clip = entry
+    seed = zlib.crc32(f"training-{name}".encode())
+    case = {
+        "name": f"torch-{name}-{dtype}", "optimizer": opt, "dtype": dtype, "hyper": dict(hyper),
+        "groups": [{"name": "slow", "hyper": dict(group)}],
+        "params": [
+            quad_param("w", QUAD[0], dtype, layout="f"),
+            seq_param("s", [0.5], seq_grads(seed, zeros=(30,), steps=TRAINING_STEPS), dtype),
+            rosen_param("r", [-1.2, 1.0], dtype, group="slow"),
+            quad_param("k", QUAD3, dtype, shape=(2, 1, 2)),
+        ],
+        "steps": TRAINING_STEPS, "checkpoint_every": 0,
+    }
+    if schedule is not None:
+        case["schedule"] = schedule
+    if clip is not None:
+        case["clip"] = clip
+    return case
+
+
+# Learning-rate sequences: a plain SGD with groups of base rates 0.1 and
+# 0.02, the scheduler stepped SCHEDULE_STEPS times; ``lrs[i]`` are the group
+# rates of optimizer step i + 1 (``lrs[0]``: right after construction).
+SCHEDULE_STEPS = 60
+BASE_LRS = [0.1, 0.02]
+SCHEDULES = [
+    ("step", "single", [{"kind": "step", "step_size": 4}], []),
+    ("exponential", "single", [{"kind": "exponential", "gamma": 0.93}], []),
+    ("cosine", "single", [{"kind": "cosine", "t_max": 17, "eta_min": 0.001}], []),
+    ("cosine-to-zero", "single", [{"kind": "cosine", "t_max": 10}], []),
+    ("cosine-restarts", "single", [{"kind": "cosine_restarts", "t_0": 3, "t_mult": 2,
+                                    "eta_min": 0.0005}], []),
+    ("cosine-restarts-t-mult-1", "single", [{"kind": "cosine_restarts", "t_0": 7}], []),
+    ("linear-defaults", "single", [{"kind": "linear"}], []),
+    ("linear-decay", "single", [{"kind": "linear", "start_factor": 1.0, "end_factor": 0.05,
+                                 "total_iters": 30}], []),
+    ("one-cycle", "single", [{"kind": "one_cycle", "max_lr": 0.3, "total_steps": SCHEDULE_STEPS}],
+     []),
+    ("one-cycle-short-rise", "single", [{"kind": "one_cycle", "max_lr": 0.05,
+                                         "total_steps": 80, "pct_start": 0.1,
+                                         "div_factor": 5.0, "final_div_factor": 50.0}], []),
+    ("warmup-then-cosine", "sequential",
+     [{"kind": "linear", "start_factor": 0.1, "end_factor": 1.0, "total_iters": 5},
+      {"kind": "cosine", "t_max": 30, "eta_min": 0.001}], [5]),
+    ("three-phases", "sequential",
+     [{"kind": "exponential", "gamma": 0.9}, {"kind": "step", "step_size": 3, "gamma": 0.5},
+      {"kind": "cosine_restarts", "t_0": 4, "t_mult": 2}], [6, 15]),
+    ("warmup-times-exponential", "chained",
+     [{"kind": "linear", "start_factor": 0.5, "total_iters": 4},
+      {"kind": "exponential", "gamma": 0.95}], []),
+    ("step-times-cosine", "chained",
+     [{"kind": "step", "step_size": 10, "gamma": 0.5}, {"kind": "cosine", "t_max": 25}], []),
+]
+# ReduceLROnPlateau: settings (PyTorch's keyword names) and the metric fed
+# after each step.
+PLATEAUS = [
+    ("plateau-min-rel", {"mode": "min", "factor": 0.5, "patience": 2},
+     [1.0, 0.9, 0.95, 0.9, 0.91, 0.89, 0.8, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7]),
+    ("plateau-max-abs-cooldown", {"mode": "max", "factor": 0.1, "patience": 0,
+                                  "threshold": 0.05, "threshold_mode": "abs",
+                                  "cooldown": 2, "min_lr": 1e-4},
+     [0.5, 0.52, 0.6, 0.61, 0.62, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.8, 0.8, 0.8, 0.8]),
+]
+
+
+def torch_lr_sequence(plan, specs, milestones):
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in BASE_LRS]
+    opt = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, BASE_LRS)])
+    subs = [torch_scheduler(opt, spec) for spec in specs]
+    if plan == "single":
+        (scheduler,) = subs
+    elif plan == "chained":
+        scheduler = torch.optim.lr_scheduler.ChainedScheduler(subs, optimizer=opt)
+    else:
+        scheduler = torch.optim.lr_scheduler.SequentialLR(opt, subs, milestones=milestones)
+    lrs = [[g["lr"] for g in opt.param_groups]]
+    for _ in range(SCHEDULE_STEPS):
+        opt.step()
+        scheduler.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+    return lrs
+
+
+def torch_plateau_sequence(settings, metrics):
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in BASE_LRS]
+    opt = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, BASE_LRS)])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **settings)
+    lrs = [[g["lr"] for g in opt.param_groups]]
+    for metric in metrics:
+        opt.step()
+        scheduler.step(metric)
+        lrs.append([g["lr"] for g in opt.param_groups])
+    return lrs
+
+
+def write_training(version):
+    import warnings
+
+    entries = []
+    for dtype in ("f64", "f32"):
+        for entry in TRAINING:
+            case = training_case(entry, dtype)
+            check_case(case)
+            traj = run_torch(case)
+            check_trajectory(case, traj)
+            entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    schedules = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SequentialLR's deprecation chatter
+        for name, plan, specs, milestones in SCHEDULES:
+            schedules.append({"name": name, "plan": plan, "schedules": specs,
+                              "milestones": milestones, "base_lrs": BASE_LRS,
+                              "lrs": torch_lr_sequence(plan, specs, milestones)})
+        for name, settings, metrics in PLATEAUS:
+            schedules.append({"name": name, "plan": "plateau", "plateau": settings,
+                              "metrics": metrics, "base_lrs": BASE_LRS,
+                              "lrs": torch_plateau_sequence(settings, metrics)})
+    n = write(HERE / "pytorch_training.json",
+              {"generator": GENERATOR, "torch_version": version, "cases": entries,
+               "schedules": schedules})
+    print(f"pytorch_training.json: {len(entries)} cases, {len(schedules)} schedules, {n} bytes")
+
+
+# ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
 
@@ -839,8 +1073,20 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
     ap.add_argument("--no-cross-check", action="store_true")
+    ap.add_argument("--training-only", action="store_true",
+                    help="write pytorch_training.json only")
     args = ap.parse_args()
     t0 = time.perf_counter()
+
+    if args.training_only:
+        import torch
+
+        version = torch.__version__.split("+")[0]
+        if version != TORCH_VERSION and not args.any_torch:
+            sys.exit(f"error: torch {torch.__version__} found, fixtures are pinned to {TORCH_VERSION}")
+        torch.set_num_threads(1)
+        write_training(version)
+        return
 
     # seed.json
     seed_entries = []
@@ -879,6 +1125,7 @@ def main():
                                       "cases": torch_entries})
     print(f"pytorch.json: {len(torch_entries)} cases, {n} bytes")
     write_extensions(version)
+    write_training(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:

@@ -1,0 +1,174 @@
+//! [`ReduceLrOnPlateau`]: a schedule driven by a metric rather than by the step count.
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
+use crate::rule::UpdateRule;
+
+/// Whether a smaller or a larger metric is better.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum PlateauMode {
+    /// A loss: improvement is a decrease (PyTorch's default `"min"`).
+    #[default]
+    Min,
+    /// An accuracy: improvement is an increase.
+    Max,
+}
+
+/// How far a metric must pass the best one to count as an improvement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum ThresholdMode {
+    /// Beyond `best · (1 ∓ threshold)` (PyTorch's default `"rel"`).
+    #[default]
+    Rel,
+    /// Beyond `best ∓ threshold`.
+    Abs,
+}
+
+/// PyTorch's `ReduceLROnPlateau`: multiplies every group's rate by `factor` once the metric
+/// has not improved for more than `patience` calls of [`step`](Self::step).
+///
+/// Each call compares the metric with the best so far ([`PlateauMode`], [`ThresholdMode`]);
+/// an improvement resets the count of bad calls. When the count exceeds `patience`, every
+/// group's rate $\eta$ becomes $\max(\eta \cdot \text{factor}, \text{min\_lr})$ — unless that
+/// changes it by no more than `eps` — and the next `cooldown` calls count no bad calls.
+///
+/// ```
+/// use ndarray_optim::schedule::ReduceLrOnPlateau;
+/// use ndarray_optim::{Optimizer, Sgd};
+///
+/// let mut opt = Optimizer::<_, f64>::new(Sgd { lr: 1.0, ..Sgd::default() })?;
+/// let mut plateau = ReduceLrOnPlateau { patience: 1, factor: 0.5, ..ReduceLrOnPlateau::default() };
+/// for loss in [3.0, 2.0, 2.5, 2.5] {
+///     plateau.step(&mut opt, loss)?;
+/// }
+/// assert_eq!(opt.group("default")?.lr(), 0.5); // two calls without improvement
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct ReduceLrOnPlateau {
+    /// Whether smaller or larger is better (default `Min`).
+    pub mode: PlateauMode,
+    /// The factor applied to the rate, in [0, 1) (default 0.1).
+    pub factor: f64,
+    /// Calls without improvement tolerated before a reduction (default 10).
+    pub patience: u64,
+    /// The margin an improvement must pass (finite, ≥ 0; default 1e-4).
+    pub threshold: f64,
+    /// Whether the margin is relative or absolute (default `Rel`).
+    pub threshold_mode: ThresholdMode,
+    /// Calls after a reduction during which bad calls are not counted (default 0).
+    pub cooldown: u64,
+    /// The smallest rate (finite, ≥ 0; default 0), for every group.
+    pub min_lr: f64,
+    /// Reductions smaller than this are not made (finite, ≥ 0; default 1e-8).
+    pub eps: f64,
+    /// Position: the best metric so far (±∞ before the first call).
+    pub best: f64,
+    /// Position: calls without improvement since the last improvement or reduction.
+    pub num_bad_epochs: u64,
+    /// Position: cooldown calls left.
+    pub cooldown_counter: u64,
+}
+
+impl Default for ReduceLrOnPlateau {
+    /// PyTorch's defaults, in `Min` mode.
+    fn default() -> Self {
+        ReduceLrOnPlateau {
+            mode: PlateauMode::Min,
+            factor: 0.1,
+            patience: 10,
+            threshold: 1e-4,
+            threshold_mode: ThresholdMode::Rel,
+            cooldown: 0,
+            min_lr: 0.0,
+            eps: 1e-8,
+            best: f64::INFINITY,
+            num_bad_epochs: 0,
+            cooldown_counter: 0,
+        }
+    }
+}
+
+impl ReduceLrOnPlateau {
+    /// A fresh one in `mode` with PyTorch's other defaults (the best metric so far is the
+    /// worst value of `mode`).
+    pub fn new(mode: PlateauMode) -> Self {
+        let best = match mode {
+            PlateauMode::Min => f64::INFINITY,
+            PlateauMode::Max => f64::NEG_INFINITY,
+        };
+        ReduceLrOnPlateau { mode, best, ..ReduceLrOnPlateau::default() }
+    }
+
+    /// Checks the settings' ranges.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`] with rule `"plateau"` and the key out of range.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key, value, requirement| {
+            Err(Error::InvalidHyperparameter { rule: "plateau", key, value, requirement })
+        };
+        if !(0.0..1.0).contains(&self.factor) {
+            return invalid("factor", self.factor, "in [0, 1)");
+        }
+        for (key, value) in
+            [("threshold", self.threshold), ("min_lr", self.min_lr), ("eps", self.eps)]
+        {
+            if !(value.is_finite() && value >= 0.0) {
+                return invalid(key, value, "finite and >= 0");
+            }
+        }
+        Ok(())
+    }
+
+    fn is_better(&self, metric: f64) -> bool {
+        match (self.mode, self.threshold_mode) {
+            (PlateauMode::Min, ThresholdMode::Rel) => metric < self.best * (1.0 - self.threshold),
+            (PlateauMode::Min, ThresholdMode::Abs) => metric < self.best - self.threshold,
+            (PlateauMode::Max, ThresholdMode::Rel) => metric > self.best * (self.threshold + 1.0),
+            (PlateauMode::Max, ThresholdMode::Abs) => metric > self.best + self.threshold,
+        }
+    }
+
+    /// Feeds the metric of the latest epoch (or step), reducing the rates when it has
+    /// stalled.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`] for settings out of range; nothing changes then.
+    pub fn step<R: UpdateRule, A: Element>(
+        &mut self,
+        optimizer: &mut Optimizer<R, A>,
+        metric: f64,
+    ) -> Result<()> {
+        self.validate()?;
+        let mut next = *self;
+        if next.is_better(metric) {
+            next.best = metric;
+            next.num_bad_epochs = 0;
+        } else {
+            next.num_bad_epochs += 1;
+        }
+        if next.cooldown_counter > 0 {
+            next.cooldown_counter -= 1;
+            next.num_bad_epochs = 0;
+        }
+        if next.num_bad_epochs > next.patience {
+            let (factor, min_lr, eps) = (next.factor, next.min_lr, next.eps);
+            optimizer.set_lrs_with(|_, lr| {
+                let reduced = (lr * factor).max(min_lr);
+                if lr - reduced > eps { reduced } else { lr }
+            })?;
+            next.cooldown_counter = next.cooldown;
+            next.num_bad_epochs = 0;
+        }
+        *self = next;
+        Ok(())
+    }
+}
