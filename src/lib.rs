@@ -53,6 +53,8 @@ pub mod rules;
 pub use checkpoint::Checkpoint;
 pub use element::Element;
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use kernel::{KernelPath, with_kernel_path};
 pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};

@@ -173,6 +173,13 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         Ok(())
     }
 
+    /// Puts back the state buffers that [`Optimizer::step_all`](crate::Optimizer::step_all)
+    /// took out of the registered tensor `param`.
+    pub(crate) fn give_back(&mut self, param: &str, buffers: Vec<A>) {
+        let tensor = self.slots.get_mut(param).and_then(|slot| slot.tensor.as_mut());
+        tensor.expect("a lent state belongs to a registered tensor").buffers = buffers;
+    }
+
     /// Fails if `param` has state for another shape than `shape`.
     pub(crate) fn check_shape(&self, param: &str, shape: &[usize]) -> Result<()> {
         match self.slots.get(param).and_then(|slot| slot.tensor.as_ref()) {
@@ -185,15 +192,15 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         }
     }
 
-    /// The hyperparameters and state that the next step of `param` uses, creating the state
-    /// (in `order`) on the tensor's first step. The shape must have passed
-    /// [`check_shape`](Self::check_shape).
+    /// The group index, its hyperparameters and the state that the next step of `param`
+    /// uses, creating the state (in `order`) on the tensor's first step. The shape must have
+    /// passed [`check_shape`](Self::check_shape).
     pub(crate) fn prepare(
         &mut self,
         param: &str,
         shape: &[usize],
         order: Order,
-    ) -> (&R, &mut TensorState<A>) {
+    ) -> (usize, &R, &mut TensorState<A>) {
         // Looking up before inserting keeps a registered name's step free of allocation.
         if !self.slots.contains_key(param) {
             self.slots.insert(param.to_owned(), Slot { group: 0, tensor: None });
@@ -214,6 +221,6 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         if tensor.order_pending {
             tensor.relayout(order);
         }
-        (hyper, tensor)
+        (slot.group, hyper, tensor)
     }
 }

@@ -9,5 +9,6 @@ mod checkpoint;
 mod common;
 mod errors;
 mod hand;
+mod kernels;
 mod layouts;
 mod reference;

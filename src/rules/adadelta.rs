@@ -82,7 +82,7 @@ impl UpdateRule for Adadelta {
         let lr = A::from_f64(self.lr);
         let (rho, one_minus_rho) = (A::from_f64(self.rho), A::from_f64(1.0 - self.rho));
         let eps = A::from_f64(self.eps);
-        tensor.apply(|p, g, [square_avg, acc_delta]: &mut [A; 2]| {
+        tensor.apply(move |p, g, [square_avg, acc_delta]: &mut [A; 2]| {
             *square_avg = rho * *square_avg + one_minus_rho * (g * g);
             // `delta` is −Δθ: the step the parameter moves against.
             let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;

@@ -74,7 +74,7 @@ impl UpdateRule for Adagrad {
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let lr = A::from_f64(self.lr);
         let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
-        tensor.apply(|p, g, [sum]: &mut [A; 1]| {
+        tensor.apply(move |p, g, [sum]: &mut [A; 1]| {
             *sum = *sum + g * g;
             *p = *p - lr * (g / ((*sum + eps_inside).sqrt() + eps_outside));
         });

@@ -93,7 +93,7 @@ impl UpdateRule for Adam {
         let step_size = A::from_f64(self.lr / bias_correction1);
         let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
         let eps = A::from_f64(self.eps);
-        tensor.apply(|p, g, [m, v]: &mut [A; 2]| {
+        tensor.apply(move |p, g, [m, v]: &mut [A; 2]| {
             *m = beta1 * *m + one_minus_beta1 * g;
             *v = beta2 * *v + one_minus_beta2 * (g * g);
             let denom = v.sqrt() / bias_correction2_sqrt + eps;

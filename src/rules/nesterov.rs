@@ -76,7 +76,7 @@ impl UpdateRule for Nesterov {
 
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
-        tensor.apply(|p, g, [b]: &mut [A; 1]| {
+        tensor.apply(move |p, g, [b]: &mut [A; 1]| {
             *b = momentum * *b + g;
             *p = *p - lr * (g + momentum * *b);
         });

@@ -79,7 +79,7 @@ impl UpdateRule for RmsProp {
         let lr = A::from_f64(self.lr);
         let (rho, one_minus_rho) = (A::from_f64(self.rho), A::from_f64(1.0 - self.rho));
         let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
-        tensor.apply(|p, g, [avg]: &mut [A; 1]| {
+        tensor.apply(move |p, g, [avg]: &mut [A; 1]| {
             *avg = rho * *avg + one_minus_rho * (g * g);
             *p = *p - lr * (g / ((*avg + eps_inside).sqrt() + eps_outside));
         });

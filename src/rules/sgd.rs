@@ -60,6 +60,6 @@ impl UpdateRule for Sgd {
 
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let lr = A::from_f64(self.lr);
-        tensor.apply(|p, g, _: &mut [A; 0]| *p = *p - lr * g);
+        tensor.apply(move |p, g, _: &mut [A; 0]| *p = *p - lr * g);
     }
 }
