@@ -12,7 +12,8 @@
 //! the median step time per element, and the bytes a step reads and writes (parameter and
 //! state twice, gradient once) per second of that time. More than one thread needs the
 //! `rayon` feature (`--features rayon`). `--path zip|baseline|avx2|avx512` pins the loop, to
-//! compare them.
+//! compare them. `--optimizer copy` times a plain copy instead (its bytes are those read and
+//! written), the memory bandwidth that bounds a step.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -127,8 +128,48 @@ fn report<R: UpdateRule, A: Element>(rule: R, args: &Args) {
     );
 }
 
+/// Median seconds of copying `args.numel` elements, split over the threads of the pool.
+fn time_copy<A: Element>(args: &Args) -> f64 {
+    let src = values::<A>(args.numel, 0);
+    let mut dst = Array1::<A>::zeros(args.numel);
+    let (src, dst) = (src.as_slice().unwrap(), dst.as_slice_mut().unwrap());
+    let mut copy = || {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let chunk = args.numel.div_ceil(rayon::current_num_threads()).max(1);
+            let pairs = dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk));
+            pairs.for_each(|(dst, src)| dst.copy_from_slice(src));
+        }
+        #[cfg(not(feature = "rayon"))]
+        dst.copy_from_slice(src);
+    };
+    copy();
+    let mut times: Vec<f64> = (0..args.steps)
+        .map(|_| {
+            let start = Instant::now();
+            copy();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 fn run<A: Element>(args: &Args) -> Result<(), String> {
     match args.optimizer.as_str() {
+        "copy" => {
+            let seconds = time_copy::<A>(args);
+            let bytes = 2.0 * (args.numel * size_of::<A>()) as f64;
+            println!(
+                "copy {} numel={} steps={} threads={} gbps={:.1}",
+                A::NAME,
+                args.numel,
+                args.steps,
+                args.threads,
+                bytes / seconds / 1e9
+            );
+        }
         "sgd" => report::<_, A>(Sgd::default(), args),
         "momentum" => report::<_, A>(Momentum::default(), args),
         "nesterov" => report::<_, A>(Nesterov::default(), args),
