@@ -155,6 +155,11 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
     /// values `s`, one per state buffer (`S` is `[A; N]` for a rule with N buffers, the
     /// length of its [`UpdateRule::state_names`](crate::UpdateRule::state_names)).
     ///
+    /// Write `update` as a `move` closure over the step's scalars: holding them by value lets
+    /// the vectorised loop keep them in registers (captured by reference, they are reloaded
+    /// for every element). `update` must be `Sync`, since large tensors may be split over
+    /// threads with the `rayon` feature.
+    ///
     /// # Panics
     /// If `N` is not the number of buffers the rule declared: a bug in the rule, not in the
     /// data.
