@@ -176,7 +176,7 @@ where
     R: UpdateRule + Serialize + DeserializeOwned,
 {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
-    if MICRO_BATCHES % size != 0 {
+    if !MICRO_BATCHES.is_multiple_of(size) {
         return Err(format!("the world size must divide {MICRO_BATCHES}, not {size}"));
     }
     let mut model = Model::new(1);

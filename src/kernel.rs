@@ -1,17 +1,21 @@
 //! The fused elementwise driver that runs every rule over every memory layout.
 //!
-//! One step is one pass over parameter, gradient and state: a single `Zip` whose closure loads
-//! an element's state values, calls the rule's per-element update and stores them back. When
-//! parameter and gradient are contiguous in the memory order the state was laid out in, all
-//! arrays are handed to `Zip` as flat 1-D slices, which it walks with unit stride and the
-//! compiler vectorises; otherwise `Zip` walks the arrays with their own strides. Both paths run
-//! the same update on the same values, so the layout never changes a bit of the result.
+//! One step is one pass over parameter, gradient and state: a loop that loads an element's
+//! state values, calls the rule's per-element update and stores them back. When parameter and
+//! gradient are contiguous in the memory order the state was laid out in, the loop runs over
+//! plain slices, compiled for the widest vector instructions the CPU has (see `isa`), and, with
+//! the `rayon` feature, split into chunks over threads when the tensor is large; otherwise
+//! `Zip` walks the arrays with their own strides. Every path runs the same update on the same
+//! values, so neither the layout, the CPU nor the thread count changes a bit of the result.
 
-use ndarray::{
-    ArrayView, ArrayView1, ArrayViewMut, ArrayViewMut1, Dimension, Order, ShapeBuilder, Zip,
-};
+mod isa;
+
+use core::cell::Cell;
+
+use ndarray::{ArrayView, ArrayViewMut, Dimension, Order, ShapeBuilder, Zip};
 
 use crate::element::Element;
+use isa::Isa;
 
 mod sealed {
     pub trait Sealed {}
@@ -38,6 +42,13 @@ pub trait StateSlots<A: Element>: Copy + Send + Sync + sealed::Sealed {
         update: F,
     ) where
         D: Dimension,
+        F: Fn(&mut A, A, &mut Self);
+
+    /// Runs `update` on every element of the equally long slices `param`, `grad` and the
+    /// `LEN` buffers of `state`.
+    #[doc(hidden)]
+    fn for_each_slice<F>(param: &mut [A], grad: &[A], state: &mut [&mut [A]], update: &F)
+    where
         F: Fn(&mut A, A, &mut Self);
 }
 
@@ -79,6 +90,26 @@ macro_rules! state_slots {
                     update(p, g, &mut slots);
                     [$(*$buffer),*] = slots;
                 });
+            }
+
+            // Always inlined, so that it is compiled for the instruction set of its caller.
+            #[inline(always)]
+            fn for_each_slice<F>(param: &mut [A], grad: &[A], state: &mut [&mut [A]], update: &F)
+            where
+                F: Fn(&mut A, A, &mut Self),
+            {
+                let n = param.len();
+                let grad = &grad[..n];
+                let [$($buffer),*] = state else {
+                    unreachable!("the kernel passes one slice per state buffer")
+                };
+                // Slicing to `n` up front lets the compiler drop every bounds check below.
+                $(let $buffer = &mut $buffer[..n];)*
+                for i in 0..n {
+                    let mut slots = [$($buffer[i]),*];
+                    update(&mut param[i], grad[i], &mut slots);
+                    [$($buffer[i]),*] = slots;
+                }
             }
         }
     };
@@ -159,6 +190,11 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
     ///
     /// When the optimizer clips gradients, `g` is the clipped gradient.
     ///
+    /// Write `update` as a `move` closure over the step's scalars: holding them by value lets
+    /// the vectorised loop keep them in registers (captured by reference, they are reloaded
+    /// for every element). `update` must be `Sync`, since large tensors may be split over
+    /// threads with the `rayon` feature.
+    ///
     /// # Panics
     /// If `N` is not the number of buffers the rule declared: a bug in the rule, not in the
     /// data.
@@ -166,7 +202,7 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
     pub fn apply<S, F>(self, update: F)
     where
         S: StateSlots<A>,
-        F: Fn(&mut A, A, &mut S),
+        F: Fn(&mut A, A, &mut S) + Sync,
     {
         // One match per tensor, outside the element loop: each arm is its own monomorphised
         // loop, and the identity arm is exactly the loop without clipping.
@@ -183,7 +219,7 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
     fn drive<S, F>(self, update: F)
     where
         S: StateSlots<A>,
-        F: Fn(&mut A, A, &mut S),
+        F: Fn(&mut A, A, &mut S) + Sync,
     {
         let TensorStep { mut param, grad, state, order, .. } = self;
         assert_eq!(
@@ -191,16 +227,183 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
             S::LEN * param.len(),
             "a rule's update must take one state value per declared state buffer"
         );
-        let flat = is_contiguous_in(&param.view(), order) && is_contiguous_in(&grad, order);
+        let path = KernelPath::current();
+        let flat = path != KernelPath::Zip
+            && is_contiguous_in(&param.view(), order)
+            && is_contiguous_in(&grad, order);
         match (param.as_slice_memory_order_mut(), grad.as_slice_memory_order()) {
-            (Some(p), Some(g)) if flat => S::for_each(
-                ArrayViewMut1::from(p),
-                ArrayView1::from(g),
-                state,
-                Order::RowMajor,
-                update,
-            ),
+            (Some(p), Some(g)) if flat => {
+                Slices::new(p, g, state, S::LEN).run::<S, F>(path.isa(), &update);
+            }
             _ => S::for_each(param, grad, state, order, update),
         }
     }
+}
+
+/// The most state buffers a rule can have (`StateSlots` goes up to `[A; 4]`).
+const MAX_STATE: usize = 4;
+
+/// One contiguous step, or a chunk of it: parameter, gradient and each state buffer as
+/// slices of one length.
+struct Slices<'a, A> {
+    param: &'a mut [A],
+    grad: &'a [A],
+    state: [&'a mut [A]; MAX_STATE],
+}
+
+impl<'a, A: Element> Slices<'a, A> {
+    /// Cuts `state` into its `buffers` buffers, each as long as `param`.
+    fn new(param: &'a mut [A], grad: &'a [A], state: &'a mut [A], buffers: usize) -> Self {
+        let numel = param.len();
+        let mut chunks = state.chunks_mut(numel.max(1));
+        let state = core::array::from_fn(|_| chunks.next().unwrap_or_default());
+        debug_assert!(chunks.next().is_none() && buffers <= MAX_STATE);
+        Slices { param, grad, state }
+    }
+
+    /// Runs the step, compiled for `isa`; with the `rayon` feature, in chunks over the
+    /// threads of the current pool when the tensor is large enough to gain from it.
+    fn run<S, F>(self, isa: Isa, update: &F)
+    where
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S) + Sync,
+    {
+        #[cfg(feature = "rayon")]
+        if let Some(chunk) = parallel::chunk_len(self.param.len()) {
+            return parallel::run_chunks::<A, S, F>(self, chunk, isa, update);
+        }
+        self.run_here::<S, F>(isa, update);
+    }
+
+    /// Runs the step on this thread, compiled for `isa`.
+    fn run_here<S, F>(self, isa: Isa, update: &F)
+    where
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S),
+    {
+        let Slices { param, grad, mut state } = self;
+        isa.run::<A, S, F>(param, grad, &mut state[..S::LEN], update);
+    }
+}
+
+#[cfg(feature = "rayon")]
+pub(crate) use parallel::worth_spreading;
+
+#[cfg(feature = "rayon")]
+mod parallel {
+    //! Splitting one contiguous step over the threads of the current rayon pool.
+
+    use super::{Isa, Slices, StateSlots};
+    use crate::element::Element;
+
+    /// Elements below which a chunk costs more to hand to another thread than it saves.
+    pub(super) const MIN_CHUNK: usize = 1 << 15;
+
+    /// Whether work on `numel` elements gains from being spread over the current pool.
+    pub(crate) fn worth_spreading(numel: usize) -> bool {
+        numel >= 2 * MIN_CHUNK && rayon::current_num_threads() > 1
+    }
+
+    /// The chunk length for a step of `numel` elements, or `None` to run it on one thread.
+    /// A few chunks per thread let idle threads take over from busy ones.
+    pub(super) fn chunk_len(numel: usize) -> Option<usize> {
+        worth_spreading(numel).then(|| {
+            let chunks = 4 * rayon::current_num_threads();
+            numel.div_ceil(chunks).max(MIN_CHUNK).next_multiple_of(64)
+        })
+    }
+
+    /// Runs `slices` as chunks of `chunk` elements, halving recursively with `rayon::join`.
+    pub(super) fn run_chunks<A, S, F>(slices: Slices<'_, A>, chunk: usize, isa: Isa, update: &F)
+    where
+        A: Element,
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S) + Sync,
+    {
+        let numel = slices.param.len();
+        if numel <= chunk {
+            return slices.run_here::<S, F>(isa, update);
+        }
+        let mid = numel.div_ceil(chunk) / 2 * chunk;
+        let Slices { param, grad, mut state } = slices;
+        let (param_lo, param_hi) = param.split_at_mut(mid);
+        let (grad_lo, grad_hi) = grad.split_at(mid);
+        // Unused buffers are empty and stay so.
+        let state_lo = core::array::from_fn(|k| {
+            let buffer = core::mem::take(&mut state[k]);
+            let (lo, hi) = buffer.split_at_mut(mid.min(buffer.len()));
+            state[k] = hi;
+            lo
+        });
+        let lo = Slices { param: param_lo, grad: grad_lo, state: state_lo };
+        let hi = Slices { param: param_hi, grad: grad_hi, state };
+        rayon::join(
+            || run_chunks::<A, S, F>(lo, chunk, isa, update),
+            || run_chunks::<A, S, F>(hi, chunk, isa, update),
+        );
+    }
+}
+
+/// Which loop runs a contiguous step. Every path gives the same bits; tests pin each one in
+/// turn with [`with_kernel_path`] to check that.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelPath {
+    /// The strided `Zip` loop that non-contiguous layouts take.
+    Zip,
+    /// The slice loop as the build targets it (SSE2 on a default x86-64 build).
+    Baseline,
+    /// The slice loop compiled with AVX2.
+    Avx2,
+    /// The slice loop compiled with AVX-512.
+    Avx512,
+}
+
+thread_local! {
+    static PINNED_PATH: Cell<Option<KernelPath>> = const { Cell::new(None) };
+}
+
+impl KernelPath {
+    /// Every path, available on this CPU or not.
+    pub const ALL: [KernelPath; 4] =
+        [KernelPath::Zip, KernelPath::Baseline, KernelPath::Avx2, KernelPath::Avx512];
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        self.isa().is_available()
+    }
+
+    /// The path a step started on this thread takes: the pinned one, else the fastest.
+    fn current() -> KernelPath {
+        PINNED_PATH.with(Cell::get).unwrap_or(match Isa::best() {
+            Isa::Avx512 => KernelPath::Avx512,
+            Isa::Avx2 => KernelPath::Avx2,
+            Isa::Baseline => KernelPath::Baseline,
+        })
+    }
+
+    fn isa(self) -> Isa {
+        match self {
+            KernelPath::Zip | KernelPath::Baseline => Isa::Baseline,
+            KernelPath::Avx2 => Isa::Avx2,
+            KernelPath::Avx512 => Isa::Avx512,
+        }
+    }
+}
+
+/// Runs `f` with every step that this thread starts taking `path`, or returns `None` if this
+/// CPU cannot run it. For tests and benchmarks that compare the paths.
+#[doc(hidden)]
+pub fn with_kernel_path<R>(path: KernelPath, f: impl FnOnce() -> R) -> Option<R> {
+    struct Restore(Option<KernelPath>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PINNED_PATH.with(|pinned| pinned.set(self.0));
+        }
+    }
+    if !path.is_available() {
+        return None;
+    }
+    let _restore = Restore(PINNED_PATH.with(|pinned| pinned.replace(Some(path))));
+    Some(f())
 }

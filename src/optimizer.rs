@@ -1,6 +1,6 @@
 //! [`Optimizer`]: the public stepping API over the registry.
 
-use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn, Order};
 
 use crate::clip::{self, Clip};
 use crate::element::Element;
@@ -17,6 +17,23 @@ pub struct ParamGrad<'a, A> {
     name: &'a str,
     param: ArrayViewMut<'a, A, IxDyn>,
     grad: ArrayView<'a, A, IxDyn>,
+    /// The tensor's state while [`Optimizer::step_all`] has it out of the registry.
+    lent: Lent<A>,
+}
+
+/// What a batch entry needs to be stepped apart from the registry, so that the entries of a
+/// batch can be stepped on several threads at once.
+#[derive(Debug)]
+struct Lent<A> {
+    group: usize,
+    step: u64,
+    order: Order,
+    /// The state buffers and scalars, moved out of the registry (moving a `Vec` does not
+    /// allocate).
+    buffers: Vec<A>,
+    scalars: Vec<f64>,
+    /// The clip of this step, as a transform of the gradient.
+    transform: GradTransform<A>,
 }
 
 impl<'a, A> ParamGrad<'a, A> {
@@ -26,7 +43,19 @@ impl<'a, A> ParamGrad<'a, A> {
         param: &'a mut ArrayRef<A, D>,
         grad: &'a ArrayRef<A, D>,
     ) -> Self {
-        ParamGrad { name, param: param.view_mut().into_dyn(), grad: grad.view().into_dyn() }
+        ParamGrad {
+            name,
+            param: param.view_mut().into_dyn(),
+            grad: grad.view().into_dyn(),
+            lent: Lent {
+                group: 0,
+                step: 0,
+                order: Order::RowMajor,
+                buffers: Vec::new(),
+                scalars: Vec::new(),
+                transform: GradTransform::Identity,
+            },
+        }
     }
 
     /// The tensor's name.
@@ -176,7 +205,22 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 None => self.tensor_transform(&entry.grad),
             };
             squares += norm.map_or(0.0, |norm| norm * norm);
-            self.apply(entry.name, entry.param.view_mut(), entry.grad.view(), transform);
+            entry.lent.transform = transform;
+        }
+        // The states are lent to the entries, which are then stepped independently (on
+        // several threads with the `rayon` feature) and give them back. A name that comes
+        // again must see its earlier step's state, so it starts the next round.
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let (lent, numel) = self.lend(rest);
+            let (round, next) = rest.split_at_mut(lent);
+            step_lent(&self.registry.groups, round, numel);
+            for entry in round.iter_mut() {
+                let buffers = core::mem::take(&mut entry.lent.buffers);
+                let scalars = core::mem::take(&mut entry.lent.scalars);
+                self.registry.give_back(entry.name, buffers, scalars);
+            }
+            rest = next;
         }
         let grad_norm = match self.clip {
             Some(Clip::GlobalNorm { .. }) => global.map(|(_, norm)| norm),
@@ -184,6 +228,30 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             _ => None,
         };
         Ok(StepOutcome::Stepped { grad_norm })
+    }
+
+    /// Lends each entry of `batch` its tensor's state, advancing its step count, up to the
+    /// first name whose state is already lent. Returns how many entries have theirs, and
+    /// their number of elements.
+    fn lend(&mut self, batch: &mut [ParamGrad<'_, A>]) -> (usize, usize) {
+        let mut numel = 0;
+        for (index, entry) in batch.iter_mut().enumerate() {
+            let order = kernel::preferred_order(&entry.param);
+            let (group, params, tensor) =
+                self.registry.prepare(entry.name, entry.param.shape(), order);
+            let state_len = params.hyper.state_names().len() * entry.param.len();
+            if tensor.buffers.len() != state_len {
+                return (index, numel);
+            }
+            tensor.step += 1;
+            entry.lent.group = group;
+            entry.lent.step = tensor.step;
+            entry.lent.order = tensor.order;
+            entry.lent.buffers = core::mem::take(&mut tensor.buffers);
+            entry.lent.scalars = core::mem::take(&mut tensor.scalars);
+            numel += entry.param.len();
+        }
+        (batch.len(), numel)
     }
 
     /// Everything that can make a step of `name` fail, checked before anything changes.
@@ -242,18 +310,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         transform: GradTransform<A>,
     ) {
         let order = kernel::preferred_order(&param);
-        let (group, tensor) = self.registry.prepare(name, param.shape(), order);
+        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
         tensor.step += 1;
         let (state, scalars, order) = (&mut tensor.buffers, &mut tensor.scalars, tensor.order);
-        let tensor_step = TensorStep { param, grad, state, scalars, order, transform };
-        match group.scheduled_lr {
-            None => group.hyper.step(tensor.step, tensor_step),
-            Some(lr) => {
-                let mut hyper = group.hyper.clone();
-                *hyper.lr_mut() = lr;
-                hyper.step(tensor.step, tensor_step);
-            }
-        }
+        group.step(tensor.step, TensorStep { param, grad, state, scalars, order, transform });
     }
 
     /// Clips every later step's gradients (`None`: no clipping, the default).
@@ -390,4 +450,31 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     pub fn step_count(&self, param: &str) -> Option<u64> {
         Some(self.registry.slots.get(param)?.tensor.as_ref()?.step)
     }
+}
+
+/// Steps the entries of a batch that hold their lent state; `numel` is their total size.
+fn step_lent<R: UpdateRule, A: Element>(
+    groups: &[ParamGroup<R>],
+    batch: &mut [ParamGrad<'_, A>],
+    numel: usize,
+) {
+    let step = |entry: &mut ParamGrad<'_, A>| {
+        let Lent { group, step, order, ref mut buffers, ref mut scalars, transform } = entry.lent;
+        let tensor = TensorStep {
+            param: entry.param.view_mut(),
+            grad: entry.grad.view(),
+            state: buffers,
+            scalars,
+            order,
+            transform,
+        };
+        groups[group].step(step, tensor);
+    };
+    #[cfg(feature = "rayon")]
+    if batch.len() > 1 && kernel::worth_spreading(numel) {
+        use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
+        return batch.par_iter_mut().for_each(step);
+    }
+    let _ = numel;
+    batch.iter_mut().for_each(step);
 }

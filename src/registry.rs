@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
-use ndarray::{ArrayView, IxDyn, Order, ShapeBuilder};
+use ndarray::{ArrayView, Dimension, IxDyn, Order, ShapeBuilder};
 
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::kernel::TensorStep;
 use crate::rule::UpdateRule;
 
 /// The name of the group that [`Optimizer::new`](crate::Optimizer::new) creates, which holds
@@ -52,6 +53,20 @@ impl<R: UpdateRule> ParamGroup<R> {
 
     fn new(name: &str, hyper: R) -> Self {
         ParamGroup { name: name.to_owned(), hyper, scheduled_lr: None }
+    }
+
+    /// Steps one of the group's tensors with the group's hyperparameters at its current
+    /// rate. A scheduled rate goes into a copy of the hyperparameters, which are plain data:
+    /// no allocation.
+    pub(crate) fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
+        match self.scheduled_lr {
+            None => self.hyper.step(step, tensor),
+            Some(lr) => {
+                let mut hyper = self.hyper.clone();
+                *hyper.lr_mut() = lr;
+                hyper.step(step, tensor);
+            }
+        }
     }
 }
 
@@ -232,6 +247,14 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         Ok(())
     }
 
+    /// Puts back the state buffers that [`Optimizer::step_all`](crate::Optimizer::step_all)
+    /// took out of the registered tensor `param`.
+    pub(crate) fn give_back(&mut self, param: &str, buffers: Vec<A>, scalars: Vec<f64>) {
+        let tensor = self.slots.get_mut(param).and_then(|slot| slot.tensor.as_mut());
+        let tensor = tensor.expect("a lent state belongs to a registered tensor");
+        (tensor.buffers, tensor.scalars) = (buffers, scalars);
+    }
+
     /// Fails if `param` has state for another shape than `shape`.
     pub(crate) fn check_shape(&self, param: &str, shape: &[usize]) -> Result<()> {
         match self.slots.get(param).and_then(|slot| slot.tensor.as_ref()) {
@@ -244,15 +267,15 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         }
     }
 
-    /// The group and state that the next step of `param` uses, creating the state
-    /// (in `order`) on the tensor's first step. The shape must have passed
+    /// The group index, the group and the state that the next step of `param` uses,
+    /// creating the state (in `order`) on the tensor's first step. The shape must have passed
     /// [`check_shape`](Self::check_shape).
     pub(crate) fn prepare(
         &mut self,
         param: &str,
         shape: &[usize],
         order: Order,
-    ) -> (&ParamGroup<R>, &mut TensorState<A>) {
+    ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
         // Looking up before inserting keeps a registered name's step free of allocation.
         if !self.slots.contains_key(param) {
             self.slots.insert(param.to_owned(), Slot { group: 0, tensor: None });
@@ -266,6 +289,6 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         if tensor.order_pending {
             tensor.relayout(order);
         }
-        (group, tensor)
+        (slot.group, group, tensor)
     }
 }

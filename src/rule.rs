@@ -41,7 +41,7 @@ use ndarray::Dimension;
 ///     fn lr_mut(&mut self) -> &mut f64 { &mut self.lr }
 ///     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
 ///         let lr = A::from_f64(self.lr);
-///         tensor.apply(|p, g, _: &mut [A; 0]| *p = *p - lr * g.signum());
+///         tensor.apply(move |p, g, _: &mut [A; 0]| *p = *p - lr * g.signum());
 ///     }
 /// }
 ///

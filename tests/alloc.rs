@@ -1,10 +1,13 @@
-//! Steady-state steps allocate nothing: a counting global allocator watches this thread.
+//! Steady-state steps allocate nothing: a counting global allocator watches this thread and,
+//! for the threaded path, the threads of the pool the test makes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+#[cfg(feature = "rayon")]
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{Array2, Array3, ArrayD, IxDyn, ShapeBuilder, s};
-use ndarray_optim::{Element, Optimizer, UpdateRule};
+use ndarray_optim::{Element, Optimizer, ParamGrad, UpdateRule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,6 +20,15 @@ thread_local! {
     static BYTES: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
+/// Allocations made by the threads of the pools that `counted_pool` builds.
+#[cfg(feature = "rayon")]
+static POOL_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+#[cfg(feature = "rayon")]
+thread_local! {
+    static IN_COUNTED_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
 // SAFETY-free: only forwards to the system allocator and bumps a thread-local counter while
 // a test is counting.
 #[allow(unsafe_code)]
@@ -24,6 +36,10 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|count| count.set(count.get().map(|n| n + 1)));
         let _ = BYTES.try_with(|bytes| bytes.set(bytes.get().map(|n| n + layout.size() as u64)));
+        #[cfg(feature = "rayon")]
+        if IN_COUNTED_POOL.try_with(Cell::get).unwrap_or(false) {
+            POOL_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
         unsafe { System.alloc(layout) }
     }
@@ -74,7 +90,11 @@ impl RuleCheck for NoAllocation {
             opt.step("layer.weight", &mut weight, &g_weight).unwrap();
             opt.step("f", &mut f_order, &g_f).unwrap();
             opt.step("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide).unwrap();
-            opt.step("layer.bias", &mut bias, &g_bias).unwrap();
+            opt.step_all(&mut [
+                ParamGrad::new("layer.bias", &mut bias, &g_bias),
+                ParamGrad::new("f", &mut f_order, &g_f),
+            ])
+            .unwrap();
         };
         steps(&mut opt);
         let count = allocations(|| {
@@ -84,6 +104,7 @@ impl RuleCheck for NoAllocation {
         });
         assert_eq!(count, 0, "{rule:?} {}: steady-state steps allocated", A::NAME);
         assert_eq!(opt.step_count("layer.bias"), Some(6));
+        assert_eq!(opt.step_count("f"), Some(12));
     }
 }
 
@@ -145,4 +166,60 @@ fn clipped_and_scheduled_steps_do_not_allocate() {
         assert_eq!(count, 0, "{clip:?}: clipped, scheduled steps allocated");
         assert_eq!(opt.step_count("f"), Some(6));
     }
+}
+
+/// Steps on several threads: one tensor large enough to be split into chunks, and a batch of
+/// many tensors spread over the threads.
+#[cfg(feature = "rayon")]
+struct NoAllocationOnThreads(Option<rayon::ThreadPool>);
+
+#[cfg(feature = "rayon")]
+impl RuleCheck for NoAllocationOnThreads {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let pool = self.0.get_or_insert_with(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .start_handler(|_| {
+                    // A thread's first steal registers it with the epoch collector that
+                    // rayon's queues use, an allocation of rayon's own: do it up front.
+                    drop(crossbeam_epoch::pin());
+                    IN_COUNTED_POOL.with(|counted| counted.set(true));
+                })
+                .build()
+                .unwrap()
+        });
+        let mut opt = Optimizer::<R, A>::new(rule.clone()).unwrap();
+        let mut large = Array2::<A>::zeros((4, 50_000));
+        let g_large = Array2::from_elem((4, 50_000), A::from_f64(0.25));
+        let names: Vec<String> = (0..64).map(|i| format!("small{i}")).collect();
+        let mut small: Vec<Array2<A>> = (0..64).map(|_| Array2::zeros((40, 50))).collect();
+        let g_small = Array2::from_elem((40, 50), A::from_f64(-0.5));
+        let allocated = pool.install(|| {
+            let mut steps = || {
+                let mut batch: Vec<_> = names
+                    .iter()
+                    .zip(small.iter_mut())
+                    .map(|(name, param)| ParamGrad::new(name, param, &g_small))
+                    .collect();
+                let before = POOL_ALLOCATIONS.load(Ordering::SeqCst);
+                opt.step("large", &mut large, &g_large).unwrap();
+                opt.step_all(&mut batch).unwrap();
+                POOL_ALLOCATIONS.load(Ordering::SeqCst) - before
+            };
+            steps();
+            (0..5).map(|_| steps()).sum::<u64>()
+        });
+        assert_eq!(allocated, 0, "{rule:?} {}: threaded steady-state steps allocated", A::NAME);
+        assert_eq!(opt.step_count("small63"), Some(6));
+    }
+}
+
+#[cfg(feature = "rayon")]
+#[test]
+fn steady_state_steps_on_threads_do_not_allocate() {
+    for_each_rule(&mut NoAllocationOnThreads(None));
 }

@@ -12,6 +12,7 @@ mod files;
 mod hand;
 mod hostile;
 mod inspect;
+mod kernels;
 mod layouts;
 mod options;
 mod patterns;

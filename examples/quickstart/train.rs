@@ -156,7 +156,7 @@ fn run_epochs<R: UpdateRule>(
             optimizer.step_all(&mut model.with_gradient(&gradient))?;
             step += 1;
             tick();
-            if let Some(curve) = curve.as_deref_mut().filter(|_| step % LOG_EVERY == 0) {
+            if let Some(curve) = curve.as_deref_mut().filter(|_| step.is_multiple_of(LOG_EVERY)) {
                 curve.push((step, model.loss(train.images.view(), &train.labels)));
             }
         }

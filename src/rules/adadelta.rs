@@ -97,7 +97,7 @@ impl UpdateRule for Adadelta {
             tensor,
             self.maximize,
             decay,
-            |p, g, [square_avg, acc_delta]: &mut [A; 2]| {
+            move |p, g, [square_avg, acc_delta]: &mut [A; 2]| {
                 *square_avg = rho * *square_avg + one_minus_rho * (g * g);
                 // `delta` is −Δθ: the step the parameter moves against.
                 let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;

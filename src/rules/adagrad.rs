@@ -109,7 +109,7 @@ impl UpdateRule for Adagrad {
         let lr = A::from_f64(self.lr / (1.0 + (step - 1) as f64 * self.lr_decay));
         let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
         let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, |p, g, [sum]: &mut [A; 1]| {
+        gradient::apply(tensor, self.maximize, decay, move |p, g, [sum]: &mut [A; 1]| {
             *sum = *sum + g * g;
             *p = *p - lr * (g / ((*sum + eps_inside).sqrt() + eps_outside));
         });

@@ -137,11 +137,11 @@ pub(crate) fn adam_step<A: Element, D: Dimension>(
         *p = *p - step_size * (*m / denom);
     };
     if hyper.amsgrad {
-        gradient::apply(tensor, hyper.maximize, decay, |p, g, [m, v, max_v]: &mut [A; 3]| {
+        gradient::apply(tensor, hyper.maximize, decay, move |p, g, [m, v, max_v]: &mut [A; 3]| {
             update(p, g, m, v, Some(max_v));
         });
     } else {
-        gradient::apply(tensor, hyper.maximize, decay, |p, g, [m, v]: &mut [A; 2]| {
+        gradient::apply(tensor, hyper.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
             update(p, g, m, v, None);
         });
     }

@@ -98,7 +98,7 @@ impl UpdateRule for Adamax {
         let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
         let (beta2, eps) = (A::from_f64(self.beta2), A::from_f64(self.eps));
         let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, |p, g, [m, u]: &mut [A; 2]| {
+        gradient::apply(tensor, self.maximize, decay, move |p, g, [m, u]: &mut [A; 2]| {
             *m = beta1 * *m + one_minus_beta1 * g;
             *u = maximum(beta2 * *u, g.abs() + eps);
             *p = *p - step_size * (*m / *u);

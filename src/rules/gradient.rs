@@ -52,21 +52,21 @@ pub(crate) fn apply<A, D, S, F>(
     A: Element,
     D: Dimension,
     S: StateSlots<A>,
-    F: Fn(&mut A, A, &mut S),
+    F: Fn(&mut A, A, &mut S) + Sync,
 {
     let sign = if maximize { -A::one() } else { A::one() };
     match decay {
-        Decay::Off => tensor.apply(|p, g, s| update(p, sign * g, s)),
+        Decay::Off => tensor.apply(move |p, g, s| update(p, sign * g, s)),
         Decay::L2(weight_decay) => {
             let weight_decay = A::from_f64(weight_decay);
-            tensor.apply(|p, g, s| {
+            tensor.apply(move |p, g, s| {
                 let g = sign * g + weight_decay * *p;
                 update(p, g, s);
             });
         }
         Decay::Decoupled(factor) => {
             let factor = A::from_f64(factor);
-            tensor.apply(|p, g, s| {
+            tensor.apply(move |p, g, s| {
                 *p = *p * factor;
                 update(p, sign * g, s);
             });

@@ -105,7 +105,7 @@ impl UpdateRule for Momentum {
         let undampened = if step == 1 { 1.0 } else { 1.0 - self.dampening };
         let undampened = A::from_f64(undampened);
         let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, |p, g, [b]: &mut [A; 1]| {
+        gradient::apply(tensor, self.maximize, decay, move |p, g, [b]: &mut [A; 1]| {
             *b = momentum * *b + undampened * g;
             *p = *p - lr * *b;
         });

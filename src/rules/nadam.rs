@@ -139,7 +139,7 @@ impl UpdateRule for NAdam {
         let (beta2, one_minus_beta2) = (A::from_f64(self.beta2), A::from_f64(1.0 - self.beta2));
         let eps = A::from_f64(self.eps);
         let decay = Decay::new(self.weight_decay, self.decoupled_weight_decay, self.lr);
-        gradient::apply(tensor, self.maximize, decay, |p, g, [m, v]: &mut [A; 2]| {
+        gradient::apply(tensor, self.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
             *m = beta1 * *m + one_minus_beta1 * g;
             *v = beta2 * *v + one_minus_beta2 * (g * g);
             let denom = (*v / bias_correction2).sqrt() + eps;

@@ -86,7 +86,7 @@ impl UpdateRule for Nesterov {
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
         let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, |p, g, [b]: &mut [A; 1]| {
+        gradient::apply(tensor, self.maximize, decay, move |p, g, [b]: &mut [A; 1]| {
             *b = momentum * *b + g;
             *p = *p - lr * (g + momentum * *b);
         });

@@ -128,13 +128,13 @@ impl UpdateRule for RAdam {
             let rect = A::from_f64(rect);
             let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
             let eps = A::from_f64(self.eps);
-            gradient::apply(tensor, self.maximize, decay, |p, g, [m, v]: &mut [A; 2]| {
+            gradient::apply(tensor, self.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
                 let corrected = moments(g, m, v);
                 let adaptive = bias_correction2_sqrt / (v.sqrt() + eps);
                 *p = *p - corrected * adaptive * rect;
             });
         } else {
-            gradient::apply(tensor, self.maximize, decay, |p, g, [m, v]: &mut [A; 2]| {
+            gradient::apply(tensor, self.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
                 *p = *p - moments(g, m, v);
             });
         }

@@ -168,22 +168,22 @@ impl UpdateRule for RmsProp {
         let (decay, maximize) = (Decay::l2(self.weight_decay), self.maximize);
         match (self.momentum > 0.0, self.centered) {
             (false, false) => {
-                gradient::apply(tensor, maximize, decay, |p, g, [sq]: &mut [A; 1]| {
+                gradient::apply(tensor, maximize, decay, move |p, g, [sq]: &mut [A; 1]| {
                     c.update(p, g, sq, None, None);
                 })
             }
             (true, false) => {
-                gradient::apply(tensor, maximize, decay, |p, g, [sq, b]: &mut [A; 2]| {
+                gradient::apply(tensor, maximize, decay, move |p, g, [sq, b]: &mut [A; 2]| {
                     c.update(p, g, sq, Some(b), None);
                 })
             }
             (false, true) => {
-                gradient::apply(tensor, maximize, decay, |p, g, [sq, a]: &mut [A; 2]| {
+                gradient::apply(tensor, maximize, decay, move |p, g, [sq, a]: &mut [A; 2]| {
                     c.update(p, g, sq, None, Some(a));
                 })
             }
             (true, true) => {
-                gradient::apply(tensor, maximize, decay, |p, g, [sq, b, a]: &mut [A; 3]| {
+                gradient::apply(tensor, maximize, decay, move |p, g, [sq, b, a]: &mut [A; 3]| {
                     c.update(p, g, sq, Some(b), Some(a));
                 });
             }

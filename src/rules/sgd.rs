@@ -72,6 +72,6 @@ impl UpdateRule for Sgd {
     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
         let lr = A::from_f64(self.lr);
         let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, |p, g, _: &mut [A; 0]| *p = *p - lr * g);
+        gradient::apply(tensor, self.maximize, decay, move |p, g, _: &mut [A; 0]| *p = *p - lr * g);
     }
 }

@@ -328,7 +328,7 @@ impl Phase {
         match self.schedule {
             Schedule::Step { step_size, gamma } => match movement {
                 Move::Restart => base * gamma.powf((epoch as u64 / step_size) as f64),
-                _ if epoch == 0 || epoch as u64 % step_size != 0 => lr,
+                _ if epoch == 0 || !(epoch as u64).is_multiple_of(step_size) => lr,
                 _ => lr * gamma,
             },
             Schedule::Exponential { gamma } => match movement {

@@ -1,0 +1,141 @@
+"""Step time per element of every rule, beside PyTorch's best CPU optimizer and the memory
+bandwidth bound, measured in one run; prints the README's Performance table.
+
+    python3 -m venv venv && venv/bin/pip install torch
+    venv/bin/python benches/compare.py            # all rows (a few minutes)
+    venv/bin/python benches/compare.py --quick    # Adam only
+
+For each rule, element type, size and thread count it runs this crate's
+`examples/throughput.rs` (built with `--features rayon`) and the same steps in PyTorch
+(`fused=True` where PyTorch has a fused CPU kernel, `foreach=True` otherwise), alternating
+the two `--repeats` times and keeping each side's best median, so that load from other
+processes hits both alike. Both time the median of `--steps` steps after one warm-up step,
+over one tensor, with the gradient fixed.
+
+The bound is the bytes a step must move (parameter and state read and written, gradient
+read) divided by the bandwidth of a plain copy of 64M f32 elements split over the same
+number of threads (`throughput --optimizer copy`; bytes read plus bytes written per second,
+the best of three).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "target", "release", "examples", "throughput")
+
+# name: (number of state buffers, PyTorch optimizer factory)
+RULES = {
+    "sgd": (0, lambda p: torch.optim.SGD([p], lr=0.01, fused=True)),
+    "momentum": (1, lambda p: torch.optim.SGD([p], lr=0.01, momentum=0.9, fused=True)),
+    "nesterov": (
+        1,
+        lambda p: torch.optim.SGD([p], lr=0.01, momentum=0.9, nesterov=True, fused=True),
+    ),
+    "adagrad": (1, lambda p: torch.optim.Adagrad([p], lr=0.01, fused=True)),
+    "adadelta": (2, lambda p: torch.optim.Adadelta([p], foreach=True)),
+    "rmsprop": (1, lambda p: torch.optim.RMSprop([p], lr=0.001, foreach=True)),
+    "adam": (2, lambda p: torch.optim.Adam([p], fused=True)),
+}
+DTYPES = {"f32": torch.float32, "f64": torch.float64}
+KIND = {"sgd": "fused", "momentum": "fused", "nesterov": "fused", "adagrad": "fused",
+        "adam": "fused", "adadelta": "foreach", "rmsprop": "foreach"}
+
+
+def values(numel, seed, dtype):
+    i = torch.arange(numel, dtype=torch.float64)
+    return ((i + seed) * 0.618034).sin().to(dtype)
+
+
+def torch_ns_per_elem(rule, dtype, numel, threads, steps):
+    torch.set_num_threads(threads)
+    p = values(numel, 0, DTYPES[dtype]).requires_grad_()
+    p.grad = values(numel, 7, DTYPES[dtype]) * 1e-3
+    opt = RULES[rule][1](p)
+    opt.step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e9 / numel
+
+
+def rust_ns_per_elem(rule, dtype, numel, threads, steps, tensors=1):
+    out = subprocess.run(
+        [EXAMPLE, "--optimizer", rule, "--dtype", dtype, "--numel", str(numel),
+         "--steps", str(steps), "--threads", str(threads), "--tensors", str(tensors)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]
+    fields = dict(word.split("=") for word in out.split() if "=" in word)
+    return float(fields["ns_per_elem"])
+
+
+def copy_gbps(threads, numel=1 << 26):
+    """Bytes read plus written per second by a large f32 copy (this crate's example)."""
+    out = subprocess.run(
+        [EXAMPLE, "--optimizer", "copy", "--numel", str(numel), "--steps", "10",
+         "--threads", str(threads)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]
+    return float(dict(w.split("=") for w in out.split() if "=" in w)["gbps"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Adam only")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args()
+    subprocess.run(
+        ["cargo", "build", "--release", "--features", "rayon", "--example", "throughput"],
+        cwd=ROOT, check=True,
+    )
+    threads = [int(t) for t in args.threads.split(",")]
+    bandwidth = {t: max(copy_gbps(t) for _ in range(3)) for t in threads}
+    cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+               if line.startswith("model name"))
+    print(f"\nCPU: {cpu}, {os.cpu_count()} logical cores; torch {torch.__version__}")
+    for t in threads:
+        print(f"copy bandwidth, {t} thread(s): {bandwidth[t]:.1f} GB/s (read + write)")
+    rows = [(r, "f32", n) for r in RULES for n in (1 << 12, 1 << 16, 1 << 20, 1 << 24)]
+    rows += [(r, "f64", n) for r in RULES for n in (1 << 20,)]
+    if args.quick:
+        rows = [row for row in rows if row[0] == "adam"]
+    print()
+    print("| rule | dtype | numel | threads | this crate ns/elem | PyTorch ns/elem "
+          "| ratio | bound ns/elem | crate / bound |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for rule, dtype, numel in rows:
+        size = 4 if dtype == "f32" else 8
+        bytes_per_elem = (3 + 2 * RULES[rule][0]) * size
+        for t in threads:
+            ours, theirs = [], []
+            for _ in range(args.repeats):
+                ours.append(rust_ns_per_elem(rule, dtype, numel, t, args.steps))
+                theirs.append(torch_ns_per_elem(rule, dtype, numel, t, args.steps))
+            ours, theirs = min(ours), min(theirs)
+            bound = bytes_per_elem / bandwidth[t]
+            print(f"| {rule} | {dtype} | {numel} | {t} | {ours:.3f} | {theirs:.3f} "
+                  f"({KIND[rule]}) | {ours / theirs:.2f} | {bound:.3f} | {ours / bound:.2f} |",
+                  flush=True)
+    print()
+    print("| threads | 1 tensor of 1M, ns/elem | 1000 tensors of 1000 (step_all), ns/elem "
+          "| per-tensor overhead |")
+    print("| ---: | ---: | ---: | ---: |")
+    for t in threads:
+        one = min(rust_ns_per_elem("adam", "f32", 1000 * 1000, t, args.steps)
+                  for _ in range(args.repeats))
+        many = min(rust_ns_per_elem("adam", "f32", 1000, t, args.steps, tensors=1000)
+                   for _ in range(args.repeats))
+        print(f"| {t} | {one:.3f} | {many:.3f} | {(many - one) * 1000:.0f} ns |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

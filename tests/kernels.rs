@@ -1,0 +1,160 @@
+//! Every loop that can run a step (the strided `Zip` loop, the slice loop as built, with AVX2
+//! and with AVX-512, on one thread or many) gives the same bits, so results do not depend on
+//! the CPU or the thread count, and a checkpoint resumed on another CPU continues exactly.
+
+use ndarray::{ArrayD, IxDyn};
+use ndarray_optim::{Element, KernelPath, Optimizer, ParamGrad, UpdateRule, with_kernel_path};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::common::{RuleCheck, bits, for_each_rule, values};
+
+const STEPS: u64 = 3;
+
+/// Sizes with every kind of remainder after whole vectors, and one large enough to be split
+/// over threads.
+const SIZES: [&[usize]; 4] = [&[1], &[7, 9], &[3, 1031], &[5, 40_000]];
+
+/// The bits of every parameter and state value after `STEPS` steps of the tensors `SIZES`,
+/// stepped one by one and, under other names, as one batch.
+fn run<R: UpdateRule, A: Element>(rule: &R) -> Vec<u64> {
+    let mut opt = Optimizer::<R, A>::new(rule.clone()).unwrap();
+    let mut params: Vec<ArrayD<A>> = SIZES.iter().map(|shape| values(shape, 1)).collect();
+    let mut batched = params.clone();
+    let grads: Vec<ArrayD<A>> = SIZES.iter().map(|shape| values(shape, 2)).collect();
+    let names: Vec<String> = (0..SIZES.len()).map(|i| format!("batched{i}")).collect();
+    for _ in 0..STEPS {
+        for (i, (param, grad)) in params.iter_mut().zip(&grads).enumerate() {
+            opt.step(&format!("single{i}"), param, grad).unwrap();
+        }
+        let mut batch: Vec<_> = names
+            .iter()
+            .zip(batched.iter_mut())
+            .zip(&grads)
+            .map(|((name, param), grad)| ParamGrad::new(name, param, grad))
+            .collect();
+        opt.step_all(&mut batch).unwrap();
+    }
+    let mut all = bits(params.iter().chain(&batched).flatten());
+    all.extend(state_bits(&opt));
+    all
+}
+
+fn state_bits<R: UpdateRule, A: Element>(opt: &Optimizer<R, A>) -> Vec<u64> {
+    let checkpoint = opt.checkpoint();
+    let states = checkpoint.tensors.iter().filter_map(|tensor| tensor.state.as_ref());
+    bits(states.flat_map(|state| &state.buffers).flat_map(|buffer| &buffer.values))
+}
+
+fn available_paths() -> Vec<KernelPath> {
+    let paths: Vec<_> = KernelPath::ALL.into_iter().filter(|path| path.is_available()).collect();
+    assert!(paths.contains(&KernelPath::Zip) && paths.contains(&KernelPath::Baseline));
+    paths
+}
+
+struct SamePaths;
+
+impl RuleCheck for SamePaths {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let expected = with_kernel_path(KernelPath::Zip, || run::<R, A>(&rule)).unwrap();
+        for path in available_paths() {
+            let got = with_kernel_path(path, || run::<R, A>(&rule)).unwrap();
+            assert!(got == expected, "{rule:?} {}: {path:?} differs from Zip", A::NAME);
+        }
+    }
+}
+
+#[test]
+fn every_kernel_path_gives_the_same_bits() {
+    for_each_rule(&mut SamePaths);
+}
+
+struct ResumeElsewhere;
+
+impl RuleCheck for ResumeElsewhere {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let shape = [3, 1031];
+        let grad = values::<A>(&shape, 2);
+        let step = |opt: &mut Optimizer<R, A>, param: &mut ArrayD<A>| {
+            opt.step("w", param, &grad).unwrap();
+        };
+        let mut straight = Optimizer::<R, A>::new(rule.clone()).unwrap();
+        let mut expected = values::<A>(&shape, 1);
+        with_kernel_path(KernelPath::Baseline, || {
+            (0..2 * STEPS).for_each(|_| step(&mut straight, &mut expected));
+        });
+        let last = *available_paths().last().unwrap();
+        let mut first = Optimizer::<R, A>::new(rule.clone()).unwrap();
+        let mut param = values::<A>(&shape, 1);
+        with_kernel_path(last, || (0..STEPS).for_each(|_| step(&mut first, &mut param)));
+        let json = serde_json::to_string(&first).unwrap();
+        let mut resumed: Optimizer<R, A> = serde_json::from_str(&json).unwrap();
+        with_kernel_path(KernelPath::Zip, || {
+            (0..STEPS).for_each(|_| step(&mut resumed, &mut param))
+        });
+        assert_eq!(bits(&param), bits(&expected), "{rule:?} {}", A::NAME);
+        assert_eq!(state_bits(&resumed), state_bits(&straight), "{rule:?} {}", A::NAME);
+    }
+}
+
+#[test]
+fn a_checkpoint_resumed_on_another_path_continues_exactly() {
+    for_each_rule(&mut ResumeElsewhere);
+}
+
+#[cfg(feature = "rayon")]
+mod threads {
+    use super::*;
+
+    struct SameOnThreads;
+
+    impl RuleCheck for SameOnThreads {
+        fn check<R, A>(&mut self, rule: R)
+        where
+            R: UpdateRule + Serialize + DeserializeOwned,
+            A: Element + Serialize + DeserializeOwned,
+        {
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let expected = one.install(|| run::<R, A>(&rule));
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| run::<R, A>(&rule));
+                assert!(got == expected, "{rule:?} {}: {threads} threads differ", A::NAME);
+            }
+        }
+    }
+
+    #[test]
+    fn every_thread_count_gives_the_same_bits() {
+        for_each_rule(&mut SameOnThreads);
+    }
+}
+
+#[test]
+fn a_name_twice_in_a_batch_is_stepped_twice_in_order() {
+    let rule = ndarray_optim::Adam { lr: 0.1, ..Default::default() };
+    let grads = [values::<f64>(&[4], 3), values::<f64>(&[4], 4)];
+    let mut expected_opt = Optimizer::new(rule).unwrap();
+    let mut expected = ArrayD::<f64>::ones(IxDyn(&[4]));
+    for grad in &grads {
+        expected_opt.step("w", &mut expected, grad).unwrap();
+    }
+    let mut opt = Optimizer::new(rule).unwrap();
+    let (mut first, mut second) = (ArrayD::<f64>::ones(IxDyn(&[4])), expected.clone());
+    opt.step_all(&mut [
+        ParamGrad::new("w", &mut first, &grads[0]),
+        ParamGrad::new("w", &mut second, &grads[1]),
+    ])
+    .unwrap();
+    assert_eq!(opt.step_count("w"), Some(2));
+    // The second entry's step saw the state that the first entry's step left.
+    assert_eq!(state_bits(&opt), state_bits(&expected_opt));
+}
