@@ -1,6 +1,6 @@
 //! The registry: parameter groups, and the state of every named tensor.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use ndarray::{ArrayView, Dimension, IxDyn, Order, ShapeBuilder};
 
@@ -276,11 +276,9 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         shape: &[usize],
         order: Order,
     ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
-        // Looking up before inserting keeps a registered name's step free of allocation.
-        if !self.slots.contains_key(param) {
-            self.slots.insert(param.to_owned(), Slot { group: 0, tensor: None });
-        }
-        let slot = self.slots.get_mut(param).expect("the slot exists or was just inserted");
+        // `entry_ref` copies the name only when it inserts: one lookup, and a registered
+        // name's step allocates nothing.
+        let slot = self.slots.entry_ref(param).or_insert(Slot { group: 0, tensor: None });
         let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,

@@ -105,7 +105,7 @@
 //!   format's own decoding error instead. Use files or [`Checkpoint::to_bytes`] for
 //!   checkpoints that must outlive a version of the crate.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use ndarray::Order;
 
