@@ -1,7 +1,8 @@
 //! Loading arbitrary bytes as a checkpoint never panics, and whatever loads is usable.
 //!
 //! The first byte picks the rule, element type and door (checkpoint bytes, or a bare
-//! postcard or JSON payload through serde); the rest is the input. What loads is written
+//! postcard or JSON payload through serde); the rest is the input. NAdam brings per-tensor
+//! scalars. What loads is written
 //! again and must read back equal, and each tensor small enough is stepped once.
 
 #![no_main]
@@ -9,7 +10,9 @@
 use libfuzzer_sys::fuzz_target;
 use ndarray::{ArrayD, IxDyn};
 use ndarray_optim::checkpoint::Encoding;
-use ndarray_optim::{Adadelta, Adam, Checkpoint, Element, Momentum, Optimizer, Sgd, UpdateRule};
+use ndarray_optim::{
+    Adadelta, Adam, Checkpoint, Element, Momentum, NAdam, Optimizer, ParamGrad, Sgd, UpdateRule,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,7 +41,9 @@ where
         if numel.is_some_and(|n| n <= 1 << 12) {
             let mut param = ArrayD::<A>::zeros(IxDyn(&shape));
             let grad = ArrayD::<A>::from_elem(IxDyn(&shape), A::from_f64(0.5));
-            opt.step(&name, &mut param, &grad).expect("a loaded tensor steps at its shape");
+            // A batch of one: a loaded global-norm clip refuses single-tensor steps.
+            let batch = &mut [ParamGrad::new(&name, &mut param, &grad)];
+            opt.step_all(batch).expect("a loaded tensor steps at its shape");
         }
     }
 }
@@ -54,6 +59,6 @@ fuzz_target!(|data: &[u8]| {
         4 => load::<Momentum, f32>(door, input),
         5 => load::<Momentum, f64>(door, input),
         6 => load::<Adadelta, f32>(door, input),
-        _ => load::<Adadelta, f64>(door, input),
+        _ => load::<NAdam, f64>(door, input),
     }
 });
