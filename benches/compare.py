@@ -4,6 +4,7 @@ bandwidth bound, measured in one run; prints the README's Performance table.
     python3 -m venv venv && venv/bin/pip install torch
     venv/bin/python benches/compare.py            # all rows (a few minutes)
     venv/bin/python benches/compare.py --quick    # Adam only
+    venv/bin/python benches/compare.py --rules adamw,nadam
 
 For each rule, element type, size and thread count it runs this crate's
 `examples/throughput.rs` (built with `--features rayon`) and the same steps in PyTorch
@@ -41,10 +42,15 @@ RULES = {
     "adadelta": (2, lambda p: torch.optim.Adadelta([p], foreach=True)),
     "rmsprop": (1, lambda p: torch.optim.RMSprop([p], lr=0.001, foreach=True)),
     "adam": (2, lambda p: torch.optim.Adam([p], fused=True)),
+    "adamw": (2, lambda p: torch.optim.AdamW([p], fused=True)),
+    "adamax": (2, lambda p: torch.optim.Adamax([p], foreach=True)),
+    "nadam": (2, lambda p: torch.optim.NAdam([p], foreach=True)),
+    "radam": (2, lambda p: torch.optim.RAdam([p], foreach=True)),
 }
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
 KIND = {"sgd": "fused", "momentum": "fused", "nesterov": "fused", "adagrad": "fused",
-        "adam": "fused", "adadelta": "foreach", "rmsprop": "foreach"}
+        "adam": "fused", "adamw": "fused", "adadelta": "foreach", "rmsprop": "foreach",
+        "adamax": "foreach", "nadam": "foreach", "radam": "foreach"}
 
 
 def values(numel, seed, dtype):
@@ -89,6 +95,7 @@ def copy_gbps(threads, numel=1 << 26):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Adam only")
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rule names")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", default="1,2")
@@ -104,8 +111,9 @@ def main():
     print(f"\nCPU: {cpu}, {os.cpu_count()} logical cores; torch {torch.__version__}")
     for t in threads:
         print(f"copy bandwidth, {t} thread(s): {bandwidth[t]:.1f} GB/s (read + write)")
-    rows = [(r, "f32", n) for r in RULES for n in (1 << 12, 1 << 16, 1 << 20, 1 << 24)]
-    rows += [(r, "f64", n) for r in RULES for n in (1 << 20,)]
+    rules = args.rules.split(",")
+    rows = [(r, "f32", n) for r in rules for n in (1 << 12, 1 << 16, 1 << 20, 1 << 24)]
+    rows += [(r, "f64", n) for r in rules for n in (1 << 20,)]
     if args.quick:
         rows = [row for row in rows if row[0] == "adam"]
     print()

@@ -232,6 +232,26 @@ fn invalid_checkpoints_are_refused_with_the_reason() {
     state_of(&mut c, "encoder.bias").shape = vec![usize::MAX, 2];
     assert!(matches!(refused(c), Error::InvalidTensorState { .. }));
 
+    // Empty (a zero-length axis, so buffers of no values), yet its other axes multiply past
+    // what ndarray can index: no array of that shape can exist, and none is accepted.
+    let mut c = adam_checkpoint();
+    let state = state_of(&mut c, "encoder.bias");
+    state.shape = vec![0, 1 << 40, 1 << 40];
+    state.buffers.iter_mut().for_each(|buffer| buffer.values.clear());
+    let err = refused(c);
+    assert!(matches!(&err, Error::InvalidTensorState { param, .. } if param == "encoder.bias"));
+    assert!(err.to_string().contains("overflows"), "{err}");
+    // The same with lengths it can index is a valid empty tensor.
+    let mut c = adam_checkpoint();
+    let state = state_of(&mut c, "encoder.bias");
+    state.shape = vec![0, 1 << 20, 3];
+    state.buffers.iter_mut().for_each(|buffer| buffer.values.clear());
+    let opt = Optimizer::from_checkpoint(c).unwrap();
+    assert_eq!(
+        opt.state_of("encoder.bias").unwrap().buffer("exp_avg").unwrap().shape(),
+        [0, 1 << 20, 3]
+    );
+
     let mut c = adam_checkpoint();
     state_of(&mut c, "encoder.bias").step = 0;
     assert!(matches!(refused(c), Error::InvalidTensorState { .. }));

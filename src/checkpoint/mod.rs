@@ -294,11 +294,17 @@ fn restore_state<A: Element, R: UpdateRule>(
             ),
         ));
     }
-    let numel = record
+    // ndarray refuses any shape whose non-zero axis lengths multiply past `isize::MAX`, even
+    // one with a zero-length axis; such a shape could never be viewed, so it is refused here.
+    let representable = record
         .shape
         .iter()
-        .try_fold(1_usize, |product, &len| product.checked_mul(len))
-        .ok_or_else(|| invalid_state(param, format!("shape {:?} overflows", record.shape)))?;
+        .try_fold(1_usize, |product, &len| product.checked_mul(len.max(1)))
+        .is_some_and(|product| isize::try_from(product).is_ok());
+    if !representable {
+        return Err(invalid_state(param, format!("shape {:?} overflows", record.shape)));
+    }
+    let numel = record.shape.iter().product::<usize>();
     if let Some(buffer) = record.buffers.iter().find(|buffer| buffer.values.len() != numel) {
         return Err(invalid_state(
             param,
