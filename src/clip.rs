@@ -93,13 +93,38 @@ impl Clip {
     }
 }
 
-/// The L2 norm of a gradient, accumulated in `f64` in memory order.
+/// How many partial sums [`l2_norm`] keeps.
+const LANES: usize = 8;
+
+/// The L2 norm of a gradient, accumulated in `f64` in an order fixed by the elements' logical
+/// (row-major) indices, so that no memory layout changes a bit of it: element `i` goes into
+/// partial sum `i mod 8`, and the partial sums are added pairwise at the end. On row-major
+/// contiguous data the partial sums are independent vector lanes.
 pub(crate) fn l2_norm<A: Element, D: Dimension>(grad: &ArrayView<'_, A, D>) -> f64 {
-    grad.fold(0.0_f64, |sum, &g| {
-        let g = g.into_f64();
-        sum + g * g
-    })
-    .sqrt()
+    fn add_squares<'g, A: Element>(lanes: &mut [f64], values: impl Iterator<Item = &'g A>) {
+        for (lane, &g) in lanes.iter_mut().zip(values) {
+            let g = g.into_f64();
+            *lane += g * g;
+        }
+    }
+    let mut lanes = [0.0_f64; LANES];
+    match grad.as_slice() {
+        Some(values) => {
+            let mut chunks = values.chunks_exact(LANES);
+            for chunk in &mut chunks {
+                add_squares(&mut lanes, chunk.iter());
+            }
+            add_squares(&mut lanes, chunks.remainder().iter());
+        }
+        None => {
+            let mut values = grad.iter().peekable();
+            while values.peek().is_some() {
+                add_squares(&mut lanes, values.by_ref().take(LANES));
+            }
+        }
+    }
+    let [a, b, c, d, e, f, g, h] = lanes;
+    (((a + b) + (c + d)) + ((e + f) + (g + h))).sqrt()
 }
 
 /// The transform that scales gradients of joint norm `norm` to at most `max_norm`:

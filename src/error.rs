@@ -140,6 +140,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A tensor's step count would pass `u64::MAX`: it cannot be stepped again.
+    StepCountOverflow {
+        /// The tensor's name.
+        param: String,
+    },
+    /// The optimizer knows its model's tensors ([`Optimizer::declare`](crate::Optimizer::declare))
+    /// and this name is not one of them: most likely a typo.
+    UnknownParam {
+        /// The name that was given.
+        param: String,
+        /// The declared name closest to it, if one is close.
+        closest: Option<String>,
+    },
     /// Group patterns did not put every tensor into exactly one group.
     GroupPatterns {
         /// Tensors that no pattern matched.
@@ -209,6 +222,16 @@ impl fmt::Display for Error {
             }
             Error::InvalidSchedule { reason } => {
                 write!(f, "invalid learning-rate schedule: {reason}")
+            }
+            Error::StepCountOverflow { param } => {
+                write!(f, "`{param}` has taken u64::MAX steps and cannot be stepped again")
+            }
+            Error::UnknownParam { param, closest } => {
+                write!(f, "the optimizer's model has no tensor named `{param}`")?;
+                match closest {
+                    Some(name) => write!(f, " (did you mean `{name}`?)"),
+                    None => Ok(()),
+                }
             }
             Error::GroupPatterns { unmatched, ambiguous } => write!(
                 f,

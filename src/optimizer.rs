@@ -133,6 +133,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// # Errors
     /// - [`Error::GradientShape`] if `grad`'s shape differs from `param`'s;
     /// - [`Error::ShapeChanged`] if `name` has state for another shape;
+    /// - [`Error::UnknownParam`] if the model's tensors are [declared](Self::declare) and
+    ///   `name` is not one of them;
+    /// - [`Error::StepCountOverflow`] if `name` has taken `u64::MAX` steps;
     /// - [`Error::GlobalClipNeedsBatch`] if the optimizer clips by global norm;
     /// - [`Error::NonFiniteGradient`] if `grad` is not finite and the optimizer refuses that.
     pub fn step<D: Dimension>(
@@ -176,11 +179,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ///
     /// # Errors
     /// As [`step`](Self::step), for the first tensor that fails (global-norm clipping is
-    /// allowed here); nothing has changed then.
+    /// allowed here), and [`Error::DuplicateParam`] if the batch names a tensor twice;
+    /// nothing has changed then.
     pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<StepOutcome> {
-        for entry in batch.iter() {
-            self.check(entry.name, entry.param.shape(), entry.grad.shape())?;
-        }
+        self.check_batch(batch)?;
         for (index, entry) in batch.iter().enumerate() {
             if let Some(skipped) = self.guard(index, entry.name, &entry.grad)? {
                 return Ok(skipped);
@@ -208,19 +210,13 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             entry.lent.transform = transform;
         }
         // The states are lent to the entries, which are then stepped independently (on
-        // several threads with the `rayon` feature) and give them back. A name that comes
-        // again must see its earlier step's state, so it starts the next round.
-        let mut rest = batch;
-        while !rest.is_empty() {
-            let (lent, numel) = self.lend(rest);
-            let (round, next) = rest.split_at_mut(lent);
-            step_lent(&self.registry.groups, round, numel);
-            for entry in round.iter_mut() {
-                let buffers = core::mem::take(&mut entry.lent.buffers);
-                let scalars = core::mem::take(&mut entry.lent.scalars);
-                self.registry.give_back(entry.name, buffers, scalars);
-            }
-            rest = next;
+        // several threads with the `rayon` feature) and give them back.
+        let numel = batch.iter_mut().map(|entry| self.lend(entry)).sum();
+        step_lent(&self.registry.groups, batch, numel);
+        for entry in batch.iter_mut() {
+            let buffers = core::mem::take(&mut entry.lent.buffers);
+            let scalars = core::mem::take(&mut entry.lent.scalars);
+            self.registry.give_back(entry.name, buffers, scalars);
         }
         let grad_norm = match self.clip {
             Some(Clip::GlobalNorm { .. }) => global.map(|(_, norm)| norm),
@@ -230,28 +226,38 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Ok(StepOutcome::Stepped { grad_norm })
     }
 
-    /// Lends each entry of `batch` its tensor's state, advancing its step count, up to the
-    /// first name whose state is already lent. Returns how many entries have theirs, and
-    /// their number of elements.
-    fn lend(&mut self, batch: &mut [ParamGrad<'_, A>]) -> (usize, usize) {
-        let mut numel = 0;
-        for (index, entry) in batch.iter_mut().enumerate() {
-            let order = kernel::preferred_order(&entry.param);
-            let (group, params, tensor) =
-                self.registry.prepare(entry.name, entry.param.shape(), order);
-            let state_len = params.hyper.state_names().len() * entry.param.len();
-            if tensor.buffers.len() != state_len {
-                return (index, numel);
+    /// Everything that can make a batch fail before anything is stepped: each entry as
+    /// [`check`](Self::check) sees it, and a name given twice, registered or not.
+    fn check_batch(&mut self, batch: &[ParamGrad<'_, A>]) -> Result<()> {
+        self.registry.start_batch();
+        // New names have no slot to mark; they are few and only in a tensor's first step,
+        // which allocates its state anyway.
+        let mut new_names = hashbrown::HashSet::new();
+        for entry in batch {
+            self.check(entry.name, entry.param.shape(), entry.grad.shape())?;
+            let again = match self.registry.named_again(entry.name) {
+                Some(again) => again,
+                None => !new_names.insert(entry.name),
+            };
+            if again {
+                return Err(Error::DuplicateParam { param: entry.name.to_owned() });
             }
-            tensor.step += 1;
-            entry.lent.group = group;
-            entry.lent.step = tensor.step;
-            entry.lent.order = tensor.order;
-            entry.lent.buffers = core::mem::take(&mut tensor.buffers);
-            entry.lent.scalars = core::mem::take(&mut tensor.scalars);
-            numel += entry.param.len();
         }
-        (batch.len(), numel)
+        Ok(())
+    }
+
+    /// Lends `entry` its tensor's state, advancing its step count; returns its number of
+    /// elements.
+    fn lend(&mut self, entry: &mut ParamGrad<'_, A>) -> usize {
+        let order = kernel::preferred_order(&entry.param);
+        let (group, _, tensor) = self.registry.prepare(entry.name, entry.param.shape(), order);
+        tensor.step += 1;
+        entry.lent.group = group;
+        entry.lent.step = tensor.step;
+        entry.lent.order = tensor.order;
+        entry.lent.buffers = core::mem::take(&mut tensor.buffers);
+        entry.lent.scalars = core::mem::take(&mut tensor.scalars);
+        entry.param.len()
     }
 
     /// Everything that can make a step of `name` fail, checked before anything changes.
@@ -263,7 +269,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 grad_shape: grad.to_vec(),
             });
         }
-        self.registry.check_shape(name, param)
+        self.registry.check_step(name, param)
     }
 
     /// Applies the non-finite policy to the gradient of batch entry `index`: `Some` outcome
@@ -357,9 +363,55 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// A tensor belongs to one group at a time: assigning it again moves it, with its state.
     ///
     /// # Errors
-    /// [`Error::UnknownGroup`] if no group has that name.
+    /// [`Error::UnknownGroup`] if no group has that name; [`Error::UnknownParam`] if the
+    /// model's tensors are [declared](Self::declare) and `param` is not one of them.
     pub fn assign(&mut self, param: &str, group: &str) -> Result<()> {
         self.registry.assign(param, group)
+    }
+
+    /// Declares the model's tensors, as PyTorch's optimizers are given their parameters up
+    /// front: from now on, [`step`](Self::step), [`step_all`](Self::step_all) and
+    /// [`assign`](Self::assign) refuse any other name with [`Error::UnknownParam`], which
+    /// names the closest declared one, so a typo fails at once instead of training a tensor
+    /// in the wrong group. Declared tensors go into the default group until assigned; calling
+    /// `declare` again adds names.
+    ///
+    /// Without a declaration the optimizer takes every name it is given (a first step
+    /// registers it). Either way, [`unstepped`](Self::unstepped) lists the names that are
+    /// known but have never been stepped. A checkpoint does not record the declaration:
+    /// declare again after [`load`](Self::load) or [`from_checkpoint`](Self::from_checkpoint).
+    ///
+    /// ```
+    /// use ndarray_optim::{Adam, Error, Optimizer};
+    ///
+    /// let mut opt = Optimizer::<_, f32>::new(Adam::default())?;
+    /// opt.declare(["head.weight", "head.bias", "body.weight"])?;
+    /// opt.add_group("head", Adam { lr: 1e-2, ..Adam::default() })?;
+    /// let err = opt.assign("head.weigth", "head").unwrap_err();
+    /// assert!(matches!(err, Error::UnknownParam { closest: Some(ref name), .. } if name == "head.weight"));
+    /// assert_eq!(opt.unstepped(), ["body.weight", "head.bias", "head.weight"]);
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::DuplicateParam`] if `names` lists a name twice; nothing changes then.
+    pub fn declare<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) -> Result<()> {
+        self.registry.declare(names)
+    }
+
+    /// The names the optimizer knows (declared, assigned or restored) that have no state
+    /// yet, sorted: after a step of the whole model, a name here is one that the training loop
+    /// never steps, such as a misspelt assignment.
+    pub fn unstepped(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .registry
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.tensor.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// All groups, the default group first, then in the order they were added.
@@ -390,7 +442,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], or [`Error::InvalidHyperparameter`] if `lr` is not finite
-    /// and positive.
+    /// and ≥ 0.
     pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
         let mut hyper = self.group(group)?.hyper.clone();
         *hyper.lr_mut() = lr;

@@ -179,6 +179,26 @@ impl<A: PartialEq> PartialEq for TensorState<A> {
 pub(crate) struct Slot<A> {
     pub(crate) group: usize,
     pub(crate) tensor: Option<TensorState<A>>,
+    /// The last batch that named this tensor.
+    pub(crate) batch: BatchMark,
+}
+
+impl<A> Slot<A> {
+    pub(crate) fn new(group: usize, tensor: Option<TensorState<A>>) -> Self {
+        Slot { group, tensor, batch: BatchMark(0) }
+    }
+}
+
+/// The number of a [`step_all`](crate::Optimizer::step_all) batch, stamped on each slot the
+/// batch names so that a name given twice is found with one lookup per entry and no
+/// allocation. Bookkeeping, not state: it never takes part in equality.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BatchMark(u64);
+
+impl PartialEq for BatchMark {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Groups and the per-name slots. Invariant: every slot's group index is valid, group names
@@ -187,13 +207,60 @@ pub(crate) struct Slot<A> {
 pub(crate) struct Registry<R, A> {
     pub(crate) groups: Vec<ParamGroup<R>>,
     pub(crate) slots: HashMap<String, Slot<A>>,
+    /// Whether the slots are the model's whole list of tensors
+    /// ([`Optimizer::declare`](crate::Optimizer::declare)): then a name without a slot is an
+    /// error rather than a new tensor.
+    pub(crate) declared: bool,
+    /// The mark of the latest batch.
+    batches: BatchMark,
 }
 
 impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn new(defaults: R) -> Result<Self> {
         defaults.validate()?;
         let groups = vec![ParamGroup::new(DEFAULT_GROUP, defaults)];
-        Ok(Registry { groups, slots: HashMap::new() })
+        Ok(Registry { groups, slots: HashMap::new(), declared: false, batches: BatchMark(0) })
+    }
+
+    /// Fails with [`Error::UnknownParam`] if the model's tensors are declared and `param` is
+    /// not one of them.
+    pub(crate) fn check_known(&self, param: &str) -> Result<()> {
+        if !self.declared || self.slots.contains_key(param) {
+            return Ok(());
+        }
+        let closest = closest_name(param, self.slots.keys().map(String::as_str));
+        Err(Error::UnknownParam { param: param.to_owned(), closest: closest.map(str::to_owned) })
+    }
+
+    /// Declares `names` as the model's tensors, in the default group unless assigned already.
+    pub(crate) fn declare<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) -> Result<()> {
+        let mut new = hashbrown::HashSet::new();
+        for name in names {
+            if !new.insert(name) {
+                return Err(Error::DuplicateParam { param: name.to_owned() });
+            }
+        }
+        for name in new {
+            self.slots.entry_ref(name).or_insert(Slot::new(0, None));
+        }
+        self.declared = true;
+        Ok(())
+    }
+
+    /// Starts a batch: later [`named_again`](Self::named_again) calls find names given twice
+    /// in it.
+    pub(crate) fn start_batch(&mut self) {
+        self.batches.0 += 1;
+    }
+
+    /// Stamps `param`'s slot with the current batch: `Some(true)` if the batch named it
+    /// already, `None` if it has no slot.
+    pub(crate) fn named_again(&mut self, param: &str) -> Option<bool> {
+        let batch = self.batches.0;
+        let slot = self.slots.get_mut(param)?;
+        let again = slot.batch.0 == batch;
+        slot.batch.0 = batch;
+        Some(again)
     }
 
     pub(crate) fn group_index(&self, name: &str) -> Result<usize> {
@@ -232,6 +299,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
 
     pub(crate) fn assign(&mut self, param: &str, group: &str) -> Result<()> {
         let group = self.group_index(group)?;
+        self.check_known(param)?;
         match self.slots.get_mut(param) {
             Some(slot) => {
                 if slot.tensor.is_some() {
@@ -241,7 +309,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                 slot.group = group;
             }
             None => {
-                self.slots.insert(param.to_owned(), Slot { group, tensor: None });
+                self.slots.insert(param.to_owned(), Slot::new(group, None));
             }
         }
         Ok(())
@@ -255,14 +323,19 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         (tensor.buffers, tensor.scalars) = (buffers, scalars);
     }
 
-    /// Fails if `param` has state for another shape than `shape`.
-    pub(crate) fn check_shape(&self, param: &str, shape: &[usize]) -> Result<()> {
+    /// Fails if `param` cannot take a step with a tensor of `shape`: it is not a declared
+    /// tensor, it has state for another shape, or its step count is at its limit.
+    pub(crate) fn check_step(&self, param: &str, shape: &[usize]) -> Result<()> {
+        self.check_known(param)?;
         match self.slots.get(param).and_then(|slot| slot.tensor.as_ref()) {
             Some(tensor) if tensor.shape != shape => Err(Error::ShapeChanged {
                 param: param.to_owned(),
                 registered: tensor.shape.clone(),
                 given: shape.to_vec(),
             }),
+            Some(tensor) if tensor.step == u64::MAX => {
+                Err(Error::StepCountOverflow { param: param.to_owned() })
+            }
             _ => Ok(()),
         }
     }
@@ -278,7 +351,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
         // `entry_ref` copies the name only when it inserts: one lookup, and a registered
         // name's step allocates nothing.
-        let slot = self.slots.entry_ref(param).or_insert(Slot { group: 0, tensor: None });
+        let slot = self.slots.entry_ref(param).or_insert(Slot::new(0, None));
         let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,
@@ -288,5 +361,45 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
             tensor.relayout(order);
         }
         (slot.group, group, tensor)
+    }
+}
+
+/// The name among `names` closest to `name` by edit distance, if it is close enough to be a
+/// likely typo (at most a third of the name's characters differ).
+fn closest_name<'n>(name: &str, names: impl Iterator<Item = &'n str>) -> Option<&'n str> {
+    let limit = name.chars().count().div_ceil(3);
+    names
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|&(distance, _)| distance <= limit)
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(diagonal + 1).min(row[j] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance;
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance("head.weight", "head.weigth"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 }

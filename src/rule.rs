@@ -131,12 +131,12 @@ fn invalid(rule: &'static str, key: &'static str, value: f64, requirement: &'sta
     Error::InvalidHyperparameter { rule, key, value, requirement }
 }
 
-/// Checks a learning rate: finite and > 0.
+/// Checks a learning rate: finite and ≥ 0. A rate of 0 freezes a group, as in PyTorch.
 ///
 /// # Errors
 /// [`Error::InvalidHyperparameter`] with key `lr`.
 pub fn check_lr(rule: &'static str, lr: f64) -> Result<()> {
-    if lr.is_finite() && lr > 0.0 { Ok(()) } else { Err(invalid(rule, "lr", lr, "finite and > 0")) }
+    check_non_negative(rule, "lr", lr)
 }
 
 /// Checks a decay factor (β, ρ, momentum): in [0, 1).

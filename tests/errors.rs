@@ -74,7 +74,7 @@ fn assert_invalid<R: UpdateRule + Default>(rule: R, key: &str) {
     assert_eq!(opt, before);
 }
 
-const BAD_LR: [f64; 5] = [0.0, -0.1, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+const BAD_LR: [f64; 4] = [-0.1, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
 const BAD_DECAY: [f64; 5] = [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY];
 const BAD_EPS: [f64; 4] = [-1e-8, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
 
@@ -259,4 +259,200 @@ fn a_failing_batch_steps_nothing() {
     ])
     .unwrap();
     assert_eq!((opt, w, fresh), (single, w2, fresh2));
+}
+
+use ndarray_optim::{NAdam, ParamGrad, TensorStep};
+
+/// A name twice in one batch is refused before anything is stepped, registered or not, with
+/// the same or another element count or shape; before, such batches hung, stepped two
+/// tensors against one state, or panicked.
+#[test]
+fn a_name_twice_in_one_batch() {
+    fn refused<A: PartialEq + core::fmt::Debug>(
+        opt: &mut Optimizer<impl UpdateRule, f64>,
+        shapes: [&[usize]; 2],
+    ) {
+        let before = opt.clone();
+        let mut a = ndarray::ArrayD::<f64>::ones(shapes[0]);
+        let mut b = ndarray::ArrayD::<f64>::ones(shapes[1]);
+        let (ga, gb) = (a.clone(), b.clone());
+        let err = opt
+            .step_all(&mut [ParamGrad::new("w", &mut a, &ga), ParamGrad::new("w", &mut b, &gb)])
+            .unwrap_err();
+        assert!(matches!(err, Error::DuplicateParam { ref param, .. } if param == "w"), "{err}");
+        assert_eq!(*opt, before);
+        assert!(a.iter().chain(&b).all(|&x| x == 1.0), "nothing stepped");
+    }
+    for shapes in [[&[2][..], &[3][..]], [&[2, 3], &[3, 2]], [&[4], &[4]], [&[0], &[0]], [&[], &[]]]
+    {
+        refused::<f64>(&mut Optimizer::new(Adam::default()).unwrap(), shapes);
+        refused::<f64>(&mut Optimizer::new(NAdam::default()).unwrap(), shapes);
+        refused::<f64>(&mut Optimizer::new(ScalarOnly).unwrap(), shapes);
+        // Registered first, in the shape of the first entry.
+        let mut opt = Optimizer::new(NAdam::default()).unwrap();
+        let mut w = ndarray::ArrayD::<f64>::ones(shapes[0]);
+        let g = w.clone();
+        opt.step("w", &mut w, &g).unwrap();
+        if shapes[0] == shapes[1] {
+            refused::<f64>(&mut opt, shapes);
+        }
+    }
+}
+
+/// A rule with no buffers and one per-tensor scalar, which counts its steps.
+#[derive(Clone, Debug, PartialEq)]
+struct ScalarOnly;
+
+impl UpdateRule for ScalarOnly {
+    const NAME: &'static str = "scalar_only";
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn scalar_names(&self) -> &'static [&'static str] {
+        &["count"]
+    }
+
+    fn validate(&self) -> ndarray_optim::Result<()> {
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        1.0
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        unimplemented!("not scheduled in these tests")
+    }
+
+    fn step<A: ndarray_optim::Element, D: ndarray::Dimension>(
+        &self,
+        _step: u64,
+        mut tensor: TensorStep<'_, A, D>,
+    ) {
+        tensor.scalars()[0] += 1.0;
+        tensor.apply(|_, _, _: &mut [A; 0]| {});
+    }
+}
+
+/// The scalar of a buffer-free rule survives batch steps of empty and non-empty tensors.
+#[test]
+fn batch_steps_keep_scalars_of_rules_without_buffers() {
+    let mut opt = Optimizer::<_, f64>::new(ScalarOnly).unwrap();
+    let (mut empty, mut full) = (Array1::<f64>::zeros(0), Array1::<f64>::zeros(3));
+    let (g_empty, g_full) = (empty.clone(), full.clone());
+    for _ in 0..3 {
+        opt.step_all(&mut [
+            ParamGrad::new("empty", &mut empty, &g_empty),
+            ParamGrad::new("full", &mut full, &g_full),
+        ])
+        .unwrap();
+    }
+    for name in ["empty", "full"] {
+        let view = opt.state_of(name).unwrap();
+        assert_eq!(view.scalars().collect::<Vec<_>>(), [("count", 3.0)], "{name}");
+    }
+}
+
+/// A step count at its limit refuses the next step instead of wrapping to 0 (which made
+/// Adam's bias corrections divide by zero) or panicking; nothing changes.
+#[test]
+fn step_count_at_its_limit() {
+    let mut opt = Optimizer::<_, f64>::new(Adam::default()).unwrap();
+    let mut w = array![1.0, 2.0];
+    opt.step("w", &mut w, &array![0.5, 0.5]).unwrap();
+    let mut checkpoint = opt.checkpoint();
+    checkpoint.tensors[0].state.as_mut().unwrap().step = u64::MAX - 1;
+    let mut opt = Optimizer::from_checkpoint(checkpoint).unwrap();
+    opt.step("w", &mut w, &array![0.5, 0.5]).unwrap();
+    assert_eq!(opt.step_count("w"), Some(u64::MAX));
+    let before = (opt.clone(), w.clone());
+    let expected = Error::StepCountOverflow { param: "w".into() };
+    assert_eq!(opt.step("w", &mut w, &array![0.5, 0.5]).unwrap_err(), expected);
+    let g = array![0.5, 0.5];
+    let err = opt.step_all(&mut [ParamGrad::new("w", &mut w, &g)]).unwrap_err();
+    assert_eq!(err, expected);
+    assert!(err.to_string().contains("`w`"));
+    assert_eq!((opt, w), before);
+}
+
+/// With the model's tensors declared, a misspelt name is an error that names the real one,
+/// for assign, step and step_all alike; nothing changes.
+#[test]
+fn a_misspelt_name_of_a_declared_model() {
+    let mut opt = Optimizer::<_, f64>::new(Adam::default()).unwrap();
+    opt.add_group("head", Adam { lr: 0.01, ..Adam::default() }).unwrap();
+    opt.declare(["head.weight", "head.bias", "body.weight"]).unwrap();
+    let before = opt.clone();
+    let expected =
+        Error::UnknownParam { param: "head.weigth".into(), closest: Some("head.weight".into()) };
+    assert_eq!(opt.assign("head.weigth", "head").unwrap_err(), expected);
+    assert!(expected.to_string().contains("did you mean `head.weight`"), "{expected}");
+    let (mut w, g) = (Array1::<f64>::zeros(2), Array1::<f64>::ones(2));
+    assert_eq!(opt.step("head.weigth", &mut w, &g).unwrap_err(), expected);
+    let mut b = Array1::<f64>::zeros(2);
+    let err = opt
+        .step_all(&mut [
+            ParamGrad::new("head.bias", &mut b, &g),
+            ParamGrad::new("head.weigth", &mut w, &g),
+        ])
+        .unwrap_err();
+    assert_eq!(err, expected);
+    assert_eq!(opt, before);
+    assert!(w.iter().chain(&b).all(|&x| x == 0.0));
+    // A name far from every declared one gets no suggestion.
+    let err = opt.assign("optimizer", "head").unwrap_err();
+    assert_eq!(err, Error::UnknownParam { param: "optimizer".into(), closest: None });
+    // Declared names step; the report lists the ones never stepped.
+    opt.assign("head.weight", "head").unwrap();
+    opt.step("head.weight", &mut w, &g).unwrap();
+    assert_eq!(opt.unstepped(), ["body.weight", "head.bias"]);
+    assert_eq!(opt.group_of("head.weight"), Some("head"));
+    // Declaring a name twice in one list is refused, and changes nothing.
+    let before = opt.clone();
+    let err = opt.declare(["extra", "extra"]).unwrap_err();
+    assert!(matches!(err, Error::DuplicateParam { ref param, .. } if param == "extra"));
+    assert_eq!(opt, before);
+}
+
+/// Without a declaration, names are open, but a misspelt assignment shows in the report of
+/// names never stepped.
+#[test]
+fn an_assignment_never_stepped_is_reported() {
+    let mut opt = Optimizer::<_, f64>::new(Adam::default()).unwrap();
+    opt.add_group("head", Adam { lr: 0.01, ..Adam::default() }).unwrap();
+    opt.assign("head.weigth", "head").unwrap();
+    let (mut w, g) = (Array1::<f64>::zeros(2), Array1::<f64>::ones(2));
+    opt.step("head.weight", &mut w, &g).unwrap();
+    assert_eq!(opt.unstepped(), ["head.weigth"]);
+    assert_eq!(opt.group_of("head.weight"), Some(ndarray_optim::DEFAULT_GROUP));
+}
+
+/// A learning rate of 0 is valid for every rule, as in PyTorch: the parameter stays where it
+/// is (whatever the rule's options, decoupled decay included) while the state advances.
+#[test]
+fn learning_rate_zero_freezes_every_rule() {
+    struct Frozen;
+    impl crate::common::RuleCheck for Frozen {
+        fn check<R, A>(&mut self, mut rule: R)
+        where
+            R: UpdateRule + serde::Serialize + serde::de::DeserializeOwned,
+            A: ndarray_optim::Element + serde::Serialize + serde::de::DeserializeOwned,
+        {
+            *rule.lr_mut() = 0.0;
+            let mut opt = Optimizer::<R, A>::new(rule.clone()).unwrap();
+            let initial = crate::common::values::<A>(&[3, 4], 0);
+            let mut w = initial.clone();
+            for step in 1..=3 {
+                opt.step("w", &mut w, &crate::common::values::<A>(&[3, 4], step)).unwrap();
+            }
+            assert_eq!(w, initial, "{rule:?}");
+            assert_eq!(opt.step_count("w"), Some(3));
+        }
+    }
+    crate::common::for_each_rule(&mut Frozen);
+    let (mut opt, _) = trained();
+    opt.set_lr("head", 0.0).unwrap();
+    assert_eq!(opt.group("head").unwrap().lr(), 0.0);
 }

@@ -2,7 +2,7 @@
 //! and with AVX-512, on one thread or many) gives the same bits, so results do not depend on
 //! the CPU or the thread count, and a checkpoint resumed on another CPU continues exactly.
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use ndarray_optim::{Element, KernelPath, Optimizer, ParamGrad, UpdateRule, with_kernel_path};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -136,25 +136,4 @@ mod threads {
     fn every_thread_count_gives_the_same_bits() {
         for_each_rule(&mut SameOnThreads);
     }
-}
-
-#[test]
-fn a_name_twice_in_a_batch_is_stepped_twice_in_order() {
-    let rule = ndarray_optim::Adam { lr: 0.1, ..Default::default() };
-    let grads = [values::<f64>(&[4], 3), values::<f64>(&[4], 4)];
-    let mut expected_opt = Optimizer::new(rule).unwrap();
-    let mut expected = ArrayD::<f64>::ones(IxDyn(&[4]));
-    for grad in &grads {
-        expected_opt.step("w", &mut expected, grad).unwrap();
-    }
-    let mut opt = Optimizer::new(rule).unwrap();
-    let (mut first, mut second) = (ArrayD::<f64>::ones(IxDyn(&[4])), expected.clone());
-    opt.step_all(&mut [
-        ParamGrad::new("w", &mut first, &grads[0]),
-        ParamGrad::new("w", &mut second, &grads[1]),
-    ])
-    .unwrap();
-    assert_eq!(opt.step_count("w"), Some(2));
-    // The second entry's step saw the state that the first entry's step left.
-    assert_eq!(state_bits(&opt), state_bits(&expected_opt));
 }

@@ -4,7 +4,7 @@
 use ndarray::{
     Array, ArrayD, ArrayViewMut, Axis, Dimension, Ix0, Ix1, Ix3, Ix5, IxDyn, ShapeBuilder, Slice,
 };
-use ndarray_optim::{Element, Optimizer, UpdateRule};
+use ndarray_optim::{Clip, Element, Optimizer, ParamGrad, UpdateRule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -79,12 +79,30 @@ where
     A: Element + Serialize,
     D: Dimension,
 {
+    run_clipped::<R, A, D>(rule, None, dim, param_layout, grad_layout)
+}
+
+/// As [`run`], with the optimizer clipping as `clip` says, through `step_all`.
+fn run_clipped<R, A, D>(
+    rule: &R,
+    clip: Option<Clip>,
+    dim: D,
+    param_layout: Layout,
+    grad_layout: Layout,
+) -> (Vec<u64>, String)
+where
+    R: UpdateRule + Serialize,
+    A: Element + Serialize,
+    D: Dimension,
+{
     let shape = dim.slice().to_vec();
     let mut optimizer = Optimizer::<R, A>::new(rule.clone()).unwrap();
+    optimizer.set_clip(clip).unwrap();
     let mut param = Stored::new(dim.clone(), param_layout, &values::<A>(&shape, 0));
     for step in 1..=STEPS {
         let mut grad = Stored::new(dim.clone(), grad_layout, &values::<A>(&shape, step));
-        optimizer.step("p", &mut param.view(), &grad.view()).unwrap();
+        let (mut param, grad) = (param.view(), grad.view());
+        optimizer.step_all(&mut [ParamGrad::new("p", &mut param, &grad)]).unwrap();
     }
     (bits(param.view().iter()), serde_json::to_string(&optimizer).unwrap())
 }
@@ -165,4 +183,33 @@ fn static_and_dynamic_dimensions_agree() {
     }
     assert_eq!(bits(a.iter()), bits(b.iter()));
     assert_eq!(fixed.checkpoint(), dynamic.checkpoint());
+}
+
+/// Clipping by norm sums the squares in an order that no layout changes: a column-major,
+/// strided or reversed gradient gives the row-major norm to the last bit, and so the same
+/// clipped step. Norms are summed over hundreds of elements of mixed magnitude, where the
+/// order of a floating-point sum shows in the last bits.
+#[test]
+fn clipping_by_norm_is_layout_independent() {
+    fn check<A: Element + Serialize>(clip: Clip) {
+        let rule = ndarray_optim::Sgd { lr: 0.5, ..Default::default() };
+        let dim = Ix3(7, 9, 11);
+        let plain =
+            run_clipped::<_, A, _>(&rule, Some(clip), dim, Layout::RowMajor, Layout::RowMajor);
+        for grad_layout in LAYOUTS {
+            for param_layout in LAYOUTS {
+                let run = run_clipped::<_, A, _>(&rule, Some(clip), dim, param_layout, grad_layout);
+                assert_eq!(
+                    run,
+                    plain,
+                    "{clip:?} {}: param {param_layout:?}, grad {grad_layout:?}",
+                    A::NAME
+                );
+            }
+        }
+    }
+    for clip in [Clip::Norm { max_norm: 0.01 }, Clip::GlobalNorm { max_norm: 0.01 }] {
+        check::<f32>(clip);
+        check::<f64>(clip);
+    }
 }

@@ -50,7 +50,7 @@ fn option_ranges() {
         invalid(NAdam { beta2: bad, ..NAdam::default() }, "beta2");
         invalid(RAdam { beta1: bad, ..RAdam::default() }, "beta1");
     }
-    invalid(AdamW { lr: 0.0, ..AdamW::default() }, "lr");
+    invalid(AdamW { lr: -1e-3, ..AdamW::default() }, "lr");
     invalid(Adamax { eps: -1.0, ..Adamax::default() }, "eps");
     invalid(NAdam { lr: f64::NAN, ..NAdam::default() }, "lr");
     invalid(RAdam { eps: f64::INFINITY, ..RAdam::default() }, "eps");
@@ -230,4 +230,26 @@ fn nadam_mu_product_is_checkpointed_by_name() {
         ScalarRecord { name: "mu".into(), value: 0.5 };
     assert!(Optimizer::from_checkpoint(renamed).is_err());
     assert!(Optimizer::from_checkpoint(c).is_ok());
+}
+
+/// PyTorch's SGD keeps no momentum buffer at momentum 0, and its dampening then changes
+/// nothing: `Momentum` at γ = 0 is `Sgd` to the bit, with any dampening, and keeps no state.
+#[test]
+fn momentum_zero_is_plain_sgd_whatever_the_dampening() {
+    for dampening in [0.0, 0.5, 1.0] {
+        for (weight_decay, maximize) in [(0.0, false), (0.05, true)] {
+            let momentum = Momentum { lr: 0.1, momentum: 0.0, dampening, weight_decay, maximize };
+            let mut with_momentum = Optimizer::<_, f64>::new(momentum).unwrap();
+            let mut sgd =
+                Optimizer::<_, f64>::new(Sgd { lr: 0.1, weight_decay, maximize }).unwrap();
+            let (mut a, mut b) = (array![1.0, -2.0, 0.5], array![1.0, -2.0, 0.5]);
+            for step in 1..=5 {
+                let g = array![0.3, -0.7, 1.1] * f64::from(step);
+                with_momentum.step("w", &mut a, &g).unwrap();
+                sgd.step("w", &mut b, &g).unwrap();
+            }
+            assert_eq!(a, b, "dampening {dampening}");
+            assert_eq!(with_momentum.state_bytes(), 0, "no buffer at momentum 0");
+        }
+    }
 }

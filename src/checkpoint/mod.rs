@@ -434,7 +434,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             if slots.contains_key(&record.name) {
                 return Err(Error::DuplicateParam { param: record.name });
             }
-            slots.insert(record.name, Slot { group, tensor });
+            slots.insert(record.name, Slot::new(group, tensor));
         }
         registry.slots = slots;
         Ok(Optimizer { registry, clip, non_finite })

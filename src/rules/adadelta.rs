@@ -48,7 +48,7 @@ use crate::rules::gradient::{self, Decay};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Adadelta {
-    /// Rate η that scales the update (finite, > 0).
+    /// Rate η that scales the update (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// Decay ρ of both running averages, in [0, 1).
     pub rho: f64,

@@ -47,7 +47,7 @@ use crate::rules::gradient::{self, Decay};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Adagrad {
-    /// Learning rate η (finite, > 0).
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// Smoothing term ε (finite, ≥ 0).
     pub eps: f64,

@@ -47,7 +47,7 @@ use crate::rules::gradient::{self, Decay, maximum};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Adamax {
-    /// Learning rate η (finite, > 0).
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// Decay β₁ of the first moment, in [0, 1).
     pub beta1: f64,

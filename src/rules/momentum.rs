@@ -29,7 +29,8 @@ use crate::rules::gradient::{self, Decay};
 /// | $\lambda$ | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `momentum_buffer` ($b$, zero before the first step). Matches PyTorch's
+/// State: `momentum_buffer` ($b$, zero before the first step); none at γ = 0, where the
+/// rule is plain [`Sgd`](crate::Sgd) and τ has no effect. Matches PyTorch's
 /// `SGD(lr, momentum, dampening, weight_decay, maximize)`.
 ///
 /// ```
@@ -47,7 +48,7 @@ use crate::rules::gradient::{self, Decay};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Momentum {
-    /// Learning rate η (finite, > 0).
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// Momentum γ, in [0, 1).
     pub momentum: f64,
@@ -81,7 +82,8 @@ impl UpdateRule for Momentum {
     const NAME: &'static str = "momentum";
 
     fn state_names(&self) -> &'static [&'static str] {
-        &["momentum_buffer"]
+        // PyTorch's SGD keeps no buffer at momentum 0, and dampening then has no effect.
+        if self.momentum > 0.0 { &["momentum_buffer"] } else { &[] }
     }
 
     fn validate(&self) -> Result<()> {
@@ -105,9 +107,15 @@ impl UpdateRule for Momentum {
         let undampened = if step == 1 { 1.0 } else { 1.0 - self.dampening };
         let undampened = A::from_f64(undampened);
         let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, move |p, g, [b]: &mut [A; 1]| {
-            *b = momentum * *b + undampened * g;
-            *p = *p - lr * *b;
-        });
+        if self.momentum > 0.0 {
+            gradient::apply(tensor, self.maximize, decay, move |p, g, [b]: &mut [A; 1]| {
+                *b = momentum * *b + undampened * g;
+                *p = *p - lr * *b;
+            });
+        } else {
+            gradient::apply(tensor, self.maximize, decay, move |p, g, _: &mut [A; 0]| {
+                *p = *p - lr * g;
+            });
+        }
     }
 }

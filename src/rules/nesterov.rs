@@ -47,7 +47,7 @@ use crate::rules::momentum::check_momentum;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Nesterov {
-    /// Learning rate η (finite, > 0).
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// Momentum γ, in [0, 1).
     pub momentum: f64,

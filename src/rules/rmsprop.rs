@@ -52,7 +52,7 @@ use crate::rules::gradient::{self, Decay};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct RmsProp {
-    /// Learning rate η (finite, > 0).
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// Decay ρ of the squared-gradient average, in [0, 1).
     pub rho: f64,

@@ -35,7 +35,7 @@ use crate::rules::gradient::{self, Decay};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Sgd {
-    /// Learning rate η (finite, > 0).
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors).
     pub lr: f64,
     /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
     pub weight_decay: f64,
