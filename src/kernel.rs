@@ -231,12 +231,17 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
         let flat = path != KernelPath::Zip
             && is_contiguous_in(&param.view(), order)
             && is_contiguous_in(&grad, order);
-        match (param.as_slice_memory_order_mut(), grad.as_slice_memory_order()) {
+        let taken = match (param.as_slice_memory_order_mut(), grad.as_slice_memory_order()) {
             (Some(p), Some(g)) if flat => {
                 Slices::new(p, g, state, S::LEN).run::<S, F>(path.isa(), &update);
+                path
             }
-            _ => S::for_each(param, grad, state, order, update),
-        }
+            _ => {
+                S::for_each(param, grad, state, order, update);
+                KernelPath::Zip
+            }
+        };
+        TAKEN_PATH.with(|taken_path| taken_path.set(Some(taken)));
     }
 }
 
@@ -361,6 +366,9 @@ pub enum KernelPath {
 
 thread_local! {
     static PINNED_PATH: Cell<Option<KernelPath>> = const { Cell::new(None) };
+    /// The path of the last step this thread ran, so that tests can tell that a pinned path
+    /// really ran.
+    static TAKEN_PATH: Cell<Option<KernelPath>> = const { Cell::new(None) };
 }
 
 impl KernelPath {
@@ -374,7 +382,7 @@ impl KernelPath {
     }
 
     /// The path a step started on this thread takes: the pinned one, else the fastest.
-    fn current() -> KernelPath {
+    pub(crate) fn current() -> KernelPath {
         PINNED_PATH.with(Cell::get).unwrap_or(match Isa::best() {
             Isa::Avx512 => KernelPath::Avx512,
             Isa::Avx2 => KernelPath::Avx2,
@@ -391,8 +399,15 @@ impl KernelPath {
     }
 }
 
+/// The path that the last tensor step run on this thread took, if any.
+#[doc(hidden)]
+pub fn last_kernel_path() -> Option<KernelPath> {
+    TAKEN_PATH.with(Cell::get)
+}
+
 /// Runs `f` with every step that this thread starts taking `path`, or returns `None` if this
-/// CPU cannot run it. For tests and benchmarks that compare the paths.
+/// CPU cannot run it. For tests and benchmarks that compare the paths. A batch stepped on
+/// several threads takes the path on each of them.
 #[doc(hidden)]
 pub fn with_kernel_path<R>(path: KernelPath, f: impl FnOnce() -> R) -> Option<R> {
     struct Restore(Option<KernelPath>);

@@ -86,7 +86,7 @@ pub use error::{Error, Result};
 pub use guard::{NonFinite, StepOutcome};
 pub use inspect::TensorView;
 #[doc(hidden)]
-pub use kernel::{KernelPath, with_kernel_path};
+pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
 pub use kernel::{StateSlots, TensorStep};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};

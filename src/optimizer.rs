@@ -525,7 +525,11 @@ fn step_lent<R: UpdateRule, A: Element>(
     #[cfg(feature = "rayon")]
     if batch.len() > 1 && kernel::worth_spreading(numel) {
         use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
-        return batch.par_iter_mut().for_each(step);
+        // A kernel path pinned on this thread holds on the pool's threads too.
+        let path = kernel::KernelPath::current();
+        return batch.par_iter_mut().for_each(|entry| {
+            kernel::with_kernel_path(path, || step(entry));
+        });
     }
     let _ = numel;
     batch.iter_mut().for_each(step);

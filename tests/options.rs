@@ -58,13 +58,71 @@ fn option_ranges() {
     assert!(Optimizer::<_, f32>::new(Momentum { dampening: 1.0, ..Momentum::default() }).is_ok());
 }
 
+/// Every default of every rule is PyTorch's, read from torch's own constructor signatures
+/// (`tests/reference/pytorch_defaults.json`), except the seed's defaults, which are listed
+/// here with their source; every PyTorch option is a field of the rule or named as offered
+/// another way.
 #[test]
-fn pytorch_defaults() {
-    assert_eq!(AdamW::default().weight_decay, 0.01);
-    assert_eq!((AdamW::default().lr, Adamax::default().lr), (0.001, 0.002));
-    assert_eq!((NAdam::default().lr, NAdam::default().momentum_decay), (0.002, 0.004));
-    assert_eq!(RAdam::default().lr, 0.001);
-    assert_eq!(AdamW { weight_decay: 0.0, ..AdamW::default() }, AdamW::from(Adam::default()));
+fn defaults_are_pytorchs() {
+    use serde_json::Value;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/pytorch_defaults.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // (rule, its torch class, its defaults, torch key -> field renames, the seed's defaults
+    // where they differ from torch's, torch options offered as another rule).
+    type Entry = (&'static str, Value, &'static [(&'static str, &'static str)]);
+    let rules: [(Entry, &[(&str, f64)], &[&str]); 11] = [
+        (
+            ("SGD", json(Sgd::default()), &[]),
+            &[("lr", 0.01)],
+            &["momentum", "dampening", "nesterov"],
+        ),
+        (
+            ("SGD", json(Momentum::default()), &[]),
+            &[("lr", 0.01), ("momentum", 0.9)],
+            &["nesterov"],
+        ),
+        (
+            ("SGD", json(Nesterov::default()), &[]),
+            &[("lr", 0.01), ("momentum", 0.9)],
+            &["dampening", "nesterov"],
+        ),
+        (("Adagrad", json(Adagrad::default()), &[]), &[("eps", 1e-8)], &[]),
+        (("Adadelta", json(Adadelta::default()), &[]), &[], &[]),
+        (
+            ("RMSprop", json(RmsProp::default()), &[("alpha", "rho")]),
+            &[("lr", 0.001), ("rho", 0.9)],
+            &[],
+        ),
+        (("Adam", json(Adam::default()), &[]), &[], &["decoupled_weight_decay"]),
+        (("AdamW", json(AdamW::default()), &[]), &[], &[]),
+        (("Adamax", json(Adamax::default()), &[]), &[], &[]),
+        (("NAdam", json(NAdam::default()), &[]), &[], &[]),
+        (("RAdam", json(RAdam::default()), &[]), &[], &[]),
+    ];
+    for ((class, ours, renames), seed, elsewhere) in rules {
+        let torch = fixture["defaults"][class].as_object().unwrap();
+        assert!(!torch.is_empty(), "{class}");
+        for (key, torch_default) in torch {
+            if elsewhere.contains(&key.as_str()) {
+                continue;
+            }
+            let field = renames.iter().find(|(k, _)| k == key).map_or(key.as_str(), |(_, f)| f);
+            let ours = ours.get(field).unwrap_or_else(|| panic!("{class}: no field for `{key}`"));
+            let expected = match seed.iter().find(|(f, _)| *f == field) {
+                Some(&(_, value)) => Value::from(value),
+                None => torch_default.clone(),
+            };
+            match expected {
+                Value::Bool(_) => assert_eq!(*ours, expected, "{class}.{key}"),
+                _ => assert_eq!(ours.as_f64(), expected.as_f64(), "{class}.{key}"),
+            }
+        }
+    }
+}
+
+fn json(rule: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(rule).unwrap()
 }
 
 #[test]

@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes four files next to this script (and overwrites them):
+It writes five files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -38,6 +38,10 @@ It writes four files next to this script (and overwrites them):
   ``{"name", "plan", "schedules", "milestones", "base_lrs", "lrs": [[group
   rates of step 1], ...]}`` (plateau entries: ``"plateau"`` settings and
   ``"metrics"`` instead of schedules).
+* ``pytorch_defaults.json``: every numeric and boolean constructor default of
+  ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``, ``Adam``, ``AdamW``,
+  ``Adamax``, ``NAdam`` and ``RAdam``, read from their signatures (betas as
+  ``beta1``, ``beta2``); ``--only defaults`` writes just this file.
 
 The case files have the shape
 
@@ -974,6 +978,43 @@ def write_training(version):
 
 
 # ---------------------------------------------------------------------------
+# Constructor defaults (pytorch_defaults.json)
+# ---------------------------------------------------------------------------
+
+DEFAULTS_CLASSES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Adamax",
+                    "NAdam", "RAdam"]
+# Implementation switches, not part of the update's math.
+NOT_MATH = {"foreach", "fused", "capturable", "differentiable"}
+
+
+def write_defaults(version):
+    """Every numeric and boolean default of each optimizer's constructor, read from its
+    signature, so that the crate's defaults are checked against torch's own."""
+    import inspect
+
+    import torch
+
+    doc = {"generator": GENERATOR, "torch_version": version, "defaults": {}}
+    for name in DEFAULTS_CLASSES:
+        params = inspect.signature(getattr(torch.optim, name).__init__).parameters
+        values = {}
+        for key, p in params.items():
+            if key in ("self", "params") or key in NOT_MATH:
+                continue
+            default = p.default
+            if isinstance(default, tuple):  # betas
+                for i, x in enumerate(default, 1):
+                    values[f"beta{i}"] = float(x)
+            elif isinstance(default, bool):
+                values[key] = default
+            else:
+                values[key] = float(default)
+        doc["defaults"][name] = values
+    n = write(HERE / "pytorch_defaults.json", doc)
+    print(f"pytorch_defaults.json: {len(DEFAULTS_CLASSES)} optimizers, {n} bytes")
+
+
+# ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
 
@@ -1068,24 +1109,31 @@ def cross_check(torch_entries, seed_entries):
 
 # ---------------------------------------------------------------------------
 
+def import_torch(args):
+    """Imports torch, pinned to TORCH_VERSION; returns its version."""
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    if version != TORCH_VERSION and not args.any_torch:
+        sys.exit(f"error: torch {torch.__version__} found, fixtures are pinned to {TORCH_VERSION}")
+    torch.set_num_threads(1)
+    return version
+
+
 def main():
+    only = {"training": write_training, "defaults": write_defaults}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
     ap.add_argument("--no-cross-check", action="store_true")
-    ap.add_argument("--training-only", action="store_true",
-                    help="write pytorch_training.json only")
+    ap.add_argument("--only", choices=sorted(only), help="write one PyTorch file only")
+    ap.add_argument("--training-only", action="store_const", const="training", dest="only",
+                    help="the same as --only training")
     args = ap.parse_args()
     t0 = time.perf_counter()
 
-    if args.training_only:
-        import torch
-
-        version = torch.__version__.split("+")[0]
-        if version != TORCH_VERSION and not args.any_torch:
-            sys.exit(f"error: torch {torch.__version__} found, fixtures are pinned to {TORCH_VERSION}")
-        torch.set_num_threads(1)
-        write_training(version)
+    if args.only:
+        only[args.only](import_torch(args))
         return
 
     # seed.json
@@ -1108,12 +1156,7 @@ def main():
 
     if args.no_torch:
         return
-    import torch
-
-    version = torch.__version__.split("+")[0]
-    if version != TORCH_VERSION and not args.any_torch:
-        sys.exit(f"error: torch {torch.__version__} found, fixtures are pinned to {TORCH_VERSION}")
-    torch.set_num_threads(1)
+    version = import_torch(args)
 
     torch_entries = []
     for case in build_cases("pytorch"):
@@ -1126,6 +1169,7 @@ def main():
     print(f"pytorch.json: {len(torch_entries)} cases, {n} bytes")
     write_extensions(version)
     write_training(version)
+    write_defaults(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
