@@ -152,6 +152,18 @@ pub enum Error {
         param: String,
         /// The declared name closest to it, if one is close.
         closest: Option<String>,
+    /// Building an [`LrScheduler`](crate::schedule::LrScheduler) would replace a rate that a
+    /// schedule set (e.g. in an optimizer restored from a checkpoint) with another one. To
+    /// continue that schedule, restore the scheduler saved with the optimizer instead of
+    /// building a new one; to start a new schedule from the base rates, clear the scheduled
+    /// rates first ([`Optimizer::clear_scheduled_lrs`](crate::Optimizer::clear_scheduled_lrs)).
+    ScheduleInProgress {
+        /// The first group whose rate would change.
+        group: String,
+        /// The rate a schedule set it to.
+        current: f64,
+        /// The first rate of the new schedule.
+        first: f64,
     },
     /// Group patterns did not put every tensor into exactly one group.
     GroupPatterns {
@@ -233,6 +245,12 @@ impl fmt::Display for Error {
                     None => Ok(()),
                 }
             }
+            Error::ScheduleInProgress { group, current, first } => write!(
+                f,
+                "group `{group}` has the rate {current} from a schedule in progress; a new \
+                 schedule would start it at {first}: restore the saved scheduler to continue, \
+                 or clear the scheduled rates to start afresh"
+            ),
             Error::GroupPatterns { unmatched, ambiguous } => write!(
                 f,
                 "group patterns must put every tensor into exactly one group: no pattern \

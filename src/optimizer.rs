@@ -502,6 +502,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     pub fn step_count(&self, param: &str) -> Option<u64> {
         Some(self.registry.slots.get(param)?.tensor.as_ref()?.step)
     }
+
+    /// Drops every rate a schedule has set: each group steps at its base rate again, and a
+    /// new [`LrScheduler`](crate::schedule::LrScheduler) may start from the base rates (it
+    /// refuses to replace rates of a schedule in progress).
+    pub fn clear_scheduled_lrs(&mut self) {
+        for group in &mut self.registry.groups {
+            group.scheduled_lr = None;
+        }
+    }
 }
 
 /// Steps the entries of a batch that hold their lent state; `numel` is their total size.

@@ -18,5 +18,6 @@ mod options;
 mod patterns;
 mod reference;
 mod report;
+mod schedules;
 mod shard;
 mod training;

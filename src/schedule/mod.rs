@@ -4,7 +4,7 @@
 //! A [`Schedule`] is a plain description (StepLR, ExponentialLR, CosineAnnealingLR, …); an
 //! [`LrScheduler`] runs one, or a chain or sequence of them, against an [`Optimizer`]: it sets
 //! every group's current rate from the group's own base rate (the `lr` of its
-//! hyperparameters) through [`Optimizer::set_lrs_with`]. Creating it sets the rates of the
+//! hyperparameters), as [`Optimizer::set_lrs_with`] does. Creating it sets the rates of the
 //! first step; call [`LrScheduler::step`] once after every optimizer step, as in PyTorch.
 //! [`ReduceLrOnPlateau`] is fed a metric instead.
 //!
@@ -17,6 +17,30 @@
 //!
 //! The scheduler's position is plain data: serialize it next to the optimizer (whose
 //! checkpoint holds the current rates), and a restored pair continues the schedule exactly.
+//!
+//! # Order of building and restoring
+//!
+//! Each step computes a group's next rate from the rate the schedule set it to (PyTorch's
+//! recursive forms), so the optimizer's current rates and the scheduler's position must
+//! belong together. Therefore:
+//!
+//! - Restore a saved run by restoring both the optimizer and the scheduler, in either order;
+//!   PyTorch's order (build both, then load both states) works as well.
+//! - Building a scheduler sets the rates of its first step, and refuses with
+//!   [`Error::ScheduleInProgress`], changing nothing, when that would replace a rate that a
+//!   schedule has set (an optimizer restored mid-schedule): a scheduler state restored
+//!   afterwards would continue from the wrong rates. To continue, restore the saved
+//!   scheduler instead; to start a new schedule from the base rates, call
+//!   [`Optimizer::clear_scheduled_lrs`] first.
+//! - A group without a scheduled rate at a step — added to the optimizer after the schedule
+//!   started, given a new base rate with [`Optimizer::set_lr`], or in a fresh optimizer
+//!   stepped by a restored scheduler — is brought into phase: its rate is replayed from its
+//!   base rate through every step so far, exactly as if it had been there from the start.
+//!
+//! A rate that comes out below zero by rounding alone (by a few units in the last place of
+//! the largest rate involved per step of the recursion, e.g. LinearLR decaying to
+//! `end_factor = 0`, which in PyTorch ends near −1e-19 and stays there) is set to exactly 0; PyTorch keeps stepping with its tiny
+//! negative rate, which moves parameters by the same nothing.
 //!
 //! ```
 //! use ndarray::array;
@@ -76,7 +100,11 @@ pub use plateau::{PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 ///
 /// `OneCycle` sets the same rates for every group (PyTorch's scalar `max_lr`) and does not
 /// cycle momentum; stepping it past `total_steps` is [`Error::ScheduleFinished`], as in
-/// PyTorch. In serde formats a schedule is `{"kind": "step", "step_size": k, "gamma": g}`,
+/// PyTorch. [`validate`](Self::validate) refuses what would divide by zero on some step
+/// (PyTorch raises `ZeroDivisionError` there): a `Cosine` period past about 3·10^8 steps, a
+/// `OneCycle` phase of length 0. A warm-restart period that would pass `u64::MAX` steps is
+/// `u64::MAX` (longer than any run: a schedule counts at most `i64::MAX` steps). A rate that
+/// grows past `f64::MAX` (a `gamma` above 1) is refused by the step that would set it. In serde formats a schedule is `{"kind": "step", "step_size": k, "gamma": g}`,
 /// `"exponential"`, `"cosine"` (`t_max`, `eta_min`), `"cosine_restarts"` (`t_0`, `t_mult`,
 /// `eta_min`), `"linear"` (`start_factor`, `end_factor`, `total_iters`) or `"one_cycle"`
 /// (`max_lr`, `total_steps`, `pct_start`, `div_factor`, `final_div_factor`); keys left out
@@ -234,7 +262,20 @@ impl Schedule {
             Schedule::Exponential { gamma } => positive(name, "gamma", gamma),
             Schedule::Cosine { t_max, eta_min } => {
                 at_least_one(name, "t_max", t_max)?;
-                non_negative(name, "eta_min", eta_min)
+                non_negative(name, "eta_min", eta_min)?;
+                // The recursion divides by 1 + cos(π (t − 1) / T), which is smallest one step
+                // either side of the trough; past about 3·10^8 it rounds to 0 there
+                // (PyTorch's division by zero).
+                let period = t_max as f64;
+                let divisor = |t: f64| 1.0 + (PI * t / period).cos();
+                let ok = t_max == 1 || (divisor(period - 1.0) > 0.0 && divisor(period + 1.0) > 0.0);
+                check(
+                    ok,
+                    name,
+                    "t_max",
+                    period,
+                    "small enough that the recursion never divides by 0 (about 3e8 at most)",
+                )
             }
             Schedule::CosineRestarts { t_0, t_mult, eta_min } => {
                 at_least_one(name, "t_0", t_0)?;
@@ -254,7 +295,31 @@ impl Schedule {
                 let pct_ok = (0.0..=1.0).contains(&pct_start);
                 check(pct_ok, name, "pct_start", pct_start, "in [0, 1]")?;
                 positive(name, "div_factor", div_factor)?;
-                positive(name, "final_div_factor", final_div_factor)
+                positive(name, "final_div_factor", final_div_factor)?;
+                let initial = max_lr / div_factor;
+                check(
+                    initial.is_finite(),
+                    name,
+                    "div_factor",
+                    div_factor,
+                    "such that max_lr / div_factor is finite",
+                )?;
+                let min = initial / final_div_factor;
+                check(
+                    min.is_finite(),
+                    name,
+                    "final_div_factor",
+                    final_div_factor,
+                    "such that max_lr / div_factor / final_div_factor is finite",
+                )?;
+                // Both phases are interpolated over their length: a phase that some step
+                // reaches must not have length 0 (PyTorch divides by zero there).
+                let steps = total_steps as f64;
+                let rise_end = pct_start * steps - 1.0;
+                let rise_ok = rise_end != 0.0;
+                let fall_ok = (total_steps - 1) as f64 - rise_end != 0.0;
+                let requirement = "such that pct_start · total_steps is neither 1 nor total_steps (a phase of length 0)";
+                check(rise_ok && fall_ok, name, "pct_start", pct_start, requirement)
             }
         }
     }
@@ -269,6 +334,49 @@ enum Move {
     Advance,
     /// SequentialLR entering this phase at a milestone: `last_epoch` = 0, the closed form.
     Restart,
+}
+
+/// The error of a step count that cannot grow: `last_epoch` is an `i64`, as PyTorch's is
+/// in practice, so a schedule runs at most `i64::MAX` steps.
+fn exhausted() -> Error {
+    Error::ScheduleFinished { total_steps: i64::MAX as u64 }
+}
+
+/// A warm-restart period after `t_i`: `t_i · t_mult`, or `u64::MAX` if that does not fit,
+/// a period longer than any schedule can run (PyTorch's integers do not overflow, and a
+/// period of `u64::MAX` steps gives the same rates for every step a schedule can reach).
+fn next_period(t_i: u64, t_mult: u64) -> u64 {
+    t_i.saturating_mul(t_mult)
+}
+
+/// `(T_i, T_cur)` of warm restarts after `epoch` steps from the start.
+fn restart_position(t_0: u64, t_mult: u64, epoch: i64) -> (u64, u64) {
+    let (mut t_i, mut rest) = (t_0, u64::try_from(epoch).unwrap_or(0));
+    if t_mult == 1 {
+        return (t_0, rest % t_0);
+    }
+    // The period at least doubles, so this runs at most 64 times.
+    while rest >= t_i {
+        rest -= t_i;
+        t_i = next_period(t_i, t_mult);
+    }
+    (t_i, rest)
+}
+
+/// A rate that came out below zero by rounding alone is 0: every schedule's exact rates are
+/// ≥ 0, and a recursion's rounding stays within a few units in the last place of the largest
+/// rate involved (`scale`) per step it has taken (`steps`, with some to spare for the first
+/// steps). Anything further below zero is left for the caller to refuse.
+///
+/// PyTorch's recursive LinearLR with `end_factor = 0` ends at about −1e-19 for a base rate of
+/// 0.01 and keeps stepping with that; a negative rate is not a learning rate, so this crate
+/// sets 0 there, which moves parameters by the same nothing. Likewise a cosine whose
+/// `eta_min` is above a tiny base rate comes back down to just below 0, by more the longer
+/// it runs.
+fn settle(rate: f64, scale: f64, steps: i64) -> f64 {
+    const ROUNDING_PER_STEP: f64 = 4.0 * f64::EPSILON;
+    let tolerance = ROUNDING_PER_STEP * (steps.max(0) as f64 + 16.0) * scale.abs();
+    if rate < 0.0 && rate >= -tolerance { 0.0 } else { rate }
 }
 
 /// One schedule with its position: PyTorch's `last_epoch`, and `T_i`, `T_cur` of warm
@@ -296,16 +404,19 @@ impl Phase {
     fn moved(mut self, movement: Move) -> Result<Self> {
         match movement {
             Move::Initial | Move::Restart => self.last_epoch = 0,
-            Move::Advance => self.last_epoch += 1,
+            Move::Advance => {
+                self.last_epoch = self.last_epoch.checked_add(1).ok_or_else(exhausted)?
+            }
         }
         match self.schedule {
             Schedule::CosineRestarts { t_0, t_mult, .. } => match movement {
                 Move::Initial => (self.t_i, self.t_cur) = (t_0, 0),
                 Move::Advance => {
+                    // `t_cur < t_i`, so neither count overflows.
                     self.t_cur += 1;
                     if self.t_cur >= self.t_i {
-                        self.t_cur %= self.t_i;
-                        self.t_i *= t_mult;
+                        self.t_cur -= self.t_i;
+                        self.t_i = next_period(self.t_i, t_mult);
                     }
                 }
                 // SequentialLR's `_update_lr(0)` keeps `T_cur` and `T_i` (0 and `T_0`, as
@@ -320,9 +431,38 @@ impl Phase {
         Ok(self)
     }
 
+    /// Whether the position is one that stepping from the start reaches, with at least
+    /// one more step possible.
+    fn position_ok(&self) -> bool {
+        let epoch = self.last_epoch;
+        if !(-1..i64::MAX).contains(&epoch) {
+            return false;
+        }
+        match self.schedule {
+            Schedule::CosineRestarts { t_0, t_mult, .. } => {
+                (self.t_i, self.t_cur) == restart_position(t_0, t_mult, epoch)
+            }
+            Schedule::OneCycle { total_steps, .. } => epoch < 0 || epoch as u64 <= total_steps,
+            _ => self.t_i == 0 && self.t_cur == 0,
+        }
+    }
+
     /// The rate of a group with base rate `base` and current rate `lr`, for a phase that has
-    /// just made `movement` (PyTorch's `get_lr`, or `_get_closed_form_lr` on a restart).
+    /// just made `movement` (PyTorch's `get_lr`, or `_get_closed_form_lr` on a restart); a
+    /// result that is negative by rounding alone is 0.
     fn lr(&self, movement: Move, base: f64, lr: f64) -> f64 {
+        // The largest rate involved: the recursions' rounding is relative to it.
+        let scale = match self.schedule {
+            Schedule::OneCycle { max_lr, .. } => max_lr,
+            Schedule::Cosine { eta_min, .. } | Schedule::CosineRestarts { eta_min, .. } => {
+                base.abs().max(lr.abs()).max(eta_min)
+            }
+            _ => base.abs().max(lr.abs()),
+        };
+        settle(self.raw_lr(movement, base, lr), scale, self.last_epoch)
+    }
+
+    fn raw_lr(&self, movement: Move, base: f64, lr: f64) -> f64 {
         let epoch = self.last_epoch;
         let t = epoch as f64;
         match self.schedule {
@@ -338,14 +478,16 @@ impl Phase {
             },
             Schedule::Cosine { t_max, eta_min } => {
                 let period = t_max as f64;
+                // In i128, `epoch − 1 − T` and `2T` cannot overflow for any `u64` T.
+                let trough = (i128::from(epoch) - 1 - i128::from(t_max))
+                    .rem_euclid(2 * i128::from(t_max))
+                    == 0;
                 match movement {
                     Move::Restart => {
                         eta_min + (base - eta_min) * (1.0 + (PI * t / period).cos()) / 2.0
                     }
                     Move::Initial => lr,
-                    Move::Advance
-                        if (epoch - 1 - t_max as i64).rem_euclid(2 * t_max as i64) == 0 =>
-                    {
+                    Move::Advance if trough => {
                         lr + (base - eta_min) * (1.0 - (PI / period).cos()) / 2.0
                     }
                     Move::Advance => {
@@ -408,7 +550,9 @@ enum Plan {
 /// every optimizer step. Stepping allocates nothing, and a step that fails changes neither
 /// the scheduler nor the optimizer.
 ///
-/// With the `serde` feature it serializes as its position; deserializing checks it.
+/// With the `serde` feature it serializes as its position; deserializing checks it: the
+/// schedules' ranges, and that the position is one that stepping from the start reaches and
+/// that can be stepped further.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(try_from = "checked::Unchecked", deny_unknown_fields))]
@@ -421,7 +565,9 @@ impl LrScheduler {
     /// Runs `schedule`: every group's current rate is set to its first-step value.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] for a schedule out of range; nothing changes then.
+    /// [`Error::InvalidHyperparameter`] for a schedule out of range,
+    /// [`Error::ScheduleInProgress`] if a group has a rate from another schedule in
+    /// progress (see the [module documentation](self)); nothing changes then.
     pub fn new<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedule: Schedule,
@@ -435,7 +581,8 @@ impl LrScheduler {
     ///
     /// # Errors
     /// [`Error::InvalidSchedule`] for no schedules or a `OneCycle` among them (PyTorch's is
-    /// not chainable), [`Error::InvalidHyperparameter`] for a schedule out of range.
+    /// not chainable), [`Error::InvalidHyperparameter`] for a schedule out of range,
+    /// [`Error::ScheduleInProgress`] as for [`new`](Self::new).
     pub fn chained<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedules: Vec<Schedule>,
@@ -450,7 +597,8 @@ impl LrScheduler {
     /// # Errors
     /// [`Error::InvalidSchedule`] unless there is one milestone fewer than schedules and the
     /// milestones rise strictly from ≥ 1, or for a `OneCycle` among several schedules;
-    /// [`Error::InvalidHyperparameter`] for a schedule out of range.
+    /// [`Error::InvalidHyperparameter`] for a schedule out of range,
+    /// [`Error::ScheduleInProgress`] as for [`new`](Self::new).
     pub fn sequential<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedules: Vec<Schedule>,
@@ -464,35 +612,134 @@ impl LrScheduler {
         plan: Plan,
         schedules: Vec<Schedule>,
     ) -> Result<Self> {
-        let mut scheduler =
-            LrScheduler { plan, phases: schedules.into_iter().map(Phase::new).collect() };
-        scheduler.validate()?;
-        // Every phase takes its constructor's step; a sequence then undoes all of them but
-        // the first (PyTorch's `recursive_undo`), so only the first moves the rates.
-        let moved: Vec<Phase> = match &scheduler.plan {
-            Plan::Chained => scheduler
-                .phases
-                .iter()
-                .map(|phase| phase.moved(Move::Initial))
-                .collect::<Result<_>>()?,
-            Plan::Sequential { .. } => {
-                let first = scheduler.phases[0].moved(Move::Initial)?;
-                let mut phases = scheduler.phases.clone();
-                phases[0] = first;
-                phases
+        let fresh = LrScheduler { plan, phases: schedules.into_iter().map(Phase::new).collect() };
+        fresh.validate()?;
+        let mut scheduler = fresh.clone();
+        scheduler.phases = fresh.initial_phases()?;
+        let first = |base: f64| scheduler.initial_rate(base);
+        // A rate that a schedule set is not silently replaced by another: the optimizer is
+        // mid-schedule (e.g. restored from a checkpoint), and a scheduler state restored
+        // after this one would then continue from the wrong rate.
+        for group in optimizer.groups() {
+            let rate = first(group.hyper().lr());
+            if let Some(current) = group.scheduled_lr.filter(|lr| lr.to_bits() != rate.to_bits()) {
+                return Err(Error::ScheduleInProgress {
+                    group: group.name().to_owned(),
+                    current,
+                    first: rate,
+                });
             }
-        };
-        let chained = matches!(scheduler.plan, Plan::Chained);
-        optimizer.set_lrs_with(|base, _| {
-            // A new scheduler starts from the base rates (PyTorch's `initial_lr`).
-            if chained {
-                moved.iter().fold(base, |lr, phase| phase.lr(Move::Initial, base, lr))
-            } else {
-                moved[0].lr(Move::Initial, base, base)
-            }
-        })?;
-        scheduler.phases = moved;
+        }
+        set_rates(optimizer, |base, _| Ok(first(base)))?;
         Ok(scheduler)
+    }
+
+    /// The phases after the constructors' step: every phase takes its constructor's step; a
+    /// sequence then undoes all of them but the first (PyTorch's `recursive_undo`), so only
+    /// the first moves the rates.
+    fn initial_phases(&self) -> Result<Vec<Phase>> {
+        match &self.plan {
+            Plan::Chained => self.phases.iter().map(|phase| phase.moved(Move::Initial)).collect(),
+            Plan::Sequential { .. } => {
+                let mut phases = self.phases.clone();
+                phases[0] = phases[0].moved(Move::Initial)?;
+                Ok(phases)
+            }
+        }
+    }
+
+    /// The first rate of a group with base rate `base` (PyTorch's `initial_lr`), for phases
+    /// that have taken the constructors' step.
+    fn initial_rate(&self, base: f64) -> f64 {
+        match self.plan {
+            Plan::Chained => {
+                self.phases.iter().fold(base, |lr, phase| phase.lr(Move::Initial, base, lr))
+            }
+            Plan::Sequential { .. } => self.phases[0].lr(Move::Initial, base, base),
+        }
+    }
+
+    /// What the next step moves, or the error it fails with. No allocation.
+    fn next(&self) -> Result<Next> {
+        match &self.plan {
+            Plan::Chained => {
+                for phase in &self.phases {
+                    phase.moved(Move::Advance)?;
+                }
+                Ok(Next::Chained)
+            }
+            Plan::Sequential { milestones, last_epoch } => {
+                let epoch = last_epoch.checked_add(1).ok_or_else(exhausted)?;
+                let index = milestones.partition_point(|&m| m <= epoch);
+                let movement = if index > 0 && milestones[index - 1] == epoch {
+                    Move::Restart
+                } else {
+                    Move::Advance
+                };
+                let moved = self.phases[index].moved(movement)?;
+                Ok(Next::Sequential { epoch, index, movement, moved })
+            }
+        }
+    }
+
+    /// The rate after the step `next` of a group with base rate `base` and current rate
+    /// `lr`.
+    fn next_rate(&self, next: &Next, base: f64, lr: f64) -> f64 {
+        match next {
+            Next::Chained => self.phases.iter().fold(lr, |lr, phase| {
+                // `next` checked that every phase moves.
+                phase.moved(Move::Advance).map_or(lr, |moved| moved.lr(Move::Advance, base, lr))
+            }),
+            Next::Sequential { movement, moved, .. } => moved.lr(*movement, base, lr),
+        }
+    }
+
+    /// Takes the step `next`.
+    fn take(&mut self, next: Next) -> Result<()> {
+        match (next, &mut self.plan) {
+            (Next::Chained, _) => {
+                for phase in &mut self.phases {
+                    *phase = phase.moved(Move::Advance)?;
+                }
+            }
+            (Next::Sequential { epoch, index, moved, .. }, Plan::Sequential { last_epoch, .. }) => {
+                self.phases[index] = moved;
+                *last_epoch = epoch;
+            }
+            (Next::Sequential { .. }, Plan::Chained) => {}
+        }
+        Ok(())
+    }
+
+    /// The rate that a group with base rate `base` has at this position had it been in the
+    /// optimizer from the start: the schedule replayed, operation for operation.
+    fn replayed_rate(&self, base: f64) -> Result<f64> {
+        let steps = self.steps();
+        if steps > REPLAY_LIMIT {
+            return Err(Error::InvalidSchedule {
+                reason: format!(
+                    "a group without a scheduled rate cannot be brought into phase at step \
+                     {steps} (at most {REPLAY_LIMIT} steps are replayed)"
+                ),
+            });
+        }
+        let mut replay = LrScheduler {
+            plan: match &self.plan {
+                Plan::Chained => Plan::Chained,
+                Plan::Sequential { milestones, .. } => {
+                    Plan::Sequential { milestones: milestones.clone(), last_epoch: 0 }
+                }
+            },
+            phases: self.phases.iter().map(|phase| Phase::new(phase.schedule)).collect(),
+        };
+        replay.phases = replay.initial_phases()?;
+        let mut lr = replay.initial_rate(base);
+        for _ in 0..steps {
+            let next = replay.next()?;
+            lr = replay.next_rate(&next, base, lr);
+            replay.take(next)?;
+        }
+        Ok(lr)
     }
 
     fn validate(&self) -> Result<()> {
@@ -523,45 +770,29 @@ impl LrScheduler {
     /// Advances the schedule by one step and sets every group's rate for the next optimizer
     /// step. Call it once after every optimizer step.
     ///
+    /// Each group's rate follows from the rate the schedule set it to at the last step. A
+    /// group without one (added to the optimizer after the schedule started, or given a new
+    /// rate by [`Optimizer::set_lr`]) is first brought into phase: its rate is replayed from
+    /// its base rate through every step so far, as if it had been there from the start.
+    ///
     /// # Errors
-    /// [`Error::ScheduleFinished`] past a `OneCycle`'s last step,
-    /// [`Error::InvalidHyperparameter`] if a rate came out non-finite or negative; nothing
-    /// changes then.
+    /// [`Error::ScheduleFinished`] past a `OneCycle`'s last step (or after `i64::MAX` steps),
+    /// [`Error::InvalidHyperparameter`] if a rate came out non-finite or negative (e.g. an
+    /// exponential growth past `f64::MAX`), [`Error::InvalidSchedule`] for a group to bring
+    /// into phase after more than 2^26 steps; nothing changes then.
     pub fn step<R: UpdateRule, A: Element>(
         &mut self,
         optimizer: &mut Optimizer<R, A>,
     ) -> Result<()> {
-        match &mut self.plan {
-            Plan::Chained => {
-                for phase in &self.phases {
-                    phase.moved(Move::Advance)?;
-                }
-                let phases = &self.phases;
-                optimizer.set_lrs_with(|base, lr| {
-                    phases.iter().fold(lr, |lr, phase| {
-                        let moved = phase.moved(Move::Advance).expect("checked above");
-                        moved.lr(Move::Advance, base, lr)
-                    })
-                })?;
-                for phase in &mut self.phases {
-                    *phase = phase.moved(Move::Advance)?;
-                }
-            }
-            Plan::Sequential { milestones, last_epoch } => {
-                let epoch = *last_epoch + 1;
-                let index = milestones.partition_point(|&m| m <= epoch);
-                let movement = if index > 0 && milestones[index - 1] == epoch {
-                    Move::Restart
-                } else {
-                    Move::Advance
-                };
-                let moved = self.phases[index].moved(movement)?;
-                optimizer.set_lrs_with(|base, lr| moved.lr(movement, base, lr))?;
-                self.phases[index] = moved;
-                *last_epoch = epoch;
-            }
-        }
-        Ok(())
+        let next = self.next()?;
+        set_rates(optimizer, |base, current| {
+            let lr = match current {
+                Some(lr) => lr,
+                None => self.replayed_rate(base)?,
+            };
+            Ok(self.next_rate(&next, base, lr))
+        })?;
+        self.take(next)
     }
 
     /// How many times [`step`](Self::step) has run.
@@ -571,6 +802,78 @@ impl LrScheduler {
             Plan::Sequential { last_epoch, .. } => *last_epoch,
         }
     }
+
+    /// Whether the position is the one `steps()` steps from the start reach, and one more
+    /// step can be counted.
+    fn position_ok(&self) -> bool {
+        if !self.phases.iter().all(Phase::position_ok) {
+            return false;
+        }
+        match &self.plan {
+            Plan::Chained => {
+                let epoch = self.phases[0].last_epoch;
+                epoch >= 0 && self.phases.iter().all(|phase| phase.last_epoch == epoch)
+            }
+            Plan::Sequential { milestones, last_epoch } => {
+                if *last_epoch >= i64::MAX as u64 {
+                    return false;
+                }
+                let index = milestones.partition_point(|&m| m <= *last_epoch);
+                let start = |i: usize| if i == 0 { 0 } else { milestones[i - 1] };
+                // Phase i ran from its milestone to the step before the next one; the
+                // current one is `last_epoch − start` steps in; later ones have not begun.
+                self.phases.iter().enumerate().all(|(i, phase)| {
+                    let expected = match i.cmp(&index) {
+                        core::cmp::Ordering::Less => (milestones[i] - 1 - start(i)) as i64,
+                        core::cmp::Ordering::Equal => (last_epoch - start(i)) as i64,
+                        core::cmp::Ordering::Greater => -1,
+                    };
+                    phase.last_epoch == expected
+                })
+            }
+        }
+    }
+}
+
+/// The longest history [`LrScheduler::step`] replays to bring a group into phase.
+const REPLAY_LIMIT: u64 = 1 << 26;
+
+/// What a step of an [`LrScheduler`] moves.
+enum Next {
+    /// Every phase advances.
+    Chained,
+    /// Phase `index` makes `movement`, becoming `moved`; the sequence is at `epoch`.
+    Sequential { epoch: u64, index: usize, movement: Move, moved: Phase },
+}
+
+/// Sets every group's current rate to `rate(base, scheduled)`, from its base rate and the
+/// rate a schedule set it to, if any; checks every new rate (finite, ≥ 0) first and changes
+/// nothing on an error. `rate` runs twice per group, so it must be pure.
+fn set_rates<R: UpdateRule, A: Element>(
+    optimizer: &mut Optimizer<R, A>,
+    rate: impl Fn(f64, Option<f64>) -> Result<f64>,
+) -> Result<()> {
+    let mut groups = optimizer.registry.groups.iter();
+    if let Some(error) =
+        groups.find_map(|group| match rate(group.hyper().lr(), group.scheduled_lr) {
+            Ok(value) if value.is_finite() && value >= 0.0 => None,
+            Ok(value) => Some(Error::InvalidHyperparameter {
+                rule: "schedule",
+                key: "lr",
+                value,
+                requirement: "finite and >= 0",
+            }),
+            Err(error) => Some(error),
+        })
+    {
+        return Err(error);
+    }
+    for group in &mut optimizer.registry.groups {
+        if let Ok(value) = rate(group.hyper.lr(), group.scheduled_lr) {
+            group.scheduled_lr = Some(value);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "serde")]
@@ -592,15 +895,12 @@ mod checked {
         fn try_from(unchecked: Unchecked) -> Result<Self, Error> {
             let scheduler = LrScheduler { plan: unchecked.plan, phases: unchecked.phases };
             scheduler.validate()?;
-            let position_ok = scheduler.phases.iter().all(|phase| {
-                let restarts_ok = match phase.schedule {
-                    super::Schedule::CosineRestarts { .. } => phase.t_cur < phase.t_i,
-                    _ => true,
-                };
-                phase.last_epoch >= -1 && restarts_ok
-            });
-            if !position_ok {
-                return Err(Error::InvalidSchedule { reason: "inconsistent position".to_owned() });
+            if !scheduler.position_ok() {
+                return Err(Error::InvalidSchedule {
+                    reason: "a position that stepping from the start does not reach, or that \
+                             cannot be stepped further"
+                        .to_owned(),
+                });
             }
             Ok(scheduler)
         }

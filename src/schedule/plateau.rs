@@ -69,8 +69,9 @@ pub struct ReduceLrOnPlateau {
     pub min_lr: f64,
     /// Reductions smaller than this are not made (finite, ≥ 0; default 1e-8).
     pub eps: f64,
-    /// Position: the best metric so far (±∞ before the first call).
-    pub best: f64,
+    /// Position: the best metric so far, `None` before the first call (so that any
+    /// setting of `mode` starts right: a first metric is always an improvement).
+    pub best: Option<f64>,
     /// Position: calls without improvement since the last improvement or reduction.
     pub num_bad_epochs: u64,
     /// Position: cooldown calls left.
@@ -89,7 +90,7 @@ impl Default for ReduceLrOnPlateau {
             cooldown: 0,
             min_lr: 0.0,
             eps: 1e-8,
-            best: f64::INFINITY,
+            best: None,
             num_bad_epochs: 0,
             cooldown_counter: 0,
         }
@@ -97,20 +98,18 @@ impl Default for ReduceLrOnPlateau {
 }
 
 impl ReduceLrOnPlateau {
-    /// A fresh one in `mode` with PyTorch's other defaults (the best metric so far is the
-    /// worst value of `mode`).
+    /// A fresh one in `mode` with PyTorch's other defaults; the same as
+    /// `ReduceLrOnPlateau { mode, ..ReduceLrOnPlateau::default() }`.
     pub fn new(mode: PlateauMode) -> Self {
-        let best = match mode {
-            PlateauMode::Min => f64::INFINITY,
-            PlateauMode::Max => f64::NEG_INFINITY,
-        };
-        ReduceLrOnPlateau { mode, best, ..ReduceLrOnPlateau::default() }
+        ReduceLrOnPlateau { mode, ..ReduceLrOnPlateau::default() }
     }
 
-    /// Checks the settings' ranges.
+    /// Checks the settings' ranges and that the position is one stepping reaches.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] with rule `"plateau"` and the key out of range.
+    /// [`Error::InvalidHyperparameter`] with rule `"plateau"` and the key out of range (a
+    /// `best` of NaN, a `num_bad_epochs` above `patience` or a `cooldown_counter` above
+    /// `cooldown` among them).
     pub fn validate(&self) -> Result<()> {
         let invalid = |key, value, requirement| {
             Err(Error::InvalidHyperparameter { rule: "plateau", key, value, requirement })
@@ -125,15 +124,27 @@ impl ReduceLrOnPlateau {
                 return invalid(key, value, "finite and >= 0");
             }
         }
+        if let Some(best) = self.best.filter(|best| best.is_nan()) {
+            return invalid("best", best, "a number (not NaN)");
+        }
+        if self.num_bad_epochs > self.patience {
+            return invalid("num_bad_epochs", self.num_bad_epochs as f64, "<= patience");
+        }
+        if self.cooldown_counter > self.cooldown {
+            return invalid("cooldown_counter", self.cooldown_counter as f64, "<= cooldown");
+        }
         Ok(())
     }
 
+    /// Whether `metric` improves on the best so far; before the first metric, any number
+    /// does (PyTorch's comparison with the worst value of `mode`, ±∞).
     fn is_better(&self, metric: f64) -> bool {
+        let Some(best) = self.best else { return !metric.is_nan() };
         match (self.mode, self.threshold_mode) {
-            (PlateauMode::Min, ThresholdMode::Rel) => metric < self.best * (1.0 - self.threshold),
-            (PlateauMode::Min, ThresholdMode::Abs) => metric < self.best - self.threshold,
-            (PlateauMode::Max, ThresholdMode::Rel) => metric > self.best * (self.threshold + 1.0),
-            (PlateauMode::Max, ThresholdMode::Abs) => metric > self.best + self.threshold,
+            (PlateauMode::Min, ThresholdMode::Rel) => metric < best * (1.0 - self.threshold),
+            (PlateauMode::Min, ThresholdMode::Abs) => metric < best - self.threshold,
+            (PlateauMode::Max, ThresholdMode::Rel) => metric > best * (self.threshold + 1.0),
+            (PlateauMode::Max, ThresholdMode::Abs) => metric > best + self.threshold,
         }
     }
 
@@ -150,10 +161,13 @@ impl ReduceLrOnPlateau {
         self.validate()?;
         let mut next = *self;
         if next.is_better(metric) {
-            next.best = metric;
+            next.best = Some(metric);
             next.num_bad_epochs = 0;
         } else {
-            next.num_bad_epochs += 1;
+            // `validate` keeps the count at most `patience`, so this overflows only for a
+            // patience of `u64::MAX`; the count then stays there (2^64 calls are out of
+            // reach anyway).
+            next.num_bad_epochs = next.num_bad_epochs.saturating_add(1);
         }
         if next.cooldown_counter > 0 {
             next.cooldown_counter -= 1;
