@@ -152,6 +152,7 @@ pub enum Error {
         param: String,
         /// The declared name closest to it, if one is close.
         closest: Option<String>,
+    },
     /// Building an [`LrScheduler`](crate::schedule::LrScheduler) would replace a rate that a
     /// schedule set (e.g. in an optimizer restored from a checkpoint) with another one. To
     /// continue that schedule, restore the scheduler saved with the optimizer instead of
