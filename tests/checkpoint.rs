@@ -384,7 +384,8 @@ fn restored_column_major_state_takes_the_fast_path_layout() {
     let mut straight = Optimizer::new(rule).unwrap();
     let mut resumed = Optimizer::new(rule).unwrap();
     for step in 0..6 {
-        let g = values::<f64>(&[3, 5], step).into_dimensionality::<ndarray::Ix2>().unwrap();
+        let mut g = Array2::<f64>::zeros((3, 5).f());
+        g.assign(&values::<f64>(&[3, 5], step).into_dimensionality::<ndarray::Ix2>().unwrap());
         straight.step("a", &mut a, &g).unwrap();
         if step == 3 {
             resumed = Optimizer::from_checkpoint(resumed.checkpoint()).unwrap();
