@@ -191,17 +191,35 @@ where
     }
     let mut reference = setup.clone();
     if let Some(dir) = &options.resume_dir {
-        let mut shards = Vec::new();
+        // The shards name their rank and the world size that wrote them; merging needs the
+        // plan of that world, and refuses a set with a rank missing.
+        let mut shards = BTreeMap::new();
+        let mut written_by = None;
         for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             let path = entry.map_err(|e| e.to_string())?.path();
-            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("shard-")) {
-                let json = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let shard: Optimizer<R, f64> = serde_json::from_slice(&json)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                shards.push(shard.checkpoint());
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some((of, world)) = name.as_deref().and_then(|name| {
+                let (rank, world) =
+                    name.strip_prefix("shard-")?.strip_suffix(".json")?.split_once("-of-")?;
+                Some((rank.parse::<usize>().ok()?, world.parse::<usize>().ok()?))
+            }) else {
+                continue;
+            };
+            if *written_by.get_or_insert(world) != world {
+                return Err(format!("{}: shards of different world sizes", dir.display()));
             }
+            let json = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let shard: Optimizer<R, f64> =
+                serde_json::from_slice(&json).map_err(|e| format!("{}: {e}", path.display()))?;
+            shards.insert(of, shard.checkpoint());
         }
-        let full = merge(shards).map_err(|e| e.to_string())?;
+        let written_by = written_by.ok_or(format!("{}: no shards", dir.display()))?;
+        if let Some(missing) = (0..written_by).find(|rank| !shards.contains_key(rank)) {
+            return Err(format!("{}: the shard of rank {missing} is missing", dir.display()));
+        }
+        let sizes = model.tensors.iter().map(|(n, t)| (n.as_str(), t.len()));
+        let old_plan = ShardPlan::new(sizes, written_by).map_err(|e| e.to_string())?;
+        let full = merge(shards.into_values().collect(), &old_plan).map_err(|e| e.to_string())?;
         reference = Optimizer::from_checkpoint(full.clone()).map_err(|e| e.to_string())?;
         let mine = split(full, &plan).map_err(|e| e.to_string())?.swap_remove(rank);
         setup = Optimizer::from_checkpoint(mine).map_err(|e| e.to_string())?;

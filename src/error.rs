@@ -80,12 +80,16 @@ pub enum Error {
         /// What is wrong, naming the tensor, rank or shard.
         reason: String,
     },
-    /// A checkpoint lists a tensor name twice, or the model's tensors given to
-    /// [`Optimizer::load_state`](crate::Optimizer::load_state) list one twice with different
-    /// shapes.
+    /// A tensor name is listed twice where each must be listed once: in a checkpoint, in a
+    /// shard plan, in the model's tensors given to
+    /// [`Optimizer::load_state`](crate::Optimizer::load_state) (twice with different shapes),
+    /// or in a batch of one step.
     DuplicateParam {
         /// The tensor's name.
         param: String,
+        /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
+        /// tensors"` or `"batch"`.
+        in_what: &'static str,
     },
     /// A checkpoint's state of one tensor does not fit the rule or the tensor's shape.
     InvalidTensorState {
@@ -211,8 +215,8 @@ impl fmt::Display for Error {
                 write!(f, "checkpoint {field} is `{found}`, but the optimizer's is `{expected}`")
             }
             Error::InvalidSharding { reason } => write!(f, "invalid sharding: {reason}"),
-            Error::DuplicateParam { param } => {
-                write!(f, "checkpoint lists the tensor `{param}` more than once")
+            Error::DuplicateParam { param, in_what } => {
+                write!(f, "the {in_what} lists the tensor `{param}` more than once")
             }
             Error::InvalidTensorState { param, reason } => {
                 write!(f, "checkpoint state of `{param}` is invalid: {reason}")

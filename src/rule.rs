@@ -77,6 +77,24 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         0.0
     }
 
+    /// The state buffers (of [`state_names`](Self::state_names)) whose values no run makes
+    /// negative, e.g. second moments and accumulated squares. A checkpoint holding a negative
+    /// value in one is refused on loading, as is a non-finite value in any buffer. None by
+    /// default.
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Checks a value of the per-tensor scalar `name` (of [`scalar_names`](Self::scalar_names))
+    /// that a checkpoint holds; a value no run can produce is refused on loading.
+    ///
+    /// # Errors
+    /// What the value must be, e.g. `"finite"`. The default requires it finite.
+    fn check_scalar(&self, name: &str, value: f64) -> Result<(), &'static str> {
+        let _ = name;
+        if value.is_finite() { Ok(()) } else { Err("finite") }
+    }
+
     /// Checks every hyperparameter's range; called whenever hyperparameters enter an
     /// optimizer, so that stepping never has to.
     ///

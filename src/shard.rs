@@ -68,7 +68,10 @@ impl ShardPlan {
         for (name, numel) in sizes {
             let rank = (0..world).min_by_key(|&rank| (loads[rank], rank)).unwrap_or(0);
             if owners.insert(name.to_owned(), rank).is_some() {
-                return Err(Error::DuplicateParam { param: name.to_owned() });
+                return Err(Error::DuplicateParam {
+                    param: name.to_owned(),
+                    in_what: "shard plan",
+                });
             }
             loads[rank] += numel;
         }
@@ -189,46 +192,101 @@ fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> b
         && a.non_finite == b.non_finite
 }
 
-/// Merges per-rank checkpoints into one full checkpoint.
+/// Merges the per-rank checkpoints written under `plan` into one full checkpoint.
 ///
-/// Every shard must come from the same optimizer setup (format, rule, dtype, groups and
-/// hyperparameters), and each tensor's state must be in exactly one shard; a tensor that no
-/// rank has stepped yet may be listed, without state, by any number of them.
+/// `shards[rank]` is the checkpoint of rank `rank`, one for every rank of the plan's world:
+/// the plan that wrote them, not necessarily the one that will resume (a [`ShardPlan`] is
+/// recomputed from the tensor sizes and the world size that wrote the shards). Every shard
+/// must come from the same optimizer setup (format, rule, dtype, groups and
+/// hyperparameters), list each tensor at most once, and hold state only of the tensors the
+/// plan gives its rank; a tensor that no rank has stepped yet may be listed, without state,
+/// by any number of them.
 ///
 /// # Errors
-/// [`Error::InvalidSharding`] for no shards or shards of different setups (naming the
-/// shard), [`Error::DuplicateParam`] for state of one tensor in two shards.
-pub fn merge<R: UpdateRule, A: Element>(shards: Vec<Checkpoint<R, A>>) -> Result<Checkpoint<R, A>> {
-    let mut shards = shards.into_iter().enumerate();
-    let (_, mut full) = shards.next().ok_or_else(|| invalid("no shards to merge".to_owned()))?;
-    let mut tensors: BTreeMap<String, TensorRecord<A>> =
-        full.tensors.drain(..).map(|tensor| (tensor.name.clone(), tensor)).collect();
-    for (index, shard) in shards {
-        if !same_header(&full, &shard) {
-            return Err(invalid(format!(
-                "shard {index} differs from shard 0 in format, rule, dtype, groups or clipping"
-            )));
-        }
-        for tensor in shard.tensors {
+/// [`Error::InvalidSharding`] for no shards, fewer or more shards than the plan has ranks
+/// (naming the missing ranks), shards of different setups (naming the shard), a shard that
+/// lists a tensor twice, or state of a tensor in another shard than its owner's or of a
+/// tensor the plan does not list (naming the tensor and the ranks).
+pub fn merge<R: UpdateRule, A: Element>(
+    shards: Vec<Checkpoint<R, A>>,
+    plan: &ShardPlan,
+) -> Result<Checkpoint<R, A>> {
+    if shards.len() != plan.world() {
+        let reason = if shards.len() < plan.world() {
+            let missing: Vec<usize> = (shards.len()..plan.world()).collect();
+            format!(
+                "{} shards for a plan of {} ranks: the shards of ranks {missing:?} are missing \
+                 (give one shard per rank, in rank order)",
+                shards.len(),
+                plan.world()
+            )
+        } else {
+            format!("{} shards for a plan of {} ranks", shards.len(), plan.world())
+        };
+        return Err(invalid(reason));
+    }
+    let mut shards = shards.into_iter();
+    let mut full = shards.next().ok_or_else(|| invalid("no shards to merge".to_owned()))?;
+    let first = std::mem::take(&mut full.tensors);
+    let mut tensors: BTreeMap<String, TensorRecord<A>> = BTreeMap::new();
+    let mut add = |rank: usize, list: Vec<TensorRecord<A>>| -> Result<()> {
+        let mut listed = std::collections::BTreeSet::new();
+        for tensor in list {
+            if !listed.insert(tensor.name.clone()) {
+                return Err(invalid(format!(
+                    "the shard of rank {rank} lists tensor `{}` twice",
+                    tensor.name
+                )));
+            }
+            if tensor.state.is_some() {
+                match plan.owner(&tensor.name) {
+                    Some(owner) if owner != rank => {
+                        return Err(invalid(format!(
+                            "the shard of rank {rank} has state of tensor `{}`, which the plan \
+                             gives to rank {owner}",
+                            tensor.name
+                        )));
+                    }
+                    None => {
+                        return Err(invalid(format!(
+                            "the shard of rank {rank} has state of tensor `{}`, which is not in \
+                             the plan",
+                            tensor.name
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
             match tensors.get_mut(&tensor.name) {
                 None => {
                     tensors.insert(tensor.name.clone(), tensor);
                 }
                 Some(known) if known.group != tensor.group => {
                     return Err(invalid(format!(
-                        "tensor `{}` is in group `{}` in shard {index} but `{}` before",
+                        "tensor `{}` is in group `{}` in the shard of rank {rank} but `{}` \
+                         before",
                         tensor.name, tensor.group, known.group
                     )));
                 }
-                Some(known) => match (&known.state, tensor.state) {
-                    (Some(_), Some(_)) => {
-                        return Err(Error::DuplicateParam { param: tensor.name });
+                // The owner check above leaves state in one shard at most.
+                Some(known) => {
+                    if tensor.state.is_some() {
+                        known.state = tensor.state;
                     }
-                    (None, state @ Some(_)) => known.state = state,
-                    (_, None) => {}
-                },
+                }
             }
         }
+        Ok(())
+    };
+    add(0, first)?;
+    for (rank, shard) in (1..).zip(shards) {
+        if !same_header(&full, &shard) {
+            return Err(invalid(format!(
+                "the shard of rank {rank} differs from rank 0's in format, rule, dtype, groups \
+                 or clipping"
+            )));
+        }
+        add(rank, shard.tensors)?;
     }
     full.tensors = tensors.into_values().collect();
     Ok(full)

@@ -259,7 +259,10 @@ fn invalid_checkpoints_are_refused_with_the_reason() {
     let mut c = adam_checkpoint();
     let duplicate = c.tensors[0].clone();
     c.tensors.push(duplicate);
-    assert_eq!(refused(c), Error::DuplicateParam { param: "encoder.bias".into() });
+    assert_eq!(
+        refused(c),
+        Error::DuplicateParam { param: "encoder.bias".into(), in_what: "checkpoint" }
+    );
 
     let mut c = adam_checkpoint();
     c.tensors[0].group = "nowhere".into();
@@ -451,4 +454,95 @@ fn training_settings_survive_both_encodings() {
             assert_eq!(restored.group("head").unwrap().lr(), 0.0025);
         }
     }
+}
+
+/// The checkpoint of `rule` after two steps of one tensor `w` of 4 elements.
+fn stepped<R: UpdateRule>(rule: R) -> Checkpoint<R, f64> {
+    let mut opt = Optimizer::<R, f64>::new(rule).unwrap();
+    let mut w = ndarray::Array1::<f64>::linspace(-1.0, 1.0, 4);
+    for step in 0..2 {
+        let g = w.mapv(|x| x * 0.5 - step as f64);
+        opt.step("w", &mut w, &g).unwrap();
+    }
+    opt.checkpoint()
+}
+
+/// Sets value `index` of buffer `buffer` of the only tensor, loads, and returns the error.
+fn with_value<R: UpdateRule>(rule: R, buffer: &str, index: usize, value: f64) -> Error {
+    let mut c = stepped(rule);
+    let state = c.tensors[0].state.as_mut().unwrap();
+    state.buffers.iter_mut().find(|b| b.name == buffer).unwrap().values[index] = value;
+    Optimizer::from_checkpoint(c).unwrap_err()
+}
+
+/// State that no run produces is refused on loading, naming the tensor and the buffer:
+/// negative second moments and accumulators (every rule's non-negative buffers), any value
+/// that is not finite, and a NAdam `mu_product` outside [0, 1] or not finite. One step later
+/// the parameters would be NaN.
+#[test]
+fn impossible_state_values_are_refused() {
+    use ndarray_optim::{Adadelta, Adagrad, AdamW, Adamax, Momentum, NAdam, RAdam, RmsProp};
+    let amsgrad = Adam { amsgrad: true, ..Adam::default() };
+    let cases = [
+        with_value(Adam::default(), "exp_avg_sq", 1, -1e-3),
+        with_value(amsgrad, "max_exp_avg_sq", 2, -1.0),
+        with_value(AdamW { amsgrad: true, ..AdamW::default() }, "exp_avg_sq", 0, -1.0),
+        with_value(Adagrad::default(), "sum", 3, -0.5),
+        with_value(Adagrad::default(), "sum", 3, f64::INFINITY),
+        with_value(RmsProp::default(), "square_avg", 0, -2.0),
+        with_value(Adadelta::default(), "acc_delta", 1, -1.0),
+        with_value(Adadelta::default(), "square_avg", 1, f64::NEG_INFINITY),
+        with_value(Adamax::default(), "exp_inf", 2, -1.0),
+        with_value(NAdam::default(), "exp_avg_sq", 0, -1.0),
+        with_value(RAdam::default(), "exp_avg_sq", 0, f64::NAN),
+        // A buffer of any sign must still be finite.
+        with_value(Adam::default(), "exp_avg", 0, f64::NAN),
+        with_value(
+            Momentum { momentum: 0.9, ..Momentum::default() },
+            "momentum_buffer",
+            1,
+            f64::INFINITY,
+        ),
+    ];
+    for err in cases {
+        assert!(matches!(&err, Error::InvalidTensorState { param, .. } if param == "w"), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("buffer `") && message.contains("which no run of"), "{message}");
+    }
+    let message = with_value(Adagrad::default(), "sum", 3, -0.5).to_string();
+    assert!(message.contains("`w`") && message.contains("buffer `sum` holds -0.5 at index 3"));
+    // Signed buffers may be negative.
+    let mut c = stepped(Adam::default());
+    c.tensors[0].state.as_mut().unwrap().buffers[0].values[0] = -3.0;
+    assert!(Optimizer::from_checkpoint(c).is_ok());
+
+    for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1.5, -0.25] {
+        let mut c = stepped(NAdam::default());
+        c.tensors[0].state.as_mut().unwrap().scalars[0].value = value;
+        let err = Optimizer::from_checkpoint(c).unwrap_err();
+        assert!(matches!(&err, Error::InvalidTensorState { param, .. } if param == "w"), "{err:?}");
+        assert!(err.to_string().contains("scalar `mu_product` is"), "{err}");
+    }
+    for value in [0.0, 1.0, 0.5] {
+        let mut c = stepped(NAdam::default());
+        c.tensors[0].state.as_mut().unwrap().scalars[0].value = value;
+        assert!(Optimizer::from_checkpoint(c).is_ok(), "{value}");
+    }
+}
+
+/// A step count that cannot be stepped again (the next one would wrap to 0) is refused on
+/// loading, naming the tensor; one less loads.
+#[test]
+fn a_step_count_that_cannot_step_again_is_refused() {
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "encoder.bias").step = u64::MAX;
+    let err = refused(c);
+    assert!(
+        matches!(&err, Error::InvalidTensorState { param, .. } if param == "encoder.bias"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("step count 18446744073709551615"), "{err}");
+    let mut c = adam_checkpoint();
+    state_of(&mut c, "encoder.bias").step = u64::MAX - 1;
+    assert!(Optimizer::from_checkpoint(c).is_ok());
 }

@@ -134,7 +134,11 @@ fn model_tensors_listed_twice_with_different_shapes_are_refused() {
     let mut opt = Optimizer::new(Adam::default()).unwrap();
     let model = [("encoder.w", vec![4, 3]), ("head.b", vec![2]), ("encoder.w", vec![3, 4])];
     let err = opt.load_state(saved.checkpoint(), model, LoadMode::Lenient).unwrap_err();
-    assert_eq!(err, Error::DuplicateParam { param: "encoder.w".into() });
+    assert_eq!(
+        err,
+        Error::DuplicateParam { param: "encoder.w".into(), in_what: "model's tensors" }
+    );
+    assert_eq!(err.to_string(), "the model's tensors lists the tensor `encoder.w` more than once");
     assert_eq!(opt.state().len(), 0);
     // The same name twice with one shape is harmless, e.g. tied weights.
     let shapes: std::collections::HashMap<String, Vec<usize>> =

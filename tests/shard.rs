@@ -41,10 +41,9 @@ fn plans_are_deterministic_and_balanced() {
         assert_eq!((0..3).filter(|&rank| plan.owned(rank).any(|n| n == name)).count(), 1);
     }
     assert!(matches!(ShardPlan::new(sizes(), 0), Err(Error::InvalidSharding { .. })));
-    assert_eq!(
-        ShardPlan::new([("a", 1), ("a", 2)], 2).unwrap_err(),
-        Error::DuplicateParam { param: "a".into() }
-    );
+    let err = ShardPlan::new([("a", 1), ("a", 2)], 2).unwrap_err();
+    assert_eq!(err, Error::DuplicateParam { param: "a".into(), in_what: "shard plan" });
+    assert_eq!(err.to_string(), "the shard plan lists the tensor `a` more than once");
 }
 
 struct Model<A>(Vec<(&'static str, ArrayD<A>)>);
@@ -96,6 +95,10 @@ fn train_sharded<R: UpdateRule, A: Element>(
     }
 }
 
+fn plan(world: usize) -> ShardPlan {
+    ShardPlan::new(sizes(), world).unwrap()
+}
+
 fn shards_of<R: UpdateRule, A: Element>(
     full: ndarray_optim::Checkpoint<R, A>,
     world: usize,
@@ -140,9 +143,10 @@ impl RuleCheck for AcrossWorldSizes {
             .iter()
             .map(|json| serde_json::from_str::<Optimizer<R, A>>(json).unwrap().checkpoint())
             .collect();
-        let mut two = shards_of(merge(loaded).unwrap(), 2);
+        let mut two = shards_of(merge(loaded, &plan(4)).unwrap(), 2);
         train_sharded(&mut two, &mut model, 5..9);
-        let full = merge(two.iter().map(|rank| rank.optimizer().checkpoint()).collect()).unwrap();
+        let full = merge(two.iter().map(|rank| rank.optimizer().checkpoint()).collect(), &plan(2))
+            .unwrap();
         let mut one = shards_of(full, 1);
         train_sharded(&mut one, &mut model, 9..12);
 
@@ -182,13 +186,15 @@ fn invalid_sharding_is_refused() {
     train_sharded(&mut ranks, &mut model, 0..1);
     let shard0 = ranks[0].optimizer().checkpoint();
     // The same shard twice holds the state of its tensors twice.
-    let err = merge(vec![shard0.clone(), shard0.clone()]).unwrap_err();
-    assert!(matches!(err, Error::DuplicateParam { .. }), "{err}");
+    let err = merge(vec![shard0.clone(), shard0.clone()], &plan(2)).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+    assert!(err.to_string().contains("which the plan gives to rank 0"), "{err}");
     // Shards of different setups.
     let mut other = ranks[1].optimizer().checkpoint();
     other.groups[1].hyper.lr = 0.5;
-    assert!(matches!(merge(vec![shard0.clone(), other]), Err(Error::InvalidSharding { .. })));
-    assert!(matches!(merge::<Adam, f64>(vec![]), Err(Error::InvalidSharding { .. })));
+    let err = merge(vec![shard0.clone(), other], &plan(2)).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+    assert!(matches!(merge::<Adam, f64>(vec![], &plan(2)), Err(Error::InvalidSharding { .. })));
     // A plan that misses a tensor with state.
     let small = ShardPlan::new([("embed", 80)], 2).unwrap();
     let err = split(shard0, &small).unwrap_err();
@@ -203,4 +209,35 @@ fn invalid_sharding_is_refused() {
         rank.step("unknown", &mut p, &ndarray::array![1.0]),
         Err(Error::InvalidSharding { .. })
     ));
+}
+
+/// Merging 3 of 4 shards, or a shard that lists a tensor twice, is refused with the missing
+/// ranks or the tensor named; so are shards given out of rank order.
+#[test]
+fn incomplete_or_inconsistent_shards_are_refused() {
+    let mut model = Model::<f64>::new();
+    let mut ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 4);
+    train_sharded(&mut ranks, &mut model, 0..2);
+    let shards: Vec<_> = ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect();
+    assert!(merge(shards.clone(), &plan(4)).is_ok());
+
+    let err = merge(shards[..3].to_vec(), &plan(4)).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+    assert!(err.to_string().contains("the shards of ranks [3] are missing"), "{err}");
+    let err = merge(shards[..1].to_vec(), &plan(4)).unwrap_err();
+    assert!(err.to_string().contains("ranks [1, 2, 3] are missing"), "{err}");
+    assert!(merge(shards.clone(), &plan(3)).is_err());
+
+    let mut twice = shards.clone();
+    let copy = twice[2].tensors[0].clone();
+    twice[2].tensors.push(copy);
+    let err = merge(twice, &plan(4)).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+    let name = &shards[2].tensors[0].name;
+    assert!(err.to_string().contains(&format!("rank 2 lists tensor `{name}` twice")), "{err}");
+
+    let mut swapped = shards.clone();
+    swapped.swap(0, 1);
+    let err = merge(swapped, &plan(4)).unwrap_err();
+    assert!(err.to_string().contains("the shard of rank 0 has state of tensor"), "{err}");
 }

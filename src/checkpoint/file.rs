@@ -13,13 +13,18 @@
 //! version is recognised and refused before anything else is read; the length and checksum
 //! refuse truncated and altered bytes before the payload is decoded.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::collections::hash_map::RandomState;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::hash::BuildHasher;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::serde_impl::Live;
 use super::{Checkpoint, FORMAT, VERSION, check_kind};
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -61,6 +66,242 @@ fn io_error(path: &Path, error: &io::Error) -> Error {
     Error::Io { path: path.to_owned(), kind: error.kind(), message: error.to_string() }
 }
 
+/// Bytes that are not a checkpoint: says so, and what they are if they are bare serde JSON.
+fn not_a_checkpoint(bytes: &[u8], reason: &str) -> Error {
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{') {
+        return corrupt(format!(
+            "{reason}: this looks like bare serde JSON (an optimizer serialized with \
+             `serde_json`), not a checkpoint file; read it with `serde_json::from_slice::<\
+             Optimizer<_, _>>` (or `from_reader`), or write files with `Optimizer::save`"
+        ));
+    }
+    corrupt(reason)
+}
+
+/// The fields of a header line, checked as far as they can be without the payload.
+struct Header<'a> {
+    version: u32,
+    encoding: &'a str,
+    rule: &'a str,
+    dtype: &'a str,
+    length: &'a str,
+    crc: &'a str,
+}
+
+impl<'a> Header<'a> {
+    /// Finds the header line in the first bytes of a checkpoint; returns it with the offset
+    /// of the payload.
+    fn find(bytes: &'a [u8]) -> Result<(Self, usize)> {
+        let end = bytes
+            .iter()
+            .take(MAX_HEADER)
+            .position(|&byte| byte == b'\n')
+            .ok_or_else(|| not_a_checkpoint(bytes, "no checkpoint header line"))?;
+        let header = std::str::from_utf8(&bytes[..end])
+            .map_err(|_| not_a_checkpoint(bytes, "the header line is not text"))?;
+        let fields: Vec<&str> = header.split(' ').collect();
+        if fields[0] != FORMAT {
+            return Err(not_a_checkpoint(bytes, &format!("not an `{FORMAT}` checkpoint")));
+        }
+        let version = fields
+            .get(1)
+            .and_then(|version| version.parse::<u32>().ok())
+            .ok_or_else(|| corrupt("the header has no format version"))?;
+        if !(1..=VERSION).contains(&version) {
+            return Err(Error::UnsupportedCheckpoint { format: FORMAT.to_owned(), version });
+        }
+        let &[_, _, encoding, rule, dtype, length, crc] = fields.as_slice() else {
+            return Err(corrupt(format!("the header has {} fields, not 7", fields.len())));
+        };
+        Ok((Header { version, encoding, rule, dtype, length, crc }, end + 1))
+    }
+
+    /// The announced payload length, if it is `actual`; else the error saying both.
+    fn check_length(&self, actual: u64) -> Result<()> {
+        if self.length.parse::<u64>().ok() != Some(actual) {
+            return Err(corrupt(format!(
+                "the header announces a payload of {} bytes, {actual} follow",
+                self.length
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole checkpoint's bytes (header line, then payload) and decodes the payload.
+fn decode<R, A>(bytes: &[u8], header: &Header<'_>, payload_start: usize) -> Result<Checkpoint<R, A>>
+where
+    R: UpdateRule + DeserializeOwned,
+    A: Element + DeserializeOwned,
+{
+    let payload = &bytes[payload_start..];
+    header.check_length(payload.len() as u64)?;
+    let signed = &bytes[..payload_start - 1 - header.crc.len()];
+    let crc = header.crc;
+    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(checksum(signed, payload)) {
+        return Err(corrupt("checksum mismatch: the bytes were altered"));
+    }
+    check_kind::<R, A>(FORMAT, header.version, header.rule, header.dtype)?;
+    let checkpoint: Checkpoint<R, A> = match Encoding::from_name(header.encoding) {
+        Some(Encoding::Json) => {
+            serde_json::from_slice(payload).map_err(|e| corrupt(format!("JSON payload: {e}")))?
+        }
+        Some(Encoding::Postcard) => match postcard::take_from_bytes(payload) {
+            Ok((checkpoint, [])) => checkpoint,
+            Ok((_, rest)) => {
+                return Err(corrupt(format!("{} bytes after the payload", rest.len())));
+            }
+            Err(e) => return Err(corrupt(format!("postcard payload: {e}"))),
+        },
+        None => return Err(corrupt(format!("unknown encoding `{}`", header.encoding))),
+    };
+    // The header vouches for the payload only if both say the same.
+    checkpoint.check_kind()?;
+    if checkpoint.version != header.version {
+        return Err(corrupt("header and payload differ in version"));
+    }
+    Ok(checkpoint)
+}
+
+/// An encoding failure carried through [`io::Error`] by the writers, told apart from the
+/// writer's own failures when the save reports.
+#[derive(Debug)]
+struct EncodeFailure(String);
+
+impl std::fmt::Display for EncodeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EncodeFailure {}
+
+fn encode_failure(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, EncodeFailure(reason))
+}
+
+/// The error of a failed save: an encoding failure as [`Error::Encode`], anything else as
+/// [`Error::Io`] naming `path`.
+fn save_error(path: &Path, error: &io::Error) -> Error {
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<EncodeFailure>()) {
+        Some(EncodeFailure(reason)) => Error::Encode { reason: reason.clone() },
+        None => io_error(path, error),
+    }
+}
+
+/// The size of the chunks in which the payload is checksummed and written.
+const CHUNK: usize = 64 << 10;
+
+/// Passes bytes on to `inner` in chunks of [`CHUNK`], with their CRC-32 and count; keeps the
+/// first error of `inner`, which encoders may replace with one of their own.
+struct Summed<W: Write> {
+    inner: W,
+    buffer: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Summed<W> {
+    fn new(inner: W) -> Self {
+        Summed {
+            inner,
+            buffer: Vec::with_capacity(CHUNK),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            error: None,
+        }
+    }
+
+    fn pass_on(&mut self) -> io::Result<()> {
+        let buffer = std::mem::take(&mut self.buffer);
+        let written = self.pass(&buffer);
+        self.buffer = buffer;
+        self.buffer.clear();
+        written
+    }
+
+    fn pass(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        self.inner.write_all(bytes)
+    }
+
+    /// Writes what is buffered; returns the writer, the CRC-32 and the length of all bytes.
+    fn finish(mut self) -> io::Result<(W, crc32fast::Hasher, u64)> {
+        self.pass_on()?;
+        Ok((self.inner, self.crc, self.len))
+    }
+}
+
+impl<W: Write> Write for Summed<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut written = Ok(());
+        if self.buffer.len() + bytes.len() > CHUNK {
+            written = self.pass_on();
+        }
+        if written.is_ok() && bytes.len() >= CHUNK {
+            written = self.pass(bytes);
+        } else if written.is_ok() {
+            self.buffer.extend_from_slice(bytes);
+        }
+        if let Err(error) = written {
+            let kept = io::Error::new(error.kind(), error.to_string());
+            self.error.get_or_insert(error);
+            return Err(kept);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes `value` into `out`, returning the CRC-32 and length of the encoding.
+fn encode<W: Write>(
+    value: &impl Serialize,
+    encoding: Encoding,
+    out: W,
+) -> io::Result<(W, crc32fast::Hasher, u64)> {
+    let mut summed = Summed::new(out);
+    let encoded = match encoding {
+        Encoding::Json => serde_json::to_writer(&mut summed, value).map_err(|e| e.to_string()),
+        Encoding::Postcard => {
+            postcard::to_io(value, &mut summed).map(drop).map_err(|e| e.to_string())
+        }
+    };
+    if let Err(reason) = encoded {
+        return Err(summed.error.take().unwrap_or_else(|| encode_failure(reason)));
+    }
+    summed.finish()
+}
+
+/// Writes the header line and the payload of `value` to `out` without holding the payload in
+/// memory: a first encoding finds its length and checksum for the header, a second one is
+/// written after it (and must give the same checksum).
+fn write_framed(
+    out: &mut impl Write,
+    value: &impl Serialize,
+    encoding: Encoding,
+    (version, rule, dtype): (u32, &str, &str),
+) -> io::Result<()> {
+    let (_, payload_crc, length) = encode(value, encoding, io::sink())?;
+    let head = format!("{FORMAT} {version} {} {rule} {dtype} {length} ", encoding.name());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(head.as_bytes());
+    crc.combine(&payload_crc);
+    out.write_all(head.as_bytes())?;
+    out.write_all(format!("{:08x}\n", crc.finalize()).as_bytes())?;
+    let (_, written_crc, written) = encode(value, encoding, out)?;
+    if written != length || written_crc.finalize() != payload_crc.finalize() {
+        return Err(encode_failure(
+            "the state encoded differently twice (it changed while being saved)".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 impl<R, A> Checkpoint<R, A>
 where
     R: UpdateRule + Serialize + DeserializeOwned,
@@ -70,39 +311,16 @@ where
     /// length, CRC-32) followed by the payload in `encoding`.
     ///
     /// # Errors
-    /// [`Error::Encode`] if the payload cannot be encoded: in JSON, state that holds an
-    /// infinity or NaN (named by tensor and buffer); a rule whose name is empty or has
-    /// spaces. [`Error::UnsupportedCheckpoint`] or [`Error::CheckpointMismatch`] for a
-    /// checkpoint edited to another format, version, rule or element type than its types.
+    /// [`Error::Encode`] if the payload cannot be encoded: in JSON, any value that is an
+    /// infinity or NaN (a buffer's or scalar's, named by tensor; a hyperparameter, current
+    /// learning rate or clip, named by group); a rule whose name is empty or has spaces.
+    /// [`Error::UnsupportedCheckpoint`] or [`Error::CheckpointMismatch`] for a checkpoint
+    /// edited to another format, version, rule or element type than its types.
     pub fn to_bytes(&self, encoding: Encoding) -> Result<Vec<u8>> {
-        self.check_kind()?;
-        if R::NAME.is_empty() || R::NAME.contains(char::is_whitespace) {
-            return Err(Error::Encode {
-                reason: format!("the rule name `{}` is empty or has spaces", R::NAME),
-            });
-        }
-        let payload = match encoding {
-            Encoding::Json => {
-                self.check_finite()?;
-                serde_json::to_vec(self).map_err(|e| Error::Encode { reason: e.to_string() })?
-            }
-            Encoding::Postcard => {
-                postcard::to_stdvec(self).map_err(|e| Error::Encode { reason: e.to_string() })?
-            }
-        };
-        let head = format!(
-            "{FORMAT} {} {} {} {} {} ",
-            self.version,
-            encoding.name(),
-            self.rule,
-            self.dtype,
-            payload.len()
-        );
-        let mut bytes = Vec::with_capacity(head.len() + 9 + payload.len());
-        bytes.extend_from_slice(head.as_bytes());
-        bytes
-            .extend_from_slice(format!("{:08x}\n", checksum(head.as_bytes(), &payload)).as_bytes());
-        bytes.extend_from_slice(&payload);
+        self.check_encodable(encoding)?;
+        let mut bytes = Vec::new();
+        write_framed(&mut bytes, self, encoding, (self.version, &self.rule, &self.dtype))
+            .map_err(|error| save_error(Path::new(""), &error))?;
         Ok(bytes)
     }
 
@@ -116,91 +334,127 @@ where
     /// # Errors
     /// - [`Error::UnsupportedCheckpoint`] for a format version this build does not read;
     /// - [`Error::CorruptCheckpoint`] for bytes that are not a whole checkpoint: no header,
-    ///   a length or checksum that does not match, a payload that does not decode;
+    ///   a length or checksum that does not match, a payload that does not decode (bare
+    ///   serde JSON is named as such);
     /// - [`Error::CheckpointMismatch`] for another rule or element type.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let end = bytes
-            .iter()
-            .take(MAX_HEADER)
-            .position(|&byte| byte == b'\n')
-            .ok_or_else(|| corrupt("no checkpoint header line"))?;
-        let header = std::str::from_utf8(&bytes[..end])
-            .map_err(|_| corrupt("the header line is not text"))?;
-        let fields: Vec<&str> = header.split(' ').collect();
-        if fields[0] != FORMAT {
-            return Err(corrupt(format!("not an `{FORMAT}` checkpoint")));
-        }
-        let version = fields
-            .get(1)
-            .and_then(|version| version.parse::<u32>().ok())
-            .ok_or_else(|| corrupt("the header has no format version"))?;
-        if !(1..=VERSION).contains(&version) {
-            return Err(Error::UnsupportedCheckpoint { format: FORMAT.to_owned(), version });
-        }
-        let &[_, _, encoding, rule, dtype, length, crc] = fields.as_slice() else {
-            return Err(corrupt(format!("the header has {} fields, not 7", fields.len())));
-        };
-        let payload = &bytes[end + 1..];
-        if length.parse::<usize>().ok() != Some(payload.len()) {
-            return Err(corrupt(format!(
-                "the header announces a payload of {length} bytes, {} follow",
-                payload.len()
-            )));
-        }
-        let signed = &bytes[..end - crc.len()];
-        if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(checksum(signed, payload)) {
-            return Err(corrupt("checksum mismatch: the bytes were altered"));
-        }
-        check_kind::<R, A>(FORMAT, version, rule, dtype)?;
-        let checkpoint: Self = match Encoding::from_name(encoding) {
-            Some(Encoding::Json) => serde_json::from_slice(payload)
-                .map_err(|e| corrupt(format!("JSON payload: {e}")))?,
-            Some(Encoding::Postcard) => match postcard::take_from_bytes(payload) {
-                Ok((checkpoint, [])) => checkpoint,
-                Ok((_, rest)) => {
-                    return Err(corrupt(format!("{} bytes after the payload", rest.len())));
-                }
-                Err(e) => return Err(corrupt(format!("postcard payload: {e}"))),
-            },
-            None => return Err(corrupt(format!("unknown encoding `{encoding}`"))),
-        };
-        // The header vouches for the payload only if both say the same.
-        checkpoint.check_kind()?;
-        if checkpoint.version != version {
-            return Err(corrupt("header and payload differ in version"));
-        }
-        Ok(checkpoint)
+        let (header, payload_start) = Header::find(bytes)?;
+        decode(bytes, &header, payload_start)
     }
 
     /// Writes the checkpoint to `path` so that a crash at any moment leaves either the old
-    /// file or the new one whole: the bytes go to `path` + `.tmp` in the same folder, which
-    /// is flushed to disk, then renamed over `path`, and the folder is synced.
+    /// file or the new one whole: see [`Optimizer::save`], which this is for a checkpoint
+    /// (the payload is the same; the checkpoint's values are not checked beyond what the
+    /// encoding needs, as [`load`](Self::load) does not check them either).
     ///
     /// # Errors
-    /// [`Error::Encode`] as [`to_bytes`](Self::to_bytes); [`Error::Io`] naming the file that
-    /// could not be written. If writing or renaming the temporary file failed, `path` is as
-    /// it was and the temporary file is removed; if only the final sync of the folder failed
-    /// (the error then names `path`), the new file is in place but a power loss may still
-    /// undo the rename.
+    /// As [`Optimizer::save`], without its [`Error::InvalidTensorState`]; in addition
+    /// [`Error::UnsupportedCheckpoint`] or [`Error::CheckpointMismatch`] as
+    /// [`to_bytes`](Self::to_bytes).
     pub fn save(&self, path: impl AsRef<Path>, encoding: Encoding) -> Result<()> {
-        write_atomically(path.as_ref(), &self.to_bytes(encoding)?, |file, bytes| {
-            file.write_all(bytes)
-        })
+        self.check_encodable(encoding)?;
+        let kind = (self.version, self.rule.as_str(), self.dtype.as_str());
+        write_atomically(path.as_ref(), |file| write_framed(file, self, encoding, kind))
     }
 
-    /// Reads a checkpoint file written by [`save`](Self::save).
+    /// Reads a checkpoint file written by [`save`](Self::save) or [`Optimizer::save`].
+    ///
+    /// The header line is read first (at most a few hundred bytes: anything else is refused
+    /// unread), then exactly the payload it announces, which must be what the file holds:
+    /// memory and time are those of the payload, whatever the file is.
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be read, else as [`from_bytes`](Self::from_bytes).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Self::from_bytes(&fs::read(path).map_err(|e| io_error(path, &e))?)
+        let read = |error: io::Error| io_error(path, &error);
+        let mut file = File::open(path).map_err(read)?;
+        let metadata = file.metadata().map_err(read)?;
+        let mut bytes = Vec::with_capacity(MAX_HEADER);
+        (&mut file).take(MAX_HEADER as u64).read_to_end(&mut bytes).map_err(read)?;
+        let (start, length) = {
+            let (header, payload_start) = Header::find(&bytes)?;
+            let start = payload_start as u64;
+            if metadata.is_file() {
+                // A regular file: its size must be the header's and the payload's.
+                header.check_length(metadata.len().saturating_sub(start))?;
+            }
+            let length = header.length.parse::<u64>().map_err(|_| {
+                corrupt(format!("the header announces a payload of `{}` bytes", header.length))
+            })?;
+            (start, length)
+        };
+        let end = start.saturating_add(length);
+        if metadata.is_file() {
+            // Known to be there: read it into one allocation.
+            let total = usize::try_from(end)
+                .map_err(|_| corrupt(format!("no memory for a payload of {length} bytes")))?;
+            bytes
+                .try_reserve_exact(total.saturating_sub(bytes.len()))
+                .map_err(|_| corrupt(format!("no memory for a payload of {length} bytes")))?;
+        }
+        // Bounded by the announced length, whatever the file turns out to hold.
+        let rest = end.saturating_sub(bytes.len() as u64);
+        (&mut file).take(rest).read_to_end(&mut bytes).map_err(read)?;
+        let mut more = [0u8; 1];
+        let extra =
+            if bytes.len() as u64 > end { 1 } else { file.read(&mut more).map_err(read)? };
+        if bytes.len() as u64 != end || extra > 0 {
+            let found = bytes.len() as u64 - start;
+            let follow = if extra > 0 { "more".to_owned() } else { found.to_string() };
+            return Err(corrupt(format!(
+                "the header announces a payload of {length} bytes, {follow} follow"
+            )));
+        }
+        let (header, payload_start) = Header::find(&bytes)?;
+        decode(&bytes, &header, payload_start)
     }
 
-    /// Refuses state that JSON cannot hold.
+    /// Refuses what `encoding` cannot store, and a checkpoint whose kind differs from its types.
+    fn check_encodable(&self, encoding: Encoding) -> Result<()> {
+        self.check_kind()?;
+        if R::NAME.is_empty() || R::NAME.contains(char::is_whitespace) {
+            return Err(Error::Encode {
+                reason: format!("the rule name `{}` is empty or has spaces", R::NAME),
+            });
+        }
+        if encoding == Encoding::Json {
+            self.check_finite()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses values that JSON cannot hold (it writes NaN and infinities as `null`, which
+    /// does not read back): every float, of the state, the groups and the clip.
     fn check_finite(&self) -> Result<()> {
+        let refuse = |what: String, value: f64| Error::Encode {
+            reason: format!("{what} is {value}, which JSON cannot store; save in postcard"),
+        };
+        for group in &self.groups {
+            let name = &group.name;
+            if let Some(lr) = group.lr.filter(|lr| !lr.is_finite()) {
+                return Err(refuse(format!("the current learning rate of group `{name}`"), lr));
+            }
+            check_hyper_finite(&group.hyper).map_err(|key| Error::Encode {
+                reason: format!(
+                    "hyperparameter `{key}` of group `{name}` is not finite, which JSON \
+                         cannot store; save in postcard"
+                ),
+            })?;
+        }
+        if let Some(clip) = self.clip {
+            let value = match clip {
+                crate::clip::Clip::Value { clip_value } => clip_value,
+                crate::clip::Clip::Norm { max_norm }
+                | crate::clip::Clip::GlobalNorm { max_norm } => max_norm,
+            };
+            if !value.is_finite() {
+                return Err(refuse("the clip".to_owned(), value));
+            }
+        }
         for tensor in &self.tensors {
-            for buffer in tensor.state.iter().flat_map(|state| &state.buffers) {
+            let Some(state) = &tensor.state else { continue };
+            for buffer in &state.buffers {
                 if let Some(value) = buffer.values.iter().find(|value| !value.is_finite()) {
                     return Err(Error::Encode {
                         reason: format!(
@@ -211,9 +465,37 @@ where
                     });
                 }
             }
+            if let Some(scalar) = state.scalars.iter().find(|scalar| !scalar.value.is_finite()) {
+                return Err(refuse(
+                    format!("scalar `{}` of `{}`", scalar.name, tensor.name),
+                    scalar.value,
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// Whether hyperparameters survive JSON: a NaN or infinity is written as `null` and does not
+/// read back. On failure, the key whose value did not (or `?` if it cannot be told).
+fn check_hyper_finite<R: Serialize + DeserializeOwned + PartialEq>(
+    hyper: &R,
+) -> Result<(), String> {
+    let value = serde_json::to_value(hyper).map_err(|_| "?".to_owned())?;
+    if serde_json::from_value::<R>(value.clone()).is_ok_and(|back| back == *hyper) {
+        return Ok(());
+    }
+    let nulls: Vec<&str> = value
+        .as_object()
+        .map(|fields| {
+            fields
+                .iter()
+                .filter(|(_, value)| value.is_null())
+                .map(|(key, _)| key.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    Err(if nulls.is_empty() { "?".to_owned() } else { nulls.join("`, `") })
 }
 
 impl<R, A> Optimizer<R, A>
@@ -221,7 +503,21 @@ where
     R: UpdateRule + Serialize + DeserializeOwned,
     A: Element + Serialize + DeserializeOwned,
 {
-    /// Saves the whole state to `path`, crash-safe: see [`Checkpoint::save`].
+    /// Saves the whole state to `path`, crash-safe.
+    ///
+    /// The bytes go to a new temporary file of a name of its own in the same folder (created
+    /// afresh, so that saves to one path at the same time, from threads or processes, never
+    /// share one, and an existing file or link of any name is never followed or reused),
+    /// which is flushed to disk, then renamed over `path`, and the folder is synced. A crash
+    /// at any moment leaves either the old file or the new one whole; concurrent saves leave
+    /// one of them whole.
+    ///
+    /// The payload is encoded straight from the optimizer's state into the file, twice
+    /// (once for its length and checksum, which the header gives first, then written), never
+    /// held in memory. Beyond the state itself a save allocates about 130 KB in all, whatever
+    /// the state's size: measured, every allocation of a save of a 1-million-element f32 Adam
+    /// state (8 MB) adds up to 132 KB in JSON and 130 KB in postcard (two 64 KB write
+    /// buffers, the groups and names), so the peak stays within that of the state plus 132 KB.
     ///
     /// ```
     /// use ndarray::array;
@@ -252,9 +548,21 @@ where
     /// ```
     ///
     /// # Errors
-    /// As [`Checkpoint::save`].
+    /// - [`Error::InvalidTensorState`] for state that [`load`](Self::load) would refuse
+    ///   (e.g. a buffer holding NaN): what cannot be loaded back is not saved;
+    /// - [`Error::Encode`] for what the encoding cannot store: in JSON, an infinity or NaN
+    ///   anywhere (named);
+    /// - [`Error::Io`] naming `path` if the file could not be written. If writing or renaming
+    ///   the temporary file failed, `path` is as it was and the temporary file is removed; if
+    ///   only the final sync of the folder failed, the new file is in place but a power loss
+    ///   may still undo the rename.
     pub fn save(&self, path: impl AsRef<Path>, encoding: Encoding) -> Result<()> {
-        self.checkpoint().save(path, encoding)
+        self.check_state()?;
+        if encoding == Encoding::Json {
+            self.check_json()?;
+        }
+        let kind = (VERSION, R::NAME, A::NAME);
+        write_atomically(path.as_ref(), |file| write_framed(file, &Live(self), encoding, kind))
     }
 
     /// Loads an optimizer from a file written by [`save`](Self::save) and checks all of it.
@@ -266,6 +574,30 @@ where
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_checkpoint(Checkpoint::load(path)?)
     }
+
+    /// Refuses values that JSON cannot hold; the state was checked finite already.
+    fn check_json(&self) -> Result<()> {
+        let groups = self
+            .groups()
+            .iter()
+            .map(|group| super::GroupRecord {
+                name: group.name.clone(),
+                hyper: group.hyper.clone(),
+                lr: group.scheduled_lr,
+            })
+            .collect();
+        let checkpoint = Checkpoint::<R, A> {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            rule: R::NAME.to_owned(),
+            dtype: A::NAME.to_owned(),
+            groups,
+            tensors: Vec::new(),
+            clip: self.clip,
+            non_finite: self.non_finite,
+        };
+        checkpoint.check_encodable(Encoding::Json)
+    }
 }
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
@@ -275,37 +607,42 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// `path` with `.tmp` appended to its file name.
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    let mut name = path
+/// Creates a new temporary file beside `path`, of a name no other save uses: the file name
+/// with a leading dot, the process id, a counter and a random number. It is created
+/// exclusively (an existing file or link of the name is never opened or followed); a name
+/// that is taken is replaced by another.
+fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let name = path
         .file_name()
-        .ok_or_else(|| Error::Io {
-            path: path.to_owned(),
-            kind: io::ErrorKind::InvalidInput,
-            message: "the path names no file".to_owned(),
-        })?
-        .to_owned();
-    name.push(".tmp");
-    Ok(path.with_file_name(name))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let mut last = None;
+    for _ in 0..64 {
+        let mut temp = OsString::from(".");
+        temp.push(name);
+        let random = RandomState::new().hash_one(SAVES.fetch_add(1, Ordering::Relaxed));
+        temp.push(format!(".{}.{random:016x}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp);
+        match OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary file name")))
 }
 
-/// Writes `bytes` to a temporary file beside `path` with `write`, syncs it and renames it
-/// over `path`; removes the temporary file on an error. `write` is a parameter so that tests
-/// can interrupt it at any byte.
-fn write_atomically(
-    path: &Path,
-    bytes: &[u8],
-    write: impl FnOnce(&mut File, &[u8]) -> io::Result<()>,
-) -> Result<()> {
-    let temp = temp_path(path)?;
-    let written = File::create(&temp).and_then(|mut file| {
-        write(&mut file, bytes)?;
-        file.sync_all()
-    });
+/// Writes a temporary file beside `path` with `write`, syncs it and renames it over `path`;
+/// removes the temporary file on an error. Errors name `path`, the path the caller gave.
+/// `write` is a parameter so that tests can interrupt it at any byte.
+fn write_atomically(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
+    let (temp, mut file) = create_temp(path).map_err(|error| io_error(path, &error))?;
+    let written = write(&mut file).and_then(|()| file.sync_all());
+    drop(file);
     if let Err(error) = written.and_then(|()| fs::rename(&temp, path)) {
         // Best effort: a temporary file that cannot be removed is still never `path`.
         let _ = fs::remove_file(&temp);
-        return Err(io_error(&temp, &error));
+        return Err(save_error(path, &error));
     }
     sync_folder(path).map_err(|error| io_error(path, &error))
 }
@@ -349,14 +686,17 @@ mod tests {
             old.save(&path, encoding).unwrap();
             let bytes = new.to_bytes(encoding).unwrap();
             for cut in 0..bytes.len() {
-                let err = write_atomically(&path, &bytes, |file, bytes| {
+                let err = write_atomically(&path, |file| {
                     file.write_all(&bytes[..cut])?;
                     Err(io::Error::new(io::ErrorKind::StorageFull, "interrupted"))
                 })
                 .unwrap_err();
-                assert!(matches!(err, Error::Io { kind: io::ErrorKind::StorageFull, .. }));
+                assert!(
+                    matches!(&err, Error::Io { kind: io::ErrorKind::StorageFull, path: named, .. }
+                        if *named == path)
+                );
                 assert_eq!(Checkpoint::load(&path).unwrap(), old, "{encoding:?} cut at {cut}");
-                assert!(!temp_path(&path).unwrap().exists());
+                assert_eq!(fs::read_dir(&folder).unwrap().count(), 1, "a temporary file is left");
             }
             new.save(&path, encoding).unwrap();
             assert_eq!(Checkpoint::load(&path).unwrap(), new);

@@ -2,10 +2,11 @@
 //! exactly, days later, on another machine, after a crash.
 //!
 //! - [`Optimizer::save`] and [`Optimizer::load`] write and read a file, in JSON for people
-//!   or [postcard](https://docs.rs/postcard) for size ([`Encoding`]). A save goes to a
-//!   temporary file that is synced and then renamed over the old one, so a crash at any
-//!   moment leaves either the old checkpoint or the new one whole, never a torn file. A
-//!   header with the payload's length and CRC-32 refuses truncated or altered bytes.
+//!   or [postcard](https://docs.rs/postcard) for size ([`Encoding`]). A save streams the
+//!   state into a new temporary file of its own, which is synced and then renamed over the
+//!   old one, so a crash at any moment, or saves to one path at the same time, leave one
+//!   checkpoint whole, never a torn file. A header with the payload's length and CRC-32
+//!   refuses truncated or altered bytes, and a load reads the header before anything else.
 //! - [`Optimizer::checkpoint`] copies the state into a [`Checkpoint`], plain data: rule,
 //!   every group with its hyperparameters, every named tensor's group, step count, shape and
 //!   buffers (by name, values in row-major order whatever the memory layout), format and
@@ -53,11 +54,12 @@
 //! opt.save(&path, Encoding::Postcard)?;
 //! let saved_w = w.clone(); // the model's weights are saved with it
 //!
-//! // Two more steps, then the process dies halfway through the next save: the temporary
-//! // file holds half the new checkpoint, the checkpoint itself is untouched.
+//! // Two more steps, then the process dies halfway through the next save: a temporary file
+//! // beside the checkpoint holds half the new one, the checkpoint itself is untouched.
 //! train(&mut opt, &mut w, 2)?;
 //! let torn = opt.checkpoint().to_bytes(Encoding::Postcard)?;
-//! std::fs::write(folder.join("optimizer.ckpt.tmp"), &torn[..torn.len() / 2]).unwrap();
+//! let temp = folder.join(".optimizer.ckpt.4242.0.tmp");
+//! std::fs::write(&temp, &torn[..torn.len() / 2]).unwrap();
 //! drop(opt);
 //!
 //! // The next run resumes from the last whole checkpoint, after step 6.
@@ -66,6 +68,11 @@
 //! let mut w = saved_w;
 //! train(&mut opt, &mut w, 4)?;
 //! assert_eq!(w, uninterrupted); // bit for bit
+//!
+//! // Later saves leave the torn file alone (never reusing its name); it can be removed.
+//! opt.save(&path, Encoding::Postcard)?;
+//! assert_eq!(Optimizer::<Adam, f64>::load(&path)?.step_count("w"), Some(10));
+//! assert!(Optimizer::<Adam, f64>::load(&temp).is_err());
 //! # std::fs::remove_dir_all(&folder).unwrap();
 //! # Ok(())
 //! # }
@@ -79,7 +86,10 @@
 //! format version ([`Error::UnsupportedCheckpoint`]); another rule or element type
 //! ([`Error::CheckpointMismatch`]); negative or non-finite hyperparameters
 //! ([`Error::InvalidHyperparameter`]); a buffer whose length does not match its shape, a
-//! buffer the rule does not keep, a step count of 0 ([`Error::InvalidTensorState`]); a name
+//! buffer the rule does not keep, a step count of 0 or one that cannot be stepped again, a
+//! value no run produces: not finite, a negative second moment or accumulator
+//! ([`UpdateRule::non_negative_state`]), a per-tensor scalar out of its range
+//! ([`UpdateRule::check_scalar`]) ([`Error::InvalidTensorState`]); a name
 //! listed twice or a group that does not exist. State that does not fit the parameter the
 //! caller then steps is refused by that step ([`Error::ShapeChanged`]), or beforehand, for a
 //! whole model, by [`Optimizer::load_state`]. Hostile bytes give an error, never a panic, and
@@ -265,14 +275,67 @@ fn invalid_state(param: &str, reason: String) -> Error {
     Error::InvalidTensorState { param: param.to_owned(), reason }
 }
 
+/// Refuses a step count that no run has (0 with state) or that cannot be stepped again.
+fn check_step(param: &str, step: u64) -> Result<()> {
+    match step {
+        0 => Err(invalid_state(param, "step count 0 with state".to_owned())),
+        u64::MAX => Err(invalid_state(
+            param,
+            format!("step count {step} is the largest there is: the next step would overflow"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses buffer values that no run produces: any that is not finite, and a negative value
+/// in a buffer the rule keeps non-negative (second moments, accumulated squares).
+fn check_buffer<R: UpdateRule, A: Element>(
+    hyper: &R,
+    param: &str,
+    name: &str,
+    values: impl Iterator<Item = A>,
+) -> Result<()> {
+    let non_negative = hyper.non_negative_state().contains(&name);
+    for (index, value) in values.map(A::into_f64).enumerate() {
+        let requirement = if !value.is_finite() {
+            "finite"
+        } else if non_negative && value < 0.0 {
+            "finite and >= 0"
+        } else {
+            continue;
+        };
+        return Err(invalid_state(
+            param,
+            format!(
+                "buffer `{name}` holds {value} at index {index}, which no run of `{}` produces: \
+                 it must be {requirement}",
+                R::NAME
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a per-tensor scalar outside the range the rule declares for it.
+fn check_scalar<R: UpdateRule>(hyper: &R, param: &str, name: &str, value: f64) -> Result<()> {
+    hyper.check_scalar(name, value).map_err(|requirement| {
+        invalid_state(
+            param,
+            format!(
+                "scalar `{name}` is {value}, which no run of `{}` produces: it must be \
+                 {requirement}",
+                R::NAME
+            ),
+        )
+    })
+}
+
 fn restore_state<A: Element, R: UpdateRule>(
     param: &str,
     record: StateRecord<A>,
     hyper: &R,
 ) -> Result<TensorState<A>> {
-    if record.step == 0 {
-        return Err(invalid_state(param, "step count 0 with state".to_owned()));
-    }
+    check_step(param, record.step)?;
     let (state_names, scalar_names) = (hyper.state_names(), hyper.scalar_names());
     let names: Vec<&str> = record.buffers.iter().map(|buffer| buffer.name.as_str()).collect();
     if names != state_names {
@@ -315,6 +378,12 @@ fn restore_state<A: Element, R: UpdateRule>(
                 record.shape
             ),
         ));
+    }
+    for buffer in &record.buffers {
+        check_buffer(hyper, param, &buffer.name, buffer.values.iter().copied())?;
+    }
+    for scalar in &record.scalars {
+        check_scalar(hyper, param, &scalar.name, scalar.value)?;
     }
     let mut buffers = Vec::with_capacity(state_names.len() * numel);
     for buffer in record.buffers {
@@ -375,6 +444,23 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         }
     }
 
+    /// Checks the state with the checks of loading (step counts, buffer values, scalars),
+    /// so that what is saved can be loaded back.
+    pub(crate) fn check_state(&self) -> Result<()> {
+        for tensor in self.state() {
+            let Some(step) = tensor.step() else { continue };
+            let hyper = &self.registry.groups[self.registry.group_index(tensor.group())?].hyper;
+            check_step(tensor.name(), step)?;
+            for (name, values) in tensor.buffers() {
+                check_buffer(hyper, tensor.name(), name, values.iter().copied())?;
+            }
+            for (name, value) in tensor.scalars() {
+                check_scalar(hyper, tensor.name(), name, value)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rebuilds an optimizer from a checkpoint, after checking all of it.
     ///
     /// # Errors
@@ -432,7 +518,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             let tensor =
                 record.state.map(|state| restore_state(&record.name, state, hyper)).transpose()?;
             if slots.contains_key(&record.name) {
-                return Err(Error::DuplicateParam { param: record.name });
+                return Err(Error::DuplicateParam { param: record.name, in_what: "checkpoint" });
             }
             slots.insert(record.name, Slot::new(group, tensor));
         }
@@ -469,23 +555,154 @@ pub(crate) fn check_kind<R: UpdateRule, A: Element>(
 }
 
 #[cfg(feature = "serde")]
-mod serde_impl {
+pub(crate) mod serde_impl {
+    use ndarray::{ArrayView, IxDyn};
+    use serde::ser::SerializeStruct;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::Checkpoint;
+    use super::{Checkpoint, FORMAT, GroupRecord, VERSION};
+
+    use crate::clip::Clip;
+    use crate::inspect::TensorView;
 
     use crate::element::Element;
     use crate::optimizer::Optimizer;
     use crate::rule::UpdateRule;
 
-    /// Serializes as the optimizer's [`Checkpoint`].
+    /// Serializes as the optimizer's [`Checkpoint`], without copying the state.
     impl<R, A> Serialize for Optimizer<R, A>
     where
         R: UpdateRule + Serialize,
         A: Element + Serialize,
     {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            self.checkpoint().serialize(serializer)
+            Live(self).serialize(serializer)
+        }
+    }
+
+    /// An optimizer serialized as its [`Checkpoint`] would be, field for field, reading the
+    /// state where it is instead of copying it: saving a large state needs little memory
+    /// beyond the state itself.
+    pub(crate) struct Live<'a, R: UpdateRule, A: Element>(pub(crate) &'a Optimizer<R, A>);
+
+    impl<R: UpdateRule + Serialize, A: Element + Serialize> Serialize for Live<'_, R, A> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let opt = self.0;
+            let groups: Vec<GroupRecord<R>> = opt
+                .groups()
+                .iter()
+                .map(|group| GroupRecord {
+                    name: group.name.clone(),
+                    hyper: group.hyper.clone(),
+                    lr: group.scheduled_lr,
+                })
+                .collect();
+            let mut record = serializer.serialize_struct("Checkpoint", 8)?;
+            record.serialize_field("format", FORMAT)?;
+            record.serialize_field("version", &VERSION)?;
+            record.serialize_field("rule", R::NAME)?;
+            record.serialize_field("dtype", A::NAME)?;
+            record.serialize_field("groups", &groups)?;
+            record.serialize_field("tensors", &Seq(|| opt.state().map(Tensor)))?;
+            record.serialize_field("clip", &StoredClip(&opt.clip))?;
+            record.serialize_field("non_finite", &opt.non_finite)?;
+            record.end()
+        }
+    }
+
+    /// A sequence serialized from an iterator that `make` returns (of known length).
+    struct Seq<F>(F);
+
+    impl<F, I> Serialize for Seq<F>
+    where
+        F: Fn() -> I,
+        I: ExactSizeIterator,
+        I::Item: Serialize,
+    {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq((self.0)())
+        }
+    }
+
+    struct StoredClip<'a>(&'a Option<Clip>);
+
+    impl Serialize for StoredClip<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            super::stored_clip::serialize(self.0, serializer)
+        }
+    }
+
+    /// A [`TensorRecord`](super::TensorRecord).
+    struct Tensor<'a, A: Element>(TensorView<'a, A>);
+
+    impl<A: Element + Serialize> Serialize for Tensor<'_, A> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let tensor = &self.0;
+            let mut record = serializer.serialize_struct("TensorRecord", 3)?;
+            record.serialize_field("name", tensor.name())?;
+            record.serialize_field("group", tensor.group())?;
+            let state = tensor.step().zip(tensor.shape()).map(|(step, shape)| State {
+                step,
+                shape,
+                tensor,
+            });
+            record.serialize_field("state", &state)?;
+            record.end()
+        }
+    }
+
+    /// A [`StateRecord`](super::StateRecord).
+    struct State<'a, 'b, A: Element> {
+        step: u64,
+        shape: &'a [usize],
+        tensor: &'b TensorView<'a, A>,
+    }
+
+    impl<A: Element + Serialize> Serialize for State<'_, '_, A> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let tensor = self.tensor;
+            let mut record = serializer.serialize_struct("StateRecord", 4)?;
+            record.serialize_field("step", &self.step)?;
+            record.serialize_field("shape", self.shape)?;
+            record.serialize_field(
+                "buffers",
+                &Seq(|| tensor.buffers().map(|(name, values)| Buffer { name, values })),
+            )?;
+            record.serialize_field(
+                "scalars",
+                &Seq(|| tensor.scalars().map(|(name, value)| Scalar { name, value })),
+            )?;
+            record.end()
+        }
+    }
+
+    /// A [`BufferRecord`](super::BufferRecord), its values in row-major order.
+    struct Buffer<'a, A> {
+        name: &'static str,
+        values: ArrayView<'a, A, IxDyn>,
+    }
+
+    impl<A: Element + Serialize> Serialize for Buffer<'_, A> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut record = serializer.serialize_struct("BufferRecord", 2)?;
+            record.serialize_field("name", self.name)?;
+            record.serialize_field("values", &Seq(|| self.values.iter()))?;
+            record.end()
+        }
+    }
+
+    /// A [`ScalarRecord`](super::ScalarRecord).
+    struct Scalar {
+        name: &'static str,
+        value: f64,
+    }
+
+    impl Serialize for Scalar {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut record = serializer.serialize_struct("ScalarRecord", 2)?;
+            record.serialize_field("name", self.name)?;
+            record.serialize_field("value", &self.value)?;
+            record.end()
         }
     }
 

@@ -137,7 +137,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             let (name, shape) = (name.as_ref(), shape.as_ref());
             match shapes.get(name) {
                 Some(known) if known != shape => {
-                    return Err(Error::DuplicateParam { param: name.to_owned() });
+                    return Err(Error::DuplicateParam {
+                        param: name.to_owned(),
+                        in_what: "model's tensors",
+                    });
                 }
                 Some(_) => {}
                 None => {

@@ -73,6 +73,10 @@ impl UpdateRule for Adadelta {
         &["square_avg", "acc_delta"]
     }
 
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &["square_avg", "acc_delta"]
+    }
+
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
         check_decay(Self::NAME, "rho", self.rho)?;

@@ -84,6 +84,10 @@ impl UpdateRule for Adagrad {
         &["sum"]
     }
 
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &["sum"]
+    }
+
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
         check_eps(Self::NAME, "eps", self.eps)?;

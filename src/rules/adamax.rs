@@ -81,6 +81,10 @@ impl UpdateRule for Adamax {
         &["exp_avg", "exp_inf"]
     }
 
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &["exp_inf"]
+    }
+
     fn validate(&self) -> Result<()> {
         validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
     }

@@ -94,6 +94,10 @@ impl UpdateRule for AdamW {
         state_names(self.amsgrad)
     }
 
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &["exp_avg_sq", "max_exp_avg_sq"]
+    }
+
     fn validate(&self) -> Result<()> {
         validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
     }

@@ -103,6 +103,18 @@ impl UpdateRule for NAdam {
         &["exp_avg", "exp_avg_sq"]
     }
 
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &["exp_avg_sq"]
+    }
+
+    fn check_scalar(&self, name: &str, value: f64) -> Result<(), &'static str> {
+        // A product of momentum factors in [0, 1), starting from 1; it may underflow to 0.
+        if name == "mu_product" && !(0.0..=1.0).contains(&value) {
+            return Err("in [0, 1] (a product of momentum factors, starting from 1)");
+        }
+        Ok(())
+    }
+
     fn scalar_names(&self) -> &'static [&'static str] {
         &["mu_product"]
     }

@@ -139,6 +139,10 @@ impl UpdateRule for RmsProp {
         }
     }
 
+    fn non_negative_state(&self) -> &'static [&'static str] {
+        &["square_avg"]
+    }
+
     fn validate(&self) -> Result<()> {
         check_lr(Self::NAME, self.lr)?;
         check_decay(Self::NAME, "rho", self.rho)?;
