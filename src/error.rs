@@ -83,12 +83,12 @@ pub enum Error {
     /// A tensor name is listed twice where each must be listed once: in a checkpoint, in a
     /// shard plan, in the model's tensors given to
     /// [`Optimizer::load_state`](crate::Optimizer::load_state) (twice with different shapes),
-    /// or in a batch of one step.
+    /// in [`Optimizer::declare`](crate::Optimizer::declare), or in a batch of one step.
     DuplicateParam {
         /// The tensor's name.
         param: String,
         /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
-        /// tensors"` or `"batch"`.
+        /// tensors"`, `"declaration"` or `"batch"`.
         in_what: &'static str,
     },
     /// A checkpoint's state of one tensor does not fit the rule or the tensor's shape.

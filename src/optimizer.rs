@@ -240,7 +240,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 None => !new_names.insert(entry.name),
             };
             if again {
-                return Err(Error::DuplicateParam { param: entry.name.to_owned() });
+                return Err(Error::DuplicateParam {
+                    param: entry.name.to_owned(),
+                    in_what: "batch",
+                });
             }
         }
         Ok(())

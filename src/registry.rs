@@ -237,7 +237,10 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let mut new = hashbrown::HashSet::new();
         for name in names {
             if !new.insert(name) {
-                return Err(Error::DuplicateParam { param: name.to_owned() });
+                return Err(Error::DuplicateParam {
+                    param: name.to_owned(),
+                    in_what: "declaration",
+                });
             }
         }
         for name in new {
