@@ -155,10 +155,82 @@ fn duplicate_group() {
     assert_eq!(opt, before);
 }
 
+/// Every variant's message names what is wrong, in words a user can act on, and survives
+/// conversion into a boxed `std::error::Error` (what `?` does in an application).
 #[test]
-fn errors_are_std_errors() {
-    fn takes(_: &dyn std::error::Error) {}
-    takes(&Error::UnknownGroup { group: "g".into() });
+fn every_error_message_names_what_is_wrong() {
+    let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    let io_message = io.to_string();
+    let io_needles = ["run/opt.ckpt", io_message.as_str()];
+    let cases: Vec<(Error, &[&str])> = vec![
+        (
+            Error::GradientShape { param: "w".into(), param_shape: vec![2], grad_shape: vec![3] },
+            &["`w`", "[3]", "[2]"],
+        ),
+        (
+            Error::ShapeChanged { param: "w".into(), registered: vec![2], given: vec![4] },
+            &["`w`", "[2]", "[4]"],
+        ),
+        (
+            Error::InvalidHyperparameter {
+                rule: "adam",
+                key: "beta1",
+                value: 1.5,
+                requirement: "in [0, 1)",
+            },
+            &["adam", "`beta1`", "1.5", "in [0, 1)"],
+        ),
+        (Error::UnknownGroup { group: "g".into() }, &["`g`"]),
+        (Error::DuplicateGroup { group: "g".into() }, &["`g`", "exists"]),
+        (
+            Error::StateBuffersChange {
+                param: "w".into(),
+                current: &["exp_avg"],
+                requested: &["exp_avg", "max_exp_avg_sq"],
+            },
+            &["`w`", "max_exp_avg_sq"],
+        ),
+        (Error::UnsupportedCheckpoint { format: "x".into(), version: 9 }, &["`x`", "9"]),
+        (
+            Error::CheckpointMismatch { field: "rule", expected: "adam", found: "sgd".into() },
+            &["rule", "`sgd`", "`adam`"],
+        ),
+        (Error::InvalidSharding { reason: "rank 2 missing".into() }, &["rank 2 missing"]),
+        (Error::DuplicateParam { param: "w".into(), in_what: "batch" }, &["batch", "`w`"]),
+        (
+            Error::InvalidTensorState { param: "w".into(), reason: "exp_avg_sq < 0".into() },
+            &["`w`", "exp_avg_sq < 0"],
+        ),
+        (Error::CorruptCheckpoint { reason: "checksum".into() }, &["corrupt", "checksum"]),
+        (Error::Encode { reason: "NaN in `lr`".into() }, &["NaN in `lr`"]),
+        (
+            Error::Io { path: "run/opt.ckpt".into(), kind: io.kind(), message: io.to_string() },
+            &io_needles,
+        ),
+        (Error::NonFiniteGradient { param: "w".into() }, &["`w`", "NaN"]),
+        (Error::GlobalClipNeedsBatch, &["step_all"]),
+        (Error::ScheduleFinished { total_steps: 7 }, &["7"]),
+        (Error::InvalidSchedule { reason: "pct_start".into() }, &["pct_start"]),
+        (Error::StepCountOverflow { param: "w".into() }, &["`w`"]),
+        (Error::UnknownParam { param: "w0".into(), closest: Some("w".into()) }, &["`w0`", "`w`"]),
+        (
+            Error::ScheduleInProgress { group: "head".into(), current: 0.5, first: 0.1 },
+            &["`head`", "0.5", "0.1"],
+        ),
+        (
+            Error::GroupPatterns { unmatched: vec!["a".into()], ambiguous: vec!["b".into()] },
+            &["\"a\"", "\"b\""],
+        ),
+    ];
+    for (error, needles) in cases {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = error.clone().into();
+        let message = boxed.to_string();
+        assert_eq!(message, error.to_string());
+        for needle in needles {
+            assert!(message.contains(needle), "{error:?}: `{message}` does not name {needle}");
+        }
+        assert_eq!(boxed.downcast_ref::<Error>(), Some(&error));
+    }
 }
 
 /// A rule whose buffer count depends on a hyperparameter, as PyTorch's `amsgrad` does.
