@@ -403,11 +403,11 @@ fn momentum_step(
             ndarray::Zip::from(&mut param).and(buffer).and(grad).for_each(|p, b, &g| {
                 // Dampening 0: the rule's factor on g is 1 on every step.
                 *b = MOMENTUM * *b + 1.0 * transform.apply(g);
-                *p = *p - lr * *b;
+                *p -= lr * *b;
             });
         }
         None => ndarray::Zip::from(&mut param).and(grad).for_each(|p, &g| {
-            *p = *p - lr * transform.apply(g);
+            *p -= lr * transform.apply(g);
         }),
     }
     (param, state)
@@ -1254,7 +1254,7 @@ fn config() -> Config {
     };
     Config {
         cases: u32::try_from(number("MODEL_CASES", 2000)).expect("MODEL_CASES fits in u32"),
-        rng_seed: RngSeed::Fixed(number("MODEL_SEED", 0x6d6f_6465_6c)),
+        rng_seed: RngSeed::Fixed(number("MODEL_SEED", 0x006d_6f64_656c)),
         failure_persistence: None,
         ..Config::default()
     }
