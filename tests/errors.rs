@@ -340,10 +340,7 @@ use ndarray_optim::{NAdam, ParamGrad, TensorStep};
 /// tensors against one state, or panicked.
 #[test]
 fn a_name_twice_in_one_batch() {
-    fn refused<A: PartialEq + core::fmt::Debug>(
-        opt: &mut Optimizer<impl UpdateRule, f64>,
-        shapes: [&[usize]; 2],
-    ) {
+    fn refused(opt: &mut Optimizer<impl UpdateRule, f64>, shapes: [&[usize]; 2]) {
         let before = opt.clone();
         let mut a = ndarray::ArrayD::<f64>::ones(shapes[0]);
         let mut b = ndarray::ArrayD::<f64>::ones(shapes[1]);
@@ -357,16 +354,16 @@ fn a_name_twice_in_one_batch() {
     }
     for shapes in [[&[2][..], &[3][..]], [&[2, 3], &[3, 2]], [&[4], &[4]], [&[0], &[0]], [&[], &[]]]
     {
-        refused::<f64>(&mut Optimizer::new(Adam::default()).unwrap(), shapes);
-        refused::<f64>(&mut Optimizer::new(NAdam::default()).unwrap(), shapes);
-        refused::<f64>(&mut Optimizer::new(ScalarOnly).unwrap(), shapes);
+        refused(&mut Optimizer::new(Adam::default()).unwrap(), shapes);
+        refused(&mut Optimizer::new(NAdam::default()).unwrap(), shapes);
+        refused(&mut Optimizer::new(ScalarOnly).unwrap(), shapes);
         // Registered first, in the shape of the first entry.
         let mut opt = Optimizer::new(NAdam::default()).unwrap();
         let mut w = ndarray::ArrayD::<f64>::ones(shapes[0]);
         let g = w.clone();
         opt.step("w", &mut w, &g).unwrap();
         if shapes[0] == shapes[1] {
-            refused::<f64>(&mut opt, shapes);
+            refused(&mut opt, shapes);
         }
     }
 }

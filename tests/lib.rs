@@ -14,6 +14,7 @@ mod hostile;
 mod inspect;
 mod kernels;
 mod layouts;
+mod model;
 mod options;
 mod patterns;
 mod reference;
