@@ -79,8 +79,7 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
 
     /// The state buffers (of [`state_names`](Self::state_names)) whose values no run makes
     /// negative, e.g. second moments and accumulated squares. A checkpoint holding a negative
-    /// value in one is refused on loading, as is a non-finite value in any buffer. None by
-    /// default.
+    /// value in one is refused on loading. None by default.
     fn non_negative_state(&self) -> &'static [&'static str] {
         &[]
     }

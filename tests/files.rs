@@ -434,20 +434,24 @@ fn json_refuses_every_value_it_cannot_store() {
     assert_eq!(Optimizer::load(&path).unwrap(), opt);
 }
 
-/// An optimizer whose state no load would accept (NaN in a buffer, after steps that let a
-/// non-finite gradient through) is not saved, in either encoding.
+/// A run that let a non-finite gradient through (PyTorch's default) has NaN in its state: it
+/// saves in postcard and loads back exactly as it was; JSON, which has no NaN, refuses at save
+/// time, naming the value, and leaves no file.
 #[test]
-fn state_that_cannot_be_loaded_is_not_saved() {
-    let folder = Folder::new("unloadable");
+fn state_of_a_run_with_nan_gradients_saves_where_it_can_be_stored() {
+    let folder = Folder::new("nan-state");
     let path = folder.file("opt.ckpt");
     let mut opt = Optimizer::<Momentum, f32>::new(Momentum::default()).unwrap();
     opt.set_non_finite(ndarray_optim::NonFinite::Ignore);
     let mut w = Array2::<f32>::zeros((2, 2));
     opt.step("w", &mut w, &Array2::from_elem((2, 2), f32::NAN)).unwrap();
-    for encoding in ENCODINGS {
-        let err = opt.save(&path, encoding).unwrap_err();
-        assert!(matches!(err, Error::InvalidTensorState { .. }), "{err:?}");
-        assert!(err.to_string().contains("buffer `momentum_buffer` holds NaN"), "{err}");
-        assert!(!path.exists());
-    }
+    let err = opt.save(&path, Encoding::Json).unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+    assert!(err.to_string().contains("momentum_buffer"), "{err}");
+    assert!(!path.exists());
+    opt.save(&path, Encoding::Postcard).unwrap();
+    let back = Optimizer::<Momentum, f32>::load(&path).unwrap();
+    let bits =
+        |opt: &Optimizer<Momentum, f32>| opt.checkpoint().to_bytes(Encoding::Postcard).unwrap();
+    assert_eq!(bits(&back), bits(&opt));
 }

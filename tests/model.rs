@@ -860,7 +860,7 @@ fn expected_batch(model: &Model, calls: &[Call]) -> Result<BatchPlan, Error> {
     for c in calls {
         model.check_step(c.name, c.param.shape(), c.grad.shape())?;
         if !seen.insert(c.name) {
-            return Err(Error::DuplicateParam { param: c.name.into() });
+            return Err(Error::DuplicateParam { param: c.name.into(), in_what: "batch" });
         }
     }
     if model.non_finite != NonFinite::Ignore
@@ -963,12 +963,37 @@ fn set_lr(world: &mut World, group: &str, lr: f64, op: &Op) -> bool {
     true
 }
 
+/// `ScheduleInProgress` if building `schedule` would replace a rate that another schedule
+/// set with a different one. The rates of the first step come from the schedule built on a
+/// copy without scheduled rates (their values are checked against PyTorch elsewhere).
+fn in_progress(world: &World, schedule: &Schedule) -> Result<(), Error> {
+    let mut fresh = world.opt.clone();
+    fresh.clear_scheduled_lrs();
+    if LrScheduler::new(&mut fresh, schedule.clone()).is_err() {
+        return Ok(());
+    }
+    for (group, first) in world.model.groups.iter().zip(fresh.groups()) {
+        if group.scheduled.is_some_and(|lr| lr.to_bits() != first.lr().to_bits()) {
+            return Err(Error::ScheduleInProgress {
+                group: group.name.into(),
+                current: 0.0,
+                first: 0.0,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
     match sched {
         Sched::Exponential(gamma) => {
-            let expected =
-                if gamma.is_finite() && gamma > 0.0 { Ok(()) } else { Err(invalid_hyper()) };
-            let actual = LrScheduler::new(&mut world.opt, Schedule::Exponential { gamma });
+            let schedule = Schedule::Exponential { gamma };
+            let expected = if gamma.is_finite() && gamma > 0.0 {
+                in_progress(world, &schedule)
+            } else {
+                Err(invalid_hyper())
+            };
+            let actual = LrScheduler::new(&mut world.opt, schedule);
             assert_outcome(&actual, &expected, op);
             let Ok(scheduler) = actual else { return false };
             // A new scheduler starts every group from its base rate.
@@ -987,9 +1012,11 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
                 div_factor: 25.0,
                 final_div_factor: 1e4,
             };
+            let expected = in_progress(world, &schedule);
             let actual = LrScheduler::new(&mut world.opt, schedule);
-            assert!(actual.is_ok(), "{op:?}: {actual:?}");
-            world.scheduler = actual.ok();
+            assert_outcome(&actual, &expected, op);
+            let Ok(scheduler) = actual else { return false };
+            world.scheduler = Some(scheduler);
             world.model.sched = Some(SchedModel::OneCycle { total, steps: 0 });
             take_one_cycle_rates(world, op);
             true
@@ -1042,7 +1069,7 @@ fn declare(world: &mut World, names: &[usize], op: &Op) -> bool {
     let expected = if unique.len() == names.len() {
         Ok(())
     } else {
-        Err(Error::DuplicateParam { param: String::new() })
+        Err(Error::DuplicateParam { param: String::new(), in_what: "declaration" })
     };
     let actual = world.opt.declare(names.iter().copied());
     assert_outcome(&actual, &expected, op);
@@ -1134,7 +1161,7 @@ fn expected_report(
     let mut listed = BTreeMap::<&str, &[usize]>::new();
     for &(name, shape) in shapes {
         if listed.insert(name, shape).is_some_and(|known| known != shape) {
-            return Err(Error::DuplicateParam { param: name.into() });
+            return Err(Error::DuplicateParam { param: name.into(), in_what: "model's tensors" });
         }
     }
     let mut report = LoadReport::default();
@@ -1189,7 +1216,8 @@ fn shard(world: &mut World, ranks: usize, leave_one_out: bool, op: &Op) -> bool 
         assert!(matches!(plan, Err(Error::InvalidSharding { .. })), "{op:?}: {plan:?}");
         return false;
     }
-    let shards = split(checkpoint, &plan.expect("a plan of distinct names"));
+    let plan = plan.expect("a plan of distinct names");
+    let shards = split(checkpoint, &plan);
     if left_out.is_some() {
         assert!(matches!(shards, Err(Error::InvalidSharding { .. })), "{op:?}");
         return false;
@@ -1200,7 +1228,7 @@ fn shard(world: &mut World, ranks: usize, leave_one_out: bool, op: &Op) -> bool 
         Optimizer::from_checkpoint(shard.clone())
             .unwrap_or_else(|e| panic!("{op:?}: shard: {e:?}"));
     }
-    let merged = merge(shards).unwrap_or_else(|e| panic!("{op:?}: merge: {e:?}"));
+    let merged = merge(shards, &plan).unwrap_or_else(|e| panic!("{op:?}: merge: {e:?}"));
     let opt = Optimizer::from_checkpoint(merged).unwrap_or_else(|e| panic!("{op:?}: {e:?}"));
     assert_eq!(postcard(&opt), bytes, "{op:?}: split and merged is not the original");
     world.restored(opt);

@@ -455,25 +455,44 @@ where
         for tensor in &self.tensors {
             let Some(state) = &tensor.state else { continue };
             for buffer in &state.buffers {
-                if let Some(value) = buffer.values.iter().find(|value| !value.is_finite()) {
-                    return Err(Error::Encode {
-                        reason: format!(
-                            "buffer `{}` of `{}` holds {value}, which JSON cannot store; save \
-                             in postcard",
-                            buffer.name, tensor.name
-                        ),
-                    });
-                }
+                check_buffer_json(&tensor.name, &buffer.name, buffer.values.iter().copied())?;
             }
-            if let Some(scalar) = state.scalars.iter().find(|scalar| !scalar.value.is_finite()) {
-                return Err(refuse(
-                    format!("scalar `{}` of `{}`", scalar.name, tensor.name),
-                    scalar.value,
-                ));
+            for scalar in &state.scalars {
+                check_scalar_json(&tensor.name, &scalar.name, scalar.value)?;
             }
         }
         Ok(())
     }
+}
+
+/// Refuses a buffer holding a value that JSON cannot store, naming it.
+fn check_buffer_json<A: Element>(
+    tensor: &str,
+    buffer: &str,
+    values: impl Iterator<Item = A>,
+) -> Result<()> {
+    match values.enumerate().find(|(_, value)| !value.is_finite()) {
+        Some((index, value)) => Err(Error::Encode {
+            reason: format!(
+                "buffer `{buffer}` of `{tensor}` holds {value} at index {index}, which JSON \
+                 cannot store; save in postcard"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a scalar that JSON cannot store, naming it.
+fn check_scalar_json(tensor: &str, scalar: &str, value: f64) -> Result<()> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(Error::Encode {
+        reason: format!(
+            "scalar `{scalar}` of `{tensor}` is {value}, which JSON cannot store; save in \
+             postcard"
+        ),
+    })
 }
 
 /// Whether hyperparameters survive JSON: a NaN or infinity is written as `null` and does not
@@ -575,8 +594,16 @@ where
         Self::from_checkpoint(Checkpoint::load(path)?)
     }
 
-    /// Refuses values that JSON cannot hold; the state was checked finite already.
+    /// Refuses values that JSON cannot hold, in the state, the groups and the clip.
     fn check_json(&self) -> Result<()> {
+        for tensor in self.state() {
+            for (buffer, values) in tensor.buffers() {
+                check_buffer_json(tensor.name(), buffer, values.iter().copied())?;
+            }
+            for (scalar, value) in tensor.scalars() {
+                check_scalar_json(tensor.name(), scalar, value)?;
+            }
+        }
         let groups = self
             .groups()
             .iter()

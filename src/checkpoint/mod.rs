@@ -87,7 +87,7 @@
 //! ([`Error::CheckpointMismatch`]); negative or non-finite hyperparameters
 //! ([`Error::InvalidHyperparameter`]); a buffer whose length does not match its shape, a
 //! buffer the rule does not keep, a step count of 0 or one that cannot be stepped again, a
-//! value no run produces: not finite, a negative second moment or accumulator
+//! value no run produces: a negative second moment or accumulator
 //! ([`UpdateRule::non_negative_state`]), a per-tensor scalar out of its range
 //! ([`UpdateRule::check_scalar`]) ([`Error::InvalidTensorState`]); a name
 //! listed twice or a group that does not exist. State that does not fit the parameter the
@@ -275,45 +275,37 @@ fn invalid_state(param: &str, reason: String) -> Error {
     Error::InvalidTensorState { param: param.to_owned(), reason }
 }
 
-/// Refuses a step count that no run has (0 with state) or that cannot be stepped again.
+/// Refuses a step count that no run has: 0 with state. (`u64::MAX` loads; the step after it
+/// is refused with [`Error::StepCountOverflow`] rather than wrapping.)
 fn check_step(param: &str, step: u64) -> Result<()> {
-    match step {
-        0 => Err(invalid_state(param, "step count 0 with state".to_owned())),
-        u64::MAX => Err(invalid_state(
-            param,
-            format!("step count {step} is the largest there is: the next step would overflow"),
-        )),
-        _ => Ok(()),
-    }
+    if step == 0 { Err(invalid_state(param, "step count 0 with state".to_owned())) } else { Ok(()) }
 }
 
-/// Refuses buffer values that no run produces: any that is not finite, and a negative value
-/// in a buffer the rule keeps non-negative (second moments, accumulated squares).
+/// Refuses buffer values that no run produces: a negative value (or −∞) in a buffer the rule
+/// keeps non-negative (second moments, accumulated squares). NaN and ±∞ elsewhere, and +∞
+/// there, are what real runs produce (a non-finite gradient under
+/// [`NonFinite::Ignore`](crate::NonFinite::Ignore), or a finite one whose square overflows),
+/// so a checkpoint of such a run loads as it was saved.
 fn check_buffer<R: UpdateRule, A: Element>(
     hyper: &R,
     param: &str,
     name: &str,
     values: impl Iterator<Item = A>,
 ) -> Result<()> {
-    let non_negative = hyper.non_negative_state().contains(&name);
-    for (index, value) in values.map(A::into_f64).enumerate() {
-        let requirement = if !value.is_finite() {
-            "finite"
-        } else if non_negative && value < 0.0 {
-            "finite and >= 0"
-        } else {
-            continue;
-        };
-        return Err(invalid_state(
+    if !hyper.non_negative_state().contains(&name) {
+        return Ok(());
+    }
+    match values.map(A::into_f64).enumerate().find(|&(_, value)| value < 0.0) {
+        Some((index, value)) => Err(invalid_state(
             param,
             format!(
                 "buffer `{name}` holds {value} at index {index}, which no run of `{}` produces: \
-                 it must be {requirement}",
+                 it must be >= 0",
                 R::NAME
             ),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuses a per-tensor scalar outside the range the rule declares for it.
