@@ -108,17 +108,16 @@ pub use plateau::{PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 /// `"exponential"`, `"cosine"` (`t_max`, `eta_min`), `"cosine_restarts"` (`t_0`, `t_mult`,
 /// `eta_min`), `"linear"` (`start_factor`, `end_factor`, `total_iters`) or `"one_cycle"`
 /// (`max_lr`, `total_steps`, `pct_start`, `div_factor`, `final_div_factor`); keys left out
-/// take PyTorch's defaults.
+/// take PyTorch's defaults. Formats that are not human-readable, such as postcard, cannot
+/// read a `kind` key; there a schedule is the variant's index followed by its fields, in
+/// the order above.
 #[derive(Clone, Copy, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields))]
 pub enum Schedule {
     /// Multiply the rate by `gamma` every `step_size` steps.
     Step {
         /// Period $k$ (≥ 1).
         step_size: u64,
         /// Factor γ (finite, > 0; PyTorch's default 0.1).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::gamma"))]
         gamma: f64,
     },
     /// Multiply the rate by `gamma` every step.
@@ -131,7 +130,6 @@ pub enum Schedule {
         /// Half period $T$ (≥ 1).
         t_max: u64,
         /// Smallest rate $\eta_{min}$ (finite, ≥ 0; default 0).
-        #[cfg_attr(feature = "serde", serde(default))]
         eta_min: f64,
     },
     /// Cosine annealing restarted at the base rate after $T_0$, $T_0 T_{mult}$, … steps.
@@ -139,22 +137,17 @@ pub enum Schedule {
         /// First period $T_0$ (≥ 1).
         t_0: u64,
         /// Growth of the period after each restart (≥ 1; default 1).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::t_mult"))]
         t_mult: u64,
         /// Smallest rate $\eta_{min}$ (finite, ≥ 0; default 0).
-        #[cfg_attr(feature = "serde", serde(default))]
         eta_min: f64,
     },
     /// Linear change of a factor of the base rate, e.g. warm-up.
     Linear {
         /// Factor of the first step, in (0, 1] (default 1/3).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::start_factor"))]
         start_factor: f64,
         /// Factor from step `total_iters` on, in [0, 1] (default 1).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::end_factor"))]
         end_factor: f64,
         /// Steps of the change $n$ (≥ 1; default 5).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::total_iters"))]
         total_iters: u64,
     },
     /// The one-cycle policy with cosine annealing (Smith & Topin 2017).
@@ -164,15 +157,118 @@ pub enum Schedule {
         /// Length of the cycle in steps (≥ 1); stepping past it is an error.
         total_steps: u64,
         /// Fraction of the cycle spent rising, in [0, 1] (default 0.3).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::pct_start"))]
         pct_start: f64,
         /// Initial rate $M/d$ (finite, > 0; default 25).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::div_factor"))]
         div_factor: f64,
         /// Final rate $M/(d f)$ (finite, > 0; default 1e4).
-        #[cfg_attr(feature = "serde", serde(default = "defaults::final_div_factor"))]
         final_div_factor: f64,
     },
+}
+
+/// A [`Schedule`] in serde formats: tagged by a `kind` key where the format is human-readable
+/// (JSON, configuration files), by the variant's index elsewhere (postcard, which cannot
+/// read a tag among the fields).
+#[cfg(feature = "serde")]
+mod stored {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Schedule, defaults};
+
+    impl Serialize for Schedule {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            if serializer.is_human_readable() {
+                Tagged::serialize(self, serializer)
+            } else {
+                Indexed::serialize(self, serializer)
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Schedule {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            if deserializer.is_human_readable() {
+                Tagged::deserialize(deserializer)
+            } else {
+                Indexed::deserialize(deserializer)
+            }
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Schedule", tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+    enum Tagged {
+        Step {
+            step_size: u64,
+            #[serde(default = "defaults::gamma")]
+            gamma: f64,
+        },
+        Exponential {
+            gamma: f64,
+        },
+        Cosine {
+            t_max: u64,
+            #[serde(default)]
+            eta_min: f64,
+        },
+        CosineRestarts {
+            t_0: u64,
+            #[serde(default = "defaults::t_mult")]
+            t_mult: u64,
+            #[serde(default)]
+            eta_min: f64,
+        },
+        Linear {
+            #[serde(default = "defaults::start_factor")]
+            start_factor: f64,
+            #[serde(default = "defaults::end_factor")]
+            end_factor: f64,
+            #[serde(default = "defaults::total_iters")]
+            total_iters: u64,
+        },
+        OneCycle {
+            max_lr: f64,
+            total_steps: u64,
+            #[serde(default = "defaults::pct_start")]
+            pct_start: f64,
+            #[serde(default = "defaults::div_factor")]
+            div_factor: f64,
+            #[serde(default = "defaults::final_div_factor")]
+            final_div_factor: f64,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Schedule", rename_all = "snake_case", deny_unknown_fields)]
+    enum Indexed {
+        Step {
+            step_size: u64,
+            gamma: f64,
+        },
+        Exponential {
+            gamma: f64,
+        },
+        Cosine {
+            t_max: u64,
+            eta_min: f64,
+        },
+        CosineRestarts {
+            t_0: u64,
+            t_mult: u64,
+            eta_min: f64,
+        },
+        Linear {
+            start_factor: f64,
+            end_factor: f64,
+            total_iters: u64,
+        },
+        OneCycle {
+            max_lr: f64,
+            total_steps: u64,
+            pct_start: f64,
+            div_factor: f64,
+            final_div_factor: f64,
+        },
+    }
 }
 
 /// PyTorch's defaults.
