@@ -966,10 +966,10 @@ fn set_lr(world: &mut World, group: &str, lr: f64, op: &Op) -> bool {
 /// `ScheduleInProgress` if building `schedule` would replace a rate that another schedule
 /// set with a different one. The rates of the first step come from the schedule built on a
 /// copy without scheduled rates (their values are checked against PyTorch elsewhere).
-fn in_progress(world: &World, schedule: &Schedule) -> Result<(), Error> {
+fn in_progress(world: &World, schedule: Schedule) -> Result<(), Error> {
     let mut fresh = world.opt.clone();
     fresh.clear_scheduled_lrs();
-    if LrScheduler::new(&mut fresh, schedule.clone()).is_err() {
+    if LrScheduler::new(&mut fresh, schedule).is_err() {
         return Ok(());
     }
     for (group, first) in world.model.groups.iter().zip(fresh.groups()) {
@@ -989,7 +989,7 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
         Sched::Exponential(gamma) => {
             let schedule = Schedule::Exponential { gamma };
             let expected = if gamma.is_finite() && gamma > 0.0 {
-                in_progress(world, &schedule)
+                in_progress(world, schedule)
             } else {
                 Err(invalid_hyper())
             };
@@ -1012,7 +1012,7 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
                 div_factor: 25.0,
                 final_div_factor: 1e4,
             };
-            let expected = in_progress(world, &schedule);
+            let expected = in_progress(world, schedule);
             let actual = LrScheduler::new(&mut world.opt, schedule);
             assert_outcome(&actual, &expected, op);
             let Ok(scheduler) = actual else { return false };

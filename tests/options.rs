@@ -68,39 +68,51 @@ fn defaults_are_pytorchs() {
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/pytorch_defaults.json");
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    // (rule, its torch class, its defaults, torch key -> field renames, the seed's defaults
-    // where they differ from torch's, torch options offered as another rule).
-    type Entry = (&'static str, Value, &'static [(&'static str, &'static str)]);
-    let rules: [(Entry, &[(&str, f64)], &[&str]); 11] = [
-        (
-            ("SGD", json(Sgd::default()), &[]),
+    /// A rule's defaults against those of its torch class.
+    struct Expect {
+        class: &'static str,
+        ours: Value,
+        /// torch key -> field, where the names differ.
+        renames: &'static [(&'static str, &'static str)],
+        /// The seed's defaults, where they differ from torch's.
+        seed: &'static [(&'static str, f64)],
+        /// torch options this crate offers as another rule.
+        elsewhere: &'static [&'static str],
+    }
+    let expect = |class, ours: Value, renames, seed, elsewhere| Expect {
+        class,
+        ours,
+        renames,
+        seed,
+        elsewhere,
+    };
+    let momentum_seed: &[(&str, f64)] = &[("lr", 0.01), ("momentum", 0.9)];
+    let rules = [
+        expect(
+            "SGD",
+            json(Sgd::default()),
+            &[],
             &[("lr", 0.01)],
             &["momentum", "dampening", "nesterov"],
         ),
-        (
-            ("SGD", json(Momentum::default()), &[]),
-            &[("lr", 0.01), ("momentum", 0.9)],
-            &["nesterov"],
-        ),
-        (
-            ("SGD", json(Nesterov::default()), &[]),
-            &[("lr", 0.01), ("momentum", 0.9)],
-            &["dampening", "nesterov"],
-        ),
-        (("Adagrad", json(Adagrad::default()), &[]), &[("eps", 1e-8)], &[]),
-        (("Adadelta", json(Adadelta::default()), &[]), &[], &[]),
-        (
-            ("RMSprop", json(RmsProp::default()), &[("alpha", "rho")]),
+        expect("SGD", json(Momentum::default()), &[], momentum_seed, &["nesterov"]),
+        expect("SGD", json(Nesterov::default()), &[], momentum_seed, &["dampening", "nesterov"]),
+        expect("Adagrad", json(Adagrad::default()), &[], &[("eps", 1e-8)], &[]),
+        expect("Adadelta", json(Adadelta::default()), &[], &[], &[]),
+        expect(
+            "RMSprop",
+            json(RmsProp::default()),
+            &[("alpha", "rho")],
             &[("lr", 0.001), ("rho", 0.9)],
             &[],
         ),
-        (("Adam", json(Adam::default()), &[]), &[], &["decoupled_weight_decay"]),
-        (("AdamW", json(AdamW::default()), &[]), &[], &[]),
-        (("Adamax", json(Adamax::default()), &[]), &[], &[]),
-        (("NAdam", json(NAdam::default()), &[]), &[], &[]),
-        (("RAdam", json(RAdam::default()), &[]), &[], &[]),
+        expect("Adam", json(Adam::default()), &[], &[], &["decoupled_weight_decay"]),
+        expect("AdamW", json(AdamW::default()), &[], &[], &[]),
+        expect("Adamax", json(Adamax::default()), &[], &[], &[]),
+        expect("NAdam", json(NAdam::default()), &[], &[], &[]),
+        expect("RAdam", json(RAdam::default()), &[], &[], &[]),
     ];
-    for ((class, ours, renames), seed, elsewhere) in rules {
+    for Expect { class, ours, renames, seed, elsewhere } in rules {
         let torch = fixture["defaults"][class].as_object().unwrap();
         assert!(!torch.is_empty(), "{class}");
         for (key, torch_default) in torch {
