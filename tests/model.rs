@@ -260,8 +260,15 @@ struct TensorModel {
 
 #[derive(Clone, Copy, Debug)]
 enum SchedModel {
-    Exponential(f64),
-    OneCycle { total: u64, steps: u64 },
+    /// ExponentialLR's factor and the steps taken so far.
+    Exponential {
+        gamma: f64,
+        steps: u64,
+    },
+    OneCycle {
+        total: u64,
+        steps: u64,
+    },
 }
 
 /// What the optimizer's state should be.
@@ -1001,7 +1008,7 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
                 group.scheduled = Some(group.base);
             }
             world.scheduler = Some(scheduler);
-            world.model.sched = Some(SchedModel::Exponential(gamma));
+            world.model.sched = Some(SchedModel::Exponential { gamma, steps: 0 });
             true
         }
         Sched::OneCycle(total) => {
@@ -1028,10 +1035,18 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
             };
             let actual = scheduler.step(&mut world.opt);
             match sched {
-                SchedModel::Exponential(gamma) => {
+                SchedModel::Exponential { gamma, steps } => {
                     assert!(actual.is_ok(), "{op:?}: {actual:?}");
+                    *steps += 1;
                     for group in &mut world.model.groups {
-                        group.scheduled = Some(group.lr() * *gamma);
+                        // A group without a scheduled rate (added or re-based since the
+                        // schedule started) joins in phase: its base rate, multiplied once
+                        // per step taken, as if it had been there from the start.
+                        let rate = match group.scheduled {
+                            Some(rate) => rate * *gamma,
+                            None => (0..*steps).fold(group.base, |rate, _| rate * *gamma),
+                        };
+                        group.scheduled = Some(rate);
                     }
                 }
                 SchedModel::OneCycle { total, steps } => {
