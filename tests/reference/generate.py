@@ -3,10 +3,10 @@
 
 How to run, from the repository root:
 
-    python3 -m venv ref && ref/bin/pip install torch==2.15.0 numpy \
+    python3 -m venv ref && ref/bin/pip install torch==2.15.0 optax==0.2.8 jax numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes five files next to this script (and overwrites them):
+It writes six files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -42,13 +42,31 @@ It writes five files next to this script (and overwrites them):
   ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``, ``Adam``, ``AdamW``,
   ``Adamax``, ``NAdam`` and ``RAdam``, read from their signatures (betas as
   ``beta1``, ``beta2``); ``--only defaults`` writes just this file.
+* ``rules_v2.json`` (``--only rules_v2`` writes just this file): the rules
+  of CONFORMANCE.md "Rules v2" with their reference semantics, in f64 and
+  f32, 60 steps (V2_CASES): ``muon`` (torch.optim.Muon, its Newton–Schulz
+  iteration run in the parameter's dtype instead of bfloat16, see
+  muon_ns_in_param_dtype), ``adafactor``, ``asgd`` (the parameter, not its
+  average) and ``rprop`` (torch.optim, ``foreach=False``), ``lamb`` and
+  ``lion`` (optax.lamb, optax.lion, through optax.partition over the groups,
+  eager; f64 cases run in a worker process with ``jax_enable_x64`` on, f32
+  cases in one with it off, so that optax computes in the case's dtype), and
+  per-group rules: ``torch-adamw-muon-groups`` (torch AdamW for the default
+  group, torch Muon for group "hidden") and ``optax-lion-lamb-groups`` (lion,
+  lamb for group "g").  A group's ``"optimizer"`` key names its rule; the
+  case's ``hyper`` applies to groups of the case's rule only.  The defaults
+  (RULES_V2) are checked against torch's and optax's signatures (optax's
+  learning rate has no default).  After writing, every case is replayed by
+  numpy transcriptions of the rules (NumpyV2) and the differences printed,
+  with the share of the CONFORMANCE tolerance they use (informational).
 
 The case files have the shape
 
     { "generator": "tests/reference/generate.py",
-      "torch_version": "2.15.0",                      (pytorch*.json only)
+      "torch_version": "2.15.0",                      (pytorch*.json, rules_v2.json)
+      "optax_version": "0.2.8",                       (rules_v2.json only)
       "cases": [ { "case": { ...replay-harness input case... },
-                   "source": "pytorch" | "seed",
+                   "source": "pytorch" | "seed" | "optax",
                    "trajectory": { "<param>": [[row-major values after step 1],
                                                [after step 2], ...] } } ] }
 
@@ -86,9 +104,24 @@ implementation where the formulas coincide (the numpy one on the PyTorch
 cases, PyTorch on the seed cases it can express) and prints the largest
 differences.  That cross-check is informational; it does not affect the files.
 
+Cases of rules_v2.json, each in f64 and f32 (``<source>-<rule>-<tag>-<dtype>``,
+source ``torch`` or ``optax``): ``defaults`` (no hyperparameters) and
+``custom`` (every key changed, most rules with a group "g" overriding some)
+for each rule; ``torch-muon-adjust-<adjust_lr_fn>`` for "original",
+"match_rms_adamw" and "spectral_unclamped" on a tall 4x2 (layout "f") and a
+wide 2x5 matrix; the two per-group cases.  Cases with ``maximize`` run on
+the quadratics negated.  Muon takes only 2-D tensors; Adafactor gets 0-D,
+1-D (unfactored), 2-D and 2x2x3 (factored, batched) tensors; a vector starting
+at zeros checks Adafactor's eps2 floor and LAMB's trust ratio 1; Rprop's
+custom case is checked to reach both step-size bounds.  The custom Adafactor
+quadratic has its optimum out of reach: around an optimum Adafactor's
+normalised steps keep bouncing with signs that follow rounding noise, and the
+f32 trajectory would depend on the last bit of every operation.
+
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--training-only`` regenerates pytorch_training.json only;
-``--any-torch`` accepts a PyTorch other than 2.15.0.
+``--only training|defaults|rules_v2`` regenerates one file (``--training-only``
+is ``--only training``); ``--any-torch`` accepts a PyTorch other than 2.15.0,
+``--any-optax`` an optax other than 0.2.8.
 """
 
 import argparse
@@ -141,8 +174,27 @@ EXTENSION_RULES = {
               "decoupled_weight_decay": False},
     "radam": {**_ADAM_BASE, "decoupled_weight_decay": False},
 }
+# CONFORMANCE.md "Rules v2": the rules of rules_v2.json with their defaults
+# (torch's constructor defaults for muon, adafactor, asgd and rprop, optax's
+# for lamb and lion, whose learning rate has no default there; checked
+# against the signatures when rules_v2.json is written).
+MUON_NS_COEFFICIENTS = [3.4445, -4.775, 2.0315]
+RULES_V2 = {
+    "muon": {"lr": 0.001, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True,
+             "ns_coefficients": MUON_NS_COEFFICIENTS, "ns_steps": 5, "eps": 1e-7,
+             "adjust_lr_fn": None},
+    "adafactor": {"lr": 0.01, "beta2_decay": -0.8, "eps1": None, "eps2": 1e-3, "d": 1.0,
+                  "weight_decay": 0.0, "maximize": False},
+    "lamb": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "eps_root": 0.0,
+             "weight_decay": 0.0},
+    "lion": {"lr": 0.0001, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.001},
+    "asgd": {"lr": 0.01, "lambd": 1e-4, "alpha": 0.75, "t0": 1e6, "weight_decay": 0.0,
+             "maximize": False},
+    "rprop": {"lr": 0.01, "etaminus": 0.5, "etaplus": 1.2, "step_size_min": 1e-6,
+              "step_size_max": 50.0, "maximize": False},
+}
 ALL_DEFAULTS = {**{opt: {**h, **EXTENSION_KEYS[opt]} for opt, h in DEFAULTS.items()},
-                **EXTENSION_RULES}
+                **EXTENSION_RULES, **RULES_V2}
 
 NP_DTYPE = {"f64": np.float64, "f32": np.float32}
 
@@ -158,23 +210,36 @@ def numel(shape):
     return n
 
 
+def group_rule(case, group_name):
+    """The rule of a group: its own ``optimizer`` key, else the case's (per-group
+    rules, CONFORMANCE.md "Rules v2")."""
+    if group_name is None:
+        return case["optimizer"]
+    (group,) = [g for g in case.get("groups", []) if g["name"] == group_name]
+    return group.get("optimizer", case["optimizer"])
+
+
 def resolved_hyper(case, group_name):
-    """Defaults, then the case's hyper, then the group's overrides."""
-    h = dict(ALL_DEFAULTS[case["optimizer"]])
-    for k, v in case.get("hyper", {}).items():
-        if k not in h:
-            raise ValueError(f"{case['name']}: key {k!r} not taken by {case['optimizer']}")
-        h[k] = v
+    """Defaults of the group's rule, then the case's hyper (only for a group of
+    the case's rule), then the group's overrides."""
+    rule = group_rule(case, group_name)
+    h = dict(ALL_DEFAULTS[rule])
+    if rule == case["optimizer"]:
+        for k, v in case.get("hyper", {}).items():
+            if k not in h:
+                raise ValueError(f"{case['name']}: key {k!r} not taken by {rule}")
+            h[k] = v
     if group_name is not None:
         (group,) = [g for g in case.get("groups", []) if g["name"] == group_name]
         for k, v in group["hyper"].items():
             if k not in h:
-                raise ValueError(f"{case['name']}: key {k!r} not taken by {case['optimizer']}")
+                raise ValueError(f"{case['name']}: key {k!r} not taken by {rule}")
             h[k] = v
     return h
 
 
 def check_case(case):
+    resolved_hyper(case, None)  # validates the case's keys
     names = [p["name"] for p in case["params"]]
     assert len(set(names)) == len(names), case["name"]
     groups = {g["name"] for g in case.get("groups", [])}
@@ -193,6 +258,8 @@ def check_case(case):
         else:
             raise ValueError(obj["kind"])
         resolved_hyper(case, p.get("group"))  # validates keys
+        if group_rule(case, p.get("group")) == "muon":  # Muon takes matrices only
+            assert len(p["shape"]) == 2, (case["name"], p["name"])
 
 
 # ---------------------------------------------------------------------------
@@ -1015,6 +1082,611 @@ def write_defaults(version):
 
 
 # ---------------------------------------------------------------------------
+# Rules v2 (rules_v2.json): muon, adafactor, asgd and rprop from torch.optim,
+# lamb and lion from optax, and per-group rules.
+# ---------------------------------------------------------------------------
+
+OPTAX_VERSION = "0.2.8"
+ANY_OPTAX = [False]  # --any-optax
+V2_STEPS = 60
+
+# 2-D quadratics for Muon: a tall 4x2 and a wide 2x5 matrix.
+QUAD_TALL = {"init": [1.0, -0.5, 0.25, 2.0, -1.5, 0.75, 0.5, -1.0],
+             "a": [1.0, 2.0, 0.5, 1.5, 2.5, 0.8, 1.2, 3.0],
+             "b": [0.2, -0.4, 0.1, 0.0, 0.5, -0.3, 0.0, 0.6]}
+QUAD_WIDE = {"init": [-0.8, 1.2, 0.3, -2.0, 0.9, 1.5, -0.4, 0.6, -1.1, 0.2],
+             "a": [0.7, 1.4, 2.1, 0.9, 1.6, 2.4, 0.5, 1.1, 1.9, 3.2],
+             "b": [0.0, 0.3, -0.6, 0.2, 0.0, -0.5, 0.1, 0.4, -0.2, 0.3]}
+# A vector [3] starting at zeros (Adafactor's eps2 floor on the parameter
+# RMS, LAMB's trust ratio 1 for a zero parameter norm) and a bias.
+QUAD_ZERO3 = {"init": [0.0, 0.0, 0.0], "a": [1.5, 0.6, 2.4], "b": [0.3, -0.6, 0.9]}
+QUAD_BIAS3 = {"init": [0.1, -0.3, 0.2], "a": [1.5, 0.6, 2.4], "b": [0.3, -0.6, 0.9]}
+# 2x3 quadratic with its optimum b/a far from the start (3 to 6 away).
+QUAD_FAR = {"init": [0.5, -1.5, 2.0, -0.25, 1.25, -3.0],
+            "a": [0.5, 0.25, 0.2, 0.4, 0.3, 0.5],
+            "b": [2.0, -1.75, -0.8, 2.0, -0.6, 1.5]}
+# 2x2x3 quadratic (Adafactor: factored over the last two axes, batched over the first).
+QUAD223 = {"init": [0.4, -1.0, 1.6, 0.8, -0.2, 1.1, -1.3, 0.5, 0.9, -0.7, 2.2, 0.05],
+           "a": [1.2, 0.4, 2.0, 0.9, 1.7, 0.6, 2.6, 1.0, 0.3, 1.4, 0.8, 2.2],
+           "b": [0.0, 0.2, -0.5, 0.3, 0.1, 0.0, -0.4, 0.6, 0.2, -0.1, 0.5, 0.0]}
+
+# (rule, tag, hyper, groups).  Names: ``<source>-<rule>-<tag>-<dtype>``;
+# the params come from v2_params.  A case with "maximize" runs on the
+# quadratics negated.
+V2_CASES = [
+    ("muon", "defaults", {}, None),
+    ("muon", "custom", {"lr": 0.02, "momentum": 0.9, "nesterov": False, "ns_steps": 3,
+                        "weight_decay": 0.05, "eps": 1e-6},
+     [{"name": "g", "hyper": {"lr": 0.005, "ns_coefficients": [1.5, -0.5, 0.0],
+                              "adjust_lr_fn": "match_rms_adamw"}}]),
+    ("muon", "adjust-original", {"lr": 0.01, "adjust_lr_fn": "original"}, None),
+    ("muon", "adjust-match_rms_adamw", {"lr": 0.01, "adjust_lr_fn": "match_rms_adamw"}, None),
+    ("muon", "adjust-spectral_unclamped", {"lr": 0.01, "adjust_lr_fn": "spectral_unclamped"},
+     None),
+    ("adafactor", "defaults", {}, None),
+    # Group "fast" (lr 0.5, a sequence objective): the relative step min(lr, 1/√t)
+    # is 1/√t from step 5 on, and weight decay 0.05 a step shrinks the tensor
+    # towards the eps2 floor.  The quadratics have their optima far away: near
+    # an optimum Adafactor keeps bouncing with normalised steps whose signs
+    # follow rounding noise, and the trajectory would not be reproducible.
+    ("adafactor", "custom", {"lr": 0.02, "beta2_decay": -0.5, "eps2": 1e-2, "d": 2.0,
+                             "weight_decay": 0.1, "maximize": True},
+     [{"name": "g", "hyper": {"eps1": 1e-10, "d": 1.0}},
+      {"name": "fast", "hyper": {"lr": 0.5}}]),
+    ("lamb", "defaults", {}, None),
+    ("lamb", "custom", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-5, "eps_root": 1e-8,
+                        "weight_decay": 0.01},
+     [{"name": "g", "hyper": {"lr": 0.003, "weight_decay": 0.1}}]),
+    ("lion", "defaults", {}, None),
+    ("lion", "custom", {"lr": 0.003, "beta1": 0.95, "beta2": 0.98, "weight_decay": 0.1},
+     [{"name": "g", "hyper": {"lr": 0.001, "beta1": 0.5}}]),
+    ("asgd", "defaults", {}, None),
+    # t0 10: the average starts within the run (it is not part of the trajectory).
+    ("asgd", "custom", {"lr": 0.05, "lambd": 1e-2, "alpha": 0.5, "t0": 10.0,
+                        "weight_decay": 0.05, "maximize": True}, None),
+    ("rprop", "defaults", {}, None),
+    # Step sizes grow from 0.02 by 1.5 to the 0.1 ceiling within 4 steps of one
+    # sign, and shrink by 0.3 to the 1e-3 floor after a few sign changes.
+    ("rprop", "custom", {"lr": 0.02, "etaminus": 0.3, "etaplus": 1.5, "step_size_min": 1e-3,
+                         "step_size_max": 0.1, "maximize": True}, None),
+    # Per-group rules: case-level hyper applies to the case's rule only (both
+    # keys exist in Muon too, with other defaults).
+    ("adamw", "muon-groups", {"lr": 0.01, "weight_decay": 0.05},
+     [{"name": "hidden", "optimizer": "muon", "hyper": {"lr": 0.02}}]),
+    ("lion", "lamb-groups", {"lr": 0.001, "weight_decay": 0.01},
+     [{"name": "g", "optimizer": "lamb", "hyper": {"lr": 0.02}}]),
+]
+V2_SOURCE = {"muon": "pytorch", "adafactor": "pytorch", "asgd": "pytorch", "rprop": "pytorch",
+             "adamw": "pytorch", "lamb": "optax", "lion": "optax"}
+
+
+def with_zeros(rows, cells):
+    """Gradient rows with exact zeros at the given (step index, element) cells."""
+    rows = [list(r) for r in rows]
+    for i, j in cells:
+        rows[i][j] = 0.0
+    return rows
+
+
+def v2_params(rule, tag, dtype, maximize, seed):
+    def q(x):
+        return negated(x) if maximize else x
+
+    def seq(name, init, shape=(), lo=-2.0, hi=0.5, zeros=(), **extra):
+        grads = seq_grads(seed + zlib.crc32(name.encode()), width=numel(shape), lo=lo, hi=hi,
+                          steps=V2_STEPS, zeros=zeros)
+        return seq_param(name, init, grads, dtype, shape=shape, **extra)
+
+    g = {"group": "g"} if tag == "custom" and rule in ("muon", "adafactor", "lamb", "lion") else {}
+    if tag == "muon-groups":
+        return [quad_param("h1", QUAD[0], dtype, layout="f", group="hidden"),
+                quad_param("h2", QUAD_TALL, dtype, shape=(4, 2), group="hidden"),
+                quad_param("bias", QUAD_BIAS3, dtype, shape=(3,)),
+                seq("scale", [0.5], zeros=(10,))]
+    if tag == "lamb-groups":
+        return [quad_param("w", QUAD[0], dtype, layout="f"),
+                seq("s", [0.5], zeros=(0, 30)),
+                quad_param("k", QUAD3, dtype, shape=(2, 1, 2), layout="f", group="g"),
+                quad_param("z", QUAD_ZERO3, dtype, shape=(3,), group="g")]
+    if rule == "muon":
+        if tag.startswith("adjust-"):
+            return [quad_param("tall", QUAD_TALL, dtype, shape=(4, 2), layout="f"),
+                    quad_param("wide", QUAD_WIDE, dtype, shape=(2, 5))]
+        if tag == "defaults":
+            return [quad_param("w", QUAD[1], dtype),
+                    quad_param("tall", QUAD_TALL, dtype, shape=(4, 2), layout="f"),
+                    seq("wide", [0.3, -0.2, 0.1, 0.5, -0.4, 0.0, 0.25, -0.6, 0.7, 0.15],
+                        shape=(2, 5), zeros=(5,))]
+        # custom: "t" has a gradient norm around eps, where the norm's floor matters
+        return [quad_param("w", QUAD[0], dtype, layout="f"),
+                quad_param("tall", QUAD_TALL, dtype, shape=(4, 2), **g),
+                seq("wide", [0.3, -0.2, 0.1, 0.5, -0.4, 0.0, 0.25, -0.6, 0.7, 0.15],
+                    shape=(2, 5), zeros=(7,)),
+                seq("t", [0.1, -0.2, 0.3, 0.05], shape=(2, 2), lo=-7.5, hi=-5.5)]
+    if rule == "adafactor":
+        if tag == "defaults":
+            return [seq("s", [0.5], zeros=(20,)),
+                    quad_param("v", QUAD_ZERO3, dtype, shape=(3,)),
+                    quad_param("w", QUAD[0], dtype, layout="f"),
+                    quad_param("k", QUAD223, dtype, shape=(2, 2, 3))]
+        return [seq("s", [0.5], zeros=(20,)),
+                quad_param("v", q(QUAD_ZERO3), dtype, shape=(3,)),
+                quad_param("w", q(QUAD_FAR), dtype, group="g"),
+                seq("k", list(QUAD223["init"]), shape=(2, 2, 3), zeros=(15,), layout="f",
+                    group="fast")]
+    if rule == "lamb":
+        return [quad_param("w", QUAD[0], dtype, layout="f"),
+                quad_param("z", QUAD_ZERO3, dtype, shape=(3,)),
+                seq("s", [-0.75], zeros=(0, 25)),
+                rosen_param("r", [-1.2, 1.0], dtype, **g),
+                # tiny gradients: v̂ comparable to eps_root
+                seq("t", [0.1, -0.2], shape=(2,), lo=-5.0, hi=-3.0)]
+    if rule == "lion":
+        return [quad_param("w", QUAD[1], dtype, layout="f"),
+                seq("s", [0.5], zeros=(0, 20)),  # sign(0) = 0 at step 1
+                rosen_param("r", [-1.2, 1.0], dtype, **g),
+                quad_param("k", QUAD3, dtype, shape=(2, 1, 2), layout="f")]
+    if rule == "asgd":
+        return [quad_param("w", q(QUAD[0]), dtype, layout="f"),
+                seq("s", [0.5], zeros=(20,)),
+                quad_param("k", q(QUAD3), dtype, shape=(2, 1, 2)),
+                seq("t", [0.1, -0.2], shape=(2,), lo=-5.0, hi=-2.0)]
+    if rule == "rprop":
+        # "q": random signs (sign changes) with exact zeros, single cells and whole rows
+        q4 = seq_grads(seed + 7, width=4, lo=-1.0, hi=0.5, steps=V2_STEPS, zeros=(12, 40))
+        q4 = with_zeros(q4, [(0, 1), (3, 0), (4, 0), (9, 2), (10, 3), (11, 3), (25, 1),
+                             (26, 2), (33, 0), (50, 1), (51, 1), (52, 1)])
+        return [quad_param("w", q(QUAD[0]), dtype, layout="f"),
+                seq("s", [0.5], zeros=(5, 6, 30)),
+                rosen_param("r", [-1.2, 1.0], dtype),
+                seq_param("q", [0.2, -0.1, 0.4, 0.0], q4, dtype, shape=(4,))]
+    raise ValueError(rule)
+
+
+def v2_case(rule, tag, hyper, groups, dtype):
+    maximize = hyper.get("maximize", False)
+    source = V2_SOURCE[rule]
+    prefix = "torch" if source == "pytorch" else "optax"
+    case = {"name": f"{prefix}-{rule}-{tag}-{dtype}", "optimizer": rule, "dtype": dtype,
+            "hyper": dict(hyper)}
+    if groups is not None:
+        case["groups"] = [dict(g) for g in groups]
+    case["params"] = v2_params(rule, tag, dtype, maximize, zlib.crc32(f"v2-{rule}-{tag}".encode()))
+    case["steps"] = V2_STEPS
+    case["checkpoint_every"] = 0
+    return case
+
+
+# --- PyTorch side --------------------------------------------------------
+
+def torch_kwargs_v2(rule, h):
+    """Every constructor argument of the rule's torch.optim class, spelled out."""
+    if rule == "muon":
+        return {"lr": h["lr"], "weight_decay": h["weight_decay"], "momentum": h["momentum"],
+                "nesterov": h["nesterov"], "ns_coefficients": tuple(h["ns_coefficients"]),
+                "eps": h["eps"], "ns_steps": h["ns_steps"], "adjust_lr_fn": h["adjust_lr_fn"]}
+    if rule == "adafactor":
+        return {"lr": h["lr"], "beta2_decay": h["beta2_decay"], "eps": (h["eps1"], h["eps2"]),
+                "d": h["d"], "weight_decay": h["weight_decay"], "maximize": h["maximize"]}
+    if rule == "asgd":
+        return {"lr": h["lr"], "lambd": h["lambd"], "alpha": h["alpha"], "t0": h["t0"],
+                "weight_decay": h["weight_decay"], "maximize": h["maximize"]}
+    if rule == "rprop":
+        return {"lr": h["lr"], "etas": (h["etaminus"], h["etaplus"]),
+                "step_sizes": (h["step_size_min"], h["step_size_max"]), "maximize": h["maximize"]}
+    return torch_kwargs(rule, h)
+
+
+class muon_ns_in_param_dtype:
+    """torch.optim.Muon runs its Newton–Schulz iteration in bfloat16
+    (``grad.to(dtype=torch.bfloat16, copy=True)`` in ``_zeropower_via_newtonschulz``).
+    The fixtures want it in the parameter's dtype: while this context is active,
+    ``torch.optim._muon._zeropower_via_newtonschulz`` is torch's own function
+    recompiled from its source with that one cast replaced by a copy in the
+    gradient's dtype; everything else (momentum, Nesterov, the lr adjustment,
+    decoupled weight decay, the optimizer class) is torch's code unchanged."""
+
+    CAST = "grad.to(dtype=torch.bfloat16, copy=True)"
+
+    def __enter__(self):
+        import inspect
+
+        from torch.optim import _muon
+
+        self.module = _muon
+        self.original = _muon._zeropower_via_newtonschulz
+        src = inspect.getsource(self.original)
+        assert src.count(self.CAST) == 1 and src.count("bfloat16") == 1, "torch's Muon changed"
+        namespace = dict(vars(_muon))
+        exec(compile(src.replace(self.CAST, "grad.to(dtype=grad.dtype, copy=True)"),
+                     _muon.__file__, "exec"), namespace)
+        patched = namespace["_zeropower_via_newtonschulz"]
+        import torch
+
+        x = torch.tensor([[1.0, 2.0, 0.5], [0.25, -1.0, 3.0]], dtype=torch.float64)
+        assert self.original(x, (3.4445, -4.775, 2.0315), 5, 1e-7).dtype == torch.bfloat16
+        assert patched(x, (3.4445, -4.775, 2.0315), 5, 1e-7).dtype == torch.float64
+        _muon._zeropower_via_newtonschulz = patched
+        return self
+
+    def __exit__(self, *exc):
+        self.module._zeropower_via_newtonschulz = self.original
+        return False
+
+
+def torch_layout(t, layout):
+    """Column-major storage for layout "f"."""
+    if layout == "f" and t.dim() >= 2:
+        rev = list(reversed(range(t.dim())))
+        t = t.permute(rev).contiguous().permute(rev)
+    return t
+
+
+def run_torch_v2(case, stats=None):
+    """torch.optim on a rules_v2 case: one optimizer per rule (per-group rules),
+    each group with every argument spelled out, foreach=False where the class
+    takes it (Muon has only its single-tensor path).  ``stats`` (a dict) gets the
+    smallest and largest Rprop step size seen."""
+    import torch
+
+    dtype = case["dtype"]
+    T = NP_DTYPE[dtype]
+    classes = {"muon": torch.optim.Muon, "adafactor": torch.optim.Adafactor,
+               "asgd": torch.optim.ASGD, "rprop": torch.optim.Rprop, "adamw": torch.optim.AdamW}
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == "f64" else torch.float32)
+    try:
+        with muon_ns_in_param_dtype():
+            tensors = []
+            for p in case["params"]:
+                t = torch.from_numpy(np.array(p["init"], dtype=T).reshape(p["shape"]))
+                tensors.append(torch.nn.Parameter(torch_layout(t, p.get("layout", "c"))))
+                assert tensors[-1].dtype == (torch.float64 if dtype == "f64" else torch.float32)
+            by_rule = {}  # rule -> param groups, in order of first appearance
+            for gname in [None] + [g["name"] for g in case.get("groups", [])]:
+                members = [t for p, t in zip(case["params"], tensors) if p.get("group") == gname]
+                if members:
+                    rule = group_rule(case, gname)
+                    by_rule.setdefault(rule, []).append(
+                        {"params": members, **torch_kwargs_v2(rule, resolved_hyper(case, gname))})
+            optimizers = []
+            for rule, groups in by_rule.items():
+                extra = {} if rule == "muon" else {"foreach": False}
+                opt = classes[rule](groups, **extra)
+                assert all(g.get("foreach", False) is False for g in opt.param_groups)
+                optimizers.append(opt)
+
+            def flat(t):
+                return np.array(t.detach().numpy(), copy=True).reshape(-1)  # row-major
+
+            traj = {p["name"]: [] for p in case["params"]}
+            for step in range(1, case["steps"] + 1):
+                for p, t in zip(case["params"], tensors):
+                    g = gradient(p, flat(t), step, dtype)
+                    t.grad = torch_layout(torch.from_numpy(g.reshape(p["shape"])),
+                                          p.get("layout", "c"))
+                for opt in optimizers:
+                    opt.step()
+                for p, t in zip(case["params"], tensors):
+                    traj[p["name"]].append([float(x) for x in flat(t)])
+                if stats is not None:
+                    for opt in optimizers:
+                        if isinstance(opt, torch.optim.Rprop):
+                            for st in opt.state.values():
+                                stats["min"] = min(stats.get("min", math.inf), float(st["step_size"].min()))
+                                stats["max"] = max(stats.get("max", -math.inf), float(st["step_size"].max()))
+            return traj
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def check_torch_v2_defaults():
+    """RULES_V2 against the signatures of torch's Muon, Adafactor, ASGD, Rprop."""
+    import inspect
+
+    import torch
+
+    for rule, cls in (("muon", torch.optim.Muon), ("adafactor", torch.optim.Adafactor),
+                      ("asgd", torch.optim.ASGD), ("rprop", torch.optim.Rprop)):
+        sig = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+               if k not in ("self", "params") and k not in NOT_MATH}
+        if "eps" in sig and isinstance(sig["eps"], tuple):  # Adafactor (eps1, eps2)
+            sig["eps1"], sig["eps2"] = sig.pop("eps")
+        if "etas" in sig:
+            sig["etaminus"], sig["etaplus"] = sig.pop("etas")
+        if "step_sizes" in sig:
+            sig["step_size_min"], sig["step_size_max"] = sig.pop("step_sizes")
+        if "ns_coefficients" in sig:
+            sig["ns_coefficients"] = list(sig["ns_coefficients"])
+        assert sig == RULES_V2[rule], (rule, sig, RULES_V2[rule])
+
+
+# --- optax side ----------------------------------------------------------
+
+def optax_transform(rule, h):
+    import optax
+
+    if rule == "lamb":
+        return optax.lamb(h["lr"], b1=h["beta1"], b2=h["beta2"], eps=h["eps"],
+                          eps_root=h["eps_root"], weight_decay=h["weight_decay"])
+    if rule == "lion":
+        return optax.lion(h["lr"], b1=h["beta1"], b2=h["beta2"], weight_decay=h["weight_decay"])
+    raise ValueError(rule)
+
+
+def run_optax(case):
+    """optax on a rules_v2 case: ``optax.partition`` over the groups (label per
+    group, each its rule's optax alias with the group's settings), eager (no
+    jit), params a dict of arrays in the case dtype.  Runs in a worker process
+    whose jax_enable_x64 matches the dtype (see optax_trajectories)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    dtype = case["dtype"]
+    T = NP_DTYPE[dtype]
+    JT = jnp.float64 if dtype == "f64" else jnp.float32
+    assert jax.config.jax_enable_x64 == (dtype == "f64"), "worker started with the wrong x64 mode"
+    default = "(default)"
+    labels = {p["name"]: p.get("group") or default for p in case["params"]}
+    transforms = {(g or default): optax_transform(group_rule(case, g), resolved_hyper(case, g))
+                  for g in [None] + [g["name"] for g in case.get("groups", [])]
+                  if (g or default) in labels.values()}
+    tx = optax.partition(transforms, labels)
+    params = {p["name"]: jnp.asarray(np.array(p["init"], dtype=T).reshape(p["shape"]))
+              for p in case["params"]}
+    state = tx.init(params)
+
+    def flat(x):
+        a = np.asarray(x)
+        assert a.dtype == T, (case["name"], a.dtype)
+        return a.reshape(-1).copy()  # row-major
+
+    traj = {p["name"]: [] for p in case["params"]}
+    for step in range(1, case["steps"] + 1):
+        grads = {p["name"]: jnp.asarray(gradient(p, flat(params[p["name"]]), step, dtype)
+                                        .reshape(p["shape"]))
+                 for p in case["params"]}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        for p in case["params"]:
+            assert params[p["name"]].dtype == JT and updates[p["name"]].dtype == JT
+            traj[p["name"]].append([float(x) for x in flat(params[p["name"]])])
+    # every floating leaf of the state (Adam's mu/nu, Lion's mu) in the case dtype
+    for leaf in jax.tree.leaves(state):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert leaf.dtype == JT, (case["name"], leaf.dtype)
+    return traj
+
+
+def optax_worker(dtype):
+    """``--optax-worker DTYPE``: reads a JSON list of cases on stdin, writes
+    {"optax_version", "defaults", "trajectories"} as JSON on stdout.  x64 is set
+    before jax creates any array: on for f64, off for f32."""
+    import jax
+
+    jax.config.update("jax_enable_x64", dtype == "f64")
+    import inspect
+
+    import optax
+
+    cases = json.load(sys.stdin)
+    out = {"optax_version": optax.__version__, "defaults": {}, "trajectories": {}}
+    for rule, f in (("lamb", optax.lamb), ("lion", optax.lion)):
+        out["defaults"][rule] = {k: p.default for k, p in inspect.signature(f).parameters.items()
+                                 if p.default is not inspect.Parameter.empty and k != "mask"
+                                 and k != "mu_dtype"}
+    for case in cases:
+        assert case["dtype"] == dtype
+        out["trajectories"][case["name"]] = run_optax(case)
+    json.dump(out, sys.stdout)
+
+
+def optax_trajectories(cases):
+    """Runs the optax cases in two worker processes, f64 with jax_enable_x64 on
+    and f32 with it off (optax computes e.g. its bias corrections in the
+    default float type), so that each case's arithmetic is in its own dtype."""
+    import os
+    import subprocess
+
+    trajs, version, defaults = {}, None, None
+    for dtype in ("f64", "f32"):
+        batch = [c for c in cases if c["dtype"] == dtype]
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--optax-worker", dtype],
+                              input=json.dumps(batch), capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            sys.exit(f"optax worker ({dtype}) failed:\n{proc.stderr}")
+        out = json.loads(proc.stdout)
+        trajs.update(out["trajectories"])
+        version, defaults = out["optax_version"], out["defaults"]
+    # optax's own defaults (its learning rate has none)
+    names = {"b1": "beta1", "b2": "beta2"}
+    for rule, sig in defaults.items():
+        sig = {names.get(k, k): v for k, v in sig.items()}
+        expect = {k: v for k, v in RULES_V2[rule].items() if k != "lr"}
+        assert sig == expect, (rule, sig, expect)
+    return trajs, version
+
+
+# --- numpy cross-check (printed only) ---------------------------------------
+
+class NumpyV2:
+    """The v2 rules written out in numpy, in the case dtype, from the reference
+    sources (torch's _single_tensor_* functions, optax's transforms), to check
+    the fixtures' semantics and how sensitive they are to rounding."""
+
+    def __init__(self, rule, h, init, shape, dtype):
+        T = NP_DTYPE[dtype]
+        self.rule, self.h, self.T, self.shape = rule, h, T, tuple(shape)
+        self.theta = np.array(init, dtype=T).reshape(shape)
+        z = np.zeros_like(self.theta)
+        self.t = 0
+        if rule in ("muon", "lion"):
+            self.m = z.copy()
+        elif rule in ("lamb", "adamw"):
+            self.m, self.v = z.copy(), z.copy()
+        elif rule == "adafactor":
+            if self.theta.ndim > 1:
+                self.row = np.zeros(self.shape[:-1] + (1,), dtype=T)
+                self.col = np.zeros(self.shape[:-2] + (1, self.shape[-1]), dtype=T)
+            else:
+                self.v = z.copy()
+        elif rule == "asgd":
+            self.eta, self.mu = T(h["lr"]), T(1)
+        elif rule == "rprop":
+            self.prev, self.size = z.copy(), np.full_like(self.theta, h["lr"])
+
+    def step(self, g):
+        g = g.reshape(self.shape)
+        h, T, th = self.h, self.T, self.theta
+        self.t += 1
+        t = self.t
+        if h.get("maximize"):
+            g = -g
+        if self.rule == "muon":
+            mom = h["momentum"]
+            self.m = self.m + (1 - mom) * (g - self.m)
+            u = g + mom * (self.m - g) if h["nesterov"] else self.m
+            tall = u.shape[0] > u.shape[1]
+            x = u.T if tall else u
+            x = x / max(T(np.linalg.norm(x)), T(h["eps"]))
+            a, b, c = h["ns_coefficients"]
+            for _ in range(h["ns_steps"]):
+                gram = x @ x.T
+                x = a * x + (b * gram + c * (gram @ gram)) @ x
+            x = x.T if tall else x
+            A, B = self.shape
+            ratio = {None: math.sqrt(max(1, A / B)), "original": math.sqrt(max(1, A / B)),
+                     "match_rms_adamw": 0.2 * math.sqrt(max(A, B)),
+                     "spectral_unclamped": math.sqrt(A / B)}[h["adjust_lr_fn"]]
+            th = th * (1 - h["lr"] * h["weight_decay"])
+            th = th - (h["lr"] * ratio) * x
+        elif self.rule == "adafactor":
+            eps1 = np.finfo(T).eps if h["eps1"] is None else h["eps1"]
+            beta = float(t) ** h["beta2_decay"]
+            rho = min(h["lr"], 1 / math.sqrt(t))
+            alpha = max(h["eps2"], float(np.sqrt(np.mean(th * th)))) * rho
+            th = th * (1 - h["lr"] * h["weight_decay"])
+            if th.ndim > 1:
+                self.row = self.row + beta * (np.mean(g * g, axis=-1, keepdims=True) - self.row)
+                self.col = self.col + beta * (np.mean(g * g, axis=-2, keepdims=True) - self.col)
+                var = (self.row @ self.col) / np.maximum(
+                    np.mean(self.row, axis=-2, keepdims=True), T(eps1))
+            else:
+                self.v = self.v + beta * (g * g - self.v)
+                var = self.v
+            u = g / np.sqrt(np.maximum(var, T(eps1 * eps1)))
+            denom = max(1.0, float(np.sqrt(np.mean(u * u))) / h["d"])
+            th = th - T(alpha / denom) * u
+        elif self.rule == "asgd":
+            if h["weight_decay"] != 0:
+                g = g + h["weight_decay"] * th
+            th = th * (1 - h["lambd"] * float(self.eta))
+            th = th - float(self.eta) * g
+            self.eta = T(h["lr"] / (1 + h["lambd"] * h["lr"] * t) ** h["alpha"])
+        elif self.rule == "rprop":
+            s = np.sign(g * self.prev)
+            f = np.where(s > 0, T(h["etaplus"]), np.where(s < 0, T(h["etaminus"]), T(1)))
+            self.size = np.clip(self.size * f, T(h["step_size_min"]), T(h["step_size_max"]))
+            g = np.where(s < 0, T(0), g)
+            th = th - np.sign(g) * self.size
+            self.prev = g
+        elif self.rule == "adamw":
+            b1, b2 = h["beta1"], h["beta2"]
+            th = th * (1 - h["lr"] * h["weight_decay"])
+            self.m = self.m + (1 - b1) * (g - self.m)
+            self.v = b2 * self.v + (1 - b2) * (g * g)
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            th = th - (h["lr"] / bc1) * (self.m / (np.sqrt(self.v) / math.sqrt(bc2) + h["eps"]))
+        elif self.rule == "lamb":
+            b1, b2 = h["beta1"], h["beta2"]
+            self.m = (1 - b1) * g + b1 * self.m
+            self.v = (1 - b2) * (g * g) + b2 * self.v
+            mh = self.m / T(1 - T(b1) ** t)
+            vh = self.v / T(1 - T(b2) ** t)
+            u = mh / (np.sqrt(vh + h["eps_root"]) + h["eps"])
+            if h["weight_decay"] != 0:
+                u = u + h["weight_decay"] * th
+            pn, un = T(np.linalg.norm(th)), T(np.linalg.norm(u))
+            ratio = T(1) if pn == 0 or un == 0 else pn / un
+            th = th + (-h["lr"]) * (u * ratio)
+        elif self.rule == "lion":
+            b1, b2 = h["beta1"], h["beta2"]
+            u = np.sign((1 - b1) * g + b1 * self.m) + h["weight_decay"] * th
+            self.m = (1 - b2) * g + b2 * self.m
+            th = th + (-h["lr"]) * u
+        else:
+            raise ValueError(self.rule)
+        self.theta = np.asarray(th, dtype=T)
+        assert self.theta.dtype == T
+
+
+def run_numpy_v2(case):
+    dtype = case["dtype"]
+    states = [NumpyV2(group_rule(case, p.get("group")), resolved_hyper(case, p.get("group")),
+                      p["init"], p["shape"], dtype) for p in case["params"]]
+    traj = {p["name"]: [] for p in case["params"]}
+    for step in range(1, case["steps"] + 1):
+        grads = [gradient(p, st.theta.reshape(-1), step, dtype)
+                 for p, st in zip(case["params"], states)]
+        for st, g in zip(states, grads):
+            st.step(g)
+        for p, st in zip(case["params"], states):
+            traj[p["name"]].append([float(x) for x in st.theta.reshape(-1)])
+    return traj
+
+
+def tolerance_use(traj, ref, dtype):
+    """The largest |x − ref| / (atol + rtol·|ref|) (CONFORMANCE tolerance): below 1
+    is within tolerance, and how far below says how robust the fixture is."""
+    atol, rtol = (1e-12, 1e-9) if dtype == "f64" else (1e-6, 1e-4)
+    use = 0.0
+    for name, rows in ref.items():
+        r = np.array(rows, dtype=np.float64)
+        d = np.abs(np.array(traj[name], dtype=np.float64) - r)
+        use = max(use, float((d / (atol + rtol * np.abs(r))).max()))
+    return use
+
+
+def write_rules_v2(version):
+    check_torch_v2_defaults()
+    cases = [v2_case(rule, tag, hyper, groups, dtype)
+             for dtype in ("f64", "f32") for rule, tag, hyper, groups in V2_CASES]
+    for case in cases:
+        check_case(case)
+    optax_cases = [c for c in cases if V2_SOURCE[c["optimizer"]] == "optax"]
+    optax_trajs, optax_version = optax_trajectories(optax_cases)
+    if optax_version != OPTAX_VERSION and not ANY_OPTAX[0]:
+        sys.exit(f"error: optax {optax_version} found, fixtures are pinned to {OPTAX_VERSION}")
+    entries, rows = [], []
+    for case in cases:
+        source = V2_SOURCE[case["optimizer"]]
+        stats = {}
+        if source == "optax":
+            traj = optax_trajs[case["name"]]
+        else:
+            traj = run_torch_v2(case, stats)
+        check_trajectory(case, traj)
+        if case["optimizer"] == "rprop" and "custom" in case["name"]:  # both clamps hit
+            h = resolved_hyper(case, None)
+            assert stats["min"] == float(NP_DTYPE[case["dtype"]](h["step_size_min"])), stats
+            assert stats["max"] == float(NP_DTYPE[case["dtype"]](h["step_size_max"])), stats
+        entries.append({"case": case, "source": source, "trajectory": traj})
+        mine = run_numpy_v2(case)
+        rows.append((case["name"],) + compare(mine, traj, case["dtype"])
+                    + (tolerance_use(mine, traj, case["dtype"]),))
+    n = write(HERE / "rules_v2.json", {"generator": GENERATOR, "torch_version": version,
+                                       "optax_version": optax_version, "cases": entries})
+    print(f"rules_v2.json: {len(entries)} cases, {n} bytes")
+    print("cross-check, numpy vs reference (max abs diff, max rel diff over |ref|>1e-8, "
+          "within CONFORMANCE tolerance)")
+    for name, a, r, ok, use in rows:
+        print(f"  {name:44s} abs {a:9.3g}  rel {r:9.3g}  tolerance used {use:9.3g}  "
+              f"{'ok' if ok else 'OUT OF TOLERANCE'}")
+
+
+# ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
 
@@ -1121,15 +1793,20 @@ def import_torch(args):
 
 
 def main():
-    only = {"training": write_training, "defaults": write_defaults}
+    if sys.argv[1:2] == ["--optax-worker"]:  # internal: see optax_trajectories
+        optax_worker(sys.argv[2])
+        return
+    only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
+    ap.add_argument("--any-optax", action="store_true", help="accept an optax other than 0.2.8")
     ap.add_argument("--no-cross-check", action="store_true")
     ap.add_argument("--only", choices=sorted(only), help="write one PyTorch file only")
     ap.add_argument("--training-only", action="store_const", const="training", dest="only",
                     help="the same as --only training")
     args = ap.parse_args()
+    ANY_OPTAX[0] = args.any_optax
     t0 = time.perf_counter()
 
     if args.only:
@@ -1170,6 +1847,7 @@ def main():
     write_extensions(version)
     write_training(version)
     write_defaults(version)
+    write_rules_v2(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
