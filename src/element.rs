@@ -3,6 +3,9 @@
 use core::fmt::{Debug, Display};
 use num_traits::Float;
 
+use crate::kernel::TensorStep;
+use crate::rules::Rule;
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
@@ -25,10 +28,19 @@ pub trait Element:
 
     /// Widens this value to `f64` (exact for both element types).
     fn into_f64(self) -> f64;
+
+    /// Steps `tensor` with `rule`: the two implementations are compiled in this crate, so
+    /// that programs stepping [`Rule`]s do not compile the rules' loops again.
+    #[doc(hidden)]
+    fn step_rule(rule: &Rule, tensor: TensorStep<'_, Self>);
 }
 
 impl Element for f32 {
     const NAME: &'static str = "f32";
+
+    fn step_rule(rule: &Rule, tensor: TensorStep<'_, Self>) {
+        rule.step_as_held(tensor);
+    }
 
     #[inline]
     fn from_f64(value: f64) -> Self {
@@ -43,6 +55,10 @@ impl Element for f32 {
 
 impl Element for f64 {
     const NAME: &'static str = "f64";
+
+    fn step_rule(rule: &Rule, tensor: TensorStep<'_, Self>) {
+        rule.step_as_held(tensor);
+    }
 
     #[inline]
     fn from_f64(value: f64) -> Self {

@@ -58,6 +58,28 @@ pub enum Error {
         /// The buffers the new hyperparameters need.
         requested: &'static [&'static str],
     },
+    /// New hyperparameters of another rule would keep state of other shapes than a tensor
+    /// has (e.g. Adafactor's row and column statistics).
+    StateLayoutChange {
+        /// A tensor whose state would not fit.
+        param: String,
+        /// The rule whose state it has.
+        current: &'static str,
+        /// The rule of the new hyperparameters.
+        requested: &'static str,
+    },
+    /// A group's rule cannot step a tensor of this shape, e.g. Muon's matrices: put the tensor
+    /// in a group with another rule.
+    UnsupportedShape {
+        /// The tensor.
+        param: String,
+        /// The rule of its group.
+        rule: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What the rule steps.
+        requirement: &'static str,
+    },
     /// A checkpoint is not of this crate's format, or of a format version this build does not
     /// read.
     UnsupportedCheckpoint {
@@ -203,6 +225,16 @@ impl fmt::Display for Error {
                 f,
                 "`{param}` has state buffers {current:?}, the new hyperparameters need \
                  {requested:?}"
+            ),
+            Error::StateLayoutChange { param, current, requested } => write!(
+                f,
+                "`{param}` has state laid out by `{current}`, which `{requested}` does not \
+                 keep: it cannot move to hyperparameters of `{requested}`"
+            ),
+            Error::UnsupportedShape { param, rule, shape, requirement } => write!(
+                f,
+                "`{param}` of shape {shape:?} cannot be stepped by `{rule}`, which steps \
+                 {requirement} tensors: assign it to a group with another rule"
             ),
             Error::UnsupportedCheckpoint { format, version } => write!(
                 f,

@@ -12,9 +12,10 @@ mod isa;
 
 use core::cell::Cell;
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension, Order, ShapeBuilder, Zip};
+use ndarray::{ArrayView, ArrayViewMut, Dimension, IxDyn, Order, ShapeBuilder, Zip};
 
 use crate::element::Element;
+use crate::rule::{Options, WeightDecay};
 use isa::Isa;
 
 mod sealed {
@@ -163,20 +164,128 @@ fn clamp<A: Element>(g: A, c: A) -> A {
     }
 }
 
-/// One tensor's step as a rule sees it: parameter, gradient and the tensor's state buffers.
-///
-/// A rule's [`UpdateRule::step`](crate::UpdateRule::step) computes its per-step scalars and hands its per-element
-/// update to [`apply`](Self::apply), which runs it over every element in one fused pass.
-pub struct TensorStep<'a, A, D> {
-    pub(crate) param: ArrayViewMut<'a, A, D>,
-    pub(crate) grad: ArrayView<'a, A, D>,
-    pub(crate) state: &'a mut [A],
-    pub(crate) scalars: &'a mut [f64],
-    pub(crate) order: Order,
-    pub(crate) transform: GradTransform<A>,
+/// Weight decay in the element type, at the step's learning rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Decay<A> {
+    Off,
+    /// `g + λθ`.
+    L2(A),
+    /// `θ · (1 − ηλ)`: the factor.
+    Decoupled(A),
 }
 
-impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
+/// The options stage of one tensor's step: what happens to the gradient and the parameter
+/// before the rule's own update, in PyTorch's order (clipping, `maximize`, weight decay).
+///
+/// [`TensorStep::apply`] runs it for the rule. A rule that works on the arrays itself (after
+/// [`TensorStep::split`]) runs it on every element it reads: [`grad`](Self::grad) on every
+/// gradient element, and [`decay`](Self::decay) on every parameter element once, before
+/// the update that writes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stage<A> {
+    transform: GradTransform<A>,
+    /// ±1: negation is a multiplication by −1, which is exact.
+    sign: A,
+    decay: Decay<A>,
+}
+
+impl<A: Element> Stage<A> {
+    pub(crate) fn new(options: Options, lr: f64, transform: GradTransform<A>) -> Self {
+        let lambda = options.weight_decay.lambda();
+        let decay = match options.weight_decay {
+            _ if lambda == 0.0 => Decay::Off,
+            WeightDecay::L2(lambda) => Decay::L2(A::from_f64(lambda)),
+            WeightDecay::Decoupled(lambda) => Decay::Decoupled(A::from_f64(1.0 - lr * lambda)),
+        };
+        let sign = if options.maximize { -A::one() } else { A::one() };
+        Stage { transform, sign, decay }
+    }
+
+    /// The gradient the rule's update sees, from the gradient `g` as given and the parameter
+    /// `p` before the update: clipped, negated when maximizing, plus λθ with L2 decay.
+    #[inline(always)]
+    pub fn grad(self, g: A, p: A) -> A {
+        let g = match self.transform {
+            GradTransform::Identity => g,
+            GradTransform::Scale(c) => g * c,
+            GradTransform::Clamp(c) => clamp(g, c),
+        };
+        match self.decay {
+            Decay::L2(lambda) => self.sign * g + lambda * p,
+            Decay::Off | Decay::Decoupled(_) => self.sign * g,
+        }
+    }
+
+    /// The parameter `p` after decoupled decay, $\theta(1 - \eta\lambda)$; `p` itself
+    /// without it.
+    #[inline(always)]
+    pub fn decay(self, p: A) -> A {
+        match self.decay {
+            Decay::Decoupled(factor) => p * factor,
+            Decay::Off | Decay::L2(_) => p,
+        }
+    }
+}
+
+/// One tensor's step as a rule sees it: parameter, gradient, the tensor's state, the step
+/// number and learning rate, and the options stage.
+///
+/// A rule's [`UpdateRule::step`](crate::UpdateRule::step) computes its per-step coefficients
+/// and hands its per-element update to [`apply`](Self::apply), which runs it over every
+/// element in one fused pass; a rule that needs more takes the tensor apart with
+/// [`split`](Self::split). Parameter and gradient are of dynamic dimension: the loops are
+/// compiled once per rule and element type, whatever the dimension of the caller's arrays.
+pub struct TensorStep<'a, A> {
+    pub(crate) param: ArrayViewMut<'a, A, IxDyn>,
+    pub(crate) grad: ArrayView<'a, A, IxDyn>,
+    /// The per-element buffers, one after the other in `order`, then the shaped ones.
+    pub(crate) state: &'a mut [A],
+    pub(crate) scratch: &'a mut [A],
+    pub(crate) scalars: &'a mut [f64],
+    pub(crate) order: Order,
+    pub(crate) stage: Stage<A>,
+    pub(crate) step: u64,
+    pub(crate) lr: f64,
+}
+
+/// A tensor's step taken apart by [`TensorStep::split`], for rules that work on whole
+/// arrays: norms, matrix products, statistics of rows and columns.
+pub struct Split<'a, A, const N: usize> {
+    /// The parameter, updated in place.
+    pub param: ArrayViewMut<'a, A, IxDyn>,
+    /// The gradient as given: pass every element through [`Stage::grad`].
+    pub grad: ArrayView<'a, A, IxDyn>,
+    /// The per-element state buffers, with the tensor's shape, in the order of
+    /// [`UpdateRule::state_names`](crate::UpdateRule::state_names).
+    pub buffers: [ArrayViewMut<'a, A, IxDyn>; N],
+    /// The buffers of [`UpdateRule::shaped_state`](crate::UpdateRule::shaped_state), one after
+    /// the other, each in row-major order.
+    pub shaped: &'a mut [A],
+    /// Working memory of [`UpdateRule::scratch_len`](crate::UpdateRule::scratch_len) elements,
+    /// holding whatever the last step left there.
+    pub scratch: &'a mut [A],
+    /// The per-tensor scalars.
+    pub scalars: &'a mut [f64],
+    /// The options stage, for the rule to apply.
+    pub stage: Stage<A>,
+}
+
+impl<'a, A: Element> TensorStep<'a, A> {
+    /// The step number: 1 for a tensor's first step.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The learning rate of this step: the group's current rate, which a schedule may set.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        self.param.shape()
+    }
+
     /// The tensor's scalar states, one per name in
     /// [`UpdateRule::scalar_names`](crate::UpdateRule::scalar_names), for the rule to read
     /// and update before it calls [`apply`](Self::apply).
@@ -184,11 +293,25 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
         self.scalars
     }
 
+    /// Takes the tensor apart into arrays, for rules that are not elementwise; `N` is the
+    /// number of per-element buffers.
+    ///
+    /// # Panics
+    /// If `N` is not the number of per-element buffers the rule declared: a bug in the rule.
+    pub fn split<const N: usize>(self) -> Split<'a, A, N> {
+        let TensorStep { param, grad, state, scratch, scalars, order, stage, .. } = self;
+        let numel = param.len();
+        let (elementwise, shaped) = state.split_at_mut(N * numel);
+        let buffers = buffer_views::<A, IxDyn, N>(elementwise, param.raw_dim(), order);
+        Split { param, grad, buffers, shaped, scratch, scalars, stage }
+    }
+
     /// Runs `update(p, g, s)` on every element: its parameter `p`, gradient `g` and state
     /// values `s`, one per state buffer (`S` is `[A; N]` for a rule with N buffers, the
     /// length of its [`UpdateRule::state_names`](crate::UpdateRule::state_names)).
     ///
-    /// When the optimizer clips gradients, `g` is the clipped gradient.
+    /// The options stage runs in the same pass: `g` is the gradient clipped, negated when
+    /// maximizing and with L2 decay added, and `p` has had decoupled decay applied.
     ///
     /// Write `update` as a `move` closure over the step's scalars: holding them by value lets
     /// the vectorised loop keep them in registers (captured by reference, they are reloaded
@@ -205,11 +328,32 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
         F: Fn(&mut A, A, &mut S) + Sync,
     {
         // One match per tensor, outside the element loop: each arm is its own monomorphised
-        // loop, and the identity arm is exactly the loop without clipping.
-        match self.transform {
-            GradTransform::Identity => self.drive(update),
-            GradTransform::Scale(c) => self.drive(move |p, g, s: &mut S| update(p, g * c, s)),
-            GradTransform::Clamp(c) => self.drive(move |p, g, s: &mut S| update(p, clamp(g, c), s)),
+        // loop, and the arm without clipping or decay is exactly the rule's bare loop.
+        let sign = self.stage.sign;
+        match self.stage.transform {
+            GradTransform::Identity => self.with_decay(move |g| sign * g, update),
+            GradTransform::Scale(c) => self.with_decay(move |g| sign * (g * c), update),
+            GradTransform::Clamp(c) => self.with_decay(move |g| sign * clamp(g, c), update),
+        }
+    }
+
+    #[inline]
+    fn with_decay<S, G, F>(self, grad: G, update: F)
+    where
+        S: StateSlots<A>,
+        G: Fn(A) -> A + Sync,
+        F: Fn(&mut A, A, &mut S) + Sync,
+    {
+        match self.stage.decay {
+            Decay::Off => self.drive(move |p, g, s: &mut S| update(p, grad(g), s)),
+            Decay::L2(lambda) => self.drive(move |p, g, s: &mut S| {
+                let g = grad(g) + lambda * *p;
+                update(p, g, s);
+            }),
+            Decay::Decoupled(factor) => self.drive(move |p, g, s: &mut S| {
+                *p = *p * factor;
+                update(p, grad(g), s);
+            }),
         }
     }
 
@@ -222,11 +366,7 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
         F: Fn(&mut A, A, &mut S) + Sync,
     {
         let TensorStep { mut param, grad, state, order, .. } = self;
-        assert_eq!(
-            state.len(),
-            S::LEN * param.len(),
-            "a rule's update must take one state value per declared state buffer"
-        );
+        let state = &mut state[..S::LEN * param.len()];
         let path = KernelPath::current();
         let flat = path != KernelPath::Zip
             && is_contiguous_in(&param.view(), order)
@@ -243,6 +383,28 @@ impl<A: Element, D: Dimension> TensorStep<'_, A, D> {
         };
         TAKEN_PATH.with(|taken_path| taken_path.set(Some(taken)));
     }
+}
+
+/// A sum over a tensor's elements in logical (row-major index) order, with eight partial sums
+/// by index, in `f64`: the same bits for every memory layout and thread count, and the error
+/// of a sum of n/8 terms. Rules use it for norms and other per-tensor reductions.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_optim::sum_in_order;
+///
+/// let m = array![[1.0_f32, 2.0], [3.0, 4.0]];
+/// let squares = sum_in_order(m.iter().map(|&x| f64::from(x * x)));
+/// assert_eq!(squares, 30.0);
+/// assert_eq!(sum_in_order(m.t().iter().map(|&x| f64::from(x))), 10.0);
+/// ```
+pub fn sum_in_order(values: impl Iterator<Item = f64>) -> f64 {
+    let mut lanes = [0.0_f64; 8];
+    for (index, value) in values.enumerate() {
+        lanes[index % 8] += value;
+    }
+    let [a, b, c, d, e, f, g, h] = lanes;
+    ((a + b) + (c + d)) + ((e + f) + (g + h))
 }
 
 /// The most state buffers a rule can have (`StateSlots` goes up to `[A; 4]`).

@@ -87,12 +87,12 @@ pub use guard::{NonFinite, StepOutcome};
 pub use inspect::TensorView;
 #[doc(hidden)]
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
-pub use kernel::{StateSlots, TensorStep};
+pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Rule, Sgd,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

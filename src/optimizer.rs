@@ -1,13 +1,13 @@
 //! [`Optimizer`]: the public stepping API over the registry.
 
-use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn, Order};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::clip::{self, Clip};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{self, NonFinite, StepOutcome};
-use crate::kernel::{self, GradTransform, TensorStep};
-use crate::registry::{ParamGroup, Registry};
+use crate::kernel::{self, GradTransform};
+use crate::registry::{ParamGroup, Registry, TensorState};
 use crate::rule::UpdateRule;
 
 /// One named tensor of a batch for [`Optimizer::step_all`]: its parameter and gradient, as
@@ -17,21 +17,17 @@ pub struct ParamGrad<'a, A> {
     name: &'a str,
     param: ArrayViewMut<'a, A, IxDyn>,
     grad: ArrayView<'a, A, IxDyn>,
-    /// The tensor's state while [`Optimizer::step_all`] has it out of the registry.
-    lent: Lent<A>,
+    /// The tensor's state while [`Optimizer::step_all`] has it out of the registry, so that
+    /// the entries of a batch can be stepped on several threads at once (moving it does not
+    /// allocate).
+    lent: Option<Lent<A>>,
 }
 
-/// What a batch entry needs to be stepped apart from the registry, so that the entries of a
-/// batch can be stepped on several threads at once.
+/// What a batch entry needs to be stepped apart from the registry.
 #[derive(Debug)]
 struct Lent<A> {
     group: usize,
-    step: u64,
-    order: Order,
-    /// The state buffers and scalars, moved out of the registry (moving a `Vec` does not
-    /// allocate).
-    buffers: Vec<A>,
-    scalars: Vec<f64>,
+    tensor: TensorState<A>,
     /// The clip of this step, as a transform of the gradient.
     transform: GradTransform<A>,
 }
@@ -47,14 +43,7 @@ impl<'a, A> ParamGrad<'a, A> {
             name,
             param: param.view_mut().into_dyn(),
             grad: grad.view().into_dyn(),
-            lent: Lent {
-                group: 0,
-                step: 0,
-                order: Order::RowMajor,
-                buffers: Vec::new(),
-                scalars: Vec::new(),
-                transform: GradTransform::Identity,
-            },
+            lent: None,
         }
     }
 
@@ -144,15 +133,29 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         param: &mut ArrayRef<A, D>,
         grad: &ArrayRef<A, D>,
     ) -> Result<StepOutcome> {
+        // The dimension ends here: everything below is compiled once per rule and element
+        // type, whatever the dimensions a program steps.
+        self.step_dyn(name, param.view_mut().into_dyn(), grad.view().into_dyn())
+    }
+
+    fn step_dyn(
+        &mut self,
+        name: &str,
+        param: ArrayViewMut<'_, A, IxDyn>,
+        grad: ArrayView<'_, A, IxDyn>,
+    ) -> Result<StepOutcome> {
         self.check(name, param.shape(), grad.shape())?;
         if let Some(Clip::GlobalNorm { .. }) = self.clip {
             return Err(Error::GlobalClipNeedsBatch);
         }
-        if let Some(skipped) = self.guard(0, name, &grad.view())? {
+        if let Some(skipped) = self.guard(0, name, &grad)? {
             return Ok(skipped);
         }
-        let (transform, norm) = self.tensor_transform(&grad.view());
-        self.apply(name, param.view_mut(), grad.view(), transform);
+        let (transform, norm) = self.tensor_transform(&grad);
+        let order = kernel::preferred_order(&param);
+        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
+        tensor.step += 1;
+        group.step(param, grad, tensor, transform);
         Ok(StepOutcome::Stepped { grad_norm: norm })
     }
 
@@ -207,16 +210,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 None => self.tensor_transform(&entry.grad),
             };
             squares += norm.map_or(0.0, |norm| norm * norm);
-            entry.lent.transform = transform;
+            // The states are lent to the entries, which are then stepped independently (on
+            // several threads with the `rayon` feature) and give them back.
+            self.lend(entry, transform);
         }
-        // The states are lent to the entries, which are then stepped independently (on
-        // several threads with the `rayon` feature) and give them back.
-        let numel = batch.iter_mut().map(|entry| self.lend(entry)).sum();
+        let numel = batch.iter().map(|entry| entry.param.len()).sum();
         step_lent(&self.registry.groups, batch, numel);
         for entry in batch.iter_mut() {
-            let buffers = core::mem::take(&mut entry.lent.buffers);
-            let scalars = core::mem::take(&mut entry.lent.scalars);
-            self.registry.give_back(entry.name, buffers, scalars);
+            let lent = entry.lent.take().expect("every entry of the batch was lent its state");
+            self.registry.give_back(entry.name, lent.tensor);
         }
         let grad_norm = match self.clip {
             Some(Clip::GlobalNorm { .. }) => global.map(|(_, norm)| norm),
@@ -249,18 +251,13 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Ok(())
     }
 
-    /// Lends `entry` its tensor's state, advancing its step count; returns its number of
-    /// elements.
-    fn lend(&mut self, entry: &mut ParamGrad<'_, A>) -> usize {
+    /// Lends `entry` its tensor's state, advancing its step count.
+    fn lend(&mut self, entry: &mut ParamGrad<'_, A>, transform: GradTransform<A>) {
         let order = kernel::preferred_order(&entry.param);
         let (group, _, tensor) = self.registry.prepare(entry.name, entry.param.shape(), order);
         tensor.step += 1;
-        entry.lent.group = group;
-        entry.lent.step = tensor.step;
-        entry.lent.order = tensor.order;
-        entry.lent.buffers = core::mem::take(&mut tensor.buffers);
-        entry.lent.scalars = core::mem::take(&mut tensor.scalars);
-        entry.param.len()
+        let tensor = core::mem::replace(tensor, TensorState::lent());
+        entry.lent = Some(Lent { group, tensor, transform });
     }
 
     /// Everything that can make a step of `name` fail, checked before anything changes.
@@ -277,11 +274,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Applies the non-finite policy to the gradient of batch entry `index`: `Some` outcome
     /// when the step is to be skipped.
-    fn guard<D: Dimension>(
+    fn guard(
         &self,
         index: usize,
         name: &str,
-        grad: &ArrayView<'_, A, D>,
+        grad: &ArrayView<'_, A, IxDyn>,
     ) -> Result<Option<StepOutcome>> {
         if self.non_finite == NonFinite::Ignore || guard::all_finite(grad) {
             return Ok(None);
@@ -294,10 +291,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// The gradient transform of a clip that looks at one tensor alone, and the tensor's
     /// norm when the clip computed it.
-    fn tensor_transform<D: Dimension>(
-        &self,
-        grad: &ArrayView<'_, A, D>,
-    ) -> (GradTransform<A>, Option<f64>) {
+    fn tensor_transform(&self, grad: &ArrayView<'_, A, IxDyn>) -> (GradTransform<A>, Option<f64>) {
         match self.clip {
             Some(Clip::Value { clip_value }) => {
                 (GradTransform::Clamp(A::from_f64(clip_value)), None)
@@ -308,21 +302,6 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             }
             Some(Clip::GlobalNorm { .. }) | None => (GradTransform::Identity, None),
         }
-    }
-
-    /// Steps one tensor that [`check`](Self::check) has accepted.
-    fn apply<D: Dimension>(
-        &mut self,
-        name: &str,
-        param: ArrayViewMut<'_, A, D>,
-        grad: ArrayView<'_, A, D>,
-        transform: GradTransform<A>,
-    ) {
-        let order = kernel::preferred_order(&param);
-        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
-        tensor.step += 1;
-        let (state, scalars, order) = (&mut tensor.buffers, &mut tensor.scalars, tensor.order);
-        group.step(tensor.step, TensorStep { param, grad, state, scalars, order, transform });
     }
 
     /// Clips every later step's gradients (`None`: no clipping, the default).
@@ -358,8 +337,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// # Errors
     /// [`Error::DuplicateGroup`] if the name is taken, [`Error::InvalidHyperparameter`] if
     /// `hyper` is out of range.
-    pub fn add_group(&mut self, name: &str, hyper: R) -> Result<()> {
-        self.registry.add_group(name, hyper)
+    pub fn add_group(&mut self, name: &str, hyper: impl Into<R>) -> Result<()> {
+        self.registry.add_group(name, hyper.into())
     }
 
     /// Puts the tensor `param` into `group`; its next step uses that group's hyperparameters.
@@ -436,8 +415,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], or [`Error::InvalidHyperparameter`] if `hyper` is out of range.
-    pub fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
-        self.registry.set_hyper(group, hyper)
+    pub fn set_hyper(&mut self, group: &str, hyper: impl Into<R>) -> Result<()> {
+        self.registry.set_hyper(group, hyper.into())
     }
 
     /// Sets a group's (base) learning rate from the next step on, replacing any rate a
@@ -479,7 +458,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// finite and ≥ 0; nothing changes then.
     pub fn set_lrs_with(&mut self, lr: impl Fn(f64, f64) -> f64) -> Result<()> {
         for group in &self.registry.groups {
-            let value = lr(group.hyper.lr(), group.lr());
+            let value = lr(group.hyper.options().lr, group.lr());
             if !(value.is_finite() && value >= 0.0) {
                 return Err(Error::InvalidHyperparameter {
                     rule: "schedule",
@@ -490,7 +469,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             }
         }
         for group in &mut self.registry.groups {
-            group.scheduled_lr = Some(lr(group.hyper.lr(), group.lr()));
+            group.scheduled_lr = Some(lr(group.hyper.options().lr, group.lr()));
         }
         Ok(())
     }
@@ -523,16 +502,9 @@ fn step_lent<R: UpdateRule, A: Element>(
     numel: usize,
 ) {
     let step = |entry: &mut ParamGrad<'_, A>| {
-        let Lent { group, step, order, ref mut buffers, ref mut scalars, transform } = entry.lent;
-        let tensor = TensorStep {
-            param: entry.param.view_mut(),
-            grad: entry.grad.view(),
-            state: buffers,
-            scalars,
-            order,
-            transform,
-        };
-        groups[group].step(step, tensor);
+        let lent = entry.lent.as_mut().expect("every entry of the batch was lent its state");
+        let (param, grad) = (entry.param.view_mut(), entry.grad.view());
+        groups[lent.group].step(param, grad, &mut lent.tensor, lent.transform);
     };
     #[cfg(feature = "rayon")]
     if batch.len() > 1 && kernel::worth_spreading(numel) {

@@ -2,12 +2,12 @@
 
 use hashbrown::HashMap;
 
-use ndarray::{ArrayView, Dimension, IxDyn, Order, ShapeBuilder};
+use ndarray::{ArrayView, ArrayViewMut, IxDyn, Order, ShapeBuilder};
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::TensorStep;
-use crate::rule::UpdateRule;
+use crate::kernel::{GradTransform, Stage, TensorStep};
+use crate::rule::{UpdateRule, check_options};
 
 /// The name of the group that [`Optimizer::new`](crate::Optimizer::new) creates, which holds
 /// every tensor not assigned to another group.
@@ -48,26 +48,52 @@ impl<R: UpdateRule> ParamGroup<R> {
     /// The learning rate the group's next step uses: the one a schedule set last, else the
     /// base rate of its hyperparameters.
     pub fn lr(&self) -> f64 {
-        self.scheduled_lr.unwrap_or_else(|| self.hyper.lr())
+        self.scheduled_lr.unwrap_or_else(|| self.hyper.options().lr)
+    }
+
+    /// The group's base learning rate, the one in its hyperparameters.
+    pub fn base_lr(&self) -> f64 {
+        self.hyper.options().lr
     }
 
     fn new(name: &str, hyper: R) -> Self {
         ParamGroup { name: name.to_owned(), hyper, scheduled_lr: None }
     }
 
-    /// Steps one of the group's tensors with the group's hyperparameters at its current
-    /// rate. A scheduled rate goes into a copy of the hyperparameters, which are plain data:
-    /// no allocation.
-    pub(crate) fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        match self.scheduled_lr {
-            None => self.hyper.step(step, tensor),
-            Some(lr) => {
-                let mut hyper = self.hyper.clone();
-                *hyper.lr_mut() = lr;
-                hyper.step(step, tensor);
-            }
-        }
+    /// Steps one of the group's tensors with the group's hyperparameters at its current rate,
+    /// the options stage built from them and the clip's `transform`.
+    pub(crate) fn step<A: Element>(
+        &self,
+        param: ArrayViewMut<'_, A, IxDyn>,
+        grad: ArrayView<'_, A, IxDyn>,
+        tensor: &mut TensorState<A>,
+        transform: GradTransform<A>,
+    ) {
+        let lr = self.lr();
+        let stage = Stage::new(self.hyper.options(), lr, transform);
+        let TensorState { step, order, buffers, scratch, scalars, .. } = tensor;
+        let (state, scratch, scalars) =
+            (buffers.as_mut_slice(), scratch.as_mut_slice(), scalars.as_mut_slice());
+        let order = *order;
+        self.hyper.step(TensorStep {
+            param,
+            grad,
+            state,
+            scratch,
+            scalars,
+            order,
+            stage,
+            step: *step,
+            lr,
+        });
     }
+}
+
+/// Validates hyperparameters entering an optimizer: the options the driver applies, then the
+/// rule's own.
+pub(crate) fn validate<R: UpdateRule>(hyper: &R) -> Result<()> {
+    check_options(hyper.name(), hyper.options())?;
+    hyper.validate()
 }
 
 /// The optimizer state of one tensor, created on its first step.
@@ -81,8 +107,13 @@ pub(crate) struct TensorState<A> {
     /// Whether `order` is still to be matched to the parameter on the next step (state that
     /// was restored rather than created by a step).
     pub(crate) order_pending: bool,
-    /// The rule's buffers, one after the other, `numel` elements each.
+    /// The rule's buffers: the per-element ones, `numel` elements each, then the shaped
+    /// ones (row-major), one after the other.
     pub(crate) buffers: Vec<A>,
+    /// How many of the buffers are per-element ones.
+    pub(crate) elementwise: usize,
+    /// The rule's working memory: no state, never compared or checkpointed.
+    pub(crate) scratch: Vec<A>,
     /// The rule's per-tensor scalars, one per name in [`UpdateRule::scalar_names`].
     pub(crate) scalars: Vec<f64>,
 }
@@ -91,10 +122,16 @@ impl<A: Element> TensorState<A> {
     /// The state before a tensor's first step, every value at the rule's initial value.
     fn initial<R: UpdateRule>(hyper: &R, shape: &[usize], order: Order) -> Self {
         let numel = shape.iter().product::<usize>();
-        let names = hyper.state_names();
-        let mut buffers = Vec::with_capacity(names.len() * numel);
+        let (names, shaped) = (hyper.state_names(), hyper.shaped_state(shape));
+        let shaped_len: usize =
+            shaped.iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+        let mut buffers = Vec::with_capacity(names.len() * numel + shaped_len);
         for name in names {
             buffers.extend(core::iter::repeat_n(A::from_f64(hyper.initial_value(name)), numel));
+        }
+        for (name, shape) in &shaped {
+            let len = shape.iter().product();
+            buffers.extend(core::iter::repeat_n(A::from_f64(hyper.initial_value(name)), len));
         }
         let scalars = hyper.scalar_names().iter().map(|name| hyper.initial_value(name)).collect();
         TensorState {
@@ -103,17 +140,34 @@ impl<A: Element> TensorState<A> {
             order,
             order_pending: false,
             buffers,
+            elementwise: names.len(),
+            scratch: vec![A::zero(); hyper.scratch_len(shape)],
             scalars,
         }
     }
 }
 
 impl<A> TensorState<A> {
+    /// What a slot holds while its state is lent to a batch: empty, allocating nothing.
+    pub(crate) fn lent() -> Self {
+        TensorState {
+            step: 0,
+            shape: Vec::new(),
+            order: Order::RowMajor,
+            order_pending: false,
+            buffers: Vec::new(),
+            elementwise: 0,
+            scratch: Vec::new(),
+            scalars: Vec::new(),
+        }
+    }
+
     pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
-    /// Buffer `index` viewed with the tensor's shape (logical indexing, any memory order).
+    /// Per-element buffer `index` viewed with the tensor's shape (logical indexing, any
+    /// memory order).
     pub(crate) fn buffer(&self, index: usize) -> ArrayView<'_, A, IxDyn> {
         let numel = self.numel();
         let values = &self.buffers[index * numel..(index + 1) * numel];
@@ -122,17 +176,18 @@ impl<A> TensorState<A> {
             .expect("every buffer holds exactly the elements of the tensor's shape")
     }
 
-    fn buffer_count(&self) -> usize {
-        self.buffers.len().checked_div(self.numel()).unwrap_or(0)
+    /// The shaped buffers, one after the other, row-major.
+    pub(crate) fn shaped(&self) -> &[A] {
+        &self.buffers[self.elementwise * self.numel()..]
     }
 }
 
 impl<A: Copy> TensorState<A> {
-    /// Lays every buffer out in `order`, copying the values.
+    /// Lays every per-element buffer out in `order`, copying the values.
     fn relayout(&mut self, order: Order) {
         if order != self.order {
             let mut buffers = Vec::with_capacity(self.buffers.len());
-            for index in 0..self.buffer_count() {
+            for index in 0..self.elementwise {
                 let buffer = self.buffer(index);
                 if order == Order::ColumnMajor {
                     buffers.extend(buffer.t().iter().copied());
@@ -140,6 +195,7 @@ impl<A: Copy> TensorState<A> {
                     buffers.extend(buffer.iter().copied());
                 }
             }
+            buffers.extend_from_slice(self.shaped());
             self.buffers = buffers;
             self.order = order;
         }
@@ -147,8 +203,14 @@ impl<A: Copy> TensorState<A> {
     }
 }
 
-/// Refuses hyperparameters that would need other state buffers or scalars than a tensor has.
-fn check_same_buffers<R: UpdateRule>(param: &str, current: &R, requested: &R) -> Result<()> {
+/// Refuses hyperparameters that would need other state buffers or scalars than the tensor
+/// `param` of `shape` has.
+fn check_same_buffers<R: UpdateRule>(
+    param: &str,
+    shape: &[usize],
+    current: &R,
+    requested: &R,
+) -> Result<()> {
     let change = |current, requested| Error::StateBuffersChange {
         param: param.to_owned(),
         current,
@@ -158,6 +220,12 @@ fn check_same_buffers<R: UpdateRule>(param: &str, current: &R, requested: &R) ->
         Err(change(current.state_names(), requested.state_names()))
     } else if current.scalar_names() != requested.scalar_names() {
         Err(change(current.scalar_names(), requested.scalar_names()))
+    } else if current.shaped_state(shape) != requested.shaped_state(shape) {
+        Err(Error::StateLayoutChange {
+            param: param.to_owned(),
+            current: current.name(),
+            requested: requested.name(),
+        })
     } else {
         Ok(())
     }
@@ -169,8 +237,9 @@ impl<A: PartialEq> PartialEq for TensorState<A> {
         self.step == other.step
             && self.shape == other.shape
             && self.scalars == other.scalars
-            && self.buffer_count() == other.buffer_count()
-            && (0..self.buffer_count()).all(|index| self.buffer(index) == other.buffer(index))
+            && self.elementwise == other.elementwise
+            && (0..self.elementwise).all(|index| self.buffer(index) == other.buffer(index))
+            && self.shaped() == other.shaped()
     }
 }
 
@@ -217,7 +286,7 @@ pub(crate) struct Registry<R, A> {
 
 impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn new(defaults: R) -> Result<Self> {
-        defaults.validate()?;
+        validate(&defaults)?;
         let groups = vec![ParamGroup::new(DEFAULT_GROUP, defaults)];
         Ok(Registry { groups, slots: HashMap::new(), declared: false, batches: BatchMark(0) })
     }
@@ -277,27 +346,26 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         if self.group_index(name).is_ok() {
             return Err(Error::DuplicateGroup { group: name.to_owned() });
         }
-        hyper.validate()?;
+        validate(&hyper)?;
         self.groups.push(ParamGroup::new(name, hyper));
         Ok(())
     }
 
     pub(crate) fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
         let index = self.group_index(group)?;
-        hyper.validate()?;
-        if let Some(param) = self.stepped_members(index).next() {
-            check_same_buffers(param, &self.groups[index].hyper, &hyper)?;
+        validate(&hyper)?;
+        for (param, shape) in self.stepped_members(index) {
+            check_same_buffers(param, shape, &self.groups[index].hyper, &hyper)?;
         }
         self.groups[index].hyper = hyper;
         Ok(())
     }
 
-    /// Names of the group's tensors that have state.
-    fn stepped_members(&self, group: usize) -> impl Iterator<Item = &str> {
-        self.slots
-            .iter()
-            .filter(move |(_, slot)| slot.group == group && slot.tensor.is_some())
-            .map(|(name, _)| name.as_str())
+    /// Names and shapes of the group's tensors that have state.
+    fn stepped_members(&self, group: usize) -> impl Iterator<Item = (&str, &[usize])> {
+        self.slots.iter().filter(move |(_, slot)| slot.group == group).filter_map(|(name, slot)| {
+            Some((name.as_str(), slot.tensor.as_ref()?.shape.as_slice()))
+        })
     }
 
     pub(crate) fn assign(&mut self, param: &str, group: &str) -> Result<()> {
@@ -305,9 +373,9 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         self.check_known(param)?;
         match self.slots.get_mut(param) {
             Some(slot) => {
-                if slot.tensor.is_some() {
+                if let Some(tensor) = &slot.tensor {
                     let (current, requested) = (&self.groups[slot.group], &self.groups[group]);
-                    check_same_buffers(param, &current.hyper, &requested.hyper)?;
+                    check_same_buffers(param, &tensor.shape, &current.hyper, &requested.hyper)?;
                 }
                 slot.group = group;
             }
@@ -318,19 +386,27 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         Ok(())
     }
 
-    /// Puts back the state buffers that [`Optimizer::step_all`](crate::Optimizer::step_all)
-    /// took out of the registered tensor `param`.
-    pub(crate) fn give_back(&mut self, param: &str, buffers: Vec<A>, scalars: Vec<f64>) {
-        let tensor = self.slots.get_mut(param).and_then(|slot| slot.tensor.as_mut());
-        let tensor = tensor.expect("a lent state belongs to a registered tensor");
-        (tensor.buffers, tensor.scalars) = (buffers, scalars);
+    /// Puts back the state that [`Optimizer::step_all`](crate::Optimizer::step_all) took out
+    /// of the registered tensor `param`.
+    pub(crate) fn give_back(&mut self, param: &str, tensor: TensorState<A>) {
+        let slot = self.slots.get_mut(param).expect("a lent state belongs to a registered tensor");
+        slot.tensor = Some(tensor);
     }
 
     /// Fails if `param` cannot take a step with a tensor of `shape`: it is not a declared
-    /// tensor, it has state for another shape, or its step count is at its limit.
+    /// tensor, its group's rule cannot step that shape, it has state for another shape, or
+    /// its step count is at its limit.
     pub(crate) fn check_step(&self, param: &str, shape: &[usize]) -> Result<()> {
         self.check_known(param)?;
-        match self.slots.get(param).and_then(|slot| slot.tensor.as_ref()) {
+        let slot = self.slots.get(param);
+        let hyper = &self.groups[slot.map_or(0, |slot| slot.group)].hyper;
+        hyper.check_shape(shape).map_err(|requirement| Error::UnsupportedShape {
+            param: param.to_owned(),
+            rule: hyper.name(),
+            shape: shape.to_vec(),
+            requirement,
+        })?;
+        match slot.and_then(|slot| slot.tensor.as_ref()) {
             Some(tensor) if tensor.shape != shape => Err(Error::ShapeChanged {
                 param: param.to_owned(),
                 registered: tensor.shape.clone(),
@@ -345,7 +421,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
 
     /// The group index, the group and the state that the next step of `param` uses,
     /// creating the state (in `order`) on the tensor's first step. The shape must have passed
-    /// [`check_shape`](Self::check_shape).
+    /// [`check_step`](Self::check_step).
     pub(crate) fn prepare(
         &mut self,
         param: &str,
@@ -362,6 +438,11 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         };
         if tensor.order_pending {
             tensor.relayout(order);
+        }
+        // Only a tensor moved to a group whose rule works in more memory allocates here.
+        let scratch = group.hyper.scratch_len(shape);
+        if tensor.scratch.len() != scratch {
+            tensor.scratch.resize(scratch, A::zero());
         }
         (slot.group, group, tensor)
     }

@@ -1,30 +1,85 @@
-//! The [`UpdateRule`] trait: what every optimizer rule provides to the shared kernel.
+//! The [`UpdateRule`] trait: what a rule provides to the driver, and the checks of its
+//! hyperparameters.
 
 use core::fmt::Debug;
 
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::TensorStep;
-use ndarray::Dimension;
 
-/// An elementwise optimizer update rule, such as [`Adam`](crate::Adam).
+/// The options that every rule shares and the driver applies around the rule's own update,
+/// in PyTorch's order: the learning rate, `maximize` and weight decay.
 ///
-/// A value of the implementing type is the rule's hyperparameters. Every rule here is
-/// elementwise: for each element it reads the parameter `p`, the gradient `g` and one value
-/// per state buffer, and writes `p` and the state. [`step`](Self::step) computes the scalars
-/// that do not depend on the element (bias corrections, the learning rate in the element type)
-/// once per tensor, then hands the per-element arithmetic to [`TensorStep::apply`], which owns
-/// the loops. So a rule gets every memory layout, the named registry and checkpoints without
-/// code of its own, and its number of state buffers may depend on its hyperparameters (as
-/// PyTorch's `amsgrad` or `centered` options do).
+/// A rule reports them through [`UpdateRule::options`]; the driver validates them (a rate
+/// finite and ≥ 0, a decay finite and ≥ 0), feeds the rule the gradient it expects
+/// ($g \leftarrow -g$ when maximizing, then $g \leftarrow g + \lambda\theta$ for L2 decay) and
+/// applies decoupled decay ($\theta \leftarrow \theta(1 - \eta\lambda)$) to the parameter
+/// before the update, all in the same pass over the elements as the update itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    /// The base learning rate η (a schedule may set another current rate).
+    pub lr: f64,
+    /// How weight decay enters.
+    pub weight_decay: WeightDecay,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
+}
+
+impl Options {
+    /// The options of a rule with only a learning rate: no decay, minimizing.
+    pub fn lr(lr: f64) -> Self {
+        Options { lr, weight_decay: WeightDecay::L2(0.0), maximize: false }
+    }
+}
+
+/// How a rule's weight decay λ enters its step. λ = 0 means no decay at all, so that the
+/// common path has no $0 \cdot \theta$ term (which would turn an infinite θ into NaN).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightDecay {
+    /// L2 regularisation: $g \leftarrow g + \lambda\theta$, with θ before the update
+    /// (PyTorch's `weight_decay` in most rules).
+    L2(f64),
+    /// Decoupled decay (Loshchilov & Hutter 2019): $\theta \leftarrow \theta(1 - \eta\lambda)$
+    /// before the update (PyTorch's `AdamW`, `decoupled_weight_decay`, Muon, Adafactor).
+    Decoupled(f64),
+}
+
+impl WeightDecay {
+    /// L2 or decoupled decay λ, as PyTorch's `decoupled_weight_decay` flag chooses.
+    pub fn new(lambda: f64, decoupled: bool) -> Self {
+        if decoupled { WeightDecay::Decoupled(lambda) } else { WeightDecay::L2(lambda) }
+    }
+
+    /// The coefficient λ.
+    pub fn lambda(self) -> f64 {
+        match self {
+            WeightDecay::L2(lambda) | WeightDecay::Decoupled(lambda) => lambda,
+        }
+    }
+}
+
+/// An optimizer update rule, such as [`Adam`](crate::Adam): its hyperparameters, its state
+/// layout and its update, and nothing else.
 ///
-/// Hyperparameters are `f64` whatever the element type, converted once per step.
+/// A value of the implementing type is the rule's hyperparameters (`f64` whatever the
+/// element type, converted once per step). The driver around the rule owns everything rules
+/// share: the learning rate a schedule sets, `maximize` and weight decay
+/// ([`options`](Self::options)), gradient clipping and the non-finite guard, the named state
+/// registry, every memory layout, threads and checkpoints. [`step`](Self::step) computes the
+/// step's coefficients once per tensor and hands the per-element arithmetic to
+/// [`TensorStep::apply`], which runs it fused with the options in one pass; rules that need
+/// more than one element at a time (a norm, a matrix product, factored statistics) take the
+/// tensor apart with [`TensorStep::split`] instead.
+///
+/// The number of state buffers may depend on the hyperparameters (as PyTorch's `amsgrad` or
+/// `centered` options do).
 ///
 /// # Example: a rule of your own
 ///
 /// ```
-/// use ndarray::{Dimension, array};
-/// use ndarray_optim::{Element, Optimizer, Result, TensorStep, UpdateRule};
+/// use ndarray::array;
+/// use ndarray_optim::rule::Options;
+/// use ndarray_optim::{Element, Optimizer, TensorStep, UpdateRule};
 ///
 /// /// Sign descent: θ ← θ − η·sign(g).
 /// #[derive(Clone, Debug, PartialEq)]
@@ -33,14 +88,11 @@ use ndarray::Dimension;
 /// impl UpdateRule for SignSgd {
 ///     const NAME: &'static str = "sign_sgd";
 ///
-///     fn state_names(&self) -> &'static [&'static str] { &[] }
-///     fn validate(&self) -> Result<()> {
-///         ndarray_optim::rule::check_lr(Self::NAME, self.lr)
-///     }
-///     fn lr(&self) -> f64 { self.lr }
+///     fn options(&self) -> Options { Options::lr(self.lr) }
 ///     fn lr_mut(&mut self) -> &mut f64 { &mut self.lr }
-///     fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
-///         let lr = A::from_f64(self.lr);
+///     fn state_names(&self) -> &'static [&'static str] { &[] }
+///     fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+///         let lr = A::from_f64(tensor.lr());
 ///         tensor.apply(move |p, g, _: &mut [A; 0]| *p = *p - lr * g.signum());
 ///     }
 /// }
@@ -55,9 +107,58 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// The rule's name in checkpoints, errors and replay cases, e.g. `"adam"`.
     const NAME: &'static str;
 
+    /// The name of this value's rule: [`NAME`](Self::NAME), except for [`Rule`](crate::Rule),
+    /// whose values are of many rules.
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    /// The learning rate, `maximize` and weight decay, which the driver applies.
+    fn options(&self) -> Options;
+
+    /// The base learning rate η, for [`Optimizer::set_lr`](crate::Optimizer::set_lr).
+    fn lr_mut(&mut self) -> &mut f64;
+
+    /// Checks the rule's own hyperparameters (the driver checks the [`options`](Self::options));
+    /// called whenever hyperparameters enter an optimizer, so that stepping never has to.
+    /// Nothing to check by default.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`] naming the first hyperparameter out of range.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checks that the rule can step a tensor of `shape`, e.g. Muon's matrices.
+    ///
+    /// # Errors
+    /// What the shape must be, e.g. `"2-D (a matrix)"`. Any shape by default.
+    fn check_shape(&self, shape: &[usize]) -> Result<(), &'static str> {
+        let _ = shape;
+        Ok(())
+    }
+
     /// The names of the per-element state buffers these hyperparameters need, in the order
     /// the update sees them, e.g. `["exp_avg", "exp_avg_sq"]` for Adam (PyTorch's names).
     fn state_names(&self) -> &'static [&'static str];
+
+    /// State buffers of other shapes than the tensor's, for a tensor of `shape`: name and
+    /// shape of each, e.g. Adafactor's row and column statistics. They follow the
+    /// per-element buffers, each in row-major order, and are checkpointed by name with them.
+    /// None by default.
+    fn shaped_state(&self, shape: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
+        let _ = shape;
+        Vec::new()
+    }
+
+    /// Working memory that a step of a tensor of `shape` needs, in elements (e.g. Muon's
+    /// Newton–Schulz matrices): kept beside the state so that steps allocate nothing, but
+    /// not state (never checkpointed, not counted in [`TensorView::bytes`](crate::TensorView::bytes)).
+    /// None by default.
+    fn scratch_len(&self, shape: &[usize]) -> usize {
+        let _ = shape;
+        0
+    }
 
     /// The names of the per-tensor scalar states these hyperparameters need, e.g.
     /// `["mu_product"]` for [`NAdam`](crate::NAdam): values that change every step but are
@@ -68,8 +169,7 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         &[]
     }
 
-    /// The value that the state named `name` (every element of a buffer of
-    /// [`state_names`](Self::state_names), or a scalar of
+    /// The value that the state named `name` (every element of a buffer, or a scalar of
     /// [`scalar_names`](Self::scalar_names)) holds before a tensor's first step. Zero by
     /// default; e.g. Adagrad's `initial_accumulator_value` for `sum`.
     fn initial_value(&self, name: &str) -> f64 {
@@ -77,9 +177,9 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         0.0
     }
 
-    /// The state buffers (of [`state_names`](Self::state_names)) whose values no run makes
-    /// negative, e.g. second moments and accumulated squares. A checkpoint holding a negative
-    /// value in one is refused on loading. None by default.
+    /// The state buffers whose values no run makes negative, e.g. second moments and
+    /// accumulated squares. A checkpoint holding a negative value in one is refused on
+    /// loading. None by default.
     fn non_negative_state(&self) -> &'static [&'static str] {
         &[]
     }
@@ -94,23 +194,19 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         if value.is_finite() { Ok(()) } else { Err("finite") }
     }
 
-    /// Checks every hyperparameter's range; called whenever hyperparameters enter an
-    /// optimizer, so that stepping never has to.
-    ///
-    /// # Errors
-    /// [`Error::InvalidHyperparameter`] naming the first hyperparameter out of range.
-    fn validate(&self) -> Result<()>;
+    /// Applies one step to one tensor: computes the step's coefficients from
+    /// [`TensorStep::step`] (1 for a tensor's first step) and [`TensorStep::lr`], and runs
+    /// the update with [`TensorStep::apply`] (or [`TensorStep::split`]).
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>);
+}
 
-    /// The learning rate η.
-    fn lr(&self) -> f64;
-
-    /// The learning rate η, for schedules that change it between steps.
-    fn lr_mut(&mut self) -> &mut f64;
-
-    /// Applies step number `step` (1 for a tensor's first step) to one tensor: computes the
-    /// step's scalars and calls [`TensorStep::apply`] with the per-element update, whose
-    /// state has one value per name in [`state_names`](Self::state_names).
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>);
+/// Checks a rule's [`Options`]: the learning rate and the weight decay finite and ≥ 0.
+///
+/// # Errors
+/// [`Error::InvalidHyperparameter`] with key `lr` or `weight_decay`.
+pub(crate) fn check_options(rule: &'static str, options: Options) -> Result<()> {
+    check_lr(rule, options.lr)?;
+    check_non_negative(rule, "weight_decay", options.weight_decay.lambda())
 }
 
 /// Where a rule adds ε to the root of its second-moment estimate `s`.

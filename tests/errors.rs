@@ -246,23 +246,15 @@ impl UpdateRule for MaybeMomentum {
         if self.momentum { &["momentum_buffer"] } else { &[] }
     }
 
-    fn validate(&self) -> ndarray_optim::Result<()> {
-        Ok(())
-    }
-
-    fn lr(&self) -> f64 {
-        1.0
+    fn options(&self) -> ndarray_optim::rule::Options {
+        ndarray_optim::rule::Options::lr(1.0)
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
         unimplemented!("not scheduled in these tests")
     }
 
-    fn step<A: ndarray_optim::Element, D: ndarray::Dimension>(
-        &self,
-        _step: u64,
-        tensor: ndarray_optim::TensorStep<'_, A, D>,
-    ) {
+    fn step<A: ndarray_optim::Element>(&self, tensor: ndarray_optim::TensorStep<'_, A>) {
         if self.momentum {
             tensor.apply(|p, g, [b]: &mut [A; 1]| {
                 *b = *b + g;
@@ -383,23 +375,15 @@ impl UpdateRule for ScalarOnly {
         &["count"]
     }
 
-    fn validate(&self) -> ndarray_optim::Result<()> {
-        Ok(())
-    }
-
-    fn lr(&self) -> f64 {
-        1.0
+    fn options(&self) -> ndarray_optim::rule::Options {
+        ndarray_optim::rule::Options::lr(1.0)
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
         unimplemented!("not scheduled in these tests")
     }
 
-    fn step<A: ndarray_optim::Element, D: ndarray::Dimension>(
-        &self,
-        _step: u64,
-        mut tensor: TensorStep<'_, A, D>,
-    ) {
+    fn step<A: ndarray_optim::Element>(&self, mut tensor: TensorStep<'_, A>) {
         tensor.scalars()[0] += 1.0;
         tensor.apply(|_, _, _: &mut [A; 0]| {});
     }

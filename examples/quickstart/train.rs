@@ -78,7 +78,7 @@ impl Contestant {
     where
         R: UpdateRule + Serialize + DeserializeOwned,
     {
-        let lr = rule.lr();
+        let lr = rule.options().lr;
         Contestant { label, lr, run: Box::new(move |setup, tick| train(rule.clone(), setup, tick)) }
     }
 

@@ -71,7 +71,7 @@ struct Descent {
 /// Runs `rule` on `surface` from its start for its number of steps, or until the path leaves
 /// the window.
 fn descend<R: UpdateRule>(rule: R, surface: &Surface) -> Result<Descent, Box<dyn Error>> {
-    let lr = rule.lr();
+    let lr = rule.options().lr;
     let mut optimizer = Optimizer::<R, f64>::new(rule)?;
     let mut position = Array1::from(surface.start.to_vec());
     let mut points = vec![surface.start];

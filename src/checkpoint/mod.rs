@@ -301,7 +301,7 @@ fn check_buffer<R: UpdateRule, A: Element>(
             format!(
                 "buffer `{name}` holds {value} at index {index}, which no run of `{}` produces: \
                  it must be >= 0",
-                R::NAME
+                hyper.name()
             ),
         )),
         None => Ok(()),
@@ -316,7 +316,7 @@ fn check_scalar<R: UpdateRule>(hyper: &R, param: &str, name: &str, value: f64) -
             format!(
                 "scalar `{name}` is {value}, which no run of `{}` produces: it must be \
                  {requirement}",
-                R::NAME
+                hyper.name()
             ),
         )
     })
@@ -328,27 +328,7 @@ fn restore_state<A: Element, R: UpdateRule>(
     hyper: &R,
 ) -> Result<TensorState<A>> {
     check_step(param, record.step)?;
-    let (state_names, scalar_names) = (hyper.state_names(), hyper.scalar_names());
-    let names: Vec<&str> = record.buffers.iter().map(|buffer| buffer.name.as_str()).collect();
-    if names != state_names {
-        return Err(invalid_state(
-            param,
-            format!(
-                "buffers are {names:?}, `{}` with its group's settings keeps {state_names:?}",
-                R::NAME
-            ),
-        ));
-    }
-    let scalars: Vec<&str> = record.scalars.iter().map(|scalar| scalar.name.as_str()).collect();
-    if scalars != scalar_names {
-        return Err(invalid_state(
-            param,
-            format!(
-                "scalars are {scalars:?}, `{}` with its group's settings keeps {scalar_names:?}",
-                R::NAME
-            ),
-        ));
-    }
+    let rule = hyper.name();
     // ndarray refuses any shape whose non-zero axis lengths multiply past `isize::MAX`, even
     // one with a zero-length axis; such a shape could never be viewed, so it is refused here.
     let representable = record
@@ -359,34 +339,67 @@ fn restore_state<A: Element, R: UpdateRule>(
     if !representable {
         return Err(invalid_state(param, format!("shape {:?} overflows", record.shape)));
     }
+    if let Err(requirement) = hyper.check_shape(&record.shape) {
+        return Err(invalid_state(
+            param,
+            format!("shape {:?}: `{rule}` steps {requirement} tensors only", record.shape),
+        ));
+    }
     let numel = record.shape.iter().product::<usize>();
-    if let Some(buffer) = record.buffers.iter().find(|buffer| buffer.values.len() != numel) {
+    let state_names = hyper.state_names();
+    let shaped = hyper.shaped_state(&record.shape);
+    let expected: Vec<(&str, usize)> = state_names
+        .iter()
+        .map(|&name| (name, numel))
+        .chain(shaped.iter().map(|(name, shape)| (*name, shape.iter().product())))
+        .collect();
+    let names: Vec<&str> = record.buffers.iter().map(|buffer| buffer.name.as_str()).collect();
+    if !names.iter().copied().eq(expected.iter().map(|&(name, _)| name)) {
+        let keeps: Vec<&str> = expected.iter().map(|&(name, _)| name).collect();
+        return Err(invalid_state(
+            param,
+            format!("buffers are {names:?}, `{rule}` with its group's settings keeps {keeps:?}"),
+        ));
+    }
+    let scalar_names = hyper.scalar_names();
+    let scalars: Vec<&str> = record.scalars.iter().map(|scalar| scalar.name.as_str()).collect();
+    if scalars != scalar_names {
         return Err(invalid_state(
             param,
             format!(
-                "buffer `{}` has {} values, shape {:?} needs {numel}",
-                buffer.name,
-                buffer.values.len(),
-                record.shape
+                "scalars are {scalars:?}, `{rule}` with its group's settings keeps {scalar_names:?}"
             ),
         ));
     }
-    for buffer in &record.buffers {
+    for (buffer, &(_, len)) in record.buffers.iter().zip(&expected) {
+        if buffer.values.len() != len {
+            return Err(invalid_state(
+                param,
+                format!(
+                    "buffer `{}` has {} values, shape {:?} needs {len}",
+                    buffer.name,
+                    buffer.values.len(),
+                    record.shape
+                ),
+            ));
+        }
         check_buffer(hyper, param, &buffer.name, buffer.values.iter().copied())?;
     }
     for scalar in &record.scalars {
         check_scalar(hyper, param, &scalar.name, scalar.value)?;
     }
-    let mut buffers = Vec::with_capacity(state_names.len() * numel);
+    let mut buffers = Vec::with_capacity(expected.iter().map(|&(_, len)| len).sum());
     for buffer in record.buffers {
         buffers.extend(buffer.values);
     }
     Ok(TensorState {
         step: record.step,
+        scratch: vec![A::zero(); hyper.scratch_len(&record.shape)],
         shape: record.shape,
         order: Order::RowMajor,
         order_pending: true,
         buffers,
+        elementwise: state_names.len(),
         scalars: record.scalars.iter().map(|scalar| scalar.value).collect(),
     })
 }

@@ -1,10 +1,8 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{Options, UpdateRule, WeightDecay, check_decay, check_eps};
+use crate::rules::Ema;
 
 /// Adadelta (seed eq. 8–15, Zeiler 2012): step sizes in the units of the parameter.
 ///
@@ -69,6 +67,15 @@ impl Default for Adadelta {
 impl UpdateRule for Adadelta {
     const NAME: &'static str = "adadelta";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["square_avg", "acc_delta"]
     }
@@ -78,36 +85,18 @@ impl UpdateRule for Adadelta {
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
         check_decay(Self::NAME, "rho", self.rho)?;
-        check_eps(Self::NAME, "eps", self.eps)?;
-        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)
+        check_eps(Self::NAME, "eps", self.eps)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
-        let lr = A::from_f64(self.lr);
-        let (rho, one_minus_rho) = (A::from_f64(self.rho), A::from_f64(1.0 - self.rho));
-        let eps = A::from_f64(self.eps);
-        let decay = Decay::l2(self.weight_decay);
-        gradient::apply(
-            tensor,
-            self.maximize,
-            decay,
-            move |p, g, [square_avg, acc_delta]: &mut [A; 2]| {
-                *square_avg = rho * *square_avg + one_minus_rho * (g * g);
-                // `delta` is −Δθ: the step the parameter moves against.
-                let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;
-                *acc_delta = rho * *acc_delta + one_minus_rho * (delta * delta);
-                *p = *p - lr * delta;
-            },
-        );
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let (lr, eps, rho) = (A::from_f64(tensor.lr()), A::from_f64(self.eps), Ema::new(self.rho));
+        tensor.apply(move |p, g, [square_avg, acc_delta]: &mut [A; 2]| {
+            *square_avg = rho.average(*square_avg, g * g);
+            // `delta` is −Δθ: the step the parameter moves against.
+            let delta = (*acc_delta + eps).sqrt() / (*square_avg + eps).sqrt() * g;
+            *acc_delta = rho.average(*acc_delta, delta * delta);
+            *p = *p - lr * delta;
+        });
     }
 }

@@ -1,10 +1,7 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{EpsPlacement, UpdateRule, check_eps, check_lr, check_non_negative};
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{EpsPlacement, Options, UpdateRule, WeightDecay, check_eps, check_non_negative};
 
 /// Adagrad (seed eq. 7): a per-element rate that shrinks with the sum of past squared
 /// gradients.
@@ -80,6 +77,15 @@ impl Default for Adagrad {
 impl UpdateRule for Adagrad {
     const NAME: &'static str = "adagrad";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["sum"]
     }
@@ -89,9 +95,7 @@ impl UpdateRule for Adagrad {
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
         check_eps(Self::NAME, "eps", self.eps)?;
-        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)?;
         check_non_negative(Self::NAME, "lr_decay", self.lr_decay)?;
         check_non_negative(Self::NAME, "initial_accumulator_value", self.initial_accumulator_value)
     }
@@ -100,20 +104,12 @@ impl UpdateRule for Adagrad {
         self.initial_accumulator_value
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
         // Exactly η when κ = 0: η / 1.
-        let lr = A::from_f64(self.lr / (1.0 + (step - 1) as f64 * self.lr_decay));
+        let decayed = 1.0 + (tensor.step() - 1) as f64 * self.lr_decay;
+        let lr = A::from_f64(tensor.lr() / decayed);
         let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
-        let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, move |p, g, [sum]: &mut [A; 1]| {
+        tensor.apply(move |p, g, [sum]: &mut [A; 1]| {
             *sum = *sum + g * g;
             *p = *p - lr * (g / ((*sum + eps_inside).sqrt() + eps_outside));
         });

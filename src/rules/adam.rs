@@ -1,10 +1,8 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
-use crate::rules::gradient::{self, Decay, maximum};
+use crate::rule::{Options, UpdateRule, WeightDecay, check_decay, check_eps};
+use crate::rules::{Ema, bias_correction, maximum};
 
 /// Adam (seed eq. 18–22, Kingma & Ba 2015): bias-corrected first and second moments.
 ///
@@ -90,65 +88,27 @@ pub(crate) fn state_names(amsgrad: bool) -> &'static [&'static str] {
     if amsgrad { &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] } else { &["exp_avg", "exp_avg_sq"] }
 }
 
-/// Checks the hyperparameters of the Adam family (Adam, AdamW, Adamax, NAdam, RAdam).
-pub(crate) fn validate(
-    rule: &'static str,
-    lr: f64,
-    betas: [f64; 2],
-    eps: f64,
-    weight_decay: f64,
-) -> Result<()> {
-    check_lr(rule, lr)?;
-    check_decay(rule, "beta1", betas[0])?;
-    check_decay(rule, "beta2", betas[1])?;
-    check_eps(rule, "eps", eps)?;
-    check_non_negative(rule, "weight_decay", weight_decay)
-}
+/// The two decays β₁, β₂ of the Adam family's moments.
+pub(crate) struct Betas(pub(crate) f64, pub(crate) f64);
 
-/// One step of Adam or AdamW, which differ only in the form of decay (`hyper.weight_decay`
-/// enters through `decay` alone).
-pub(crate) fn adam_step<A: Element, D: Dimension>(
-    hyper: &Adam,
-    decay: Decay,
-    step: u64,
-    tensor: TensorStep<'_, A, D>,
-) {
-    // `powf` on the step as a float, like PyTorch's `beta ** step`.
-    let t = step as f64;
-    let bias_correction1 = 1.0 - hyper.beta1.powf(t);
-    let bias_correction2 = 1.0 - hyper.beta2.powf(t);
-    let (beta1, one_minus_beta1) = (A::from_f64(hyper.beta1), A::from_f64(1.0 - hyper.beta1));
-    let (beta2, one_minus_beta2) = (A::from_f64(hyper.beta2), A::from_f64(1.0 - hyper.beta2));
-    let step_size = A::from_f64(hyper.lr / bias_correction1);
-    let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
-    let eps = A::from_f64(hyper.eps);
-    // `max_v` is there with AMSGrad only, so each case compiles to its own loop.
-    let update = |p: &mut A, g: A, m: &mut A, v: &mut A, max_v: Option<&mut A>| {
-        *m = beta1 * *m + one_minus_beta1 * g;
-        *v = beta2 * *v + one_minus_beta2 * (g * g);
-        let v = match max_v {
-            Some(max_v) => {
-                *max_v = maximum(*max_v, *v);
-                *max_v
-            }
-            None => *v,
-        };
-        let denom = v.sqrt() / bias_correction2_sqrt + eps;
-        *p = *p - step_size * (*m / denom);
-    };
-    if hyper.amsgrad {
-        gradient::apply(tensor, hyper.maximize, decay, move |p, g, [m, v, max_v]: &mut [A; 3]| {
-            update(p, g, m, v, Some(max_v));
-        });
-    } else {
-        gradient::apply(tensor, hyper.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
-            update(p, g, m, v, None);
-        });
-    }
+/// Checks the hyperparameters the Adam family shares: β₁, β₂ in [0, 1), ε finite and ≥ 0.
+pub(crate) fn validate(rule: &'static str, Betas(beta1, beta2): Betas, eps: f64) -> Result<()> {
+    check_decay(rule, "beta1", beta1)?;
+    check_decay(rule, "beta2", beta2)?;
+    check_eps(rule, "eps", eps)
 }
 
 impl UpdateRule for Adam {
     const NAME: &'static str = "adam";
+
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
 
     fn state_names(&self) -> &'static [&'static str] {
         state_names(self.amsgrad)
@@ -159,18 +119,32 @@ impl UpdateRule for Adam {
     }
 
     fn validate(&self) -> Result<()> {
-        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
+        validate(Self::NAME, Betas(self.beta1, self.beta2), self.eps)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        adam_step(self, Decay::l2(self.weight_decay), step, tensor);
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let step_size = A::from_f64(tensor.lr() / bias_correction(self.beta1, tensor.step()));
+        let bias_correction2_sqrt = A::from_f64(bias_correction(self.beta2, tensor.step()).sqrt());
+        let (beta1, beta2, eps) =
+            (Ema::new(self.beta1), Ema::new(self.beta2), A::from_f64(self.eps));
+        // `max_v` is there with AMSGrad only, so each case compiles to its own loop.
+        let update = move |p: &mut A, g: A, m: &mut A, v: &mut A, max_v: Option<&mut A>| {
+            *m = beta1.average(*m, g);
+            *v = beta2.average(*v, g * g);
+            let v = match max_v {
+                Some(max_v) => {
+                    *max_v = maximum(*max_v, *v);
+                    *max_v
+                }
+                None => *v,
+            };
+            let denom = v.sqrt() / bias_correction2_sqrt + eps;
+            *p = *p - step_size * (*m / denom);
+        };
+        if self.amsgrad {
+            tensor.apply(move |p, g, [m, v, max_v]: &mut [A; 3]| update(p, g, m, v, Some(max_v)));
+        } else {
+            tensor.apply(move |p, g, [m, v]: &mut [A; 2]| update(p, g, m, v, None));
+        }
     }
 }

@@ -1,11 +1,8 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
-use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::UpdateRule;
-use crate::rules::adam::validate;
-use crate::rules::gradient::{self, Decay, maximum};
+use crate::rule::{Options, UpdateRule, WeightDecay};
+use crate::rules::adam::{self, Betas};
+use crate::rules::{Ema, bias_correction, maximum};
 
 /// Adamax (Kingma & Ba 2015, §7.1): Adam with the infinity norm in place of the second
 /// moment.
@@ -77,6 +74,15 @@ impl Default for Adamax {
 impl UpdateRule for Adamax {
     const NAME: &'static str = "adamax";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg", "exp_inf"]
     }
@@ -85,25 +91,16 @@ impl UpdateRule for Adamax {
         &["exp_inf"]
     }
 
-    fn validate(&self) -> Result<()> {
-        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
+    fn validate(&self) -> crate::Result<()> {
+        adam::validate(Self::NAME, Betas(self.beta1, self.beta2), self.eps)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        let step_size = A::from_f64(self.lr / (1.0 - self.beta1.powf(step as f64)));
-        let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
-        let (beta2, eps) = (A::from_f64(self.beta2), A::from_f64(self.eps));
-        let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, move |p, g, [m, u]: &mut [A; 2]| {
-            *m = beta1 * *m + one_minus_beta1 * g;
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let step_size = A::from_f64(tensor.lr() / bias_correction(self.beta1, tensor.step()));
+        let (beta1, beta2, eps) =
+            (Ema::new(self.beta1), A::from_f64(self.beta2), A::from_f64(self.eps));
+        tensor.apply(move |p, g, [m, u]: &mut [A; 2]| {
+            *m = beta1.average(*m, g);
             *u = maximum(beta2 * *u, g.abs() + eps);
             *p = *p - step_size * (*m / *u);
         });

@@ -1,12 +1,8 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::UpdateRule;
-use crate::rules::Adam;
-use crate::rules::adam::{adam_step, state_names, validate};
-use crate::rules::gradient::Decay;
+use crate::rule::{Options, UpdateRule, WeightDecay};
+use crate::rules::adam::{self, Adam, Betas};
 
 /// AdamW (Loshchilov & Hutter 2019): [`Adam`] with decoupled weight decay.
 ///
@@ -90,8 +86,17 @@ impl From<AdamW> for Adam {
 impl UpdateRule for AdamW {
     const NAME: &'static str = "adamw";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::Decoupled(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
-        state_names(self.amsgrad)
+        adam::state_names(self.amsgrad)
     }
 
     fn non_negative_state(&self) -> &'static [&'static str] {
@@ -99,19 +104,10 @@ impl UpdateRule for AdamW {
     }
 
     fn validate(&self) -> Result<()> {
-        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
+        adam::validate(Self::NAME, Betas(self.beta1, self.beta2), self.eps)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        let decay = Decay::new(self.weight_decay, true, self.lr);
-        adam_step(&Adam::from(*self), decay, step, tensor);
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        Adam::from(*self).step(tensor);
     }
 }

@@ -6,8 +6,8 @@ mod adagrad;
 pub(crate) mod adam;
 mod adamax;
 mod adamw;
-mod gradient;
-pub(crate) mod momentum;
+mod any;
+mod momentum;
 mod nadam;
 mod nesterov;
 mod radam;
@@ -19,9 +19,44 @@ pub use adagrad::Adagrad;
 pub use adam::Adam;
 pub use adamax::Adamax;
 pub use adamw::AdamW;
+pub use any::Rule;
 pub use momentum::Momentum;
 pub use nadam::NAdam;
 pub use nesterov::Nesterov;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
 pub use sgd::Sgd;
+
+use crate::element::Element;
+
+/// An exponential moving average's weights β and 1 − β, in the element type.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ema<A> {
+    beta: A,
+    one_minus_beta: A,
+}
+
+impl<A: Element> Ema<A> {
+    /// The weights of decay β, with 1 − β computed in `f64`, as PyTorch computes it.
+    pub(crate) fn new(beta: f64) -> Self {
+        Ema { beta: A::from_f64(beta), one_minus_beta: A::from_f64(1.0 - beta) }
+    }
+
+    /// $\beta\, a + (1 - \beta)\, x$.
+    #[inline(always)]
+    pub(crate) fn average(self, average: A, x: A) -> A {
+        self.beta * average + self.one_minus_beta * x
+    }
+}
+
+/// Adam's bias correction $1 - \beta^t$, with `powf` on the step as a float, as PyTorch's
+/// `beta ** step`.
+pub(crate) fn bias_correction(beta: f64, step: u64) -> f64 {
+    1.0 - beta.powf(step as f64)
+}
+
+/// `torch.maximum`: the larger value, NaN if either is NaN (where `f64::max` would drop it).
+#[inline]
+pub(crate) fn maximum<A: Element>(a: A, b: A) -> A {
+    if a.is_nan() || a > b { a } else { b }
+}

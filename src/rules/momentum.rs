@@ -1,10 +1,7 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_decay, check_lr, check_non_negative, check_unit};
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{Options, UpdateRule, WeightDecay, check_decay, check_unit};
 
 /// SGD with momentum (seed eq. 1–2).
 ///
@@ -67,19 +64,17 @@ impl Default for Momentum {
 }
 
 /// Checks the hyperparameters shared by [`Momentum`] and [`Nesterov`](crate::Nesterov).
-pub(crate) fn check_momentum(
-    rule: &'static str,
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
-) -> Result<()> {
-    check_lr(rule, lr)?;
-    check_decay(rule, "momentum", momentum)?;
-    check_non_negative(rule, "weight_decay", weight_decay)
-}
-
 impl UpdateRule for Momentum {
     const NAME: &'static str = "momentum";
+
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
 
     fn state_names(&self) -> &'static [&'static str] {
         // PyTorch's SGD keeps no buffer at momentum 0, and dampening then has no effect.
@@ -87,35 +82,24 @@ impl UpdateRule for Momentum {
     }
 
     fn validate(&self) -> Result<()> {
-        check_momentum(Self::NAME, self.lr, self.momentum, self.weight_decay)?;
+        check_decay(Self::NAME, "momentum", self.momentum)?;
         check_unit(Self::NAME, "dampening", self.dampening)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let (lr, momentum) = (A::from_f64(tensor.lr()), A::from_f64(self.momentum));
         // PyTorch's first step copies the gradient into the buffer undampened; the buffer is
         // zero then, so γ·0 + 1·g is that copy. Multiplying by 1 is exact: without dampening
         // this is the plain b = γb + g.
-        let undampened = if step == 1 { 1.0 } else { 1.0 - self.dampening };
+        let undampened = if tensor.step() == 1 { 1.0 } else { 1.0 - self.dampening };
         let undampened = A::from_f64(undampened);
-        let decay = Decay::l2(self.weight_decay);
         if self.momentum > 0.0 {
-            gradient::apply(tensor, self.maximize, decay, move |p, g, [b]: &mut [A; 1]| {
+            tensor.apply(move |p, g, [b]: &mut [A; 1]| {
                 *b = momentum * *b + undampened * g;
                 *p = *p - lr * *b;
             });
         } else {
-            gradient::apply(tensor, self.maximize, decay, move |p, g, _: &mut [A; 0]| {
-                *p = *p - lr * g;
-            });
+            tensor.apply(move |p, g, _: &mut [A; 0]| *p = *p - lr * g);
         }
     }
 }

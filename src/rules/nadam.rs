@@ -1,11 +1,9 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_non_negative};
-use crate::rules::adam::validate;
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{Options, UpdateRule, WeightDecay, check_non_negative};
+use crate::rules::adam::{self, Betas};
+use crate::rules::{Ema, bias_correction};
 
 /// NAdam (Dozat 2016): Adam with Nesterov momentum and a momentum schedule.
 ///
@@ -99,20 +97,21 @@ impl NAdam {
 impl UpdateRule for NAdam {
     const NAME: &'static str = "nadam";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::new(self.weight_decay, self.decoupled_weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg", "exp_avg_sq"]
     }
 
     fn non_negative_state(&self) -> &'static [&'static str] {
         &["exp_avg_sq"]
-    }
-
-    fn check_scalar(&self, name: &str, value: f64) -> Result<(), &'static str> {
-        // A product of momentum factors in [0, 1), starting from 1; it may underflow to 0.
-        if name == "mu_product" && !(0.0..=1.0).contains(&value) {
-            return Err("in [0, 1] (a product of momentum factors, starting from 1)");
-        }
-        Ok(())
     }
 
     fn scalar_names(&self) -> &'static [&'static str] {
@@ -123,37 +122,35 @@ impl UpdateRule for NAdam {
         if name == "mu_product" { 1.0 } else { 0.0 }
     }
 
+    fn check_scalar(&self, name: &str, value: f64) -> Result<(), &'static str> {
+        // A product of momentum factors in [0, 1), starting from 1; it may underflow to 0.
+        if name == "mu_product" && !(0.0..=1.0).contains(&value) {
+            return Err("in [0, 1] (a product of momentum factors, starting from 1)");
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<()> {
-        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)?;
+        adam::validate(Self::NAME, Betas(self.beta1, self.beta2), self.eps)?;
         check_non_negative(Self::NAME, "momentum_decay", self.momentum_decay)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, mut tensor: TensorStep<'_, A, D>) {
-        let t = step as f64;
-        let bias_correction2 = A::from_f64(1.0 - self.beta2.powf(t));
+    fn step<A: Element>(&self, mut tensor: TensorStep<'_, A>) {
+        let (t, lr) = (tensor.step() as f64, tensor.lr());
+        let bias_correction2 = A::from_f64(bias_correction(self.beta2, tensor.step()));
         let (mu, mu_next) = (self.mu(t), self.mu(t + 1.0));
         let [mu_product] = tensor.scalars() else {
             unreachable!("the registry keeps one value per scalar name")
         };
         *mu_product *= mu;
         let mu_product_next = *mu_product * mu_next;
-        let grad_size = A::from_f64(-self.lr * (1.0 - mu) / (1.0 - *mu_product));
-        let momentum_size = A::from_f64(-self.lr * mu_next / (1.0 - mu_product_next));
-        let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
-        let (beta2, one_minus_beta2) = (A::from_f64(self.beta2), A::from_f64(1.0 - self.beta2));
-        let eps = A::from_f64(self.eps);
-        let decay = Decay::new(self.weight_decay, self.decoupled_weight_decay, self.lr);
-        gradient::apply(tensor, self.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
-            *m = beta1 * *m + one_minus_beta1 * g;
-            *v = beta2 * *v + one_minus_beta2 * (g * g);
+        let grad_size = A::from_f64(-lr * (1.0 - mu) / (1.0 - *mu_product));
+        let momentum_size = A::from_f64(-lr * mu_next / (1.0 - mu_product_next));
+        let (beta1, beta2, eps) =
+            (Ema::new(self.beta1), Ema::new(self.beta2), A::from_f64(self.eps));
+        tensor.apply(move |p, g, [m, v]: &mut [A; 2]| {
+            *m = beta1.average(*m, g);
+            *v = beta2.average(*v, g * g);
             let denom = (*v / bias_correction2).sqrt() + eps;
             *p = *p + grad_size * (g / denom);
             *p = *p + momentum_size * (*m / denom);

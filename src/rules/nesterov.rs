@@ -1,12 +1,8 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::UpdateRule;
+use crate::rule::{Options, UpdateRule, WeightDecay, check_decay};
 use crate::rules::Momentum;
-use crate::rules::gradient::{self, Decay};
-use crate::rules::momentum::check_momentum;
 
 /// Nesterov accelerated gradient (seed eq. 3–4), in look-ahead form.
 ///
@@ -67,26 +63,26 @@ impl Default for Nesterov {
 impl UpdateRule for Nesterov {
     const NAME: &'static str = "nesterov";
 
-    fn state_names(&self) -> &'static [&'static str] {
-        &["momentum_buffer"]
-    }
-
-    fn validate(&self) -> Result<()> {
-        check_momentum(Self::NAME, self.lr, self.momentum, self.weight_decay)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
         &mut self.lr
     }
 
-    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
-        let (lr, momentum) = (A::from_f64(self.lr), A::from_f64(self.momentum));
-        let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, move |p, g, [b]: &mut [A; 1]| {
+    fn state_names(&self) -> &'static [&'static str] {
+        &["momentum_buffer"]
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_decay(Self::NAME, "momentum", self.momentum)
+    }
+
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let (lr, momentum) = (A::from_f64(tensor.lr()), A::from_f64(self.momentum));
+        tensor.apply(move |p, g, [b]: &mut [A; 1]| {
             *b = momentum * *b + g;
             *p = *p - lr * (g + momentum * *b);
         });

@@ -1,11 +1,9 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::UpdateRule;
-use crate::rules::adam::validate;
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{Options, UpdateRule, WeightDecay};
+use crate::rules::adam::{self, Betas};
+use crate::rules::{Ema, bias_correction};
 
 /// RAdam (Liu et al. 2020): Adam whose adaptive rate is switched on, and rectified, once
 /// the variance of the second moment is tractable.
@@ -90,6 +88,15 @@ impl Default for RAdam {
 impl UpdateRule for RAdam {
     const NAME: &'static str = "radam";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::new(self.weight_decay, self.decoupled_weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg", "exp_avg_sq"]
     }
@@ -99,30 +106,20 @@ impl UpdateRule for RAdam {
     }
 
     fn validate(&self) -> Result<()> {
-        validate(Self::NAME, self.lr, [self.beta1, self.beta2], self.eps, self.weight_decay)
+        adam::validate(Self::NAME, Betas(self.beta1, self.beta2), self.eps)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, step: u64, tensor: TensorStep<'_, A, D>) {
-        let t = step as f64;
-        let bias_correction1 = 1.0 - self.beta1.powf(t);
-        let bias_correction2 = 1.0 - self.beta2.powf(t);
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let t = tensor.step() as f64;
+        let bias_correction1 = bias_correction(self.beta1, tensor.step());
+        let bias_correction2 = bias_correction(self.beta2, tensor.step());
         let rho_inf = 2.0 / (1.0 - self.beta2) - 1.0;
         let rho_t = rho_inf - 2.0 * t * self.beta2.powf(t) / bias_correction2;
-        let (beta1, one_minus_beta1) = (A::from_f64(self.beta1), A::from_f64(1.0 - self.beta1));
-        let (beta2, one_minus_beta2) = (A::from_f64(self.beta2), A::from_f64(1.0 - self.beta2));
-        let (lr, bias_correction1) = (A::from_f64(self.lr), A::from_f64(bias_correction1));
-        let decay = Decay::new(self.weight_decay, self.decoupled_weight_decay, self.lr);
+        let (beta1, beta2) = (Ema::new(self.beta1), Ema::new(self.beta2));
+        let (lr, bias_correction1) = (A::from_f64(tensor.lr()), A::from_f64(bias_correction1));
         let moments = move |g: A, m: &mut A, v: &mut A| {
-            *m = beta1 * *m + one_minus_beta1 * g;
-            *v = beta2 * *v + one_minus_beta2 * (g * g);
+            *m = beta1.average(*m, g);
+            *v = beta2.average(*v, g * g);
             *m / bias_correction1 * lr
         };
         if rho_t > 5.0 {
@@ -132,15 +129,13 @@ impl UpdateRule for RAdam {
             let rect = A::from_f64(rect);
             let bias_correction2_sqrt = A::from_f64(bias_correction2.sqrt());
             let eps = A::from_f64(self.eps);
-            gradient::apply(tensor, self.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
+            tensor.apply(move |p, g, [m, v]: &mut [A; 2]| {
                 let corrected = moments(g, m, v);
                 let adaptive = bias_correction2_sqrt / (v.sqrt() + eps);
                 *p = *p - corrected * adaptive * rect;
             });
         } else {
-            gradient::apply(tensor, self.maximize, decay, move |p, g, [m, v]: &mut [A; 2]| {
-                *p = *p - moments(g, m, v);
-            });
+            tensor.apply(move |p, g, [m, v]: &mut [A; 2]| *p = *p - moments(g, m, v));
         }
     }
 }

@@ -1,10 +1,8 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{EpsPlacement, UpdateRule, check_decay, check_eps, check_lr, check_non_negative};
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{EpsPlacement, Options, UpdateRule, WeightDecay, check_decay, check_eps};
+use crate::rules::Ema;
 
 /// RMSprop (seed eq. 16–17): Adagrad with a decaying average of squared gradients.
 ///
@@ -89,8 +87,7 @@ impl Default for RmsProp {
 #[derive(Clone, Copy)]
 struct Coefficients<A> {
     lr: A,
-    rho: A,
-    one_minus_rho: A,
+    rho: Ema<A>,
     eps_inside: A,
     eps_outside: A,
     momentum: A,
@@ -108,10 +105,10 @@ impl<A: Element> Coefficients<A> {
         buffer: Option<&mut A>,
         grad_avg: Option<&mut A>,
     ) {
-        *square_avg = self.rho * *square_avg + self.one_minus_rho * (g * g);
+        *square_avg = self.rho.average(*square_avg, g * g);
         let variance = match grad_avg {
             Some(grad_avg) => {
-                *grad_avg = self.rho * *grad_avg + self.one_minus_rho * g;
+                *grad_avg = self.rho.average(*grad_avg, g);
                 *square_avg - *grad_avg * *grad_avg
             }
             None => *square_avg,
@@ -130,6 +127,15 @@ impl<A: Element> Coefficients<A> {
 impl UpdateRule for RmsProp {
     const NAME: &'static str = "rmsprop";
 
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         match (self.momentum > 0.0, self.centered) {
             (false, false) => &["square_avg"],
@@ -144,53 +150,33 @@ impl UpdateRule for RmsProp {
     }
 
     fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
         check_decay(Self::NAME, "rho", self.rho)?;
         check_eps(Self::NAME, "eps", self.eps)?;
-        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)?;
         check_decay(Self::NAME, "momentum", self.momentum)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn lr_mut(&mut self) -> &mut f64 {
-        &mut self.lr
-    }
-
-    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
         let (eps_inside, eps_outside) = self.eps_placement.split::<A>(self.eps);
         let c = Coefficients {
-            lr: A::from_f64(self.lr),
-            rho: A::from_f64(self.rho),
-            one_minus_rho: A::from_f64(1.0 - self.rho),
+            lr: A::from_f64(tensor.lr()),
+            rho: Ema::new(self.rho),
             eps_inside,
             eps_outside,
             momentum: A::from_f64(self.momentum),
         };
-        let (decay, maximize) = (Decay::l2(self.weight_decay), self.maximize);
         match (self.momentum > 0.0, self.centered) {
             (false, false) => {
-                gradient::apply(tensor, maximize, decay, move |p, g, [sq]: &mut [A; 1]| {
-                    c.update(p, g, sq, None, None);
-                })
+                tensor.apply(move |p, g, [sq]: &mut [A; 1]| c.update(p, g, sq, None, None));
             }
             (true, false) => {
-                gradient::apply(tensor, maximize, decay, move |p, g, [sq, b]: &mut [A; 2]| {
-                    c.update(p, g, sq, Some(b), None);
-                })
+                tensor.apply(move |p, g, [sq, b]: &mut [A; 2]| c.update(p, g, sq, Some(b), None));
             }
             (false, true) => {
-                gradient::apply(tensor, maximize, decay, move |p, g, [sq, a]: &mut [A; 2]| {
-                    c.update(p, g, sq, None, Some(a));
-                })
+                tensor.apply(move |p, g, [sq, a]: &mut [A; 2]| c.update(p, g, sq, None, Some(a)));
             }
-            (true, true) => {
-                gradient::apply(tensor, maximize, decay, move |p, g, [sq, b, a]: &mut [A; 3]| {
-                    c.update(p, g, sq, Some(b), Some(a));
-                });
-            }
+            (true, true) => tensor.apply(move |p, g, [sq, b, a]: &mut [A; 3]| {
+                c.update(p, g, sq, Some(b), Some(a));
+            }),
         }
     }
 }

@@ -1,10 +1,6 @@
-use ndarray::Dimension;
-
 use crate::element::Element;
-use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{UpdateRule, check_lr, check_non_negative};
-use crate::rules::gradient::{self, Decay};
+use crate::rule::{Options, UpdateRule, WeightDecay};
 
 /// Plain stochastic gradient descent.
 ///
@@ -52,26 +48,21 @@ impl Default for Sgd {
 impl UpdateRule for Sgd {
     const NAME: &'static str = "sgd";
 
-    fn state_names(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    fn validate(&self) -> Result<()> {
-        check_lr(Self::NAME, self.lr)?;
-        check_non_negative(Self::NAME, "weight_decay", self.weight_decay)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
+    fn options(&self) -> Options {
+        let weight_decay = WeightDecay::L2(self.weight_decay);
+        Options { lr: self.lr, weight_decay, maximize: self.maximize }
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
         &mut self.lr
     }
 
-    fn step<A: Element, D: Dimension>(&self, _step: u64, tensor: TensorStep<'_, A, D>) {
-        let lr = A::from_f64(self.lr);
-        let decay = Decay::l2(self.weight_decay);
-        gradient::apply(tensor, self.maximize, decay, move |p, g, _: &mut [A; 0]| *p = *p - lr * g);
+    fn state_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
+        let lr = A::from_f64(tensor.lr());
+        tensor.apply(move |p, g, _: &mut [A; 0]| *p = *p - lr * g);
     }
 }

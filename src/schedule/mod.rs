@@ -717,7 +717,7 @@ impl LrScheduler {
         // mid-schedule (e.g. restored from a checkpoint), and a scheduler state restored
         // after this one would then continue from the wrong rate.
         for group in optimizer.groups() {
-            let rate = first(group.hyper().lr());
+            let rate = first(group.base_lr());
             if let Some(current) = group.scheduled_lr.filter(|lr| lr.to_bits() != rate.to_bits()) {
                 return Err(Error::ScheduleInProgress {
                     group: group.name().to_owned(),
@@ -950,22 +950,20 @@ fn set_rates<R: UpdateRule, A: Element>(
     rate: impl Fn(f64, Option<f64>) -> Result<f64>,
 ) -> Result<()> {
     let mut groups = optimizer.registry.groups.iter();
-    if let Some(error) =
-        groups.find_map(|group| match rate(group.hyper().lr(), group.scheduled_lr) {
-            Ok(value) if value.is_finite() && value >= 0.0 => None,
-            Ok(value) => Some(Error::InvalidHyperparameter {
-                rule: "schedule",
-                key: "lr",
-                value,
-                requirement: "finite and >= 0",
-            }),
-            Err(error) => Some(error),
-        })
-    {
+    if let Some(error) = groups.find_map(|group| match rate(group.base_lr(), group.scheduled_lr) {
+        Ok(value) if value.is_finite() && value >= 0.0 => None,
+        Ok(value) => Some(Error::InvalidHyperparameter {
+            rule: "schedule",
+            key: "lr",
+            value,
+            requirement: "finite and >= 0",
+        }),
+        Err(error) => Some(error),
+    }) {
         return Err(error);
     }
     for group in &mut optimizer.registry.groups {
-        if let Ok(value) = rate(group.hyper.lr(), group.scheduled_lr) {
+        if let Ok(value) = rate(group.base_lr(), group.scheduled_lr) {
             group.scheduled_lr = Some(value);
         }
     }
