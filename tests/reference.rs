@@ -150,3 +150,37 @@ fn checkpoints_and_layouts_do_not_change_a_bit() {
         }
     }
 }
+
+/// The cases of `rules_v2.json` (PyTorch's and optax's rules beyond the seed) that use
+/// `rule` alone, in every group.
+fn rules_v2(rule: &str) -> Vec<Fixture> {
+    load("rules_v2.json")
+        .into_iter()
+        .filter(|fixture| {
+            let groups = fixture.case["groups"].as_array().map_or(&[][..], Vec::as_slice);
+            fixture.case["optimizer"] == rule
+                && groups.iter().all(|group| group.get("optimizer").is_none_or(|name| name == rule))
+        })
+        .collect()
+}
+
+/// A rule of "Rules v2" against its reference over at least 50 steps in both dtypes, and
+/// bit for bit the same with checkpoints every few steps and in either memory order.
+pub(crate) fn assert_rule_v2(rule: &str) {
+    let fixtures = rules_v2(rule);
+    assert_covers(&fixtures, &[rule], 50);
+    for fixture in &fixtures {
+        assert_matches(fixture);
+        let plain = bits(&replay(&fixture.case));
+        let mut case = fixture.case.clone();
+        case["checkpoint_every"] = 7.into();
+        assert_eq!(bits(&replay(&case)), plain, "{} checkpoint_every 7", case["name"]);
+        for layout in ["c", "f"] {
+            let mut case = fixture.case.clone();
+            for param in case["params"].as_array_mut().unwrap() {
+                param["layout"] = layout.into();
+            }
+            assert_eq!(bits(&replay(&case)), plain, "{} layout {layout}", case["name"]);
+        }
+    }
+}

@@ -5,10 +5,7 @@
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
 use ndarray_optim::schedule::{LrScheduler, Schedule};
-use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Clip, Element, Momentum, NAdam, Nesterov, Optimizer,
-    ParamGrad, RAdam, RmsProp, Sgd, UpdateRule,
-};
+use ndarray_optim::{Clip, Element, Optimizer, ParamGrad, Rule};
 use serde::de::DeserializeOwned;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
@@ -37,11 +34,13 @@ pub struct Case {
     pub clip: Option<Clip>,
 }
 
-/// A parameter group: a name and hyperparameter overrides.
+/// A parameter group: a name, its rule if not the case's, and hyperparameter overrides.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
     pub name: String,
+    #[serde(default)]
+    pub optimizer: Option<String>,
     #[serde(default)]
     pub hyper: Map<String, Value>,
 }
@@ -97,7 +96,7 @@ pub fn run_json(json: &str) -> Result<Trajectory, String> {
     run(&case)
 }
 
-/// Replays a case with the optimizer and element type it names.
+/// Replays a case with the optimizers and element type it names.
 pub fn run(case: &Case) -> Result<Trajectory, String> {
     match case.dtype.as_str() {
         "f32" => run_dtype::<f32>(case),
@@ -106,35 +105,18 @@ pub fn run(case: &Case) -> Result<Trajectory, String> {
     }
 }
 
-fn run_dtype<A: Element + Serialize + DeserializeOwned>(case: &Case) -> Result<Trajectory, String> {
-    match case.optimizer.as_str() {
-        "sgd" => replay::<Sgd, A>(case),
-        "momentum" => replay::<Momentum, A>(case),
-        "nesterov" => replay::<Nesterov, A>(case),
-        "adagrad" => replay::<Adagrad, A>(case),
-        "adadelta" => replay::<Adadelta, A>(case),
-        "rmsprop" => replay::<RmsProp, A>(case),
-        "adam" => replay::<Adam, A>(case),
-        "adamw" => replay::<AdamW, A>(case),
-        "adamax" => replay::<Adamax, A>(case),
-        "nadam" => replay::<NAdam, A>(case),
-        "radam" => replay::<RAdam, A>(case),
-        other => Err(format!(
-            "unknown optimizer `{other}` (expected sgd, momentum, nesterov, adagrad, adadelta, \
-             rmsprop, adam, adamw, adamax, nadam or radam)"
-        )),
+/// The rule named `name` with the case's keys over its defaults; unknown keys are errors.
+fn rule(name: &str, keys: &[&Map<String, Value>], context: &str) -> Result<Rule, String> {
+    if Rule::with_defaults(name).is_none() {
+        let known = Rule::NAMES.join(", ");
+        return Err(format!("{context}: unknown optimizer `{name}` (expected one of {known})"));
     }
-}
-
-/// Hyperparameters from the case's keys over the rule's defaults; unknown keys are errors.
-fn hyper<R: DeserializeOwned>(
-    base: &Map<String, Value>,
-    overrides: &Map<String, Value>,
-    context: &str,
-) -> Result<R, String> {
-    let mut keys = base.clone();
-    keys.extend(overrides.iter().map(|(key, value)| (key.clone(), value.clone())));
-    serde_json::from_value(Value::Object(keys)).map_err(|e| format!("{context}: {e}"))
+    let mut tagged = Map::new();
+    for keys in keys {
+        tagged.extend(keys.iter().map(|(key, value)| (key.clone(), value.clone())));
+    }
+    tagged.insert("rule".to_owned(), Value::String(name.to_owned()));
+    serde_json::from_value(Value::Object(tagged)).map_err(|e| format!("{context}: {e}"))
 }
 
 /// A tensor being replayed: its parameter, objective and recorded rows.
@@ -220,17 +202,17 @@ impl<'a, A: Element> Tensor<'a, A> {
     }
 }
 
-fn build<R, A>(case: &Case) -> Result<Optimizer<R, A>, String>
-where
-    R: UpdateRule + DeserializeOwned,
-    A: Element,
-{
-    let defaults: R = hyper(&case.hyper, &Map::new(), "hyper")?;
+fn build<A: Element>(case: &Case) -> Result<Optimizer<Rule, A>, String> {
+    let defaults = rule(&case.optimizer, &[&case.hyper], "hyper")?;
     let mut optimizer = Optimizer::new(defaults).map_err(|e| e.to_string())?;
     optimizer.set_clip(case.clip).map_err(|e| format!("clip: {e}"))?;
     for group in &case.groups {
         let context = format!("group `{}`", group.name);
-        let hyper: R = hyper(&case.hyper, &group.hyper, &context)?;
+        // The case's keys belong to the case's rule; a group of another rule has its own.
+        let hyper = match group.optimizer.as_deref() {
+            Some(name) if name != case.optimizer => rule(name, &[&group.hyper], &context)?,
+            _ => rule(&case.optimizer, &[&case.hyper, &group.hyper], &context)?,
+        };
         optimizer.add_group(&group.name, hyper).map_err(|e| format!("{context}: {e}"))?;
     }
     for spec in &case.params {
@@ -243,9 +225,9 @@ where
     Ok(optimizer)
 }
 
-fn replay<R, A>(case: &Case) -> Result<Trajectory, String>
+/// Replays a case with the element type it names, its rules chosen at run time.
+fn run_dtype<A>(case: &Case) -> Result<Trajectory, String>
 where
-    R: UpdateRule + Serialize + DeserializeOwned,
     A: Element + Serialize + DeserializeOwned,
 {
     let mut names = std::collections::HashSet::new();
@@ -257,7 +239,7 @@ where
         .iter()
         .map(|spec| Tensor::<A>::new(spec, case.steps))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut optimizer = build::<R, A>(case)?;
+    let mut optimizer = build::<A>(case)?;
     let mut scheduler = case
         .schedule
         .map(|schedule| LrScheduler::new(&mut optimizer, schedule))
