@@ -13,7 +13,9 @@
 //! state twice, gradient once) per second of that time. More than one thread needs the
 //! `rayon` feature (`--features rayon`). `--path zip|baseline|avx2|avx512` pins the loop, to
 //! compare them. `--optimizer copy` times a plain copy instead (its bytes are those read and
-//! written), the memory bandwidth that bounds a step.
+//! written), the memory bandwidth that bounds a step. `--rule any` steps the rule as a
+//! run-time [`Rule`] value (the path of rules chosen from a configuration, compiled inside the
+//! crate) instead of its own type (`--rule typed`, the default); the line then says `rule=any`.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -21,7 +23,7 @@ use std::time::Instant;
 use ndarray::Array1;
 use ndarray_optim::{
     Adadelta, Adagrad, Adam, AdamW, Adamax, Element, KernelPath, Momentum, NAdam, Nesterov,
-    Optimizer, ParamGrad, RAdam, RmsProp, Sgd, UpdateRule, with_kernel_path,
+    Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, UpdateRule, with_kernel_path,
 };
 
 struct Args {
@@ -32,6 +34,8 @@ struct Args {
     threads: usize,
     tensors: usize,
     path: Option<KernelPath>,
+    /// Step through the run-time `Rule` value rather than the rule's own type.
+    any: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -43,6 +47,7 @@ fn parse() -> Result<Args, String> {
         threads: 1,
         tensors: 1,
         path: None,
+        any: false,
     };
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -55,6 +60,13 @@ fn parse() -> Result<Args, String> {
             "--steps" => args.steps = number()?.max(1),
             "--threads" => args.threads = number()?.max(1),
             "--tensors" => args.tensors = number()?.max(1),
+            "--rule" => {
+                args.any = match value.as_str() {
+                    "any" => true,
+                    "typed" => false,
+                    other => return Err(format!("--rule {other}: `typed` or `any`")),
+                }
+            }
             "--path" => {
                 let path = KernelPath::ALL
                     .into_iter()
@@ -106,7 +118,12 @@ fn time_steps<R: UpdateRule, A: Element>(rule: R, args: &Args) -> f64 {
     times[times.len() / 2]
 }
 
-fn report<R: UpdateRule, A: Element>(rule: R, args: &Args) {
+/// Reports `rule`'s throughput, stepped as its own type or as a run-time [`Rule`].
+fn report<R: UpdateRule + Into<Rule>, A: Element>(rule: R, args: &Args) {
+    if args.any { report_as::<Rule, A>(rule.into(), args) } else { report_as::<R, A>(rule, args) }
+}
+
+fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
     let seconds = match args.path {
         Some(path) => with_kernel_path(path, || time_steps::<R, A>(rule.clone(), args))
             .unwrap_or_else(|| panic!("this CPU cannot run {path:?}")),
@@ -116,9 +133,10 @@ fn report<R: UpdateRule, A: Element>(rule: R, args: &Args) {
     let bytes = elements * (3 + 2 * rule.state_names().len()) as f64 * size_of::<A>() as f64;
     let tensors =
         if args.tensors > 1 { format!(" tensors={}", args.tensors) } else { String::new() };
+    let any = if args.any { " rule=any" } else { "" };
     println!(
-        "{} {} numel={} steps={} threads={}{tensors} ns_per_elem={:.3} gbps={:.1}",
-        R::NAME,
+        "{} {} numel={} steps={} threads={}{tensors}{any} ns_per_elem={:.3} gbps={:.1}",
+        rule.name(),
         A::NAME,
         args.numel,
         args.steps,

@@ -7,8 +7,9 @@
 
 use ndarray::{ArrayView, Dimension};
 
+use crate::check::check_positive;
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel::GradTransform;
 
 /// PyTorch's `clip_grad_norm_` adds this to the norm before dividing by it.
@@ -74,22 +75,13 @@ impl Clip {
     /// Checks the bound: finite and > 0.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] with rule `"clip"`.
+    /// [`Error::InvalidHyperparameter`](crate::Error::InvalidHyperparameter) with rule `"clip"`.
     pub fn validate(&self) -> Result<()> {
         let (key, value) = match *self {
             Clip::Value { clip_value } => ("clip_value", clip_value),
             Clip::Norm { max_norm } | Clip::GlobalNorm { max_norm } => ("max_norm", max_norm),
         };
-        if value.is_finite() && value > 0.0 {
-            Ok(())
-        } else {
-            Err(Error::InvalidHyperparameter {
-                rule: "clip",
-                key,
-                value,
-                requirement: "finite and > 0",
-            })
-        }
+        check_positive("clip", key, value)
     }
 }
 

@@ -87,6 +87,8 @@ pub enum Error {
         format: String,
         /// The format version found.
         version: u32,
+        /// The newest version this build reads ([`VERSION`](crate::checkpoint::VERSION)).
+        newest: u32,
     },
     /// A checkpoint holds the state of another rule or element type than the optimizer.
     CheckpointMismatch {
@@ -144,7 +146,7 @@ pub enum Error {
     /// missing, unexpected or of another shape; the report names them.
     ModelMismatch {
         /// Everything that differs, by name.
-        report: Box<crate::checkpoint::LoadReport>,
+        report: Box<crate::report::LoadReport>,
     },
     /// A gradient holds NaN or infinity and the optimizer is set to
     /// [`NonFinite::Refuse`](crate::NonFinite::Refuse) such steps.
@@ -236,12 +238,10 @@ impl fmt::Display for Error {
                 "`{param}` of shape {shape:?} cannot be stepped by `{rule}`, which steps \
                  {requirement} tensors: assign it to a group with another rule"
             ),
-            Error::UnsupportedCheckpoint { format, version } => write!(
+            Error::UnsupportedCheckpoint { format, version, newest } => write!(
                 f,
                 "unsupported checkpoint: format `{format}` version {version} (this build reads \
-                 `{}` versions 1 to {})",
-                crate::checkpoint::FORMAT,
-                crate::checkpoint::VERSION
+                 versions 1 to {newest} of its own format)"
             ),
             Error::CheckpointMismatch { field, expected, found } => {
                 write!(f, "checkpoint {field} is `{found}`, but the optimizer's is `{expected}`")

@@ -64,6 +64,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod check;
 pub mod checkpoint;
 mod clip;
 mod element;
@@ -74,6 +75,7 @@ mod kernel;
 mod optimizer;
 pub mod pattern;
 mod registry;
+mod report;
 pub mod rule;
 pub mod rules;
 pub mod schedule;

@@ -2,6 +2,7 @@
 
 use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
+use crate::check::check_lr;
 use crate::clip::{self, Clip};
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -458,18 +459,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// finite and ≥ 0; nothing changes then.
     pub fn set_lrs_with(&mut self, lr: impl Fn(f64, f64) -> f64) -> Result<()> {
         for group in &self.registry.groups {
-            let value = lr(group.hyper.options().lr, group.lr());
-            if !(value.is_finite() && value >= 0.0) {
-                return Err(Error::InvalidHyperparameter {
-                    rule: "schedule",
-                    key: "lr",
-                    value,
-                    requirement: "finite and >= 0",
-                });
-            }
+            check_lr("schedule", lr(group.base_lr(), group.lr()))?;
         }
         for group in &mut self.registry.groups {
-            group.scheduled_lr = Some(lr(group.hyper.options().lr, group.lr()));
+            group.scheduled_lr = Some(lr(group.base_lr(), group.lr()));
         }
         Ok(())
     }

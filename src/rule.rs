@@ -4,7 +4,13 @@
 use core::fmt::Debug;
 
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
+
+#[doc(inline)]
+pub use crate::check::{
+    check_count, check_decay, check_eps, check_lr, check_non_negative, check_positive, check_unit,
+    require,
+};
 use crate::kernel::TensorStep;
 
 /// The options that every rule shares and the driver applies around the rule's own update,
@@ -124,7 +130,7 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// Nothing to check by default.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] naming the first hyperparameter out of range.
+    /// [`Error::InvalidHyperparameter`](crate::Error::InvalidHyperparameter) naming the first hyperparameter out of range.
     fn validate(&self) -> Result<()> {
         Ok(())
     }
@@ -238,52 +244,4 @@ impl EpsPlacement {
             EpsPlacement::Outside => (A::zero(), eps),
         }
     }
-}
-
-fn invalid(rule: &'static str, key: &'static str, value: f64, requirement: &'static str) -> Error {
-    Error::InvalidHyperparameter { rule, key, value, requirement }
-}
-
-/// Checks a learning rate: finite and ≥ 0. A rate of 0 freezes a group, as in PyTorch.
-///
-/// # Errors
-/// [`Error::InvalidHyperparameter`] with key `lr`.
-pub fn check_lr(rule: &'static str, lr: f64) -> Result<()> {
-    check_non_negative(rule, "lr", lr)
-}
-
-/// Checks a decay factor (β, ρ, momentum): in [0, 1).
-///
-/// # Errors
-/// [`Error::InvalidHyperparameter`] with the given key.
-pub fn check_decay(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
-    if (0.0..1.0).contains(&value) { Ok(()) } else { Err(invalid(rule, key, value, "in [0, 1)")) }
-}
-
-/// Checks a coefficient that must be finite and ≥ 0, such as a weight decay.
-///
-/// # Errors
-/// [`Error::InvalidHyperparameter`] with the given key.
-pub fn check_non_negative(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(invalid(rule, key, value, "finite and >= 0"))
-    }
-}
-
-/// Checks a fraction such as SGD's dampening: in [0, 1].
-///
-/// # Errors
-/// [`Error::InvalidHyperparameter`] with the given key.
-pub fn check_unit(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
-    if (0.0..=1.0).contains(&value) { Ok(()) } else { Err(invalid(rule, key, value, "in [0, 1]")) }
-}
-
-/// Checks a smoothing term ε: finite and ≥ 0.
-///
-/// # Errors
-/// [`Error::InvalidHyperparameter`] with the given key.
-pub fn check_eps(rule: &'static str, key: &'static str, value: f64) -> Result<()> {
-    check_non_negative(rule, key, value)
 }

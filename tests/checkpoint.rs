@@ -192,7 +192,7 @@ fn invalid_checkpoints_are_refused_with_the_reason() {
     c.version = 2;
     assert_eq!(
         refused(c),
-        Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2 }
+        Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2, newest: 1 }
     );
 
     let mut c = adam_checkpoint();
@@ -318,7 +318,10 @@ fn headers_refuse_newer_versions_other_rules_and_dtypes() {
     let mut future = b"ndarray-optim 2 zstd-postcard adam f32 extra fields\n".to_vec();
     future.extend_from_slice(&bytes[bytes.iter().position(|&b| b == b'\n').unwrap() + 1..]);
     let err = Checkpoint::<Adam, f32>::from_bytes(&future).unwrap_err();
-    assert_eq!(err, Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2 });
+    assert_eq!(
+        err,
+        Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2, newest: 1 }
+    );
     assert!(err.to_string().contains("version 2") && err.to_string().contains("1 to 1"), "{err}");
 
     let err = Checkpoint::<Sgd, f32>::from_bytes(&bytes).unwrap_err();

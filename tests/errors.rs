@@ -190,7 +190,7 @@ fn every_error_message_names_what_is_wrong() {
             },
             &["`w`", "max_exp_avg_sq"],
         ),
-        (Error::UnsupportedCheckpoint { format: "x".into(), version: 9 }, &["`x`", "9"]),
+        (Error::UnsupportedCheckpoint { format: "x".into(), version: 9, newest: 1 }, &["`x`", "9"]),
         (
             Error::CheckpointMismatch { field: "rule", expected: "adam", found: "sgd".into() },
             &["rule", "`sgd`", "`adam`"],

@@ -149,7 +149,7 @@ fn run(args: Args) -> Result<bool, Box<dyn Error>> {
         .map(|(_, contestant, outcome)| {
             vec![
                 contestant.label.to_owned(),
-                format!("{}", contestant.lr),
+                contestant.lr(),
                 format_loss(outcome.train_loss),
                 format!("{:.1} %", 100.0 * outcome.test_accuracy),
                 outcome.steps.to_string(),

@@ -1,19 +1,19 @@
-//! Training one rule: the generic loop, the mid-run checkpoint and the resumed run.
+//! Training one contestant: the loop, the mid-run checkpoint and the resumed run.
 
 use std::error::Error;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use ndarray::Axis;
-use ndarray_optim::{Optimizer, UpdateRule};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use ndarray_optim::{Optimizer, Rule, UpdateRule};
 
 use crate::digits::Digits;
 use crate::mlp::{HIDDEN_WEIGHT, Mlp, OUTPUT_BIAS, OUTPUT_WEIGHT};
 
 /// The parameter group of the output layer.
 const OUTPUT_GROUP: &str = "output";
+/// The parameter group of the hidden weight matrix, for contestants with a rule of its own.
+const HIDDEN_MATRIX_GROUP: &str = "hidden_matrix";
 /// The output layer's learning rate relative to the rule's: it learns at half the rate of the
 /// hidden layer, to show a group with hyperparameters of its own.
 const OUTPUT_LR_SCALE: f64 = 0.5;
@@ -63,83 +63,90 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-type Run = dyn Fn(&Setup, &dyn Fn()) -> Result<Outcome, Box<dyn Error>>;
-
-/// A rule in the comparison: its label, learning rate and how to train with it.
+/// A rule in the comparison: its label, the rule, and optionally another rule for the
+/// hidden layer's weight matrix (Muon's recipe: Muon for hidden matrices, AdamW for the rest).
 pub struct Contestant {
     pub label: &'static str,
-    pub lr: f64,
-    run: Box<Run>,
+    pub rule: Rule,
+    pub hidden_matrix: Option<Rule>,
 }
 
 impl Contestant {
-    /// A contestant that trains with `rule`'s hyperparameters.
-    pub fn new<R>(label: &'static str, rule: R) -> Contestant
-    where
-        R: UpdateRule + Serialize + DeserializeOwned,
-    {
-        let lr = rule.options().lr;
-        Contestant { label, lr, run: Box::new(move |setup, tick| train(rule.clone(), setup, tick)) }
+    /// A contestant that trains every tensor with `rule`.
+    pub fn new(label: &'static str, rule: impl Into<Rule>) -> Contestant {
+        Contestant { label, rule: rule.into(), hidden_matrix: None }
     }
 
-    /// Trains; `tick` is called after every step.
+    /// The same, with `rule` for the hidden layer's weight matrix.
+    pub fn with_hidden_matrix(mut self, rule: impl Into<Rule>) -> Contestant {
+        self.hidden_matrix = Some(rule.into());
+        self
+    }
+
+    /// The learning rates, as the table shows them.
+    pub fn lr(&self) -> String {
+        match self.hidden_matrix {
+            Some(matrix) => format!("{} / {}", matrix.options().lr, self.rule.options().lr),
+            None => self.rule.options().lr.to_string(),
+        }
+    }
+
+    /// An optimizer for the network: the rule for the hidden layer (or the hidden matrix's
+    /// rule for its weight), and the output layer in a group of its own whose learning rate is
+    /// scaled by [`OUTPUT_LR_SCALE`].
+    fn optimizer(&self) -> Result<Optimizer<Rule, f32>, Box<dyn Error>> {
+        let mut output = self.rule;
+        *output.lr_mut() *= OUTPUT_LR_SCALE;
+        let mut optimizer = Optimizer::new(self.rule)?;
+        optimizer.add_group(OUTPUT_GROUP, output)?;
+        optimizer.assign(OUTPUT_WEIGHT, OUTPUT_GROUP)?;
+        optimizer.assign(OUTPUT_BIAS, OUTPUT_GROUP)?;
+        if let Some(matrix) = self.hidden_matrix {
+            optimizer.add_group(HIDDEN_MATRIX_GROUP, matrix)?;
+            optimizer.assign(HIDDEN_WEIGHT, HIDDEN_MATRIX_GROUP)?;
+        }
+        Ok(optimizer)
+    }
+
+    /// Trains the whole run, checkpointing midway, then trains the second half again from the
+    /// checkpoint in a fresh optimizer and compares the two ends; `tick` is called after every
+    /// step.
     pub fn run(&self, setup: &Setup, tick: &dyn Fn()) -> Result<Outcome, Box<dyn Error>> {
-        (self.run)(setup, tick)
+        let start = Instant::now();
+        let mut optimizer = self.optimizer()?;
+        let mut model = setup.init.clone();
+        let (images, labels) = (setup.train.images.view(), setup.train.labels.as_slice());
+        let mut curve = vec![(0, model.loss(images, labels))];
+        let midway = setup.midway();
+        run_epochs(&mut optimizer, &mut model, setup, 0..midway, Some(&mut curve), tick)?;
+
+        // The checkpoint: the optimizer as JSON bytes, as it would be written to a file.
+        let checkpoint = serde_json::to_vec(&optimizer)?;
+        let model_at_checkpoint = model.clone();
+
+        let second_half = midway..setup.epochs();
+        run_epochs(&mut optimizer, &mut model, setup, second_half.clone(), Some(&mut curve), tick)?;
+        let elapsed = start.elapsed();
+
+        let mut resumed_optimizer: Optimizer<Rule, f32> = serde_json::from_slice(&checkpoint)?;
+        let mut resumed_model = model_at_checkpoint;
+        run_epochs(&mut resumed_optimizer, &mut resumed_model, setup, second_half, None, tick)?;
+
+        Ok(Outcome {
+            train_loss: model.loss(images, labels),
+            test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
+            steps: optimizer.step_count(HIDDEN_WEIGHT).unwrap_or(0),
+            curve,
+            resume_identical: resumed_model == model && resumed_optimizer == optimizer,
+            elapsed,
+        })
     }
-}
-
-/// An optimizer for the network: `rule` for the hidden layer, and the output layer in a group
-/// of its own whose learning rate is scaled by [`OUTPUT_LR_SCALE`].
-fn optimizer<R: UpdateRule>(rule: R) -> Result<Optimizer<R, f32>, Box<dyn Error>> {
-    let mut output = rule.clone();
-    *output.lr_mut() *= OUTPUT_LR_SCALE;
-    let mut optimizer = Optimizer::new(rule)?;
-    optimizer.add_group(OUTPUT_GROUP, output)?;
-    optimizer.assign(OUTPUT_WEIGHT, OUTPUT_GROUP)?;
-    optimizer.assign(OUTPUT_BIAS, OUTPUT_GROUP)?;
-    Ok(optimizer)
-}
-
-/// Trains the whole run with `rule`, checkpointing midway, then trains the second half again
-/// from the checkpoint in a fresh optimizer and compares the two ends.
-fn train<R>(rule: R, setup: &Setup, tick: &dyn Fn()) -> Result<Outcome, Box<dyn Error>>
-where
-    R: UpdateRule + Serialize + DeserializeOwned,
-{
-    let start = Instant::now();
-    let mut optimizer = optimizer(rule)?;
-    let mut model = setup.init.clone();
-    let (images, labels) = (setup.train.images.view(), setup.train.labels.as_slice());
-    let mut curve = vec![(0, model.loss(images, labels))];
-    let midway = setup.midway();
-    run_epochs(&mut optimizer, &mut model, setup, 0..midway, Some(&mut curve), tick)?;
-
-    // The checkpoint: the optimizer as JSON bytes, as it would be written to a file.
-    let checkpoint = serde_json::to_vec(&optimizer)?;
-    let model_at_checkpoint = model.clone();
-
-    let second_half = midway..setup.epochs();
-    run_epochs(&mut optimizer, &mut model, setup, second_half.clone(), Some(&mut curve), tick)?;
-    let elapsed = start.elapsed();
-
-    let mut resumed_optimizer: Optimizer<R, f32> = serde_json::from_slice(&checkpoint)?;
-    let mut resumed_model = model_at_checkpoint;
-    run_epochs(&mut resumed_optimizer, &mut resumed_model, setup, second_half, None, tick)?;
-
-    Ok(Outcome {
-        train_loss: model.loss(images, labels),
-        test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
-        steps: optimizer.step_count(HIDDEN_WEIGHT).unwrap_or(0),
-        curve,
-        resume_identical: resumed_model == model && resumed_optimizer == optimizer,
-        elapsed,
-    })
 }
 
 /// Trains through `epochs`, appending the training loss to `curve`, if given, every
 /// [`LOG_EVERY`] steps and after the last.
-fn run_epochs<R: UpdateRule>(
-    optimizer: &mut Optimizer<R, f32>,
+fn run_epochs(
+    optimizer: &mut Optimizer<Rule, f32>,
     model: &mut Mlp,
     setup: &Setup,
     epochs: Range<usize>,

@@ -108,7 +108,11 @@ impl<'a> Header<'a> {
             .and_then(|version| version.parse::<u32>().ok())
             .ok_or_else(|| corrupt("the header has no format version"))?;
         if !(1..=VERSION).contains(&version) {
-            return Err(Error::UnsupportedCheckpoint { format: FORMAT.to_owned(), version });
+            return Err(Error::UnsupportedCheckpoint {
+                format: FORMAT.to_owned(),
+                version,
+                newest: VERSION,
+            });
         }
         let &[_, _, encoding, rule, dtype, length, crc] = fields.as_slice() else {
             return Err(corrupt(format!("the header has {} fields, not 7", fields.len())));

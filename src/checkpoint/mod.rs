@@ -119,6 +119,7 @@ use hashbrown::HashMap;
 
 use ndarray::Order;
 
+use crate::check::check_lr;
 use crate::clip::Clip;
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -131,9 +132,9 @@ use crate::rule::UpdateRule;
 mod file;
 mod report;
 
+pub use crate::report::{LoadMode, LoadReport, ShapeMismatch};
 #[cfg(feature = "serde")]
 pub use file::Encoding;
-pub use report::{LoadMode, LoadReport, ShapeMismatch};
 
 /// The format name written into every checkpoint.
 pub const FORMAT: &str = "ndarray-optim";
@@ -506,13 +507,8 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             registry.add_group(&group.name, group.hyper)?;
         }
         for (group, lr) in registry.groups.iter_mut().zip(scheduled) {
-            if let Some(value) = lr.filter(|lr| !(lr.is_finite() && *lr >= 0.0)) {
-                return Err(Error::InvalidHyperparameter {
-                    rule: R::NAME,
-                    key: "lr",
-                    value,
-                    requirement: "finite and >= 0 (a scheduled rate)",
-                });
+            if let Some(lr) = lr {
+                check_lr(group.hyper.name(), lr)?;
             }
             group.scheduled_lr = lr;
         }
@@ -540,7 +536,11 @@ pub(crate) fn check_kind<R: UpdateRule, A: Element>(
     dtype: &str,
 ) -> Result<()> {
     if format != FORMAT || !(1..=VERSION).contains(&version) {
-        return Err(Error::UnsupportedCheckpoint { format: format.to_owned(), version });
+        return Err(Error::UnsupportedCheckpoint {
+            format: format.to_owned(),
+            version,
+            newest: VERSION,
+        });
     }
     if rule != R::NAME {
         return Err(Error::CheckpointMismatch {

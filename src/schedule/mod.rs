@@ -73,6 +73,7 @@
 
 use core::f64::consts::PI;
 
+use crate::check::{check_count, check_lr, check_non_negative, check_positive, require};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::optimizer::Optimizer;
@@ -300,37 +301,6 @@ mod defaults {
     }
 }
 
-fn invalid(
-    schedule: &'static str,
-    key: &'static str,
-    value: f64,
-    requirement: &'static str,
-) -> Error {
-    Error::InvalidHyperparameter { rule: schedule, key, value, requirement }
-}
-
-fn check(
-    ok: bool,
-    schedule: &'static str,
-    key: &'static str,
-    value: f64,
-    requirement: &'static str,
-) -> Result<()> {
-    if ok { Ok(()) } else { Err(invalid(schedule, key, value, requirement)) }
-}
-
-fn positive(schedule: &'static str, key: &'static str, value: f64) -> Result<()> {
-    check(value.is_finite() && value > 0.0, schedule, key, value, "finite and > 0")
-}
-
-fn non_negative(schedule: &'static str, key: &'static str, value: f64) -> Result<()> {
-    check(value.is_finite() && value >= 0.0, schedule, key, value, "finite and >= 0")
-}
-
-fn at_least_one(schedule: &'static str, key: &'static str, value: u64) -> Result<()> {
-    check(value >= 1, schedule, key, value as f64, ">= 1")
-}
-
 impl Schedule {
     /// The schedule's name in errors, e.g. `"cosine"` (its serde `kind`).
     pub fn name(&self) -> &'static str {
@@ -352,20 +322,20 @@ impl Schedule {
         let name = self.name();
         match *self {
             Schedule::Step { step_size, gamma } => {
-                at_least_one(name, "step_size", step_size)?;
-                positive(name, "gamma", gamma)
+                check_count(name, "step_size", step_size)?;
+                check_positive(name, "gamma", gamma)
             }
-            Schedule::Exponential { gamma } => positive(name, "gamma", gamma),
+            Schedule::Exponential { gamma } => check_positive(name, "gamma", gamma),
             Schedule::Cosine { t_max, eta_min } => {
-                at_least_one(name, "t_max", t_max)?;
-                non_negative(name, "eta_min", eta_min)?;
+                check_count(name, "t_max", t_max)?;
+                check_non_negative(name, "eta_min", eta_min)?;
                 // The recursion divides by 1 + cos(π (t − 1) / T), which is smallest one step
                 // either side of the trough; past about 3·10^8 it rounds to 0 there
                 // (PyTorch's division by zero).
                 let period = t_max as f64;
                 let divisor = |t: f64| 1.0 + (PI * t / period).cos();
                 let ok = t_max == 1 || (divisor(period - 1.0) > 0.0 && divisor(period + 1.0) > 0.0);
-                check(
+                require(
                     ok,
                     name,
                     "t_max",
@@ -374,26 +344,26 @@ impl Schedule {
                 )
             }
             Schedule::CosineRestarts { t_0, t_mult, eta_min } => {
-                at_least_one(name, "t_0", t_0)?;
-                at_least_one(name, "t_mult", t_mult)?;
-                non_negative(name, "eta_min", eta_min)
+                check_count(name, "t_0", t_0)?;
+                check_count(name, "t_mult", t_mult)?;
+                check_non_negative(name, "eta_min", eta_min)
             }
             Schedule::Linear { start_factor, end_factor, total_iters } => {
                 let start_ok = start_factor > 0.0 && start_factor <= 1.0;
-                check(start_ok, name, "start_factor", start_factor, "in (0, 1]")?;
+                require(start_ok, name, "start_factor", start_factor, "in (0, 1]")?;
                 let end_ok = (0.0..=1.0).contains(&end_factor);
-                check(end_ok, name, "end_factor", end_factor, "in [0, 1]")?;
-                at_least_one(name, "total_iters", total_iters)
+                require(end_ok, name, "end_factor", end_factor, "in [0, 1]")?;
+                check_count(name, "total_iters", total_iters)
             }
             Schedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor } => {
-                positive(name, "max_lr", max_lr)?;
-                at_least_one(name, "total_steps", total_steps)?;
+                check_positive(name, "max_lr", max_lr)?;
+                check_count(name, "total_steps", total_steps)?;
                 let pct_ok = (0.0..=1.0).contains(&pct_start);
-                check(pct_ok, name, "pct_start", pct_start, "in [0, 1]")?;
-                positive(name, "div_factor", div_factor)?;
-                positive(name, "final_div_factor", final_div_factor)?;
+                require(pct_ok, name, "pct_start", pct_start, "in [0, 1]")?;
+                check_positive(name, "div_factor", div_factor)?;
+                check_positive(name, "final_div_factor", final_div_factor)?;
                 let initial = max_lr / div_factor;
-                check(
+                require(
                     initial.is_finite(),
                     name,
                     "div_factor",
@@ -401,7 +371,7 @@ impl Schedule {
                     "such that max_lr / div_factor is finite",
                 )?;
                 let min = initial / final_div_factor;
-                check(
+                require(
                     min.is_finite(),
                     name,
                     "final_div_factor",
@@ -415,7 +385,7 @@ impl Schedule {
                 let rise_ok = rise_end != 0.0;
                 let fall_ok = (total_steps - 1) as f64 - rise_end != 0.0;
                 let requirement = "such that pct_start · total_steps is neither 1 nor total_steps (a phase of length 0)";
-                check(rise_ok && fall_ok, name, "pct_start", pct_start, requirement)
+                require(rise_ok && fall_ok, name, "pct_start", pct_start, requirement)
             }
         }
     }
@@ -950,15 +920,8 @@ fn set_rates<R: UpdateRule, A: Element>(
     rate: impl Fn(f64, Option<f64>) -> Result<f64>,
 ) -> Result<()> {
     let mut groups = optimizer.registry.groups.iter();
-    if let Some(error) = groups.find_map(|group| match rate(group.base_lr(), group.scheduled_lr) {
-        Ok(value) if value.is_finite() && value >= 0.0 => None,
-        Ok(value) => Some(Error::InvalidHyperparameter {
-            rule: "schedule",
-            key: "lr",
-            value,
-            requirement: "finite and >= 0",
-        }),
-        Err(error) => Some(error),
+    if let Some(error) = groups.find_map(|group| {
+        rate(group.base_lr(), group.scheduled_lr).and_then(|lr| check_lr("schedule", lr)).err()
     }) {
         return Err(error);
     }

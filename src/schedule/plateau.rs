@@ -1,7 +1,8 @@
 //! [`ReduceLrOnPlateau`]: a schedule driven by a metric rather than by the step count.
 
+use crate::check::{check_decay, check_non_negative, require};
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::optimizer::Optimizer;
 use crate::rule::UpdateRule;
 
@@ -107,33 +108,23 @@ impl ReduceLrOnPlateau {
     /// Checks the settings' ranges and that the position is one stepping reaches.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] with rule `"plateau"` and the key out of range (a
+    /// [`Error::InvalidHyperparameter`](crate::Error::InvalidHyperparameter) with rule `"plateau"` and the key out of range (a
     /// `best` of NaN, a `num_bad_epochs` above `patience` or a `cooldown_counter` above
     /// `cooldown` among them).
     pub fn validate(&self) -> Result<()> {
-        let invalid = |key, value, requirement| {
-            Err(Error::InvalidHyperparameter { rule: "plateau", key, value, requirement })
-        };
-        if !(0.0..1.0).contains(&self.factor) {
-            return invalid("factor", self.factor, "in [0, 1)");
-        }
+        const OWNER: &str = "plateau";
+        check_decay(OWNER, "factor", self.factor)?;
         for (key, value) in
             [("threshold", self.threshold), ("min_lr", self.min_lr), ("eps", self.eps)]
         {
-            if !(value.is_finite() && value >= 0.0) {
-                return invalid(key, value, "finite and >= 0");
-            }
+            check_non_negative(OWNER, key, value)?;
         }
-        if let Some(best) = self.best.filter(|best| best.is_nan()) {
-            return invalid("best", best, "a number (not NaN)");
+        if let Some(best) = self.best {
+            require(!best.is_nan(), OWNER, "best", best, "a number (not NaN)")?;
         }
-        if self.num_bad_epochs > self.patience {
-            return invalid("num_bad_epochs", self.num_bad_epochs as f64, "<= patience");
-        }
-        if self.cooldown_counter > self.cooldown {
-            return invalid("cooldown_counter", self.cooldown_counter as f64, "<= cooldown");
-        }
-        Ok(())
+        let (bad, cooling) = (self.num_bad_epochs, self.cooldown_counter);
+        require(bad <= self.patience, OWNER, "num_bad_epochs", bad as f64, "<= patience")?;
+        require(cooling <= self.cooldown, OWNER, "cooldown_counter", cooling as f64, "<= cooldown")
     }
 
     /// Whether `metric` improves on the best so far; before the first metric, any number
@@ -152,7 +143,7 @@ impl ReduceLrOnPlateau {
     /// stalled.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] for settings out of range; nothing changes then.
+    /// [`Error::InvalidHyperparameter`](crate::Error::InvalidHyperparameter) for settings out of range; nothing changes then.
     pub fn step<R: UpdateRule, A: Element>(
         &mut self,
         optimizer: &mut Optimizer<R, A>,
