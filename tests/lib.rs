@@ -22,3 +22,4 @@ mod report;
 mod schedules;
 mod shard;
 mod training;
+mod v1_checkpoints;
