@@ -53,15 +53,25 @@ impl<'a, A: Element> TensorView<'a, A> {
         self.state.map(|state| state.shape.as_slice())
     }
 
-    /// Every state buffer with its name (PyTorch's, e.g. `"exp_avg"`), in the order of
-    /// [`UpdateRule::state_names`], viewed with the tensor's shape; none before the first step.
+    /// Every state buffer with its name (PyTorch's, e.g. `"exp_avg"`): the per-element ones
+    /// in the order of [`UpdateRule::state_names`], viewed with the tensor's shape, then those
+    /// of [`UpdateRule::shaped_state`] (e.g. Adafactor's `"row_var"` and `"col_var"`), each
+    /// viewed with its own shape; none before the first step.
     pub fn buffers(
         &self,
     ) -> impl ExactSizeIterator<Item = (&'static str, ArrayView<'a, A, IxDyn>)> {
         let state = self.state;
         let names = if state.is_some() { self.state_names } else { &[] };
-        names.iter().enumerate().map(move |(index, &name)| {
-            (name, state.expect("names are empty without state").buffer(index))
+        let shaped = state.map_or(&[][..], |state| state.shaped_layout.as_slice());
+        (0..names.len() + shaped.len()).map(move |index| {
+            let state = state.expect("there are no buffers without state");
+            match names.get(index) {
+                Some(&name) => (name, state.buffer(index)),
+                None => {
+                    let index = index - names.len();
+                    (shaped[index].0, state.shaped_buffer(index))
+                }
+            }
         })
     }
 
@@ -77,8 +87,9 @@ impl<'a, A: Element> TensorView<'a, A> {
         self.buffers().find(|&(buffer, _)| buffer == name).map(|(_, view)| view)
     }
 
-    /// Bytes of memory the tensor's state buffers occupy: buffers × elements × the element's
-    /// size. The name, shape and step count (a few dozen bytes) are not counted.
+    /// Bytes of memory the tensor's state buffers occupy: the values of every buffer, per-element
+    /// and shaped, times the element's size. The name, shape, step count and the rule's working
+    /// memory are not counted.
     pub fn bytes(&self) -> usize {
         self.state.map_or(0, TensorState::bytes)
     }

@@ -303,6 +303,8 @@ impl<'a, A: Element> TensorStep<'a, A> {
         let numel = param.len();
         let (elementwise, shaped) = state.split_at_mut(N * numel);
         let buffers = buffer_views::<A, IxDyn, N>(elementwise, param.raw_dim(), order);
+        // The rule runs its own loops, none of the kernel's: tests must not see a stale path.
+        TAKEN_PATH.with(|taken_path| taken_path.set(None));
         Split { param, grad, buffers, shaped, scratch, scalars, stage }
     }
 

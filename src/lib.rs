@@ -1,11 +1,11 @@
 //! Gradient-descent optimizers for [`ndarray`], exact to the bit and fast.
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
-//! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`]) steps named parameter
-//! tensors of any shape, dimension and memory layout, in `f32` or `f64`, through one
-//! [`Optimizer`]. State lives under each tensor's name, created on its first step;
-//! [`ParamGroup`]s give sets of tensors their own hyperparameters, as PyTorch's param groups
-//! do.
+//! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
+//! [`Adafactor`]) steps named parameter tensors of any shape, dimension and memory layout, in
+//! `f32` or `f64`, through one [`Optimizer`]. State lives under each tensor's name, created on
+//! its first step; [`ParamGroup`]s give sets of tensors their own hyperparameters, as
+//! PyTorch's param groups do.
 //!
 //! ```
 //! use ndarray::{Array1, Array2, Axis, array};
@@ -39,10 +39,13 @@
 //! | [`Adamax`] | $u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t} m / u$ | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`NAdam`] | see its page | 2, and 1 scalar | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8, ψ 0.004 |
 //! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`Lamb`] | Adam's direction $u$ (+ λθ), times $\lVert\theta\rVert / \lVert u\rVert$ per tensor | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-6 |
+//! | [`Adafactor`] | see its page | row and column statistics (1 for 0-D and 1-D tensors) | η 0.01, $c$ −0.8, ε₂ 1e-3, $d$ 1 |
 //!
-//! Every rule also has PyTorch's options with PyTorch's defaults: `weight_decay` (L2, λθ
-//! added to the gradient; decoupled in [`AdamW`] and optionally in [`NAdam`] and [`RAdam`])
-//! and `maximize`, and per rule `dampening` ([`Momentum`]), `lr_decay` and
+//! Every rule also has its reference's options with its defaults: `weight_decay` (L2, λθ
+//! added to the gradient; decoupled in [`AdamW`] and [`Adafactor`] and optionally in [`NAdam`]
+//! and [`RAdam`]; in [`Lamb`], as optax's, added to the direction before the trust ratio) and
+//! `maximize` (PyTorch's rules), and per rule `dampening` ([`Momentum`]), `lr_decay` and
 //! `initial_accumulator_value` ([`Adagrad`]), `momentum` and `centered` ([`RmsProp`]),
 //! `amsgrad` ([`Adam`], [`AdamW`]), `momentum_decay` ([`NAdam`]). Options at their defaults
 //! leave a rule's arithmetic exactly as without them.
@@ -55,11 +58,13 @@
 //! files, load reports against a changed model, [`TensorView`] introspection), and can be
 //! sharded across data-parallel ranks ([`shard`]).
 //!
-//! Every rule runs through one fused kernel: a single pass over parameter, gradient and
-//! state per step, on flat slices when the arrays are contiguous in one memory order (a
-//! vector loop compiled for SSE2, AVX2 and AVX-512 and picked at run time, split over threads
-//! with the `rayon` feature) and through [`ndarray::Zip`] otherwise, with the same arithmetic
-//! on every path, so results never depend on layout, CPU or thread count.
+//! Every elementwise rule runs through one fused kernel: a single pass over parameter,
+//! gradient and state per step, on flat slices when the arrays are contiguous in one memory
+//! order (a vector loop compiled for SSE2, AVX2 and AVX-512 and picked at run time, split over
+//! threads with the `rayon` feature) and through [`ndarray::Zip`] otherwise, with the same
+//! arithmetic on every path, so results never depend on layout, CPU or thread count. The
+//! rules that need whole tensors ([`Lamb`]'s norms, [`Adafactor`]'s row and column
+//! statistics) reduce in logical order ([`sum_in_order`]), with the same guarantee.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -94,7 +99,8 @@ pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Rule, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Lamb, Momentum, NAdam, Nesterov, RAdam,
+    RmsProp, Rule, Sgd,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

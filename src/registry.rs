@@ -112,6 +112,9 @@ pub(crate) struct TensorState<A> {
     pub(crate) buffers: Vec<A>,
     /// How many of the buffers are per-element ones.
     pub(crate) elementwise: usize,
+    /// Name and shape of each shaped buffer, as [`UpdateRule::shaped_state`] gave them when
+    /// the state was created, so that views and checkpoints find them without the rule.
+    pub(crate) shaped_layout: Vec<(&'static str, Vec<usize>)>,
     /// The rule's working memory: no state, never compared or checkpointed.
     pub(crate) scratch: Vec<A>,
     /// The rule's per-tensor scalars, one per name in [`UpdateRule::scalar_names`].
@@ -141,6 +144,7 @@ impl<A: Element> TensorState<A> {
             order_pending: false,
             buffers,
             elementwise: names.len(),
+            shaped_layout: shaped,
             scratch: vec![A::zero(); hyper.scratch_len(shape)],
             scalars,
         }
@@ -157,6 +161,7 @@ impl<A> TensorState<A> {
             order_pending: false,
             buffers: Vec::new(),
             elementwise: 0,
+            shaped_layout: Vec::new(),
             scratch: Vec::new(),
             scalars: Vec::new(),
         }
@@ -179,6 +184,16 @@ impl<A> TensorState<A> {
     /// The shaped buffers, one after the other, row-major.
     pub(crate) fn shaped(&self) -> &[A] {
         &self.buffers[self.elementwise * self.numel()..]
+    }
+
+    /// Shaped buffer `index` (of [`shaped_layout`](Self::shaped_layout)) viewed with its own
+    /// shape.
+    pub(crate) fn shaped_buffer(&self, index: usize) -> ArrayView<'_, A, IxDyn> {
+        let len = |shape: &Vec<usize>| shape.iter().product::<usize>();
+        let start: usize = self.shaped_layout[..index].iter().map(|(_, shape)| len(shape)).sum();
+        let shape = &self.shaped_layout[index].1;
+        ArrayView::from_shape(IxDyn(shape), &self.shaped()[start..start + len(shape)])
+            .expect("the shaped buffers hold exactly the elements of their shapes")
     }
 }
 
@@ -238,6 +253,7 @@ impl<A: PartialEq> PartialEq for TensorState<A> {
             && self.shape == other.shape
             && self.scalars == other.scalars
             && self.elementwise == other.elementwise
+            && self.shaped_layout == other.shaped_layout
             && (0..self.elementwise).all(|index| self.buffer(index) == other.buffer(index))
             && self.shaped() == other.shaped()
     }

@@ -2,8 +2,8 @@
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Element, EpsPlacement, Momentum, NAdam, Nesterov,
-    RAdam, RmsProp, Sgd, UpdateRule,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Element, EpsPlacement, Lamb, Momentum,
+    NAdam, Nesterov, RAdam, RmsProp, Sgd, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -96,6 +96,18 @@ pub fn for_each_rule(check: &mut impl RuleCheck) {
                 ..RAdam::default()
             });
         }
+        check.check::<_, A>(Lamb { lr: 0.01, ..Lamb::default() });
+        check.check::<_, A>(Lamb { lr: 0.01, eps_root: 1e-8, weight_decay, ..Lamb::default() });
+        check.check::<_, A>(Adafactor::default());
+        check.check::<_, A>(Adafactor {
+            lr: 0.05,
+            beta2_decay: -0.5,
+            eps1: Some(1e-10),
+            eps2: 1e-2,
+            d: 2.0,
+            weight_decay,
+            maximize,
+        });
     }
     rules::<f32>(check);
     rules::<f64>(check);

@@ -2,8 +2,8 @@
 
 use ndarray::{Array1, Array2, array};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, EpsPlacement, Error, Momentum, Nesterov, Optimizer, RmsProp, Sgd,
-    UpdateRule,
+    Adadelta, Adafactor, Adagrad, Adam, EpsPlacement, Error, Lamb, Momentum, Nesterov, Optimizer,
+    RmsProp, Sgd, UpdateRule,
 };
 
 /// An Adam optimizer with two groups and two stepped tensors.
@@ -117,6 +117,37 @@ fn invalid_hyperparameters() {
         })
         .is_ok()
     );
+}
+
+/// Lamb checks its own weight decay (the driver sees none), Adafactor its exponent, floors
+/// and clipping threshold with PyTorch's ranges.
+#[test]
+fn invalid_hyperparameters_of_lamb_and_adafactor() {
+    for lr in BAD_LR {
+        assert_invalid(Lamb { lr, ..Lamb::default() }, "lr");
+        assert_invalid(Adafactor { lr, ..Adafactor::default() }, "lr");
+    }
+    for decay in BAD_DECAY {
+        assert_invalid(Lamb { beta1: decay, ..Lamb::default() }, "beta1");
+        assert_invalid(Lamb { beta2: decay, ..Lamb::default() }, "beta2");
+    }
+    for eps in BAD_EPS {
+        assert_invalid(Lamb { eps, ..Lamb::default() }, "eps");
+        assert_invalid(Lamb { eps_root: eps, ..Lamb::default() }, "eps_root");
+        assert_invalid(Lamb { weight_decay: eps, ..Lamb::default() }, "weight_decay");
+        assert_invalid(Adafactor { eps1: Some(eps), ..Adafactor::default() }, "eps1");
+        assert_invalid(Adafactor { eps2: eps, ..Adafactor::default() }, "eps2");
+        assert_invalid(Adafactor { weight_decay: eps, ..Adafactor::default() }, "weight_decay");
+    }
+    for beta2_decay in [0.1, f64::NAN, f64::NEG_INFINITY] {
+        assert_invalid(Adafactor { beta2_decay, ..Adafactor::default() }, "beta2_decay");
+    }
+    for d in [0.5, 0.0, f64::NAN, f64::INFINITY] {
+        assert_invalid(Adafactor { d, ..Adafactor::default() }, "d");
+    }
+    // The edges: β₂ decay 0 (a constant weight of 1), d 1, ε₁ 0.
+    let edges = Adafactor { beta2_decay: 0.0, d: 1.0, eps1: Some(0.0), ..Adafactor::default() };
+    assert!(Optimizer::<_, f32>::new(edges).is_ok());
 }
 
 #[test]

@@ -184,3 +184,13 @@ pub(crate) fn assert_rule_v2(rule: &str) {
         }
     }
 }
+
+#[test]
+fn lamb_matches_optax() {
+    assert_rule_v2("lamb");
+}
+
+#[test]
+fn adafactor_matches_pytorch() {
+    assert_rule_v2("adafactor");
+}

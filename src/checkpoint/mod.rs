@@ -242,7 +242,8 @@ pub struct StateRecord<A> {
     pub step: u64,
     /// The tensor's shape.
     pub shape: Vec<usize>,
-    /// The rule's buffers in the order of [`UpdateRule::state_names`].
+    /// The rule's buffers: the per-element ones in the order of [`UpdateRule::state_names`],
+    /// then those of [`UpdateRule::shaped_state`], each with the values of its own shape.
     pub buffers: Vec<BufferRecord<A>>,
     /// The rule's per-tensor scalars in the order of [`UpdateRule::scalar_names`] (always
     /// written, since postcard has no optional fields; JSON without it reads as none).
@@ -401,6 +402,7 @@ fn restore_state<A: Element, R: UpdateRule>(
         order_pending: true,
         buffers,
         elementwise: state_names.len(),
+        shaped_layout: shaped,
         scalars: record.scalars.iter().map(|scalar| scalar.value).collect(),
     })
 }

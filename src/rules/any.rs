@@ -5,7 +5,8 @@ use crate::error::Result;
 use crate::kernel::TensorStep;
 use crate::rule::{Options, UpdateRule};
 use crate::rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Lamb, Momentum, NAdam, Nesterov, RAdam,
+    RmsProp, Sgd,
 };
 
 macro_rules! rules {
@@ -216,4 +217,6 @@ rules! {
     Adamax => "adamax",
     NAdam => "nadam",
     RAdam => "radam",
+    Lamb => "lamb",
+    Adafactor => "adafactor",
 }

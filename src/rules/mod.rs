@@ -2,11 +2,13 @@
 //! coefficients and per-element math.
 
 mod adadelta;
+mod adafactor;
 mod adagrad;
 pub(crate) mod adam;
 mod adamax;
 mod adamw;
 mod any;
+mod lamb;
 mod momentum;
 mod nadam;
 mod nesterov;
@@ -15,11 +17,13 @@ mod rmsprop;
 mod sgd;
 
 pub use adadelta::Adadelta;
+pub use adafactor::Adafactor;
 pub use adagrad::Adagrad;
 pub use adam::Adam;
 pub use adamax::Adamax;
 pub use adamw::AdamW;
 pub use any::Rule;
+pub use lamb::Lamb;
 pub use momentum::Momentum;
 pub use nadam::NAdam;
 pub use nesterov::Nesterov;
