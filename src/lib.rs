@@ -3,9 +3,10 @@
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`]) steps named parameter
 //! tensors of any shape, dimension and memory layout, in `f32` or `f64`, through one
-//! [`Optimizer`]. State lives under each tensor's name, created on its first step;
-//! [`ParamGroup`]s give sets of tensors their own hyperparameters, as PyTorch's param groups
-//! do.
+//! [`Optimizer`]; [`Muon`] steps the matrices, in a group of its own beside another rule for
+//! the other tensors ([`Rule`]). State lives under each tensor's name, created on its first
+//! step; [`ParamGroup`]s give sets of tensors their own hyperparameters, as PyTorch's param
+//! groups do.
 //!
 //! ```
 //! use ndarray::{Array1, Array2, Axis, array};
@@ -39,6 +40,7 @@
 //! | [`Adamax`] | $u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t} m / u$ | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`NAdam`] | see its page | 2, and 1 scalar | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8, ψ 0.004 |
 //! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`Muon`] | $\theta \leftarrow \theta(1 - \eta\lambda) - \eta\, r\, \mathrm{NS}_k(\text{Nesterov momentum})$, matrices only | 1 | η 0.001, λ 0.1, μ 0.95, k 5 |
 //!
 //! Every rule also has PyTorch's options with PyTorch's defaults: `weight_decay` (L2, λθ
 //! added to the gradient; decoupled in [`AdamW`] and optionally in [`NAdam`] and [`RAdam`])
@@ -92,7 +94,8 @@ pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Rule, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, AdjustLr, Momentum, Muon, NAdam, Nesterov, RAdam,
+    RmsProp, Rule, Sgd,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

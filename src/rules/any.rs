@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::kernel::TensorStep;
 use crate::rule::{Options, UpdateRule};
 use crate::rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, Muon, NAdam, Nesterov, RAdam, RmsProp, Sgd,
 };
 
 macro_rules! rules {
@@ -216,4 +216,5 @@ rules! {
     Adamax => "adamax",
     NAdam => "nadam",
     RAdam => "radam",
+    Muon => "muon",
 }
