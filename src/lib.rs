@@ -3,9 +3,10 @@
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
 //! [`Adafactor`]) steps named parameter tensors of any shape, dimension and memory layout, in
-//! `f32` or `f64`, through one [`Optimizer`]. State lives under each tensor's name, created on
-//! its first step; [`ParamGroup`]s give sets of tensors their own hyperparameters, as
-//! PyTorch's param groups do.
+//! `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps the matrices, in a group of its
+//! own beside another rule for the other tensors ([`Rule`]). State lives under each tensor's
+//! name, created on its first step; [`ParamGroup`]s give sets of tensors their own
+//! hyperparameters, as PyTorch's param groups do.
 //!
 //! ```
 //! use ndarray::{Array1, Array2, Axis, array};
@@ -41,6 +42,7 @@
 //! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`Lamb`] | Adam's direction $u$ (+ λθ), times $\lVert\theta\rVert / \lVert u\rVert$ per tensor | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-6 |
 //! | [`Adafactor`] | see its page | row and column statistics (1 for 0-D and 1-D tensors) | η 0.01, $c$ −0.8, ε₂ 1e-3, $d$ 1 |
+//! | [`Muon`] | $\theta \leftarrow \theta(1 - \eta\lambda) - \eta\, r\, \mathrm{NS}_k(\text{Nesterov momentum})$, matrices only | 1 | η 0.001, λ 0.1, μ 0.95, k 5 |
 //!
 //! Every rule also has its reference's options with its defaults: `weight_decay` (L2, λθ
 //! added to the gradient; decoupled in [`AdamW`] and [`Adafactor`] and optionally in [`NAdam`]
@@ -99,8 +101,8 @@ pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
-    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Lamb, Momentum, NAdam, Nesterov, RAdam,
-    RmsProp, Rule, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, AdjustLr, Lamb, Momentum, Muon, NAdam,
+    Nesterov, RAdam, RmsProp, Rule, Sgd,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

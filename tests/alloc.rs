@@ -223,3 +223,57 @@ impl RuleCheck for NoAllocationOnThreads {
 fn steady_state_steps_on_threads_do_not_allocate() {
     for_each_rule(&mut NoAllocationOnThreads(None));
 }
+
+/// Muon (matrices only, so not in `for_each_rule`) keeps its Newton–Schulz matrices in the
+/// state's working memory: once every tensor has state, its steps allocate nothing, tall and
+/// wide, in every layout, beside AdamW's tensors in one optimizer.
+#[test]
+fn steady_state_muon_steps_do_not_allocate() {
+    use ndarray::Array1;
+    use ndarray_optim::{AdamW, AdjustLr, Muon, Rule};
+
+    fn check<A: Element>(rule: Muon) {
+        let mut opt = Optimizer::<Rule, A>::new(AdamW::default().into()).unwrap();
+        opt.add_group("hidden", rule).unwrap();
+        for name in ["tall", "f", "strided"] {
+            opt.assign(name, "hidden").unwrap();
+        }
+        let mut tall = Array2::<A>::zeros((64, 33));
+        let mut f_order = Array2::<A>::zeros((6, 7).f());
+        let mut wide = Array2::<A>::zeros((16, 40));
+        let mut bias = Array1::<A>::zeros(5);
+        let g_tall =
+            Array2::from_shape_fn((64, 33), |(i, j)| A::from_f64((i * 7 + j) as f64 / 9.0));
+        let g_f = Array2::from_shape_fn((6, 7).f(), |(i, j)| A::from_f64(i as f64 - j as f64));
+        let g_wide = Array2::from_shape_fn((16, 20), |(i, j)| A::from_f64((i + j * j) as f64));
+        let g_bias = Array1::from_elem(5, A::from_f64(1.5));
+        let mut steps = |opt: &mut Optimizer<Rule, A>| {
+            opt.step("tall", &mut tall, &g_tall).unwrap();
+            opt.step("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide).unwrap();
+            opt.step_all(&mut [
+                ParamGrad::new("bias", &mut bias, &g_bias),
+                ParamGrad::new("f", &mut f_order, &g_f),
+            ])
+            .unwrap();
+        };
+        steps(&mut opt);
+        let count = allocations(|| {
+            for _ in 0..3 {
+                steps(&mut opt);
+            }
+        });
+        assert_eq!(count, 0, "{rule:?} {}: steady-state Muon steps allocated", A::NAME);
+        assert_eq!(opt.step_count("f"), Some(4));
+        assert!(tall.iter().all(|x| x.is_finite()) && tall[[0, 1]] != A::zero());
+    }
+    let options = Muon {
+        nesterov: false,
+        ns_steps: 3,
+        adjust_lr_fn: Some(AdjustLr::MatchRmsAdamw),
+        ..Muon::default()
+    };
+    for rule in [Muon::default(), options] {
+        check::<f32>(rule);
+        check::<f64>(rule);
+    }
+}

@@ -1,9 +1,9 @@
 //! Every error variant, and that the failing call changed nothing.
 
-use ndarray::{Array1, Array2, array};
+use ndarray::{Array1, Array2, ArrayD, IxDyn, array};
 use ndarray_optim::{
-    Adadelta, Adafactor, Adagrad, Adam, EpsPlacement, Error, Lamb, Momentum, Nesterov, Optimizer,
-    RmsProp, Sgd, UpdateRule,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, EpsPlacement, Error, Lamb, Momentum, Muon, Nesterov,
+    Optimizer, RmsProp, Rule, Sgd, UpdateRule,
 };
 
 /// An Adam optimizer with two groups and two stepped tensors.
@@ -539,4 +539,81 @@ fn learning_rate_zero_freezes_every_rule() {
     let (mut opt, _) = trained();
     opt.set_lr("head", 0.0).unwrap();
     assert_eq!(opt.group("head").unwrap().lr(), 0.0);
+}
+
+#[test]
+fn invalid_muon_hyperparameters() {
+    for lr in BAD_LR {
+        assert_invalid(Muon { lr, ..Muon::default() }, "lr");
+    }
+    for weight_decay in [-0.1, f64::NAN, f64::INFINITY] {
+        assert_invalid(Muon { weight_decay, ..Muon::default() }, "weight_decay");
+    }
+    for momentum in BAD_DECAY {
+        assert_invalid(Muon { momentum, ..Muon::default() }, "momentum");
+    }
+    for eps in BAD_EPS {
+        assert_invalid(Muon { eps, ..Muon::default() }, "eps");
+    }
+    for ns_steps in [0, 100, u32::MAX] {
+        assert_invalid(Muon { ns_steps, ..Muon::default() }, "ns_steps");
+    }
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        for index in 0..3 {
+            let mut ns_coefficients = Muon::default().ns_coefficients;
+            ns_coefficients[index] = bad;
+            assert_invalid(Muon { ns_coefficients, ..Muon::default() }, "ns_coefficients");
+        }
+    }
+    // The edges of the ranges are accepted.
+    for ns_steps in [1, 99] {
+        let edges = Muon { momentum: 0.0, eps: 0.0, ns_steps, ..Muon::default() };
+        assert!(Optimizer::<_, f32>::new(edges).is_ok());
+    }
+}
+
+/// Muon steps matrices only: a vector, a scalar or a 3-D tensor in its group is refused
+/// before anything changes, alone or in a batch, and the message sends it to a group of
+/// another rule, where it steps.
+#[test]
+fn muon_refuses_tensors_that_are_not_matrices() {
+    let mut opt = Optimizer::<Rule, f64>::new(AdamW::default().into()).unwrap();
+    opt.add_group("hidden", Muon::default()).unwrap();
+    let (mut w, g_w) = (Array2::from_elem((2, 3), 0.5), Array2::from_elem((2, 3), 0.25));
+    opt.assign("w", "hidden").unwrap();
+    opt.step("w", &mut w, &g_w).unwrap();
+    for shape in [vec![3], vec![], vec![2, 1, 2]] {
+        let name = format!("odd{}", shape.len());
+        let name = name.as_str();
+        opt.assign(name, "hidden").unwrap();
+        let before = (opt.clone(), w.clone());
+        let mut odd = ArrayD::from_elem(IxDyn(&shape), 1.0);
+        let g_odd = ArrayD::from_elem(IxDyn(&shape), 0.5);
+        let expected = Error::UnsupportedShape {
+            param: name.into(),
+            rule: "muon",
+            shape: shape.clone(),
+            requirement: "only 2-D (matrix)",
+        };
+        assert_eq!(opt.step(name, &mut odd, &g_odd).unwrap_err(), expected);
+        let message = expected.to_string();
+        assert!(
+            message.contains("2-D") && message.contains("group with another rule"),
+            "{message}"
+        );
+        let err = opt
+            .step_all(&mut [
+                ParamGrad::new("w", &mut w, &g_w),
+                ParamGrad::new(name, &mut odd, &g_odd),
+            ])
+            .unwrap_err();
+        assert_eq!(err, expected);
+        assert_eq!((opt.clone(), w.clone()), before);
+        assert_eq!(odd, ArrayD::from_elem(IxDyn(&shape), 1.0));
+        assert_eq!(opt.step_count(name), None);
+        // In the default group's AdamW it steps.
+        opt.assign(name, ndarray_optim::DEFAULT_GROUP).unwrap();
+        opt.step(name, &mut odd, &g_odd).unwrap();
+        assert!(odd.iter().all(|&x| x < 1.0));
+    }
 }

@@ -2,9 +2,10 @@
 //! row-major array.
 
 use ndarray::{
-    Array, ArrayD, ArrayViewMut, Axis, Dimension, Ix0, Ix1, Ix3, Ix5, IxDyn, ShapeBuilder, Slice,
+    Array, ArrayD, ArrayViewMut, Axis, Dimension, Ix0, Ix1, Ix2, Ix3, Ix5, IxDyn, ShapeBuilder,
+    Slice,
 };
-use ndarray_optim::{Clip, Element, Optimizer, ParamGrad, UpdateRule};
+use ndarray_optim::{AdjustLr, Clip, Element, Muon, Optimizer, ParamGrad, UpdateRule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -211,5 +212,59 @@ fn clipping_by_norm_is_layout_independent() {
     for clip in [Clip::Norm { max_norm: 0.01 }, Clip::GlobalNorm { max_norm: 0.01 }] {
         check::<f32>(clip);
         check::<f64>(clip);
+    }
+}
+
+/// Muon (matrices only, so not in `for_each_rule`): its Newton–Schulz iterate is filled in
+/// logical order, so a tall, a wide and a square matrix give the same bits in every layout
+/// of parameter and gradient, and as transposed views of arrays of the other shape.
+#[test]
+fn muon_is_layout_independent() {
+    fn check<A: Element + Serialize + DeserializeOwned>(rule: Muon) {
+        for (rows, cols) in [(5, 3), (3, 7), (4, 4)] {
+            let dim = Ix2(rows, cols);
+            let plain = run::<Muon, A, Ix2>(&rule, dim, Layout::RowMajor, Layout::RowMajor);
+            for param_layout in LAYOUTS {
+                for grad_layout in LAYOUTS {
+                    let got = run::<Muon, A, Ix2>(&rule, dim, param_layout, grad_layout);
+                    assert_eq!(
+                        got,
+                        plain,
+                        "{rule:?} {} ({rows}, {cols}): param {param_layout:?}, grad {grad_layout:?}",
+                        A::NAME
+                    );
+                }
+            }
+            assert_eq!(transposed_views::<A>(&rule, rows, cols), plain.0, "{rule:?} {}", A::NAME);
+        }
+    }
+    /// The run of `run` with parameter and gradients each the transposed view of a row-major
+    /// array of shape (`cols`, `rows`).
+    fn transposed_views<A: Element + Serialize>(rule: &Muon, rows: usize, cols: usize) -> Vec<u64> {
+        let mut optimizer = Optimizer::<Muon, A>::new(*rule).unwrap();
+        let transposed = |seed| {
+            values::<A>(&[rows, cols], seed).reversed_axes().as_standard_layout().into_owned()
+        };
+        let mut param = transposed(0);
+        for step in 1..=STEPS {
+            let grad = transposed(step);
+            let (mut param, grad) = (param.view_mut().reversed_axes(), grad.view().reversed_axes());
+            assert_eq!(param.strides(), &[1, rows as isize]);
+            optimizer.step_all(&mut [ParamGrad::new("p", &mut param, &grad)]).unwrap();
+        }
+        bits(param.t().iter())
+    }
+    let options = Muon {
+        lr: 0.05,
+        weight_decay: 0.2,
+        momentum: 0.9,
+        nesterov: false,
+        ns_steps: 3,
+        adjust_lr_fn: Some(AdjustLr::SpectralUnclamped),
+        ..Muon::default()
+    };
+    for rule in [Muon { lr: 0.05, ..Muon::default() }, options] {
+        check::<f32>(rule);
+        check::<f64>(rule);
     }
 }

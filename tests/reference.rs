@@ -169,19 +169,58 @@ fn rules_v2(rule: &str) -> Vec<Fixture> {
 pub(crate) fn assert_rule_v2(rule: &str) {
     let fixtures = rules_v2(rule);
     assert_covers(&fixtures, &[rule], 50);
-    for fixture in &fixtures {
-        assert_matches(fixture);
-        let plain = bits(&replay(&fixture.case));
+    fixtures.iter().for_each(assert_matches_v2);
+}
+
+/// A case of "Rules v2" against its reference, and bit for bit the same with checkpoints
+/// every few steps and in either memory order.
+fn assert_matches_v2(fixture: &Fixture) {
+    assert_matches(fixture);
+    let plain = bits(&replay(&fixture.case));
+    let mut case = fixture.case.clone();
+    case["checkpoint_every"] = 7.into();
+    assert_eq!(bits(&replay(&case)), plain, "{} checkpoint_every 7", case["name"]);
+    for layout in ["c", "f"] {
         let mut case = fixture.case.clone();
-        case["checkpoint_every"] = 7.into();
-        assert_eq!(bits(&replay(&case)), plain, "{} checkpoint_every 7", case["name"]);
-        for layout in ["c", "f"] {
-            let mut case = fixture.case.clone();
-            for param in case["params"].as_array_mut().unwrap() {
-                param["layout"] = layout.into();
-            }
-            assert_eq!(bits(&replay(&case)), plain, "{} layout {layout}", case["name"]);
+        for param in case["params"].as_array_mut().unwrap() {
+            param["layout"] = layout.into();
         }
+        assert_eq!(bits(&replay(&case)), plain, "{} layout {layout}", case["name"]);
+    }
+}
+
+#[test]
+fn muon_matches_pytorch() {
+    assert_rule_v2("muon")
+}
+
+/// The per-group cases of `rules_v2.json` (groups naming another rule than the case's) that
+/// this test runs, by name without the dtype.
+const PER_GROUP_CASES: [&str; 1] = ["torch-adamw-muon-groups"];
+
+/// Several rules in one optimizer, each group against its own rule's reference: AdamW for
+/// vectors and scalars, Muon for the matrices of group "hidden".
+#[test]
+fn per_group_rules_match_their_references() {
+    let fixtures: Vec<Fixture> = load("rules_v2.json")
+        .into_iter()
+        .filter(|fixture| {
+            let name = fixture.case["name"].as_str().unwrap();
+            PER_GROUP_CASES.iter().any(|case| {
+                name.strip_prefix(case).is_some_and(|dtype| dtype == "-f32" || dtype == "-f64")
+            })
+        })
+        .collect();
+    assert_eq!(fixtures.len(), 2 * PER_GROUP_CASES.len(), "a per-group case is missing");
+    for fixture in &fixtures {
+        let case_rule = &fixture.case["optimizer"];
+        let groups = fixture.case["groups"].as_array().unwrap();
+        assert!(
+            groups.iter().any(|group| group.get("optimizer").is_some_and(|rule| rule != case_rule)),
+            "{}: no group of another rule",
+            fixture.case["name"]
+        );
+        assert_matches_v2(fixture);
     }
 }
 

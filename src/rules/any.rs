@@ -5,8 +5,8 @@ use crate::error::Result;
 use crate::kernel::TensorStep;
 use crate::rule::{Options, UpdateRule};
 use crate::rules::{
-    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Lamb, Momentum, NAdam, Nesterov, RAdam,
-    RmsProp, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Lamb, Momentum, Muon, NAdam, Nesterov,
+    RAdam, RmsProp, Sgd,
 };
 
 macro_rules! rules {
@@ -219,4 +219,5 @@ rules! {
     RAdam => "radam",
     Lamb => "lamb",
     Adafactor => "adafactor",
+    Muon => "muon",
 }
