@@ -1,8 +1,8 @@
 //! Gradient-descent optimizers for [`ndarray`], exact to the bit and fast.
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
-//! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`]) steps named parameter
-//! tensors of any shape, dimension and memory layout, in `f32` or `f64`, through one
+//! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lion`], [`Asgd`],
+//! [`Rprop`]) steps named parameter tensors of any shape, dimension and memory layout, in `f32` or `f64`, through one
 //! [`Optimizer`]. State lives under each tensor's name, created on its first step;
 //! [`ParamGroup`]s give sets of tensors their own hyperparameters, as PyTorch's param groups
 //! do.
@@ -39,13 +39,17 @@
 //! | [`Adamax`] | $u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t} m / u$ | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`NAdam`] | see its page | 2, and 1 scalar | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8, ψ 0.004 |
 //! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`Lion`] | $\theta \leftarrow \theta - \eta\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g)$, then $m \leftarrow \beta_2 m + (1-\beta_2) g$ | 1 | η 1e-4, β₁ 0.9, β₂ 0.99, λ 1e-3 (decoupled) |
+//! | [`Asgd`] | $\theta \leftarrow \theta(1 - \lambda_d \eta_t) - \eta_t g$, $\eta_t$ decaying; average $\bar\theta$ kept | 1, and 2 scalars | η 0.01, λ_d 1e-4, α 0.75, t₀ 1e6 |
+//! | [`Rprop`] | $\theta \leftarrow \theta - \operatorname{sign}(g)\,\delta$, δ grown or shrunk by the sign agreement of $g$ | 2 | δ₀ 0.01, η₋ 0.5, η₊ 1.2, δ ∈ [1e-6, 50] |
 //!
-//! Every rule also has PyTorch's options with PyTorch's defaults: `weight_decay` (L2, λθ
-//! added to the gradient; decoupled in [`AdamW`] and optionally in [`NAdam`] and [`RAdam`])
-//! and `maximize`, and per rule `dampening` ([`Momentum`]), `lr_decay` and
+//! Every rule from PyTorch also has PyTorch's options with PyTorch's defaults: `weight_decay`
+//! (L2, λθ added to the gradient; decoupled in [`AdamW`] and optionally in [`NAdam`] and
+//! [`RAdam`]; none in [`Rprop`]) and `maximize`, and per rule `dampening` ([`Momentum`]), `lr_decay` and
 //! `initial_accumulator_value` ([`Adagrad`]), `momentum` and `centered` ([`RmsProp`]),
 //! `amsgrad` ([`Adam`], [`AdamW`]), `momentum_decay` ([`NAdam`]). Options at their defaults
-//! leave a rule's arithmetic exactly as without them.
+//! leave a rule's arithmetic exactly as without them. [`Lion`] follows optax: decoupled
+//! `weight_decay`, no `maximize`.
 //!
 //! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
 //! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, and group
@@ -92,7 +96,8 @@ pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Rule, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lion, Momentum, NAdam, Nesterov, RAdam, RmsProp,
+    Rprop, Rule, Sgd,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

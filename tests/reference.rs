@@ -184,3 +184,18 @@ pub(crate) fn assert_rule_v2(rule: &str) {
         }
     }
 }
+
+#[test]
+fn lion_matches_optax() {
+    assert_rule_v2("lion");
+}
+
+#[test]
+fn asgd_matches_pytorch() {
+    assert_rule_v2("asgd");
+}
+
+#[test]
+fn rprop_matches_pytorch() {
+    assert_rule_v2("rprop");
+}

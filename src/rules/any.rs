@@ -5,7 +5,8 @@ use crate::error::Result;
 use crate::kernel::TensorStep;
 use crate::rule::{Options, UpdateRule};
 use crate::rules::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lion, Momentum, NAdam, Nesterov, RAdam, RmsProp,
+    Rprop, Sgd,
 };
 
 macro_rules! rules {
@@ -216,4 +217,7 @@ rules! {
     Adamax => "adamax",
     NAdam => "nadam",
     RAdam => "radam",
+    Lion => "lion",
+    Asgd => "asgd",
+    Rprop => "rprop",
 }
