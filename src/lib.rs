@@ -2,11 +2,11 @@
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
-//! [`Adafactor`]) steps named parameter tensors of any shape, dimension and memory layout, in
-//! `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps the matrices, in a group of its
-//! own beside another rule for the other tensors ([`Rule`]). State lives under each tensor's
-//! name, created on its first step; [`ParamGroup`]s give sets of tensors their own
-//! hyperparameters, as PyTorch's param groups do.
+//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`]) steps named parameter tensors of any shape,
+//! dimension and memory layout, in `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps
+//! the matrices, in a group of its own beside another rule for the other tensors ([`Rule`]).
+//! State lives under each tensor's name, created on its first step; [`ParamGroup`]s give sets
+//! of tensors their own hyperparameters, as PyTorch's param groups do.
 //!
 //! ```
 //! use ndarray::{Array1, Array2, Axis, array};
@@ -43,14 +43,18 @@
 //! | [`Lamb`] | Adam's direction $u$ (+ λθ), times $\lVert\theta\rVert / \lVert u\rVert$ per tensor | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-6 |
 //! | [`Adafactor`] | see its page | row and column statistics (1 for 0-D and 1-D tensors) | η 0.01, $c$ −0.8, ε₂ 1e-3, $d$ 1 |
 //! | [`Muon`] | $\theta \leftarrow \theta(1 - \eta\lambda) - \eta\, r\, \mathrm{NS}_k(\text{Nesterov momentum})$, matrices only | 1 | η 0.001, λ 0.1, μ 0.95, k 5 |
+//! | [`Lion`] | $\theta \leftarrow \theta - \eta\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g)$, then $m \leftarrow \beta_2 m + (1-\beta_2) g$ | 1 | η 1e-4, β₁ 0.9, β₂ 0.99, λ 1e-3 (decoupled) |
+//! | [`Asgd`] | $\theta \leftarrow \theta(1 - \lambda_d \eta_t) - \eta_t g$, $\eta_t$ decaying; average $\bar\theta$ kept | 1, and 2 scalars | η 0.01, λ_d 1e-4, α 0.75, t₀ 1e6 |
+//! | [`Rprop`] | $\theta \leftarrow \theta - \operatorname{sign}(g)\,\delta$, δ grown or shrunk by the sign agreement of $g$ | 2 | δ₀ 0.01, η₋ 0.5, η₊ 1.2, δ ∈ [1e-6, 50] |
 //!
 //! Every rule also has its reference's options with its defaults: `weight_decay` (L2, λθ
 //! added to the gradient; decoupled in [`AdamW`] and [`Adafactor`] and optionally in [`NAdam`]
-//! and [`RAdam`]; in [`Lamb`], as optax's, added to the direction before the trust ratio) and
+//! and [`RAdam`]; none in [`Rprop`]; in [`Lamb`], as optax's, added to the direction before the trust ratio) and
 //! `maximize` (PyTorch's rules), and per rule `dampening` ([`Momentum`]), `lr_decay` and
 //! `initial_accumulator_value` ([`Adagrad`]), `momentum` and `centered` ([`RmsProp`]),
 //! `amsgrad` ([`Adam`], [`AdamW`]), `momentum_decay` ([`NAdam`]). Options at their defaults
-//! leave a rule's arithmetic exactly as without them.
+//! leave a rule's arithmetic exactly as without them. [`Lion`] follows optax: decoupled
+//! `weight_decay`, no `maximize`.
 //!
 //! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
 //! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, and group
@@ -101,8 +105,8 @@ pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
-    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, AdjustLr, Lamb, Momentum, Muon, NAdam,
-    Nesterov, RAdam, RmsProp, Rule, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, AdjustLr, Asgd, Lamb, Lion, Momentum, Muon,
+    NAdam, Nesterov, RAdam, RmsProp, Rprop, Rule, Sgd,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

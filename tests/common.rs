@@ -2,8 +2,8 @@
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_optim::{
-    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Element, EpsPlacement, Lamb, Momentum,
-    NAdam, Nesterov, RAdam, RmsProp, Sgd, UpdateRule,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Element, EpsPlacement, Lamb, Lion,
+    Momentum, NAdam, Nesterov, RAdam, RmsProp, Rprop, Sgd, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -106,6 +106,27 @@ pub fn for_each_rule(check: &mut impl RuleCheck) {
             eps2: 1e-2,
             d: 2.0,
             weight_decay,
+            maximize,
+        });
+        check.check::<_, A>(Lion { lr: 0.01, weight_decay: 0.0, ..Lion::default() });
+        check.check::<_, A>(Lion { lr: 0.01, beta1: 0.5, beta2: 0.9, weight_decay: 0.1 });
+        check.check::<_, A>(Asgd { lr: 0.05, ..Asgd::default() });
+        // t0 2: the average moves from the third step on.
+        check.check::<_, A>(Asgd {
+            lr: 0.05,
+            lambd: 0.1,
+            alpha: 0.5,
+            t0: 2.0,
+            weight_decay,
+            maximize,
+        });
+        check.check::<_, A>(Rprop { lr: 0.05, ..Rprop::default() });
+        check.check::<_, A>(Rprop {
+            lr: 0.05,
+            etaminus: 0.3,
+            etaplus: 1.5,
+            step_size_min: 0.01,
+            step_size_max: 0.1,
             maximize,
         });
     }

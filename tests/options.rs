@@ -4,8 +4,8 @@
 use ndarray::{Array1, ArrayD, array};
 use ndarray_optim::checkpoint::ScalarRecord;
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Element, Error, Momentum, NAdam, Nesterov, Optimizer,
-    RAdam, RmsProp, Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Element, Error, Lion, Momentum, NAdam, Nesterov,
+    Optimizer, RAdam, RmsProp, Rprop, Sgd, UpdateRule,
 };
 
 use crate::common::{bits, values};
@@ -56,6 +56,45 @@ fn option_ranges() {
     invalid(RAdam { eps: f64::INFINITY, ..RAdam::default() }, "eps");
     // The edges are accepted: full dampening.
     assert!(Optimizer::<_, f32>::new(Momentum { dampening: 1.0, ..Momentum::default() }).is_ok());
+}
+
+/// Lion, ASGD and Rprop refuse what their references refuse (Rprop's etas as PyTorch
+/// checks them), and what no run can use: a NaN t0, step-size bounds out of order.
+#[test]
+fn lion_asgd_rprop_ranges() {
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        invalid(Lion { weight_decay: bad, ..Lion::default() }, "weight_decay");
+        invalid(Asgd { lambd: bad, ..Asgd::default() }, "lambd");
+        invalid(Asgd { alpha: bad, ..Asgd::default() }, "alpha");
+        invalid(Asgd { weight_decay: bad, ..Asgd::default() }, "weight_decay");
+        invalid(Rprop { lr: bad, ..Rprop::default() }, "lr");
+        invalid(Rprop { step_size_min: bad, ..Rprop::default() }, "step_size_min");
+    }
+    for bad in [-0.1, 1.1, f64::NAN] {
+        invalid(Lion { beta1: bad, ..Lion::default() }, "beta1");
+    }
+    for bad in [-0.1, 1.0, f64::NAN] {
+        invalid(Lion { beta2: bad, ..Lion::default() }, "beta2");
+    }
+    invalid(Asgd { t0: f64::NAN, ..Asgd::default() }, "t0");
+    for bad in [0.0, 1.0, -0.5, f64::NAN] {
+        invalid(Rprop { etaminus: bad, ..Rprop::default() }, "etaminus");
+    }
+    for bad in [1.0, 0.5, f64::INFINITY, f64::NAN] {
+        invalid(Rprop { etaplus: bad, ..Rprop::default() }, "etaplus");
+    }
+    for bad in [1e-7, f64::INFINITY, f64::NAN] {
+        invalid(
+            Rprop { step_size_min: 1e-6, step_size_max: bad, ..Rprop::default() },
+            "step_size_max",
+        );
+    }
+    // The edges are accepted: β₁ = 1 (the momentum's sign alone), an infinite t0 (never
+    // average), equal step-size bounds (a fixed step).
+    assert!(Optimizer::<_, f32>::new(Lion { beta1: 1.0, ..Lion::default() }).is_ok());
+    assert!(Optimizer::<_, f32>::new(Asgd { t0: f64::INFINITY, ..Asgd::default() }).is_ok());
+    let fixed = Rprop { step_size_min: 0.1, step_size_max: 0.1, ..Rprop::default() };
+    assert!(Optimizer::<_, f32>::new(fixed).is_ok());
 }
 
 /// Every default of every rule is PyTorch's, read from torch's own constructor signatures
@@ -299,6 +338,32 @@ fn nadam_mu_product_is_checkpointed_by_name() {
     renamed.tensors[0].state.as_mut().unwrap().scalars[0] =
         ScalarRecord { name: "mu".into(), value: 0.5 };
     assert!(Optimizer::from_checkpoint(renamed).is_err());
+    assert!(Optimizer::from_checkpoint(c).is_ok());
+}
+
+/// ASGD's rate η and averaging weight μ are checkpointed by name, and a checkpoint holding
+/// values no run produces is refused.
+#[test]
+fn asgd_scalars_are_checkpointed_and_checked() {
+    let rule = Asgd { lr: 0.1, lambd: 0.5, alpha: 1.0, t0: 1.0, ..Asgd::default() };
+    let mut opt = Optimizer::<Asgd, f64>::new(rule).unwrap();
+    let mut w = Array1::from_elem(3, 1.0);
+    for _ in 0..3 {
+        opt.step("w", &mut w, &Array1::from_elem(3, 0.5)).unwrap();
+    }
+    let c = opt.checkpoint();
+    let scalars = &c.tensors[0].state.as_ref().unwrap().scalars;
+    let names: Vec<&str> = scalars.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["eta", "mu"]);
+    // η₃ = η / (1 + λ_d η 3)^α and μ₃ = 1 / max(1, 3 − t0), written out here.
+    assert_eq!(scalars[0].value, 0.1 / (1.0 + 0.5 * 0.1 * 3.0));
+    assert_eq!(scalars[1].value, 0.5);
+    for (index, bad) in [(0, -0.1), (0, f64::INFINITY), (1, -0.1), (1, 1.5), (1, f64::NAN)] {
+        let mut broken = c.clone();
+        broken.tensors[0].state.as_mut().unwrap().scalars[index].value = bad;
+        let err = Optimizer::from_checkpoint(broken).unwrap_err();
+        assert!(matches!(err, Error::InvalidTensorState { .. }), "{err}");
+    }
     assert!(Optimizer::from_checkpoint(c).is_ok());
 }
 

@@ -196,10 +196,10 @@ fn muon_matches_pytorch() {
 
 /// The per-group cases of `rules_v2.json` (groups naming another rule than the case's) that
 /// this test runs, by name without the dtype.
-const PER_GROUP_CASES: [&str; 1] = ["torch-adamw-muon-groups"];
+const PER_GROUP_CASES: [&str; 2] = ["torch-adamw-muon-groups", "optax-lion-lamb-groups"];
 
 /// Several rules in one optimizer, each group against its own rule's reference: AdamW for
-/// vectors and scalars, Muon for the matrices of group "hidden".
+/// vectors and scalars with Muon for the matrices of group "hidden", and Lion with a Lamb group.
 #[test]
 fn per_group_rules_match_their_references() {
     let fixtures: Vec<Fixture> = load("rules_v2.json")
@@ -232,4 +232,19 @@ fn lamb_matches_optax() {
 #[test]
 fn adafactor_matches_pytorch() {
     assert_rule_v2("adafactor");
+}
+
+#[test]
+fn lion_matches_optax() {
+    assert_rule_v2("lion");
+}
+
+#[test]
+fn asgd_matches_pytorch() {
+    assert_rule_v2("asgd");
+}
+
+#[test]
+fn rprop_matches_pytorch() {
+    assert_rule_v2("rprop");
 }

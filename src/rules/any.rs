@@ -5,8 +5,8 @@ use crate::error::Result;
 use crate::kernel::TensorStep;
 use crate::rule::{Options, UpdateRule};
 use crate::rules::{
-    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Lamb, Momentum, Muon, NAdam, Nesterov,
-    RAdam, RmsProp, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
+    Nesterov, RAdam, RmsProp, Rprop, Sgd,
 };
 
 macro_rules! rules {
@@ -220,4 +220,7 @@ rules! {
     Lamb => "lamb",
     Adafactor => "adafactor",
     Muon => "muon",
+    Lion => "lion",
+    Asgd => "asgd",
+    Rprop => "rprop",
 }
