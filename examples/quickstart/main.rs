@@ -26,7 +26,8 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, RAdam, RmsProp, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
+    Nesterov, RAdam, RmsProp, Rprop, Sgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -52,6 +53,13 @@ fn contestants() -> Vec<Contestant> {
         Contestant::new("adamax", Adamax { lr: 0.01, ..Adamax::default() }),
         Contestant::new("nadam", NAdam { lr: 0.01, ..NAdam::default() }),
         Contestant::new("radam", RAdam { lr: 0.01, ..RAdam::default() }),
+        Contestant::new("lamb", Lamb { lr: 0.01, ..Lamb::default() }),
+        Contestant::new("adafactor", Adafactor::default()),
+        Contestant::new("lion", Lion { lr: 0.001, ..Lion::default() }),
+        Contestant::new("asgd", Asgd { lr: 0.5, ..Asgd::default() }),
+        Contestant::new("rprop", Rprop { lr: 0.001, ..Rprop::default() }),
+        Contestant::new("muon+adamw", AdamW { lr: 0.01, ..AdamW::default() })
+            .with_hidden_matrix(Muon { lr: 0.02, ..Muon::default() }),
     ]
 }
 
