@@ -10,7 +10,7 @@ use ndarray::{ArrayView, Dimension};
 use crate::check::check_positive;
 use crate::element::Element;
 use crate::error::Result;
-use crate::kernel::GradTransform;
+use crate::kernel::{GradTransform, sum_in_order, sum_slice_in_order};
 
 /// PyTorch's `clip_grad_norm_` adds this to the norm before dividing by it.
 const NORM_EPS: f64 = 1e-6;
@@ -85,38 +85,18 @@ impl Clip {
     }
 }
 
-/// How many partial sums [`l2_norm`] keeps.
-const LANES: usize = 8;
-
 /// The L2 norm of a gradient, accumulated in `f64` in an order fixed by the elements' logical
-/// (row-major) indices, so that no memory layout changes a bit of it: element `i` goes into
-/// partial sum `i mod 8`, and the partial sums are added pairwise at the end. On row-major
-/// contiguous data the partial sums are independent vector lanes.
+/// (row-major) indices ([`sum_in_order`]), so that no memory layout changes a bit of it.
 pub(crate) fn l2_norm<A: Element, D: Dimension>(grad: &ArrayView<'_, A, D>) -> f64 {
-    fn add_squares<'g, A: Element>(lanes: &mut [f64], values: impl Iterator<Item = &'g A>) {
-        for (lane, &g) in lanes.iter_mut().zip(values) {
-            let g = g.into_f64();
-            *lane += g * g;
-        }
-    }
-    let mut lanes = [0.0_f64; LANES];
-    match grad.as_slice() {
-        Some(values) => {
-            let mut chunks = values.chunks_exact(LANES);
-            for chunk in &mut chunks {
-                add_squares(&mut lanes, chunk.iter());
-            }
-            add_squares(&mut lanes, chunks.remainder().iter());
-        }
-        None => {
-            let mut values = grad.iter().peekable();
-            while values.peek().is_some() {
-                add_squares(&mut lanes, values.by_ref().take(LANES));
-            }
-        }
-    }
-    let [a, b, c, d, e, f, g, h] = lanes;
-    (((a + b) + (c + d)) + ((e + f) + (g + h))).sqrt()
+    let square = |g: A| {
+        let g = g.into_f64();
+        g * g
+    };
+    let sum = match grad.as_slice() {
+        Some(values) => sum_slice_in_order(values, square),
+        None => sum_in_order(grad.iter().map(|&g| square(g))),
+    };
+    sum.sqrt()
 }
 
 /// The transform that scales gradients of joint norm `norm` to at most `max_norm`:

@@ -401,12 +401,47 @@ impl<'a, A: Element> TensorStep<'a, A> {
 /// assert_eq!(sum_in_order(m.t().iter().map(|&x| f64::from(x))), 10.0);
 /// ```
 pub fn sum_in_order(values: impl Iterator<Item = f64>) -> f64 {
-    let mut lanes = [0.0_f64; 8];
-    for (index, value) in values.enumerate() {
-        lanes[index % 8] += value;
+    let mut lanes = Lanes::default();
+    let mut values = values.peekable();
+    while values.peek().is_some() {
+        lanes.add(values.by_ref().take(LANES));
     }
-    let [a, b, c, d, e, f, g, h] = lanes;
-    ((a + b) + (c + d)) + ((e + f) + (g + h))
+    lanes.total()
+}
+
+/// [`sum_in_order`] of `term(x)` over a contiguous row-major slice: the same bits, in
+/// chunks that the compiler turns into vector lanes.
+pub(crate) fn sum_slice_in_order<A: Copy>(values: &[A], term: impl Fn(A) -> f64) -> f64 {
+    let mut lanes = Lanes::default();
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        lanes.add(chunk.iter().map(|&x| term(x)));
+    }
+    lanes.add(chunks.remainder().iter().map(|&x| term(x)));
+    lanes.total()
+}
+
+/// How many partial sums the ordered reductions keep.
+const LANES: usize = 8;
+
+/// The partial sums of an ordered reduction: element `i` goes into sum `i mod 8`, and the
+/// sums are added pairwise at the end, so the result depends only on the logical order.
+#[derive(Default)]
+struct Lanes([f64; LANES]);
+
+impl Lanes {
+    /// Adds the next (at most) eight values, the first into sum 0.
+    #[inline(always)]
+    fn add(&mut self, values: impl Iterator<Item = f64>) {
+        for (lane, value) in self.0.iter_mut().zip(values) {
+            *lane += value;
+        }
+    }
+
+    fn total(self) -> f64 {
+        let [a, b, c, d, e, f, g, h] = self.0;
+        ((a + b) + (c + d)) + ((e + f) + (g + h))
+    }
 }
 
 /// The most state buffers a rule can have (`StateSlots` goes up to `[A; 4]`).
