@@ -240,6 +240,8 @@ pub struct TensorStep<'a, A> {
     pub(crate) grad: ArrayView<'a, A, IxDyn>,
     /// The per-element buffers, one after the other in `order`, then the shaped ones.
     pub(crate) state: &'a mut [A],
+    /// How many per-element buffers `state` begins with: as many as the rule declared.
+    pub(crate) elementwise: usize,
     pub(crate) scratch: &'a mut [A],
     pub(crate) scalars: &'a mut [f64],
     pub(crate) order: Order,
@@ -299,7 +301,9 @@ impl<'a, A: Element> TensorStep<'a, A> {
     /// # Panics
     /// If `N` is not the number of per-element buffers the rule declared: a bug in the rule.
     pub fn split<const N: usize>(self) -> Split<'a, A, N> {
-        let TensorStep { param, grad, state, scratch, scalars, order, stage, .. } = self;
+        let TensorStep { param, grad, state, elementwise, scratch, scalars, order, stage, .. } =
+            self;
+        assert_eq!(N, elementwise, "split::<N> must take the rule's per-element buffers");
         let numel = param.len();
         let (elementwise, shaped) = state.split_at_mut(N * numel);
         let buffers = buffer_views::<A, IxDyn, N>(elementwise, param.raw_dim(), order);
@@ -367,7 +371,8 @@ impl<'a, A: Element> TensorStep<'a, A> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S) + Sync,
     {
-        let TensorStep { mut param, grad, state, order, .. } = self;
+        let TensorStep { mut param, grad, state, elementwise, order, .. } = self;
+        assert_eq!(S::LEN, elementwise, "apply must take the rule's per-element buffers");
         let state = &mut state[..S::LEN * param.len()];
         let path = KernelPath::current();
         let flat = path != KernelPath::Zip

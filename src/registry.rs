@@ -71,7 +71,7 @@ impl<R: UpdateRule> ParamGroup<R> {
     ) {
         let lr = self.lr();
         let stage = Stage::new(self.hyper.options(), lr, transform);
-        let TensorState { step, order, buffers, scratch, scalars, .. } = tensor;
+        let TensorState { step, order, buffers, elementwise, scratch, scalars, .. } = tensor;
         let (state, scratch, scalars) =
             (buffers.as_mut_slice(), scratch.as_mut_slice(), scalars.as_mut_slice());
         let order = *order;
@@ -79,6 +79,7 @@ impl<R: UpdateRule> ParamGroup<R> {
             param,
             grad,
             state,
+            elementwise: *elementwise,
             scratch,
             scalars,
             order,
