@@ -174,12 +174,20 @@ pub enum Error {
         param: String,
     },
     /// The optimizer knows its model's tensors ([`Optimizer::declare`](crate::Optimizer::declare))
-    /// and this name is not one of them: most likely a typo.
+    /// and this name is not one of them, or a call that edits a tensor's entry
+    /// ([`Optimizer::remove`](crate::Optimizer::remove) and its kin) named one it does not
+    /// know: most likely a typo.
     UnknownParam {
         /// The name that was given.
         param: String,
-        /// The declared name closest to it, if one is close.
+        /// The known name closest to it, if one is close.
         closest: Option<String>,
+    },
+    /// [`Optimizer::rename`](crate::Optimizer::rename) was asked for a name that another
+    /// tensor has.
+    ParamExists {
+        /// The name that is taken.
+        param: String,
     },
     /// Building an [`LrScheduler`](crate::schedule::LrScheduler) would replace a rate that a
     /// schedule set (e.g. in an optimizer restored from a checkpoint) with another one. To
@@ -274,6 +282,9 @@ impl fmt::Display for Error {
             }
             Error::StepCountOverflow { param } => {
                 write!(f, "`{param}` has taken u64::MAX steps and cannot be stepped again")
+            }
+            Error::ParamExists { param } => {
+                write!(f, "the optimizer has a tensor named `{param}` already")
             }
             Error::UnknownParam { param, closest } => {
                 write!(f, "the optimizer's model has no tensor named `{param}`")?;

@@ -397,6 +397,61 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         names
     }
 
+    /// Forgets the tensor `param`: its state, its group and its place among the
+    /// [declared](Self::declare) tensors, as PyTorch's `del optimizer.state[p]` together with
+    /// taking `p` out of its group. Stepping the name again starts it afresh in the default
+    /// group (and needs a new declaration if the tensors are declared).
+    ///
+    /// # Errors
+    /// [`Error::UnknownParam`] if the optimizer does not know the name; nothing changes then.
+    pub fn remove(&mut self, param: &str) -> Result<()> {
+        self.registry.remove(param)
+    }
+
+    /// Drops the state of the tensor `param` and keeps it in its group: its next step is a
+    /// first step, from the rule's initial state (PyTorch's `optimizer.state[p].clear()`), as
+    /// after re-initialising a layer.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_optim::{Adam, Optimizer};
+    ///
+    /// let mut opt = Optimizer::new(Adam::default())?;
+    /// let mut w = array![1.0_f32, 2.0];
+    /// opt.step("w", &mut w, &array![0.5, 0.5])?;
+    /// opt.reset("w")?;
+    /// assert_eq!(opt.step_count("w"), None);
+    /// opt.step("w", &mut w, &array![0.5, 0.5])?;
+    /// assert_eq!(opt.step_count("w"), Some(1));
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownParam`] if the optimizer does not know the name; nothing changes then.
+    pub fn reset(&mut self, param: &str) -> Result<()> {
+        self.registry.known_slot(param)?.tensor = None;
+        Ok(())
+    }
+
+    /// Gives the tensor `from` the name `to`, with its group and state: for a model whose
+    /// layers were renamed between runs, after loading a checkpoint saved under the old
+    /// names.
+    ///
+    /// # Errors
+    /// [`Error::UnknownParam`] if the optimizer does not know `from`, [`Error::ParamExists`]
+    /// if another tensor is named `to`; nothing changes then.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        self.registry.rename(from, to)
+    }
+
+    /// The names of the tensors in `group` (assigned, declared or stepped), sorted.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if there is no such group.
+    pub fn members(&self, group: &str) -> Result<Vec<&str>> {
+        Ok(self.registry.members(self.registry.group_index(group)?))
+    }
+
     /// All groups, the default group first, then in the order they were added.
     pub fn groups(&self) -> &[ParamGroup<R>] {
         &self.registry.groups

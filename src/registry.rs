@@ -314,8 +314,51 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         if !self.declared || self.slots.contains_key(param) {
             return Ok(());
         }
+        Err(self.unknown(param))
+    }
+
+    /// [`Error::UnknownParam`] for `param`, naming the closest known name.
+    fn unknown(&self, param: &str) -> Error {
         let closest = closest_name(param, self.slots.keys().map(String::as_str));
-        Err(Error::UnknownParam { param: param.to_owned(), closest: closest.map(str::to_owned) })
+        Error::UnknownParam { param: param.to_owned(), closest: closest.map(str::to_owned) }
+    }
+
+    /// The slot of the known tensor `param`, or [`Error::UnknownParam`].
+    pub(crate) fn known_slot(&mut self, param: &str) -> Result<&mut Slot<A>> {
+        if !self.slots.contains_key(param) {
+            return Err(self.unknown(param));
+        }
+        Ok(self.slots.get_mut(param).expect("the name was just found"))
+    }
+
+    /// Forgets the known tensor `param`: its group, its state and its declaration.
+    pub(crate) fn remove(&mut self, param: &str) -> Result<()> {
+        self.known_slot(param)?;
+        self.slots.remove(param);
+        Ok(())
+    }
+
+    /// Gives the slot of the known tensor `from` the name `to`, which must be new.
+    pub(crate) fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        self.known_slot(from)?;
+        if from != to && self.slots.contains_key(to) {
+            return Err(Error::ParamExists { param: to.to_owned() });
+        }
+        let slot = self.slots.remove(from).expect("the name was just found");
+        self.slots.insert(to.to_owned(), slot);
+        Ok(())
+    }
+
+    /// The names of the tensors in group `group`, sorted.
+    pub(crate) fn members(&self, group: usize) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.group == group)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// Declares `names` as the model's tensors, in the default group unless assigned already.

@@ -244,6 +244,7 @@ fn every_error_message_names_what_is_wrong() {
         (Error::InvalidSchedule { reason: "pct_start".into() }, &["pct_start"]),
         (Error::StepCountOverflow { param: "w".into() }, &["`w`"]),
         (Error::UnknownParam { param: "w0".into(), closest: Some("w".into()) }, &["`w0`", "`w`"]),
+        (Error::ParamExists { param: "head.bias".into() }, &["`head.bias`", "already"]),
         (
             Error::ScheduleInProgress { group: "head".into(), current: 0.5, first: 0.1 },
             &["`head`", "0.5", "0.1"],

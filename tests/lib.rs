@@ -21,5 +21,6 @@ mod reference;
 mod report;
 mod schedules;
 mod shard;
+mod surgery;
 mod training;
 mod v1_checkpoints;
