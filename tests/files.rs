@@ -6,20 +6,20 @@ use ndarray::Array2;
 use ndarray_optim::checkpoint::Encoding;
 use ndarray_optim::{Adadelta, Checkpoint, Error, Momentum, NAdam, Optimizer};
 
-const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::Postcard];
+pub(crate) const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::Postcard];
 
 /// A folder of its own for one test, removed when dropped.
-struct Folder(PathBuf);
+pub(crate) struct Folder(PathBuf);
 
 impl Folder {
-    fn new(test: &str) -> Self {
+    pub(crate) fn new(test: &str) -> Self {
         let path =
             std::env::temp_dir().join(format!("ndarray-optim-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap();
         Folder(path)
     }
 
-    fn file(&self, name: &str) -> PathBuf {
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -60,7 +60,7 @@ fn every_prefix_of_a_checkpoint_is_refused() {
 }
 
 /// The files in `folder`, by name.
-fn listing(folder: &Folder) -> Vec<String> {
+pub(crate) fn listing(folder: &Folder) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(&folder.0)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())

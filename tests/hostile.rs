@@ -24,7 +24,7 @@ fn adam() -> Optimizer<Adam, f32> {
 }
 
 /// One random change of the kinds that storage and transfer cause, or an attacker makes.
-fn mutate(rng: &mut StdRng, bytes: &mut Vec<u8>) {
+pub(crate) fn mutate(rng: &mut StdRng, bytes: &mut Vec<u8>) {
     let len = bytes.len();
     if len == 0 {
         bytes.push(rng.random());

@@ -23,4 +23,5 @@ mod schedules;
 mod shard;
 mod surgery;
 mod training;
+mod training_state;
 mod v1_checkpoints;

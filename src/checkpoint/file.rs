@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::serde_impl::Live;
-use super::{Checkpoint, FORMAT, VERSION, check_kind};
+use super::{Checkpoint, FORMAT, TRAINING_FORMAT, VERSION, check_kind};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::optimizer::Optimizer;
@@ -89,9 +89,9 @@ struct Header<'a> {
 }
 
 impl<'a> Header<'a> {
-    /// Finds the header line in the first bytes of a checkpoint; returns it with the offset
-    /// of the payload.
-    fn find(bytes: &'a [u8]) -> Result<(Self, usize)> {
+    /// Finds the header line in the first bytes of a file of `format` ([`FORMAT`] or
+    /// [`TRAINING_FORMAT`]); returns it with the offset of the payload.
+    fn find(bytes: &'a [u8], format: &'static str) -> Result<(Self, usize)> {
         let end = bytes
             .iter()
             .take(MAX_HEADER)
@@ -100,8 +100,17 @@ impl<'a> Header<'a> {
         let header = std::str::from_utf8(&bytes[..end])
             .map_err(|_| not_a_checkpoint(bytes, "the header line is not text"))?;
         let fields: Vec<&str> = header.split(' ').collect();
-        if fields[0] != FORMAT {
-            return Err(not_a_checkpoint(bytes, &format!("not an `{FORMAT}` checkpoint")));
+        if fields[0] != format {
+            let found = match fields[0] {
+                FORMAT => "an optimizer checkpoint: read it with `Optimizer::load`",
+                TRAINING_FORMAT => "a training state: read it with `Optimizer::load_with`",
+                _ => return Err(not_a_checkpoint(bytes, &format!("not an `{format}` file"))),
+            };
+            return Err(Error::CheckpointMismatch {
+                field: "kind",
+                expected: format,
+                found: found.to_owned(),
+            });
         }
         let version = fields
             .get(1)
@@ -132,12 +141,16 @@ impl<'a> Header<'a> {
     }
 }
 
-/// Checks a whole checkpoint's bytes (header line, then payload) and decodes the payload.
-fn decode<R, A>(bytes: &[u8], header: &Header<'_>, payload_start: usize) -> Result<Checkpoint<R, A>>
+/// Checks the bytes of a whole file of `format` (header line, then payload): the header,
+/// the payload's length and checksum, and the rule and element type announced against `R`
+/// and `A`; then decodes the payload. Returns it with the header's format version.
+pub(super) fn decode<R, A, T>(bytes: &[u8], format: &'static str) -> Result<(T, u32)>
 where
-    R: UpdateRule + DeserializeOwned,
-    A: Element + DeserializeOwned,
+    R: UpdateRule,
+    A: Element,
+    T: DeserializeOwned,
 {
+    let (header, payload_start) = Header::find(bytes, format)?;
     let payload = &bytes[payload_start..];
     header.check_length(payload.len() as u64)?;
     let signed = &bytes[..payload_start - 1 - header.crc.len()];
@@ -146,12 +159,12 @@ where
         return Err(corrupt("checksum mismatch: the bytes were altered"));
     }
     check_kind::<R, A>(FORMAT, header.version, header.rule, header.dtype)?;
-    let checkpoint: Checkpoint<R, A> = match Encoding::from_name(header.encoding) {
+    let value = match Encoding::from_name(header.encoding) {
         Some(Encoding::Json) => {
             serde_json::from_slice(payload).map_err(|e| corrupt(format!("JSON payload: {e}")))?
         }
         Some(Encoding::Postcard) => match postcard::take_from_bytes(payload) {
-            Ok((checkpoint, [])) => checkpoint,
+            Ok((value, [])) => value,
             Ok((_, rest)) => {
                 return Err(corrupt(format!("{} bytes after the payload", rest.len())));
             }
@@ -159,12 +172,19 @@ where
         },
         None => return Err(corrupt(format!("unknown encoding `{}`", header.encoding))),
     };
-    // The header vouches for the payload only if both say the same.
-    checkpoint.check_kind()?;
-    if checkpoint.version != header.version {
-        return Err(corrupt("header and payload differ in version"));
+    Ok((value, header.version))
+}
+
+impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
+    /// Refuses a checkpoint that is not what the header of its file (of format version
+    /// `version`) announced: the header vouches for the payload only if both say the same.
+    pub(super) fn check_header(&self, version: u32) -> Result<()> {
+        self.check_kind()?;
+        if self.version != version {
+            return Err(corrupt("header and payload differ in version"));
+        }
+        Ok(())
     }
-    Ok(checkpoint)
 }
 
 /// An encoding failure carried through [`io::Error`] by the writers, told apart from the
@@ -186,7 +206,7 @@ fn encode_failure(reason: String) -> io::Error {
 
 /// The error of a failed save: an encoding failure as [`Error::Encode`], anything else as
 /// [`Error::Io`] naming `path`.
-fn save_error(path: &Path, error: &io::Error) -> Error {
+pub(super) fn save_error(path: &Path, error: &io::Error) -> Error {
     match error.get_ref().and_then(|inner| inner.downcast_ref::<EncodeFailure>()) {
         Some(EncodeFailure(reason)) => Error::Encode { reason: reason.clone() },
         None => io_error(path, error),
@@ -284,14 +304,14 @@ fn encode<W: Write>(
 /// Writes the header line and the payload of `value` to `out` without holding the payload in
 /// memory: a first encoding finds its length and checksum for the header, a second one is
 /// written after it (and must give the same checksum).
-fn write_framed(
+pub(super) fn write_framed(
     out: &mut impl Write,
     value: &impl Serialize,
     encoding: Encoding,
-    (version, rule, dtype): (u32, &str, &str),
+    (format, version, rule, dtype): (&str, u32, &str, &str),
 ) -> io::Result<()> {
     let (_, payload_crc, length) = encode(value, encoding, io::sink())?;
-    let head = format!("{FORMAT} {version} {} {rule} {dtype} {length} ", encoding.name());
+    let head = format!("{format} {version} {} {rule} {dtype} {length} ", encoding.name());
     let mut crc = crc32fast::Hasher::new();
     crc.update(head.as_bytes());
     crc.combine(&payload_crc);
@@ -323,7 +343,7 @@ where
     pub fn to_bytes(&self, encoding: Encoding) -> Result<Vec<u8>> {
         self.check_encodable(encoding)?;
         let mut bytes = Vec::new();
-        write_framed(&mut bytes, self, encoding, (self.version, &self.rule, &self.dtype))
+        write_framed(&mut bytes, self, encoding, (FORMAT, self.version, &self.rule, &self.dtype))
             .map_err(|error| save_error(Path::new(""), &error))?;
         Ok(bytes)
     }
@@ -342,8 +362,9 @@ where
     ///   serde JSON is named as such);
     /// - [`Error::CheckpointMismatch`] for another rule or element type.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (header, payload_start) = Header::find(bytes)?;
-        decode(bytes, &header, payload_start)
+        let (checkpoint, version) = decode::<R, A, Self>(bytes, FORMAT)?;
+        checkpoint.check_header(version)?;
+        Ok(checkpoint)
     }
 
     /// Writes the checkpoint to `path` so that a crash at any moment leaves either the old
@@ -357,7 +378,7 @@ where
     /// [`to_bytes`](Self::to_bytes).
     pub fn save(&self, path: impl AsRef<Path>, encoding: Encoding) -> Result<()> {
         self.check_encodable(encoding)?;
-        let kind = (self.version, self.rule.as_str(), self.dtype.as_str());
+        let kind = (FORMAT, self.version, self.rule.as_str(), self.dtype.as_str());
         write_atomically(path.as_ref(), |file| write_framed(file, self, encoding, kind))
     }
 
@@ -370,52 +391,11 @@ where
     /// # Errors
     /// [`Error::Io`] if the file cannot be read, else as [`from_bytes`](Self::from_bytes).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let read = |error: io::Error| io_error(path, &error);
-        let mut file = File::open(path).map_err(read)?;
-        let metadata = file.metadata().map_err(read)?;
-        let mut bytes = Vec::with_capacity(MAX_HEADER);
-        (&mut file).take(MAX_HEADER as u64).read_to_end(&mut bytes).map_err(read)?;
-        let (start, length) = {
-            let (header, payload_start) = Header::find(&bytes)?;
-            let start = payload_start as u64;
-            if metadata.is_file() {
-                // A regular file: its size must be the header's and the payload's.
-                header.check_length(metadata.len().saturating_sub(start))?;
-            }
-            let length = header.length.parse::<u64>().map_err(|_| {
-                corrupt(format!("the header announces a payload of `{}` bytes", header.length))
-            })?;
-            (start, length)
-        };
-        let end = start.saturating_add(length);
-        if metadata.is_file() {
-            // Known to be there: read it into one allocation.
-            let total = usize::try_from(end)
-                .map_err(|_| corrupt(format!("no memory for a payload of {length} bytes")))?;
-            bytes
-                .try_reserve_exact(total.saturating_sub(bytes.len()))
-                .map_err(|_| corrupt(format!("no memory for a payload of {length} bytes")))?;
-        }
-        // Bounded by the announced length, whatever the file turns out to hold.
-        let rest = end.saturating_sub(bytes.len() as u64);
-        (&mut file).take(rest).read_to_end(&mut bytes).map_err(read)?;
-        let mut more = [0u8; 1];
-        let extra =
-            if bytes.len() as u64 > end { 1 } else { file.read(&mut more).map_err(read)? };
-        if bytes.len() as u64 != end || extra > 0 {
-            let found = bytes.len() as u64 - start;
-            let follow = if extra > 0 { "more".to_owned() } else { found.to_string() };
-            return Err(corrupt(format!(
-                "the header announces a payload of {length} bytes, {follow} follow"
-            )));
-        }
-        let (header, payload_start) = Header::find(&bytes)?;
-        decode(&bytes, &header, payload_start)
+        Self::from_bytes(&read_framed(path.as_ref(), FORMAT)?)
     }
 
     /// Refuses what `encoding` cannot store, and a checkpoint whose kind differs from its types.
-    fn check_encodable(&self, encoding: Encoding) -> Result<()> {
+    pub(super) fn check_encodable(&self, encoding: Encoding) -> Result<()> {
         self.check_kind()?;
         if R::NAME.is_empty() || R::NAME.contains(char::is_whitespace) {
             return Err(Error::Encode {
@@ -580,11 +560,8 @@ where
     ///   only the final sync of the folder failed, the new file is in place but a power loss
     ///   may still undo the rename.
     pub fn save(&self, path: impl AsRef<Path>, encoding: Encoding) -> Result<()> {
-        self.check_state()?;
-        if encoding == Encoding::Json {
-            self.check_json()?;
-        }
-        let kind = (VERSION, R::NAME, A::NAME);
+        self.check_saveable(encoding)?;
+        let kind = (FORMAT, VERSION, R::NAME, A::NAME);
         write_atomically(path.as_ref(), |file| write_framed(file, &Live(self), encoding, kind))
     }
 
@@ -596,6 +573,15 @@ where
     /// As [`Checkpoint::load`], then as [`from_checkpoint`](Self::from_checkpoint).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_checkpoint(Checkpoint::load(path)?)
+    }
+
+    /// Refuses state that [`load`](Self::load) would refuse or `encoding` cannot store.
+    pub(super) fn check_saveable(&self, encoding: Encoding) -> Result<()> {
+        self.check_state()?;
+        if encoding == Encoding::Json {
+            self.check_json()?;
+        }
+        Ok(())
     }
 
     /// Refuses values that JSON cannot hold, in the state, the groups and the clip.
@@ -629,6 +615,51 @@ where
         };
         checkpoint.check_encodable(Encoding::Json)
     }
+}
+
+/// Reads a file of `format` whose header announces its payload: at most [`MAX_HEADER`] bytes
+/// of header first (anything else is refused unread), then exactly the payload announced,
+/// which must be all the file holds. Returns the header and payload, unchecked beyond that.
+pub(super) fn read_framed(path: &Path, format: &'static str) -> Result<Vec<u8>> {
+    let read = |error: io::Error| io_error(path, &error);
+    let mut file = File::open(path).map_err(read)?;
+    let metadata = file.metadata().map_err(read)?;
+    let mut bytes = Vec::with_capacity(MAX_HEADER);
+    (&mut file).take(MAX_HEADER as u64).read_to_end(&mut bytes).map_err(read)?;
+    let (start, length) = {
+        let (header, payload_start) = Header::find(&bytes, format)?;
+        let start = payload_start as u64;
+        if metadata.is_file() {
+            // A regular file: its size must be the header's and the payload's.
+            header.check_length(metadata.len().saturating_sub(start))?;
+        }
+        let length = header.length.parse::<u64>().map_err(|_| {
+            corrupt(format!("the header announces a payload of `{}` bytes", header.length))
+        })?;
+        (start, length)
+    };
+    let end = start.saturating_add(length);
+    if metadata.is_file() {
+        // Known to be there: read it into one allocation.
+        let total = usize::try_from(end)
+            .map_err(|_| corrupt(format!("no memory for a payload of {length} bytes")))?;
+        bytes
+            .try_reserve_exact(total.saturating_sub(bytes.len()))
+            .map_err(|_| corrupt(format!("no memory for a payload of {length} bytes")))?;
+    }
+    // Bounded by the announced length, whatever the file turns out to hold.
+    let rest = end.saturating_sub(bytes.len() as u64);
+    (&mut file).take(rest).read_to_end(&mut bytes).map_err(read)?;
+    let mut more = [0u8; 1];
+    let extra = if bytes.len() as u64 > end { 1 } else { file.read(&mut more).map_err(read)? };
+    if bytes.len() as u64 != end || extra > 0 {
+        let found = bytes.len() as u64 - start;
+        let follow = if extra > 0 { "more".to_owned() } else { found.to_string() };
+        return Err(corrupt(format!(
+            "the header announces a payload of {length} bytes, {follow} follow"
+        )));
+    }
+    Ok(bytes)
 }
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
@@ -666,7 +697,10 @@ fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
 /// Writes a temporary file beside `path` with `write`, syncs it and renames it over `path`;
 /// removes the temporary file on an error. Errors name `path`, the path the caller gave.
 /// `write` is a parameter so that tests can interrupt it at any byte.
-fn write_atomically(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
+pub(super) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<()> {
     let (temp, mut file) = create_temp(path).map_err(|error| io_error(path, &error))?;
     let written = write(&mut file).and_then(|()| file.sync_all());
     drop(file);

@@ -131,13 +131,21 @@ use crate::rule::UpdateRule;
 #[cfg(feature = "serde")]
 mod file;
 mod report;
+#[cfg(feature = "serde")]
+mod training;
 
 pub use crate::report::{LoadMode, LoadReport, ShapeMismatch};
 #[cfg(feature = "serde")]
 pub use file::Encoding;
+#[cfg(feature = "serde")]
+pub use training::TrainingState;
 
 /// The format name written into every checkpoint.
 pub const FORMAT: &str = "ndarray-optim";
+
+/// The format name in the header of a [training-state file](TrainingState): an optimizer's
+/// checkpoint with the rest of a run's state. Its versions are those of [`FORMAT`].
+pub const TRAINING_FORMAT: &str = "ndarray-optim-training";
 
 /// The format version this build writes. It reads every version from 1 up to this one.
 pub const VERSION: u32 = 1;
