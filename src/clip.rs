@@ -21,7 +21,7 @@ const NORM_EPS: f64 = 1e-6;
 /// | variant | each gradient element `$g$` becomes | PyTorch |
 /// | --- | --- | --- |
 /// | `Value { clip_value: c }` | `$\min(\max(g, -c), c)$` | `clip_grad_value_(p, c)` |
-/// | `Norm { max_norm: m }` | `$g \cdot \min\!\big(\frac{m}{\lVert G \rVert_2 + 10^{-6}}, 1\big)$`, `$G$` the tensor's own gradient | `clip_grad_norm_(p, m)` on each tensor alone |
+/// | `Norm { max_norm: m }` | `$g \cdot \min\bigl(m / (\lVert G \rVert_2 + 10^{-6}),\ 1\bigr)$`, `$G$` the tensor's own gradient | `clip_grad_norm_(p, m)` on each tensor alone |
 /// | `GlobalNorm { max_norm: m }` | the same with `$\lVert G \rVert_2 = \sqrt{\sum_i \lVert G_i \rVert_2^2}$` over every tensor of the step | `clip_grad_norm_(params, m)` |
 ///
 /// The coefficient is computed and applied in the element type, as PyTorch multiplies the

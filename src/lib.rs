@@ -37,7 +37,7 @@
 //! | [`RmsProp`] | `$s \leftarrow \rho s + (1-\rho) g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{s + \epsilon}$` | 1 | η 0.001, ρ 0.9, ε 1e-8 |
 //! | [`Adam`] | see its page | 2 (3 with `amsgrad`) | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`AdamW`] | Adam after `$\theta \leftarrow \theta(1 - \eta\lambda)$` | 2 (3 with `amsgrad`) | as Adam, λ 0.01 |
-//! | [`Adamax`] | `$u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t} m / u$` | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`Adamax`] | `$u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \bigl(\eta / (1-\beta_1^t)\bigr)\, m / u$` | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`NAdam`] | see its page | 2, and 1 scalar | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8, ψ 0.004 |
 //! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`Lamb`] | Adam's direction `$u$` (+ λθ), times `$\lVert\theta\rVert / \lVert u\rVert$` per tensor | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-6 |

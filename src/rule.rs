@@ -232,7 +232,8 @@ pub enum EpsPlacement {
 }
 
 impl EpsPlacement {
-    /// The denominator `$\sqrt{s + \epsilon_{in}} + \epsilon_{out}$`, with ε split by placement.
+    /// The denominator `$\sqrt{s + \epsilon_{\text{in}}} + \epsilon_{\text{out}}$`, with ε split
+    /// by placement.
     ///
     /// Adding an exact zero leaves a non-negative value unchanged, so one branch-free
     /// expression gives both placements bit for bit and keeps the element loop vectorisable.

@@ -25,12 +25,15 @@ use crate::rules::maximum;
 /// with `$\operatorname{lerp}(a, b, w) = a + w(b - a)$` and RMS the root mean square over the
 /// whole tensor; `$\alpha_t$` is computed from θ *before* the decoupled weight decay. For a
 /// tensor of two or more dimensions, `$V_t$` is never stored: the rows (last axis) and columns
-/// (second to last axis) of each matrix in the batch of leading axes keep running means
-/// `$R_t = \operatorname{lerp}(R_{t-1}, \operatorname{mean}_{col}\, g_t^2, \hat\beta_{2,t})$` and
-/// `$C_t = \operatorname{lerp}(C_{t-1}, \operatorname{mean}_{row}\, g_t^2, \hat\beta_{2,t})$`, and
+/// (second to last axis) of each matrix in the batch of leading axes keep running means, from
+/// which `$V_t$` is rebuilt:
 ///
 /// ```math
-/// V_{t,rc} = \frac{R_{t,r}\, C_{t,c}}{\max\bigl(\operatorname{mean}_r R_{t,r},\ \epsilon_1\bigr)}.
+/// \begin{aligned}
+/// R_t &= \operatorname{lerp}(R_{t-1}, \operatorname{mean}_\text{col}\, g_t^2, \hat\beta_{2,t}), \\
+/// C_t &= \operatorname{lerp}(C_{t-1}, \operatorname{mean}_\text{row}\, g_t^2, \hat\beta_{2,t}), \\
+/// V_{t,rc} &= \frac{R_{t,r}\, C_{t,c}}{\max\bigl(\operatorname{mean}_r R_{t,r}, \epsilon_1\bigr)}.
+/// \end{aligned}
 /// ```
 ///
 /// A tensor of 0 or 1 dimensions keeps `$V_t$` itself, with `$\overline{g_t^2} = g_t^2$`. Like

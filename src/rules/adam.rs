@@ -18,13 +18,17 @@ use crate::rules::{Ema, bias_correction, maximum};
 ///
 /// The step count `$t$` is kept per tensor and starts at 1. The bias corrections are computed
 /// once per tensor per step in `f64`; the element loop computes
-/// `$\theta - \frac{\eta}{1-\beta_1^t} \cdot m_t / (\sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon)$`,
+///
+/// ```math
+/// \theta - \frac{\eta}{1-\beta_1^t} \cdot \frac{m_t}{\sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon},
+/// ```
+///
 /// the order of operations PyTorch's `Adam` uses.
 ///
 /// PyTorch's options: `$g_t$` is the gradient, negated when `maximize`, plus `$\lambda\theta$`
 /// when `weight_decay` λ is not 0 (L2 decay through the moments; for decoupled decay see
 /// [`AdamW`](crate::AdamW)). `amsgrad` (Reddi et al. 2018) divides by the root of the
-/// running maximum `$\hat v^{max}_t = \max(\hat v^{max}_{t-1}, v_t)$` instead of `$v_t$`.
+/// running maximum `$\hat v^{\max}_t = \max(\hat v^{\max}_{t-1}, v_t)$` instead of `$v_t$`.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |

@@ -16,7 +16,7 @@ use crate::rules::adam::{Betas, validate};
 /// v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2, \\
 /// \hat m_t &= \frac{m_t}{1 - \beta_1^t}, &
 /// \hat v_t &= \frac{v_t}{1 - \beta_2^t}, \\
-/// u_t &= \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon} + \lambda\theta, &
+/// u_t &= \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{\text{root}}} + \epsilon} + \lambda\theta, &
 /// r_t &= \begin{cases} 1 & \text{if } \lVert\theta\rVert = 0 \text{ or } \lVert u_t\rVert = 0, \\
 ///   \lVert\theta\rVert / \lVert u_t\rVert & \text{otherwise,} \end{cases} \\
 /// \theta &\leftarrow \theta - \eta\, r_t\, u_t,
@@ -42,7 +42,7 @@ use crate::rules::adam::{Betas, validate};
 /// | `$\beta_1$` | `beta1` | 0.9 | optax |
 /// | `$\beta_2$` | `beta2` | 0.999 | optax |
 /// | `$\epsilon$` | `eps` | 1e-6 | optax |
-/// | `$\epsilon_{root}$` | `eps_root` | 0 | optax |
+/// | `$\epsilon_{\text{root}}$` | `eps_root` | 0 | optax |
 /// | `$\lambda$` | `weight_decay` | 0 | optax |
 ///
 /// State: `exp_avg` (`$m$`, optax's `mu`) and `exp_avg_sq` (`$v$`, optax's `nu`), zero before
@@ -71,9 +71,9 @@ pub struct Lamb {
     pub beta1: f64,
     /// Decay β₂ of the second moment, in [0, 1).
     pub beta2: f64,
-    /// Smoothing term ε added to `$\sqrt{\hat v + \epsilon_{root}}$` (finite, ≥ 0).
+    /// Smoothing term ε added to `$\sqrt{\hat v + \epsilon_{\text{root}}}$` (finite, ≥ 0).
     pub eps: f64,
-    /// Smoothing term `$\epsilon_{root}$` added to `$\hat v$` inside the root (finite, ≥ 0).
+    /// Smoothing term `$\epsilon_{\text{root}}$` added to `$\hat v$` inside the root (finite, ≥ 0).
     pub eps_root: f64,
     /// Weight decay λ, added to the direction as λθ before the trust ratio (finite, ≥ 0).
     pub weight_decay: f64,

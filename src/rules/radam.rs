@@ -15,12 +15,16 @@ use crate::rules::{Ema, bias_correction};
 /// \rho_\infty &= \frac{2}{1 - \beta_2} - 1, &
 /// \rho_t &= \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t}, \\
 /// r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\,\rho_\infty}
-///                   {(\rho_\infty - 4)(\rho_\infty - 2)\,\rho_t}}, \\
-/// \theta &\leftarrow \theta - \eta\,\frac{m_t}{1 - \beta_1^t}\,
-///   \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t
-///   \quad \text{if } \rho_t > 5, \text{ else }
-///   \theta \leftarrow \theta - \eta\,\frac{m_t}{1 - \beta_1^t}.
+///                   {(\rho_\infty - 4)(\rho_\infty - 2)\,\rho_t}},
 /// \end{aligned}
+/// ```
+///
+/// ```math
+/// \theta \leftarrow \begin{cases}
+///   \theta - \eta\,\dfrac{m_t}{1 - \beta_1^t}\,
+///     \dfrac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t & \text{if } \rho_t > 5, \\[2ex]
+///   \theta - \eta\,\dfrac{m_t}{1 - \beta_1^t} & \text{otherwise.}
+/// \end{cases}
 /// ```
 ///
 /// `$g_t$` is the gradient, negated when `maximize`; a `weight_decay` λ ≠ 0 adds
