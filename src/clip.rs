@@ -18,11 +18,11 @@ const NORM_EPS: f64 = 1e-6;
 /// How an [`Optimizer`](crate::Optimizer) clips gradients before every step
 /// ([`Optimizer::set_clip`](crate::Optimizer::set_clip)).
 ///
-/// | variant | each gradient element $g$ becomes | PyTorch |
+/// | variant | each gradient element `$g$` becomes | PyTorch |
 /// | --- | --- | --- |
-/// | `Value { clip_value: c }` | $\min(\max(g, -c), c)$ | `clip_grad_value_(p, c)` |
-/// | `Norm { max_norm: m }` | $g \cdot \min\!\big(\frac{m}{\lVert G \rVert_2 + 10^{-6}}, 1\big)$, $G$ the tensor's own gradient | `clip_grad_norm_(p, m)` on each tensor alone |
-/// | `GlobalNorm { max_norm: m }` | the same with $\lVert G \rVert_2 = \sqrt{\sum_i \lVert G_i \rVert_2^2}$ over every tensor of the step | `clip_grad_norm_(params, m)` |
+/// | `Value { clip_value: c }` | `$\min(\max(g, -c), c)$` | `clip_grad_value_(p, c)` |
+/// | `Norm { max_norm: m }` | `$g \cdot \min\bigl(m / (\lVert G \rVert_2 + 10^{-6}),\ 1\bigr)$`, `$G$` the tensor's own gradient | `clip_grad_norm_(p, m)` on each tensor alone |
+/// | `GlobalNorm { max_norm: m }` | the same with `$\lVert G \rVert_2 = \sqrt{\sum_i \lVert G_i \rVert_2^2}$` over every tensor of the step | `clip_grad_norm_(params, m)` |
 ///
 /// The coefficient is computed and applied in the element type, as PyTorch multiplies the
 /// gradient in place by it; the norm itself is accumulated in `f64`. A coefficient of 1 (the
@@ -53,20 +53,20 @@ const NORM_EPS: f64 = 1e-6;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields))]
 pub enum Clip {
-    /// Clamp every element to $[-c, c]$.
+    /// Clamp every element to `$[-c, c]$`.
     Value {
-        /// The bound $c$ (finite, > 0).
+        /// The bound `$c$` (finite, > 0).
         clip_value: f64,
     },
     /// Scale each tensor's gradient so that its own L2 norm is at most `max_norm`.
     Norm {
-        /// The largest norm $m$ (finite, > 0).
+        /// The largest norm `$m$` (finite, > 0).
         max_norm: f64,
     },
     /// Scale every gradient of a step by one coefficient so that their joint L2 norm is at
     /// most `max_norm`.
     GlobalNorm {
-        /// The largest norm $m$ (finite, > 0).
+        /// The largest norm `$m$` (finite, > 0).
         max_norm: f64,
     },
 }

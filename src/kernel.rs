@@ -216,7 +216,7 @@ impl<A: Element> Stage<A> {
         }
     }
 
-    /// The parameter `p` after decoupled decay, $\theta(1 - \eta\lambda)$; `p` itself
+    /// The parameter `p` after decoupled decay, `$\theta(1 - \eta\lambda)$`; `p` itself
     /// without it.
     #[inline(always)]
     pub fn decay(self, p: A) -> A {

@@ -29,23 +29,23 @@
 //!
 //! | rule | update | state per element | defaults |
 //! | --- | --- | --- | --- |
-//! | [`Sgd`] | $\theta \leftarrow \theta - \eta g$ | 0 | η 0.01 |
-//! | [`Momentum`] | $b \leftarrow \gamma b + g;\ \theta \leftarrow \theta - \eta b$ | 1 | η 0.01, γ 0.9 |
-//! | [`Nesterov`] | $b \leftarrow \gamma b + g;\ \theta \leftarrow \theta - \eta (g + \gamma b)$ | 1 | η 0.01, γ 0.9 |
-//! | [`Adagrad`] | $G \leftarrow G + g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{G + \epsilon}$ | 1 | η 0.01, ε 1e-8 |
+//! | [`Sgd`] | `$\theta \leftarrow \theta - \eta g$` | 0 | η 0.01 |
+//! | [`Momentum`] | `$b \leftarrow \gamma b + g;\ \theta \leftarrow \theta - \eta b$` | 1 | η 0.01, γ 0.9 |
+//! | [`Nesterov`] | `$b \leftarrow \gamma b + g;\ \theta \leftarrow \theta - \eta (g + \gamma b)$` | 1 | η 0.01, γ 0.9 |
+//! | [`Adagrad`] | `$G \leftarrow G + g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{G + \epsilon}$` | 1 | η 0.01, ε 1e-8 |
 //! | [`Adadelta`] | see its page | 2 | η 1, ρ 0.9, ε 1e-6 |
-//! | [`RmsProp`] | $s \leftarrow \rho s + (1-\rho) g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{s + \epsilon}$ | 1 | η 0.001, ρ 0.9, ε 1e-8 |
+//! | [`RmsProp`] | `$s \leftarrow \rho s + (1-\rho) g^2;\ \theta \leftarrow \theta - \eta g / \sqrt{s + \epsilon}$` | 1 | η 0.001, ρ 0.9, ε 1e-8 |
 //! | [`Adam`] | see its page | 2 (3 with `amsgrad`) | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
-//! | [`AdamW`] | Adam after $\theta \leftarrow \theta(1 - \eta\lambda)$ | 2 (3 with `amsgrad`) | as Adam, λ 0.01 |
-//! | [`Adamax`] | $u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t} m / u$ | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
+//! | [`AdamW`] | Adam after `$\theta \leftarrow \theta(1 - \eta\lambda)$` | 2 (3 with `amsgrad`) | as Adam, λ 0.01 |
+//! | [`Adamax`] | `$u \leftarrow \max(\beta_2 u, \lvert g\rvert + \epsilon);\ \theta \leftarrow \theta - \bigl(\eta / (1-\beta_1^t)\bigr)\, m / u$` | 2 | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8 |
 //! | [`NAdam`] | see its page | 2, and 1 scalar | η 0.002, β₁ 0.9, β₂ 0.999, ε 1e-8, ψ 0.004 |
 //! | [`RAdam`] | see its page | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-8 |
-//! | [`Lamb`] | Adam's direction $u$ (+ λθ), times $\lVert\theta\rVert / \lVert u\rVert$ per tensor | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-6 |
-//! | [`Adafactor`] | see its page | row and column statistics (1 for 0-D and 1-D tensors) | η 0.01, $c$ −0.8, ε₂ 1e-3, $d$ 1 |
-//! | [`Muon`] | $\theta \leftarrow \theta(1 - \eta\lambda) - \eta\, r\, \mathrm{NS}_k(\text{Nesterov momentum})$, matrices only | 1 | η 0.001, λ 0.1, μ 0.95, k 5 |
-//! | [`Lion`] | $\theta \leftarrow \theta - \eta\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g)$, then $m \leftarrow \beta_2 m + (1-\beta_2) g$ | 1 | η 1e-4, β₁ 0.9, β₂ 0.99, λ 1e-3 (decoupled) |
-//! | [`Asgd`] | $\theta \leftarrow \theta(1 - \lambda_d \eta_t) - \eta_t g$, $\eta_t$ decaying; average $\bar\theta$ kept | 1, and 2 scalars | η 0.01, λ_d 1e-4, α 0.75, t₀ 1e6 |
-//! | [`Rprop`] | $\theta \leftarrow \theta - \operatorname{sign}(g)\,\delta$, δ grown or shrunk by the sign agreement of $g$ | 2 | δ₀ 0.01, η₋ 0.5, η₊ 1.2, δ ∈ [1e-6, 50] |
+//! | [`Lamb`] | Adam's direction `$u$` (+ λθ), times `$\lVert\theta\rVert / \lVert u\rVert$` per tensor | 2 | η 0.001, β₁ 0.9, β₂ 0.999, ε 1e-6 |
+//! | [`Adafactor`] | see its page | row and column statistics (1 for 0-D and 1-D tensors) | η 0.01, `$c$` −0.8, ε₂ 1e-3, `$d$` 1 |
+//! | [`Muon`] | `$\theta \leftarrow \theta(1 - \eta\lambda) - \eta\, r\, \mathrm{NS}_k(\text{Nesterov momentum})$`, matrices only | 1 | η 0.001, λ 0.1, μ 0.95, k 5 |
+//! | [`Lion`] | `$\theta \leftarrow \theta - \eta\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g)$`, then `$m \leftarrow \beta_2 m + (1-\beta_2) g$` | 1 | η 1e-4, β₁ 0.9, β₂ 0.99, λ 1e-3 (decoupled) |
+//! | [`Asgd`] | `$\theta \leftarrow \theta(1 - \lambda_d \eta_t) - \eta_t g$`, `$\eta_t$` decaying; average `$\bar\theta$` kept | 1, and 2 scalars | η 0.01, λ_d 1e-4, α 0.75, t₀ 1e6 |
+//! | [`Rprop`] | `$\theta \leftarrow \theta - \operatorname{sign}(g)\,\delta$`, δ grown or shrunk by the sign agreement of `$g$` | 2 | δ₀ 0.01, η₋ 0.5, η₊ 1.2, δ ∈ [1e-6, 50] |
 //!
 //! Every rule also has its reference's options with its defaults: `weight_decay` (L2, λθ
 //! added to the gradient; decoupled in [`AdamW`] and [`Adafactor`] and optionally in [`NAdam`]

@@ -18,8 +18,8 @@ use crate::kernel::TensorStep;
 ///
 /// A rule reports them through [`UpdateRule::options`]; the driver validates them (a rate
 /// finite and ≥ 0, a decay finite and ≥ 0), feeds the rule the gradient it expects
-/// ($g \leftarrow -g$ when maximizing, then $g \leftarrow g + \lambda\theta$ for L2 decay) and
-/// applies decoupled decay ($\theta \leftarrow \theta(1 - \eta\lambda)$) to the parameter
+/// (`$g \leftarrow -g$` when maximizing, then `$g \leftarrow g + \lambda\theta$` for L2 decay) and
+/// applies decoupled decay (`$\theta \leftarrow \theta(1 - \eta\lambda)$`) to the parameter
 /// before the update, all in the same pass over the elements as the update itself.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Options {
@@ -39,13 +39,13 @@ impl Options {
 }
 
 /// How a rule's weight decay λ enters its step. λ = 0 means no decay at all, so that the
-/// common path has no $0 \cdot \theta$ term (which would turn an infinite θ into NaN).
+/// common path has no `$0 \cdot \theta$` term (which would turn an infinite θ into NaN).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WeightDecay {
-    /// L2 regularisation: $g \leftarrow g + \lambda\theta$, with θ before the update
+    /// L2 regularisation: `$g \leftarrow g + \lambda\theta$`, with θ before the update
     /// (PyTorch's `weight_decay` in most rules).
     L2(f64),
-    /// Decoupled decay (Loshchilov & Hutter 2019): $\theta \leftarrow \theta(1 - \eta\lambda)$
+    /// Decoupled decay (Loshchilov & Hutter 2019): `$\theta \leftarrow \theta(1 - \eta\lambda)$`
     /// before the update (PyTorch's `AdamW`, `decoupled_weight_decay`, Muon, Adafactor).
     Decoupled(f64),
 }
@@ -217,22 +217,23 @@ pub(crate) fn check_options(rule: &'static str, options: Options) -> Result<()> 
 
 /// Where a rule adds ε to the root of its second-moment estimate `s`.
 ///
-/// The seed formulas put it inside the square root, $\eta / \sqrt{s + \epsilon}$; PyTorch's
-/// `Adagrad` and `RMSprop` put it outside, $\eta / (\sqrt{s} + \epsilon)$. The two differ
+/// The seed formulas put it inside the square root, `$\eta / \sqrt{s + \epsilon}$`; PyTorch's
+/// `Adagrad` and `RMSprop` put it outside, `$\eta / (\sqrt{s} + \epsilon)$`. The two differ
 /// noticeably only while `s` is of the order of ε.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum EpsPlacement {
-    /// $\sqrt{s + \epsilon}$, as the seed formulas write it (the default).
+    /// `$\sqrt{s + \epsilon}$`, as the seed formulas write it (the default).
     #[default]
     Inside,
-    /// $\sqrt{s} + \epsilon$, as PyTorch's `Adagrad` and `RMSprop` compute it.
+    /// `$\sqrt{s} + \epsilon$`, as PyTorch's `Adagrad` and `RMSprop` compute it.
     Outside,
 }
 
 impl EpsPlacement {
-    /// The denominator $\sqrt{s + \epsilon_{in}} + \epsilon_{out}$, with ε split by placement.
+    /// The denominator `$\sqrt{s + \epsilon_{\text{in}}} + \epsilon_{\text{out}}$`, with ε split
+    /// by placement.
     ///
     /// Adding an exact zero leaves a non-negative value unchanged, so one branch-free
     /// expression gives both placements bit for bit and keeps the element loop vectorisable.

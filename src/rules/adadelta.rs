@@ -6,29 +6,31 @@ use crate::rules::Ema;
 
 /// Adadelta (seed eq. 8–15, Zeiler 2012): step sizes in the units of the parameter.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// E[g^2]_t &= \rho\, E[g^2]_{t-1} + (1 - \rho)\, g_t^2 \\
 /// \Delta\theta_t &= -\frac{\sqrt{E[\Delta\theta^2]_{t-1} + \epsilon}}
 ///                        {\sqrt{E[g^2]_t + \epsilon}}\, g_t \\
 /// E[\Delta\theta^2]_t &= \rho\, E[\Delta\theta^2]_{t-1} + (1 - \rho)\, \Delta\theta_t^2 \\
 /// \theta &\leftarrow \theta + \eta\, \Delta\theta_t
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// The second average is over the squared *update* $\Delta\theta^2$, as in Zeiler's paper
-/// (the seed's eq. 11 prints $\theta_t^2$, a typo). The optional rate η scales the step after
+/// The second average is over the squared *update* `$\Delta\theta^2$`, as in Zeiler's paper
+/// (the seed's eq. 11 prints `$\theta_t^2$`, a typo). The optional rate η scales the step after
 /// both averages are updated, as PyTorch does; η = 1 is the seed exactly. PyTorch's options:
-/// $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$ when `weight_decay`
+/// `$g_t$` is the gradient, negated when `maximize`, plus `$\lambda\theta$` when `weight_decay`
 /// λ is not 0.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 1.0 | the seed (no rate); PyTorch's too |
-/// | $\rho$ | `rho` | 0.9 | the seed and PyTorch |
-/// | $\epsilon$ | `eps` | 1e-6 | PyTorch (Zeiler's paper uses 1e-6 too) |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 1.0 | the seed (no rate); PyTorch's too |
+/// | `$\rho$` | `rho` | 0.9 | the seed and PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-6 | PyTorch (Zeiler's paper uses 1e-6 too) |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `square_avg` ($E[g^2]$) and `acc_delta` ($E[\Delta\theta^2]$), both zero before
+/// State: `square_avg` (`$E[g^2]$`) and `acc_delta` (`$E[\Delta\theta^2]$`), both zero before
 /// the first step. Matches PyTorch's `Adadelta(lr, rho, eps, weight_decay, maximize=maximize)`.
 ///
 /// ```

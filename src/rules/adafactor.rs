@@ -9,29 +9,36 @@ use crate::rules::maximum;
 /// Adafactor (Shazeer & Stern 2018), as PyTorch's `Adafactor`: second moments factored
 /// into row and column statistics, a relative step size and update clipping.
 ///
-/// At step $t$ (per tensor, from 1), with $\hat\beta_{2,t} = t^{c}$ ($c$ = `beta2_decay`)
-/// and the relative step $\rho_t = \min(\eta, 1/\sqrt t)$:
+/// At step `$t$` (per tensor, from 1), with `$\hat\beta_{2,t} = t^{c}$` (`$c$` = `beta2_decay`)
+/// and the relative step `$\rho_t = \min(\eta, 1/\sqrt t)$`:
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// \alpha_t &= \max\bigl(\epsilon_2, \operatorname{RMS}(\theta)\bigr)\, \rho_t, &
 /// \theta &\leftarrow \theta\,(1 - \eta\lambda), \\
 /// V_t &= \operatorname{lerp}\bigl(V_{t-1}, \overline{g_t^2}, \hat\beta_{2,t}\bigr), &
 /// u_t &= \frac{g_t}{\sqrt{\max(V_t, \epsilon_1^2)}}, \\
 /// \theta &\leftarrow \theta - \frac{\alpha_t}{\max\bigl(1, \operatorname{RMS}(u_t)/d\bigr)}\, u_t,
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// with $\operatorname{lerp}(a, b, w) = a + w(b - a)$ and RMS the root mean square over the
-/// whole tensor; $\alpha_t$ is computed from θ *before* the decoupled weight decay. For a
-/// tensor of two or more dimensions, $V_t$ is never stored: the rows (last axis) and columns
-/// (second to last axis) of each matrix in the batch of leading axes keep running means
-/// $R_t = \operatorname{lerp}(R_{t-1}, \operatorname{mean}_{col}\, g_t^2, \hat\beta_{2,t})$ and
-/// $C_t = \operatorname{lerp}(C_{t-1}, \operatorname{mean}_{row}\, g_t^2, \hat\beta_{2,t})$, and
+/// with `$\operatorname{lerp}(a, b, w) = a + w(b - a)$` and RMS the root mean square over the
+/// whole tensor; `$\alpha_t$` is computed from θ *before* the decoupled weight decay. For a
+/// tensor of two or more dimensions, `$V_t$` is never stored: the rows (last axis) and columns
+/// (second to last axis) of each matrix in the batch of leading axes keep running means, from
+/// which `$V_t$` is rebuilt:
 ///
-/// $$V_{t,rc} = \frac{R_{t,r}\, C_{t,c}}{\max\bigl(\operatorname{mean}_r R_{t,r},\ \epsilon_1\bigr)}.$$
+/// ```math
+/// \begin{aligned}
+/// R_t &= \operatorname{lerp}(R_{t-1}, \operatorname{mean}_\text{col}\, g_t^2, \hat\beta_{2,t}), \\
+/// C_t &= \operatorname{lerp}(C_{t-1}, \operatorname{mean}_\text{row}\, g_t^2, \hat\beta_{2,t}), \\
+/// V_{t,rc} &= \frac{R_{t,r}\, C_{t,c}}{\max\bigl(\operatorname{mean}_r R_{t,r}, \epsilon_1\bigr)}.
+/// \end{aligned}
+/// ```
 ///
-/// A tensor of 0 or 1 dimensions keeps $V_t$ itself, with $\overline{g_t^2} = g_t^2$. Like
-/// PyTorch's, `lerp` takes $b - (b - a)(1 - w)$ for weights of ½ or more, so that the first
-/// step ($\hat\beta_{2,1} = 1$) stores exactly the statistics of the first gradient. The RMS
+/// A tensor of 0 or 1 dimensions keeps `$V_t$` itself, with `$\overline{g_t^2} = g_t^2$`. Like
+/// PyTorch's, `lerp` takes `$b - (b - a)(1 - w)$` for weights of ½ or more, so that the first
+/// step (`$\hat\beta_{2,1} = 1$`) stores exactly the statistics of the first gradient. The RMS
 /// values are computed in `f64` in logical order ([`sum_in_order`]) and rounded to the
 /// element type, as PyTorch's norms in it are, so that no memory layout or thread count
 /// changes a bit; so are the row and column means. A tensor without elements is left as it
@@ -39,18 +46,18 @@ use crate::rules::maximum;
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | PyTorch |
-/// | $c$ | `beta2_decay` | −0.8 | PyTorch and the paper |
-/// | $\epsilon_1$ | `eps1` | `None`: the element type's machine epsilon | PyTorch |
-/// | $\epsilon_2$ | `eps2` | 1e-3 | PyTorch and the paper |
-/// | $d$ | `d` | 1 | PyTorch and the paper |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.01 | PyTorch |
+/// | `$c$` | `beta2_decay` | −0.8 | PyTorch and the paper |
+/// | `$\epsilon_1$` | `eps1` | `None`: the element type's machine epsilon | PyTorch |
+/// | `$\epsilon_2$` | `eps2` | 1e-3 | PyTorch and the paper |
+/// | `$d$` | `d` | 1 | PyTorch and the paper |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
 /// State: `row_var` (shape `[..., R, 1]`) and `col_var` (shape `[..., 1, C]`) for a tensor of
-/// shape `[..., R, C]`, so $R + C$ values per matrix instead of $RC$; `variance` (the tensor's
+/// shape `[..., R, C]`, so `$R + C$` values per matrix instead of `$RC$`; `variance` (the tensor's
 /// shape) for 0-D and 1-D tensors; all zero before the first step. The per-matrix means
-/// $\max(\operatorname{mean}_r R_{t,r}, \epsilon_1)$ live in working memory, not state.
+/// `$\max(\operatorname{mean}_r R_{t,r}, \epsilon_1)$` live in working memory, not state.
 /// Matches PyTorch's `Adafactor(lr, beta2_decay, eps=(eps1, eps2), d, weight_decay,
 /// maximize=maximize)`.
 ///
@@ -74,16 +81,16 @@ use crate::rules::maximum;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Adafactor {
-    /// Learning rate η, the bound of the relative step $\rho_t$ (finite, ≥ 0).
+    /// Learning rate η, the bound of the relative step `$\rho_t$` (finite, ≥ 0).
     pub lr: f64,
-    /// Exponent $c$ of the second-moment weight $t^c$ (finite, ≤ 0).
+    /// Exponent `$c$` of the second-moment weight `$t^c$` (finite, ≤ 0).
     pub beta2_decay: f64,
-    /// Floor $\epsilon_1$ of the second-moment estimates (finite, ≥ 0); `None` for the
+    /// Floor `$\epsilon_1$` of the second-moment estimates (finite, ≥ 0); `None` for the
     /// element type's machine epsilon.
     pub eps1: Option<f64>,
-    /// Floor $\epsilon_2$ of the parameter's RMS in the step size (finite, ≥ 0).
+    /// Floor `$\epsilon_2$` of the parameter's RMS in the step size (finite, ≥ 0).
     pub eps2: f64,
-    /// Clipping threshold $d$ of the update's RMS (finite, ≥ 1).
+    /// Clipping threshold `$d$` of the update's RMS (finite, ≥ 1).
     pub d: f64,
     /// Decoupled weight decay λ: θ ← θ(1 − ηλ) (finite, ≥ 0).
     pub weight_decay: f64,
@@ -110,7 +117,7 @@ fn factored(shape: &[usize]) -> bool {
     shape.len() >= 2
 }
 
-/// PyTorch's `lerp`: $a + w(b - a)$ for $\lvert w\rvert < ½$, $b - (b - a)(1 - w)$ otherwise,
+/// PyTorch's `lerp`: `$a + w(b - a)$` for `$\lvert w\rvert < ½$`, `$b - (b - a)(1 - w)$` otherwise,
 /// exact at both ends.
 #[inline]
 fn lerp<A: Element>(a: A, b: A, w: A) -> A {
@@ -239,7 +246,7 @@ fn norm<A: Element>(values: impl Iterator<Item = A>) -> f64 {
     A::from_f64(squares.sqrt()).into_f64()
 }
 
-/// The update direction $u = g / \sqrt{\max(V, \epsilon_1^2)}$ of each element.
+/// The update direction `$u = g / \sqrt{\max(V, \epsilon_1^2)}$` of each element.
 #[derive(Clone, Copy)]
 struct Direction<A> {
     stage: Stage<A>,
@@ -247,15 +254,15 @@ struct Direction<A> {
 }
 
 impl<A: Element> Direction<A> {
-    /// $u$ for the gradient `g` of the parameter `p`, of second-moment estimate `v`, as
+    /// `$u$` for the gradient `g` of the parameter `p`, of second-moment estimate `v`, as
     /// PyTorch computes it: `rsqrt` of the estimate, times the gradient.
     #[inline]
     fn at(self, g: A, p: A, v: A) -> A {
         A::one() / maximum(v, self.eps1_sq).sqrt() * self.stage.grad(g, p)
     }
 
-    /// The clipping divisor $\max(1, \lVert u\rVert / (\sqrt n\, d))$, with `scale` =
-    /// $\sqrt n\, d$, from the estimate `variance(i)` of the element at logical index `i`.
+    /// The clipping divisor `$\max(1, \lVert u\rVert / (\sqrt n\, d))$`, with `scale` =
+    /// `$\sqrt n\, d$`, from the estimate `variance(i)` of the element at logical index `i`.
     fn clip(
         self,
         param: ArrayView<'_, A, IxDyn>,

@@ -6,26 +6,28 @@ use crate::rule::{EpsPlacement, Options, UpdateRule, WeightDecay, check_eps, che
 /// Adagrad (seed eq. 7): a per-element rate that shrinks with the sum of past squared
 /// gradients.
 ///
-/// $$G_t = G_{t-1} + g_t^2, \qquad
-///   \theta \leftarrow \theta - \eta\,\frac{g_t}{\sqrt{G_t + \epsilon}}$$
+/// ```math
+/// G_t = G_{t-1} + g_t^2, \qquad
+///   \theta \leftarrow \theta - \eta\,\frac{g_t}{\sqrt{G_t + \epsilon}}
+/// ```
 ///
-/// With [`EpsPlacement::Outside`] the denominator is $\sqrt{G_t} + \epsilon$, as in PyTorch.
+/// With [`EpsPlacement::Outside`] the denominator is `$\sqrt{G_t} + \epsilon$`, as in PyTorch.
 ///
-/// PyTorch's options: step $t$ uses the rate $\eta / (1 + (t - 1)\,\kappa)$ with `lr_decay`
-/// κ; $G$ starts at `initial_accumulator_value` $G_0$; $g_t$ is the gradient, negated when
-/// `maximize`, plus $\lambda\theta$ when `weight_decay` λ is not 0.
+/// PyTorch's options: step `$t$` uses the rate `$\eta / (1 + (t - 1)\,\kappa)$` with `lr_decay`
+/// κ; `$G$` starts at `initial_accumulator_value` `$G_0$`; `$g_t$` is the gradient, negated when
+/// `maximize`, plus `$\lambda\theta$` when `weight_decay` λ is not 0.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | the seed ("most implementations use 0.01"); PyTorch's too |
-/// | $\epsilon$ | `eps` | 1e-8 | the seed; PyTorch uses 1e-10 |
+/// | `$\eta$` | `lr` | 0.01 | the seed ("most implementations use 0.01"); PyTorch's too |
+/// | `$\epsilon$` | `eps` | 1e-8 | the seed; PyTorch uses 1e-10 |
 /// | | `eps_placement` | [`EpsPlacement::Inside`] | the seed; PyTorch is `Outside` |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
-/// | $\kappa$ | `lr_decay` | 0 | PyTorch |
-/// | $G_0$ | `initial_accumulator_value` | 0 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
+/// | `$\kappa$` | `lr_decay` | 0 | PyTorch |
+/// | `$G_0$` | `initial_accumulator_value` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `sum` ($G$). `Adagrad { eps: 1e-10, eps_placement: EpsPlacement::Outside, ..}`
+/// State: `sum` (`$G$`). `Adagrad { eps: 1e-10, eps_placement: EpsPlacement::Outside, ..}`
 /// matches PyTorch's `Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value,
 /// maximize=maximize)`.
 ///
@@ -54,7 +56,7 @@ pub struct Adagrad {
     pub weight_decay: f64,
     /// Decay κ of the rate over steps (finite, ≥ 0).
     pub lr_decay: f64,
-    /// The value $G_0$ every element of `sum` starts at (finite, ≥ 0).
+    /// The value `$G_0$` every element of `sum` starts at (finite, ≥ 0).
     pub initial_accumulator_value: f64,
     /// Ascend the objective instead of descending it.
     pub maximize: bool,

@@ -6,35 +6,41 @@ use crate::rules::{Ema, bias_correction, maximum};
 
 /// Adam (seed eq. 18–22, Kingma & Ba 2015): bias-corrected first and second moments.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
 /// v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2, \\
 /// \hat m_t &= \frac{m_t}{1 - \beta_1^t}, &
 /// \hat v_t &= \frac{v_t}{1 - \beta_2^t}, \\
 /// \theta &\leftarrow \theta - \eta\, \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// The step count $t$ is kept per tensor and starts at 1. The bias corrections are computed
+/// The step count `$t$` is kept per tensor and starts at 1. The bias corrections are computed
 /// once per tensor per step in `f64`; the element loop computes
-/// $\theta - \frac{\eta}{1-\beta_1^t} \cdot m_t / (\sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon)$,
+///
+/// ```math
+/// \theta - \frac{\eta}{1-\beta_1^t} \cdot \frac{m_t}{\sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon},
+/// ```
+///
 /// the order of operations PyTorch's `Adam` uses.
 ///
-/// PyTorch's options: $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$
+/// PyTorch's options: `$g_t$` is the gradient, negated when `maximize`, plus `$\lambda\theta$`
 /// when `weight_decay` λ is not 0 (L2 decay through the moments; for decoupled decay see
 /// [`AdamW`](crate::AdamW)). `amsgrad` (Reddi et al. 2018) divides by the root of the
-/// running maximum $\hat v^{max}_t = \max(\hat v^{max}_{t-1}, v_t)$ instead of $v_t$.
+/// running maximum `$\hat v^{\max}_t = \max(\hat v^{\max}_{t-1}, v_t)$` instead of `$v_t$`.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.001 | the paper, the seed and PyTorch |
-/// | $\beta_1$ | `beta1` | 0.9 | the paper and PyTorch |
-/// | $\beta_2$ | `beta2` | 0.999 | the paper and PyTorch |
-/// | $\epsilon$ | `eps` | 1e-8 | the paper and PyTorch |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.001 | the paper, the seed and PyTorch |
+/// | `$\beta_1$` | `beta1` | 0.9 | the paper and PyTorch |
+/// | `$\beta_2$` | `beta2` | 0.999 | the paper and PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-8 | the paper and PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `amsgrad` | `false` | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `exp_avg` ($m$) and `exp_avg_sq` ($v$), then `max_exp_avg_sq` with `amsgrad`, zero
+/// State: `exp_avg` (`$m$`) and `exp_avg_sq` (`$v$`), then `max_exp_avg_sq` with `amsgrad`, zero
 /// before the first step. Matches PyTorch's `Adam(lr, betas=(beta1, beta2), eps,
 /// weight_decay, amsgrad, maximize=maximize)`.
 ///
@@ -59,7 +65,7 @@ pub struct Adam {
     pub beta1: f64,
     /// Decay β₂ of the second moment, in [0, 1).
     pub beta2: f64,
-    /// Smoothing term ε added to $\sqrt{\hat v}$ (finite, ≥ 0).
+    /// Smoothing term ε added to `$\sqrt{\hat v}$` (finite, ≥ 0).
     pub eps: f64,
     /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
     pub weight_decay: f64,

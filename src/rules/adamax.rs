@@ -7,26 +7,28 @@ use crate::rules::{Ema, bias_correction, maximum};
 /// Adamax (Kingma & Ba 2015, §7.1): Adam with the infinity norm in place of the second
 /// moment.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
 /// u_t &= \max(\beta_2 u_{t-1},\ |g_t| + \epsilon), \\
 /// \theta &\leftarrow \theta - \frac{\eta}{1 - \beta_1^t}\, \frac{m_t}{u_t}.
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$ when `weight_decay`
+/// `$g_t$` is the gradient, negated when `maximize`, plus `$\lambda\theta$` when `weight_decay`
 /// λ is not 0. ε sits inside the maximum, where PyTorch puts it; `max` is NaN when either
 /// side is, as `torch.maximum` is.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.002 | the paper and PyTorch |
-/// | $\beta_1$ | `beta1` | 0.9 | the paper and PyTorch |
-/// | $\beta_2$ | `beta2` | 0.999 | the paper and PyTorch |
-/// | $\epsilon$ | `eps` | 1e-8 | PyTorch |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.002 | the paper and PyTorch |
+/// | `$\beta_1$` | `beta1` | 0.9 | the paper and PyTorch |
+/// | `$\beta_2$` | `beta2` | 0.999 | the paper and PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-8 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `exp_avg` ($m$) and `exp_inf` ($u$), zero before the first step. Matches
+/// State: `exp_avg` (`$m$`) and `exp_inf` (`$u$`), zero before the first step. Matches
 /// PyTorch's `Adamax(lr, betas=(beta1, beta2), eps, weight_decay, maximize=maximize)`.
 ///
 /// ```
@@ -50,7 +52,7 @@ pub struct Adamax {
     pub beta1: f64,
     /// Decay β₂ of the infinity norm, in [0, 1).
     pub beta2: f64,
-    /// Smoothing term ε added to $|g|$ (finite, ≥ 0).
+    /// Smoothing term ε added to `$|g|$` (finite, ≥ 0).
     pub eps: f64,
     /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
     pub weight_decay: f64,

@@ -9,21 +9,23 @@ use crate::rules::adam::{self, Adam, Betas};
 /// Before the Adam update the parameter shrinks by the decay, instead of the decay entering
 /// the gradient and so the moments:
 ///
-/// $$\theta \leftarrow \theta\,(1 - \eta\lambda), \qquad
+/// ```math
+/// \theta \leftarrow \theta\,(1 - \eta\lambda), \qquad
 ///   \theta \leftarrow \theta - \frac{\eta}{1 - \beta_1^t}\,
-///   \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon},$$
+///   \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon},
+/// ```
 ///
-/// with $m_t$, $v_t$ the moments of the raw gradient $g_t$ (negated when `maximize`), and
-/// $v_t$ replaced by its running maximum with `amsgrad`, exactly as in [`Adam`]. With λ = 0
+/// with `$m_t$`, `$v_t$` the moments of the raw gradient `$g_t$` (negated when `maximize`), and
+/// `$v_t$` replaced by its running maximum with `amsgrad`, exactly as in [`Adam`]. With λ = 0
 /// this is [`Adam`] bit for bit.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.001 | PyTorch |
-/// | $\beta_1$ | `beta1` | 0.9 | the paper and PyTorch |
-/// | $\beta_2$ | `beta2` | 0.999 | the paper and PyTorch |
-/// | $\epsilon$ | `eps` | 1e-8 | the paper and PyTorch |
-/// | $\lambda$ | `weight_decay` | 0.01 | PyTorch |
+/// | `$\eta$` | `lr` | 0.001 | PyTorch |
+/// | `$\beta_1$` | `beta1` | 0.9 | the paper and PyTorch |
+/// | `$\beta_2$` | `beta2` | 0.999 | the paper and PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-8 | the paper and PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0.01 | PyTorch |
 /// | | `amsgrad` | `false` | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
@@ -51,7 +53,7 @@ pub struct AdamW {
     pub beta1: f64,
     /// Decay β₂ of the second moment, in [0, 1).
     pub beta2: f64,
-    /// Smoothing term ε added to $\sqrt{\hat v}$ (finite, ≥ 0).
+    /// Smoothing term ε added to `$\sqrt{\hat v}$` (finite, ≥ 0).
     pub eps: f64,
     /// Decoupled weight decay λ: θ shrinks by the factor 1 − ηλ each step (finite, ≥ 0).
     pub weight_decay: f64,

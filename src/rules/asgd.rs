@@ -6,34 +6,36 @@ use crate::rule::{Options, UpdateRule, WeightDecay, check_non_negative};
 /// Averaged SGD (Polyak & Juditsky 1992, with the decaying rate of Bottou 2012): SGD whose
 /// rate decays with the step number, and which keeps the running average of the iterates.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// \theta &\leftarrow \theta\,(1 - \lambda_d\, \eta_{t-1}) - \eta_{t-1}\, g_t, \\
 /// \bar\theta &\leftarrow \bar\theta + \mu_{t-1}\,(\theta - \bar\theta)
 ///   \quad (\bar\theta \leftarrow \theta \text{ while } \mu_{t-1} = 1), \\
 /// \eta_t &= \frac{\eta}{(1 + \lambda_d\, \eta\, t)^{\alpha}}, \qquad
 /// \mu_t = \frac{1}{\max(1,\ t - t_0)},
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// from $\eta_0 = \eta$ and $\mu_0 = 1$. $g_t$ is the gradient, negated when `maximize`,
-/// plus $\lambda\theta$ when `weight_decay` λ is not 0. The average $\bar\theta$ starts
-/// moving only after step $t_0$; until then it is the parameter itself. The optimizer steps
-/// the parameter θ; $\bar\theta$ is state, for the caller to read.
+/// from `$\eta_0 = \eta$` and `$\mu_0 = 1$`. `$g_t$` is the gradient, negated when `maximize`,
+/// plus `$\lambda\theta$` when `weight_decay` λ is not 0. The average `$\bar\theta$` starts
+/// moving only after step `$t_0$`; until then it is the parameter itself. The optimizer steps
+/// the parameter θ; `$\bar\theta$` is state, for the caller to read.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | PyTorch |
-/// | $\lambda_d$ | `lambd` | 1e-4 | PyTorch |
-/// | $\alpha$ | `alpha` | 0.75 | PyTorch |
-/// | $t_0$ | `t0` | 1e6 | PyTorch |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.01 | PyTorch |
+/// | `$\lambda_d$` | `lambd` | 1e-4 | PyTorch |
+/// | `$\alpha$` | `alpha` | 0.75 | PyTorch |
+/// | `$t_0$` | `t0` | 1e6 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `ax` ($\bar\theta$, zero before the first step) and the per-tensor scalars `eta`
-/// ($\eta_t$) and `mu` ($\mu_t$), kept in `f64` and rounded to the element type where they
+/// State: `ax` (`$\bar\theta$`, zero before the first step) and the per-tensor scalars `eta`
+/// (`$\eta_t$`) and `mu` (`$\mu_t$`), kept in `f64` and rounded to the element type where they
 /// are used, as PyTorch keeps them as 0-D tensors of the default dtype. Matches PyTorch's
 /// `ASGD(lr, lambd, alpha, t0, weight_decay, maximize=maximize)` with the default dtype equal
-/// to the element type. $\eta_t$ follows the group's current rate η (a schedule's); its start
-/// $\eta_0$ is the `lr` field, where PyTorch takes the rate of the tensor's first step, so
+/// to the element type. `$\eta_t$` follows the group's current rate η (a schedule's); its start
+/// `$\eta_0$` is the `lr` field, where PyTorch takes the rate of the tensor's first step, so
 /// they differ only when a schedule sets a first rate other than `lr`.
 ///
 /// ```
@@ -56,14 +58,14 @@ use crate::rule::{Options, UpdateRule, WeightDecay, check_non_negative};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Asgd {
-    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors), and the first step's $\eta_0$.
+    /// Learning rate η (finite, ≥ 0; 0 freezes the tensors), and the first step's `$\eta_0$`.
     pub lr: f64,
-    /// Decay term $\lambda_d$ of the rate, which also shrinks θ by $1 - \lambda_d\eta_{t-1}$
+    /// Decay term `$\lambda_d$` of the rate, which also shrinks θ by `$1 - \lambda_d\eta_{t-1}$`
     /// (finite, ≥ 0).
     pub lambd: f64,
     /// Power α of the rate's decay (finite, ≥ 0).
     pub alpha: f64,
-    /// The step $t_0$ after which the average starts to move (not NaN).
+    /// The step `$t_0$` after which the average starts to move (not NaN).
     pub t0: f64,
     /// L2 weight decay λ added to the gradient as λθ (finite, ≥ 0).
     pub weight_decay: f64,

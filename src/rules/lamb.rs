@@ -8,42 +8,44 @@ use crate::rules::Ema;
 use crate::rules::adam::{Betas, validate};
 
 /// LAMB (You et al. 2020): Adam's direction plus weight decay, rescaled per tensor by the
-/// trust ratio $\lVert\theta\rVert / \lVert u\rVert$, exactly as `optax.lamb` (0.2.8).
+/// trust ratio `$\lVert\theta\rVert / \lVert u\rVert$`, exactly as `optax.lamb` (0.2.8).
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
 /// v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2, \\
 /// \hat m_t &= \frac{m_t}{1 - \beta_1^t}, &
 /// \hat v_t &= \frac{v_t}{1 - \beta_2^t}, \\
-/// u_t &= \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon} + \lambda\theta, &
+/// u_t &= \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{\text{root}}} + \epsilon} + \lambda\theta, &
 /// r_t &= \begin{cases} 1 & \text{if } \lVert\theta\rVert = 0 \text{ or } \lVert u_t\rVert = 0, \\
 ///   \lVert\theta\rVert / \lVert u_t\rVert & \text{otherwise,} \end{cases} \\
 /// \theta &\leftarrow \theta - \eta\, r_t\, u_t,
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
 /// with Euclidean norms over the whole tensor and θ before the update. optax computes the
-/// bias corrections $1 - \beta^t$ in the element type, and so does this rule.
+/// bias corrections `$1 - \beta^t$` in the element type, and so does this rule.
 ///
-/// Weight decay is the rule's own: it enters the direction $u_t$ *before* the trust ratio,
+/// Weight decay is the rule's own: it enters the direction `$u_t$` *before* the trust ratio,
 /// so it is neither L2 decay (which would pass through the moments) nor decoupled decay
 /// (which would not be rescaled). The rule therefore reports no decay to the driver
-/// ([`options`](UpdateRule::options) has `weight_decay` 0) and adds $\lambda\theta$ itself.
+/// ([`options`](UpdateRule::options) has `weight_decay` 0) and adds `$\lambda\theta$` itself.
 ///
 /// Not elementwise: a step makes three passes over the tensor (moments; both norms, in
 /// logical order with [`sum_in_order`], so that they are the same for every memory layout
-/// and thread count; the update, recomputing $u_t$ from the moments), and needs no memory
+/// and thread count; the update, recomputing `$u_t$` from the moments), and needs no memory
 /// beyond its state.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.001 | optax (which has none) and the paper's examples |
-/// | $\beta_1$ | `beta1` | 0.9 | optax |
-/// | $\beta_2$ | `beta2` | 0.999 | optax |
-/// | $\epsilon$ | `eps` | 1e-6 | optax |
-/// | $\epsilon_{root}$ | `eps_root` | 0 | optax |
-/// | $\lambda$ | `weight_decay` | 0 | optax |
+/// | `$\eta$` | `lr` | 0.001 | optax (which has none) and the paper's examples |
+/// | `$\beta_1$` | `beta1` | 0.9 | optax |
+/// | `$\beta_2$` | `beta2` | 0.999 | optax |
+/// | `$\epsilon$` | `eps` | 1e-6 | optax |
+/// | `$\epsilon_{\text{root}}$` | `eps_root` | 0 | optax |
+/// | `$\lambda$` | `weight_decay` | 0 | optax |
 ///
-/// State: `exp_avg` ($m$, optax's `mu`) and `exp_avg_sq` ($v$, optax's `nu`), zero before
+/// State: `exp_avg` (`$m$`, optax's `mu`) and `exp_avg_sq` (`$v$`, optax's `nu`), zero before
 /// the first step. Matches `optax.lamb(lr, b1=beta1, b2=beta2, eps, eps_root, weight_decay)`.
 ///
 /// ```
@@ -69,9 +71,9 @@ pub struct Lamb {
     pub beta1: f64,
     /// Decay β₂ of the second moment, in [0, 1).
     pub beta2: f64,
-    /// Smoothing term ε added to $\sqrt{\hat v + \epsilon_{root}}$ (finite, ≥ 0).
+    /// Smoothing term ε added to `$\sqrt{\hat v + \epsilon_{\text{root}}}$` (finite, ≥ 0).
     pub eps: f64,
-    /// Smoothing term $\epsilon_{root}$ added to $\hat v$ inside the root (finite, ≥ 0).
+    /// Smoothing term `$\epsilon_{\text{root}}$` added to `$\hat v$` inside the root (finite, ≥ 0).
     pub eps_root: f64,
     /// Weight decay λ, added to the direction as λθ before the trust ratio (finite, ≥ 0).
     pub weight_decay: f64,

@@ -8,25 +8,27 @@ use crate::rules::Ema;
 /// same size η for every element, in the direction of the sign of an interpolation between
 /// the momentum and the gradient.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// c_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
 /// m_t &= \beta_2 m_{t-1} + (1 - \beta_2)\, g_t, \\
 /// \theta &\leftarrow \theta(1 - \eta\lambda) - \eta\, \operatorname{sign}(c_t).
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// $\operatorname{sign}(0) = 0$ (and NaN stays NaN), as `jnp.sign`. The momentum is updated
-/// with β₂ only after $c_t$ has read it with β₁. Weight decay λ is decoupled: optax computes
-/// $\theta - \eta(\operatorname{sign}(c_t) + \lambda\theta)$, which is the same up to
+/// `$\operatorname{sign}(0) = 0$` (and NaN stays NaN), as `jnp.sign`. The momentum is updated
+/// with β₂ only after `$c_t$` has read it with β₁. Weight decay λ is decoupled: optax computes
+/// `$\theta - \eta(\operatorname{sign}(c_t) + \lambda\theta)$`, which is the same up to
 /// rounding.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 1e-4 | 10 times below AdamW's, as the paper advises (optax has no default) |
-/// | $\beta_1$ | `beta1` | 0.9 | the paper and optax |
-/// | $\beta_2$ | `beta2` | 0.99 | the paper and optax |
-/// | $\lambda$ | `weight_decay` | 1e-3 | optax |
+/// | `$\eta$` | `lr` | 1e-4 | 10 times below AdamW's, as the paper advises (optax has no default) |
+/// | `$\beta_1$` | `beta1` | 0.9 | the paper and optax |
+/// | `$\beta_2$` | `beta2` | 0.99 | the paper and optax |
+/// | `$\lambda$` | `weight_decay` | 1e-3 | optax |
 ///
-/// State: `exp_avg` ($m$, optax's `mu`), zero before the first step. Matches optax 0.2.8's
+/// State: `exp_avg` (`$m$`, optax's `mu`), zero before the first step. Matches optax 0.2.8's
 /// `lion(lr, b1=beta1, b2=beta2, weight_decay=weight_decay)`, which has no `maximize`
 /// (negate the gradient to ascend).
 ///

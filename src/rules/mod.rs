@@ -54,14 +54,14 @@ impl<A: Element> Ema<A> {
         Ema { beta: A::from_f64(beta), one_minus_beta: A::from_f64(1.0 - beta) }
     }
 
-    /// $\beta\, a + (1 - \beta)\, x$.
+    /// `$\beta\, a + (1 - \beta)\, x$`.
     #[inline(always)]
     pub(crate) fn average(self, average: A, x: A) -> A {
         self.beta * average + self.one_minus_beta * x
     }
 }
 
-/// Adam's bias correction $1 - \beta^t$, with `powf` on the step as a float, as PyTorch's
+/// Adam's bias correction `$1 - \beta^t$`, with `powf` on the step as a float, as PyTorch's
 /// `beta ** step`.
 pub(crate) fn bias_correction(beta: f64, step: u64) -> f64 {
     1.0 - beta.powf(step as f64)

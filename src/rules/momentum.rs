@@ -5,28 +5,30 @@ use crate::rule::{Options, UpdateRule, WeightDecay, check_decay, check_unit};
 
 /// SGD with momentum (seed eq. 1–2).
 ///
-/// The seed keeps an η-scaled velocity, $v_t = \gamma v_{t-1} + \eta g_t$,
-/// $\theta \leftarrow \theta - v_t$. This crate keeps PyTorch's `momentum_buffer` instead,
+/// The seed keeps an η-scaled velocity, `$v_t = \gamma v_{t-1} + \eta g_t$`,
+/// `$\theta \leftarrow \theta - v_t$`. This crate keeps PyTorch's `momentum_buffer` instead,
 ///
-/// $$b_t = \gamma\, b_{t-1} + g_t, \qquad \theta \leftarrow \theta - \eta\, b_t,$$
+/// ```math
+/// b_t = \gamma\, b_{t-1} + g_t, \qquad \theta \leftarrow \theta - \eta\, b_t,
+/// ```
 ///
-/// which is the same trajectory ($v_t = \eta b_t$) while η is constant, and is what PyTorch
+/// which is the same trajectory (`$v_t = \eta b_t$`) while η is constant, and is what PyTorch
 /// does when a schedule changes η: the rate applies at the moment of the update.
 ///
-/// PyTorch's options: with `dampening` τ the buffer takes $(1 - \tau) g_t$ instead of $g_t$
-/// from the second step on (the first step sets $b_1 = g_1$); the gradient is negated when
-/// `maximize` and gets $\lambda\theta$ added when `weight_decay` λ is not 0, in that
+/// PyTorch's options: with `dampening` τ the buffer takes `$(1 - \tau) g_t$` instead of `$g_t$`
+/// from the second step on (the first step sets `$b_1 = g_1$`); the gradient is negated when
+/// `maximize` and gets `$\lambda\theta$` added when `weight_decay` λ is not 0, in that
 /// order, before it enters the buffer.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
-/// | $\gamma$ | `momentum` | 0.9 | the seed ("usually set to 0.9") |
-/// | $\tau$ | `dampening` | 0 | PyTorch |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
+/// | `$\gamma$` | `momentum` | 0.9 | the seed ("usually set to 0.9") |
+/// | `$\tau$` | `dampening` | 0 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `momentum_buffer` ($b$, zero before the first step); none at γ = 0, where the
+/// State: `momentum_buffer` (`$b$`, zero before the first step); none at γ = 0, where the
 /// rule is plain [`Sgd`](crate::Sgd) and τ has no effect. Matches PyTorch's
 /// `SGD(lr, momentum, dampening, weight_decay, maximize)`.
 ///

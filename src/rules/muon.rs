@@ -14,46 +14,50 @@ const MAX_NS_STEPS: u32 = 99;
 /// Muon (Jordan et al. 2024): momentum, orthogonalised by a Newton–Schulz iteration, for the
 /// 2-D weights of hidden layers.
 ///
-/// For a matrix parameter θ of $A$ rows and $B$ columns, with momentum μ:
+/// For a matrix parameter θ of `$A$` rows and `$B$` columns, with momentum μ:
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// b_t &= \mu\, b_{t-1} + (1 - \mu)\, g_t, &
 /// u_t &= \begin{cases} \mu\, b_t + (1 - \mu)\, g_t & \text{nesterov} \\
 ///                      b_t & \text{otherwise,} \end{cases} \\
 /// \theta &\leftarrow \theta\,(1 - \eta\lambda), &
 /// \theta &\leftarrow \theta - \eta\, r(A, B)\; \mathrm{NS}_k(u_t),
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// where $\mathrm{NS}_k$ runs $k$ Newton–Schulz iterations with coefficients $(a, b, c)$ on
-/// $X_0 = u / \max(\lVert u\rVert_F, \epsilon)$ (transposed first when $A > B$, and back
+/// where `$\mathrm{NS}_k$` runs `$k$` Newton–Schulz iterations with coefficients `$(a, b, c)$` on
+/// `$X_0 = u / \max(\lVert u\rVert_F, \epsilon)$` (transposed first when `$A > B$`, and back
 /// after, so that the Gram matrix is the smaller one):
 ///
-/// $$X_{i+1} = a X_i + \left(b\, X_i X_i^\top + c\, (X_i X_i^\top)^2\right) X_i,$$
+/// ```math
+/// X_{i+1} = a X_i + \left(b\, X_i X_i^\top + c\, (X_i X_i^\top)^2\right) X_i,
+/// ```
 ///
-/// which drives every singular value of $X$ towards 1 (roughly into [0.7, 1.2] with the
-/// default coefficients), so that the update is close to the orthogonal factor $UV^\top$ of
-/// $u = U\Sigma V^\top$. The rate adjustment $r(A, B)$ evens out the update's scale over
+/// which drives every singular value of `$X$` towards 1 (roughly into [0.7, 1.2] with the
+/// default coefficients), so that the update is close to the orthogonal factor `$UV^\top$` of
+/// `$u = U\Sigma V^\top$`. The rate adjustment `$r(A, B)$` evens out the update's scale over
 /// shapes, as [`AdjustLr`] says. Weight decay is decoupled, at the unadjusted rate η.
 ///
-/// The averages are PyTorch's `lerp`: $b + w\,(g - b)$ for a weight $w < 0.5$, else
-/// $g - (g - b)(1 - w)$, with $w = 1 - \mu$ for $b_t$ and $w = \mu$ from $g_t$ towards
-/// $b_t$ for $u_t$. The iteration runs in the element type (PyTorch's runs in bfloat16);
+/// The averages are PyTorch's `lerp`: `$b + w\,(g - b)$` for a weight `$w < 0.5$`, else
+/// `$g - (g - b)(1 - w)$`, with `$w = 1 - \mu$` for `$b_t$` and `$w = \mu$` from `$g_t$` towards
+/// `$b_t$` for `$u_t$`. The iteration runs in the element type (PyTorch's runs in bfloat16);
 /// the norm is a sum in `f64` in the matrix's logical order, and the matrix products go
 /// through ndarray's matrix–vector product on working memory the state owns, so that
 /// results are the same bits for every memory layout and steps allocate nothing.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.001 | PyTorch |
-/// | $\lambda$ | `weight_decay` | 0.1 | PyTorch |
-/// | $\mu$ | `momentum` | 0.95 | Jordan's post and PyTorch |
+/// | `$\eta$` | `lr` | 0.001 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0.1 | PyTorch |
+/// | `$\mu$` | `momentum` | 0.95 | Jordan's post and PyTorch |
 /// | | `nesterov` | `true` | Jordan's post and PyTorch |
-/// | $(a, b, c)$ | `ns_coefficients` | (3.4445, −4.775, 2.0315) | Jordan's post and PyTorch |
-/// | $k$ | `ns_steps` | 5 | Jordan's post and PyTorch |
-/// | $\epsilon$ | `eps` | 1e-7 | PyTorch |
-/// | $r$ | `adjust_lr_fn` | `None` ([`AdjustLr::Original`]) | PyTorch |
+/// | `$(a, b, c)$` | `ns_coefficients` | (3.4445, −4.775, 2.0315) | Jordan's post and PyTorch |
+/// | `$k$` | `ns_steps` | 5 | Jordan's post and PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-7 | PyTorch |
+/// | `$r$` | `adjust_lr_fn` | `None` ([`AdjustLr::Original`]) | PyTorch |
 ///
-/// State: `momentum_buffer` ($b$), zero before the first step. Matches PyTorch's `Muon(lr,
+/// State: `momentum_buffer` (`$b$`), zero before the first step. Matches PyTorch's `Muon(lr,
 /// weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn)` with its
 /// Newton–Schulz iteration in the parameter's dtype; PyTorch's Muon has no `maximize`.
 ///
@@ -96,11 +100,11 @@ pub struct Muon {
     pub weight_decay: f64,
     /// Momentum μ, in [0, 1).
     pub momentum: f64,
-    /// Orthogonalise the Nesterov look-ahead $\mu b_t + (1 - \mu) g_t$ instead of $b_t$.
+    /// Orthogonalise the Nesterov look-ahead `$\mu b_t + (1 - \mu) g_t$` instead of `$b_t$`.
     pub nesterov: bool,
-    /// The Newton–Schulz coefficients $(a, b, c)$ (finite).
+    /// The Newton–Schulz coefficients `$(a, b, c)$` (finite).
     pub ns_coefficients: [f64; 3],
-    /// The number $k$ of Newton–Schulz iterations, from 1 to 99.
+    /// The number `$k$` of Newton–Schulz iterations, from 1 to 99.
     pub ns_steps: u32,
     /// The floor ε of the Frobenius norm that the matrix is divided by (finite, ≥ 0).
     pub eps: f64,
@@ -124,25 +128,25 @@ impl Default for Muon {
     }
 }
 
-/// How [`Muon`] scales its rate η for a matrix of $A$ rows and $B$ columns (PyTorch's
+/// How [`Muon`] scales its rate η for a matrix of `$A$` rows and `$B$` columns (PyTorch's
 /// `adjust_lr_fn`), so that updates of matrices of different shapes have comparable effect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum AdjustLr {
-    /// $\eta \sqrt{\max(1, A/B)}$, Jordan's original scaling (`"original"`).
+    /// `$\eta \sqrt{\max(1, A/B)}$`, Jordan's original scaling (`"original"`).
     #[default]
     Original,
-    /// $0.2\, \eta \sqrt{\max(A, B)}$, which matches the update's RMS to AdamW's, so that
+    /// `$0.2\, \eta \sqrt{\max(A, B)}$`, which matches the update's RMS to AdamW's, so that
     /// AdamW's rate and weight decay carry over (Liu et al. 2025, `"match_rms_adamw"`).
     MatchRmsAdamw,
-    /// $\eta \sqrt{A/B}$, Bernstein's spectral scaling without the clamp
+    /// `$\eta \sqrt{A/B}$`, Bernstein's spectral scaling without the clamp
     /// (`"spectral_unclamped"`).
     SpectralUnclamped,
 }
 
 impl AdjustLr {
-    /// The factor $r(A, B)$ for a matrix of `rows` × `cols`, in `f64` as PyTorch computes it.
+    /// The factor `$r(A, B)$` for a matrix of `rows` × `cols`, in `f64` as PyTorch computes it.
     pub fn ratio(self, rows: usize, cols: usize) -> f64 {
         let (rows, cols) = (rows as f64, cols as f64);
         match self {
@@ -179,7 +183,7 @@ impl<A: Element> Lerp<A> {
     }
 }
 
-/// $C \leftarrow \alpha A B + \beta C$, column by column through ndarray's matrix–vector
+/// `$C \leftarrow \alpha A B + \beta C$`, column by column through ndarray's matrix–vector
 /// product: `general_mat_mul` (matrixmultiply) allocates packing buffers on every call,
 /// and steps allocate nothing. With ndarray's `blas` feature each column is a BLAS `gemv`.
 fn mat_mul<A: Element>(

@@ -7,7 +7,8 @@ use crate::rules::{Ema, bias_correction};
 
 /// NAdam (Dozat 2016): Adam with Nesterov momentum and a momentum schedule.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// \mu_t &= \beta_1 \left(1 - \tfrac12\, 0.96^{t\psi}\right), &
 /// \Pi_t &= \textstyle\prod_{i \le t} \mu_i, \\
 /// m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
@@ -15,26 +16,27 @@ use crate::rules::{Ema, bias_correction};
 /// d_t &= \sqrt{v_t / (1 - \beta_2^t)} + \epsilon, \\
 /// \theta &\leftarrow \theta - \frac{\eta\,(1 - \mu_t)}{1 - \Pi_t}\,\frac{g_t}{d_t} -
 ///   \frac{\eta\,\mu_{t+1}}{1 - \Pi_t\,\mu_{t+1}}\,\frac{m_t}{d_t}.
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// $g_t$ is the gradient, negated when `maximize`; a `weight_decay` λ ≠ 0 adds
-/// $\lambda\theta$ to it, or, with `decoupled_weight_decay` (NAdamW), scales θ by
-/// $1 - \eta\lambda$ before the update. The two parameter updates are applied one after the
+/// `$g_t$` is the gradient, negated when `maximize`; a `weight_decay` λ ≠ 0 adds
+/// `$\lambda\theta$` to it, or, with `decoupled_weight_decay` (NAdamW), scales θ by
+/// `$1 - \eta\lambda$` before the update. The two parameter updates are applied one after the
 /// other, as PyTorch does.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.002 | the paper and PyTorch |
-/// | $\beta_1$ | `beta1` | 0.9 | PyTorch |
-/// | $\beta_2$ | `beta2` | 0.999 | PyTorch |
-/// | $\epsilon$ | `eps` | 1e-8 | PyTorch |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
-/// | $\psi$ | `momentum_decay` | 0.004 | the paper and PyTorch |
+/// | `$\eta$` | `lr` | 0.002 | the paper and PyTorch |
+/// | `$\beta_1$` | `beta1` | 0.9 | PyTorch |
+/// | `$\beta_2$` | `beta2` | 0.999 | PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-8 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
+/// | `$\psi$` | `momentum_decay` | 0.004 | the paper and PyTorch |
 /// | | `decoupled_weight_decay` | `false` | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `exp_avg` ($m$) and `exp_avg_sq` ($v$), zero before the first step, and the
-/// per-tensor scalar `mu_product` ($\Pi$, 1 before the first step, kept in `f64`). Matches
+/// State: `exp_avg` (`$m$`) and `exp_avg_sq` (`$v$`), zero before the first step, and the
+/// per-tensor scalar `mu_product` (`$\Pi$`, 1 before the first step, kept in `f64`). Matches
 /// PyTorch's `NAdam(lr, betas=(beta1, beta2), eps, weight_decay, momentum_decay,
 /// decoupled_weight_decay, maximize=maximize)` (whose `mu_product` is an `f64` when the
 /// default dtype is).

@@ -6,28 +6,30 @@ use crate::rules::Momentum;
 
 /// Nesterov accelerated gradient (seed eq. 3–4), in look-ahead form.
 ///
-/// The seed evaluates the gradient at the look-ahead point $\theta - \gamma v_{t-1}$. An
+/// The seed evaluates the gradient at the look-ahead point `$\theta - \gamma v_{t-1}$`. An
 /// optimizer that is handed gradients keeps that point itself as the parameter,
-/// $\Theta = \theta - \gamma v$, so the caller's gradient at the stored parameter is exactly
+/// `$\Theta = \theta - \gamma v$`, so the caller's gradient at the stored parameter is exactly
 /// the seed's look-ahead gradient. Substituting into eq. 3–4 gives
-/// $\Theta \leftarrow \Theta - (\gamma v_t + \eta g_t)$; with PyTorch's buffer $b = v / \eta$:
+/// `$\Theta \leftarrow \Theta - (\gamma v_t + \eta g_t)$`; with PyTorch's buffer `$b = v / \eta$`:
 ///
-/// $$b_t = \gamma\, b_{t-1} + g_t, \qquad \Theta \leftarrow \Theta - \eta\,(g_t + \gamma\, b_t).$$
+/// ```math
+/// b_t = \gamma\, b_{t-1} + g_t, \qquad \Theta \leftarrow \Theta - \eta\,(g_t + \gamma\, b_t).
+/// ```
 ///
-/// The stored parameter after step $t$ is the seed's $\theta_t - \gamma v_t$; once training
-/// stops, $\theta = \Theta + \gamma\eta b$ recovers the seed's iterate (the two agree as the
+/// The stored parameter after step `$t$` is the seed's `$\theta_t - \gamma v_t$`; once training
+/// stops, `$\theta = \Theta + \gamma\eta b$` recovers the seed's iterate (the two agree as the
 /// velocity vanishes). This is PyTorch's `SGD(lr, momentum, nesterov=True, weight_decay,
-/// maximize)`: $g_t$ is the gradient, negated when `maximize`, plus $\lambda\Theta$ when
+/// maximize)`: `$g_t$` is the gradient, negated when `maximize`, plus `$\lambda\Theta$` when
 /// `weight_decay` λ is not 0. PyTorch refuses dampening with Nesterov, so there is none.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
-/// | $\gamma$ | `momentum` | 0.9 | the seed |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
+/// | `$\gamma$` | `momentum` | 0.9 | the seed |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `momentum_buffer` ($b$).
+/// State: `momentum_buffer` (`$b$`).
 ///
 /// ```
 /// use ndarray::array;

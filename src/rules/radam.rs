@@ -8,35 +8,41 @@ use crate::rules::{Ema, bias_correction};
 /// RAdam (Liu et al. 2020): Adam whose adaptive rate is switched on, and rectified, once
 /// the variance of the second moment is tractable.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, &
 /// v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2, \\
 /// \rho_\infty &= \frac{2}{1 - \beta_2} - 1, &
 /// \rho_t &= \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t}, \\
 /// r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\,\rho_\infty}
-///                   {(\rho_\infty - 4)(\rho_\infty - 2)\,\rho_t}}, \\
-/// \theta &\leftarrow \theta - \eta\,\frac{m_t}{1 - \beta_1^t}\,
-///   \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t
-///   \quad \text{if } \rho_t > 5, \text{ else }
-///   \theta \leftarrow \theta - \eta\,\frac{m_t}{1 - \beta_1^t}.
-/// \end{aligned}$$
+///                   {(\rho_\infty - 4)(\rho_\infty - 2)\,\rho_t}},
+/// \end{aligned}
+/// ```
 ///
-/// $g_t$ is the gradient, negated when `maximize`; a `weight_decay` λ ≠ 0 adds
-/// $\lambda\theta$ to it, or, with `decoupled_weight_decay` (RAdamW), scales θ by
-/// $1 - \eta\lambda$ before the update. The test $\rho_t > 5$ is made once per tensor and
+/// ```math
+/// \theta \leftarrow \begin{cases}
+///   \theta - \eta\,\dfrac{m_t}{1 - \beta_1^t}\,
+///     \dfrac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t & \text{if } \rho_t > 5, \\[2ex]
+///   \theta - \eta\,\dfrac{m_t}{1 - \beta_1^t} & \text{otherwise.}
+/// \end{cases}
+/// ```
+///
+/// `$g_t$` is the gradient, negated when `maximize`; a `weight_decay` λ ≠ 0 adds
+/// `$\lambda\theta$` to it, or, with `decoupled_weight_decay` (RAdamW), scales θ by
+/// `$1 - \eta\lambda$` before the update. The test `$\rho_t > 5$` is made once per tensor and
 /// step, in `f64`, as PyTorch makes it.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.001 | the paper and PyTorch |
-/// | $\beta_1$ | `beta1` | 0.9 | the paper and PyTorch |
-/// | $\beta_2$ | `beta2` | 0.999 | the paper and PyTorch |
-/// | $\epsilon$ | `eps` | 1e-8 | PyTorch |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.001 | the paper and PyTorch |
+/// | `$\beta_1$` | `beta1` | 0.9 | the paper and PyTorch |
+/// | `$\beta_2$` | `beta2` | 0.999 | the paper and PyTorch |
+/// | `$\epsilon$` | `eps` | 1e-8 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `decoupled_weight_decay` | `false` | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `exp_avg` ($m$) and `exp_avg_sq` ($v$), zero before the first step. Matches
+/// State: `exp_avg` (`$m$`) and `exp_avg_sq` (`$v$`), zero before the first step. Matches
 /// PyTorch's `RAdam(lr, betas=(beta1, beta2), eps, weight_decay, decoupled_weight_decay,
 /// maximize=maximize)`.
 ///
@@ -61,7 +67,7 @@ pub struct RAdam {
     pub beta1: f64,
     /// Decay β₂ of the second moment, in [0, 1).
     pub beta2: f64,
-    /// Smoothing term ε added to $\sqrt{v}$ (finite, ≥ 0).
+    /// Smoothing term ε added to `$\sqrt{v}$` (finite, ≥ 0).
     pub eps: f64,
     /// Weight decay λ (finite, ≥ 0): L2 on the gradient, or decoupled.
     pub weight_decay: f64,

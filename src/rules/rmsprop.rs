@@ -6,32 +6,34 @@ use crate::rules::Ema;
 
 /// RMSprop (seed eq. 16–17): Adagrad with a decaying average of squared gradients.
 ///
-/// $$E[g^2]_t = \rho\, E[g^2]_{t-1} + (1 - \rho)\, g_t^2, \qquad
-///   \theta \leftarrow \theta - \eta\,\frac{g_t}{\sqrt{E[g^2]_t + \epsilon}}$$
+/// ```math
+/// E[g^2]_t = \rho\, E[g^2]_{t-1} + (1 - \rho)\, g_t^2, \qquad
+///   \theta \leftarrow \theta - \eta\,\frac{g_t}{\sqrt{E[g^2]_t + \epsilon}}
+/// ```
 ///
-/// With [`EpsPlacement::Outside`] the denominator is $\sqrt{E[g^2]_t} + \epsilon$, as in
+/// With [`EpsPlacement::Outside`] the denominator is `$\sqrt{E[g^2]_t} + \epsilon$`, as in
 /// PyTorch. The seed calls the decay γ; PyTorch calls it `alpha`.
 ///
-/// PyTorch's options: $g_t$ is the gradient, negated when `maximize`, plus $\lambda\theta$
+/// PyTorch's options: `$g_t$` is the gradient, negated when `maximize`, plus `$\lambda\theta$`
 /// when `weight_decay` λ is not 0. `centered` also averages the gradients,
-/// $\bar g_t = \rho\,\bar g_{t-1} + (1 - \rho)\, g_t$, and divides by the root of the
-/// variance estimate $E[g^2]_t - \bar g_t^2$ instead (Graves 2013). With `momentum` μ > 0
-/// the scaled gradient goes through a buffer, $b_t = \mu\, b_{t-1} + g_t / d_t$ and
-/// $\theta \leftarrow \theta - \eta\, b_t$, where $d_t$ is the denominator above.
+/// `$\bar g_t = \rho\,\bar g_{t-1} + (1 - \rho)\, g_t$`, and divides by the root of the
+/// variance estimate `$E[g^2]_t - \bar g_t^2$` instead (Graves 2013). With `momentum` μ > 0
+/// the scaled gradient goes through a buffer, `$b_t = \mu\, b_{t-1} + g_t / d_t$` and
+/// `$\theta \leftarrow \theta - \eta\, b_t$`, where `$d_t$` is the denominator above.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.001 | the seed (Hinton's suggestion); PyTorch uses 0.01 |
-/// | $\rho$ | `rho` | 0.9 | the seed; PyTorch's `alpha` is 0.99 |
-/// | $\epsilon$ | `eps` | 1e-8 | the seed and PyTorch |
+/// | `$\eta$` | `lr` | 0.001 | the seed (Hinton's suggestion); PyTorch uses 0.01 |
+/// | `$\rho$` | `rho` | 0.9 | the seed; PyTorch's `alpha` is 0.99 |
+/// | `$\epsilon$` | `eps` | 1e-8 | the seed and PyTorch |
 /// | | `eps_placement` | [`EpsPlacement::Inside`] | the seed; PyTorch is `Outside` |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
-/// | $\mu$ | `momentum` | 0 | PyTorch |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
+/// | `$\mu$` | `momentum` | 0 | PyTorch |
 /// | | `centered` | `false` | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// State: `square_avg` ($E[g^2]$), then `momentum_buffer` ($b$) when μ > 0, then `grad_avg`
-/// ($\bar g$) when centered (PyTorch's names), all zero before the first step.
+/// State: `square_avg` (`$E[g^2]$`), then `momentum_buffer` (`$b$`) when μ > 0, then `grad_avg`
+/// (`$\bar g$`) when centered (PyTorch's names), all zero before the first step.
 /// `RmsProp { lr: 0.01, rho: 0.99, eps_placement: EpsPlacement::Outside, ..}` matches
 /// PyTorch's `RMSprop(lr, alpha, eps, weight_decay, momentum, centered, maximize=maximize)`.
 ///

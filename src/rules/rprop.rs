@@ -7,35 +7,37 @@ use crate::rule::{Options, UpdateRule, check_non_negative};
 /// step size in the direction of the sign of its gradient; the step size grows while the
 /// gradient keeps its sign and shrinks when the sign flips.
 ///
-/// $$\begin{aligned}
+/// ```math
+/// \begin{aligned}
 /// s &= \operatorname{sign}(g_t\, g_{t-1}), \qquad
 /// f = \begin{cases} \eta_+ & s > 0 \\ \eta_- & s < 0 \\ 1 & s = 0 \end{cases}, \qquad
 /// \delta_t = \operatorname{clamp}(\delta_{t-1} f,\ \delta_{\min},\ \delta_{\max}), \\
 /// g_t &\leftarrow 0 \text{ where } s < 0, \qquad
 /// \theta \leftarrow \theta - \operatorname{sign}(g_t)\, \delta_t,
-/// \end{aligned}$$
+/// \end{aligned}
+/// ```
 ///
-/// with $g_t$ (zeroed where the sign flipped) kept as the next step's $g_{t-1}$ and
-/// $\operatorname{sign}(0) = \operatorname{sign}(\text{NaN}) = 0$, as `torch.sign`. $g_t$ is
+/// with `$g_t$` (zeroed where the sign flipped) kept as the next step's `$g_{t-1}$` and
+/// `$\operatorname{sign}(0) = \operatorname{sign}(\text{NaN}) = 0$`, as `torch.sign`. `$g_t$` is
 /// the gradient, negated when `maximize`. A flip thus shrinks the step and skips the move,
 /// and the next step counts as neither a flip nor a continuation. There is no weight decay.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\delta_0$ | `lr` | 0.01 | PyTorch |
-/// | $\eta_-$ | `etaminus` | 0.5 | the paper and PyTorch |
-/// | $\eta_+$ | `etaplus` | 1.2 | the paper and PyTorch |
-/// | $\delta_{\min}$ | `step_size_min` | 1e-6 | the paper and PyTorch |
-/// | $\delta_{\max}$ | `step_size_max` | 50 | the paper and PyTorch |
+/// | `$\delta_0$` | `lr` | 0.01 | PyTorch |
+/// | `$\eta_-$` | `etaminus` | 0.5 | the paper and PyTorch |
+/// | `$\eta_+$` | `etaplus` | 1.2 | the paper and PyTorch |
+/// | `$\delta_{\min}$` | `step_size_min` | 1e-6 | the paper and PyTorch |
+/// | `$\delta_{\max}$` | `step_size_max` | 50 | the paper and PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
-/// The learning rate is only the initial step size $\delta_0$, read from the `lr` field when
+/// The learning rate is only the initial step size `$\delta_0$`, read from the `lr` field when
 /// a tensor first steps: a changed `lr` affects only tensors that have not stepped yet, and a
 /// schedule's rate nothing at all (PyTorch takes the group's rate at a tensor's first step,
 /// which differs only when a schedule's first rate is not `lr`). As in PyTorch, `lr` 0 does
-/// not freeze a tensor: its step size is clamped up to $\delta_{\min}$.
+/// not freeze a tensor: its step size is clamped up to `$\delta_{\min}$`.
 ///
-/// State: `prev` ($g_{t-1}$, zero before the first step) and `step_size` ($\delta$, `lr`
+/// State: `prev` (`$g_{t-1}$`, zero before the first step) and `step_size` (`$\delta$`, `lr`
 /// before the first step). Matches PyTorch's `Rprop(lr, etas=(etaminus, etaplus),
 /// step_sizes=(step_size_min, step_size_max), maximize=maximize)`.
 ///
@@ -56,16 +58,16 @@ use crate::rule::{Options, UpdateRule, check_non_negative};
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Rprop {
-    /// The initial step size $\delta_0$ of every element (finite, ≥ 0).
+    /// The initial step size `$\delta_0$` of every element (finite, ≥ 0).
     pub lr: f64,
-    /// Factor $\eta_-$ that shrinks the step size when the gradient flips sign, in (0, 1).
+    /// Factor `$\eta_-$` that shrinks the step size when the gradient flips sign, in (0, 1).
     pub etaminus: f64,
-    /// Factor $\eta_+$ that grows the step size while the gradient keeps its sign (finite,
+    /// Factor `$\eta_+$` that grows the step size while the gradient keeps its sign (finite,
     /// > 1).
     pub etaplus: f64,
-    /// The smallest step size $\delta_{\min}$ (finite, ≥ 0).
+    /// The smallest step size `$\delta_{\min}$` (finite, ≥ 0).
     pub step_size_min: f64,
-    /// The largest step size $\delta_{\max}$ (finite, ≥ `step_size_min`).
+    /// The largest step size `$\delta_{\max}$` (finite, ≥ `step_size_min`).
     pub step_size_max: f64,
     /// Ascend the objective instead of descending it.
     pub maximize: bool,

@@ -4,15 +4,17 @@ use crate::rule::{Options, UpdateRule, WeightDecay};
 
 /// Plain stochastic gradient descent.
 ///
-/// $$\theta \leftarrow \theta - \eta\, g$$
+/// ```math
+/// \theta \leftarrow \theta - \eta\, g
+/// ```
 ///
-/// where $g$ is the gradient, negated when `maximize`, plus $\lambda\theta$ when
+/// where `$g$` is the gradient, negated when `maximize`, plus `$\lambda\theta$` when
 /// `weight_decay` λ is not 0 (PyTorch's L2 decay, in that order).
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
-/// | $\eta$ | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
-/// | $\lambda$ | `weight_decay` | 0 | PyTorch |
+/// | `$\eta$` | `lr` | 0.01 | common practice; PyTorch's `SGD` uses 0.001 |
+/// | `$\lambda$` | `weight_decay` | 0 | PyTorch |
 /// | | `maximize` | `false` | PyTorch |
 ///
 /// No state. Matches PyTorch's `SGD(lr, weight_decay, maximize)`.
