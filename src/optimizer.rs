@@ -8,6 +8,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{self, NonFinite, StepOutcome};
 use crate::kernel::{self, GradTransform};
+use crate::model::{Parameters, Prefix, VisitPair};
 use crate::registry::{ParamGroup, Registry, TensorState};
 use crate::rule::UpdateRule;
 
@@ -96,7 +97,29 @@ pub struct Optimizer<R: UpdateRule, A: Element> {
     pub(crate) registry: Registry<R, A>,
     pub(crate) clip: Option<Clip>,
     pub(crate) non_finite: NonFinite,
+    pub(crate) names: NameBuffer,
 }
+
+/// The buffer that [`Optimizer::step_model`] builds tensor names in, kept so that steps
+/// allocate nothing. Working memory, not state: a clone starts empty, and it takes no part
+/// in equality.
+#[derive(Debug, Default)]
+pub(crate) struct NameBuffer(Prefix);
+
+impl Clone for NameBuffer {
+    fn clone(&self) -> Self {
+        NameBuffer::default()
+    }
+}
+
+impl PartialEq for NameBuffer {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// A walk over a model's tensors and their gradients, with the walker's callback.
+type Zip<'z, A> = dyn FnMut(&mut Prefix, &mut VisitPair<'_, A>) -> Result<()> + 'z;
 
 /// What the first pass over a batch has found so far.
 struct BatchCheck {
@@ -152,6 +175,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             registry: Registry::new(defaults)?,
             clip: None,
             non_finite: NonFinite::Ignore,
+            names: NameBuffer::default(),
         })
     }
 
@@ -262,6 +286,80 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             let lent = entry.lent.take().expect("every entry of the batch was lent its state");
             self.registry.give_back(entry.name, lent.tensor);
         }
+        Ok(clip.outcome(self.clip))
+    }
+
+    /// Steps every tensor of `params` with its gradient in `grads` as one batch, exactly as
+    /// [`step_all`](Self::step_all) steps a batch of the same tensors in the same order
+    /// (the [model's order](crate::model#order)): clipping and the non-finite check cover
+    /// every tensor, and either all are stepped or, on an error or a skip, none is.
+    ///
+    /// `params` is a model, a set of named tensors ([`Parameters`]: a struct with
+    /// `#[derive(Parameters)]`, a map, a list of named arrays, …), and `grads` the same type
+    /// holding the gradients, each where the model holds its tensor; the names are the
+    /// model's dotted paths, such as `encoder.layers.0.weight`. The names are built in a
+    /// buffer that the optimizer keeps, so that after the first step a step allocates nothing.
+    ///
+    /// The model is walked twice: once to check every tensor and gradient, then to step them,
+    /// one after another (with the `rayon` feature, a large tensor is split over the threads,
+    /// as [`step`](Self::step) splits it).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    ///
+    /// use ndarray::{ArrayD, IxDyn};
+    /// use ndarray_optim::{Clip, Optimizer, Sgd, StepOutcome};
+    ///
+    /// let mut opt = Optimizer::new(Sgd { lr: 0.5, ..Sgd::default() })?;
+    /// opt.set_clip(Some(Clip::GlobalNorm { max_norm: 1.0 }))?;
+    /// let tensor = |shape: &[usize], value| ArrayD::<f64>::from_elem(IxDyn(shape), value);
+    /// let mut params = BTreeMap::from([("b", tensor(&[2], 1.0)), ("w", tensor(&[2, 2], 1.0))]);
+    /// let grads = BTreeMap::from([("b", tensor(&[2], 0.0)), ("w", tensor(&[2, 2], 1.5))]);
+    /// // The norm of all gradients is 3: each is scaled by 1/3 before the step.
+    /// let outcome = opt.step_model(&mut params, &grads)?;
+    /// assert_eq!(outcome, StepOutcome::Stepped { grad_norm: Some(3.0) });
+    /// assert!((params["w"][[0, 0]] - 0.75).abs() < 1e-6);
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`step_all`](Self::step_all), with [`Error::DuplicateParam`] if the model or the
+    /// gradients name a tensor twice (in one list, or in two members of a tuple), and
+    /// [`Error::MissingGradient`] or [`Error::UnexpectedGradient`] if the gradients do not
+    /// hold a gradient exactly where the model holds a tensor (one of another shape is
+    /// [`Error::GradientShape`]). Nothing has changed then.
+    pub fn step_model<M>(&mut self, params: &mut M, grads: &M) -> Result<StepOutcome>
+    where
+        M: Parameters<Elem = A> + ?Sized,
+    {
+        // Past this call nothing depends on the model's type.
+        self.step_zipped(&mut |prefix, f| params.zip_mut(grads, prefix, f))
+    }
+
+    /// [`step_model`](Self::step_model) of the model that `zip` walks, in the optimizer's
+    /// own name buffer.
+    fn step_zipped(&mut self, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
+        let mut prefix = core::mem::take(&mut self.names.0);
+        prefix.clear();
+        let outcome = self.step_zipped_in(&mut prefix, zip);
+        self.names.0 = prefix;
+        outcome
+    }
+
+    fn step_zipped_in(&mut self, prefix: &mut Prefix, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
+        let mut check = self.start_batch("model");
+        zip(prefix, &mut |name, param, grad| {
+            self.check_entry(&mut check, name, param.shape(), &grad)
+        })?;
+        let mut clip = match self.finish_check(check)? {
+            Checked::Skip(outcome) => return Ok(outcome),
+            Checked::Step(clip) => clip,
+        };
+        zip(prefix, &mut |name, param, grad| {
+            let transform = self.entry_transform(&mut clip, &grad);
+            self.step_checked(name, param, grad, transform);
+            Ok(())
+        })?;
         Ok(clip.outcome(self.clip))
     }
 
