@@ -256,3 +256,98 @@ impl Prefix {
         result
     }
 }
+
+/// What `#[derive(Parameters)]` refuses, each case a small change of one it accepts, so that
+/// each fails for the derive's reason. Accepted:
+///
+/// ```
+/// use ndarray::{Array1, Array2};
+/// use ndarray_optim::Parameters;
+///
+/// #[derive(Parameters)]
+/// struct Model {
+///     weight: Array2<f32>,
+///     #[optim(rename = "b")]
+///     bias: Array1<f32>,
+///     #[optim(skip)]
+///     lr: f64,
+/// }
+/// ```
+///
+/// A field that holds no tensors and is not skipped:
+///
+/// ```compile_fail,E0277
+/// use ndarray::{Array1, Array2};
+/// use ndarray_optim::Parameters;
+///
+/// #[derive(Parameters)]
+/// struct Model {
+///     weight: Array2<f32>,
+///     #[optim(rename = "b")]
+///     bias: Array1<f32>,
+///     lr: f64,
+/// }
+/// ```
+///
+/// Tensors of two element types:
+///
+/// ```compile_fail,E0308
+/// use ndarray::{Array1, Array2};
+/// use ndarray_optim::Parameters;
+///
+/// #[derive(Parameters)]
+/// struct Model {
+///     weight: Array2<f32>,
+///     #[optim(rename = "b")]
+///     bias: Array1<f64>,
+///     #[optim(skip)]
+///     lr: f64,
+/// }
+/// ```
+///
+/// Two fields of one name:
+///
+/// ```compile_fail
+/// use ndarray::{Array1, Array2};
+/// use ndarray_optim::Parameters;
+///
+/// #[derive(Parameters)]
+/// struct Model {
+///     weight: Array2<f32>,
+///     #[optim(rename = "weight")]
+///     bias: Array1<f32>,
+///     #[optim(skip)]
+///     lr: f64,
+/// }
+/// ```
+///
+/// An unknown option:
+///
+/// ```compile_fail
+/// use ndarray::{Array1, Array2};
+/// use ndarray_optim::Parameters;
+///
+/// #[derive(Parameters)]
+/// struct Model {
+///     weight: Array2<f32>,
+///     #[optim(rename = "b")]
+///     bias: Array1<f32>,
+///     #[optim(frozen)]
+///     lr: f64,
+/// }
+/// ```
+///
+/// An enum:
+///
+/// ```compile_fail
+/// use ndarray::{Array1, Array2};
+/// use ndarray_optim::Parameters;
+///
+/// #[derive(Parameters)]
+/// enum Model {
+///     Weight(Array2<f32>),
+///     Bias(Array1<f32>),
+/// }
+/// ```
+#[cfg(all(doctest, feature = "derive"))]
+pub struct DeriveErrors;
