@@ -107,13 +107,29 @@ pub enum Error {
     /// A tensor name is listed twice where each must be listed once: in a checkpoint, in a
     /// shard plan, in the model's tensors given to
     /// [`Optimizer::load_state`](crate::Optimizer::load_state) (twice with different shapes),
-    /// in [`Optimizer::declare`](crate::Optimizer::declare), or in a batch of one step.
+    /// in [`Optimizer::declare`](crate::Optimizer::declare), in a batch of one step, or in
+    /// the model or the gradients of [`Optimizer::step_model`](crate::Optimizer::step_model).
     DuplicateParam {
         /// The tensor's name.
         param: String,
         /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
-        /// tensors"`, `"declaration"` or `"batch"`.
+        /// tensors"`, `"declaration"`, `"batch"`, `"model"` or `"gradients"`.
         in_what: &'static str,
+    },
+    /// The gradients given to [`Optimizer::step_model`](crate::Optimizer::step_model) hold no
+    /// gradient where the model holds a tensor (a key missing from a map, a `Vec` shorter
+    /// than the model's).
+    MissingGradient {
+        /// The tensor's name, or the name of the member (a `Vec`'s element) whose gradients
+        /// are missing.
+        param: String,
+    },
+    /// The gradients given to [`Optimizer::step_model`](crate::Optimizer::step_model) hold a
+    /// gradient where the model holds no tensor (a key the model's map lacks, a `Vec` longer
+    /// than the model's).
+    UnexpectedGradient {
+        /// The gradient's name, or the name of the member it is in.
+        param: String,
     },
     /// A checkpoint's state of one tensor does not fit the rule or the tensor's shape.
     InvalidTensorState {
@@ -258,6 +274,13 @@ impl fmt::Display for Error {
             Error::DuplicateParam { param, in_what } => {
                 write!(f, "the {in_what} lists the tensor `{param}` more than once")
             }
+            Error::MissingGradient { param } => {
+                write!(f, "the gradients hold nothing for `{param}`; nothing was stepped")
+            }
+            Error::UnexpectedGradient { param } => write!(
+                f,
+                "the gradients hold `{param}`, which the model does not; nothing was stepped"
+            ),
             Error::InvalidTensorState { param, reason } => {
                 write!(f, "checkpoint state of `{param}` is invalid: {reason}")
             }

@@ -6,7 +6,10 @@
 //! dimension and memory layout, in `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps
 //! the matrices, in a group of its own beside another rule for the other tensors ([`Rule`]).
 //! State lives under each tensor's name, created on its first step; [`ParamGroup`]s give sets
-//! of tensors their own hyperparameters, as PyTorch's param groups do.
+//! of tensors their own hyperparameters, as PyTorch's param groups do. A whole model steps in
+//! one call, [`Optimizer::step_model`], from a struct with `#[derive(Parameters)]` (whose
+//! fields name its tensors, `encoder.layers.0.weight`), a map or a list of named arrays
+//! ([`model`]).
 //!
 //! ```
 //! use ndarray::{Array1, Array2, Axis, array};
@@ -83,6 +86,7 @@ mod error;
 mod guard;
 mod inspect;
 mod kernel;
+pub mod model;
 mod optimizer;
 pub mod pattern;
 mod registry;
@@ -101,6 +105,10 @@ pub use inspect::TensorView;
 #[doc(hidden)]
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
 pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
+pub use model::Parameters;
+/// `#[derive(Parameters)]`: see [`model`] and [`Parameters`].
+#[cfg(feature = "derive")]
+pub use ndarray_optim_derive::Parameters;
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};

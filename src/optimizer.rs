@@ -8,6 +8,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{self, NonFinite, StepOutcome};
 use crate::kernel::{self, GradTransform};
+use crate::model::{Parameters, Prefix, VisitPair};
 use crate::registry::{ParamGroup, Registry, TensorState};
 use crate::rule::UpdateRule;
 
@@ -96,6 +97,72 @@ pub struct Optimizer<R: UpdateRule, A: Element> {
     pub(crate) registry: Registry<R, A>,
     pub(crate) clip: Option<Clip>,
     pub(crate) non_finite: NonFinite,
+    pub(crate) names: NameBuffer,
+}
+
+/// The buffer that [`Optimizer::step_model`] builds tensor names in, kept so that steps
+/// allocate nothing. Working memory, not state: a clone starts empty, and it takes no part
+/// in equality.
+#[derive(Debug, Default)]
+pub(crate) struct NameBuffer(Prefix);
+
+impl Clone for NameBuffer {
+    fn clone(&self) -> Self {
+        NameBuffer::default()
+    }
+}
+
+impl PartialEq for NameBuffer {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// A walk over a model's tensors and their gradients, with the walker's callback.
+type Zip<'z, A> = dyn FnMut(&mut Prefix, &mut VisitPair<'_, A>) -> Result<()> + 'z;
+
+/// What the first pass over a batch has found so far.
+struct BatchCheck {
+    /// Where the batch's names come from, for [`Error::DuplicateParam`].
+    in_what: &'static str,
+    /// The position of the next tensor.
+    index: usize,
+    /// The names without a slot in the registry seen so far (first steps).
+    new_names: hashbrown::HashSet<String>,
+    /// The refusal or skip of the first non-finite gradient.
+    non_finite: Option<Result<StepOutcome>>,
+    /// The sum of the squared norms of the gradients, in batch order, when clipping by
+    /// global norm.
+    squares: f64,
+}
+
+/// A batch after its first pass.
+enum Checked<A> {
+    /// A non-finite gradient skips the step.
+    Skip(StepOutcome),
+    /// Every tensor is to be stepped, with this clip.
+    Step(BatchClip<A>),
+}
+
+/// The clip of a batch's second pass.
+struct BatchClip<A> {
+    /// The transform of every gradient and the norm of them all, when clipping by global
+    /// norm.
+    global: Option<(GradTransform<A>, f64)>,
+    /// The sum of the squared norms of each tensor's own clip, in batch order.
+    squares: f64,
+}
+
+impl<A> BatchClip<A> {
+    /// The outcome of the stepped batch under `clip`, the optimizer's clip.
+    fn outcome(&self, clip: Option<Clip>) -> StepOutcome {
+        let grad_norm = match clip {
+            Some(Clip::GlobalNorm { .. }) => self.global.as_ref().map(|&(_, norm)| norm),
+            Some(Clip::Norm { .. }) => Some(self.squares.sqrt()),
+            _ => None,
+        };
+        StepOutcome::Stepped { grad_norm }
+    }
 }
 
 impl<R: UpdateRule, A: Element> Optimizer<R, A> {
@@ -108,6 +175,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             registry: Registry::new(defaults)?,
             clip: None,
             non_finite: NonFinite::Ignore,
+            names: NameBuffer::default(),
         })
     }
 
@@ -153,11 +221,23 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             return Ok(skipped);
         }
         let (transform, norm) = self.tensor_transform(&grad);
+        self.step_checked(name, param, grad, transform);
+        Ok(StepOutcome::Stepped { grad_norm: norm })
+    }
+
+    /// Steps the tensor `name`, which has passed [`check`](Self::check), with the clip's
+    /// `transform`.
+    fn step_checked(
+        &mut self,
+        name: &str,
+        param: ArrayViewMut<'_, A, IxDyn>,
+        grad: ArrayView<'_, A, IxDyn>,
+        transform: GradTransform<A>,
+    ) {
         let order = kernel::preferred_order(&param);
         let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
         tensor.step += 1;
         group.step(param, grad, tensor, transform);
-        Ok(StepOutcome::Stepped { grad_norm: norm })
     }
 
     /// Steps every tensor of `batch`, in order, as [`step`](Self::step) does one; either all
@@ -186,31 +266,16 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// allowed here), and [`Error::DuplicateParam`] if the batch names a tensor twice;
     /// nothing has changed then.
     pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<StepOutcome> {
-        self.check_batch(batch)?;
-        for (index, entry) in batch.iter().enumerate() {
-            if let Some(skipped) = self.guard(index, entry.name, &entry.grad)? {
-                return Ok(skipped);
-            }
+        let mut check = self.start_batch("batch");
+        for entry in batch.iter() {
+            self.check_entry(&mut check, entry.name, entry.param.shape(), &entry.grad)?;
         }
-        let global = match self.clip {
-            Some(Clip::GlobalNorm { max_norm }) => {
-                // PyTorch's total norm: the norm of the per-tensor norms.
-                let norm = batch
-                    .iter()
-                    .map(|entry| clip::l2_norm(&entry.grad).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                Some((clip::norm_transform(max_norm, norm), norm))
-            }
-            _ => None,
+        let mut clip = match self.finish_check(check)? {
+            Checked::Skip(outcome) => return Ok(outcome),
+            Checked::Step(clip) => clip,
         };
-        let mut squares = 0.0;
         for entry in batch.iter_mut() {
-            let (transform, norm) = match global {
-                Some((transform, _)) => (transform, None),
-                None => self.tensor_transform(&entry.grad),
-            };
-            squares += norm.map_or(0.0, |norm| norm * norm);
+            let transform = self.entry_transform(&mut clip, &entry.grad);
             // The states are lent to the entries, which are then stepped independently (on
             // several threads with the `rayon` feature) and give them back.
             self.lend(entry, transform);
@@ -221,35 +286,157 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             let lent = entry.lent.take().expect("every entry of the batch was lent its state");
             self.registry.give_back(entry.name, lent.tensor);
         }
-        let grad_norm = match self.clip {
-            Some(Clip::GlobalNorm { .. }) => global.map(|(_, norm)| norm),
-            Some(Clip::Norm { .. }) => Some(squares.sqrt()),
-            _ => None,
-        };
-        Ok(StepOutcome::Stepped { grad_norm })
+        Ok(clip.outcome(self.clip))
     }
 
-    /// Everything that can make a batch fail before anything is stepped: each entry as
-    /// [`check`](Self::check) sees it, and a name given twice, registered or not.
-    fn check_batch(&mut self, batch: &[ParamGrad<'_, A>]) -> Result<()> {
+    /// Steps every tensor of `params` with its gradient in `grads` as one batch, exactly as
+    /// [`step_all`](Self::step_all) steps a batch of the same tensors in the same order
+    /// (the [model's order](crate::model#order)): clipping and the non-finite check cover
+    /// every tensor, and either all are stepped or, on an error or a skip, none is.
+    ///
+    /// `params` is a model, a set of named tensors ([`Parameters`]: a struct with
+    /// `#[derive(Parameters)]`, a map, a list of named arrays, …), and `grads` the same type
+    /// holding the gradients, each where the model holds its tensor; the names are the
+    /// model's dotted paths, such as `encoder.layers.0.weight`. The names are built in a
+    /// buffer that the optimizer keeps, so that after the first step a step allocates nothing.
+    ///
+    /// The model is walked twice: once to check every tensor and gradient, then to step them,
+    /// one after another (with the `rayon` feature, a large tensor is split over the threads,
+    /// as [`step`](Self::step) splits it).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    ///
+    /// use ndarray::{ArrayD, IxDyn};
+    /// use ndarray_optim::{Clip, Optimizer, Sgd, StepOutcome};
+    ///
+    /// let mut opt = Optimizer::new(Sgd { lr: 0.5, ..Sgd::default() })?;
+    /// opt.set_clip(Some(Clip::GlobalNorm { max_norm: 1.0 }))?;
+    /// let tensor = |shape: &[usize], value| ArrayD::<f64>::from_elem(IxDyn(shape), value);
+    /// let mut params = BTreeMap::from([("b", tensor(&[2], 1.0)), ("w", tensor(&[2, 2], 1.0))]);
+    /// let grads = BTreeMap::from([("b", tensor(&[2], 0.0)), ("w", tensor(&[2, 2], 1.5))]);
+    /// // The norm of all gradients is 3: each is scaled by 1/3 before the step.
+    /// let outcome = opt.step_model(&mut params, &grads)?;
+    /// assert_eq!(outcome, StepOutcome::Stepped { grad_norm: Some(3.0) });
+    /// assert!((params["w"][[0, 0]] - 0.75).abs() < 1e-6);
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`step_all`](Self::step_all), with [`Error::DuplicateParam`] if the model or the
+    /// gradients name a tensor twice (in one list, or in two members of a tuple), and
+    /// [`Error::MissingGradient`] or [`Error::UnexpectedGradient`] if the gradients do not
+    /// hold a gradient exactly where the model holds a tensor (one of another shape is
+    /// [`Error::GradientShape`]). Nothing has changed then.
+    pub fn step_model<M>(&mut self, params: &mut M, grads: &M) -> Result<StepOutcome>
+    where
+        M: Parameters<Elem = A> + ?Sized,
+    {
+        // Past this call nothing depends on the model's type.
+        self.step_zipped(&mut |prefix, f| params.zip_mut(grads, prefix, f))
+    }
+
+    /// [`step_model`](Self::step_model) of the model that `zip` walks, in the optimizer's
+    /// own name buffer.
+    fn step_zipped(&mut self, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
+        let mut prefix = core::mem::take(&mut self.names.0);
+        prefix.clear();
+        let outcome = self.step_zipped_in(&mut prefix, zip);
+        self.names.0 = prefix;
+        outcome
+    }
+
+    fn step_zipped_in(&mut self, prefix: &mut Prefix, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
+        let mut check = self.start_batch("model");
+        zip(prefix, &mut |name, param, grad| {
+            self.check_entry(&mut check, name, param.shape(), &grad)
+        })?;
+        let mut clip = match self.finish_check(check)? {
+            Checked::Skip(outcome) => return Ok(outcome),
+            Checked::Step(clip) => clip,
+        };
+        zip(prefix, &mut |name, param, grad| {
+            let transform = self.entry_transform(&mut clip, &grad);
+            self.step_checked(name, param, grad, transform);
+            Ok(())
+        })?;
+        Ok(clip.outcome(self.clip))
+    }
+
+    /// Starts the first pass over a batch, whose names come from `in_what` (for errors).
+    fn start_batch(&mut self, in_what: &'static str) -> BatchCheck {
         self.registry.start_batch();
-        // New names have no slot to mark; they are few and only in a tensor's first step,
-        // which allocates its state anyway.
-        let mut new_names = hashbrown::HashSet::new();
-        for entry in batch {
-            self.check(entry.name, entry.param.shape(), entry.grad.shape())?;
-            let again = match self.registry.named_again(entry.name) {
-                Some(again) => again,
-                None => !new_names.insert(entry.name),
-            };
-            if again {
-                return Err(Error::DuplicateParam {
-                    param: entry.name.to_owned(),
-                    in_what: "batch",
-                });
+        BatchCheck {
+            in_what,
+            index: 0,
+            new_names: hashbrown::HashSet::new(),
+            non_finite: None,
+            squares: 0.0,
+        }
+    }
+
+    /// Checks the next tensor of a batch: everything that can make its step fail, as
+    /// [`check`](Self::check) sees it, and a name given twice, registered or not; then its
+    /// gradient for the non-finite policy and, when clipping by global norm, its norm.
+    fn check_entry(
+        &mut self,
+        batch: &mut BatchCheck,
+        name: &str,
+        param: &[usize],
+        grad: &ArrayView<'_, A, IxDyn>,
+    ) -> Result<()> {
+        self.check(name, param, grad.shape())?;
+        let again = match self.registry.named_again(name) {
+            Some(again) => again,
+            // New names have no slot to mark; they are few and only in a tensor's first
+            // step, which allocates its state anyway.
+            None => !batch.new_names.insert(name.to_owned()),
+        };
+        if again {
+            return Err(Error::DuplicateParam { param: name.to_owned(), in_what: batch.in_what });
+        }
+        if batch.non_finite.is_none() {
+            // A refusal waits until every tensor is checked: the batch's errors come first.
+            batch.non_finite = self.guard(batch.index, name, grad).transpose();
+            if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
+                batch.squares += clip::l2_norm(grad).powi(2);
             }
         }
+        batch.index += 1;
         Ok(())
+    }
+
+    /// Ends the first pass over a batch: the refusal or skip of a non-finite gradient, or the
+    /// clip of the step.
+    fn finish_check(&self, batch: BatchCheck) -> Result<Checked<A>> {
+        if let Some(outcome) = batch.non_finite {
+            return outcome.map(Checked::Skip);
+        }
+        let global = match self.clip {
+            // PyTorch's total norm: the norm of the per-tensor norms.
+            Some(Clip::GlobalNorm { max_norm }) => {
+                let norm = batch.squares.sqrt();
+                Some((clip::norm_transform(max_norm, norm), norm))
+            }
+            _ => None,
+        };
+        Ok(Checked::Step(BatchClip { global, squares: 0.0 }))
+    }
+
+    /// The clip's transform of the gradient of the next tensor of a batch.
+    fn entry_transform(
+        &self,
+        clip: &mut BatchClip<A>,
+        grad: &ArrayView<'_, A, IxDyn>,
+    ) -> GradTransform<A> {
+        match clip.global {
+            Some((transform, _)) => transform,
+            None => {
+                let (transform, norm) = self.tensor_transform(grad);
+                clip.squares += norm.map_or(0.0, |norm| norm * norm);
+                transform
+            }
+        }
     }
 
     /// Lends `entry` its tensor's state, advancing its step count.

@@ -168,6 +168,54 @@ fn clipped_and_scheduled_steps_do_not_allocate() {
     }
 }
 
+/// `step_model` builds its names in a buffer it keeps: once every tensor has state, its steps
+/// of a model of nested structs, a `Vec` of layers and maps allocate nothing, with global-norm
+/// clipping and the non-finite check.
+#[test]
+fn steady_state_model_steps_do_not_allocate() {
+    use std::collections::{BTreeMap, HashMap};
+
+    use ndarray::Array1;
+    use ndarray_optim::{AdamW, Clip, NonFinite, Parameters};
+
+    #[derive(Clone, Parameters)]
+    struct Layer {
+        weight: Array2<f32>,
+        bias: Array1<f32>,
+    }
+
+    #[derive(Clone, Parameters)]
+    struct Model {
+        layers: Vec<Layer>,
+        norms: BTreeMap<String, Array1<f32>>,
+        #[optim(rename = "extra_parameters_with_a_long_name")]
+        extra: HashMap<String, Array3<f32>>,
+    }
+
+    let layer = |inputs, outputs, value| Layer {
+        weight: Array2::from_elem((inputs, outputs), value),
+        bias: Array1::from_elem(outputs, value),
+    };
+    let model = |value| Model {
+        layers: vec![layer(8, 16, value), layer(16, 16, value), layer(16, 4, value)],
+        norms: BTreeMap::from([("first".to_owned(), Array1::from_elem(16, value))]),
+        extra: HashMap::from([("cube".to_owned(), Array3::from_elem((2, 3, 4).f(), value))]),
+    };
+    let mut opt = Optimizer::<AdamW, f32>::new(AdamW::default()).unwrap();
+    opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+    opt.set_non_finite(NonFinite::Refuse);
+    let (mut params, grads) = (model(1.0), model(0.25));
+    opt.step_model(&mut params, &grads).unwrap();
+    let count = allocations(|| {
+        for _ in 0..5 {
+            opt.step_model(&mut params, &grads).unwrap();
+        }
+    });
+    assert_eq!(count, 0, "steady-state model steps allocated");
+    assert_eq!(opt.step_count("extra_parameters_with_a_long_name.cube"), Some(6));
+    assert_eq!(opt.step_count("layers.2.bias"), Some(6));
+}
+
 /// Steps on several threads: one tensor large enough to be split into chunks, and a batch of
 /// many tensors spread over the threads.
 #[cfg(feature = "rayon")]

@@ -15,6 +15,7 @@ mod inspect;
 mod kernels;
 mod layouts;
 mod model;
+mod model_params;
 mod options;
 mod patterns;
 mod reference;

@@ -2,26 +2,26 @@
 //! softmax over the 10 digits, trained on mean cross-entropy with gradients by hand.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
-use ndarray_optim::ParamGrad;
+use ndarray_optim::Parameters;
 use ndarray_rand::RandomExt;
 use ndarray_rand::rand::Rng;
 use ndarray_rand::rand_distr::Uniform;
 
-/// The names the optimizer knows the tensors by, in PyTorch's style.
-pub const HIDDEN_WEIGHT: &str = "hidden.weight";
-pub const HIDDEN_BIAS: &str = "hidden.bias";
-pub const OUTPUT_WEIGHT: &str = "output.weight";
-pub const OUTPUT_BIAS: &str = "output.bias";
+/// A dense layer, `x · weight + bias`.
+#[derive(Clone, Debug, PartialEq, Parameters)]
+pub struct Linear {
+    /// (inputs, outputs)
+    pub weight: Array2<f32>,
+    pub bias: Array1<f32>,
+}
 
-/// The network's parameters; a gradient has the same shapes, so it is an `Mlp` too.
-#[derive(Clone, Debug, PartialEq)]
+/// The network's parameters, which the optimizer knows by their paths, as PyTorch names them:
+/// `hidden.weight`, `hidden.bias`, `output.weight`, `output.bias`. A gradient has the same
+/// shapes, so it is an `Mlp` too.
+#[derive(Clone, Debug, PartialEq, Parameters)]
 pub struct Mlp {
-    /// (inputs, hidden)
-    pub hidden_weight: Array2<f32>,
-    pub hidden_bias: Array1<f32>,
-    /// (hidden, classes)
-    pub output_weight: Array2<f32>,
-    pub output_bias: Array1<f32>,
+    pub hidden: Linear,
+    pub output: Linear,
 }
 
 /// Glorot-uniform weights for a layer from `inputs` to `outputs` units: variance
@@ -32,21 +32,24 @@ fn glorot(inputs: usize, outputs: usize, rng: &mut impl Rng) -> Array2<f32> {
     Array2::random_using((inputs, outputs), uniform, rng)
 }
 
+impl Linear {
+    /// A fresh layer: Glorot-uniform weights, zero biases.
+    fn new(inputs: usize, outputs: usize, rng: &mut impl Rng) -> Linear {
+        Linear { weight: glorot(inputs, outputs, rng), bias: Array1::zeros(outputs) }
+    }
+}
+
 impl Mlp {
     /// A fresh network: random weights, zero biases.
     pub fn new(inputs: usize, hidden: usize, classes: usize, rng: &mut impl Rng) -> Mlp {
-        Mlp {
-            hidden_weight: glorot(inputs, hidden, rng),
-            hidden_bias: Array1::zeros(hidden),
-            output_weight: glorot(hidden, classes, rng),
-            output_bias: Array1::zeros(classes),
-        }
+        // Fields are evaluated in the order written: the hidden weights are drawn first.
+        Mlp { hidden: Linear::new(inputs, hidden, rng), output: Linear::new(hidden, classes, rng) }
     }
 
     /// Hidden activations and class probabilities, one row per image.
     fn forward(&self, images: ArrayView2<'_, f32>) -> (Array2<f32>, Array2<f32>) {
-        let hidden = (images.dot(&self.hidden_weight) + &self.hidden_bias).tanh();
-        let mut probs = hidden.dot(&self.output_weight) + &self.output_bias;
+        let hidden = (images.dot(&self.hidden.weight) + &self.hidden.bias).tanh();
+        let mut probs = hidden.dot(&self.output.weight) + &self.output.bias;
         for mut row in probs.rows_mut() {
             // Shifting by the row's maximum keeps exp from overflowing; softmax is unchanged.
             let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
@@ -95,22 +98,16 @@ impl Mlp {
             delta_out[[i, label]] -= 1.0;
         }
         delta_out /= labels.len() as f32;
-        let delta_hidden = delta_out.dot(&self.output_weight.t()) * hidden.mapv(|h| 1.0 - h * h);
+        let delta_hidden = delta_out.dot(&self.output.weight.t()) * hidden.mapv(|h| 1.0 - h * h);
         Mlp {
-            hidden_weight: images.t().dot(&delta_hidden),
-            hidden_bias: delta_hidden.sum_axis(Axis(0)),
-            output_weight: hidden.t().dot(&delta_out),
-            output_bias: delta_out.sum_axis(Axis(0)),
+            hidden: Linear {
+                weight: images.t().dot(&delta_hidden),
+                bias: delta_hidden.sum_axis(Axis(0)),
+            },
+            output: Linear {
+                weight: hidden.t().dot(&delta_out),
+                bias: delta_out.sum_axis(Axis(0)),
+            },
         }
-    }
-
-    /// Every parameter tensor with its gradient, named, for one `Optimizer::step_all`.
-    pub fn with_gradient<'a>(&'a mut self, gradient: &'a Mlp) -> [ParamGrad<'a, f32>; 4] {
-        [
-            ParamGrad::new(HIDDEN_WEIGHT, &mut self.hidden_weight, &gradient.hidden_weight),
-            ParamGrad::new(HIDDEN_BIAS, &mut self.hidden_bias, &gradient.hidden_bias),
-            ParamGrad::new(OUTPUT_WEIGHT, &mut self.output_weight, &gradient.output_weight),
-            ParamGrad::new(OUTPUT_BIAS, &mut self.output_bias, &gradient.output_bias),
-        ]
     }
 }

@@ -8,7 +8,12 @@ use ndarray::Axis;
 use ndarray_optim::{Optimizer, Rule, UpdateRule};
 
 use crate::digits::Digits;
-use crate::mlp::{HIDDEN_WEIGHT, Mlp, OUTPUT_BIAS, OUTPUT_WEIGHT};
+use crate::mlp::Mlp;
+
+/// Tensors that the optimizer's groups name, as the network's fields name them.
+const HIDDEN_WEIGHT: &str = "hidden.weight";
+const OUTPUT_WEIGHT: &str = "output.weight";
+const OUTPUT_BIAS: &str = "output.bias";
 
 /// The parameter group of the output layer.
 const OUTPUT_GROUP: &str = "output";
@@ -159,8 +164,8 @@ fn run_epochs(
         for batch in epoch {
             let images = train.images.select(Axis(0), batch);
             let labels: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
-            let gradient = model.gradient(images.view(), &labels);
-            optimizer.step_all(&mut model.with_gradient(&gradient))?;
+            let gradient = model.gradient(images.view(), &labels); // loss.backward()
+            optimizer.step_model(model, &gradient)?; // optimizer.step()
             step += 1;
             tick();
             if let Some(curve) = curve.as_deref_mut().filter(|_| step.is_multiple_of(LOG_EVERY)) {

@@ -534,7 +534,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             slots.insert(record.name, Slot::new(group, tensor));
         }
         registry.slots = slots;
-        Ok(Optimizer { registry, clip, non_finite })
+        Ok(Optimizer { registry, clip, non_finite, names: Default::default() })
     }
 }
 
