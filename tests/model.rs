@@ -996,7 +996,7 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
         Sched::Exponential(gamma) => {
             let schedule = Schedule::Exponential { gamma };
             let expected = if gamma.is_finite() && gamma > 0.0 {
-                in_progress(world, schedule)
+                in_progress(world, schedule.clone())
             } else {
                 Err(invalid_hyper())
             };
@@ -1019,7 +1019,7 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
                 div_factor: 25.0,
                 final_div_factor: 1e4,
             };
-            let expected = in_progress(world, schedule);
+            let expected = in_progress(world, schedule.clone());
             let actual = LrScheduler::new(&mut world.opt, schedule);
             assert_outcome(&actual, &expected, op);
             let Ok(scheduler) = actual else { return false };

@@ -96,7 +96,7 @@ fn with_position(
 fn positions_that_cannot_be_stepped_are_refused() {
     let mut opt = sgd(0.1);
     let exponential = Schedule::Exponential { gamma: 1.0 };
-    let chained = LrScheduler::new(&mut opt, exponential).unwrap();
+    let chained = LrScheduler::new(&mut opt, exponential.clone()).unwrap();
     // (A fresh optimizer is brought into phase by replaying the schedule, which is refused,
     // changing nothing, that far in.)
     let far = with_position(&chained, |v| v["phases"][0]["last_epoch"] = (1_u64 << 40).into());
@@ -110,7 +110,8 @@ fn positions_that_cannot_be_stepped_are_refused() {
             with_position(&chained, |v| v["phases"][0]["last_epoch"] = epoch2.clone()).is_err()
         );
     }
-    let two = LrScheduler::chained(&mut sgd(0.1), vec![exponential, exponential]).unwrap();
+    let two = LrScheduler::chained(&mut sgd(0.1), vec![exponential.clone(), exponential.clone()])
+        .unwrap();
     assert!(with_position(&two, |v| v["phases"][1]["last_epoch"] = 5.into()).is_err());
 
     let cosine = Schedule::Cosine { t_max: 10, eta_min: 0.0 };
@@ -189,8 +190,17 @@ fn random_schedule(rng: &mut StdRng) -> Schedule {
             _ => [0.5, 0.25, 0.1, f64::EPSILON, 1e300, 1e-300][rng.random_range(0..6)],
         }
     };
-    match rng.random_range(0..6) {
+    match rng.random_range(0..9) {
         0 => Schedule::Step { step_size: count(rng), gamma: real(rng) },
+        6 => {
+            // Mostly steps that a run of 200 reaches, repeats among them.
+            let milestones = (0..rng.random_range(0..6))
+                .map(|_| if rng.random_bool(0.8) { rng.random_range(0..40) } else { count(rng) })
+                .collect();
+            Schedule::MultiStep { milestones, gamma: real(rng) }
+        }
+        7 => Schedule::Constant { factor: real(rng), total_iters: count(rng) },
+        8 => Schedule::Polynomial { total_iters: count(rng), power: real(rng) },
         1 => Schedule::Exponential { gamma: real(rng) },
         2 => Schedule::Cosine { t_max: count(rng), eta_min: real(rng) },
         3 => Schedule::CosineRestarts { t_0: count(rng), t_mult: count(rng), eta_min: real(rng) },
@@ -226,7 +236,7 @@ fn every_schedule_steps_finite_or_is_refused() {
         opt.add_group("tiny", Sgd { lr: 1e-300, ..Sgd::default() }).unwrap();
         let fresh = opt.clone();
         let built = match case % 3 {
-            0 => LrScheduler::new(&mut opt, schedules[0]),
+            0 => LrScheduler::new(&mut opt, schedules[0].clone()),
             1 => LrScheduler::chained(&mut opt, schedules.clone()),
             _ => {
                 let mut milestones: Vec<u64> = (1..len as u64).map(|i| i * 7).collect();
@@ -497,6 +507,9 @@ fn schedulers_read_back_in_postcard() {
         Schedule::Cosine { t_max: 10, eta_min: 0.001 },
         Schedule::CosineRestarts { t_0: 2, t_mult: 3, eta_min: 0.0 },
         Schedule::Linear { start_factor: 0.25, end_factor: 1.0, total_iters: 4 },
+        Schedule::MultiStep { milestones: vec![4, 2, 4], gamma: 0.5 },
+        Schedule::Constant { factor: 0.25, total_iters: 3 },
+        Schedule::Polynomial { total_iters: 6, power: 2.0 },
         Schedule::OneCycle {
             max_lr: 1.0,
             total_steps: 20,
@@ -519,11 +532,11 @@ fn schedulers_read_back_in_postcard() {
     for schedule in schedules {
         let bytes = postcard::to_stdvec(&schedule).unwrap();
         assert_eq!(postcard::from_bytes::<Schedule>(&bytes).unwrap(), schedule);
-        let json: Value = serde_json::to_value(schedule).unwrap();
+        let json: Value = serde_json::to_value(&schedule).unwrap();
         assert_eq!(json["kind"], schedule.name());
         for build in builds {
             let mut opt = sgd(0.1);
-            let Ok(mut scheduler) = build(&mut opt, schedule) else { continue };
+            let Ok(mut scheduler) = build(&mut opt, schedule.clone()) else { continue };
             for _ in 0..3 {
                 scheduler.step(&mut opt).unwrap();
             }

@@ -242,6 +242,7 @@ where
     let mut optimizer = build::<A>(case)?;
     let mut scheduler = case
         .schedule
+        .clone()
         .map(|schedule| LrScheduler::new(&mut optimizer, schedule))
         .transpose()
         .map_err(|e| format!("schedule: {e}"))?;
