@@ -3,7 +3,7 @@
 
 use ndarray::{Array1, Array2, array};
 use ndarray_optim::schedule::{
-    LrScheduler, PlateauMode, ReduceLrOnPlateau, Schedule, ThresholdMode,
+    LrScheduler, OneCycle, PlateauMode, ReduceLrOnPlateau, Schedule, ThresholdMode,
 };
 use ndarray_optim::{
     Adam, Clip, DEFAULT_GROUP, Error, Momentum, NonFinite, Optimizer, ParamGrad, Sgd, StepOutcome,
@@ -381,13 +381,12 @@ fn bad_schedules_are_typed_errors_and_change_nothing() {
         let err = LrScheduler::sequential(&mut opt, schedules, milestones).unwrap_err();
         assert!(matches!(err, Error::InvalidSchedule { .. }), "{err}");
     }
-    let one_cycle = Schedule::OneCycle {
-        max_lr: 1.0,
-        total_steps: 4,
+    let one_cycle = Schedule::OneCycle(OneCycle {
         pct_start: 0.5,
         div_factor: 4.0,
         final_div_factor: 2.0,
-    };
+        ..OneCycle::new(1.0, 4)
+    });
     let err = LrScheduler::chained(&mut opt, vec![one_cycle.clone(), cosine]).unwrap_err();
     assert!(matches!(err, Error::InvalidSchedule { .. }));
     assert!(matches!(LrScheduler::chained(&mut opt, vec![]), Err(Error::InvalidSchedule { .. })));

@@ -75,18 +75,24 @@
 use core::f64::consts::PI;
 
 use crate::check::{check_count, check_non_negative, check_positive, require};
-use crate::error::Result;
 #[cfg(doc)]
 use crate::error::Error;
+use crate::error::Result;
 #[cfg(doc)]
 use crate::optimizer::Optimizer;
 
+mod cyclic;
+mod one_cycle;
+mod per_group;
 mod phase;
 mod plateau;
 mod scheduler;
 #[cfg(feature = "serde")]
 mod stored;
 
+pub use cyclic::{Cyclic, CyclicMode};
+pub use one_cycle::{AnnealStrategy, OneCycle};
+pub use per_group::PerGroup;
 pub use plateau::{PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 pub use scheduler::LrScheduler;
 
@@ -107,11 +113,16 @@ pub use scheduler::LrScheduler;
 /// | `Cosine` | `$\eta_{min} + \frac{1}{2}(\eta_b - \eta_{min})(1 + \cos\frac{\pi t}{T})$`, recursively `$\eta_{min} + (\eta_{t-1} - \eta_{min}) \frac{1 + \cos(\pi t / T)}{1 + \cos(\pi (t-1)/T)}$`; past `$T$` it rises again (PyTorch's periodic continuation) | `CosineAnnealingLR(T_max=T, eta_min)` |
 /// | `CosineRestarts` | `$\eta_{min} + \frac{1}{2}(\eta_b - \eta_{min})(1 + \cos\frac{\pi T_{cur}}{T_i})$`, `$T_{cur}$` the steps since the last restart, `$T_0$` the first period, each next one `$T_{mult}$` times longer | `CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)` |
 /// | `Linear` | `$\eta_b \big(a + (b - a)\frac{\min(t, n)}{n}\big)$`, recursively `$\eta_{t-1}\big(1 + \frac{b - a}{n a + (t - 1)(b - a)}\big)$` for `$1 \le t \le n$` | `LinearLR(start_factor=a, end_factor=b, total_iters=n)` |
-/// | `OneCycle` | cosine from `$M/d$` up to `$M$` over the first `pct_start` of `total_steps`, then down to `$M/(d f)$` | `OneCycleLR(max_lr=M, total_steps, pct_start, div_factor=d, final_div_factor=f, cycle_momentum=False)` |
+/// | `Cyclic` | `$\eta_{base} + (\eta_{max} - \eta_{base})\, s_t\, \sigma_t$`, `$s_t$` rising from 0 to 1 over `step_size_up` steps and back over `step_size_down`, `$\sigma_t$` the mode's scale (see [`Cyclic`]) | `CyclicLR(base_lr, max_lr, step_size_up, step_size_down, mode, gamma)` |
+/// | `OneCycle` | from `$M/d$` up to `$M$` over the first `pct_start` of `total_steps`, then down to `$M/(d f)$` (three phases: back to `$M/d$` first), along a cosine or a line (see [`OneCycle`]) | `OneCycleLR(max_lr=M, total_steps, pct_start, anneal_strategy, div_factor=d, final_div_factor=f, three_phase)` |
 ///
-/// `OneCycle` sets the same rates for every group (PyTorch's scalar `max_lr`) and does not
-/// cycle momentum; stepping it past `total_steps` is [`Error::ScheduleFinished`], as in
-/// PyTorch. [`validate`](Self::validate) refuses what would divide by zero on some step
+/// `Cyclic` and `OneCycle` set each group's rate from their own per-group settings
+/// ([`PerGroup`]: one value for all groups or one per group, as PyTorch's lists), not from
+/// the group's base rate, and may cycle each group's momentum inversely to the rate
+/// (`cycle_momentum`, see [`UpdateRule::cycled_momentum_mut`](crate::UpdateRule::cycled_momentum_mut)).
+/// Stepping a `OneCycle` past `total_steps` is
+/// [`Error::ScheduleFinished`], as in PyTorch. [`validate`](Self::validate) refuses what
+/// would divide by zero on some step
 /// (PyTorch raises `ZeroDivisionError` there): a `Cosine` period past about 3·10^8 steps, a
 /// `OneCycle` phase of length 0, a `Constant` factor of 0. A warm-restart period that would
 /// pass `u64::MAX` steps is `u64::MAX` (longer than any run: a schedule counts at most
@@ -122,12 +133,13 @@ pub use scheduler::LrScheduler;
 /// `"multistep"` (`milestones`, `gamma`), `"constant"` (`factor`, `total_iters`),
 /// `"exponential"`, `"polynomial"` (`total_iters`, `power`), `"cosine"` (`t_max`, `eta_min`),
 /// `"cosine_restarts"` (`t_0`, `t_mult`, `eta_min`), `"linear"` (`start_factor`, `end_factor`,
-/// `total_iters`) or `"one_cycle"` (`max_lr`, `total_steps`, `pct_start`, `div_factor`,
-/// `final_div_factor`); keys left out take PyTorch's defaults. Formats that are not
-/// human-readable, such as postcard, cannot read a `kind` key; there a schedule is the
-/// variant's index followed by its fields, the index in the order `Step`, `Exponential`,
-/// `Cosine`, `CosineRestarts`, `Linear`, `OneCycle`, `MultiStep`, `Constant`, `Polynomial`
-/// (the order in which the kinds came to the crate, so that older data keeps reading).
+/// `total_iters`), `"cyclic"` or `"one_cycle"` (the fields of [`Cyclic`] and [`OneCycle`]);
+/// keys left out take PyTorch's defaults (but `cycle_momentum` is off), and a per-group
+/// setting is a number or a list.
+/// Formats that are not human-readable, such as postcard, cannot read a `kind` key; there a
+/// schedule is the variant's index followed by its fields, the index in the order `Step`,
+/// `Exponential`, `Cosine`, `CosineRestarts`, `Linear`, `OneCycle`, `MultiStep`, `Constant`,
+/// `Polynomial`, `Cyclic` (the order in which the kinds came to the crate).
 ///
 /// `Schedule` is not `Copy`: `MultiStep`'s milestones are a list of any length.
 #[derive(Clone, Debug, PartialEq)]
@@ -193,19 +205,10 @@ pub enum Schedule {
         /// Steps of the change `$n$` (≥ 1; default 5).
         total_iters: u64,
     },
-    /// The one-cycle policy with cosine annealing (Smith & Topin 2017).
-    OneCycle {
-        /// Peak rate `$M$` (finite, > 0), for every group.
-        max_lr: f64,
-        /// Length of the cycle in steps (≥ 1); stepping past it is an error.
-        total_steps: u64,
-        /// Fraction of the cycle spent rising, in [0, 1] (default 0.3).
-        pct_start: f64,
-        /// Initial rate `$M/d$` (finite, > 0; default 25).
-        div_factor: f64,
-        /// Final rate `$M/(d f)$` (finite, > 0; default 1e4).
-        final_div_factor: f64,
-    },
+    /// The rate cycling between two bounds (Smith 2017).
+    Cyclic(Cyclic),
+    /// The one-cycle policy (Smith & Topin 2017).
+    OneCycle(OneCycle),
 }
 
 impl Schedule {
@@ -220,7 +223,20 @@ impl Schedule {
             Schedule::Cosine { .. } => "cosine",
             Schedule::CosineRestarts { .. } => "cosine_restarts",
             Schedule::Linear { .. } => "linear",
-            Schedule::OneCycle { .. } => "one_cycle",
+            Schedule::Cyclic(_) => "cyclic",
+            Schedule::OneCycle(_) => "one_cycle",
+        }
+    }
+
+    /// Checks that every per-group setting has a value for each of `groups` groups.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSchedule`] naming the setting whose list has another length.
+    pub(crate) fn check_groups(&self, groups: usize) -> Result<()> {
+        match self {
+            Schedule::Cyclic(cyclic) => cyclic.check_groups(self.name(), groups),
+            Schedule::OneCycle(one_cycle) => one_cycle.check_groups(self.name(), groups),
+            _ => Ok(()),
         }
     }
 
@@ -283,38 +299,8 @@ impl Schedule {
                 require(end_ok, name, "end_factor", end_factor, "in [0, 1]")?;
                 check_count(name, "total_iters", total_iters)
             }
-            Schedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor } => {
-                check_positive(name, "max_lr", max_lr)?;
-                check_count(name, "total_steps", total_steps)?;
-                let pct_ok = (0.0..=1.0).contains(&pct_start);
-                require(pct_ok, name, "pct_start", pct_start, "in [0, 1]")?;
-                check_positive(name, "div_factor", div_factor)?;
-                check_positive(name, "final_div_factor", final_div_factor)?;
-                let initial = max_lr / div_factor;
-                require(
-                    initial.is_finite(),
-                    name,
-                    "div_factor",
-                    div_factor,
-                    "such that max_lr / div_factor is finite",
-                )?;
-                let min = initial / final_div_factor;
-                require(
-                    min.is_finite(),
-                    name,
-                    "final_div_factor",
-                    final_div_factor,
-                    "such that max_lr / div_factor / final_div_factor is finite",
-                )?;
-                // Both phases are interpolated over their length: a phase that some step
-                // reaches must not have length 0 (PyTorch divides by zero there).
-                let steps = total_steps as f64;
-                let rise_end = pct_start * steps - 1.0;
-                let rise_ok = rise_end != 0.0;
-                let fall_ok = (total_steps - 1) as f64 - rise_end != 0.0;
-                let requirement = "such that pct_start · total_steps is neither 1 nor total_steps (a phase of length 0)";
-                require(rise_ok && fall_ok, name, "pct_start", pct_start, requirement)
-            }
+            Schedule::Cyclic(ref cyclic) => cyclic.validate(name),
+            Schedule::OneCycle(ref one_cycle) => one_cycle.validate(name),
         }
     }
 }

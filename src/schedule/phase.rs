@@ -101,7 +101,8 @@ impl Phase {
     }
 
     pub(super) fn set(&mut self, position: Position) {
-        (self.last_epoch, self.t_i, self.t_cur) = (position.last_epoch, position.t_i, position.t_cur);
+        (self.last_epoch, self.t_i, self.t_cur) =
+            (position.last_epoch, position.t_i, position.t_cur);
     }
 
     /// The position after `movement`, or the error PyTorch raises for it.
@@ -128,8 +129,8 @@ impl Phase {
                 // left by the constructor's step).
                 Move::Restart => {}
             },
-            Schedule::OneCycle { total_steps, .. } if next.last_epoch as u64 > total_steps => {
-                return Err(Error::ScheduleFinished { total_steps });
+            Schedule::OneCycle(ref one_cycle) if next.last_epoch as u64 > one_cycle.total_steps => {
+                return Err(Error::ScheduleFinished { total_steps: one_cycle.total_steps });
             }
             _ => {}
         }
@@ -147,27 +148,37 @@ impl Phase {
             Schedule::CosineRestarts { t_0, t_mult, .. } => {
                 (self.t_i, self.t_cur) == restart_position(t_0, t_mult, epoch)
             }
-            Schedule::OneCycle { total_steps, .. } => epoch < 0 || epoch as u64 <= total_steps,
+            Schedule::OneCycle(ref one_cycle) => epoch < 0 || epoch as u64 <= one_cycle.total_steps,
             _ => self.t_i == 0 && self.t_cur == 0,
         }
     }
 
-    /// The rate of a group with base rate `base` and current rate `lr`, at the position `at`
-    /// this phase has just reached by `movement` (PyTorch's `get_lr`, or
+    /// The rate of the group at `group`, with base rate `base` and current rate `lr`, at the
+    /// position `at` this phase has just reached by `movement` (PyTorch's `get_lr`, or
     /// `_get_closed_form_lr` on a restart); a result that is negative by rounding alone is 0.
-    pub(super) fn lr(&self, at: Position, movement: Move, base: f64, lr: f64) -> f64 {
+    pub(super) fn lr(&self, at: Position, movement: Move, group: usize, base: f64, lr: f64) -> f64 {
         // The largest rate involved: the recursions' rounding is relative to it.
         let scale = match self.schedule {
-            Schedule::OneCycle { max_lr, .. } => max_lr,
+            Schedule::Cyclic(ref cyclic) => cyclic.largest_lr(group),
+            Schedule::OneCycle(ref one_cycle) => one_cycle.largest_lr(group),
             Schedule::Cosine { eta_min, .. } | Schedule::CosineRestarts { eta_min, .. } => {
                 base.abs().max(lr.abs()).max(eta_min)
             }
             _ => base.abs().max(lr.abs()),
         };
-        settle(self.raw_lr(at, movement, base, lr), scale, at.last_epoch)
+        settle(self.raw_lr(at, movement, group, base, lr), scale, at.last_epoch)
     }
 
-    fn raw_lr(&self, at: Position, movement: Move, base: f64, lr: f64) -> f64 {
+    /// The momentum of the group at `group` at step `epoch`, if this phase cycles momentum.
+    pub(super) fn momentum(&self, epoch: i64, group: usize) -> Option<f64> {
+        match self.schedule {
+            Schedule::Cyclic(ref cyclic) => cyclic.momentum(group, epoch),
+            Schedule::OneCycle(ref one_cycle) => one_cycle.momentum(group, epoch),
+            _ => None,
+        }
+    }
+
+    fn raw_lr(&self, at: Position, movement: Move, group: usize, base: f64, lr: f64) -> f64 {
         let epoch = at.last_epoch;
         let t = epoch as f64;
         match self.schedule {
@@ -251,18 +262,10 @@ impl Phase {
                     _ => lr * (1.0 + (b - a) / (n * a + (t - 1.0) * (b - a))),
                 }
             }
-            Schedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor } => {
-                let initial = max_lr / div_factor;
-                let min = initial / final_div_factor;
-                let rise_end = pct_start * total_steps as f64 - 1.0;
-                let (start_step, end_step, from, to) = if t <= rise_end {
-                    (0.0, rise_end, initial, max_lr)
-                } else {
-                    (rise_end, (total_steps - 1) as f64, max_lr, min)
-                };
-                let pct = (t - start_step) / (end_step - start_step);
-                to + (from - to) / 2.0 * ((PI * pct).cos() + 1.0)
-            }
+            // Functions of the step alone (CyclicLR has no closed form: SequentialLR's
+            // restart is its `get_lr` at step 0).
+            Schedule::Cyclic(ref cyclic) => cyclic.lr(group, epoch),
+            Schedule::OneCycle(ref one_cycle) => one_cycle.lr(group, epoch),
         }
     }
 }

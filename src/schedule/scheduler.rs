@@ -6,6 +6,7 @@ use crate::check::check_lr;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::optimizer::Optimizer;
+use crate::registry::ParamGroup;
 use crate::rule::UpdateRule;
 
 /// How the phases of an [`LrScheduler`] combine.
@@ -45,9 +46,12 @@ impl LrScheduler {
     /// Runs `schedule`: every group's current rate is set to its first-step value.
     ///
     /// # Errors
-    /// [`Error::InvalidHyperparameter`] for a schedule out of range,
-    /// [`Error::ScheduleInProgress`] if a group has a rate from another schedule in
-    /// progress (see the [module documentation](self)); nothing changes then.
+    /// [`Error::InvalidHyperparameter`] for a schedule out of range (or a cycled momentum
+    /// out of a group's rule's range), [`Error::InvalidSchedule`] for a per-group list that
+    /// does not have one value per group, [`Error::NoMomentumToCycle`] if the schedule cycles
+    /// momentum and a group's rule has none, [`Error::ScheduleInProgress`] if a group has a
+    /// rate from another schedule in progress (see the [module documentation](self));
+    /// nothing changes then.
     pub fn new<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedule: Schedule,
@@ -61,8 +65,7 @@ impl LrScheduler {
     ///
     /// # Errors
     /// [`Error::InvalidSchedule`] for no schedules or a `OneCycle` among them (PyTorch's is
-    /// not chainable), [`Error::InvalidHyperparameter`] for a schedule out of range,
-    /// [`Error::ScheduleInProgress`] as for [`new`](Self::new).
+    /// not chainable), and the errors of [`new`](Self::new).
     pub fn chained<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedules: Vec<Schedule>,
@@ -76,9 +79,8 @@ impl LrScheduler {
     ///
     /// # Errors
     /// [`Error::InvalidSchedule`] unless there is one milestone fewer than schedules and the
-    /// milestones rise strictly from ≥ 1, or for a `OneCycle` among several schedules;
-    /// [`Error::InvalidHyperparameter`] for a schedule out of range,
-    /// [`Error::ScheduleInProgress`] as for [`new`](Self::new).
+    /// milestones rise strictly from ≥ 1, or for a `OneCycle` among several schedules; and
+    /// the errors of [`new`](Self::new).
     pub fn sequential<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedules: Vec<Schedule>,
@@ -95,13 +97,15 @@ impl LrScheduler {
         let mut scheduler =
             LrScheduler { plan, phases: schedules.into_iter().map(Phase::new).collect() };
         scheduler.validate()?;
+        scheduler.check_groups(optimizer.groups().len())?;
         scheduler.take_initial_step()?;
-        let first = |base: f64| scheduler.initial_rate(base);
+        let first =
+            |group: usize, base: f64| scheduler.initial_rate(group, scheduler.base(group, base));
         // A rate that a schedule set is not silently replaced by another: the optimizer is
         // mid-schedule (e.g. restored from a checkpoint), and a scheduler state restored
         // after this one would then continue from the wrong rate.
-        for group in optimizer.groups() {
-            let rate = first(group.base_lr());
+        for (index, group) in optimizer.groups().iter().enumerate() {
+            let rate = first(index, group.base_lr());
             if let Some(current) = group.scheduled_lr.filter(|lr| lr.to_bits() != rate.to_bits()) {
                 return Err(Error::ScheduleInProgress {
                     group: group.name().to_owned(),
@@ -110,8 +114,24 @@ impl LrScheduler {
                 });
             }
         }
-        set_rates(optimizer, |base, _| Ok(first(base)))?;
+        let momentum = |group| scheduler.initial_momentum(group);
+        set_rates(optimizer, |group, base, _| Ok(first(group, base)), momentum)?;
         Ok(scheduler)
+    }
+
+    /// Fails unless every per-group setting has a value for each of `groups` groups.
+    fn check_groups(&self, groups: usize) -> Result<()> {
+        self.phases.iter().try_for_each(|phase| phase.schedule.check_groups(groups))
+    }
+
+    /// The base rate that the phases see for the group at `group`, whose own base rate is
+    /// `base`: PyTorch's `initial_lr`, which a `CyclicLR` built first sets to its `base_lr`
+    /// before the other schedulers read it.
+    fn base(&self, group: usize, base: f64) -> f64 {
+        match &self.phases[0].schedule {
+            Schedule::Cyclic(cyclic) => cyclic.base_lr.get(group),
+            _ => base,
+        }
     }
 
     /// Takes the constructors' step: every phase takes its constructor's step; a sequence
@@ -129,17 +149,38 @@ impl LrScheduler {
         Ok(())
     }
 
-    /// The first rate of a group with base rate `base` (PyTorch's `initial_lr`), for phases
-    /// that have taken the constructors' step.
-    fn initial_rate(&self, base: f64) -> f64 {
+    /// The first rate of the group at `group` with base rate `base` (PyTorch's
+    /// `initial_lr`), for phases that have taken the constructors' step.
+    fn initial_rate(&self, group: usize, base: f64) -> f64 {
+        let first = |lr, phase: &Phase| phase.lr(phase.position(), Move::Initial, group, base, lr);
         match self.plan {
-            Plan::Chained => {
-                self.phases.iter().fold(base, |lr, phase| {
-                    phase.lr(phase.position(), Move::Initial, base, lr)
-                })
-            }
-            Plan::Sequential { .. } => {
-                self.phases[0].lr(self.phases[0].position(), Move::Initial, base, base)
+            Plan::Chained => self.phases.iter().fold(base, first),
+            Plan::Sequential { .. } => first(base, &self.phases[0]),
+        }
+    }
+
+    /// The first momentum of the group at `group`, if a phase cycles momentum: each
+    /// scheduler that cycles momentum sets it when it is built, in list order, and a
+    /// sequence then has its first phase take its first step again.
+    fn initial_momentum(&self, group: usize) -> Option<f64> {
+        let first = match self.plan {
+            Plan::Sequential { .. } => self.phases[0].momentum(0, group),
+            Plan::Chained => None,
+        };
+        first.or_else(|| self.phases.iter().rev().find_map(|phase| phase.momentum(0, group)))
+    }
+
+    /// The momentum after the step `next` of the group at `group`, if the step sets one:
+    /// the last phase of a chain that cycles momentum, the current phase of a sequence if it
+    /// does.
+    fn next_momentum(&self, next: &Next, group: usize) -> Option<f64> {
+        match next {
+            Next::Chained => self.phases.iter().rev().find_map(|phase| {
+                let at = phase.moved(Move::Advance).ok()?;
+                phase.momentum(at.last_epoch, group)
+            }),
+            Next::Sequential { index, moved, .. } => {
+                self.phases[*index].momentum(moved.last_epoch, group)
             }
         }
     }
@@ -167,16 +208,17 @@ impl LrScheduler {
         }
     }
 
-    /// The rate after the step `next` of a group with base rate `base` and current rate
-    /// `lr`.
-    fn next_rate(&self, next: &Next, base: f64, lr: f64) -> f64 {
+    /// The rate after the step `next` of the group at `group` with base rate `base` and
+    /// current rate `lr`.
+    fn next_rate(&self, next: &Next, group: usize, base: f64, lr: f64) -> f64 {
         match next {
             Next::Chained => self.phases.iter().fold(lr, |lr, phase| {
                 // `next` checked that every phase moves.
-                phase.moved(Move::Advance).map_or(lr, |at| phase.lr(at, Move::Advance, base, lr))
+                let moved = phase.moved(Move::Advance);
+                moved.map_or(lr, |at| phase.lr(at, Move::Advance, group, base, lr))
             }),
             Next::Sequential { index, movement, moved, .. } => {
-                self.phases[*index].lr(*moved, *movement, base, lr)
+                self.phases[*index].lr(*moved, *movement, group, base, lr)
             }
         }
     }
@@ -199,9 +241,9 @@ impl LrScheduler {
         Ok(())
     }
 
-    /// The rate that a group with base rate `base` has at this position had it been in the
-    /// optimizer from the start: the schedule replayed, operation for operation.
-    fn replayed_rate(&self, base: f64) -> Result<f64> {
+    /// The rate that the group at `group` with base rate `base` has at this position had it
+    /// been in the optimizer from the start: the schedule replayed, operation for operation.
+    fn replayed_rate(&self, group: usize, base: f64) -> Result<f64> {
         let steps = self.steps();
         if steps > REPLAY_LIMIT {
             return Err(Error::InvalidSchedule {
@@ -221,10 +263,10 @@ impl LrScheduler {
             phases: self.phases.iter().map(Phase::rewound).collect(),
         };
         replay.take_initial_step()?;
-        let mut lr = replay.initial_rate(base);
+        let mut lr = replay.initial_rate(group, base);
         for _ in 0..steps {
             let next = replay.next()?;
-            lr = replay.next_rate(&next, base, lr);
+            lr = replay.next_rate(&next, group, base, lr);
             replay.take(next)?;
         }
         Ok(lr)
@@ -238,7 +280,7 @@ impl LrScheduler {
         for phase in &self.phases {
             phase.schedule.validate()?;
         }
-        let one_cycle = self.phases.iter().any(|p| matches!(p.schedule, Schedule::OneCycle { .. }));
+        let one_cycle = self.phases.iter().any(|p| matches!(p.schedule, Schedule::OneCycle(_)));
         if one_cycle && self.phases.len() > 1 {
             return invalid("a one-cycle schedule runs alone (PyTorch's is not chainable)");
         }
@@ -266,20 +308,26 @@ impl LrScheduler {
     /// # Errors
     /// [`Error::ScheduleFinished`] past a `OneCycle`'s last step (or after `i64::MAX` steps),
     /// [`Error::InvalidHyperparameter`] if a rate came out non-finite or negative (e.g. an
-    /// exponential growth past `f64::MAX`), [`Error::InvalidSchedule`] for a group to bring
-    /// into phase after more than 2^26 steps; nothing changes then.
+    /// exponential growth past `f64::MAX`) or a group's rule refuses a cycled momentum,
+    /// [`Error::NoMomentumToCycle`] for a group added with a rule without momentum,
+    /// [`Error::InvalidSchedule`] for a group to bring
+    /// into phase after more than 2^26 steps or a per-group setting whose list does not fit
+    /// the groups (one was added); nothing changes then.
     pub fn step<R: UpdateRule, A: Element>(
         &mut self,
         optimizer: &mut Optimizer<R, A>,
     ) -> Result<()> {
+        self.check_groups(optimizer.groups().len())?;
         let next = self.next()?;
-        set_rates(optimizer, |base, current| {
+        let rate = |group, base, current: Option<f64>| {
+            let base = self.base(group, base);
             let lr = match current {
                 Some(lr) => lr,
-                None => self.replayed_rate(base)?,
+                None => self.replayed_rate(group, base)?,
             };
-            Ok(self.next_rate(&next, base, lr))
-        })?;
+            Ok(self.next_rate(&next, group, base, lr))
+        };
+        set_rates(optimizer, rate, |group| self.next_momentum(&next, group))?;
         self.take(next)
     }
 
@@ -334,25 +382,48 @@ enum Next {
     Sequential { epoch: u64, index: usize, movement: Move, moved: Position },
 }
 
-/// Sets every group's current rate to `rate(base, scheduled)`, from its base rate and the
-/// rate a schedule set it to, if any; checks every new rate (finite, ≥ 0) first and changes
-/// nothing on an error. `rate` runs twice per group, so it must be pure.
+/// Sets every group's current rate to `rate(index, base, scheduled)`, from its index, its
+/// base rate and the rate a schedule set it to, if any, and its cycled momentum to
+/// `momentum(index)` where that is `Some`. Checks every new rate (finite, ≥ 0) and
+/// momentum (the rule has one, and takes the value) first and changes nothing on an error.
+/// `rate` and `momentum` run twice per group, so they must be pure.
 fn set_rates<R: UpdateRule, A: Element>(
     optimizer: &mut Optimizer<R, A>,
-    rate: impl Fn(f64, Option<f64>) -> Result<f64>,
+    rate: impl Fn(usize, f64, Option<f64>) -> Result<f64>,
+    momentum: impl Fn(usize) -> Option<f64>,
 ) -> Result<()> {
-    let mut groups = optimizer.registry.groups.iter();
-    if let Some(error) = groups.find_map(|group| {
-        rate(group.base_lr(), group.scheduled_lr).and_then(|lr| check_lr("schedule", lr)).err()
-    }) {
-        return Err(error);
+    let registry = &optimizer.registry;
+    for (index, group) in registry.groups.iter().enumerate() {
+        check_lr("schedule", rate(index, group.base_lr(), group.scheduled_lr)?)?;
+        if let Some(value) = momentum(index) {
+            registry.check_hyper(index, &with_momentum(group, value)?)?;
+        }
     }
-    for group in &mut optimizer.registry.groups {
-        if let Ok(value) = rate(group.base_lr(), group.scheduled_lr) {
+    for (index, group) in optimizer.registry.groups.iter_mut().enumerate() {
+        if let Ok(value) = rate(index, group.base_lr(), group.scheduled_lr) {
             group.scheduled_lr = Some(value);
+        }
+        if let Some(value) = momentum(index) {
+            if let Ok(hyper) = with_momentum(group, value) {
+                group.hyper = hyper;
+            }
         }
     }
     Ok(())
+}
+
+/// The group's hyperparameters with the cycled momentum `value`.
+///
+/// # Errors
+/// [`Error::NoMomentumToCycle`] if its rule has none.
+fn with_momentum<R: UpdateRule>(group: &ParamGroup<R>, value: f64) -> Result<R> {
+    let mut hyper = group.hyper.clone();
+    let momentum = hyper.cycled_momentum_mut().ok_or_else(|| Error::NoMomentumToCycle {
+        group: group.name().to_owned(),
+        rule: group.hyper.name(),
+    })?;
+    *momentum = value;
+    Ok(hyper)
 }
 
 #[cfg(feature = "serde")]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Schedule;
+use super::{Cyclic, OneCycle, Schedule};
 
 impl Serialize for Schedule {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -75,16 +75,8 @@ enum Tagged {
         #[serde(default = "defaults::total_iters")]
         total_iters: u64,
     },
-    OneCycle {
-        max_lr: f64,
-        total_steps: u64,
-        #[serde(default = "defaults::pct_start")]
-        pct_start: f64,
-        #[serde(default = "defaults::div_factor")]
-        div_factor: f64,
-        #[serde(default = "defaults::final_div_factor")]
-        final_div_factor: f64,
-    },
+    Cyclic(Cyclic),
+    OneCycle(OneCycle),
 }
 
 /// The variants in the order of their indices, which data written by earlier versions holds:
@@ -97,10 +89,11 @@ enum Indexed {
     Cosine { t_max: u64, eta_min: f64 },
     CosineRestarts { t_0: u64, t_mult: u64, eta_min: f64 },
     Linear { start_factor: f64, end_factor: f64, total_iters: u64 },
-    OneCycle { max_lr: f64, total_steps: u64, pct_start: f64, div_factor: f64, final_div_factor: f64 },
+    OneCycle(OneCycle),
     MultiStep { milestones: Vec<u64>, gamma: f64 },
     Constant { factor: f64, total_iters: u64 },
     Polynomial { total_iters: u64, power: f64 },
+    Cyclic(Cyclic),
 }
 
 /// PyTorch's defaults.
@@ -119,14 +112,5 @@ mod defaults {
     }
     pub(super) fn total_iters() -> u64 {
         5
-    }
-    pub(super) fn pct_start() -> f64 {
-        0.3
-    }
-    pub(super) fn div_factor() -> f64 {
-        25.0
-    }
-    pub(super) fn final_div_factor() -> f64 {
-        1e4
     }
 }
