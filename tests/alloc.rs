@@ -203,8 +203,13 @@ fn every_schedule_kind_steps_without_allocating() {
             vec![
                 Schedule::Constant { factor: 0.5, total_iters: 2 },
                 Schedule::Cyclic(cycling(CyclicMode::Triangular2)),
+                Schedule::Swa {
+                    swa_lr: PerGroup::Each(vec![0.01, 0.02]),
+                    anneal_epochs: 3,
+                    anneal_strategy: AnnealStrategy::Cos,
+                },
             ],
-            Some(vec![2]),
+            Some(vec![2, 5]),
         ),
         (
             vec![

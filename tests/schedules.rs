@@ -211,7 +211,7 @@ fn random_schedule(rng: &mut StdRng) -> Schedule {
             _ => [0.5, 0.25, 0.1, f64::EPSILON, 1e300, 1e-300][rng.random_range(0..6)],
         }
     };
-    match rng.random_range(0..11) {
+    match rng.random_range(0..12) {
         0 => Schedule::Step { step_size: count(rng), gamma: real(rng) },
         6 => {
             // Mostly steps that a run of 200 reaches, repeats among them.
@@ -242,7 +242,7 @@ fn random_schedule(rng: &mut StdRng) -> Schedule {
             base_momentum: momentum(rng),
             max_momentum: momentum(rng),
         }),
-        _ => Schedule::OneCycle(OneCycle {
+        10 => Schedule::OneCycle(OneCycle {
             max_lr: per_group(rng),
             total_steps: count(rng),
             pct_start: real(rng),
@@ -254,6 +254,11 @@ fn random_schedule(rng: &mut StdRng) -> Schedule {
             base_momentum: momentum(rng),
             max_momentum: momentum(rng),
         }),
+        _ => Schedule::Swa {
+            swa_lr: per_group(rng),
+            anneal_epochs: count(rng),
+            anneal_strategy: strategy(rng),
+        },
     }
 }
 
@@ -612,6 +617,11 @@ fn schedulers_read_back_in_postcard() {
             gamma: 0.9,
             ..Cyclic::new(vec![0.01], 0.1)
         }),
+        Schedule::Swa {
+            swa_lr: PerGroup::Each(vec![0.02]),
+            anneal_epochs: 4,
+            anneal_strategy: AnnealStrategy::Linear,
+        },
         Schedule::OneCycle(OneCycle::new(1.0, 20)),
         Schedule::OneCycle(OneCycle {
             anneal_strategy: AnnealStrategy::Linear,

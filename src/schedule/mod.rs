@@ -115,12 +115,14 @@ pub use scheduler::LrScheduler;
 /// | `Linear` | `$\eta_b \big(a + (b - a)\frac{\min(t, n)}{n}\big)$`, recursively `$\eta_{t-1}\big(1 + \frac{b - a}{n a + (t - 1)(b - a)}\big)$` for `$1 \le t \le n$` | `LinearLR(start_factor=a, end_factor=b, total_iters=n)` |
 /// | `Cyclic` | `$\eta_{base} + (\eta_{max} - \eta_{base})\, s_t\, \sigma_t$`, `$s_t$` rising from 0 to 1 over `step_size_up` steps and back over `step_size_down`, `$\sigma_t$` the mode's scale (see [`Cyclic`]) | `CyclicLR(base_lr, max_lr, step_size_up, step_size_down, mode, gamma)` |
 /// | `OneCycle` | from `$M/d$` up to `$M$` over the first `pct_start` of `total_steps`, then down to `$M/(d f)$` (three phases: back to `$M/d$` first), along a cosine or a line (see [`OneCycle`]) | `OneCycleLR(max_lr=M, total_steps, pct_start, anneal_strategy, div_factor=d, final_div_factor=f, three_phase)` |
+/// | `Swa` | `$\alpha_t \eta_{swa} + (1 - \alpha_t)\eta_s$`, `$\eta_s$` the rate when it started, `$\alpha_t = \frac{1}{2}(1 - \cos(\pi \min(t/n, 1)))$` (cos) or `$\min(t/n, 1)$` (linear); recursively with `$\eta_s = \frac{\eta_{t-1} - \alpha_{t-1}\eta_{swa}}{1 - \alpha_{t-1}}$` | `torch.optim.swa_utils.SWALR(swa_lr, anneal_epochs=n, anneal_strategy)` |
 ///
 /// `Cyclic` and `OneCycle` set each group's rate from their own per-group settings
 /// ([`PerGroup`]: one value for all groups or one per group, as PyTorch's lists), not from
 /// the group's base rate, and may cycle each group's momentum inversely to the rate
 /// (`cycle_momentum`, see [`UpdateRule::cycled_momentum_mut`](crate::UpdateRule::cycled_momentum_mut)).
-/// Stepping a `OneCycle` past `total_steps` is
+/// `Swa` anneals each group from the rate it has when it starts (in a sequence, the rate
+/// the phase before left) to its `swa_lr`. Stepping a `OneCycle` past `total_steps` is
 /// [`Error::ScheduleFinished`], as in PyTorch. [`validate`](Self::validate) refuses what
 /// would divide by zero on some step
 /// (PyTorch raises `ZeroDivisionError` there): a `Cosine` period past about 3·10^8 steps, a
@@ -133,13 +135,14 @@ pub use scheduler::LrScheduler;
 /// `"multistep"` (`milestones`, `gamma`), `"constant"` (`factor`, `total_iters`),
 /// `"exponential"`, `"polynomial"` (`total_iters`, `power`), `"cosine"` (`t_max`, `eta_min`),
 /// `"cosine_restarts"` (`t_0`, `t_mult`, `eta_min`), `"linear"` (`start_factor`, `end_factor`,
-/// `total_iters`), `"cyclic"` or `"one_cycle"` (the fields of [`Cyclic`] and [`OneCycle`]);
-/// keys left out take PyTorch's defaults (but `cycle_momentum` is off), and a per-group
-/// setting is a number or a list.
+/// `total_iters`), `"cyclic"` or `"one_cycle"` (the fields of [`Cyclic`] and [`OneCycle`]),
+/// or `"swa"` (`swa_lr`, `anneal_epochs`, `anneal_strategy` `"cos"` or `"linear"`); keys left
+/// out take PyTorch's defaults (but `cycle_momentum` is off), and a per-group setting is a
+/// number or a list.
 /// Formats that are not human-readable, such as postcard, cannot read a `kind` key; there a
 /// schedule is the variant's index followed by its fields, the index in the order `Step`,
 /// `Exponential`, `Cosine`, `CosineRestarts`, `Linear`, `OneCycle`, `MultiStep`, `Constant`,
-/// `Polynomial`, `Cyclic` (the order in which the kinds came to the crate).
+/// `Polynomial`, `Cyclic`, `Swa` (the order in which the kinds came to the crate).
 ///
 /// `Schedule` is not `Copy`: `MultiStep`'s milestones are a list of any length.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,6 +212,16 @@ pub enum Schedule {
     Cyclic(Cyclic),
     /// The one-cycle policy (Smith & Topin 2017).
     OneCycle(OneCycle),
+    /// Annealing to a constant rate for stochastic weight averaging (Izmailov et al. 2018),
+    /// PyTorch's `torch.optim.swa_utils.SWALR`.
+    Swa {
+        /// The rate `$\eta_{swa}$` each group anneals to (finite, ≥ 0).
+        swa_lr: PerGroup,
+        /// Steps of the annealing `$n$` (default 10; 0 sets `swa_lr` at once).
+        anneal_epochs: u64,
+        /// Cosine or linear annealing (default cosine).
+        anneal_strategy: AnnealStrategy,
+    },
 }
 
 impl Schedule {
@@ -225,6 +238,7 @@ impl Schedule {
             Schedule::Linear { .. } => "linear",
             Schedule::Cyclic(_) => "cyclic",
             Schedule::OneCycle(_) => "one_cycle",
+            Schedule::Swa { .. } => "swa",
         }
     }
 
@@ -236,6 +250,7 @@ impl Schedule {
         match self {
             Schedule::Cyclic(cyclic) => cyclic.check_groups(self.name(), groups),
             Schedule::OneCycle(one_cycle) => one_cycle.check_groups(self.name(), groups),
+            Schedule::Swa { swa_lr, .. } => swa_lr.check_groups(self.name(), "swa_lr", groups),
             _ => Ok(()),
         }
     }
@@ -301,6 +316,7 @@ impl Schedule {
             }
             Schedule::Cyclic(ref cyclic) => cyclic.validate(name),
             Schedule::OneCycle(ref one_cycle) => one_cycle.validate(name),
+            Schedule::Swa { ref swa_lr, .. } => swa_lr.validate(name, "swa_lr", check_non_negative),
         }
     }
 }

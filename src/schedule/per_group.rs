@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 
 /// A setting of a schedule for the optimizer's parameter groups: one value for all of them,
 /// or one per group in the optimizer's order (the default group first), as PyTorch's
-/// schedulers take a float or a list for `max_lr`, `base_lr` and the momenta.
+/// schedulers take a float or a list for `max_lr`, `base_lr`, `swa_lr` and the momenta.
 ///
 /// A list must have exactly one value per group when the schedule runs: a scheduler whose
 /// list does not fit the optimizer's groups (at its start, or after a group was added) is

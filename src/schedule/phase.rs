@@ -3,7 +3,7 @@
 
 use core::f64::consts::PI;
 
-use super::Schedule;
+use super::{AnnealStrategy, Schedule};
 use crate::error::{Error, Result};
 
 /// How a phase moves to its next rate: PyTorch's three ways of calling a scheduler.
@@ -58,6 +58,35 @@ fn settle(rate: f64, scale: f64, steps: i64) -> f64 {
     const ROUNDING_PER_STEP: f64 = 4.0 * f64::EPSILON;
     let tolerance = ROUNDING_PER_STEP * (steps.max(0) as f64 + 16.0) * scale.abs();
     if rate < 0.0 && rate >= -tolerance { 0.0 } else { rate }
+}
+
+/// SWALR's rate at step `epoch` from the rate `lr` of the step before: the weight `$\alpha$`
+/// of `swa_lr` rises from 0 to 1 over `anneal_epochs` steps, and the rate before the
+/// annealing is recovered from `lr` with the previous weight (PyTorch's `_get_initial_lr`).
+fn swa_lr_after(
+    swa_lr: f64,
+    anneal_epochs: u64,
+    strategy: AnnealStrategy,
+    epoch: i64,
+    lr: f64,
+) -> f64 {
+    // PyTorch counts SWALR's own steps (`_step_count - 1`), which is `last_epoch` however the
+    // phase is reached, and takes one step more without annealing.
+    let step = if anneal_epochs == 0 { epoch.max(1) } else { epoch };
+    let period = anneal_epochs.max(1);
+    let fraction = |step: i64| match u64::try_from(step) {
+        Err(_) | Ok(0) => 0.0,
+        Ok(step) if step >= period => 1.0,
+        Ok(step) => step as f64 / period as f64,
+    };
+    let weight = |t: f64| match strategy {
+        AnnealStrategy::Cos => (1.0 - (PI * t).cos()) / 2.0,
+        AnnealStrategy::Linear => t,
+    };
+    let previous = weight(fraction(step - 1));
+    let before = if previous == 1.0 { swa_lr } else { (lr - previous * swa_lr) / (1.0 - previous) };
+    let alpha = weight(fraction(step));
+    swa_lr * alpha + before * (1.0 - alpha)
 }
 
 /// Where a phase is: PyTorch's `last_epoch`, and `T_i`, `T_cur` of warm restarts (0 for
@@ -161,6 +190,7 @@ impl Phase {
         let scale = match self.schedule {
             Schedule::Cyclic(ref cyclic) => cyclic.largest_lr(group),
             Schedule::OneCycle(ref one_cycle) => one_cycle.largest_lr(group),
+            Schedule::Swa { ref swa_lr, .. } => base.abs().max(lr.abs()).max(swa_lr.get(group)),
             Schedule::Cosine { eta_min, .. } | Schedule::CosineRestarts { eta_min, .. } => {
                 base.abs().max(lr.abs()).max(eta_min)
             }
@@ -266,6 +296,10 @@ impl Phase {
             // restart is its `get_lr` at step 0).
             Schedule::Cyclic(ref cyclic) => cyclic.lr(group, epoch),
             Schedule::OneCycle(ref one_cycle) => one_cycle.lr(group, epoch),
+            // SWALR has no closed form: SequentialLR's restart is its `get_lr` at step 0.
+            Schedule::Swa { ref swa_lr, anneal_epochs, anneal_strategy } => {
+                swa_lr_after(swa_lr.get(group), anneal_epochs, anneal_strategy, epoch, lr)
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Cyclic, OneCycle, Schedule};
+use super::{AnnealStrategy, Cyclic, OneCycle, PerGroup, Schedule};
 
 impl Serialize for Schedule {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -77,6 +77,13 @@ enum Tagged {
     },
     Cyclic(Cyclic),
     OneCycle(OneCycle),
+    Swa {
+        swa_lr: PerGroup,
+        #[serde(default = "defaults::anneal_epochs")]
+        anneal_epochs: u64,
+        #[serde(default)]
+        anneal_strategy: AnnealStrategy,
+    },
 }
 
 /// The variants in the order of their indices, which data written by earlier versions holds:
@@ -94,6 +101,7 @@ enum Indexed {
     Constant { factor: f64, total_iters: u64 },
     Polynomial { total_iters: u64, power: f64 },
     Cyclic(Cyclic),
+    Swa { swa_lr: PerGroup, anneal_epochs: u64, anneal_strategy: AnnealStrategy },
 }
 
 /// PyTorch's defaults.
@@ -112,5 +120,8 @@ mod defaults {
     }
     pub(super) fn total_iters() -> u64 {
         5
+    }
+    pub(super) fn anneal_epochs() -> u64 {
+        10
     }
 }
