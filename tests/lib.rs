@@ -20,6 +20,7 @@ mod patterns;
 mod reference;
 mod report;
 mod schedules;
+mod schedules_v2;
 mod shard;
 mod training;
 mod v1_checkpoints;
