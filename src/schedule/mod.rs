@@ -122,14 +122,15 @@ pub use scheduler::LrScheduler;
 /// the group's base rate, and may cycle each group's momentum inversely to the rate
 /// (`cycle_momentum`, see [`UpdateRule::cycled_momentum_mut`](crate::UpdateRule::cycled_momentum_mut)).
 /// `Swa` anneals each group from the rate it has when it starts (in a sequence, the rate
-/// the phase before left) to its `swa_lr`. Stepping a `OneCycle` past `total_steps` is
-/// [`Error::ScheduleFinished`], as in PyTorch. [`validate`](Self::validate) refuses what
-/// would divide by zero on some step
-/// (PyTorch raises `ZeroDivisionError` there): a `Cosine` period past about 3·10^8 steps, a
-/// `OneCycle` phase of length 0, a `Constant` factor of 0. A warm-restart period that would
-/// pass `u64::MAX` steps is `u64::MAX` (longer than any run: a schedule counts at most
-/// `i64::MAX` steps). A rate that grows past `f64::MAX` (a `gamma` above 1) is refused by the
-/// step that would set it.
+/// the phase before left) to its `swa_lr`.
+///
+/// Stepping a `OneCycle` past `total_steps` is [`Error::ScheduleFinished`], as in PyTorch.
+/// [`validate`](Self::validate) refuses what would divide by zero on some step (PyTorch
+/// raises `ZeroDivisionError` there): a `Cosine` period past about 3·10^8 steps, a `OneCycle`
+/// phase of length 0, a `Constant` factor of 0. A warm-restart period that would pass
+/// `u64::MAX` steps is `u64::MAX` (longer than any run: a schedule counts at most `i64::MAX`
+/// steps). A rate that grows past `f64::MAX` (a `gamma` above 1) is refused by the step that
+/// would set it.
 ///
 /// In serde formats a schedule is `{"kind": "step", "step_size": k, "gamma": g}`,
 /// `"multistep"` (`milestones`, `gamma`), `"constant"` (`factor`, `total_iters`),
@@ -138,13 +139,14 @@ pub use scheduler::LrScheduler;
 /// `total_iters`), `"cyclic"` or `"one_cycle"` (the fields of [`Cyclic`] and [`OneCycle`]),
 /// or `"swa"` (`swa_lr`, `anneal_epochs`, `anneal_strategy` `"cos"` or `"linear"`); keys left
 /// out take PyTorch's defaults (but `cycle_momentum` is off), and a per-group setting is a
-/// number or a list.
-/// Formats that are not human-readable, such as postcard, cannot read a `kind` key; there a
-/// schedule is the variant's index followed by its fields, the index in the order `Step`,
-/// `Exponential`, `Cosine`, `CosineRestarts`, `Linear`, `OneCycle`, `MultiStep`, `Constant`,
-/// `Polynomial`, `Cyclic`, `Swa` (the order in which the kinds came to the crate).
+/// number or a list. Formats that are not human-readable, such as postcard, cannot read a
+/// `kind` key; there a schedule is the variant's index followed by its fields, the index in
+/// the order `Step`, `Exponential`, `Cosine`, `CosineRestarts`, `Linear`, `OneCycle`,
+/// `MultiStep`, `Constant`, `Polynomial`, `Cyclic`, `Swa` (the order in which the kinds came
+/// to the crate).
 ///
-/// `Schedule` is not `Copy`: `MultiStep`'s milestones are a list of any length.
+/// `Schedule` is not `Copy`: `MultiStep`'s milestones and the per-group settings are lists
+/// of any length.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Schedule {
     /// Multiply the rate by `gamma` every `step_size` steps.

@@ -24,7 +24,7 @@ enum Plan {
 
 /// A learning-rate schedule running against an optimizer, with its position.
 ///
-/// See the [module documentation](self) for how it follows PyTorch. Made by
+/// See the [module documentation](crate::schedule) for how it follows PyTorch. Made by
 /// [`new`](Self::new) (one schedule), [`chained`](Self::chained) (PyTorch's
 /// `ChainedScheduler`) or [`sequential`](Self::sequential) (`SequentialLR`), each of which
 /// sets every group's rate for the first optimizer step; then [`step`](Self::step) after
@@ -50,7 +50,7 @@ impl LrScheduler {
     /// out of a group's rule's range), [`Error::InvalidSchedule`] for a per-group list that
     /// does not have one value per group, [`Error::NoMomentumToCycle`] if the schedule cycles
     /// momentum and a group's rule has none, [`Error::ScheduleInProgress`] if a group has a
-    /// rate from another schedule in progress (see the [module documentation](self));
+    /// rate from another schedule in progress (see the [module documentation](crate::schedule));
     /// nothing changes then.
     pub fn new<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
@@ -403,10 +403,8 @@ fn set_rates<R: UpdateRule, A: Element>(
         if let Ok(value) = rate(index, group.base_lr(), group.scheduled_lr) {
             group.scheduled_lr = Some(value);
         }
-        if let Some(value) = momentum(index) {
-            if let Ok(hyper) = with_momentum(group, value) {
-                group.hyper = hyper;
-            }
+        if let Some(Ok(hyper)) = momentum(index).map(|value| with_momentum(group, value)) {
+            group.hyper = hyper;
         }
     }
     Ok(())
