@@ -218,6 +218,15 @@ pub enum Error {
         /// The first rate of the new schedule.
         first: f64,
     },
+    /// A schedule cycles momentum (`cycle_momentum`) and a group's rule has none to cycle:
+    /// its [`UpdateRule::cycled_momentum_mut`](crate::UpdateRule::cycled_momentum_mut) is
+    /// `None` (PyTorch raises a `ValueError` for optimizers without `momentum` or `betas`).
+    NoMomentumToCycle {
+        /// The group.
+        group: String,
+        /// Its rule.
+        rule: &'static str,
+    },
     /// Group patterns did not put every tensor into exactly one group.
     GroupPatterns {
         /// Tensors that no pattern matched.
@@ -321,6 +330,12 @@ impl fmt::Display for Error {
                 "group `{group}` has the rate {current} from a schedule in progress; a new \
                  schedule would start it at {first}: restore the saved scheduler to continue, \
                  or clear the scheduled rates to start afresh"
+            ),
+            Error::NoMomentumToCycle { group, rule } => write!(
+                f,
+                "the schedule cycles momentum, but group `{group}` steps with `{rule}`, which \
+                 has no momentum or beta1 to cycle: turn `cycle_momentum` off, or use a rule \
+                 with momentum"
             ),
             Error::GroupPatterns { unmatched, ambiguous } => write!(
                 f,

@@ -413,11 +413,19 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
 
     pub(crate) fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
         let index = self.group_index(group)?;
-        validate(&hyper)?;
-        for (param, shape) in self.stepped_members(index) {
-            check_same_buffers(param, shape, &self.groups[index].hyper, &hyper)?;
-        }
+        self.check_hyper(index, &hyper)?;
         self.groups[index].hyper = hyper;
+        Ok(())
+    }
+
+    /// Fails unless `hyper` can replace the hyperparameters of the group at `index`: in
+    /// range, and needing the state that the group's stepped tensors have. No allocation for
+    /// rules whose state has the tensor's shape.
+    pub(crate) fn check_hyper(&self, index: usize, hyper: &R) -> Result<()> {
+        validate(hyper)?;
+        for (param, shape) in self.stepped_members(index) {
+            check_same_buffers(param, shape, &self.groups[index].hyper, hyper)?;
+        }
         Ok(())
     }
 

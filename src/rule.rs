@@ -125,6 +125,22 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// The base learning rate η, for [`Optimizer::set_lr`](crate::Optimizer::set_lr).
     fn lr_mut(&mut self) -> &mut f64;
 
+    /// The momentum that a schedule cycles ([`Cyclic`](crate::schedule::Cyclic) and
+    /// [`OneCycle`](crate::schedule::OneCycle) with `cycle_momentum`), as PyTorch's
+    /// schedulers set a group's `momentum`, or its `betas[0]` for the rules that have betas:
+    /// the momentum of [`Momentum`](crate::Momentum), [`Nesterov`](crate::Nesterov),
+    /// [`RmsProp`](crate::RmsProp) and [`Muon`](crate::Muon), β₁ of [`Adam`](crate::Adam),
+    /// [`AdamW`](crate::AdamW), [`Adamax`](crate::Adamax), [`NAdam`](crate::NAdam) and
+    /// [`RAdam`](crate::RAdam). A value a schedule sets is checked by
+    /// [`validate`](Self::validate) like any other.
+    ///
+    /// `None` by default: the rule has no momentum, and a schedule asked to cycle it refuses
+    /// with [`Error::NoMomentumToCycle`](crate::Error::NoMomentumToCycle), as PyTorch raises a
+    /// `ValueError` for an optimizer without `momentum` or `betas`.
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        None
+    }
+
     /// Checks the rule's own hyperparameters (the driver checks the [`options`](Self::options));
     /// called whenever hyperparameters enter an optimizer, so that stepping never has to.
     /// Nothing to check by default.

@@ -216,6 +216,83 @@ fn steady_state_model_steps_do_not_allocate() {
     assert_eq!(opt.step_count("layers.2.bias"), Some(6));
 }
 
+/// Every schedule kind steps without allocating, per-group lists, momentum cycling (which
+/// checks each group's new hyperparameters against its stepped tensors) and combinations
+/// included.
+#[test]
+fn every_schedule_kind_steps_without_allocating() {
+    use ndarray_optim::schedule::{
+        AnnealStrategy, Cyclic, CyclicMode, LrScheduler, OneCycle, PerGroup, Schedule,
+    };
+    use ndarray_optim::{Adam, Momentum, Rule};
+
+    let cycling = |mode| Cyclic {
+        step_size_up: 3,
+        mode,
+        cycle_momentum: true,
+        max_momentum: PerGroup::Each(vec![0.95, 0.9]),
+        ..Cyclic::new(vec![0.01, 0.02], 0.1)
+    };
+    let plans: Vec<(Vec<Schedule>, Option<Vec<u64>>)> = vec![
+        (vec![Schedule::MultiStep { milestones: vec![2, 4, 4, 9], gamma: 0.5 }], None),
+        (vec![Schedule::Constant { factor: 0.5, total_iters: 3 }], None),
+        (vec![Schedule::Polynomial { total_iters: 7, power: 2.0 }], None),
+        (vec![Schedule::Cyclic(cycling(CyclicMode::ExpRange))], None),
+        (
+            vec![Schedule::OneCycle(OneCycle {
+                three_phase: true,
+                anneal_strategy: AnnealStrategy::Linear,
+                cycle_momentum: true,
+                ..OneCycle::new(vec![0.1, 0.3], 20)
+            })],
+            None,
+        ),
+        (
+            vec![
+                Schedule::Constant { factor: 0.5, total_iters: 2 },
+                Schedule::Cyclic(cycling(CyclicMode::Triangular2)),
+                Schedule::Swa {
+                    swa_lr: PerGroup::Each(vec![0.01, 0.02]),
+                    anneal_epochs: 3,
+                    anneal_strategy: AnnealStrategy::Cos,
+                },
+            ],
+            Some(vec![2, 5]),
+        ),
+        (
+            vec![
+                Schedule::Cyclic(cycling(CyclicMode::Triangular)),
+                Schedule::MultiStep { milestones: vec![3], gamma: 0.5 },
+            ],
+            None,
+        ),
+    ];
+    for (schedules, milestones) in plans {
+        let mut opt = Optimizer::<Rule, f64>::new(Momentum::default().into()).unwrap();
+        opt.add_group("adam", Adam::default()).unwrap();
+        opt.assign("b", "adam").unwrap();
+        let mut scheduler = match milestones {
+            Some(milestones) => LrScheduler::sequential(&mut opt, schedules.clone(), milestones),
+            None => LrScheduler::chained(&mut opt, schedules.clone()),
+        }
+        .unwrap();
+        let (mut w, mut b) = (Array2::<f64>::zeros((8, 5)), Array2::<f64>::zeros((3, 4)));
+        let (gw, gb) = (Array2::from_elem((8, 5), 0.25), Array2::from_elem((3, 4), -0.5));
+        let mut steps = |opt: &mut Optimizer<Rule, f64>| {
+            opt.step_all(&mut [ParamGrad::new("w", &mut w, &gw), ParamGrad::new("b", &mut b, &gb)])
+                .unwrap();
+            scheduler.step(opt).unwrap();
+        };
+        steps(&mut opt);
+        let count = allocations(|| {
+            for _ in 0..8 {
+                steps(&mut opt);
+            }
+        });
+        assert_eq!(count, 0, "{schedules:?}: scheduled steps allocated");
+    }
+}
+
 /// Steps on several threads: one tensor large enough to be split into chunks, and a batch of
 /// many tensors spread over the threads.
 #[cfg(feature = "rayon")]

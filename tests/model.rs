@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn, ShapeBuilder, Slice};
 use ndarray_optim::checkpoint::{Encoding, LoadMode, LoadReport, ShapeMismatch};
-use ndarray_optim::schedule::{LrScheduler, Schedule};
+use ndarray_optim::schedule::{LrScheduler, OneCycle, Schedule};
 use ndarray_optim::shard::{merge, split};
 use ndarray_optim::{
     Checkpoint, Clip, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan, StepOutcome,
@@ -996,7 +996,7 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
         Sched::Exponential(gamma) => {
             let schedule = Schedule::Exponential { gamma };
             let expected = if gamma.is_finite() && gamma > 0.0 {
-                in_progress(world, schedule)
+                in_progress(world, schedule.clone())
             } else {
                 Err(invalid_hyper())
             };
@@ -1012,14 +1012,8 @@ fn schedule(world: &mut World, sched: Sched, op: &Op) -> bool {
             true
         }
         Sched::OneCycle(total) => {
-            let schedule = Schedule::OneCycle {
-                max_lr: 0.5,
-                total_steps: total,
-                pct_start: 0.3,
-                div_factor: 25.0,
-                final_div_factor: 1e4,
-            };
-            let expected = in_progress(world, schedule);
+            let schedule = Schedule::OneCycle(OneCycle::new(0.5, total));
+            let expected = in_progress(world, schedule.clone());
             let actual = LrScheduler::new(&mut world.opt, schedule);
             assert_outcome(&actual, &expected, op);
             let Ok(scheduler) = actual else { return false };

@@ -4,8 +4,11 @@
 
 use ndarray::array;
 use ndarray_optim::checkpoint::LoadMode;
-use ndarray_optim::schedule::{LrScheduler, PlateauMode, ReduceLrOnPlateau, Schedule};
-use ndarray_optim::{DEFAULT_GROUP, Error, Optimizer, Sgd};
+use ndarray_optim::schedule::{
+    AnnealStrategy, Cyclic, CyclicMode, LrScheduler, OneCycle, PerGroup, PlateauMode,
+    ReduceLrOnPlateau, Schedule,
+};
+use ndarray_optim::{DEFAULT_GROUP, Error, Momentum, Optimizer, Sgd};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -96,7 +99,7 @@ fn with_position(
 fn positions_that_cannot_be_stepped_are_refused() {
     let mut opt = sgd(0.1);
     let exponential = Schedule::Exponential { gamma: 1.0 };
-    let chained = LrScheduler::new(&mut opt, exponential).unwrap();
+    let chained = LrScheduler::new(&mut opt, exponential.clone()).unwrap();
     // (A fresh optimizer is brought into phase by replaying the schedule, which is refused,
     // changing nothing, that far in.)
     let far = with_position(&chained, |v| v["phases"][0]["last_epoch"] = (1_u64 << 40).into());
@@ -110,7 +113,8 @@ fn positions_that_cannot_be_stepped_are_refused() {
             with_position(&chained, |v| v["phases"][0]["last_epoch"] = epoch2.clone()).is_err()
         );
     }
-    let two = LrScheduler::chained(&mut sgd(0.1), vec![exponential, exponential]).unwrap();
+    let two = LrScheduler::chained(&mut sgd(0.1), vec![exponential.clone(), exponential.clone()])
+        .unwrap();
     assert!(with_position(&two, |v| v["phases"][1]["last_epoch"] = 5.into()).is_err());
 
     let cosine = Schedule::Cosine { t_max: 10, eta_min: 0.0 };
@@ -142,27 +146,45 @@ fn positions_that_cannot_be_stepped_are_refused() {
 }
 
 /// `OneCycle { total_steps: 2, pct_start: 0.5 }` passed validation and gave NaN (a phase of
-/// length 0); it is refused now, as is `pct_start = 1` (NaN on the last step).
+/// length 0); it is refused now, as is `pct_start = 1` (NaN on the last step), and with three
+/// phases a last phase of length 0 that a step reaches.
 #[test]
 fn one_cycle_phases_of_length_zero_are_refused() {
-    for (total_steps, pct_start) in [(2, 0.5), (1, 1.0), (10, 1.0), (4, 0.25), (10, 0.1)] {
-        let schedule = Schedule::OneCycle {
-            max_lr: 1.0,
-            total_steps,
+    let cases = [
+        (2, 0.5, false),
+        (1, 1.0, false),
+        (10, 1.0, false),
+        (4, 0.25, false),
+        (10, 0.1, false),
+        (10, 0.1, true),
+        (10, 0.55, true),
+    ];
+    for (total_steps, pct_start, three_phase) in cases {
+        let schedule = Schedule::OneCycle(OneCycle {
             pct_start,
-            div_factor: 25.0,
-            final_div_factor: 1e4,
-        };
+            three_phase,
+            ..OneCycle::new(1.0, total_steps)
+        });
         let mut opt = sgd(0.1);
         let err = LrScheduler::new(&mut opt, schedule).unwrap_err();
         assert!(matches!(err, Error::InvalidHyperparameter { key: "pct_start", .. }), "{err}");
         assert_eq!(opt, sgd(0.1));
         let json = format!(
-            r#"{{"kind":"one_cycle","max_lr":1,"total_steps":{total_steps},"pct_start":{pct_start}}}"#
+            r#"{{"kind":"one_cycle","max_lr":1,"total_steps":{total_steps},"pct_start":{pct_start},
+                "three_phase":{three_phase}}}"#
         );
         let schedule: Schedule = serde_json::from_str(&json).unwrap();
         assert!(schedule.validate().is_err());
     }
+    // Three phases whose last one no step reaches (the second ends past the cycle): PyTorch
+    // steps through the second to the end.
+    let schedule = OneCycle { pct_start: 0.6, three_phase: true, ..OneCycle::new(1.0, 10) };
+    let mut opt = sgd(0.1);
+    let mut scheduler = LrScheduler::new(&mut opt, Schedule::OneCycle(schedule)).unwrap();
+    for _ in 0..10 {
+        scheduler.step(&mut opt).unwrap();
+    }
+    assert_eq!(rate(&opt, DEFAULT_GROUP), 1.0 / 25.0);
 }
 
 /// A few configurations of every kind, extreme ones among them.
@@ -189,8 +211,17 @@ fn random_schedule(rng: &mut StdRng) -> Schedule {
             _ => [0.5, 0.25, 0.1, f64::EPSILON, 1e300, 1e-300][rng.random_range(0..6)],
         }
     };
-    match rng.random_range(0..6) {
+    match rng.random_range(0..12) {
         0 => Schedule::Step { step_size: count(rng), gamma: real(rng) },
+        6 => {
+            // Mostly steps that a run of 200 reaches, repeats among them.
+            let milestones = (0..rng.random_range(0..6))
+                .map(|_| if rng.random_bool(0.8) { rng.random_range(0..40) } else { count(rng) })
+                .collect();
+            Schedule::MultiStep { milestones, gamma: real(rng) }
+        }
+        7 => Schedule::Constant { factor: real(rng), total_iters: count(rng) },
+        8 => Schedule::Polynomial { total_iters: count(rng), power: real(rng) },
         1 => Schedule::Exponential { gamma: real(rng) },
         2 => Schedule::Cosine { t_max: count(rng), eta_min: real(rng) },
         3 => Schedule::CosineRestarts { t_0: count(rng), t_mult: count(rng), eta_min: real(rng) },
@@ -199,21 +230,91 @@ fn random_schedule(rng: &mut StdRng) -> Schedule {
             end_factor: real(rng),
             total_iters: count(rng),
         },
-        _ => Schedule::OneCycle {
-            max_lr: real(rng),
+        9 => Schedule::Cyclic(Cyclic {
+            base_lr: per_group(rng),
+            max_lr: per_group(rng),
+            step_size_up: count(rng),
+            step_size_down: rng.random_bool(0.5).then(|| count(rng)),
+            mode: [CyclicMode::Triangular, CyclicMode::Triangular2, CyclicMode::ExpRange]
+                [rng.random_range(0..3)],
+            gamma: real(rng),
+            cycle_momentum: rng.random_bool(0.5),
+            base_momentum: momentum(rng),
+            max_momentum: momentum(rng),
+        }),
+        10 => Schedule::OneCycle(OneCycle {
+            max_lr: per_group(rng),
             total_steps: count(rng),
             pct_start: real(rng),
+            anneal_strategy: strategy(rng),
             div_factor: real(rng),
             final_div_factor: real(rng),
+            three_phase: rng.random_bool(0.5),
+            cycle_momentum: rng.random_bool(0.5),
+            base_momentum: momentum(rng),
+            max_momentum: momentum(rng),
+        }),
+        _ => Schedule::Swa {
+            swa_lr: per_group(rng),
+            anneal_epochs: count(rng),
+            anneal_strategy: strategy(rng),
         },
     }
 }
 
+fn strategy(rng: &mut StdRng) -> AnnealStrategy {
+    if rng.random_bool(0.5) { AnnealStrategy::Cos } else { AnnealStrategy::Linear }
+}
+
+/// A cycled momentum for the three groups: mostly in [0, 1), sometimes past the rule's range.
+fn momentum(rng: &mut StdRng) -> PerGroup {
+    let value = |rng: &mut StdRng| match rng.random_range(0..8) {
+        0 => 0.0,
+        1 => 1.0,
+        2 => 1e300,
+        _ => rng.random::<f64>(),
+    };
+    if rng.random_bool(0.5) {
+        PerGroup::All(value(rng))
+    } else {
+        PerGroup::Each((0..3).map(|_| value(rng)).collect())
+    }
+}
+
+/// A per-group setting for the three groups of `every_schedule_steps_finite_or_is_refused`:
+/// one value, three, or (rarely) a list that does not fit.
+fn per_group(rng: &mut StdRng) -> PerGroup {
+    let real = |rng: &mut StdRng| match rng.random_range(0..4) {
+        0 => 0.0,
+        1 => f64::MAX,
+        2 => 10f64.powi(rng.random_range(-300..300)),
+        _ => rng.random::<f64>(),
+    };
+    match rng.random_range(0..10) {
+        0..5 => PerGroup::All(real(rng)),
+        9 => PerGroup::Each((0..rng.random_range(0..5)).map(|_| real(rng)).collect()),
+        _ => PerGroup::Each((0..3).map(|_| real(rng)).collect()),
+    }
+}
+
+/// Whether `err` is the momentum rule refusing a momentum that one of `schedules` cycles
+/// out of its range [0, 1).
+fn is_cycled_momentum_error(err: &Error, schedules: &[Schedule]) -> bool {
+    let cycles = |schedule: &Schedule| match schedule {
+        Schedule::Cyclic(cyclic) => cyclic.cycle_momentum,
+        Schedule::OneCycle(one_cycle) => one_cycle.cycle_momentum,
+        _ => false,
+    };
+    schedules.iter().any(cycles)
+        && matches!(err, Error::InvalidHyperparameter { rule: "momentum", key: "momentum", .. })
+}
+
 /// Any schedule, single, chained or in a sequence, either is refused by validation, or
-/// steps with every rate finite and ≥ 0 — except for a typed error that changes nothing
-/// where the schedule itself ends (a finished one-cycle) or a rate (or the recursion's
-/// intermediate value, with rates near `f64::MAX`) overflows to infinity. No panic, no NaN,
-/// in debug and release builds.
+/// steps with every rate finite and ≥ 0 (and every cycled momentum in the rule's range) —
+/// except for a typed error that changes nothing where the schedule itself ends (a finished
+/// one-cycle), a rate (or the recursion's intermediate value, with rates near `f64::MAX`)
+/// overflows to infinity, or a cycled momentum leaves the rule's range. No panic, no NaN, in
+/// debug and release builds.
 #[test]
 fn every_schedule_steps_finite_or_is_refused() {
     let mut rng = StdRng::seed_from_u64(0x5eed_5c4e);
@@ -221,12 +322,13 @@ fn every_schedule_steps_finite_or_is_refused() {
     for case in 0..3000 {
         let len = if case % 3 == 0 { 1 } else { rng.random_range(1..4) };
         let schedules: Vec<Schedule> = (0..len).map(|_| random_schedule(&mut rng)).collect();
-        let mut opt = sgd(0.1);
-        opt.add_group("big", Sgd { lr: 1e300, ..Sgd::default() }).unwrap();
-        opt.add_group("tiny", Sgd { lr: 1e-300, ..Sgd::default() }).unwrap();
+        let rule = |lr| Momentum { lr, ..Momentum::default() };
+        let mut opt = Optimizer::<Momentum, f64>::new(rule(0.1)).unwrap();
+        opt.add_group("big", rule(1e300)).unwrap();
+        opt.add_group("tiny", rule(1e-300)).unwrap();
         let fresh = opt.clone();
         let built = match case % 3 {
-            0 => LrScheduler::new(&mut opt, schedules[0]),
+            0 => LrScheduler::new(&mut opt, schedules[0].clone()),
             1 => LrScheduler::chained(&mut opt, schedules.clone()),
             _ => {
                 let mut milestones: Vec<u64> = (1..len as u64).map(|i| i * 7).collect();
@@ -245,13 +347,16 @@ fn every_schedule_steps_finite_or_is_refused() {
                     Error::InvalidHyperparameter { rule: "schedule", value, .. }
                         if value.is_infinite()
                 );
+                let momentum = is_cycled_momentum_error(&err, &schedules);
                 assert!(
                     overflow
+                        || momentum
                         || matches!(err, Error::InvalidSchedule { .. })
                         || schedules.iter().any(|s| is_validation_error(&err, s)),
                     "{schedules:?}: {err}"
                 );
-                assert!(!valid || overflow || matches!(err, Error::InvalidSchedule { .. }));
+                let typed = overflow || momentum || matches!(err, Error::InvalidSchedule { .. });
+                assert!(!valid || typed);
                 assert_eq!(opt, fresh);
                 refused += 1;
                 continue;
@@ -262,6 +367,8 @@ fn every_schedule_steps_finite_or_is_refused() {
             for group in opt.groups() {
                 let lr = group.lr();
                 assert!(lr.is_finite() && lr >= 0.0, "{schedules:?} step {step}: {lr}");
+                let momentum = group.hyper().momentum;
+                assert!((0.0..1.0).contains(&momentum), "{schedules:?} step {step}: {momentum}");
             }
             if step == 100 {
                 let json = serde_json::to_string(&scheduler).unwrap();
@@ -274,7 +381,7 @@ fn every_schedule_steps_finite_or_is_refused() {
                 Ok(()) => {}
                 Err(err) => {
                     let finished = matches!(err, Error::ScheduleFinished { .. })
-                        && matches!(schedules[..], [Schedule::OneCycle { .. }]);
+                        && matches!(schedules[..], [Schedule::OneCycle(_)]);
                     let overflow = matches!(
                         err,
                         Error::InvalidHyperparameter { rule: "schedule", value, .. }
@@ -286,7 +393,11 @@ fn every_schedule_steps_finite_or_is_refused() {
                     let chain = case % 3 == 1
                         && schedules.len() > 1
                         && matches!(err, Error::InvalidHyperparameter { rule: "schedule", .. });
-                    assert!(finished || overflow || chain, "{schedules:?} step {step}: {err}");
+                    let momentum = is_cycled_momentum_error(&err, &schedules);
+                    assert!(
+                        finished || overflow || chain || momentum,
+                        "{schedules:?} step {step}: {err}"
+                    );
                     assert_eq!((scheduler.clone(), opt.clone()), before);
                     break;
                 }
@@ -497,13 +608,26 @@ fn schedulers_read_back_in_postcard() {
         Schedule::Cosine { t_max: 10, eta_min: 0.001 },
         Schedule::CosineRestarts { t_0: 2, t_mult: 3, eta_min: 0.0 },
         Schedule::Linear { start_factor: 0.25, end_factor: 1.0, total_iters: 4 },
-        Schedule::OneCycle {
-            max_lr: 1.0,
-            total_steps: 20,
-            pct_start: 0.3,
-            div_factor: 25.0,
-            final_div_factor: 1e4,
+        Schedule::MultiStep { milestones: vec![4, 2, 4], gamma: 0.5 },
+        Schedule::Constant { factor: 0.25, total_iters: 3 },
+        Schedule::Polynomial { total_iters: 6, power: 2.0 },
+        Schedule::Cyclic(Cyclic {
+            step_size_up: 3,
+            mode: CyclicMode::ExpRange,
+            gamma: 0.9,
+            ..Cyclic::new(vec![0.01], 0.1)
+        }),
+        Schedule::Swa {
+            swa_lr: PerGroup::Each(vec![0.02]),
+            anneal_epochs: 4,
+            anneal_strategy: AnnealStrategy::Linear,
         },
+        Schedule::OneCycle(OneCycle::new(1.0, 20)),
+        Schedule::OneCycle(OneCycle {
+            anneal_strategy: AnnealStrategy::Linear,
+            three_phase: true,
+            ..OneCycle::new(vec![0.5], 20)
+        }),
     ];
     type Build = fn(&mut Optimizer<Sgd, f64>, Schedule) -> ndarray_optim::Result<LrScheduler>;
     let builds: [Build; 3] = [
@@ -519,11 +643,11 @@ fn schedulers_read_back_in_postcard() {
     for schedule in schedules {
         let bytes = postcard::to_stdvec(&schedule).unwrap();
         assert_eq!(postcard::from_bytes::<Schedule>(&bytes).unwrap(), schedule);
-        let json: Value = serde_json::to_value(schedule).unwrap();
+        let json: Value = serde_json::to_value(&schedule).unwrap();
         assert_eq!(json["kind"], schedule.name());
         for build in builds {
             let mut opt = sgd(0.1);
-            let Ok(mut scheduler) = build(&mut opt, schedule) else { continue };
+            let Ok(mut scheduler) = build(&mut opt, schedule.clone()) else { continue };
             for _ in 0..3 {
                 scheduler.step(&mut opt).unwrap();
             }

@@ -3,7 +3,7 @@
 
 use ndarray::{Array1, Array2, array};
 use ndarray_optim::schedule::{
-    LrScheduler, PlateauMode, ReduceLrOnPlateau, Schedule, ThresholdMode,
+    LrScheduler, OneCycle, PlateauMode, ReduceLrOnPlateau, Schedule, ThresholdMode,
 };
 use ndarray_optim::{
     Adam, Clip, DEFAULT_GROUP, Error, Momentum, NonFinite, Optimizer, ParamGrad, Sgd, StepOutcome,
@@ -131,7 +131,7 @@ fn learning_rates_match_pytorch_schedulers() {
         } else {
             let schedules = sequence.schedules.clone();
             let mut scheduler = match sequence.plan.as_str() {
-                "single" => LrScheduler::new(&mut opt, schedules[0]),
+                "single" => LrScheduler::new(&mut opt, schedules[0].clone()),
                 "chained" => LrScheduler::chained(&mut opt, schedules),
                 _ => LrScheduler::sequential(&mut opt, schedules, sequence.milestones.clone()),
             }
@@ -358,9 +358,16 @@ fn bad_schedules_are_typed_errors_and_change_nothing() {
         (Schedule::CosineRestarts { t_0: 3, t_mult: 0, eta_min: 0.0 }, "t_mult"),
         (Schedule::Linear { start_factor: 0.0, end_factor: 1.0, total_iters: 5 }, "start_factor"),
         (Schedule::Linear { start_factor: 0.5, end_factor: 1.5, total_iters: 5 }, "end_factor"),
+        (Schedule::MultiStep { milestones: vec![2, 4], gamma: 0.0 }, "gamma"),
+        // γ² overflows: the closed form after both milestones would be infinite.
+        (Schedule::MultiStep { milestones: vec![2, 4], gamma: 1e200 }, "gamma"),
+        (Schedule::Constant { factor: 0.0, total_iters: 5 }, "factor"),
+        (Schedule::Constant { factor: 1.5, total_iters: 5 }, "factor"),
+        (Schedule::Polynomial { total_iters: 0, power: 1.0 }, "total_iters"),
+        (Schedule::Polynomial { total_iters: 5, power: -1.0 }, "power"),
     ];
     for (schedule, key) in invalid {
-        let err = LrScheduler::new(&mut opt, schedule).unwrap_err();
+        let err = LrScheduler::new(&mut opt, schedule.clone()).unwrap_err();
         assert!(
             matches!(err, Error::InvalidHyperparameter { key: k, .. } if k == key),
             "{schedule:?}: {err}"
@@ -370,23 +377,22 @@ fn bad_schedules_are_typed_errors_and_change_nothing() {
     let linear = Schedule::Linear { start_factor: 0.5, end_factor: 1.0, total_iters: 2 };
     let cosine = Schedule::Cosine { t_max: 5, eta_min: 0.0 };
     for milestones in [vec![], vec![0], vec![3, 3]] {
-        let schedules = vec![linear, cosine, cosine];
+        let schedules = vec![linear.clone(), cosine.clone(), cosine.clone()];
         let err = LrScheduler::sequential(&mut opt, schedules, milestones).unwrap_err();
         assert!(matches!(err, Error::InvalidSchedule { .. }), "{err}");
     }
-    let one_cycle = Schedule::OneCycle {
-        max_lr: 1.0,
-        total_steps: 4,
+    let one_cycle = Schedule::OneCycle(OneCycle {
         pct_start: 0.5,
         div_factor: 4.0,
         final_div_factor: 2.0,
-    };
-    let err = LrScheduler::chained(&mut opt, vec![one_cycle, cosine]).unwrap_err();
+        ..OneCycle::new(1.0, 4)
+    });
+    let err = LrScheduler::chained(&mut opt, vec![one_cycle.clone(), cosine]).unwrap_err();
     assert!(matches!(err, Error::InvalidSchedule { .. }));
     assert!(matches!(LrScheduler::chained(&mut opt, vec![]), Err(Error::InvalidSchedule { .. })));
 
     // One-cycle: as in PyTorch, stepping past the last step is an error that changes nothing.
-    let mut scheduler = LrScheduler::new(&mut opt, one_cycle).unwrap();
+    let mut scheduler = LrScheduler::new(&mut opt, one_cycle.clone()).unwrap();
     assert_eq!(opt.group(DEFAULT_GROUP).unwrap().lr(), 0.25);
     for _ in 0..4 {
         scheduler.step(&mut opt).unwrap();

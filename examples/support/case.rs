@@ -5,8 +5,8 @@
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
 use ndarray_optim::schedule::{LrScheduler, Schedule};
-use ndarray_optim::{Clip, Element, Optimizer, ParamGrad, Rule};
-use serde::de::DeserializeOwned;
+use ndarray_optim::{Clip, Element, Optimizer, ParamGrad, Rule, UpdateRule};
+use serde::de::{self, DeserializeOwned};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -28,10 +28,64 @@ pub struct Case {
     pub checkpoint_every: usize,
     /// Learning-rate schedule over every group's base rate, advanced after every step.
     #[serde(default)]
-    pub schedule: Option<Schedule>,
+    pub schedule: Option<ScheduleSpec>,
     /// Gradient clipping before every step.
     #[serde(default)]
     pub clip: Option<Clip>,
+}
+
+/// A case's `schedule`: one schedule (`{"kind": "cosine", ...}`), or several in sequence
+/// (`{"kind": "sequential", "schedules": [...], "milestones": [...]}`, PyTorch's
+/// SequentialLR) or chained (`{"kind": "chained", "schedules": [...]}`, ChainedScheduler).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleSpec {
+    Single(Schedule),
+    Sequential { schedules: Vec<Schedule>, milestones: Vec<u64> },
+    Chained { schedules: Vec<Schedule> },
+}
+
+/// The combinations, tagged by `kind` as the schedules are.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum Combined {
+    Sequential { schedules: Vec<Schedule>, milestones: Vec<u64> },
+    Chained { schedules: Vec<Schedule> },
+}
+
+impl<'de> Deserialize<'de> for ScheduleSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The kind decides which type reads the rest, so that each reports its own errors.
+        let value = Value::deserialize(deserializer)?;
+        let spec = match value.get("kind").and_then(Value::as_str) {
+            Some("sequential" | "chained") => match Combined::deserialize(value) {
+                Ok(Combined::Sequential { schedules, milestones }) => {
+                    Ok(ScheduleSpec::Sequential { schedules, milestones })
+                }
+                Ok(Combined::Chained { schedules }) => Ok(ScheduleSpec::Chained { schedules }),
+                Err(e) => Err(e),
+            },
+            _ => Schedule::deserialize(value).map(ScheduleSpec::Single),
+        };
+        spec.map_err(de::Error::custom)
+    }
+}
+
+impl ScheduleSpec {
+    /// Starts the schedule on `optimizer`, setting the rates of its first step.
+    pub fn start<R: UpdateRule, A: Element>(
+        &self,
+        optimizer: &mut Optimizer<R, A>,
+    ) -> ndarray_optim::Result<LrScheduler> {
+        match self {
+            ScheduleSpec::Single(schedule) => LrScheduler::new(optimizer, schedule.clone()),
+            ScheduleSpec::Sequential { schedules, milestones } => {
+                LrScheduler::sequential(optimizer, schedules.clone(), milestones.clone())
+            }
+            ScheduleSpec::Chained { schedules } => {
+                LrScheduler::chained(optimizer, schedules.clone())
+            }
+        }
+    }
 }
 
 /// A parameter group: a name, its rule if not the case's, and hyperparameter overrides.
@@ -242,7 +296,8 @@ where
     let mut optimizer = build::<A>(case)?;
     let mut scheduler = case
         .schedule
-        .map(|schedule| LrScheduler::new(&mut optimizer, schedule))
+        .as_ref()
+        .map(|spec| spec.start(&mut optimizer))
         .transpose()
         .map_err(|e| format!("schedule: {e}"))?;
     for step in 1..=case.steps {

@@ -116,6 +116,10 @@ impl UpdateRule for Adam {
         &mut self.lr
     }
 
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.beta1)
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         state_names(self.amsgrad)
     }

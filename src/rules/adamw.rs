@@ -97,6 +97,10 @@ impl UpdateRule for AdamW {
         &mut self.lr
     }
 
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.beta1)
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         adam::state_names(self.amsgrad)
     }

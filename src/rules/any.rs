@@ -104,6 +104,12 @@ macro_rules! rules {
                 }
             }
 
+            fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+                match self {
+                    $(Rule::$variant(rule) => rule.cycled_momentum_mut(),)*
+                }
+            }
+
             fn validate(&self) -> Result<()> {
                 match self {
                     $(Rule::$variant(rule) => rule.validate(),)*

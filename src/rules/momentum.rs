@@ -78,6 +78,10 @@ impl UpdateRule for Momentum {
         &mut self.lr
     }
 
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.momentum)
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         // PyTorch's SGD keeps no buffer at momentum 0, and dampening then has no effect.
         if self.momentum > 0.0 { &["momentum_buffer"] } else { &[] }

@@ -210,6 +210,10 @@ impl UpdateRule for Muon {
         &mut self.lr
     }
 
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.momentum)
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["momentum_buffer"]
     }

@@ -74,6 +74,10 @@ impl UpdateRule for Nesterov {
         &mut self.lr
     }
 
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.momentum)
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["momentum_buffer"]
     }

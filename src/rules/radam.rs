@@ -103,6 +103,10 @@ impl UpdateRule for RAdam {
         &mut self.lr
     }
 
+    fn cycled_momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.beta1)
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg", "exp_avg_sq"]
     }

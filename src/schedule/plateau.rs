@@ -35,7 +35,7 @@ pub enum ThresholdMode {
 ///
 /// Each call compares the metric with the best so far ([`PlateauMode`], [`ThresholdMode`]);
 /// an improvement resets the count of bad calls. When the count exceeds `patience`, every
-/// group's rate $\eta$ becomes $\max(\eta \cdot \text{factor}, \text{min\_lr})$ — unless that
+/// group's rate `$\eta$` becomes `$\max(\eta \cdot \text{factor}, \text{min\_lr})$` — unless that
 /// changes it by no more than `eps` — and the next `cooldown` calls count no bad calls.
 ///
 /// ```

@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 optax==0.2.8 jax numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes six files next to this script (and overwrites them):
+It writes seven files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -59,6 +59,21 @@ It writes six files next to this script (and overwrites them):
   learning rate has no default).  After writing, every case is replayed by
   numpy transcriptions of the rules (NumpyV2) and the differences printed,
   with the share of the CONFORMANCE tolerance they use (informational).
+* ``schedules_v2.json`` (``--only schedules_v2`` writes just this file): the
+  schedules of CONFORMANCE.md "Rules v2" → "More schedules" and SWALR.  Under
+  ``"schedules"``, the rates PyTorch's schedulers set for three groups of
+  different base rates (V2_BASE_LRS) over V2_SCHEDULE_STEPS steps, f64
+  (V2_SCHEDULES): MultiStepLR, ConstantLR, PolynomialLR, CyclicLR in every
+  mode, OneCycleLR with cosine and linear annealing and three phases, per-group
+  lists, SWALR, and combinations in the case's ``schedule`` key
+  (``{"kind": "sequential", ...}``, ``{"kind": "chained", ...}``, schedulers
+  built in list order); each entry ``{"name", "rule", "schedule", "base_lrs",
+  "lrs": [[group rates after construction], [after step 1], ...]}``, plus
+  ``"momenta"`` (each group's SGD momentum or Adam beta1, same layout) where the
+  schedule cycles momentum, on torch SGD(momentum=0.9) (``"rule": "momentum"``)
+  or Adam (``"adam"``).  Under ``"cases"``, replay cases with such schedules,
+  momentum cycling among them, in f64 and f32 (V2_TRAINING).  ``cycle_momentum``
+  is false unless given, as in the replay harness.
 
 The case files have the shape
 
@@ -119,7 +134,7 @@ normalised steps keep bouncing with signs that follow rounding noise, and the
 f32 trajectory would depend on the last bit of every operation.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--only training|defaults|rules_v2`` regenerates one file (``--training-only``
+``--only training|defaults|rules_v2|schedules_v2`` regenerates one file (``--training-only``
 is ``--only training``); ``--any-torch`` accepts a PyTorch other than 2.15.0,
 ``--any-optax`` an optax other than 0.2.8.
 """
@@ -528,10 +543,15 @@ def torch_scheduler(optimizer, spec):
                           total_iters=spec.get("total_iters", 5))
     if kind == "one_cycle":
         return S.OneCycleLR(optimizer, max_lr=spec["max_lr"], total_steps=spec["total_steps"],
-                            pct_start=spec.get("pct_start", 0.3), anneal_strategy="cos",
-                            cycle_momentum=False, div_factor=spec.get("div_factor", 25.0),
-                            final_div_factor=spec.get("final_div_factor", 1e4))
-    raise ValueError(kind)
+                            pct_start=spec.get("pct_start", 0.3),
+                            anneal_strategy=spec.get("anneal_strategy", "cos"),
+                            cycle_momentum=spec.get("cycle_momentum", False),
+                            base_momentum=spec.get("base_momentum", 0.85),
+                            max_momentum=spec.get("max_momentum", 0.95),
+                            div_factor=spec.get("div_factor", 25.0),
+                            final_div_factor=spec.get("final_div_factor", 1e4),
+                            three_phase=spec.get("three_phase", False))
+    return torch_scheduler_v2(optimizer, spec)
 
 
 def torch_clip(tensors, spec):
@@ -1687,6 +1707,227 @@ def write_rules_v2(version):
 
 
 # ---------------------------------------------------------------------------
+# Schedules v2 (schedules_v2.json): every other PyTorch schedule, momentum
+# cycling, and schedules combined in a case's ``schedule`` key
+# ---------------------------------------------------------------------------
+
+def torch_scheduler_v2(optimizer, spec):
+    """The schedules of CONFORMANCE.md "Rules v2" → "More schedules" (the kinds
+    torch_scheduler does not know), SWALR, and the combinations
+    ``{"kind": "sequential", "schedules", "milestones"}`` and ``{"kind":
+    "chained", "schedules"}``, whose schedulers are built in list order.
+    ``cycle_momentum`` defaults to false, as in the replay harness."""
+    import torch
+
+    S = torch.optim.lr_scheduler
+    kind = spec["kind"]
+    if kind == "multistep":
+        return S.MultiStepLR(optimizer, milestones=spec["milestones"],
+                             gamma=spec.get("gamma", 0.1))
+    if kind == "constant":
+        return S.ConstantLR(optimizer, factor=spec.get("factor", 1.0 / 3),
+                            total_iters=spec.get("total_iters", 5))
+    if kind == "polynomial":
+        return S.PolynomialLR(optimizer, total_iters=spec.get("total_iters", 5),
+                              power=spec.get("power", 1.0))
+    if kind == "cyclic":
+        return S.CyclicLR(optimizer, base_lr=spec["base_lr"], max_lr=spec["max_lr"],
+                          step_size_up=spec.get("step_size_up", 2000),
+                          step_size_down=spec.get("step_size_down"),
+                          mode=spec.get("mode", "triangular"), gamma=spec.get("gamma", 1.0),
+                          cycle_momentum=spec.get("cycle_momentum", False),
+                          base_momentum=spec.get("base_momentum", 0.8),
+                          max_momentum=spec.get("max_momentum", 0.9))
+    if kind == "swa":
+        return torch.optim.swa_utils.SWALR(optimizer, swa_lr=spec["swa_lr"],
+                                           anneal_epochs=spec.get("anneal_epochs", 10),
+                                           anneal_strategy=spec.get("anneal_strategy", "cos"))
+    if kind == "sequential":
+        subs = [torch_scheduler(optimizer, sub) for sub in spec["schedules"]]
+        return S.SequentialLR(optimizer, subs, milestones=spec["milestones"])
+    if kind == "chained":
+        subs = [torch_scheduler(optimizer, sub) for sub in spec["schedules"]]
+        return S.ChainedScheduler(subs, optimizer=optimizer)
+    raise ValueError(kind)
+
+
+V2_SCHEDULE_STEPS = 64
+# Three groups with different base rates.
+V2_BASE_LRS = [0.1, 0.02, 0.05]
+# (name, rule, schedule).  The rule is "momentum" (torch SGD with momentum
+# 0.9) or "adam" (betas 0.9, 0.999): where a schedule cycles momentum, it is
+# SGD's momentum or Adam's beta1.  Every group has the rule's defaults and its
+# base rate from V2_BASE_LRS.
+V2_SCHEDULES = [
+    ("multistep-repeats", "momentum",
+     {"kind": "multistep", "milestones": [30, 5, 12, 12], "gamma": 0.5}),
+    ("multistep-defaults", "momentum", {"kind": "multistep", "milestones": [3, 40]}),
+    ("constant", "momentum", {"kind": "constant", "factor": 0.25, "total_iters": 7}),
+    ("constant-defaults", "momentum", {"kind": "constant"}),
+    ("constant-zero-iters", "momentum", {"kind": "constant", "factor": 0.5, "total_iters": 0}),
+    ("polynomial", "momentum", {"kind": "polynomial", "total_iters": 40, "power": 2.5}),
+    ("polynomial-root", "momentum", {"kind": "polynomial", "total_iters": 70, "power": 0.5}),
+    ("polynomial-defaults", "momentum", {"kind": "polynomial"}),
+    ("cyclic-triangular", "momentum",
+     {"kind": "cyclic", "base_lr": [0.01, 0.002, 0.005], "max_lr": [0.1, 0.02, 0.05],
+      "step_size_up": 7, "step_size_down": 4}),
+    ("cyclic-triangular2-momentum", "momentum",
+     {"kind": "cyclic", "base_lr": 0.001, "max_lr": [0.2, 0.02, 0.05], "step_size_up": 5,
+      "mode": "triangular2", "cycle_momentum": True, "base_momentum": 0.8,
+      "max_momentum": [0.95, 0.9, 0.85]}),
+    ("cyclic-exp-range-adam-beta1", "adam",
+     {"kind": "cyclic", "base_lr": 0.001, "max_lr": 0.01, "step_size_up": 6,
+      "step_size_down": 9, "mode": "exp_range", "gamma": 0.97, "cycle_momentum": True,
+      "base_momentum": [0.8, 0.85, 0.7], "max_momentum": 0.95}),
+    ("one-cycle-cos-momentum", "momentum",
+     {"kind": "one_cycle", "max_lr": [0.3, 0.05, 0.1], "total_steps": V2_SCHEDULE_STEPS,
+      "cycle_momentum": True}),
+    ("one-cycle-linear-adam-beta1", "adam",
+     {"kind": "one_cycle", "max_lr": [0.01, 0.003, 0.02], "total_steps": 90,
+      "pct_start": 0.25, "anneal_strategy": "linear", "div_factor": 10.0,
+      "final_div_factor": 100.0, "cycle_momentum": True,
+      "base_momentum": [0.85, 0.8, 0.75], "max_momentum": 0.95}),
+    ("one-cycle-three-phase-momentum", "momentum",
+     {"kind": "one_cycle", "max_lr": [0.3, 0.05, 0.1], "total_steps": V2_SCHEDULE_STEPS,
+      "pct_start": 0.2, "three_phase": True, "cycle_momentum": True,
+      "base_momentum": 0.8, "max_momentum": [0.95, 0.9, 0.9]}),
+    # Linear annealing past the end of the cycle: PyTorch's last rate is below 0.
+    ("one-cycle-three-phase-linear-adam", "adam",
+     {"kind": "one_cycle", "max_lr": 0.02, "total_steps": V2_SCHEDULE_STEPS,
+      "pct_start": 0.35, "anneal_strategy": "linear", "three_phase": True,
+      "cycle_momentum": True}),
+    ("swa-cos", "momentum",
+     {"kind": "swa", "swa_lr": [0.05, 0.01, 0.2], "anneal_epochs": 10}),
+    ("swa-linear", "momentum",
+     {"kind": "swa", "swa_lr": 0.03, "anneal_epochs": 25, "anneal_strategy": "linear"}),
+    ("swa-no-annealing", "momentum", {"kind": "swa", "swa_lr": 0.01, "anneal_epochs": 0}),
+    ("sequential-constant-multistep-polynomial", "momentum",
+     {"kind": "sequential", "milestones": [6, 20],
+      "schedules": [{"kind": "constant", "factor": 0.5, "total_iters": 10},
+                    {"kind": "multistep", "milestones": [3, 8, 8], "gamma": 0.5},
+                    {"kind": "polynomial", "total_iters": 30, "power": 2.0}]}),
+    # A CyclicLR built first sets the rates every later scheduler takes as its base.
+    ("sequential-cyclic-then-linear", "momentum",
+     {"kind": "sequential", "milestones": [12],
+      "schedules": [{"kind": "cyclic", "base_lr": [0.01, 0.002, 0.005], "max_lr": 0.05,
+                     "step_size_up": 3},
+                    {"kind": "linear", "start_factor": 0.5, "total_iters": 10}]}),
+    # The cyclic phase's momentum holds from the start, set by its constructor.
+    ("sequential-linear-then-cyclic-momentum", "momentum",
+     {"kind": "sequential", "milestones": [8],
+      "schedules": [{"kind": "linear", "start_factor": 0.2, "total_iters": 8},
+                    {"kind": "cyclic", "base_lr": 0.01, "max_lr": [0.1, 0.05, 0.08],
+                     "step_size_up": 4, "step_size_down": 6, "cycle_momentum": True,
+                     "max_momentum": 0.95}]}),
+    # SWALR starts from the rate the cosine left.
+    ("sequential-cosine-then-swa", "momentum",
+     {"kind": "sequential", "milestones": [30],
+      "schedules": [{"kind": "cosine", "t_max": 40},
+                    {"kind": "swa", "swa_lr": 0.02, "anneal_epochs": 8,
+                     "anneal_strategy": "linear"}]}),
+    ("chained-constant-polynomial-multistep", "momentum",
+     {"kind": "chained",
+      "schedules": [{"kind": "constant", "factor": 0.5, "total_iters": 8},
+                    {"kind": "polynomial", "total_iters": 50, "power": 1.5},
+                    {"kind": "multistep", "milestones": [10, 20], "gamma": 0.8}]}),
+    ("chained-cyclic-then-warm-restarts", "adam",
+     {"kind": "chained",
+      "schedules": [{"kind": "cyclic", "base_lr": [0.01, 0.002, 0.005],
+                     "max_lr": [0.04, 0.01, 0.02], "step_size_up": 5, "mode": "triangular2",
+                     "cycle_momentum": True},
+                    {"kind": "cosine_restarts", "t_0": 6, "t_mult": 2}]}),
+    ("chained-exponential-swa", "momentum",
+     {"kind": "chained",
+      "schedules": [{"kind": "exponential", "gamma": 0.95},
+                    {"kind": "swa", "swa_lr": [0.01, 0.004, 0.02], "anneal_epochs": 12}]}),
+]
+
+
+def torch_rates_v2(rule, spec):
+    """Every group's rate, and where the schedule cycles it every group's
+    momentum (SGD) or beta1 (Adam), after construction and after each of
+    V2_SCHEDULE_STEPS steps."""
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in V2_BASE_LRS]
+    groups = [{"params": [p], "lr": lr} for p, lr in zip(params, V2_BASE_LRS)]
+    if rule == "momentum":
+        opt = torch.optim.SGD(groups, momentum=0.9)
+        momentum = lambda g: g["momentum"]
+    else:
+        opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
+        momentum = lambda g: g["betas"][0]
+    scheduler = torch_scheduler(opt, spec)
+    lrs, momenta = [[g["lr"] for g in opt.param_groups]], [[momentum(g) for g in opt.param_groups]]
+    for _ in range(V2_SCHEDULE_STEPS):
+        opt.step()
+        scheduler.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+        momenta.append([momentum(g) for g in opt.param_groups])
+    return lrs, momenta
+
+
+# Replay cases with momentum cycling (and a combination in the case's
+# ``schedule`` key): whole trajectories, in f64 and f32.
+V2_TRAINING = [
+    ("one-cycle-momentum", "momentum", {"lr": 0.02, "momentum": 0.8}, {"lr": 2e-4},
+     {"kind": "one_cycle", "max_lr": [0.03, 3e-4], "total_steps": TRAINING_STEPS,
+      "pct_start": 0.25, "cycle_momentum": True, "max_momentum": [0.95, 0.9]}),
+    ("cyclic-adam-beta1", "adam", {"lr": 0.02, "beta1": 0.8, "beta2": 0.99}, {"lr": 0.005},
+     {"kind": "cyclic", "base_lr": [0.002, 0.0005], "max_lr": 0.02, "step_size_up": 7,
+      "mode": "triangular2", "cycle_momentum": True, "base_momentum": 0.8,
+      "max_momentum": 0.9}),
+    ("sequential-warmup-polynomial-nesterov", "nesterov", {"lr": 0.03, "momentum": 0.7},
+     {"lr": 2e-4},
+     {"kind": "sequential", "milestones": [10],
+      "schedules": [{"kind": "constant", "factor": 0.1, "total_iters": 10},
+                    {"kind": "polynomial", "total_iters": 50, "power": 2.0}]}),
+    ("chained-multistep-swa-nadam", "nadam", {"lr": 0.01}, {"lr": 0.003},
+     {"kind": "chained",
+      "schedules": [{"kind": "multistep", "milestones": [10, 25, 25], "gamma": 0.7},
+                    {"kind": "swa", "swa_lr": [0.004, 0.001], "anneal_epochs": 15,
+                     "anneal_strategy": "linear"}]}),
+]
+
+
+def v2_training_case(entry, dtype):
+    name, opt, hyper, group, schedule = entry
+    case = training_case((name, opt, hyper, group, schedule, None), dtype)
+    case["name"] = f"torch-schedules-v2-{name}-{dtype}"
+    return case
+
+
+def write_schedules_v2(version):
+    import warnings
+
+    entries = []
+    for dtype in ("f64", "f32"):
+        for entry in V2_TRAINING:
+            case = v2_training_case(entry, dtype)
+            check_case(case)
+            traj = run_torch(case)
+            check_trajectory(case, traj)
+            entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    schedules = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SequentialLR's deprecation chatter
+        for name, rule, spec in V2_SCHEDULES:
+            lrs, momenta = torch_rates_v2(rule, spec)
+            entry = {"name": name, "rule": rule, "schedule": spec, "base_lrs": V2_BASE_LRS,
+                     "lrs": lrs}
+            if spec.get("cycle_momentum") or any(
+                    sub.get("cycle_momentum") for sub in spec.get("schedules", [])):
+                entry["momenta"] = momenta
+            else:  # nothing may touch the momentum
+                assert all(row == momenta[0] for row in momenta), name
+            schedules.append(entry)
+    n = write(HERE / "schedules_v2.json",
+              {"generator": GENERATOR, "torch_version": version, "cases": entries,
+               "schedules": schedules})
+    print(f"schedules_v2.json: {len(entries)} cases, {len(schedules)} schedules, {n} bytes")
+
+
+# ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
 
@@ -1796,7 +2037,8 @@ def main():
     if sys.argv[1:2] == ["--optax-worker"]:  # internal: see optax_trajectories
         optax_worker(sys.argv[2])
         return
-    only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2}
+    only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2,
+            "schedules_v2": write_schedules_v2}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
@@ -1848,6 +2090,7 @@ def main():
     write_training(version)
     write_defaults(version)
     write_rules_v2(version)
+    write_schedules_v2(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
