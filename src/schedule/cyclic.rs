@@ -22,8 +22,8 @@ pub enum CyclicMode {
 /// `step_size_up` steps, falls back over `step_size_down`, and starts over, the amplitude
 /// scaled by the [`mode`](CyclicMode).
 ///
-/// With `$T = $ step_size_up + step_size_down`, `$r = $ step_size_up / $T$`, at step `$t$`
-/// (PyTorch's `last_epoch`):
+/// With `$T = u + d$`, where `$u$` is `step_size_up` and `$d$` is `step_size_down`, and
+/// `$r = u / T$`, at step `$t$` (PyTorch's `last_epoch`):
 ///
 /// ```math
 /// c = \lfloor 1 + t/T \rfloor, \quad x = 1 + t/T - c, \quad
