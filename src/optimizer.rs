@@ -15,9 +15,9 @@ use crate::rule::UpdateRule;
 /// views of dynamic dimension so that tensors of any dimensionality share one batch.
 #[derive(Debug)]
 pub struct ParamGrad<'a, A> {
-    name: &'a str,
-    param: ArrayViewMut<'a, A, IxDyn>,
-    grad: ArrayView<'a, A, IxDyn>,
+    pub(crate) name: &'a str,
+    pub(crate) param: ArrayViewMut<'a, A, IxDyn>,
+    pub(crate) grad: ArrayView<'a, A, IxDyn>,
     /// The tensor's state while [`Optimizer::step_all`] has it out of the registry, so that
     /// the entries of a batch can be stepped on several threads at once (moving it does not
     /// allocate).
@@ -186,9 +186,21 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// allowed here), and [`Error::DuplicateParam`] if the batch names a tensor twice;
     /// nothing has changed then.
     pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<StepOutcome> {
+        self.step_batch(batch, &OwnGradients)
+    }
+
+    /// Steps every tensor of `batch` as [`step_all`](Self::step_all) does, with the
+    /// gradients that `grads` gives for the entries (of the entries' shapes).
+    pub(crate) fn step_batch(
+        &mut self,
+        batch: &mut [ParamGrad<'_, A>],
+        grads: &impl Gradients<A>,
+    ) -> Result<StepOutcome> {
         self.check_batch(batch)?;
         for (index, entry) in batch.iter().enumerate() {
-            if let Some(skipped) = self.guard(index, entry.name, &entry.grad)? {
+            if let Some(skipped) =
+                self.guard(index, entry.name, &grads.of(entry.name, &entry.grad))?
+            {
                 return Ok(skipped);
             }
         }
@@ -197,7 +209,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 // PyTorch's total norm: the norm of the per-tensor norms.
                 let norm = batch
                     .iter()
-                    .map(|entry| clip::l2_norm(&entry.grad).powi(2))
+                    .map(|entry| clip::l2_norm(&grads.of(entry.name, &entry.grad)).powi(2))
                     .sum::<f64>()
                     .sqrt();
                 Some((clip::norm_transform(max_norm, norm), norm))
@@ -208,7 +220,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         for entry in batch.iter_mut() {
             let (transform, norm) = match global {
                 Some((transform, _)) => (transform, None),
-                None => self.tensor_transform(&entry.grad),
+                None => self.tensor_transform(&grads.of(entry.name, &entry.grad)),
             };
             squares += norm.map_or(0.0, |norm| norm * norm);
             // The states are lent to the entries, which are then stepped independently (on
@@ -216,7 +228,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             self.lend(entry, transform);
         }
         let numel = batch.iter().map(|entry| entry.param.len()).sum();
-        step_lent(&self.registry.groups, batch, numel);
+        step_lent(&self.registry.groups, batch, grads, numel);
         for entry in batch.iter_mut() {
             let lent = entry.lent.take().expect("every entry of the batch was lent its state");
             self.registry.give_back(entry.name, lent.tensor);
@@ -231,7 +243,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Everything that can make a batch fail before anything is stepped: each entry as
     /// [`check`](Self::check) sees it, and a name given twice, registered or not.
-    fn check_batch(&mut self, batch: &[ParamGrad<'_, A>]) -> Result<()> {
+    pub(crate) fn check_batch(&mut self, batch: &[ParamGrad<'_, A>]) -> Result<()> {
         self.registry.start_batch();
         // New names have no slot to mark; they are few and only in a tensor's first step,
         // which allocates its state anyway.
@@ -275,7 +287,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Applies the non-finite policy to the gradient of batch entry `index`: `Some` outcome
     /// when the step is to be skipped.
-    fn guard(
+    pub(crate) fn guard(
         &self,
         index: usize,
         name: &str,
@@ -488,15 +500,34 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     }
 }
 
-/// Steps the entries of a batch that hold their lent state; `numel` is their total size.
+/// Where a batch step finds the gradient of each entry: in the entry itself
+/// ([`OwnGradients`]), or elsewhere by the entry's name, such as the mean gradients of
+/// [`MultiSteps`](crate::MultiSteps).
+pub(crate) trait Gradients<A>: Sync {
+    /// The gradient of the entry `name`, whose own gradient is `own`.
+    fn of<'g>(&'g self, name: &str, own: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn>;
+}
+
+/// Each entry's own gradient, as [`Optimizer::step_all`] takes them.
+struct OwnGradients;
+
+impl<A: Sync> Gradients<A> for OwnGradients {
+    fn of<'g>(&'g self, _: &str, own: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn> {
+        own.view()
+    }
+}
+
+/// Steps the entries of a batch that hold their lent state, with the gradients of `grads`;
+/// `numel` is their total size.
 fn step_lent<R: UpdateRule, A: Element>(
     groups: &[ParamGroup<R>],
     batch: &mut [ParamGrad<'_, A>],
+    grads: &impl Gradients<A>,
     numel: usize,
 ) {
     let step = |entry: &mut ParamGrad<'_, A>| {
         let lent = entry.lent.as_mut().expect("every entry of the batch was lent its state");
-        let (param, grad) = (entry.param.view_mut(), entry.grad.view());
+        let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
         groups[lent.group].step(param, grad, &mut lent.tensor, lent.transform);
     };
     #[cfg(feature = "rayon")]
