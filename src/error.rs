@@ -18,7 +18,8 @@ pub enum Error {
         /// Shape of the gradient.
         grad_shape: Vec<usize>,
     },
-    /// A registered parameter was stepped with a tensor of another shape than its state has.
+    /// A registered parameter was stepped (or averaged) with a tensor of another
+    /// shape than its state has.
     ShapeChanged {
         /// Name of the parameter tensor.
         param: String,
@@ -112,7 +113,8 @@ pub enum Error {
         /// The tensor's name.
         param: String,
         /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
-        /// tensors"`, `"declaration"` or `"batch"`.
+        /// tensors"`, `"declaration"`, `"batch"`, or the `"averages"` of a serialized
+        /// [`AveragedModel`](crate::AveragedModel).
         in_what: &'static str,
     },
     /// A checkpoint's state of one tensor does not fit the rule or the tensor's shape.
@@ -201,6 +203,21 @@ pub enum Error {
         /// Tensors that patterns of different groups matched (strict matching only).
         ambiguous: Vec<String>,
     },
+    /// An [`AveragedModel`](crate::AveragedModel) keeps no average under this name: it was
+    /// never [`update`](crate::AveragedModel::update)d.
+    NotAveraged {
+        /// The name that was given.
+        param: String,
+        /// The averaged name closest to it, if one is close.
+        closest: Option<String>,
+    },
+    /// The average of this tensor is swapped into the parameter
+    /// ([`AveragedModel::swap_into`](crate::AveragedModel::swap_into)): swap it back before
+    /// updating or copying it.
+    AverageSwapped {
+        /// The tensor's name.
+        param: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -213,7 +230,7 @@ impl fmt::Display for Error {
             ),
             Error::ShapeChanged { param, registered, given } => write!(
                 f,
-                "`{param}` was registered with shape {registered:?} but is now stepped with \
+                "`{param}` was registered with shape {registered:?} but is now given with \
                  shape {given:?}"
             ),
             Error::InvalidHyperparameter { rule, key, value, requirement } => {
@@ -292,6 +309,17 @@ impl fmt::Display for Error {
                 f,
                 "group patterns must put every tensor into exactly one group: no pattern \
                  matches {unmatched:?}, patterns of different groups match {ambiguous:?}"
+            ),
+            Error::NotAveraged { param, closest } => {
+                write!(f, "no average is kept for `{param}`: it was never updated")?;
+                match closest {
+                    Some(name) => write!(f, " (did you mean `{name}`?)"),
+                    None => Ok(()),
+                }
+            }
+            Error::AverageSwapped { param } => write!(
+                f,
+                "the average of `{param}` is swapped into the parameter: swap it back first"
             ),
         }
     }

@@ -57,8 +57,9 @@
 //! `weight_decay`, no `maximize`.
 //!
 //! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
-//! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, and group
-//! assignment by name [`pattern`]s.
+//! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, group
+//! assignment by name [`pattern`]s, and weight averaging ([`AveragedModel`]: PyTorch's EMA and
+//! SWA, optax's `ema`).
 //!
 //! The whole state saves and restores bit for bit ([`checkpoint`]: any serde format, crash-safe
 //! files, load reports against a changed model, [`TensorView`] introspection), and can be
@@ -75,6 +76,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod average;
 mod check;
 pub mod checkpoint;
 mod clip;
@@ -92,6 +94,7 @@ pub mod rules;
 pub mod schedule;
 pub mod shard;
 
+pub use average::{AveragedModel, Averaging};
 pub use checkpoint::Checkpoint;
 pub use clip::Clip;
 pub use element::Element;

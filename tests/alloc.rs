@@ -277,3 +277,65 @@ fn steady_state_muon_steps_do_not_allocate() {
         check::<f64>(rule);
     }
 }
+
+/// Averages allocate only on a tensor's first update: later updates (one by one and in
+/// batches, every layout), copies and swaps allocate nothing.
+#[test]
+fn steady_state_averaging_does_not_allocate() {
+    use ndarray::{ArrayViewD, array};
+    use ndarray_optim::{AveragedModel, Averaging};
+
+    fn check<A: Element, S: Element>(averaging: Averaging) {
+        let mut model = AveragedModel::<A, S>::new(averaging).unwrap();
+        let weight = Array2::<A>::from_elem((64, 33), A::from_f64(0.25));
+        let mut eval = Array2::<A>::zeros((64, 33).f());
+        let f_order = Array3::<A>::from_elem((5, 6, 7).f(), A::from_f64(-0.5));
+        let wide = Array2::<A>::from_elem((16, 40), A::from_f64(1.5));
+        let bias = ArrayD::<A>::from_elem(IxDyn(&[3, 1, 2, 5]), A::from_f64(2.0));
+        let scalar = array![A::one()].into_shape_with_order(()).unwrap();
+        let updates = |model: &mut AveragedModel<A, S>| {
+            model.update("weight", &weight).unwrap();
+            model.update("strided", &wide.slice(s![.., ..;2])).unwrap();
+            let batch: [(&str, ArrayViewD<'_, A>); 3] = [
+                ("f", f_order.view().into_dyn()),
+                ("bias", bias.view()),
+                ("scalar", scalar.view().into_dyn()),
+            ];
+            model.update_all(&batch).unwrap();
+        };
+        updates(&mut model);
+        let count = allocations(|| {
+            for _ in 0..3 {
+                updates(&mut model);
+            }
+            model.copy_into("weight", &mut eval).unwrap();
+        });
+        assert_eq!(
+            count,
+            0,
+            "{averaging:?} {} {}: steady-state updates allocated",
+            A::NAME,
+            S::NAME
+        );
+        assert_eq!(model.count("f"), Some(4));
+    }
+    for averaging in [
+        Averaging::Swa,
+        Averaging::Ema { decay: 0.99, warmup: true },
+        Averaging::Ema { decay: 0.2, warmup: false },
+        Averaging::OptaxEma { decay: 0.9, debias: true },
+        Averaging::OptaxEma { decay: 0.9, debias: false },
+    ] {
+        check::<f32, f32>(averaging);
+        check::<f64, f64>(averaging);
+        check::<f32, f64>(averaging);
+    }
+    let mut model = AveragedModel::<f32>::new(Averaging::Swa).unwrap();
+    let mut w = Array2::<f32>::from_elem((8, 9).f(), 1.0);
+    model.update("w", &w).unwrap();
+    let count = allocations(|| {
+        model.swap_into("w", &mut w).unwrap();
+        model.swap_into("w", &mut w).unwrap();
+    });
+    assert_eq!(count, 0, "swaps allocated");
+}

@@ -5,6 +5,7 @@
 mod case;
 
 mod alloc;
+mod averaging;
 mod checkpoint;
 mod common;
 mod errors;
