@@ -18,7 +18,7 @@ pub enum Error {
         /// Shape of the gradient.
         grad_shape: Vec<usize>,
     },
-    /// A registered parameter was stepped (or averaged) with a tensor of another
+    /// A registered parameter was stepped (averaged, accumulated) with a tensor of another
     /// shape than its state has.
     ShapeChanged {
         /// Name of the parameter tensor.
@@ -113,8 +113,9 @@ pub enum Error {
         /// The tensor's name.
         param: String,
         /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
-        /// tensors"`, `"declaration"`, `"batch"`, or the `"averages"` of a serialized
-        /// [`AveragedModel`](crate::AveragedModel).
+        /// tensors"`, `"declaration"`, `"batch"`, or the `"averages"` or `"means"` of a
+        /// serialized [`AveragedModel`](crate::AveragedModel) or
+        /// [`MultiSteps`](crate::MultiSteps).
         in_what: &'static str,
     },
     /// A checkpoint's state of one tensor does not fit the rule or the tensor's shape.
@@ -217,6 +218,18 @@ pub enum Error {
     AverageSwapped {
         /// The tensor's name.
         param: String,
+    },
+    /// Gradient accumulation ([`MultiSteps::step_all`](crate::MultiSteps::step_all)): a
+    /// micro-batch does not give the same tensors as the micro-batches before it since the
+    /// last optimizer step.
+    MicroBatchMismatch {
+        /// The first tensor out of step.
+        param: String,
+        /// How many micro-batches `param` has accumulated since the last optimizer step.
+        accumulated: u64,
+        /// How many the micro-batch's other tensors have, or `None` if `param` is missing
+        /// from the micro-batch.
+        others: Option<u64>,
     },
 }
 
@@ -321,6 +334,21 @@ impl fmt::Display for Error {
                 f,
                 "the average of `{param}` is swapped into the parameter: swap it back first"
             ),
+            Error::MicroBatchMismatch { param, accumulated, others } => {
+                write!(
+                    f,
+                    "`{param}` has accumulated {accumulated} micro-batches since the last \
+                     optimizer step, "
+                )?;
+                match others {
+                    Some(others) => write!(f, "the micro-batch's other tensors {others}")?,
+                    None => write!(f, "and is missing from this micro-batch")?,
+                }
+                write!(
+                    f,
+                    ": every micro-batch until the optimizer steps must give the same tensors"
+                )
+            }
         }
     }
 }

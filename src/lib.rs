@@ -58,8 +58,8 @@
 //!
 //! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
 //! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, group
-//! assignment by name [`pattern`]s, and weight averaging ([`AveragedModel`]: PyTorch's EMA and
-//! SWA, optax's `ema`).
+//! assignment by name [`pattern`]s, weight averaging ([`AveragedModel`]: PyTorch's EMA and SWA,
+//! optax's `ema`) and gradient accumulation ([`MultiSteps`], optax's).
 //!
 //! The whole state saves and restores bit for bit ([`checkpoint`]: any serde format, crash-safe
 //! files, load reports against a changed model, [`TensorView`] introspection), and can be
@@ -85,6 +85,7 @@ mod error;
 mod guard;
 mod inspect;
 mod kernel;
+mod multi_steps;
 mod optimizer;
 pub mod pattern;
 mod registry;
@@ -104,6 +105,7 @@ pub use inspect::TensorView;
 #[doc(hidden)]
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
 pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
+pub use multi_steps::{MultiStepOutcome, MultiSteps};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};

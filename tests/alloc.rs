@@ -339,3 +339,49 @@ fn steady_state_averaging_does_not_allocate() {
     });
     assert_eq!(count, 0, "swaps allocated");
 }
+
+/// Gradient accumulation allocates nothing once every tensor has its mean and its optimizer
+/// state: micro-batches and optimizer steps, of batches (clipped by global norm) and of single
+/// tensors (clipped by norm), in every layout.
+#[test]
+fn steady_state_gradient_accumulation_does_not_allocate() {
+    use ndarray_optim::{Adam, Clip, MultiSteps, NonFinite};
+
+    let multi_steps = |clip| {
+        let mut inner = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+        inner.set_clip(Some(clip)).unwrap();
+        inner.set_non_finite(NonFinite::Skip);
+        MultiSteps::new(inner, 3).unwrap()
+    };
+    let mut batches = multi_steps(Clip::GlobalNorm { max_norm: 0.5 });
+    let mut singles = multi_steps(Clip::Norm { max_norm: 0.5 });
+    let mut weight = Array2::<f32>::zeros((64, 33));
+    let mut f_order = Array3::<f32>::zeros((5, 6, 7).f());
+    let mut wide = Array2::<f32>::zeros((16, 40));
+    let g_weight = Array2::from_elem((64, 33), 0.25_f32);
+    let g_f = Array3::from_elem((5, 6, 7).f(), -0.5_f32);
+    let g_wide = Array2::from_elem((16, 20), 0.125_f32);
+    let mut micro_batch = |batches: &mut MultiSteps<Adam, f32>, singles: &mut MultiSteps<_, _>| {
+        batches
+            .step_all(&mut [
+                ParamGrad::new("weight", &mut weight, &g_weight),
+                ParamGrad::new("f", &mut f_order, &g_f),
+                ParamGrad::new("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide),
+            ])
+            .unwrap();
+        singles.step("weight", &mut weight, &g_weight).unwrap();
+        singles.step("f", &mut f_order, &g_f).unwrap();
+        singles.step("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide).unwrap();
+    };
+    for _ in 0..3 {
+        micro_batch(&mut batches, &mut singles);
+    }
+    let count = allocations(|| {
+        for _ in 0..7 {
+            micro_batch(&mut batches, &mut singles);
+        }
+    });
+    assert_eq!(count, 0, "steady-state micro-batches allocated");
+    assert_eq!(batches.optimizer().step_count("f"), Some(3));
+    assert_eq!(singles.micro_steps("weight"), 1);
+}

@@ -16,6 +16,7 @@ mod inspect;
 mod kernels;
 mod layouts;
 mod model;
+mod multi_steps;
 mod options;
 mod patterns;
 mod reference;
