@@ -406,3 +406,21 @@ fn bad_checkpoints_are_refused() {
     let restored: MultiSteps<Sgd, f64> = serde_json::from_value(good).unwrap();
     assert_eq!(restored, opt);
 }
+
+/// A batch large enough to be spread over threads steps with the means, with the bits of one
+/// thread.
+#[cfg(feature = "rayon")]
+#[test]
+fn large_batches_step_on_threads_with_the_same_bits() {
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut opt = MultiSteps::new(Optimizer::new(Adam::default()).unwrap(), 2).unwrap();
+            let (mut w, mut b) = (values::<f32>(&[300, 300], 1), values::<f32>(&[300, 200], 2));
+            train(&mut opt, &mut w, &mut b, 0..6);
+            assert_eq!(opt.optimizer().step_count("b"), Some(3));
+            (bits(w.iter()), bits(b.iter()))
+        })
+    };
+    assert!(run(2) == run(1));
+}
