@@ -18,7 +18,8 @@ pub enum Error {
         /// Shape of the gradient.
         grad_shape: Vec<usize>,
     },
-    /// A registered parameter was stepped with a tensor of another shape than its state has.
+    /// A registered parameter was stepped (averaged, accumulated) with a tensor of another
+    /// shape than its state has.
     ShapeChanged {
         /// Name of the parameter tensor.
         param: String,
@@ -113,7 +114,9 @@ pub enum Error {
         /// The tensor's name.
         param: String,
         /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
-        /// tensors"`, `"declaration"`, `"batch"`, `"model"` or `"gradients"`.
+        /// tensors"`, `"declaration"`, `"batch"`, `"model"`, `"gradients"`, or the
+        /// `"averages"` or `"means"` of a serialized [`AveragedModel`](crate::AveragedModel)
+        /// or [`MultiSteps`](crate::MultiSteps).
         in_what: &'static str,
     },
     /// The gradients given to [`Optimizer::step_model`](crate::Optimizer::step_model) hold no
@@ -234,6 +237,33 @@ pub enum Error {
         /// Tensors that patterns of different groups matched (strict matching only).
         ambiguous: Vec<String>,
     },
+    /// An [`AveragedModel`](crate::AveragedModel) keeps no average under this name: it was
+    /// never [`update`](crate::AveragedModel::update)d.
+    NotAveraged {
+        /// The name that was given.
+        param: String,
+        /// The averaged name closest to it, if one is close.
+        closest: Option<String>,
+    },
+    /// The average of this tensor is swapped into the parameter
+    /// ([`AveragedModel::swap_into`](crate::AveragedModel::swap_into)): swap it back before
+    /// updating or copying it.
+    AverageSwapped {
+        /// The tensor's name.
+        param: String,
+    },
+    /// Gradient accumulation ([`MultiSteps::step_all`](crate::MultiSteps::step_all)): a
+    /// micro-batch does not give the same tensors as the micro-batches before it since the
+    /// last optimizer step.
+    MicroBatchMismatch {
+        /// The first tensor out of step.
+        param: String,
+        /// How many micro-batches `param` has accumulated since the last optimizer step.
+        accumulated: u64,
+        /// How many the micro-batch's other tensors have, or `None` if `param` is missing
+        /// from the micro-batch.
+        others: Option<u64>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -246,7 +276,7 @@ impl fmt::Display for Error {
             ),
             Error::ShapeChanged { param, registered, given } => write!(
                 f,
-                "`{param}` was registered with shape {registered:?} but is now stepped with \
+                "`{param}` was registered with shape {registered:?} but is now given with \
                  shape {given:?}"
             ),
             Error::InvalidHyperparameter { rule, key, value, requirement } => {
@@ -342,6 +372,32 @@ impl fmt::Display for Error {
                 "group patterns must put every tensor into exactly one group: no pattern \
                  matches {unmatched:?}, patterns of different groups match {ambiguous:?}"
             ),
+            Error::NotAveraged { param, closest } => {
+                write!(f, "no average is kept for `{param}`: it was never updated")?;
+                match closest {
+                    Some(name) => write!(f, " (did you mean `{name}`?)"),
+                    None => Ok(()),
+                }
+            }
+            Error::AverageSwapped { param } => write!(
+                f,
+                "the average of `{param}` is swapped into the parameter: swap it back first"
+            ),
+            Error::MicroBatchMismatch { param, accumulated, others } => {
+                write!(
+                    f,
+                    "`{param}` has accumulated {accumulated} micro-batches since the last \
+                     optimizer step, "
+                )?;
+                match others {
+                    Some(others) => write!(f, "the micro-batch's other tensors {others}")?,
+                    None => write!(f, "and is missing from this micro-batch")?,
+                }
+                write!(
+                    f,
+                    ": every micro-batch until the optimizer steps must give the same tensors"
+                )
+            }
         }
     }
 }

@@ -60,8 +60,9 @@
 //! `weight_decay`, no `maximize`.
 //!
 //! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
-//! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, and group
-//! assignment by name [`pattern`]s.
+//! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, group
+//! assignment by name [`pattern`]s, weight averaging ([`AveragedModel`]: PyTorch's EMA and SWA,
+//! optax's `ema`) and gradient accumulation ([`MultiSteps`], optax's).
 //!
 //! The whole state saves and restores bit for bit ([`checkpoint`]: any serde format, crash-safe
 //! files, load reports against a changed model, [`TensorView`] introspection), and can be
@@ -78,6 +79,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod average;
 mod check;
 pub mod checkpoint;
 mod clip;
@@ -87,6 +89,7 @@ mod guard;
 mod inspect;
 mod kernel;
 pub mod model;
+mod multi_steps;
 mod optimizer;
 pub mod pattern;
 mod registry;
@@ -96,6 +99,7 @@ pub mod rules;
 pub mod schedule;
 pub mod shard;
 
+pub use average::{AveragedModel, Averaging};
 pub use checkpoint::Checkpoint;
 pub use clip::Clip;
 pub use element::Element;
@@ -109,6 +113,7 @@ pub use model::Parameters;
 /// `#[derive(Parameters)]`: see [`model`] and [`Parameters`].
 #[cfg(feature = "derive")]
 pub use ndarray_optim_derive::Parameters;
+pub use multi_steps::{MultiStepOutcome, MultiSteps};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};

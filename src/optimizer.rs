@@ -16,9 +16,9 @@ use crate::rule::UpdateRule;
 /// views of dynamic dimension so that tensors of any dimensionality share one batch.
 #[derive(Debug)]
 pub struct ParamGrad<'a, A> {
-    name: &'a str,
-    param: ArrayViewMut<'a, A, IxDyn>,
-    grad: ArrayView<'a, A, IxDyn>,
+    pub(crate) name: &'a str,
+    pub(crate) param: ArrayViewMut<'a, A, IxDyn>,
+    pub(crate) grad: ArrayView<'a, A, IxDyn>,
     /// The tensor's state while [`Optimizer::step_all`] has it out of the registry, so that
     /// the entries of a batch can be stepped on several threads at once (moving it does not
     /// allocate).
@@ -266,22 +266,33 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// allowed here), and [`Error::DuplicateParam`] if the batch names a tensor twice;
     /// nothing has changed then.
     pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<StepOutcome> {
+        self.step_batch(batch, &OwnGradients)
+    }
+
+    /// Steps every tensor of `batch` as [`step_all`](Self::step_all) does, with the
+    /// gradients that `grads` gives for the entries (of the entries' shapes).
+    pub(crate) fn step_batch(
+        &mut self,
+        batch: &mut [ParamGrad<'_, A>],
+        grads: &impl Gradients<A>,
+    ) -> Result<StepOutcome> {
         let mut check = self.start_batch("batch");
         for entry in batch.iter() {
-            self.check_entry(&mut check, entry.name, entry.param.shape(), &entry.grad)?;
+            let grad = grads.of(entry.name, &entry.grad);
+            self.check_entry(&mut check, entry.name, entry.param.shape(), &grad)?;
         }
         let mut clip = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
             Checked::Step(clip) => clip,
         };
         for entry in batch.iter_mut() {
-            let transform = self.entry_transform(&mut clip, &entry.grad);
+            let transform = self.entry_transform(&mut clip, &grads.of(entry.name, &entry.grad));
             // The states are lent to the entries, which are then stepped independently (on
             // several threads with the `rayon` feature) and give them back.
             self.lend(entry, transform);
         }
         let numel = batch.iter().map(|entry| entry.param.len()).sum();
-        step_lent(&self.registry.groups, batch, numel);
+        step_lent(&self.registry.groups, batch, grads, numel);
         for entry in batch.iter_mut() {
             let lent = entry.lent.take().expect("every entry of the batch was lent its state");
             self.registry.give_back(entry.name, lent.tensor);
@@ -375,8 +386,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         }
     }
 
-    /// Checks the next tensor of a batch: everything that can make its step fail, as
-    /// [`check`](Self::check) sees it, and a name given twice, registered or not; then its
+    /// Checks the next tensor of a batch ([`check_named`](Self::check_named)), then its
     /// gradient for the non-finite policy and, when clipping by global norm, its norm.
     fn check_entry(
         &mut self,
@@ -385,7 +395,38 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         param: &[usize],
         grad: &ArrayView<'_, A, IxDyn>,
     ) -> Result<()> {
-        self.check(name, param, grad.shape())?;
+        self.check_named(batch, name, param, grad.shape())?;
+        if batch.non_finite.is_none() {
+            // A refusal waits until every tensor is checked: the batch's errors come first.
+            batch.non_finite = self.guard(batch.index, name, grad).transpose();
+            if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
+                batch.squares += clip::l2_norm(grad).powi(2);
+            }
+        }
+        batch.index += 1;
+        Ok(())
+    }
+
+    /// Checks the names and shapes of `batch` as a batch step does, not its gradients'
+    /// values.
+    pub(crate) fn check_batch(&mut self, batch: &[ParamGrad<'_, A>]) -> Result<()> {
+        let mut check = self.start_batch("batch");
+        for entry in batch {
+            self.check_named(&mut check, entry.name, entry.param.shape(), entry.grad.shape())?;
+        }
+        Ok(())
+    }
+
+    /// Everything that can make the step of the next tensor of a batch fail, as
+    /// [`check`](Self::check) sees it, and a name given twice, registered or not.
+    fn check_named(
+        &mut self,
+        batch: &mut BatchCheck,
+        name: &str,
+        param: &[usize],
+        grad: &[usize],
+    ) -> Result<()> {
+        self.check(name, param, grad)?;
         let again = match self.registry.named_again(name) {
             Some(again) => again,
             // New names have no slot to mark; they are few and only in a tensor's first
@@ -395,14 +436,6 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         if again {
             return Err(Error::DuplicateParam { param: name.to_owned(), in_what: batch.in_what });
         }
-        if batch.non_finite.is_none() {
-            // A refusal waits until every tensor is checked: the batch's errors come first.
-            batch.non_finite = self.guard(batch.index, name, grad).transpose();
-            if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
-                batch.squares += clip::l2_norm(grad).powi(2);
-            }
-        }
-        batch.index += 1;
         Ok(())
     }
 
@@ -462,7 +495,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Applies the non-finite policy to the gradient of batch entry `index`: `Some` outcome
     /// when the step is to be skipped.
-    fn guard(
+    pub(crate) fn guard(
         &self,
         index: usize,
         name: &str,
@@ -730,15 +763,34 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     }
 }
 
-/// Steps the entries of a batch that hold their lent state; `numel` is their total size.
+/// Where a batch step finds the gradient of each entry: in the entry itself
+/// ([`OwnGradients`]), or elsewhere by the entry's name, such as the mean gradients of
+/// [`MultiSteps`](crate::MultiSteps).
+pub(crate) trait Gradients<A>: Sync {
+    /// The gradient of the entry `name`, whose own gradient is `own`.
+    fn of<'g>(&'g self, name: &str, own: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn>;
+}
+
+/// Each entry's own gradient, as [`Optimizer::step_all`] takes them.
+struct OwnGradients;
+
+impl<A: Sync> Gradients<A> for OwnGradients {
+    fn of<'g>(&'g self, _: &str, own: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn> {
+        own.view()
+    }
+}
+
+/// Steps the entries of a batch that hold their lent state, with the gradients of `grads`;
+/// `numel` is their total size.
 fn step_lent<R: UpdateRule, A: Element>(
     groups: &[ParamGroup<R>],
     batch: &mut [ParamGrad<'_, A>],
+    grads: &impl Gradients<A>,
     numel: usize,
 ) {
     let step = |entry: &mut ParamGrad<'_, A>| {
         let lent = entry.lent.as_mut().expect("every entry of the batch was lent its state");
-        let (param, grad) = (entry.param.view_mut(), entry.grad.view());
+        let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
         groups[lent.group].step(param, grad, &mut lent.tensor, lent.transform);
     };
     #[cfg(feature = "rayon")]

@@ -518,7 +518,10 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
 
 /// The name among `names` closest to `name` by edit distance, if it is close enough to be a
 /// likely typo (at most a third of the name's characters differ).
-fn closest_name<'n>(name: &str, names: impl Iterator<Item = &'n str>) -> Option<&'n str> {
+pub(crate) fn closest_name<'n>(
+    name: &str,
+    names: impl Iterator<Item = &'n str>,
+) -> Option<&'n str> {
     let limit = name.chars().count().div_ceil(3);
     names
         .map(|candidate| (edit_distance(name, candidate), candidate))

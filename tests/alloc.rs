@@ -402,3 +402,111 @@ fn steady_state_muon_steps_do_not_allocate() {
         check::<f64>(rule);
     }
 }
+
+/// Averages allocate only on a tensor's first update: later updates (one by one and in
+/// batches, every layout), copies and swaps allocate nothing.
+#[test]
+fn steady_state_averaging_does_not_allocate() {
+    use ndarray::{ArrayViewD, array};
+    use ndarray_optim::{AveragedModel, Averaging};
+
+    fn check<A: Element, S: Element>(averaging: Averaging) {
+        let mut model = AveragedModel::<A, S>::new(averaging).unwrap();
+        let weight = Array2::<A>::from_elem((64, 33), A::from_f64(0.25));
+        let mut eval = Array2::<A>::zeros((64, 33).f());
+        let f_order = Array3::<A>::from_elem((5, 6, 7).f(), A::from_f64(-0.5));
+        let wide = Array2::<A>::from_elem((16, 40), A::from_f64(1.5));
+        let bias = ArrayD::<A>::from_elem(IxDyn(&[3, 1, 2, 5]), A::from_f64(2.0));
+        let scalar = array![A::one()].into_shape_with_order(()).unwrap();
+        let updates = |model: &mut AveragedModel<A, S>| {
+            model.update("weight", &weight).unwrap();
+            model.update("strided", &wide.slice(s![.., ..;2])).unwrap();
+            let batch: [(&str, ArrayViewD<'_, A>); 3] = [
+                ("f", f_order.view().into_dyn()),
+                ("bias", bias.view()),
+                ("scalar", scalar.view().into_dyn()),
+            ];
+            model.update_all(&batch).unwrap();
+        };
+        updates(&mut model);
+        let count = allocations(|| {
+            for _ in 0..3 {
+                updates(&mut model);
+            }
+            model.copy_into("weight", &mut eval).unwrap();
+        });
+        assert_eq!(
+            count,
+            0,
+            "{averaging:?} {} {}: steady-state updates allocated",
+            A::NAME,
+            S::NAME
+        );
+        assert_eq!(model.count("f"), Some(4));
+    }
+    for averaging in [
+        Averaging::Swa,
+        Averaging::Ema { decay: 0.99, warmup: true },
+        Averaging::Ema { decay: 0.2, warmup: false },
+        Averaging::OptaxEma { decay: 0.9, debias: true },
+        Averaging::OptaxEma { decay: 0.9, debias: false },
+    ] {
+        check::<f32, f32>(averaging);
+        check::<f64, f64>(averaging);
+        check::<f32, f64>(averaging);
+    }
+    let mut model = AveragedModel::<f32>::new(Averaging::Swa).unwrap();
+    let mut w = Array2::<f32>::from_elem((8, 9).f(), 1.0);
+    model.update("w", &w).unwrap();
+    let count = allocations(|| {
+        model.swap_into("w", &mut w).unwrap();
+        model.swap_into("w", &mut w).unwrap();
+    });
+    assert_eq!(count, 0, "swaps allocated");
+}
+
+/// Gradient accumulation allocates nothing once every tensor has its mean and its optimizer
+/// state: micro-batches and optimizer steps, of batches (clipped by global norm) and of single
+/// tensors (clipped by norm), in every layout.
+#[test]
+fn steady_state_gradient_accumulation_does_not_allocate() {
+    use ndarray_optim::{Adam, Clip, MultiSteps, NonFinite};
+
+    let multi_steps = |clip| {
+        let mut inner = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+        inner.set_clip(Some(clip)).unwrap();
+        inner.set_non_finite(NonFinite::Skip);
+        MultiSteps::new(inner, 3).unwrap()
+    };
+    let mut batches = multi_steps(Clip::GlobalNorm { max_norm: 0.5 });
+    let mut singles = multi_steps(Clip::Norm { max_norm: 0.5 });
+    let mut weight = Array2::<f32>::zeros((64, 33));
+    let mut f_order = Array3::<f32>::zeros((5, 6, 7).f());
+    let mut wide = Array2::<f32>::zeros((16, 40));
+    let g_weight = Array2::from_elem((64, 33), 0.25_f32);
+    let g_f = Array3::from_elem((5, 6, 7).f(), -0.5_f32);
+    let g_wide = Array2::from_elem((16, 20), 0.125_f32);
+    let mut micro_batch = |batches: &mut MultiSteps<Adam, f32>, singles: &mut MultiSteps<_, _>| {
+        batches
+            .step_all(&mut [
+                ParamGrad::new("weight", &mut weight, &g_weight),
+                ParamGrad::new("f", &mut f_order, &g_f),
+                ParamGrad::new("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide),
+            ])
+            .unwrap();
+        singles.step("weight", &mut weight, &g_weight).unwrap();
+        singles.step("f", &mut f_order, &g_f).unwrap();
+        singles.step("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide).unwrap();
+    };
+    for _ in 0..3 {
+        micro_batch(&mut batches, &mut singles);
+    }
+    let count = allocations(|| {
+        for _ in 0..7 {
+            micro_batch(&mut batches, &mut singles);
+        }
+    });
+    assert_eq!(count, 0, "steady-state micro-batches allocated");
+    assert_eq!(batches.optimizer().step_count("f"), Some(3));
+    assert_eq!(singles.micro_steps("weight"), 1);
+}

@@ -15,7 +15,7 @@ const STEPS: u64 = 6;
 
 /// How a tensor is stored in memory; its logical values are the same in every layout.
 #[derive(Clone, Copy, Debug)]
-enum Layout {
+pub(crate) enum Layout {
     RowMajor,
     ColumnMajor,
     /// Every other element of a twice-as-long last axis.
@@ -24,17 +24,17 @@ enum Layout {
     Reversed,
 }
 
-const LAYOUTS: [Layout; 4] =
+pub(crate) const LAYOUTS: [Layout; 4] =
     [Layout::RowMajor, Layout::ColumnMajor, Layout::Strided, Layout::Reversed];
 
 /// Storage for a tensor of `dim` in `layout`; `view` gives the tensor itself.
-struct Stored<A, D: Dimension> {
+pub(crate) struct Stored<A, D: Dimension> {
     storage: Array<A, D>,
     layout: Layout,
 }
 
 impl<A: Element, D: Dimension> Stored<A, D> {
-    fn new(dim: D, layout: Layout, logical: &ArrayD<A>) -> Self {
+    pub(crate) fn new(dim: D, layout: Layout, logical: &ArrayD<A>) -> Self {
         let storage = match layout {
             Layout::RowMajor | Layout::Reversed => Array::zeros(dim),
             Layout::ColumnMajor => Array::zeros(dim.f()),
@@ -52,7 +52,7 @@ impl<A: Element, D: Dimension> Stored<A, D> {
         stored
     }
 
-    fn view(&mut self) -> ArrayViewMut<'_, A, D> {
+    pub(crate) fn view(&mut self) -> ArrayViewMut<'_, A, D> {
         let mut view = self.storage.view_mut();
         match self.layout {
             Layout::RowMajor | Layout::ColumnMajor => {}

@@ -5,6 +5,7 @@
 mod case;
 
 mod alloc;
+mod averaging;
 mod checkpoint;
 mod common;
 mod errors;
@@ -16,6 +17,7 @@ mod kernels;
 mod layouts;
 mod model;
 mod model_params;
+mod multi_steps;
 mod options;
 mod patterns;
 mod reference;

@@ -332,6 +332,16 @@ fn check_scalar<R: UpdateRule>(hyper: &R, param: &str, name: &str, value: f64) -
     })
 }
 
+/// Whether ndarray can view an array of `shape`. It refuses any shape whose non-zero axis
+/// lengths multiply past `isize::MAX`, even one with a zero-length axis; state restored with
+/// such a shape could never be viewed, so it is refused.
+pub(crate) fn representable(shape: &[usize]) -> bool {
+    shape
+        .iter()
+        .try_fold(1_usize, |product, &len| product.checked_mul(len.max(1)))
+        .is_some_and(|product| isize::try_from(product).is_ok())
+}
+
 fn restore_state<A: Element, R: UpdateRule>(
     param: &str,
     record: StateRecord<A>,
@@ -339,14 +349,7 @@ fn restore_state<A: Element, R: UpdateRule>(
 ) -> Result<TensorState<A>> {
     check_step(param, record.step)?;
     let rule = hyper.name();
-    // ndarray refuses any shape whose non-zero axis lengths multiply past `isize::MAX`, even
-    // one with a zero-length axis; such a shape could never be viewed, so it is refused here.
-    let representable = record
-        .shape
-        .iter()
-        .try_fold(1_usize, |product, &len| product.checked_mul(len.max(1)))
-        .is_some_and(|product| isize::try_from(product).is_ok());
-    if !representable {
+    if !representable(&record.shape) {
         return Err(invalid_state(param, format!("shape {:?} overflows", record.shape)));
     }
     if let Err(requirement) = hyper.check_shape(&record.shape) {

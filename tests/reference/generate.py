@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 optax==0.2.8 jax numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes seven files next to this script (and overwrites them):
+It writes eight files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -74,6 +74,18 @@ It writes seven files next to this script (and overwrites them):
   or Adam (``"adam"``).  Under ``"cases"``, replay cases with such schedules,
   momentum cycling among them, in f64 and f32 (V2_TRAINING).  ``cycle_momentum``
   is false unless given, as in the replay harness.
+* ``averaging.json`` (``--only averaging`` writes just this file): weight
+  averaging and gradient accumulation.  ``parameters``: a sequence of 60
+  parameter snapshots (torch Adam on quadratics) per dtype; ``averages``: what
+  ``torch.optim.swa_utils.AveragedModel`` (SWA, ``get_ema_multi_avg_fn``, and
+  the same lerp with TensorFlow's ``ExponentialMovingAverage`` warm-up decay
+  min(d, (1 + n)/(10 + n)) as ``multi_avg_fn``) and ``optax.ema`` (with and
+  without debias, and over f32 parameters with ``accumulator_dtype`` float64)
+  hold after each snapshot; ``multi_steps``: the parameters after each of 48
+  micro-steps of ``optax.MultiSteps(optax.adam(...), every_k_schedule=k)``
+  (k 4 and 3, the accumulator in the case's dtype) on micro-batch gradients
+  a*theta - b_j.  A numpy transcription of the crate's arithmetic is compared
+  with the averages and the differences printed (informational).
 
 The case files have the shape
 
@@ -134,8 +146,8 @@ normalised steps keep bouncing with signs that follow rounding noise, and the
 f32 trajectory would depend on the last bit of every operation.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--only training|defaults|rules_v2|schedules_v2`` regenerates one file (``--training-only``
-is ``--only training``); ``--any-torch`` accepts a PyTorch other than 2.15.0,
+``--only training|defaults|rules_v2|schedules_v2|averaging`` regenerates one
+file (``--training-only`` is ``--only training``); ``--any-torch`` accepts a PyTorch other than 2.15.0,
 ``--any-optax`` an optax other than 0.2.8.
 """
 
@@ -1925,6 +1937,320 @@ def write_schedules_v2(version):
               {"generator": GENERATOR, "torch_version": version, "cases": entries,
                "schedules": schedules})
     print(f"schedules_v2.json: {len(entries)} cases, {len(schedules)} schedules, {n} bytes")
+# Weight averaging and gradient accumulation (averaging.json, --only averaging)
+# ---------------------------------------------------------------------------
+
+AVERAGING_UPDATES = 60
+# The parameter sequence to average: torch.optim.Adam (foreach=False, lr 0.05)
+# on quadratics, in the dtype, one row-major snapshot per step.
+AVERAGING_PARAMS = [
+    {"name": "w", "shape": [2, 3], "init": [1.5, -0.5, 0.25, 2.0, -1.25, 0.75],
+     "a": [1.0, 2.0, 0.5, 1.5, 2.5, 0.8], "b": [0.2, -0.4, 0.1, 0.0, 0.5, -0.3]},
+    {"name": "b", "shape": [4], "init": [0.5, -1.0, 3.0, 0.0],
+     "a": [0.7, 1.4, 2.1, 0.9], "b": [0.0, 0.3, -0.6, 0.2]},
+]
+# (name, source, average settings), each in f64 and f32.
+AVERAGING_CASES = [
+    ("torch-swa", "pytorch", {"kind": "swa"}),
+    ("torch-ema", "pytorch", {"kind": "ema", "decay": 0.9, "warmup": False}),
+    # lerp weight 1 - decay >= 0.5: torch's lerp takes its other branch
+    ("torch-ema-light", "pytorch", {"kind": "ema", "decay": 0.25, "warmup": False}),
+    ("torch-ema-warmup", "pytorch", {"kind": "ema", "decay": 0.99, "warmup": True}),
+    ("optax-ema", "optax", {"kind": "optax_ema", "decay": 0.9, "debias": False}),
+    ("optax-ema-debias", "optax", {"kind": "optax_ema", "decay": 0.9, "debias": True}),
+]
+# optax ema over f32 parameters with accumulator_dtype float64 (jax_enable_x64 on).
+AVERAGING_MIXED = [
+    ("optax-ema-debias-acc64", {"kind": "optax_ema", "decay": 0.9, "debias": True}),
+]
+# optax.MultiSteps(optax.adam(...), every_k_schedule=k) over micro-batches:
+# gradient a*theta - b_j (two roundings, in the dtype) with b_j = a*target +
+# noise varying by micro-step j, as micro-batches of one batch would.  Every
+# value stays well away from zero: optax's f32 adam computes its bias
+# corrections 1 - beta^t in f32 (relative error up to ~1e-5 for beta2 0.999),
+# this crate's as PyTorch does, and near zero that difference alone would use
+# up the f32 tolerance.
+MULTI_STEPS_PARAMS = [
+    {"name": "w", "shape": [2, 3], "init": [1.5, -1.0, 2.0, -2.5, 1.25, -1.75],
+     "a": [1.0, 2.0, 0.5, 1.5, 2.5, 0.8], "target": [1.0, -0.75, 1.5, -2.0, 1.0, -1.25]},
+    {"name": "b", "shape": [4], "init": [1.0, -1.5, 3.0, 2.0],
+     "a": [0.7, 1.4, 2.1, 0.9], "target": [0.6, -1.0, 2.5, 1.5]},
+]
+MULTI_STEPS_MICRO = 48
+MULTI_STEPS_ADAM = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+MULTI_STEPS_K = [4, 3]
+
+
+def averaging_param_sequence(dtype):
+    """torch.optim.Adam on AVERAGING_PARAMS: {name: [row-major values per step]}."""
+    import torch
+
+    T = NP_DTYPE[dtype]
+    tensors = [torch.nn.Parameter(torch.from_numpy(np.array(p["init"], dtype=T).reshape(p["shape"])))
+               for p in AVERAGING_PARAMS]
+    opt = torch.optim.Adam(tensors, lr=0.05, foreach=False)
+    seq = {p["name"]: [] for p in AVERAGING_PARAMS}
+    for _ in range(AVERAGING_UPDATES):
+        for p, t in zip(AVERAGING_PARAMS, tensors):
+            theta = t.detach().numpy().reshape(-1)
+            g = np.array(p["a"], dtype=T) * theta - np.array(p["b"], dtype=T)
+            t.grad = torch.from_numpy(g.reshape(p["shape"]))
+        opt.step()
+        for p, t in zip(AVERAGING_PARAMS, tensors):
+            seq[p["name"]].append([float(x) for x in t.detach().numpy().reshape(-1)])
+    return seq
+
+
+def tf_warmup_decay(decay, n):
+    """The decay of tf.train.ExponentialMovingAverage(decay, num_updates=n):
+    min(decay, (1 + n) / (10 + n)), n the snapshots averaged so far."""
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
+def torch_averages(average, seq, dtype):
+    """torch.optim.swa_utils.AveragedModel over the parameter sequence: the
+    default avg_fn (SWA), get_ema_multi_avg_fn(decay), or, with warm-up, the
+    same lerp with TensorFlow's warmed-up decay as multi_avg_fn."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    T = NP_DTYPE[dtype]
+    model = torch.nn.Module()
+    for p in AVERAGING_PARAMS:
+        model.register_parameter(p["name"], torch.nn.Parameter(
+            torch.from_numpy(np.array(p["init"], dtype=T).reshape(p["shape"]))))
+    if average["kind"] == "swa":
+        averaged = AveragedModel(model)
+    elif average["warmup"]:
+        decay = average["decay"]
+
+        @torch.no_grad()
+        def warmup_ema(ema_params, params, n_averaged):
+            weight = 1.0 - tf_warmup_decay(decay, int(n_averaged))
+            torch._foreach_lerp_(ema_params, params, weight)
+
+        averaged = AveragedModel(model, multi_avg_fn=warmup_ema)
+    else:
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(average["decay"]))
+    out = {p["name"]: [] for p in AVERAGING_PARAMS}
+    for step in range(AVERAGING_UPDATES):
+        with torch.no_grad():
+            for p in AVERAGING_PARAMS:
+                values = np.array(seq[p["name"]][step], dtype=T).reshape(p["shape"])
+                getattr(model, p["name"]).copy_(torch.from_numpy(values))
+        averaged.update_parameters(model)
+        for p in AVERAGING_PARAMS:
+            a = getattr(averaged.module, p["name"]).detach().numpy()
+            assert a.dtype == T
+            out[p["name"]].append([float(x) for x in a.reshape(-1)])
+    assert int(averaged.n_averaged) == AVERAGING_UPDATES
+    return out
+
+
+def optax_averages(average, seq, dtype, acc_dtype):
+    """optax.ema(decay, debias, accumulator_dtype) fed the parameter sequence as
+    its updates: its output (debiased when asked) after every update."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    T, JA = NP_DTYPE[dtype], {"f64": jnp.float64, "f32": jnp.float32}[acc_dtype]
+    assert jax.config.jax_enable_x64 == ("f64" in (dtype, acc_dtype))
+    tx = optax.ema(average["decay"], debias=average["debias"], accumulator_dtype=JA)
+    params = {p["name"]: jnp.asarray(np.array(p["init"], dtype=T).reshape(p["shape"]))
+              for p in AVERAGING_PARAMS}
+    state = tx.init(params)
+    out = {p["name"]: [] for p in AVERAGING_PARAMS}
+    for step in range(AVERAGING_UPDATES):
+        params = {p["name"]: jnp.asarray(np.array(seq[p["name"]][step], dtype=T).reshape(p["shape"]))
+                  for p in AVERAGING_PARAMS}
+        averages, state = tx.update(params, state)
+        for p in AVERAGING_PARAMS:
+            assert state.ema[p["name"]].dtype == JA
+            a = np.asarray(averages[p["name"]])
+            out[p["name"]].append([float(x) for x in a.reshape(-1)])
+    return out
+
+
+def multi_steps_params(dtype):
+    """The tensors of the MultiSteps cases, each with its per-micro-step b_j."""
+    rng = np.random.default_rng(20240607)
+    T = NP_DTYPE[dtype]
+    params = []
+    for p in MULTI_STEPS_PARAMS:
+        n = numel(p["shape"])
+        noise = rng.uniform(-0.25, 0.25, size=(MULTI_STEPS_MICRO, n))
+        center = np.array(p["a"]) * np.array(p["target"])
+        b = [[float(T(x)) for x in center + row] for row in noise]
+        params.append({"name": p["name"], "shape": p["shape"],
+                       "init": [float(T(x)) for x in p["init"]],
+                       "a": [float(T(x)) for x in p["a"]], "b": b})
+    return params
+
+
+def optax_multi_steps(case):
+    """optax.MultiSteps(optax.adam(...), every_k_schedule=k), the accumulator
+    in the case's dtype, eager: the parameters after every micro-step."""
+    import jax.numpy as jnp
+    import optax
+
+    T = NP_DTYPE[case["dtype"]]
+    JT = {"f64": jnp.float64, "f32": jnp.float32}[case["dtype"]]
+    h = case["adam"]
+    ms = optax.MultiSteps(optax.adam(h["lr"], b1=h["beta1"], b2=h["beta2"], eps=h["eps"]),
+                          every_k_schedule=case["every_k"], accumulator_dtype=JT)
+    params = {p["name"]: jnp.asarray(np.array(p["init"], dtype=T).reshape(p["shape"]))
+              for p in case["params"]}
+    state = ms.init(params)
+    traj = {p["name"]: [] for p in case["params"]}
+    for j in range(case["micro_steps"]):
+        grads = {}
+        for p in case["params"]:
+            theta = np.asarray(params[p["name"]]).reshape(-1)
+            g = np.array(p["a"], dtype=T) * theta - np.array(p["b"][j], dtype=T)
+            grads[p["name"]] = jnp.asarray(g.reshape(p["shape"]))
+        updates, state = ms.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        assert bool(ms.has_updated(state)) == ((j + 1) % case["every_k"] == 0)
+        for p in case["params"]:
+            a = np.asarray(params[p["name"]])
+            assert a.dtype == T and state.acc_grads[p["name"]].dtype == JT
+            traj[p["name"]].append([float(x) for x in a.reshape(-1)])
+    return traj
+
+
+def averaging_optax_worker():
+    """Worker (see averaging_optax): reads {"x64", "averages": [[case, seq]],
+    "multi_steps": [case]} on stdin, writes the results and optax's version."""
+    import jax
+
+    job = json.load(sys.stdin)
+    jax.config.update("jax_enable_x64", job["x64"])
+    import optax
+
+    out = {"optax_version": optax.__version__, "averages": [], "multi_steps": []}
+    for case, seq in job["averages"]:
+        out["averages"].append(optax_averages(case["average"], seq, case["dtype"],
+                                              case["accumulator_dtype"]))
+    for case in job["multi_steps"]:
+        out["multi_steps"].append(optax_multi_steps(case))
+    json.dump(out, sys.stdout)
+
+
+def averaging_optax(x64, averages, multi_steps):
+    """Runs optax in a worker process with jax_enable_x64 as given (optax
+    computes in float32 unless it is on)."""
+    import os
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+            "import generate; generate.averaging_optax_worker()")
+    job = {"x64": x64, "averages": averages, "multi_steps": multi_steps}
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(job),
+                          capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    if proc.returncode != 0:
+        sys.exit(f"optax averaging worker (x64 {x64}) failed:\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def numpy_average(average, seq, dtype, acc_dtype):
+    """This crate's averaging arithmetic in numpy (informational cross-check):
+    SWA a + (p - a)/(n + 1); torch's EMA as lerp a + w(p - a) (w < 0.5) or
+    p - (p - a)(1 - w), without FMA; optax's EMA (1 - d)p + d·ema, the two
+    products in the parameter and accumulator dtypes, the sum and debiasing
+    (1 - d^t in that dtype) in the wider one."""
+    P, S = NP_DTYPE[dtype], NP_DTYPE[acc_dtype]
+    W = np.float64 if np.float64 in (P, S) else np.float32
+    kind = average["kind"]
+    out = {}
+    for name, rows in seq.items():
+        state = ema = None
+        res = []
+        for n, row in enumerate(rows):
+            p = np.array(row, dtype=P)
+            if kind == "optax_ema":
+                d = average["decay"]
+                ema = np.zeros_like(p, dtype=S) if ema is None else ema
+                new = W(P(1.0 - d) * p) + W(S(d) * ema)
+                ema = new.astype(S)
+                avg = new
+                if average["debias"]:
+                    bc = W(1) - W(d) ** W(n + 1)
+                    avg = new / bc
+                res.append([float(x) for x in avg.astype(S)])
+                continue
+            if state is None:
+                state = p.astype(S)
+            elif kind == "swa":
+                a = state.astype(W)
+                state = (a + (p.astype(W) - a) / W(n + 1)).astype(S)
+            else:
+                d = tf_warmup_decay(average["decay"], n) if average["warmup"] else average["decay"]
+                w = W(1.0 - d)
+                a, q = state.astype(W), p.astype(W)
+                state = (a + w * (q - a) if abs(w) < 0.5 else q - (q - a) * (W(1) - w)).astype(S)
+            res.append([float(x) for x in state])
+        out[name] = res
+    return out
+
+
+def write_averaging(version):
+    torch_seqs = {dtype: averaging_param_sequence(dtype) for dtype in ("f64", "f32")}
+    cases = []
+    for dtype in ("f64", "f32"):
+        for name, source, average in AVERAGING_CASES:
+            cases.append({"name": f"{name}-{dtype}", "source": source, "dtype": dtype,
+                          "accumulator_dtype": dtype, "average": average})
+    for name, average in AVERAGING_MIXED:
+        cases.append({"name": name, "source": "optax", "dtype": "f32",
+                      "accumulator_dtype": "f64", "average": average})
+    multi = [{"name": f"optax-multisteps-adam-k{k}-{dtype}", "source": "optax",
+              "dtype": dtype, "every_k": k, "adam": MULTI_STEPS_ADAM,
+              "micro_steps": MULTI_STEPS_MICRO, "params": multi_steps_params(dtype)}
+             for dtype in ("f64", "f32") for k in MULTI_STEPS_K]
+    optax_version = None
+    for x64 in (True, False):
+        mine = [c for c in cases if c["source"] == "optax"
+                and ("f64" in (c["dtype"], c["accumulator_dtype"])) == x64]
+        steps = [c for c in multi if (c["dtype"] == "f64") == x64]
+        out = averaging_optax(x64, [[c, torch_seqs[c["dtype"]]] for c in mine], steps)
+        optax_version = out["optax_version"]
+        for c, averages in zip(mine, out["averages"]):
+            c["averages"] = averages
+        for c, traj in zip(steps, out["multi_steps"]):
+            c["trajectory"] = traj
+    if optax_version != OPTAX_VERSION and not ANY_OPTAX[0]:
+        sys.exit(f"error: optax {optax_version} found, fixtures are pinned to {OPTAX_VERSION}")
+    for c in cases:
+        if c["source"] == "pytorch":
+            c["averages"] = torch_averages(c["average"], torch_seqs[c["dtype"]], c["dtype"])
+    for c in cases:
+        S = NP_DTYPE[c["accumulator_dtype"]]
+        for rows in c["averages"].values():
+            assert len(rows) == AVERAGING_UPDATES
+            assert all(float(S(x)) == x and math.isfinite(x) for row in rows for x in row)
+    for c in multi:
+        for p in c["params"]:
+            rows = c["trajectory"][p["name"]]
+            assert len(rows) == MULTI_STEPS_MICRO and rows[0] == p["init"] != rows[-1]
+            assert all(abs(x) >= 0.4 for row in rows for x in row), (c["name"], p["name"])
+    doc = {"generator": GENERATOR, "torch_version": version, "optax_version": optax_version,
+           "updates": AVERAGING_UPDATES,
+           "parameters": {dtype: [{"name": p["name"], "shape": p["shape"], "values": seq[p["name"]]}
+                                  for p in AVERAGING_PARAMS]
+                          for dtype, seq in torch_seqs.items()},
+           "averages": cases, "multi_steps": multi}
+    n = write(HERE / "averaging.json", doc)
+    print(f"averaging.json: {len(cases)} averaging cases, {len(multi)} MultiSteps cases, {n} bytes")
+    print("cross-check, numpy transcription of the crate's arithmetic vs reference "
+          "(max abs diff, max rel diff over |ref|>1e-8, within tolerance, identical bits)")
+    for c in cases:
+        mine = numpy_average(c["average"], torch_seqs[c["dtype"]], c["dtype"], c["accumulator_dtype"])
+        a, r, ok = compare(mine, c["averages"], c["accumulator_dtype"])
+        same = mine == c["averages"]
+        print(f"  {c['name']:28s} abs {a:9.3g}  rel {r:9.3g}  {'ok' if ok else 'OUT OF TOLERANCE'}"
+              f"  {'bit-identical' if same else 'differs'}")
 
 
 # ---------------------------------------------------------------------------
@@ -2038,7 +2364,7 @@ def main():
         optax_worker(sys.argv[2])
         return
     only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2,
-            "schedules_v2": write_schedules_v2}
+            "schedules_v2": write_schedules_v2, "averaging": write_averaging}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
@@ -2091,6 +2417,7 @@ def main():
     write_defaults(version)
     write_rules_v2(version)
     write_schedules_v2(version)
+    write_averaging(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
