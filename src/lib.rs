@@ -110,10 +110,10 @@ pub use inspect::TensorView;
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
 pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
 pub use model::Parameters;
+pub use multi_steps::{MultiStepOutcome, MultiSteps};
 /// `#[derive(Parameters)]`: see [`model`] and [`Parameters`].
 #[cfg(feature = "derive")]
 pub use ndarray_optim_derive::Parameters;
-pub use multi_steps::{MultiStepOutcome, MultiSteps};
 pub use optimizer::{Optimizer, ParamGrad};
 pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};

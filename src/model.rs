@@ -99,6 +99,40 @@ pub type VisitMut<'f, A> = dyn FnMut(&str, ArrayViewMut<'_, A, IxDyn>) + 'f;
 pub type VisitPair<'f, A> =
     dyn FnMut(&str, ArrayViewMut<'_, A, IxDyn>, ArrayView<'_, A, IxDyn>) -> Result<()> + 'f;
 
+/// A walk over a model's tensors and their gradients, with the walker's callback.
+pub(crate) type Zip<'z, A> = dyn FnMut(&mut Prefix, &mut VisitPair<'_, A>) -> Result<()> + 'z;
+
+/// The buffer that a model's tensor names are built in, kept by whoever walks models every
+/// step so that the steps allocate nothing. Working memory, not state: a clone starts empty,
+/// and it takes no part in equality.
+#[derive(Debug, Default)]
+pub(crate) struct NameBuffer(Prefix);
+
+impl NameBuffer {
+    /// The buffer, emptied, for one walk; [`put_back`](Self::put_back) returns it.
+    pub(crate) fn take(&mut self) -> Prefix {
+        let mut prefix = core::mem::take(&mut self.0);
+        prefix.clear();
+        prefix
+    }
+
+    pub(crate) fn put_back(&mut self, prefix: Prefix) {
+        self.0 = prefix;
+    }
+}
+
+impl Clone for NameBuffer {
+    fn clone(&self) -> Self {
+        NameBuffer::default()
+    }
+}
+
+impl PartialEq for NameBuffer {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// A set of named parameter tensors of one element type: a model, or its gradients.
 ///
 /// Derive it for a struct with `#[derive(Parameters)]` (the `derive` feature); it is

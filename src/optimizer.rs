@@ -8,7 +8,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{self, NonFinite, StepOutcome};
 use crate::kernel::{self, GradTransform};
-use crate::model::{Parameters, Prefix, VisitPair};
+use crate::model::{NameBuffer, Parameters, Prefix, Zip};
 use crate::registry::{ParamGroup, Registry, TensorState};
 use crate::rule::UpdateRule;
 
@@ -100,29 +100,8 @@ pub struct Optimizer<R: UpdateRule, A: Element> {
     pub(crate) names: NameBuffer,
 }
 
-/// The buffer that [`Optimizer::step_model`] builds tensor names in, kept so that steps
-/// allocate nothing. Working memory, not state: a clone starts empty, and it takes no part
-/// in equality.
-#[derive(Debug, Default)]
-pub(crate) struct NameBuffer(Prefix);
-
-impl Clone for NameBuffer {
-    fn clone(&self) -> Self {
-        NameBuffer::default()
-    }
-}
-
-impl PartialEq for NameBuffer {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// A walk over a model's tensors and their gradients, with the walker's callback.
-type Zip<'z, A> = dyn FnMut(&mut Prefix, &mut VisitPair<'_, A>) -> Result<()> + 'z;
-
 /// What the first pass over a batch has found so far.
-struct BatchCheck {
+pub(crate) struct BatchCheck {
     /// Where the batch's names come from, for [`Error::DuplicateParam`].
     in_what: &'static str,
     /// The position of the next tensor.
@@ -349,11 +328,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// [`step_model`](Self::step_model) of the model that `zip` walks, in the optimizer's
     /// own name buffer.
-    fn step_zipped(&mut self, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
-        let mut prefix = core::mem::take(&mut self.names.0);
-        prefix.clear();
+    pub(crate) fn step_zipped(&mut self, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
+        let mut prefix = self.names.take();
         let outcome = self.step_zipped_in(&mut prefix, zip);
-        self.names.0 = prefix;
+        self.names.put_back(prefix);
         outcome
     }
 
@@ -375,7 +353,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     }
 
     /// Starts the first pass over a batch, whose names come from `in_what` (for errors).
-    fn start_batch(&mut self, in_what: &'static str) -> BatchCheck {
+    pub(crate) fn start_batch(&mut self, in_what: &'static str) -> BatchCheck {
         self.registry.start_batch();
         BatchCheck {
             in_what,
@@ -407,19 +385,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Ok(())
     }
 
-    /// Checks the names and shapes of `batch` as a batch step does, not its gradients'
-    /// values.
-    pub(crate) fn check_batch(&mut self, batch: &[ParamGrad<'_, A>]) -> Result<()> {
-        let mut check = self.start_batch("batch");
-        for entry in batch {
-            self.check_named(&mut check, entry.name, entry.param.shape(), entry.grad.shape())?;
-        }
-        Ok(())
-    }
-
     /// Everything that can make the step of the next tensor of a batch fail, as
     /// [`check`](Self::check) sees it, and a name given twice, registered or not.
-    fn check_named(
+    pub(crate) fn check_named(
         &mut self,
         batch: &mut BatchCheck,
         name: &str,

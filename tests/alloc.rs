@@ -214,6 +214,25 @@ fn steady_state_model_steps_do_not_allocate() {
     assert_eq!(count, 0, "steady-state model steps allocated");
     assert_eq!(opt.step_count("extra_parameters_with_a_long_name.cube"), Some(6));
     assert_eq!(opt.step_count("layers.2.bias"), Some(6));
+
+    // The same model through gradient accumulation and an average of its weights.
+    let mut accumulated = ndarray_optim::MultiSteps::new(opt, 3).unwrap();
+    let mut ema = ndarray_optim::AveragedModel::<f32>::new(ndarray_optim::Averaging::Ema {
+        decay: 0.99,
+        warmup: true,
+    })
+    .unwrap();
+    accumulated.step_model(&mut params, &grads).unwrap();
+    ema.update_model(&params).unwrap();
+    let count = allocations(|| {
+        for _ in 0..6 {
+            accumulated.step_model(&mut params, &grads).unwrap();
+            ema.update_model(&params).unwrap();
+        }
+    });
+    assert_eq!(count, 0, "steady-state accumulation or averaging of a model allocated");
+    assert_eq!(accumulated.optimizer().step_count("layers.2.bias"), Some(8));
+    assert_eq!(ema.count("norms.first"), Some(7));
 }
 
 /// Every schedule kind steps without allocating, per-group lists, momentum cycling (which

@@ -1,14 +1,15 @@
 //! Models as sets of named tensors: the names `#[derive(Parameters)]` and the containers give,
 //! and `Optimizer::step_model`, which must step a model exactly as `step_all` steps the same
-//! tensors, and refuse mismatched gradients without changing anything.
+//! tensors, and refuse mismatched gradients without changing anything; the same for
+//! `MultiSteps::step_model` and `AveragedModel`'s model methods.
 
 use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn, ShapeBuilder, array};
 use ndarray_optim::model::Prefix;
 use ndarray_optim::{
-    Adam, Clip, Element, Error, NonFinite, Optimizer, ParamGrad, Parameters, Sgd, StepOutcome,
-    UpdateRule,
+    Adam, AveragedModel, Averaging, Clip, Element, Error, MultiStepOutcome, MultiSteps, NonFinite,
+    Optimizer, ParamGrad, Parameters, Sgd, StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -350,4 +351,115 @@ fn an_empty_model_steps_nothing() {
     opt.set_clip(Some(Clip::GlobalNorm { max_norm: 1.0 })).unwrap();
     let outcome = opt.step_model(&mut empty, &Vec::new()).unwrap();
     assert_eq!(outcome, StepOutcome::Stepped { grad_norm: Some(0.0) });
+}
+
+#[test]
+fn multi_steps_step_model_is_step_all_bit_for_bit() {
+    fn check<A: Element>() {
+        let new = || {
+            let mut opt = Optimizer::new(Adam { lr: 0.05, ..Adam::default() }).unwrap();
+            opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+            MultiSteps::new(opt, 3).unwrap()
+        };
+        let (mut by_model, mut by_batch) = (new(), new());
+        let (mut model, mut tensors) = (net::<A>(0), net::<A>(0));
+        for micro_batch in 0..8 {
+            let grads = net::<A>(100 + micro_batch);
+            let outcome = by_model.step_model(&mut model, &grads).unwrap();
+            assert_eq!(outcome, by_batch.step_all(&mut batch(&mut tensors, &grads)).unwrap());
+            assert_eq!(outcome.stepped(), micro_batch % 3 == 2, "{outcome:?}");
+            assert_eq!(model_bits(&model), model_bits(&tensors), "{} {micro_batch}", A::NAME);
+        }
+        let mut pending = NET_NAMES.to_vec();
+        pending.sort_unstable();
+        assert_eq!(by_model.pending(), pending);
+        assert!(by_model == by_batch);
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
+#[test]
+fn multi_steps_refuse_a_model_out_of_step_and_change_nothing() {
+    let mut opt = MultiSteps::new(Optimizer::new(Sgd::default()).unwrap(), 3).unwrap();
+    let tensor = |value| ArrayD::<f64>::from_elem(IxDyn(&[2]), value);
+    let mut params = BTreeMap::from([("a", tensor(1.0)), ("b", tensor(2.0))]);
+    let grads = BTreeMap::from([("a", tensor(0.5)), ("b", tensor(0.5))]);
+    let outcome = opt.step_model(&mut params, &grads).unwrap();
+    assert_eq!(outcome, MultiStepOutcome::Accumulated { micro_steps: 1 });
+    // `b` missing from the second micro-batch.
+    let mut fewer = BTreeMap::from([("a", tensor(1.0))]);
+    let before = opt.clone();
+    let err = opt.step_model(&mut fewer, &BTreeMap::from([("a", tensor(0.5))])).unwrap_err();
+    assert_eq!(
+        err,
+        Error::MicroBatchMismatch { param: "b".to_owned(), accumulated: 1, others: None }
+    );
+    assert!(opt == before);
+    // A gradient missing where the model has a tensor.
+    let err = opt.step_model(&mut params, &BTreeMap::from([("a", tensor(0.5))])).unwrap_err();
+    assert_eq!(err, Error::MissingGradient { param: "b".to_owned() });
+    assert!(opt == before);
+    assert_eq!(opt.micro_steps("a"), 1);
+}
+
+#[test]
+fn averages_of_a_model_are_those_of_its_tensors() {
+    fn check<A: Element>(averaging: Averaging) {
+        let mut by_model = AveragedModel::<A>::new(averaging).unwrap();
+        let mut by_batch = by_model.clone();
+        for step in 0..5 {
+            let model = net::<A>(step);
+            by_model.update_model(&model).unwrap();
+            let mut named = Vec::new();
+            model.visit(&mut Prefix::new(), &mut |name, view| {
+                named.push((name.to_owned(), view.to_owned()));
+            });
+            let tensors: Vec<_> =
+                named.iter().map(|(name, view)| (name.as_str(), view.view())).collect();
+            by_batch.update_all(&tensors).unwrap();
+        }
+        assert!(by_model == by_batch, "{averaging:?} {}", A::NAME);
+        for name in NET_NAMES {
+            assert_eq!(by_model.count(name), Some(5));
+        }
+        // Copied into an evaluation copy, swapped into the model and back.
+        let mut copy = net::<A>(7);
+        by_model.copy_into_model(&mut copy).unwrap();
+        let mut trained = net::<A>(9);
+        let before = model_bits(&trained);
+        by_model.swap_model(&mut trained).unwrap();
+        assert_eq!(model_bits(&trained), model_bits(&copy));
+        assert_eq!(by_model.is_swapped("head.bias"), Some(true));
+        by_model.swap_model(&mut trained).unwrap();
+        assert_eq!(model_bits(&trained), before);
+    }
+    for averaging in [
+        Averaging::Swa,
+        Averaging::Ema { decay: 0.9, warmup: true },
+        Averaging::OptaxEma { decay: 0.8, debias: true },
+    ] {
+        check::<f32>(averaging);
+        check::<f64>(averaging);
+    }
+}
+
+#[test]
+fn averages_refuse_a_model_they_do_not_fit_and_change_nothing() {
+    let mut ema = AveragedModel::<f64>::new(Averaging::Ema { decay: 0.9, warmup: false }).unwrap();
+    let tensor = |len, value| ArrayD::<f64>::from_elem(IxDyn(&[len]), value);
+    ema.update_model(&BTreeMap::from([("w", tensor(2, 1.0))])).unwrap();
+    let before = ema.clone();
+    let err = ema.update_model(&BTreeMap::from([("w", tensor(3, 1.0))])).unwrap_err();
+    assert!(matches!(err, Error::ShapeChanged { ref param, .. } if param == "w"), "{err:?}");
+    let listed_twice = vec![("w", tensor(2, 1.0)), ("w", tensor(2, 2.0))];
+    let err = ema.update_model(&listed_twice).unwrap_err();
+    assert!(matches!(err, Error::DuplicateParam { .. }), "{err:?}");
+    let mut more = BTreeMap::from([("v", tensor(2, 5.0)), ("w", tensor(2, 5.0))]);
+    let err = ema.copy_into_model(&mut more).unwrap_err();
+    assert!(matches!(err, Error::NotAveraged { ref param, .. } if param == "v"), "{err:?}");
+    let err = ema.swap_model(&mut more).unwrap_err();
+    assert!(matches!(err, Error::NotAveraged { ref param, .. } if param == "v"), "{err:?}");
+    assert_eq!(more["w"], tensor(2, 5.0), "a refused copy or swap changed the model");
+    assert!(ema == before);
 }

@@ -13,6 +13,7 @@ use ndarray::{ArrayRef, ArrayView, ArrayViewD, ArrayViewMut, Dimension, IxDyn, Z
 use crate::check::{check_decay, check_unit};
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::model::{NameBuffer, Parameters, Prefix};
 use crate::registry::closest_name;
 
 /// How an [`AveragedModel`] averages the snapshots `$\theta_1, \theta_2, \dots$` of a tensor
@@ -165,6 +166,7 @@ pub struct AveragedModel<A: Element, S: Element = A> {
     tensors: HashMap<String, Average<S>>,
     /// The number of the latest batch, to find a name given twice in one with one lookup.
     batches: u64,
+    names: NameBuffer,
     params: PhantomData<fn(A)>,
 }
 
@@ -223,7 +225,13 @@ impl<A: Element, S: Element> AveragedModel<A, S> {
     /// ([`Averaging::validate`]).
     pub fn new(averaging: Averaging) -> Result<Self> {
         averaging.validate()?;
-        Ok(AveragedModel { averaging, tensors: HashMap::new(), batches: 0, params: PhantomData })
+        Ok(AveragedModel {
+            averaging,
+            tensors: HashMap::new(),
+            batches: 0,
+            names: NameBuffer::default(),
+            params: PhantomData,
+        })
     }
 
     /// How the averages are kept.
@@ -251,44 +259,70 @@ impl<A: Element, S: Element> AveragedModel<A, S> {
     /// As [`update`](Self::update) for the first tensor that fails, and
     /// [`Error::DuplicateParam`] if the batch names a tensor twice.
     pub fn update_all(&mut self, batch: &[(&str, ArrayViewD<'_, A>)]) -> Result<()> {
-        self.check_batch(batch)?;
+        self.update_walk(&mut |f| batch.iter().try_for_each(|(name, param)| f(name, param.view())))
+    }
+
+    /// Updates the average of every tensor of `model` (a set of named tensors,
+    /// [`Parameters`]) as [`update_all`](Self::update_all) updates a batch of the same
+    /// tensors; names are the model's dotted paths, as [`Optimizer::step_model`] gives them.
+    /// After the first update it allocates nothing.
+    ///
+    /// [`Optimizer::step_model`]: crate::Optimizer::step_model
+    ///
+    /// # Errors
+    /// As [`update_all`](Self::update_all), with [`Error::DuplicateParam`] if the model
+    /// names a tensor twice.
+    pub fn update_model<M: Parameters<Elem = A> + ?Sized>(&mut self, model: &M) -> Result<()> {
+        let mut prefix = self.names.take();
+        let outcome = self.update_walk(&mut |f| visit_until_error(model, &mut prefix, f));
+        self.names.put_back(prefix);
+        outcome
+    }
+
+    /// Updates the averages of the tensors that `walk` gives its callback: all or, on an
+    /// error, none.
+    fn update_walk(&mut self, walk: &mut Walk<'_, A>) -> Result<()> {
+        self.batches += 1;
+        // New names have no average to mark; they are few, and only in a tensor's first
+        // update, which allocates its average anyway.
+        let mut new_names = HashSet::new();
+        walk(&mut |name, param| self.check_update(&mut new_names, name, param.shape()))?;
         let (averaging, buffers) = (self.averaging, self.averaging.buffers());
-        for (name, param) in batch {
-            let average = self.tensors.entry_ref(*name).or_insert_with(|| Average {
+        walk(&mut |name, param| {
+            let average = self.tensors.entry_ref(name).or_insert_with(|| Average {
                 count: 0,
                 shape: param.shape().to_vec(),
                 buffers: vec![S::zero(); buffers * param.len()],
                 swapped: false,
                 batch: self.batches,
             });
-            blend::update(averaging, average.count, &mut average.buffers, param.view());
+            blend::update(averaging, average.count, &mut average.buffers, param);
             average.count += 1;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// Everything that can make an update of `batch` fail, checked before anything changes.
-    fn check_batch(&mut self, batch: &[(&str, ArrayViewD<'_, A>)]) -> Result<()> {
-        self.batches += 1;
-        // New names have no average to mark; they are few, and only in a tensor's first
-        // update, which allocates its average anyway.
-        let mut new_names = HashSet::new();
-        for (name, param) in batch {
-            let again = match self.tensors.get_mut(*name) {
-                Some(average) => {
-                    check_average(name, average, param.shape())?;
-                    if average.count == u64::MAX {
-                        return Err(Error::StepCountOverflow { param: (*name).to_owned() });
-                    }
-                    let again = average.batch == self.batches;
-                    average.batch = self.batches;
-                    again
+    /// Everything that can make the update of `name` in the current batch fail.
+    fn check_update(
+        &mut self,
+        new_names: &mut HashSet<String>,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<()> {
+        let again = match self.tensors.get_mut(name) {
+            Some(average) => {
+                check_average(name, average, shape)?;
+                if average.count == u64::MAX {
+                    return Err(Error::StepCountOverflow { param: name.to_owned() });
                 }
-                None => !new_names.insert(*name),
-            };
-            if again {
-                return Err(Error::DuplicateParam { param: (*name).to_owned(), in_what: "batch" });
+                let again = average.batch == self.batches;
+                average.batch = self.batches;
+                again
             }
+            None => !new_names.insert(name.to_owned()),
+        };
+        if again {
+            return Err(Error::DuplicateParam { param: name.to_owned(), in_what: "batch" });
         }
         Ok(())
     }
@@ -333,6 +367,24 @@ impl<A: Element, S: Element> AveragedModel<A, S> {
         Ok(())
     }
 
+    /// Writes the average of every tensor of `model` into it, as [`copy_into`](Self::copy_into)
+    /// does one, e.g. into an evaluation copy of the model: all or, on an error, none.
+    ///
+    /// # Errors
+    /// As [`copy_into`](Self::copy_into), for the first tensor that fails.
+    pub fn copy_into_model<M: Parameters<Elem = A> + ?Sized>(&self, model: &mut M) -> Result<()> {
+        let mut prefix = Prefix::new();
+        visit_until_error(model, &mut prefix, &mut |name, param| {
+            check_average(name, self.find(name)?, param.shape())
+        })?;
+        model.visit_mut(&mut prefix, &mut |name, mut param| {
+            if let Ok(average) = self.find(name) {
+                Zip::from(&mut param).and(&average.average()).for_each(|p, &a| *p = blend::cast(a));
+            }
+        });
+        Ok(())
+    }
+
     /// The average of `name`, or [`Error::NotAveraged`] naming the closest averaged name.
     fn find(&self, name: &str) -> Result<&Average<S>> {
         self.tensors.get(name).ok_or_else(|| Error::NotAveraged {
@@ -366,6 +418,55 @@ impl<A: Element> AveragedModel<A> {
         average.swapped = !average.swapped;
         Ok(())
     }
+}
+
+impl<A: Element> AveragedModel<A> {
+    /// Exchanges the average of every tensor of `model` with its values, as
+    /// [`swap_into`](Self::swap_into) does one: the model then holds the averaged weights,
+    /// and a second call puts both back exactly. All or, on an error, none.
+    ///
+    /// # Errors
+    /// As [`swap_into`](Self::swap_into), for the first tensor that fails.
+    pub fn swap_model<M: Parameters<Elem = A> + ?Sized>(&mut self, model: &mut M) -> Result<()> {
+        let mut prefix = self.names.take();
+        let outcome = visit_until_error(model, &mut prefix, &mut |name, param| {
+            let average = self.find(name)?;
+            if average.shape != param.shape() {
+                return Err(shape_changed(name, average, param.shape()));
+            }
+            Ok(())
+        });
+        if outcome.is_ok() {
+            model.visit_mut(&mut prefix, &mut |name, mut param| {
+                if let Some(average) = self.tensors.get_mut(name) {
+                    Zip::from(&mut param).and(average.average_mut()).for_each(core::mem::swap);
+                    average.swapped = !average.swapped;
+                }
+            });
+        }
+        self.names.put_back(prefix);
+        outcome
+    }
+}
+
+/// A walk over named tensors, with the walker's callback; it stops at the callback's first
+/// error and returns it.
+type Walk<'w, A> =
+    dyn FnMut(&mut dyn FnMut(&str, ArrayViewD<'_, A>) -> Result<()>) -> Result<()> + 'w;
+
+/// Visits `model` with `f` until `f` fails; returns the failure.
+fn visit_until_error<M: Parameters + ?Sized>(
+    model: &M,
+    prefix: &mut Prefix,
+    f: &mut dyn FnMut(&str, ArrayViewD<'_, M::Elem>) -> Result<()>,
+) -> Result<()> {
+    let mut outcome = Ok(());
+    model.visit(prefix, &mut |name, param| {
+        if outcome.is_ok() {
+            outcome = f(name, param);
+        }
+    });
+    outcome
 }
 
 /// Fails unless `average` has `shape` and is not swapped out.

@@ -4,7 +4,7 @@
 #[cfg(feature = "serde")]
 mod record;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn, Zip};
 
 use crate::check::check_count;
@@ -12,6 +12,7 @@ use crate::clip::Clip;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{NonFinite, StepOutcome};
+use crate::model::{NameBuffer, Parameters, Prefix, VisitPair};
 use crate::optimizer::{Gradients, Optimizer, ParamGrad};
 use crate::rule::UpdateRule;
 
@@ -75,6 +76,7 @@ pub struct MultiSteps<R: UpdateRule, A: Element> {
     means: HashMap<String, Mean<A>>,
     /// How many tensors are between two optimizer steps (their `micro_steps` > 0).
     in_flight: usize,
+    names: NameBuffer,
 }
 
 /// The running mean of one tensor's micro-batch gradients.
@@ -141,7 +143,13 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
     /// `every_k` is 0.
     pub fn new(optimizer: Optimizer<R, A>, every_k: u64) -> Result<Self> {
         check_count("multi_steps", "every_k", every_k)?;
-        Ok(MultiSteps { optimizer, every_k, means: HashMap::new(), in_flight: 0 })
+        Ok(MultiSteps {
+            optimizer,
+            every_k,
+            means: HashMap::new(),
+            in_flight: 0,
+            names: NameBuffer::default(),
+        })
     }
 
     /// Folds one micro-batch of the whole model into the means and, on the k-th, steps the
@@ -158,7 +166,7 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
     ///
     /// Nothing has changed then.
     pub fn step_all(&mut self, batch: &mut [ParamGrad<'_, A>]) -> Result<MultiStepOutcome> {
-        self.micro_step(batch, true)
+        self.micro_step(&mut Batch(batch), true)
     }
 
     /// Folds the gradient of the one tensor `name` into its mean and, on its k-th
@@ -179,44 +187,76 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
         if let Some(Clip::GlobalNorm { .. }) = self.optimizer.clip() {
             return Err(Error::GlobalClipNeedsBatch);
         }
-        self.micro_step(&mut [ParamGrad::new(name, param, grad)], false)
+        self.micro_step(&mut Batch(&mut [ParamGrad::new(name, param, grad)]), false)
+    }
+
+    /// Folds one micro-batch of the whole model `params` (a set of named tensors,
+    /// [`Parameters`]) with its gradients `grads` into the means and, on the k-th, steps the
+    /// optimizer with them as [`Optimizer::step_model`] does; names are the model's dotted
+    /// paths. After the first micro-batch it allocates nothing.
+    ///
+    /// # Errors
+    /// As [`step_all`](Self::step_all), and as [`Optimizer::step_model`] for gradients that
+    /// are not where the model's tensors are. Nothing has changed then.
+    pub fn step_model<M>(&mut self, params: &mut M, grads: &M) -> Result<MultiStepOutcome>
+    where
+        M: Parameters<Elem = A> + ?Sized,
+    {
+        self.micro_step(&mut ModelBatch { params, grads }, true)
     }
 
     fn micro_step(
         &mut self,
-        batch: &mut [ParamGrad<'_, A>],
+        batch: &mut dyn MicroBatch<R, A>,
         whole_model: bool,
     ) -> Result<MultiStepOutcome> {
-        let done = self.check_micro_batch(batch, whole_model)?;
+        let mut prefix = self.names.take();
+        let outcome = self.micro_step_in(&mut prefix, batch, whole_model);
+        self.names.put_back(prefix);
+        outcome
+    }
+
+    fn micro_step_in(
+        &mut self,
+        prefix: &mut Prefix,
+        batch: &mut dyn MicroBatch<R, A>,
+        whole_model: bool,
+    ) -> Result<MultiStepOutcome> {
+        let (done, given) = self.check_micro_batch(prefix, batch, whole_model)?;
         let emit = done + 1 == self.every_k;
-        if let Some(skipped) = self.guard(batch, done, emit)? {
-            return Ok(skipped);
+        if let Some(index) = self.guard(prefix, batch, done, emit)? {
+            return Ok(MultiStepOutcome::Skipped { index });
         }
         let divisor = A::from_f64((done + 1) as f64);
-        for entry in batch.iter() {
-            let mean = self.means.entry_ref(entry.name).or_insert_with(|| Mean {
+        let means = &mut self.means;
+        batch.walk(prefix, &mut |name, _, grad| {
+            let mean = means.entry_ref(name).or_insert_with(|| Mean {
                 micro_steps: 0,
-                shape: entry.grad.shape().to_vec(),
-                values: vec![A::zero(); entry.grad.len()],
+                shape: grad.shape().to_vec(),
+                values: vec![A::zero(); grad.len()],
             });
-            Zip::from(mean.view_mut()).and(&entry.grad).for_each(|m, &g| *m = fold(*m, g, divisor));
+            Zip::from(mean.view_mut()).and(&grad).for_each(|m, &g| *m = fold(*m, g, divisor));
             mean.micro_steps = done + 1;
-        }
+            Ok(())
+        })?;
         if !emit {
             if done == 0 {
-                self.in_flight += batch.len();
+                self.in_flight += given;
             }
             return Ok(MultiStepOutcome::Accumulated { micro_steps: done + 1 });
         }
         // Everything that could fail was checked above: the step goes through.
-        let outcome = self.optimizer.step_batch(batch, &Means(&self.means))?;
-        for entry in batch.iter() {
-            let mean = self.means.get_mut(entry.name).expect("every entry has a mean now");
-            mean.values.fill(A::zero());
-            mean.micro_steps = 0;
-        }
+        let outcome = batch.step(&mut self.optimizer, &Means(&self.means))?;
+        let means = &mut self.means;
+        batch.walk(prefix, &mut |name, _, _| {
+            if let Some(mean) = means.get_mut(name) {
+                mean.values.fill(A::zero());
+                mean.micro_steps = 0;
+            }
+            Ok(())
+        })?;
         if done > 0 {
-            self.in_flight -= batch.len();
+            self.in_flight -= given;
         }
         Ok(match outcome {
             StepOutcome::Stepped { grad_norm } => MultiStepOutcome::Stepped { grad_norm },
@@ -225,82 +265,100 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
     }
 
     /// Everything about the names and shapes of `batch` that can make a micro-step fail;
-    /// returns how many micro-batches its tensors have taken since the last optimizer step.
-    fn check_micro_batch(&mut self, batch: &[ParamGrad<'_, A>], whole_model: bool) -> Result<u64> {
-        self.optimizer.check_batch(batch)?;
-        let mut done = 0;
-        for entry in batch {
-            if let Some(mean) = self.means.get(entry.name) {
-                if mean.shape != entry.grad.shape() {
+    /// returns how many micro-batches its tensors have taken since the last optimizer step,
+    /// and how many tensors it gives.
+    fn check_micro_batch(
+        &mut self,
+        prefix: &mut Prefix,
+        batch: &mut dyn MicroBatch<R, A>,
+        whole_model: bool,
+    ) -> Result<(u64, usize)> {
+        let mut check = self.optimizer.start_batch(batch.in_what());
+        let (optimizer, means) = (&mut self.optimizer, &self.means);
+        let (mut done, mut given) = (0, 0);
+        batch.walk(prefix, &mut |name, param, grad| {
+            optimizer.check_named(&mut check, name, param.shape(), grad.shape())?;
+            if let Some(mean) = means.get(name) {
+                if mean.shape != grad.shape() {
                     return Err(Error::ShapeChanged {
-                        param: entry.name.to_owned(),
+                        param: name.to_owned(),
                         registered: mean.shape.clone(),
-                        given: entry.grad.shape().to_vec(),
+                        given: grad.shape().to_vec(),
                     });
                 }
                 done = done.max(mean.micro_steps);
             }
-        }
-        for entry in batch {
-            let own = self.micro_steps(entry.name);
-            if own != done {
-                return Err(out_of_step(entry.name, own, Some(done)));
-            }
-        }
+            given += 1;
+            Ok(())
+        })?;
+        batch.walk(prefix, &mut |name, _, _| {
+            let own = means.get(name).map_or(0, |mean| mean.micro_steps);
+            if own == done { Ok(()) } else { Err(out_of_step(name, own, Some(done))) }
+        })?;
         // With every entry at `done` micro-batches (and none named twice), the batch holds
         // every tensor in flight exactly when it holds as many.
-        let given = if done == 0 { 0 } else { batch.len() };
-        if whole_model && given < self.in_flight {
-            let (name, mean) = self
-                .means
+        let in_flight = if done == 0 { 0 } else { given };
+        if whole_model && in_flight < self.in_flight {
+            let mut named = HashSet::new();
+            batch.walk(prefix, &mut |name, _, _| {
+                named.insert(name.to_owned());
+                Ok(())
+            })?;
+            let (name, mean) = means
                 .iter()
-                .find(|(name, mean)| {
-                    mean.micro_steps > 0 && !batch.iter().any(|entry| entry.name == *name)
-                })
+                .find(|(name, mean)| mean.micro_steps > 0 && !named.contains(name.as_str()))
                 .expect("a tensor in flight is missing from the batch");
             return Err(out_of_step(name, mean.micro_steps, None));
         }
-        Ok(done)
+        Ok((done, given))
     }
 
     /// Applies the optimizer's non-finite policy to the micro-batch's gradients and, on the
-    /// k-th micro-batch (`emit`), to the means they make: `Some` outcome to skip it.
+    /// k-th micro-batch (`emit`), to the means they make: `Some` index of the tensor whose
+    /// gradient skips the micro-batch.
     fn guard(
         &self,
-        batch: &[ParamGrad<'_, A>],
+        prefix: &mut Prefix,
+        batch: &mut dyn MicroBatch<R, A>,
         done: u64,
         emit: bool,
-    ) -> Result<Option<MultiStepOutcome>> {
-        let skipped = |outcome| match outcome {
-            Some(StepOutcome::Skipped { index }) => Some(MultiStepOutcome::Skipped { index }),
-            _ => None,
-        };
-        for (index, entry) in batch.iter().enumerate() {
-            if let Some(outcome) = skipped(self.optimizer.guard(index, entry.name, &entry.grad)?) {
-                return Ok(Some(outcome));
+    ) -> Result<Option<usize>> {
+        let (mut index, mut skipped) = (0, None);
+        batch.walk(prefix, &mut |name, _, grad| {
+            if skipped.is_none() {
+                if let Some(StepOutcome::Skipped { index }) =
+                    self.optimizer.guard(index, name, &grad)?
+                {
+                    skipped = Some(index);
+                }
             }
-        }
-        if !emit || self.optimizer.non_finite() == NonFinite::Ignore {
-            return Ok(None);
+            index += 1;
+            Ok(())
+        })?;
+        if skipped.is_some() || !emit || self.optimizer.non_finite() == NonFinite::Ignore {
+            return Ok(skipped);
         }
         // Finite gradients can still make a mean that overflows; the optimizer would find it
         // only after the means had changed.
         let divisor = A::from_f64((done + 1) as f64);
-        for (index, entry) in batch.iter().enumerate() {
-            let finite = match self.means.get(entry.name) {
+        index = 0;
+        batch.walk(prefix, &mut |name, _, grad| {
+            let finite = match self.means.get(name) {
                 Some(mean) => Zip::from(&mean.view())
-                    .and(&entry.grad)
+                    .and(&grad)
                     .fold(true, |finite, &m, &g| finite & fold(m, g, divisor).is_finite()),
                 None => true, // the mean of one finite gradient is that gradient
             };
-            if !finite {
-                return match self.optimizer.non_finite() {
-                    NonFinite::Skip => Ok(Some(MultiStepOutcome::Skipped { index })),
-                    _ => Err(Error::NonFiniteGradient { param: entry.name.to_owned() }),
-                };
+            if !finite && skipped.is_none() {
+                match self.optimizer.non_finite() {
+                    NonFinite::Skip => skipped = Some(index),
+                    _ => return Err(Error::NonFiniteGradient { param: name.to_owned() }),
+                }
             }
-        }
-        Ok(None)
+            index += 1;
+            Ok(())
+        })?;
+        Ok(skipped)
     }
 
     /// Micro-batches that the tensor `name` has taken since its last optimizer step (0 for a
@@ -353,6 +411,81 @@ fn fold<A: Element>(mean: A, grad: A, n: A) -> A {
 
 fn out_of_step(name: &str, accumulated: u64, others: Option<u64>) -> Error {
     Error::MicroBatchMismatch { param: name.to_owned(), accumulated, others }
+}
+
+/// One micro-batch: named tensors with their gradients, and the optimizer's step of the
+/// same tensors.
+trait MicroBatch<R: UpdateRule, A: Element> {
+    /// Where the names come from, for [`Error::DuplicateParam`].
+    fn in_what(&self) -> &'static str;
+
+    /// Calls `f` with the name, parameter and gradient of every tensor, in order, until `f`
+    /// fails.
+    fn walk(&mut self, prefix: &mut Prefix, f: &mut VisitPair<'_, A>) -> Result<()>;
+
+    /// Steps `optimizer` on the tensors with the `means` as their gradients.
+    fn step(
+        &mut self,
+        optimizer: &mut Optimizer<R, A>,
+        means: &Means<'_, A>,
+    ) -> Result<StepOutcome>;
+}
+
+/// A micro-batch as [`MultiSteps::step_all`] takes it.
+struct Batch<'b, 'a, A>(&'b mut [ParamGrad<'a, A>]);
+
+impl<R: UpdateRule, A: Element> MicroBatch<R, A> for Batch<'_, '_, A> {
+    fn in_what(&self) -> &'static str {
+        "batch"
+    }
+
+    fn walk(&mut self, _: &mut Prefix, f: &mut VisitPair<'_, A>) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|entry| f(entry.name, entry.param.view_mut(), entry.grad.view()))
+    }
+
+    fn step(
+        &mut self,
+        optimizer: &mut Optimizer<R, A>,
+        means: &Means<'_, A>,
+    ) -> Result<StepOutcome> {
+        optimizer.step_batch(self.0, means)
+    }
+}
+
+/// A micro-batch as [`MultiSteps::step_model`] takes it.
+struct ModelBatch<'m, M: ?Sized> {
+    params: &'m mut M,
+    grads: &'m M,
+}
+
+impl<R, A, M> MicroBatch<R, A> for ModelBatch<'_, M>
+where
+    R: UpdateRule,
+    A: Element,
+    M: Parameters<Elem = A> + ?Sized,
+{
+    fn in_what(&self) -> &'static str {
+        "model"
+    }
+
+    fn walk(&mut self, prefix: &mut Prefix, f: &mut VisitPair<'_, A>) -> Result<()> {
+        self.params.zip_mut(self.grads, prefix, f)
+    }
+
+    fn step(
+        &mut self,
+        optimizer: &mut Optimizer<R, A>,
+        means: &Means<'_, A>,
+    ) -> Result<StepOutcome> {
+        let (params, grads) = (&mut *self.params, self.grads);
+        optimizer.step_zipped(&mut |prefix, f| {
+            params.zip_mut(grads, prefix, &mut |name, param, grad| {
+                f(name, param, means.of(name, &grad))
+            })
+        })
+    }
 }
 
 /// The means as the gradients of the optimizer's step.
