@@ -230,6 +230,30 @@ pub enum Error {
         /// Its rule.
         rule: &'static str,
     },
+    /// A lambda schedule ([`Schedule::Lambda`](crate::schedule::Schedule::Lambda) or
+    /// [`Schedule::Multiplicative`](crate::schedule::Schedule::Multiplicative)) has no
+    /// closure: a closure cannot be serialized, so a deserialized scheduler has its name
+    /// alone until [`LrScheduler::set_lambda`](crate::schedule::LrScheduler::set_lambda)
+    /// gives it again.
+    LambdaMissing {
+        /// The schedule's kind, `"lambda"` or `"multiplicative"`.
+        schedule: &'static str,
+        /// The lambda's name.
+        name: String,
+    },
+    /// A lambda schedule's closure returned a factor that is not finite and ≥ 0.
+    InvalidLambdaFactor {
+        /// The schedule's kind, `"lambda"` or `"multiplicative"`.
+        schedule: &'static str,
+        /// The lambda's name.
+        name: String,
+        /// The step it was called with.
+        step: u64,
+        /// The group index it was called with.
+        group: usize,
+        /// What it returned.
+        factor: f64,
+    },
     /// Group patterns did not put every tensor into exactly one group.
     GroupPatterns {
         /// Tensors that no pattern matched.
@@ -366,6 +390,16 @@ impl fmt::Display for Error {
                 "the schedule cycles momentum, but group `{group}` steps with `{rule}`, which \
                  has no momentum or beta1 to cycle: turn `cycle_momentum` off, or use a rule \
                  with momentum"
+            ),
+            Error::LambdaMissing { schedule, name } => write!(
+                f,
+                "the `{schedule}` schedule `{name}` has no closure (a closure is not \
+                 serialized): give it with `LrScheduler::set_lambda` before stepping"
+            ),
+            Error::InvalidLambdaFactor { schedule, name, step, group, factor } => write!(
+                f,
+                "the closure of the `{schedule}` schedule `{name}` returned {factor} at step \
+                 {step} for group {group}: a factor must be finite and >= 0"
             ),
             Error::GroupPatterns { unmatched, ambiguous } => write!(
                 f,

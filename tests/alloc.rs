@@ -312,6 +312,79 @@ fn every_schedule_kind_steps_without_allocating() {
     }
 }
 
+/// Lambda schedules (the closure is called through its `Arc`), alone, chained and in
+/// sequence, and a schedule per group, step without allocating; so does a restored one
+/// given its closures again.
+#[test]
+fn lambda_and_per_group_schedules_step_without_allocating() {
+    use ndarray_optim::Momentum;
+    use ndarray_optim::schedule::{GroupSchedule, Lambda, LrScheduler, Schedule};
+
+    let warm_up =
+        || Lambda::new("warmup", |step, group| ((step + 1 + group as u64) as f64 / 6.0).min(1.0));
+    let decay = || Lambda::new("decay", |step, _| 0.97_f64.powf(step as f64 % 3.0));
+    type Start = fn(&mut Optimizer<Momentum, f64>, Lambda, Lambda) -> LrScheduler;
+    let starts: [Start; 4] = [
+        |opt, warm_up, _| LrScheduler::new(opt, Schedule::Lambda(warm_up)).unwrap(),
+        |opt, warm_up, decay| {
+            let schedules = vec![Schedule::Multiplicative(decay), Schedule::Lambda(warm_up)];
+            LrScheduler::chained(opt, schedules).unwrap()
+        },
+        |opt, warm_up, decay| {
+            let schedules = vec![Schedule::Lambda(warm_up), Schedule::Multiplicative(decay)];
+            LrScheduler::sequential(opt, schedules, vec![3]).unwrap()
+        },
+        |opt, warm_up, decay| {
+            let body = GroupSchedule::Sequential {
+                schedules: vec![
+                    Schedule::Lambda(warm_up),
+                    Schedule::Cosine { t_max: 9, eta_min: 0.0 },
+                ],
+                milestones: vec![4],
+            };
+            let head = GroupSchedule::Chained(vec![
+                Schedule::Multiplicative(decay),
+                Schedule::Step { step_size: 2, gamma: 0.5 },
+            ]);
+            LrScheduler::per_group(opt, [("default", body), ("head", head)]).unwrap()
+        },
+    ];
+    for (index, start) in starts.into_iter().enumerate() {
+        let mut opt = Optimizer::<Momentum, f64>::new(Momentum::default()).unwrap();
+        opt.add_group("head", Momentum::default()).unwrap();
+        opt.add_group("frozen", Momentum::default()).unwrap();
+        opt.assign("b", "head").unwrap();
+        let mut scheduler = start(&mut opt, warm_up(), decay());
+        let (mut w, mut b) = (Array2::<f64>::zeros((8, 5)), Array2::<f64>::zeros((3, 4)));
+        let (gw, gb) = (Array2::from_elem((8, 5), 0.25), Array2::from_elem((3, 4), -0.5));
+        let mut steps = |opt: &mut Optimizer<Momentum, f64>, scheduler: &mut LrScheduler| {
+            opt.step_all(&mut [ParamGrad::new("w", &mut w, &gw), ParamGrad::new("b", &mut b, &gb)])
+                .unwrap();
+            scheduler.step(opt).unwrap();
+        };
+        steps(&mut opt, &mut scheduler);
+        let count = allocations(|| {
+            for _ in 0..8 {
+                steps(&mut opt, &mut scheduler);
+            }
+        });
+        assert_eq!(count, 0, "scheduler {index}: scheduled steps allocated");
+
+        let mut restored: LrScheduler =
+            serde_json::from_str(&serde_json::to_string(&scheduler).unwrap()).unwrap();
+        restored.set_lambda(warm_up()).unwrap();
+        if index > 0 {
+            restored.set_lambda(decay()).unwrap();
+        }
+        let count = allocations(|| {
+            for _ in 0..4 {
+                steps(&mut opt, &mut restored);
+            }
+        });
+        assert_eq!(count, 0, "scheduler {index}: restored, scheduled steps allocated");
+    }
+}
+
 /// Steps on several threads: one tensor large enough to be split into chunks, and a batch of
 /// many tensors spread over the threads.
 #[cfg(feature = "rayon")]

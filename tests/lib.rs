@@ -23,6 +23,7 @@ mod patterns;
 mod reference;
 mod report;
 mod schedules;
+mod schedules_lambda;
 mod schedules_v2;
 mod shard;
 mod surgery;

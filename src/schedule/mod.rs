@@ -4,9 +4,10 @@
 //! A [`Schedule`] is a plain description (StepLR, ExponentialLR, CosineAnnealingLR, …); an
 //! [`LrScheduler`] runs one, or a chain or sequence of them, against an [`Optimizer`]: it sets
 //! every group's current rate from the group's own base rate (the `lr` of its
-//! hyperparameters), as [`Optimizer::set_lrs_with`] does. Creating it sets the rates of the
-//! first step; call [`LrScheduler::step`] once after every optimizer step, as in PyTorch.
-//! [`ReduceLrOnPlateau`] is fed a metric instead.
+//! hyperparameters), as [`Optimizer::set_lrs_with`] does; or, made by
+//! [`LrScheduler::per_group`], a schedule of its own on each group listed. Creating it sets
+//! the rates of the first step; call [`LrScheduler::step`] once after every optimizer step,
+//! as in PyTorch. [`ReduceLrOnPlateau`] is fed a metric instead.
 //!
 //! PyTorch computes most schedules *recursively*, from the rate in effect (for example
 //! CosineAnnealingLR multiplies the current rate by a ratio of cosines, rather than
@@ -17,6 +18,63 @@
 //!
 //! The scheduler's position is plain data: serialize it next to the optimizer (whose
 //! checkpoint holds the current rates), and a restored pair continues the schedule exactly.
+//! The one thing it cannot hold is a closure (below).
+//!
+//! # Closures: LambdaLR and MultiplicativeLR
+//!
+//! [`Schedule::Lambda`] (`LambdaLR`) sets a group's rate to its base rate times a factor,
+//! [`Schedule::Multiplicative`] (`MultiplicativeLR`) multiplies the current rate by one; the
+//! factor comes from a [`Lambda`], a named closure of the step and the group's index. They
+//! chain and sequence like the other schedules. A restored scheduler has the lambdas' names
+//! but not their closures, and refuses to step ([`Error::LambdaMissing`]) until
+//! [`LrScheduler::set_lambda`] gives them again (see [`Lambda`] for why).
+//!
+//! ```
+//! use ndarray_optim::schedule::{Lambda, LrScheduler, Schedule};
+//! use ndarray_optim::{Optimizer, Sgd};
+//!
+//! let mut opt = Optimizer::<_, f64>::new(Sgd { lr: 0.1, ..Sgd::default() })?;
+//! // LambdaLR(opt, lambda step: min(1, (step + 1) / 4)), then MultiplicativeLR(opt,
+//! // lambda step: 0.5) from step 4 (SequentialLR, milestones=[4]).
+//! let warmup = Lambda::new("warmup", |step, _group| ((step + 1) as f64 / 4.0).min(1.0));
+//! let halve = Lambda::new("halve", |_step, _group| 0.5);
+//! let mut scheduler = LrScheduler::sequential(
+//!     &mut opt,
+//!     vec![Schedule::Lambda(warmup), Schedule::Multiplicative(halve)],
+//!     vec![4],
+//! )?;
+//! let mut rates = vec![opt.group("default")?.lr()];
+//! for _ in 0..5 {
+//!     scheduler.step(&mut opt)?;
+//!     rates.push(opt.group("default")?.lr());
+//! }
+//! assert_eq!(rates, [0.025, 0.05, 0.07500000000000001, 0.1, 0.05, 0.025]);
+//! # Ok::<(), ndarray_optim::Error>(())
+//! ```
+//!
+//! # A schedule per group
+//!
+//! [`LrScheduler::per_group`] gives each group listed a [`GroupSchedule`] of its own (one
+//! schedule, or several chained or in sequence): "warm up only the head", or the body on a
+//! cosine while the head stays constant. Each group's rate is the one its schedule gives
+//! running on that group alone; the groups not listed keep their rates.
+//!
+//! ```
+//! use ndarray_optim::schedule::{LrScheduler, Schedule};
+//! use ndarray_optim::{Optimizer, Sgd};
+//!
+//! let mut opt = Optimizer::<_, f64>::new(Sgd { lr: 0.1, ..Sgd::default() })?;
+//! opt.add_group("head", Sgd { lr: 0.01, ..Sgd::default() })?;
+//! // Warm up only the head, over 4 steps.
+//! let warmup = Schedule::Linear { start_factor: 0.25, end_factor: 1.0, total_iters: 4 };
+//! let mut scheduler = LrScheduler::per_group(&mut opt, [("head", warmup)])?;
+//! assert_eq!((opt.group("default")?.lr(), opt.group("head")?.lr()), (0.1, 0.0025));
+//! for _ in 0..4 {
+//!     scheduler.step(&mut opt)?;
+//! }
+//! assert_eq!((opt.group("default")?.lr(), opt.group("head")?.lr()), (0.1, 0.01));
+//! # Ok::<(), ndarray_optim::Error>(())
+//! ```
 //!
 //! # Order of building and restoring
 //!
@@ -82,6 +140,7 @@ use crate::error::Result;
 use crate::optimizer::Optimizer;
 
 mod cyclic;
+mod lambda;
 mod one_cycle;
 mod per_group;
 mod phase;
@@ -89,12 +148,15 @@ mod plateau;
 mod scheduler;
 #[cfg(feature = "serde")]
 mod stored;
+mod track;
 
 pub use cyclic::{Cyclic, CyclicMode};
+pub use lambda::Lambda;
 pub use one_cycle::{AnnealStrategy, OneCycle};
 pub use per_group::PerGroup;
 pub use plateau::{PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 pub use scheduler::LrScheduler;
+pub use track::GroupSchedule;
 
 /// One learning-rate schedule, as one of PyTorch's schedulers defines it.
 ///
@@ -116,6 +178,8 @@ pub use scheduler::LrScheduler;
 /// | `Cyclic` | `$\eta_{base} + (\eta_{max} - \eta_{base})\, s_t\, \sigma_t$`, `$s_t$` rising from 0 to 1 over `step_size_up` steps and back over `step_size_down`, `$\sigma_t$` the mode's scale (see [`Cyclic`]) | `CyclicLR(base_lr, max_lr, step_size_up, step_size_down, mode, gamma)` |
 /// | `OneCycle` | from `$M/d$` up to `$M$` over the first `pct_start` of `total_steps`, then down to `$M/(d f)$` (three phases: back to `$M/d$` first), along a cosine or a line (see [`OneCycle`]) | `OneCycleLR(max_lr=M, total_steps, pct_start, anneal_strategy, div_factor=d, final_div_factor=f, three_phase)` |
 /// | `Swa` | `$\alpha_t \eta_{swa} + (1 - \alpha_t)\eta_s$`, `$\eta_s$` the rate when it started, `$\alpha_t = \frac{1}{2}(1 - \cos(\pi \min(t/n, 1)))$` (cos) or `$\min(t/n, 1)$` (linear); recursively with `$\eta_s = \frac{\eta_{t-1} - \alpha_{t-1}\eta_{swa}}{1 - \alpha_{t-1}}$` | `torch.optim.swa_utils.SWALR(swa_lr, anneal_epochs=n, anneal_strategy)` |
+/// | `Lambda` | `$\eta_b \lambda(t, g)$`, `$g$` the group's index (see [`Lambda`]) | `LambdaLR(lr_lambda)` |
+/// | `Multiplicative` | `$\eta_{t-1} \lambda(t, g)$` for `$t \ge 1$` (`$\eta_0 = \eta_b$`; entering a sequence, the rate the phase before left times `$\lambda(0, g)$`) | `MultiplicativeLR(lr_lambda)` |
 ///
 /// `Cyclic` and `OneCycle` set each group's rate from their own per-group settings
 /// ([`PerGroup`]: one value for all groups or one per group, as PyTorch's lists), not from
@@ -137,16 +201,17 @@ pub use scheduler::LrScheduler;
 /// `"exponential"`, `"polynomial"` (`total_iters`, `power`), `"cosine"` (`t_max`, `eta_min`),
 /// `"cosine_restarts"` (`t_0`, `t_mult`, `eta_min`), `"linear"` (`start_factor`, `end_factor`,
 /// `total_iters`), `"cyclic"` or `"one_cycle"` (the fields of [`Cyclic`] and [`OneCycle`]),
-/// or `"swa"` (`swa_lr`, `anneal_epochs`, `anneal_strategy` `"cos"` or `"linear"`); keys left
-/// out take PyTorch's defaults (but `cycle_momentum` is off), and a per-group setting is a
-/// number or a list. Formats that are not human-readable, such as postcard, cannot read a
+/// `"swa"` (`swa_lr`, `anneal_epochs`, `anneal_strategy` `"cos"` or `"linear"`), or
+/// `"lambda"` or `"multiplicative"` (`name`: the closure is not stored, see [`Lambda`]); keys
+/// left out take PyTorch's defaults (but `cycle_momentum` is off), and a per-group setting is
+/// a number or a list. Formats that are not human-readable, such as postcard, cannot read a
 /// `kind` key; there a schedule is the variant's index followed by its fields, the index in
 /// the order `Step`, `Exponential`, `Cosine`, `CosineRestarts`, `Linear`, `OneCycle`,
-/// `MultiStep`, `Constant`, `Polynomial`, `Cyclic`, `Swa` (the order in which the kinds came
-/// to the crate).
+/// `MultiStep`, `Constant`, `Polynomial`, `Cyclic`, `Swa`, `Lambda`, `Multiplicative` (the
+/// order in which the kinds came to the crate).
 ///
 /// `Schedule` is not `Copy`: `MultiStep`'s milestones and the per-group settings are lists
-/// of any length.
+/// of any length, and a [`Lambda`] holds a closure.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Schedule {
     /// Multiply the rate by `gamma` every `step_size` steps.
@@ -224,6 +289,11 @@ pub enum Schedule {
         /// Cosine or linear annealing (default cosine).
         anneal_strategy: AnnealStrategy,
     },
+    /// The base rate times a closure's factor, PyTorch's `LambdaLR`: `$\eta_b \lambda(t, g)$`.
+    Lambda(Lambda),
+    /// The rate of the step before times a closure's factor, PyTorch's `MultiplicativeLR`:
+    /// `$\eta_{t-1} \lambda(t, g)$` from the second step on.
+    Multiplicative(Lambda),
 }
 
 impl Schedule {
@@ -241,19 +311,34 @@ impl Schedule {
             Schedule::Cyclic(_) => "cyclic",
             Schedule::OneCycle(_) => "one_cycle",
             Schedule::Swa { .. } => "swa",
+            Schedule::Lambda(_) => "lambda",
+            Schedule::Multiplicative(_) => "multiplicative",
         }
     }
 
-    /// Checks that every per-group setting has a value for each of `groups` groups.
+    /// Checks that the schedule can run on `groups` groups: every per-group setting has a
+    /// value for each, and a lambda has its closure.
     ///
     /// # Errors
-    /// [`Error::InvalidSchedule`] naming the setting whose list has another length.
-    pub(crate) fn check_groups(&self, groups: usize) -> Result<()> {
+    /// [`Error::InvalidSchedule`] naming the setting whose list has another length,
+    /// [`Error::LambdaMissing`].
+    pub(crate) fn check_ready(&self, groups: usize) -> Result<()> {
         match self {
             Schedule::Cyclic(cyclic) => cyclic.check_groups(self.name(), groups),
             Schedule::OneCycle(one_cycle) => one_cycle.check_groups(self.name(), groups),
             Schedule::Swa { swa_lr, .. } => swa_lr.check_groups(self.name(), "swa_lr", groups),
+            Schedule::Lambda(lambda) | Schedule::Multiplicative(lambda) => {
+                lambda.check_bound(self.name())
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// The lambda of a `Lambda` or `Multiplicative` schedule.
+    pub(crate) fn lambda_mut(&mut self) -> Option<&mut Lambda> {
+        match self {
+            Schedule::Lambda(lambda) | Schedule::Multiplicative(lambda) => Some(lambda),
+            _ => None,
         }
     }
 
@@ -319,6 +404,8 @@ impl Schedule {
             Schedule::Cyclic(ref cyclic) => cyclic.validate(name),
             Schedule::OneCycle(ref one_cycle) => one_cycle.validate(name),
             Schedule::Swa { ref swa_lr, .. } => swa_lr.validate(name, "swa_lr", check_non_negative),
+            // The closure's factors are checked as it returns them.
+            Schedule::Lambda(_) | Schedule::Multiplicative(_) => Ok(()),
         }
     }
 }

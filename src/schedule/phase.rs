@@ -185,7 +185,17 @@ impl Phase {
     /// The rate of the group at `group`, with base rate `base` and current rate `lr`, at the
     /// position `at` this phase has just reached by `movement` (PyTorch's `get_lr`, or
     /// `_get_closed_form_lr` on a restart); a result that is negative by rounding alone is 0.
-    pub(super) fn lr(&self, at: Position, movement: Move, group: usize, base: f64, lr: f64) -> f64 {
+    ///
+    /// # Errors
+    /// A lambda's: [`Error::LambdaMissing`], [`Error::InvalidLambdaFactor`].
+    pub(super) fn lr(
+        &self,
+        at: Position,
+        movement: Move,
+        group: usize,
+        base: f64,
+        lr: f64,
+    ) -> Result<f64> {
         // The largest rate involved: the recursions' rounding is relative to it.
         let scale = match self.schedule {
             Schedule::Cyclic(ref cyclic) => cyclic.largest_lr(group),
@@ -196,7 +206,7 @@ impl Phase {
             }
             _ => base.abs().max(lr.abs()),
         };
-        settle(self.raw_lr(at, movement, group, base, lr), scale, at.last_epoch)
+        Ok(settle(self.raw_lr(at, movement, group, base, lr)?, scale, at.last_epoch))
     }
 
     /// The momentum of the group at `group` at step `epoch`, if this phase cycles momentum.
@@ -208,10 +218,18 @@ impl Phase {
         }
     }
 
-    fn raw_lr(&self, at: Position, movement: Move, group: usize, base: f64, lr: f64) -> f64 {
+    fn raw_lr(
+        &self,
+        at: Position,
+        movement: Move,
+        group: usize,
+        base: f64,
+        lr: f64,
+    ) -> Result<f64> {
         let epoch = at.last_epoch;
         let t = epoch as f64;
-        match self.schedule {
+        let name = self.schedule.name();
+        Ok(match self.schedule {
             Schedule::Step { step_size, gamma } => match movement {
                 Move::Restart => base * gamma.powf((epoch as u64 / step_size) as f64),
                 _ if epoch == 0 || !(epoch as u64).is_multiple_of(step_size) => lr,
@@ -300,6 +318,14 @@ impl Phase {
             Schedule::Swa { ref swa_lr, anneal_epochs, anneal_strategy } => {
                 swa_lr_after(swa_lr.get(group), anneal_epochs, anneal_strategy, epoch, lr)
             }
-        }
+            // LambdaLR has no closed form: SequentialLR's restart is its `get_lr` at step 0.
+            Schedule::Lambda(ref lambda) => base * lambda.factor(name, epoch as u64, group)?,
+            // Nor has MultiplicativeLR: a restart multiplies the rate the phase before left by
+            // the factor of step 0; only the constructor's step keeps the rate.
+            Schedule::Multiplicative(ref lambda) => match movement {
+                Move::Initial => lr,
+                Move::Advance | Move::Restart => lr * lambda.factor(name, epoch as u64, group)?,
+            },
+        })
     }
 }

@@ -1,7 +1,8 @@
-//! [`LrScheduler`]: schedules run against an optimizer, alone, chained or in sequence.
+//! [`LrScheduler`]: schedules run against an optimizer, alone, chained or in sequence, for
+//! every group or a schedule per group.
 
-use super::Schedule;
-use super::phase::{Move, Phase, Position, exhausted};
+use super::track::{GroupSchedule, Plan, Track};
+use super::{Lambda, Schedule};
 use crate::check::check_lr;
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -9,37 +10,30 @@ use crate::optimizer::Optimizer;
 use crate::registry::ParamGroup;
 use crate::rule::UpdateRule;
 
-/// How the phases of an [`LrScheduler`] combine.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case", deny_unknown_fields))]
-enum Plan {
-    /// Every phase steps every time, each from the rate the previous one set
-    /// (ChainedScheduler; one phase is a plain scheduler).
-    Chained,
-    /// Phase i runs from milestone i−1 to milestone i (SequentialLR), with the number of
-    /// steps taken so far.
-    Sequential { milestones: Vec<u64>, last_epoch: u64 },
-}
-
 /// A learning-rate schedule running against an optimizer, with its position.
 ///
 /// See the [module documentation](crate::schedule) for how it follows PyTorch. Made by
 /// [`new`](Self::new) (one schedule), [`chained`](Self::chained) (PyTorch's
-/// `ChainedScheduler`) or [`sequential`](Self::sequential) (`SequentialLR`), each of which
-/// sets every group's rate for the first optimizer step; then [`step`](Self::step) after
+/// `ChainedScheduler`), [`sequential`](Self::sequential) (`SequentialLR`) or
+/// [`per_group`](Self::per_group) (a schedule of its own for each group listed), each of
+/// which sets the rates for the first optimizer step; then [`step`](Self::step) after
 /// every optimizer step. Stepping allocates nothing, and a step that fails changes neither
 /// the scheduler nor the optimizer.
 ///
 /// With the `serde` feature it serializes as its position; deserializing checks it: the
 /// schedules' ranges, and that the position is one that stepping from the start reaches and
-/// that can be stepped further.
+/// that can be stepped further. The closures of lambda schedules are not serialized: a
+/// deserialized scheduler needs them again from [`set_lambda`](Self::set_lambda) (see
+/// [`Lambda`]). The serialized form is `{"plan": …, "phases": [...]}`, the plan `"chained"`
+/// or `{"sequential": {"milestones": [...], "last_epoch": n}}`; a per-group scheduler has
+/// the plan `{"per_group": [{"group": "head", "plan": …, "phases": [...]}, ...]}` and no
+/// phases of its own.
 #[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(try_from = "checked::Unchecked", deny_unknown_fields))]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "stored::Unchecked"))]
 pub struct LrScheduler {
-    plan: Plan,
-    phases: Vec<Phase>,
+    /// One track for every group (`group: None`), or one per group listed.
+    tracks: Vec<Track>,
 }
 
 impl LrScheduler {
@@ -50,13 +44,15 @@ impl LrScheduler {
     /// out of a group's rule's range), [`Error::InvalidSchedule`] for a per-group list that
     /// does not have one value per group, [`Error::NoMomentumToCycle`] if the schedule cycles
     /// momentum and a group's rule has none, [`Error::ScheduleInProgress`] if a group has a
-    /// rate from another schedule in progress (see the [module documentation](crate::schedule));
+    /// rate from another schedule in progress (see the [module documentation](crate::schedule)),
+    /// [`Error::LambdaMissing`] for a lambda without its closure (a deserialized one),
+    /// [`Error::InvalidLambdaFactor`] if a lambda's first factor is not finite and ≥ 0;
     /// nothing changes then.
     pub fn new<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
         schedule: Schedule,
     ) -> Result<Self> {
-        Self::start(optimizer, Plan::Chained, vec![schedule])
+        Self::start(optimizer, vec![Track::new(None, Plan::Chained, vec![schedule])])
     }
 
     /// Runs every schedule of `schedules` at every step, each from the rate the one before
@@ -70,7 +66,7 @@ impl LrScheduler {
         optimizer: &mut Optimizer<R, A>,
         schedules: Vec<Schedule>,
     ) -> Result<Self> {
-        Self::start(optimizer, Plan::Chained, schedules)
+        Self::start(optimizer, vec![Track::new(None, Plan::Chained, schedules)])
     }
 
     /// Runs `schedules[0]` until step `milestones[0]`, then `schedules[1]` from its start,
@@ -86,26 +82,81 @@ impl LrScheduler {
         schedules: Vec<Schedule>,
         milestones: Vec<u64>,
     ) -> Result<Self> {
-        Self::start(optimizer, Plan::Sequential { milestones, last_epoch: 0 }, schedules)
+        let plan = Plan::Sequential { milestones, last_epoch: 0 };
+        Self::start(optimizer, vec![Track::new(None, plan, schedules)])
+    }
+
+    /// Runs a schedule of its own on each group listed, by name; the groups not listed keep
+    /// their rates. Each group's rate is the one its schedule gives when it runs alone on
+    /// that group (in PyTorch: on an optimizer with that group only), so a per-group setting
+    /// ([`PerGroup`](super::PerGroup)) has one value and a [`Lambda`] sees the group as
+    /// index 0.
+    ///
+    /// ```
+    /// use ndarray_optim::schedule::{GroupSchedule, Lambda, LrScheduler, Schedule};
+    /// use ndarray_optim::{Optimizer, Sgd};
+    ///
+    /// let mut opt = Optimizer::<_, f64>::new(Sgd { lr: 0.1, ..Sgd::default() })?;
+    /// opt.add_group("head", Sgd { lr: 1.0, ..Sgd::default() })?;
+    /// opt.add_group("frozen", Sgd { lr: 0.01, ..Sgd::default() })?;
+    /// // The body warms up over 2 steps then anneals; only the head decays, by 0.5 a step.
+    /// let body = GroupSchedule::Sequential {
+    ///     schedules: vec![
+    ///         Schedule::Linear { start_factor: 0.5, end_factor: 1.0, total_iters: 2 },
+    ///         Schedule::Cosine { t_max: 8, eta_min: 0.0 },
+    ///     ],
+    ///     milestones: vec![2],
+    /// };
+    /// let head = Schedule::Multiplicative(Lambda::new("head", |_step, _group| 0.5)).into();
+    /// let mut scheduler = LrScheduler::per_group(&mut opt, [("default", body), ("head", head)])?;
+    /// for _ in 0..3 {
+    ///     scheduler.step(&mut opt)?;
+    /// }
+    /// assert_eq!(opt.group("head")?.lr(), 0.125);
+    /// assert_eq!(opt.group("frozen")?.lr(), 0.01); // not listed: its own rate
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] for a group that the optimizer does not have,
+    /// [`Error::InvalidSchedule`] for no groups or a group listed twice, and the errors of
+    /// [`new`](Self::new), [`chained`](Self::chained) and [`sequential`](Self::sequential).
+    pub fn per_group<R, A, N, S>(
+        optimizer: &mut Optimizer<R, A>,
+        schedules: impl IntoIterator<Item = (N, S)>,
+    ) -> Result<Self>
+    where
+        R: UpdateRule,
+        A: Element,
+        N: AsRef<str>,
+        S: Into<GroupSchedule>,
+    {
+        let tracks = schedules
+            .into_iter()
+            .map(|(group, schedule)| schedule.into().into_track(group.as_ref().to_owned()))
+            .collect();
+        Self::start(optimizer, tracks)
     }
 
     fn start<R: UpdateRule, A: Element>(
         optimizer: &mut Optimizer<R, A>,
-        plan: Plan,
-        schedules: Vec<Schedule>,
+        tracks: Vec<Track>,
     ) -> Result<Self> {
-        let mut scheduler =
-            LrScheduler { plan, phases: schedules.into_iter().map(Phase::new).collect() };
+        let mut scheduler = LrScheduler { tracks };
         scheduler.validate()?;
-        scheduler.check_groups(optimizer.groups().len())?;
-        scheduler.take_initial_step()?;
-        let first =
-            |group: usize, base: f64| scheduler.initial_rate(group, scheduler.base(group, base));
+        scheduler.check_ready(optimizer)?;
+        for track in &mut scheduler.tracks {
+            track.take_initial_step()?;
+        }
+        let first = |index, group: &ParamGroup<R>| -> Result<Option<f64>> {
+            let Some((track, at)) = scheduler.track_of(index, group) else { return Ok(None) };
+            track.initial_rate(at, track.base(at, group.base_lr())).map(Some)
+        };
         // A rate that a schedule set is not silently replaced by another: the optimizer is
         // mid-schedule (e.g. restored from a checkpoint), and a scheduler state restored
         // after this one would then continue from the wrong rate.
         for (index, group) in optimizer.groups().iter().enumerate() {
-            let rate = first(index, group.base_lr());
+            let Some(rate) = first(index, group)? else { continue };
             if let Some(current) = group.scheduled_lr.filter(|lr| lr.to_bits() != rate.to_bits()) {
                 return Err(Error::ScheduleInProgress {
                     group: group.name().to_owned(),
@@ -114,191 +165,84 @@ impl LrScheduler {
                 });
             }
         }
-        let momentum = |group| scheduler.initial_momentum(group);
-        set_rates(optimizer, |group, base, _| Ok(first(group, base)), momentum)?;
+        let momentum = |index, group: &ParamGroup<R>| {
+            let (track, at) = scheduler.track_of(index, group)?;
+            track.initial_momentum(at)
+        };
+        set_rates(optimizer, first, momentum)?;
         Ok(scheduler)
     }
 
-    /// Fails unless every per-group setting has a value for each of `groups` groups.
-    fn check_groups(&self, groups: usize) -> Result<()> {
-        self.phases.iter().try_for_each(|phase| phase.schedule.check_groups(groups))
+    /// The track that drives the group at `index`, with the group's index in it, if one does.
+    fn track_of<R>(&self, index: usize, group: &ParamGroup<R>) -> Option<(&Track, usize)> {
+        self.tracks.iter().find_map(|track| match &track.group {
+            None => Some((track, index)),
+            Some(name) if name == group.name() => Some((track, 0)),
+            Some(_) => None,
+        })
     }
 
-    /// The base rate that the phases see for the group at `group`, whose own base rate is
-    /// `base`: PyTorch's `initial_lr`, which a `CyclicLR` built first sets to its `base_lr`
-    /// before the other schedulers read it.
-    fn base(&self, group: usize, base: f64) -> f64 {
-        match &self.phases[0].schedule {
-            Schedule::Cyclic(cyclic) => cyclic.base_lr.get(group),
-            _ => base,
-        }
-    }
-
-    /// Takes the constructors' step: every phase takes its constructor's step; a sequence
-    /// then undoes all of them but the first (PyTorch's `recursive_undo`), so only the first
-    /// moves the rates.
-    fn take_initial_step(&mut self) -> Result<()> {
-        let starting = match self.plan {
-            Plan::Chained => self.phases.len(),
-            Plan::Sequential { .. } => 1,
-        };
-        for phase in &mut self.phases[..starting] {
-            let position = phase.moved(Move::Initial)?;
-            phase.set(position);
+    /// Fails unless every track can run on `optimizer`: its group is there, its per-group
+    /// settings fit, its lambdas have their closures.
+    fn check_ready<R: UpdateRule, A: Element>(&self, optimizer: &Optimizer<R, A>) -> Result<()> {
+        for track in &self.tracks {
+            match &track.group {
+                None => track.check_ready(optimizer.groups().len())?,
+                Some(name) => {
+                    optimizer.group(name)?;
+                    track.check_ready(1)?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// The first rate of the group at `group` with base rate `base` (PyTorch's
-    /// `initial_lr`), for phases that have taken the constructors' step.
-    fn initial_rate(&self, group: usize, base: f64) -> f64 {
-        let first = |lr, phase: &Phase| phase.lr(phase.position(), Move::Initial, group, base, lr);
-        match self.plan {
-            Plan::Chained => self.phases.iter().fold(base, first),
-            Plan::Sequential { .. } => first(base, &self.phases[0]),
+    /// Gives the lambda schedules named `lambda.name()` its closure, as a scheduler restored
+    /// from serde needs (see [`Lambda`]); every phase of that name takes it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSchedule`] if no lambda schedule has that name, or `lambda` has no
+    /// closure itself (a deserialized one); nothing changes then.
+    pub fn set_lambda(&mut self, lambda: Lambda) -> Result<()> {
+        let invalid = |reason: String| Err(Error::InvalidSchedule { reason });
+        if !lambda.has_closure() {
+            return invalid(format!("the lambda `{}` given has no closure", lambda.name()));
         }
-    }
-
-    /// The first momentum of the group at `group`, if a phase cycles momentum: each
-    /// scheduler that cycles momentum sets it when it is built, in list order, and a
-    /// sequence then has its first phase take its first step again.
-    fn initial_momentum(&self, group: usize) -> Option<f64> {
-        let first = match self.plan {
-            Plan::Sequential { .. } => self.phases[0].momentum(0, group),
-            Plan::Chained => None,
-        };
-        first.or_else(|| self.phases.iter().rev().find_map(|phase| phase.momentum(0, group)))
-    }
-
-    /// The momentum after the step `next` of the group at `group`, if the step sets one:
-    /// the last phase of a chain that cycles momentum, the current phase of a sequence if it
-    /// does.
-    fn next_momentum(&self, next: &Next, group: usize) -> Option<f64> {
-        match next {
-            Next::Chained => self.phases.iter().rev().find_map(|phase| {
-                let at = phase.moved(Move::Advance).ok()?;
-                phase.momentum(at.last_epoch, group)
-            }),
-            Next::Sequential { index, moved, .. } => {
-                self.phases[*index].momentum(moved.last_epoch, group)
-            }
+        let mut named = self
+            .tracks
+            .iter_mut()
+            .flat_map(Track::lambdas_mut)
+            .filter(|phase| phase.name() == lambda.name())
+            .peekable();
+        if named.peek().is_none() {
+            return invalid(format!("no lambda schedule is named `{}`", lambda.name()));
         }
-    }
-
-    /// What the next step moves, or the error it fails with. No allocation.
-    fn next(&self) -> Result<Next> {
-        match &self.plan {
-            Plan::Chained => {
-                for phase in &self.phases {
-                    phase.moved(Move::Advance)?;
-                }
-                Ok(Next::Chained)
-            }
-            Plan::Sequential { milestones, last_epoch } => {
-                let epoch = last_epoch.checked_add(1).ok_or_else(exhausted)?;
-                let index = milestones.partition_point(|&m| m <= epoch);
-                let movement = if index > 0 && milestones[index - 1] == epoch {
-                    Move::Restart
-                } else {
-                    Move::Advance
-                };
-                let moved = self.phases[index].moved(movement)?;
-                Ok(Next::Sequential { epoch, index, movement, moved })
-            }
-        }
-    }
-
-    /// The rate after the step `next` of the group at `group` with base rate `base` and
-    /// current rate `lr`.
-    fn next_rate(&self, next: &Next, group: usize, base: f64, lr: f64) -> f64 {
-        match next {
-            Next::Chained => self.phases.iter().fold(lr, |lr, phase| {
-                // `next` checked that every phase moves.
-                let moved = phase.moved(Move::Advance);
-                moved.map_or(lr, |at| phase.lr(at, Move::Advance, group, base, lr))
-            }),
-            Next::Sequential { index, movement, moved, .. } => {
-                self.phases[*index].lr(*moved, *movement, group, base, lr)
-            }
-        }
-    }
-
-    /// Takes the step `next`.
-    fn take(&mut self, next: Next) -> Result<()> {
-        match (next, &mut self.plan) {
-            (Next::Chained, _) => {
-                for phase in &mut self.phases {
-                    let position = phase.moved(Move::Advance)?;
-                    phase.set(position);
-                }
-            }
-            (Next::Sequential { epoch, index, moved, .. }, Plan::Sequential { last_epoch, .. }) => {
-                self.phases[index].set(moved);
-                *last_epoch = epoch;
-            }
-            (Next::Sequential { .. }, Plan::Chained) => {}
-        }
+        named.for_each(|phase| phase.bind(&lambda));
         Ok(())
-    }
-
-    /// The rate that the group at `group` with base rate `base` has at this position had it
-    /// been in the optimizer from the start: the schedule replayed, operation for operation.
-    fn replayed_rate(&self, group: usize, base: f64) -> Result<f64> {
-        let steps = self.steps();
-        if steps > REPLAY_LIMIT {
-            return Err(Error::InvalidSchedule {
-                reason: format!(
-                    "a group without a scheduled rate cannot be brought into phase at step \
-                     {steps} (at most {REPLAY_LIMIT} steps are replayed)"
-                ),
-            });
-        }
-        let mut replay = LrScheduler {
-            plan: match &self.plan {
-                Plan::Chained => Plan::Chained,
-                Plan::Sequential { milestones, .. } => {
-                    Plan::Sequential { milestones: milestones.clone(), last_epoch: 0 }
-                }
-            },
-            phases: self.phases.iter().map(Phase::rewound).collect(),
-        };
-        replay.take_initial_step()?;
-        let mut lr = replay.initial_rate(group, base);
-        for _ in 0..steps {
-            let next = replay.next()?;
-            lr = replay.next_rate(&next, group, base, lr);
-            replay.take(next)?;
-        }
-        Ok(lr)
     }
 
     fn validate(&self) -> Result<()> {
-        let invalid = |reason: &str| Err(Error::InvalidSchedule { reason: reason.to_owned() });
-        if self.phases.is_empty() {
-            return invalid("no schedules");
+        let invalid = |reason: String| Err(Error::InvalidSchedule { reason });
+        if self.tracks.is_empty() {
+            return invalid("no schedules".to_owned());
         }
-        for phase in &self.phases {
-            phase.schedule.validate()?;
-        }
-        let one_cycle = self.phases.iter().any(|p| matches!(p.schedule, Schedule::OneCycle(_)));
-        if one_cycle && self.phases.len() > 1 {
-            return invalid("a one-cycle schedule runs alone (PyTorch's is not chainable)");
-        }
-        if let Plan::Sequential { milestones, .. } = &self.plan {
-            if milestones.len() + 1 != self.phases.len() {
-                return invalid("a sequence needs one milestone fewer than schedules");
-            }
-            if milestones.first().is_some_and(|&m| m == 0)
-                || milestones.windows(2).any(|pair| pair[0] >= pair[1])
-            {
-                return invalid("milestones must rise strictly from 1");
+        for (index, track) in self.tracks.iter().enumerate() {
+            track.validate()?;
+            match &track.group {
+                None if self.tracks.len() > 1 => {
+                    return invalid("a schedule for every group among per-group ones".to_owned());
+                }
+                Some(name) if self.tracks[..index].iter().any(|t| t.group == track.group) => {
+                    return invalid(format!("group `{name}` is given two schedules"));
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
-    /// Advances the schedule by one step and sets every group's rate for the next optimizer
-    /// step. Call it once after every optimizer step.
+    /// Advances the schedule by one step and sets the rates for the next optimizer step.
+    /// Call it once after every optimizer step.
     ///
     /// Each group's rate follows from the rate the schedule set it to at the last step. A
     /// group without one (added to the optimizer after the schedule started, or given a new
@@ -312,98 +256,80 @@ impl LrScheduler {
     /// [`Error::NoMomentumToCycle`] for a group added with a rule without momentum,
     /// [`Error::InvalidSchedule`] for a group to bring
     /// into phase after more than 2^26 steps or a per-group setting whose list does not fit
-    /// the groups (one was added); nothing changes then.
+    /// the groups (one was added), [`Error::UnknownGroup`] for a per-group scheduler's group
+    /// that the optimizer does not have, [`Error::LambdaMissing`] for a lambda without its
+    /// closure (restored, before [`set_lambda`](Self::set_lambda)),
+    /// [`Error::InvalidLambdaFactor`] for a lambda's factor that is not finite and ≥ 0;
+    /// nothing changes then.
     pub fn step<R: UpdateRule, A: Element>(
         &mut self,
         optimizer: &mut Optimizer<R, A>,
     ) -> Result<()> {
-        self.check_groups(optimizer.groups().len())?;
-        let next = self.next()?;
-        let rate = |group, base, current: Option<f64>| {
-            let base = self.base(group, base);
-            let lr = match current {
+        self.check_ready(optimizer)?;
+        for track in &self.tracks {
+            track.next()?;
+        }
+        let rate = |index, group: &ParamGroup<R>| -> Result<Option<f64>> {
+            let Some((track, at)) = self.track_of(index, group) else { return Ok(None) };
+            let base = track.base(at, group.base_lr());
+            let lr = match group.scheduled_lr {
                 Some(lr) => lr,
-                None => self.replayed_rate(group, base)?,
+                None => track.replayed_rate(at, base)?,
             };
-            Ok(self.next_rate(&next, group, base, lr))
+            track.next_rate(&track.next()?, at, base, lr).map(Some)
         };
-        set_rates(optimizer, rate, |group| self.next_momentum(&next, group))?;
-        self.take(next)
+        let momentum = |index, group: &ParamGroup<R>| {
+            let (track, at) = self.track_of(index, group)?;
+            track.next_momentum(&track.next().ok()?, at)
+        };
+        set_rates(optimizer, rate, momentum)?;
+        for track in &mut self.tracks {
+            // Every track's next step was checked above.
+            if let Ok(next) = track.next() {
+                track.take(next);
+            }
+        }
+        Ok(())
     }
 
     /// How many times [`step`](Self::step) has run.
     pub fn steps(&self) -> u64 {
-        match &self.plan {
-            Plan::Chained => self.phases[0].position().last_epoch as u64,
-            Plan::Sequential { last_epoch, .. } => *last_epoch,
-        }
+        self.tracks[0].steps()
     }
 
     /// Whether the position is the one `steps()` steps from the start reach, and one more
     /// step can be counted.
+    #[cfg(feature = "serde")]
     fn position_ok(&self) -> bool {
-        if !self.phases.iter().all(Phase::position_ok) {
-            return false;
-        }
-        match &self.plan {
-            Plan::Chained => {
-                let epoch = self.phases[0].position().last_epoch;
-                epoch >= 0 && self.phases.iter().all(|phase| phase.position().last_epoch == epoch)
-            }
-            Plan::Sequential { milestones, last_epoch } => {
-                if *last_epoch >= i64::MAX as u64 {
-                    return false;
-                }
-                let index = milestones.partition_point(|&m| m <= *last_epoch);
-                let start = |i: usize| if i == 0 { 0 } else { milestones[i - 1] };
-                // Phase i ran from its milestone to the step before the next one; the
-                // current one is `last_epoch − start` steps in; later ones have not begun.
-                self.phases.iter().enumerate().all(|(i, phase)| {
-                    let expected = match i.cmp(&index) {
-                        core::cmp::Ordering::Less => (milestones[i] - 1 - start(i)) as i64,
-                        core::cmp::Ordering::Equal => (last_epoch - start(i)) as i64,
-                        core::cmp::Ordering::Greater => -1,
-                    };
-                    phase.position().last_epoch == expected
-                })
-            }
-        }
+        let steps = self.steps();
+        self.tracks.iter().all(|track| track.position_ok() && track.steps() == steps)
     }
 }
 
-/// The longest history [`LrScheduler::step`] replays to bring a group into phase.
-const REPLAY_LIMIT: u64 = 1 << 26;
-
-/// What a step of an [`LrScheduler`] moves.
-enum Next {
-    /// Every phase advances.
-    Chained,
-    /// Phase `index` makes `movement`, becoming `moved`; the sequence is at `epoch`.
-    Sequential { epoch: u64, index: usize, movement: Move, moved: Position },
-}
-
-/// Sets every group's current rate to `rate(index, base, scheduled)`, from its index, its
-/// base rate and the rate a schedule set it to, if any, and its cycled momentum to
-/// `momentum(index)` where that is `Some`. Checks every new rate (finite, ≥ 0) and
-/// momentum (the rule has one, and takes the value) first and changes nothing on an error.
-/// `rate` and `momentum` run twice per group, so they must be pure.
+/// Sets the current rate of every group to `rate(index, group)` where that is `Some`, from
+/// its index and the group (its base rate, and the rate a schedule set it to, if any), and
+/// its cycled momentum to `momentum(index, group)` where that is `Some`. Checks every new
+/// rate (finite, ≥ 0) and momentum (the rule has one, and takes the value) first and changes
+/// nothing on an error. `rate` and `momentum` run twice per group, so they must be pure.
 fn set_rates<R: UpdateRule, A: Element>(
     optimizer: &mut Optimizer<R, A>,
-    rate: impl Fn(usize, f64, Option<f64>) -> Result<f64>,
-    momentum: impl Fn(usize) -> Option<f64>,
+    rate: impl Fn(usize, &ParamGroup<R>) -> Result<Option<f64>>,
+    momentum: impl Fn(usize, &ParamGroup<R>) -> Option<f64>,
 ) -> Result<()> {
     let registry = &optimizer.registry;
     for (index, group) in registry.groups.iter().enumerate() {
-        check_lr("schedule", rate(index, group.base_lr(), group.scheduled_lr)?)?;
-        if let Some(value) = momentum(index) {
+        if let Some(value) = rate(index, group)? {
+            check_lr("schedule", value)?;
+        }
+        if let Some(value) = momentum(index, group) {
             registry.check_hyper(index, &with_momentum(group, value)?)?;
         }
     }
     for (index, group) in optimizer.registry.groups.iter_mut().enumerate() {
-        if let Ok(value) = rate(index, group.base_lr(), group.scheduled_lr) {
+        if let Ok(Some(value)) = rate(index, group) {
             group.scheduled_lr = Some(value);
         }
-        if let Some(Ok(hyper)) = momentum(index).map(|value| with_momentum(group, value)) {
+        if let Some(Ok(hyper)) = momentum(index, group).map(|value| with_momentum(group, value)) {
             group.hyper = hyper;
         }
     }
@@ -424,31 +350,87 @@ fn with_momentum<R: UpdateRule>(group: &ParamGroup<R>, value: f64) -> Result<R> 
     Ok(hyper)
 }
 
+/// The serialized form: a scheduler for every group is its track's `plan` and `phases`, as
+/// it has always been; a per-group scheduler has the plan `per_group` (the next variant
+/// index, for formats that are not self-describing) with its tracks, and no phases.
 #[cfg(feature = "serde")]
-mod checked {
-    use super::{LrScheduler, Phase, Plan};
+mod stored {
+    use serde::{Deserialize, Serialize, Serializer};
+
+    use super::super::phase::Phase;
+    use super::super::track::{Plan, Track};
+    use super::LrScheduler;
     use crate::error::Error;
 
-    /// The serialized form, checked before it becomes an [`LrScheduler`].
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub(super) struct Unchecked {
-        plan: Plan,
-        phases: Vec<Phase>,
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "LrScheduler", deny_unknown_fields)]
+    pub(super) struct Stored<M, T, P> {
+        plan: Layout<M, T>,
+        phases: P,
+    }
+
+    /// [`Plan`] and the per-group layout: the plan of the scheduler as a whole. (A track's
+    /// own plan is a [`Plan`], so that no input nests per-group schedulers.)
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "Plan", rename_all = "snake_case", deny_unknown_fields)]
+    pub(super) enum Layout<M, T> {
+        Chained,
+        Sequential { milestones: M, last_epoch: u64 },
+        PerGroup(T),
+    }
+
+    /// What deserializing reads, checked before it becomes an [`LrScheduler`].
+    pub(super) type Unchecked = Stored<Vec<u64>, Vec<Track>, Vec<Phase>>;
+
+    impl Serialize for LrScheduler {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let no_phases: &[Phase] = &[];
+            let stored: Stored<&[u64], &[Track], &[Phase]> = match self.tracks.as_slice() {
+                [whole] if whole.group.is_none() => {
+                    let (plan, phases) = whole.parts();
+                    let plan = match plan {
+                        Plan::Chained => Layout::Chained,
+                        Plan::Sequential { milestones, last_epoch } => Layout::Sequential {
+                            milestones: milestones.as_slice(),
+                            last_epoch: *last_epoch,
+                        },
+                    };
+                    Stored { plan, phases }
+                }
+                tracks => Stored { plan: Layout::PerGroup(tracks), phases: no_phases },
+            };
+            stored.serialize(serializer)
+        }
     }
 
     impl TryFrom<Unchecked> for LrScheduler {
         type Error = Error;
 
         fn try_from(unchecked: Unchecked) -> Result<Self, Error> {
-            let scheduler = LrScheduler { plan: unchecked.plan, phases: unchecked.phases };
+            let invalid = |reason: &str| Err(Error::InvalidSchedule { reason: reason.to_owned() });
+            let Stored { plan, phases } = unchecked;
+            let tracks = match plan {
+                Layout::Chained => vec![Track::whole(Plan::Chained, phases)],
+                Layout::Sequential { milestones, last_epoch } => {
+                    vec![Track::whole(Plan::Sequential { milestones, last_epoch }, phases)]
+                }
+                Layout::PerGroup(tracks) => {
+                    if !phases.is_empty() {
+                        return invalid("a per-group scheduler has no phases of its own");
+                    }
+                    if tracks.iter().any(|track| track.group.is_none()) {
+                        return invalid("each schedule of a per-group scheduler names its group");
+                    }
+                    tracks
+                }
+            };
+            let scheduler = LrScheduler { tracks };
             scheduler.validate()?;
             if !scheduler.position_ok() {
-                return Err(Error::InvalidSchedule {
-                    reason: "a position that stepping from the start does not reach, or that \
-                             cannot be stepped further"
-                        .to_owned(),
-                });
+                return invalid(
+                    "a position that stepping from the start does not reach, or that cannot be \
+                     stepped further",
+                );
             }
             Ok(scheduler)
         }

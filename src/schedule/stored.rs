@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{AnnealStrategy, Cyclic, OneCycle, PerGroup, Schedule};
+use super::{AnnealStrategy, Cyclic, Lambda, OneCycle, PerGroup, Schedule};
 
 impl Serialize for Schedule {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -84,6 +84,8 @@ enum Tagged {
         #[serde(default)]
         anneal_strategy: AnnealStrategy,
     },
+    Lambda(Lambda),
+    Multiplicative(Lambda),
 }
 
 /// The variants in the order of their indices, which data written by earlier versions holds:
@@ -102,6 +104,8 @@ enum Indexed {
     Polynomial { total_iters: u64, power: f64 },
     Cyclic(Cyclic),
     Swa { swa_lr: PerGroup, anneal_epochs: u64, anneal_strategy: AnnealStrategy },
+    Lambda(Lambda),
+    Multiplicative(Lambda),
 }
 
 /// PyTorch's defaults.

@@ -6,7 +6,7 @@ How to run, from the repository root:
     python3 -m venv ref && ref/bin/pip install torch==2.15.0 optax==0.2.8 jax numpy \
         && ref/bin/python tests/reference/generate.py
 
-It writes eight files next to this script (and overwrites them):
+It writes nine files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -86,6 +86,18 @@ It writes eight files next to this script (and overwrites them):
   (k 4 and 3, the accumulator in the case's dtype) on micro-batch gradients
   a*theta - b_j.  A numpy transcription of the crate's arithmetic is compared
   with the averages and the differences printed (informational).
+* ``lambda.json`` (``--only lambda`` writes just this file): LambdaLR and
+  MultiplicativeLR, whose factors are closures: ``"lambdas"`` maps each name to
+  its Python source (a function of ``step``, PyTorch's ``last_epoch``, or a list
+  of one per group), which the Rust tests write out identically.  Under
+  ``"schedules"``, entries like those of schedules_v2.json (a schedule is
+  ``{"kind": "lambda" | "multiplicative", "name": ...}``, alone or inside
+  ``sequential`` and ``chained``), three groups (V2_BASE_LRS), 64 steps
+  (LAMBDA_SCHEDULES).  Under ``"per_group"``, a schedule of its own for some of
+  the groups (``"groups": [{"group": name, "schedule": ...}]``, the others
+  keeping their rate), each computed independently by running that group's
+  scheduler on an optimizer that has that group alone (LAMBDA_PER_GROUP), with
+  ``"lrs"`` and ``"momenta"`` laid out as above.
 
 The case files have the shape
 
@@ -146,8 +158,9 @@ normalised steps keep bouncing with signs that follow rounding noise, and the
 f32 trajectory would depend on the last bit of every operation.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--only training|defaults|rules_v2|schedules_v2|averaging`` regenerates one
-file (``--training-only`` is ``--only training``); ``--any-torch`` accepts a PyTorch other than 2.15.0,
+``--only training|defaults|rules_v2|schedules_v2|averaging|lambda`` regenerates
+one file (``--training-only`` is ``--only training``); ``--any-torch`` accepts a
+PyTorch other than 2.15.0,
 ``--any-optax`` an optax other than 0.2.8.
 """
 
@@ -2254,6 +2267,173 @@ def write_averaging(version):
 
 
 # ---------------------------------------------------------------------------
+# lambda.json: LambdaLR, MultiplicativeLR, and a schedule per group
+# ---------------------------------------------------------------------------
+
+# Factors of the step (PyTorch's last_epoch), as Python source that the Rust
+# tests write out operation for operation; a list has one per group.
+LAMBDA_SOURCES = {
+    # LambdaLR
+    "exp95": "0.95 ** step",
+    "warmup10": "min(1, (step + 1) / 10)",
+    "inverse": "1 / (1 + 0.1 * step)",
+    "stairs": "step // 30",  # PyTorch's docs: a factor of 0 for the first 30 steps
+    "each": ["0.95 ** step", "min(1, (step + 1) / 10)", "1 / (1 + 0.1 * step)"],
+    # MultiplicativeLR
+    "const95": "0.95",
+    "halve10": "0.5 if step % 10 == 0 else 1.0",
+    "harmonic": "(step + 1) / (step + 2)",
+    "each_mult": ["0.9", "0.5 if step % 10 == 0 else 1.0", "(step + 1) / (step + 2)"],
+}
+
+
+def lambda_fn(name):
+    """The torch ``lr_lambda`` of LAMBDA_SOURCES[name]: a function or a list."""
+    source = LAMBDA_SOURCES[name]
+    if isinstance(source, list):
+        return [eval(f"lambda step: {one}") for one in source]
+    return eval(f"lambda step: {source}")
+
+
+def torch_scheduler_lambda(optimizer, spec):
+    """torch_scheduler, with the kinds ``lambda`` and ``multiplicative``
+    (``{"kind", "name"}``) anywhere in a sequence or chain."""
+    import torch
+
+    S = torch.optim.lr_scheduler
+    kind = spec["kind"]
+    if kind == "lambda":
+        return S.LambdaLR(optimizer, lr_lambda=lambda_fn(spec["name"]))
+    if kind == "multiplicative":
+        return S.MultiplicativeLR(optimizer, lr_lambda=lambda_fn(spec["name"]))
+    if kind == "sequential":
+        subs = [torch_scheduler_lambda(optimizer, sub) for sub in spec["schedules"]]
+        return S.SequentialLR(optimizer, subs, milestones=spec["milestones"])
+    if kind == "chained":
+        subs = [torch_scheduler_lambda(optimizer, sub) for sub in spec["schedules"]]
+        return S.ChainedScheduler(subs, optimizer=optimizer)
+    return torch_scheduler(optimizer, spec)
+
+
+def _lam(name):
+    return {"kind": "lambda", "name": name}
+
+
+def _mul(name):
+    return {"kind": "multiplicative", "name": name}
+
+
+# (name, schedule) on torch SGD(momentum=0.9), groups of V2_BASE_LRS.
+LAMBDA_SCHEDULES = [
+    ("lambda-exp95", _lam("exp95")),
+    ("lambda-warmup10", _lam("warmup10")),
+    ("lambda-inverse", _lam("inverse")),
+    ("lambda-stairs", _lam("stairs")),
+    ("lambda-each", _lam("each")),
+    ("multiplicative-const95", _mul("const95")),
+    ("multiplicative-halve10", _mul("halve10")),
+    ("multiplicative-each", _mul("each_mult")),
+    ("sequential-lambda-warmup-then-cosine", {
+        "kind": "sequential", "milestones": [10],
+        "schedules": [_lam("warmup10"), {"kind": "cosine", "t_max": 54}]}),
+    # Entering the sequence, MultiplicativeLR multiplies the rate the cosine left
+    # by the factor of step 0.
+    ("sequential-cosine-then-multiplicative", {
+        "kind": "sequential", "milestones": [20],
+        "schedules": [{"kind": "cosine", "t_max": 40}, _mul("harmonic")]}),
+    ("sequential-multiplicative-then-lambda", {
+        "kind": "sequential", "milestones": [25],
+        "schedules": [_mul("halve10"), _lam("inverse")]}),
+    ("sequential-lambda-multiplicative-step", {
+        "kind": "sequential", "milestones": [10, 40],
+        "schedules": [_lam("warmup10"), _mul("each_mult"),
+                      {"kind": "step", "step_size": 7, "gamma": 0.5}]}),
+    ("chained-lambda-exponential", {
+        "kind": "chained", "schedules": [_lam("warmup10"), {"kind": "exponential", "gamma": 0.97}]}),
+    # LambdaLR sets its rate from the base rate, whatever the one before it set.
+    ("chained-exponential-lambda", {
+        "kind": "chained", "schedules": [{"kind": "exponential", "gamma": 0.97}, _lam("each")]}),
+    ("chained-multiplicative-cosine", {
+        "kind": "chained", "schedules": [_mul("each_mult"), {"kind": "cosine", "t_max": 30}]}),
+    # A CyclicLR built first sets the base rates LambdaLR reads.
+    ("chained-cyclic-lambda", {
+        "kind": "chained",
+        "schedules": [{"kind": "cyclic", "base_lr": [0.01, 0.002, 0.005], "max_lr": 0.05,
+                       "step_size_up": 5}, _lam("inverse")]}),
+]
+
+# (name, {group index: schedule}); groups not listed keep their rate.
+LAMBDA_GROUP_NAMES = ["default", "g1", "g2"]
+LAMBDA_PER_GROUP = [
+    ("warmup-cosine-body-constant-head", {
+        0: {"kind": "sequential", "milestones": [5],
+            "schedules": [{"kind": "linear", "start_factor": 0.1, "total_iters": 5},
+                          {"kind": "cosine", "t_max": 59}]},
+        1: {"kind": "constant", "factor": 0.5, "total_iters": 10}}),
+    ("lambda-warmup-last-group-only", {2: _lam("warmup10")}),
+    ("multiplicative-one-cycle-chained-lambda", {
+        0: _mul("const95"),
+        1: {"kind": "one_cycle", "max_lr": [0.05], "total_steps": 64, "pct_start": 0.25},
+        2: {"kind": "chained", "schedules": [{"kind": "exponential", "gamma": 0.97},
+                                             _lam("inverse")]}}),
+    ("cyclic-momentum-step-multiplicative", {
+        0: {"kind": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 4,
+            "cycle_momentum": True, "base_momentum": 0.8, "max_momentum": 0.95},
+        1: {"kind": "step", "step_size": 10, "gamma": 0.5},
+        2: {"kind": "sequential", "milestones": [16],
+            "schedules": [_mul("halve10"), _lam("stairs")]}}),
+]
+
+
+def torch_lambda_rates(base_lrs, spec):
+    """Every group's rate and momentum after construction and after each of
+    V2_SCHEDULE_STEPS steps of ``spec`` on torch SGD(momentum=0.9) with groups
+    of ``base_lrs`` (``spec`` None: nothing drives them)."""
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in base_lrs]
+    groups = [{"params": [p], "lr": lr} for p, lr in zip(params, base_lrs)]
+    opt = torch.optim.SGD(groups, momentum=0.9)
+    scheduler = None if spec is None else torch_scheduler_lambda(opt, spec)
+    row = lambda key: [g[key] for g in opt.param_groups]
+    lrs, momenta = [row("lr")], [row("momentum")]
+    for _ in range(V2_SCHEDULE_STEPS):
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        lrs.append(row("lr"))
+        momenta.append(row("momentum"))
+    return lrs, momenta
+
+
+def write_lambda(version):
+    import warnings
+
+    schedules, per_group = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SequentialLR's deprecation chatter
+        for name, spec in LAMBDA_SCHEDULES:
+            lrs, momenta = torch_lambda_rates(V2_BASE_LRS, spec)
+            assert all(row == momenta[0] for row in momenta), name
+            schedules.append({"name": name, "rule": "momentum", "schedule": spec,
+                              "base_lrs": V2_BASE_LRS, "lrs": lrs})
+        for name, specs in LAMBDA_PER_GROUP:
+            # Each group on an optimizer of its own: the independent reference.
+            columns = [torch_lambda_rates([lr], specs.get(index))
+                       for index, lr in enumerate(V2_BASE_LRS)]
+            lrs = [[c[0][step][0] for c in columns] for step in range(V2_SCHEDULE_STEPS + 1)]
+            momenta = [[c[1][step][0] for c in columns] for step in range(V2_SCHEDULE_STEPS + 1)]
+            groups = [{"group": LAMBDA_GROUP_NAMES[index], "schedule": spec}
+                      for index, spec in sorted(specs.items())]
+            per_group.append({"name": name, "rule": "momentum", "groups": groups,
+                              "base_lrs": V2_BASE_LRS, "lrs": lrs, "momenta": momenta})
+    n = write(HERE / "lambda.json",
+              {"generator": GENERATOR, "torch_version": version, "lambdas": LAMBDA_SOURCES,
+               "schedules": schedules, "per_group": per_group})
+    print(f"lambda.json: {len(schedules)} schedules, {len(per_group)} per-group, {n} bytes")
+
+
+# ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
 
@@ -2364,7 +2544,8 @@ def main():
         optax_worker(sys.argv[2])
         return
     only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2,
-            "schedules_v2": write_schedules_v2, "averaging": write_averaging}
+            "schedules_v2": write_schedules_v2, "averaging": write_averaging,
+            "lambda": write_lambda}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
@@ -2418,6 +2599,7 @@ def main():
     write_rules_v2(version)
     write_schedules_v2(version)
     write_averaging(version)
+    write_lambda(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
