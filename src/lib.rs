@@ -2,8 +2,9 @@
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
-//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`], [`ScheduleFreeAdamW`], [`ScheduleFreeSgd`]) steps named parameter tensors of any shape,
-//! dimension and memory layout, in `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps
+//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`], [`ScheduleFreeAdamW`], [`ScheduleFreeSgd`])
+//! steps named parameter tensors of any shape, dimension and memory layout, in `f32` or `f64`,
+//! through one [`Optimizer`]; [`Muon`] steps
 //! the matrices, in a group of its own beside another rule for the other tensors ([`Rule`]).
 //! State lives under each tensor's name, created on its first step; [`ParamGroup`]s give sets
 //! of tensors their own hyperparameters, as PyTorch's param groups do. A whole model steps in
