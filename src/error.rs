@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use crate::rules::schedule_free::Mode;
+
 /// Everything that can go wrong in this crate.
 ///
 /// A call that returns an error has changed nothing: parameters, state buffers, step counts
@@ -276,6 +278,17 @@ pub enum Error {
         /// The tensor's name.
         param: String,
     },
+    /// A tensor of a schedule-free rule is in the other [`Mode`] than the call needs: a step
+    /// of a tensor in eval mode (it holds the average x, not y), or
+    /// [`Optimizer::check_mode`](crate::Optimizer::check_mode) finding a tensor in the mode
+    /// not asked for. Switch with [`Optimizer::train`](crate::Optimizer::train) or
+    /// [`Optimizer::eval`](crate::Optimizer::eval).
+    WrongMode {
+        /// The first tensor in the wrong mode.
+        param: String,
+        /// The mode it is in.
+        mode: Mode,
+    },
     /// Gradient accumulation ([`MultiSteps::step_all`](crate::MultiSteps::step_all)): a
     /// micro-batch does not give the same tensors as the micro-batches before it since the
     /// last optimizer step.
@@ -417,6 +430,9 @@ impl fmt::Display for Error {
                 f,
                 "the average of `{param}` is swapped into the parameter: swap it back first"
             ),
+            Error::WrongMode { param, mode } => {
+                write!(f, "`{param}` is in schedule-free {mode}: call `{}` first", mode.leave())
+            }
             Error::MicroBatchMismatch { param, accumulated, others } => {
                 write!(
                     f,

@@ -2,8 +2,9 @@
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
-//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`]) steps named parameter tensors of any shape,
-//! dimension and memory layout, in `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps
+//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`], [`ScheduleFreeAdamW`], [`ScheduleFreeSgd`])
+//! steps named parameter tensors of any shape, dimension and memory layout, in `f32` or `f64`,
+//! through one [`Optimizer`]; [`Muon`] steps
 //! the matrices, in a group of its own beside another rule for the other tensors ([`Rule`]).
 //! State lives under each tensor's name, created on its first step; [`ParamGroup`]s give sets
 //! of tensors their own hyperparameters, as PyTorch's param groups do. A whole model steps in
@@ -49,6 +50,8 @@
 //! | [`Lion`] | `$\theta \leftarrow \theta - \eta\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g)$`, then `$m \leftarrow \beta_2 m + (1-\beta_2) g$` | 1 | η 1e-4, β₁ 0.9, β₂ 0.99, λ 1e-3 (decoupled) |
 //! | [`Asgd`] | `$\theta \leftarrow \theta(1 - \lambda_d \eta_t) - \eta_t g$`, `$\eta_t$` decaying; average `$\bar\theta$` kept | 1, and 2 scalars | η 0.01, λ_d 1e-4, α 0.75, t₀ 1e6 |
 //! | [`Rprop`] | `$\theta \leftarrow \theta - \operatorname{sign}(g)\,\delta$`, δ grown or shrunk by the sign agreement of `$g$` | 2 | δ₀ 0.01, η₋ 0.5, η₊ 1.2, δ ∈ [1e-6, 50] |
+//! | [`ScheduleFreeAdamW`] | Adam's normalised gradient `$d$`; `$y \leftarrow \operatorname{lerp}(y, z, c_{t+1}) + \gamma_t(\beta_1(1 - c_{t+1}) - 1)\, d;\ z \leftarrow z - \gamma_t d$`; the model is evaluated at the average `$x$` ([`schedule_free`]) | 2, and 3 scalars | η 0.0025, β₁ 0.9, β₂ 0.999, ε 1e-8, warmup 0, r 0, p 2 |
+//! | [`ScheduleFreeSgd`] | the same with `$d = g$` | 1, and 3 scalars | η 1, β 0.9, warmup 0, r 0, p 2 |
 //!
 //! Every rule also has its reference's options with its defaults: `weight_decay` (L2, λθ
 //! added to the gradient; decoupled in [`AdamW`] and [`Adafactor`] and optionally in [`NAdam`]
@@ -119,7 +122,8 @@ pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, AdjustLr, Asgd, Lamb, Lion, Momentum, Muon,
-    NAdam, Nesterov, RAdam, RmsProp, Rprop, Rule, Sgd,
+    NAdam, Nesterov, RAdam, RmsProp, Rprop, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    schedule_free,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};
 

@@ -8,6 +8,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{GradTransform, Stage, TensorStep};
 use crate::rule::{UpdateRule, check_options};
+use crate::rules::schedule_free::{Mode, wrong_mode};
 
 /// The name of the group that [`Optimizer::new`](crate::Optimizer::new) creates, which holds
 /// every tensor not assigned to another group.
@@ -480,6 +481,9 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                 registered: tensor.shape.clone(),
                 given: shape.to_vec(),
             }),
+            Some(tensor) if hyper.in_eval_mode(&tensor.scalars) => {
+                Err(wrong_mode(param, Mode::Eval))
+            }
             Some(tensor) if tensor.step == u64::MAX => {
                 Err(Error::StepCountOverflow { param: param.to_owned() })
             }

@@ -216,6 +216,15 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         if value.is_finite() { Ok(()) } else { Err("finite") }
     }
 
+    /// Whether a tensor whose per-tensor scalars are `scalars` is set for evaluation rather
+    /// than training, so that a step of it must fail: the schedule-free rules after
+    /// [`Optimizer::eval`](crate::Optimizer::eval) ([`Error::WrongMode`](crate::Error::WrongMode)).
+    /// Never by default.
+    fn in_eval_mode(&self, scalars: &[f64]) -> bool {
+        let _ = scalars;
+        false
+    }
+
     /// Applies one step to one tensor: computes the step's coefficients from
     /// [`TensorStep::step`] (1 for a tensor's first step) and [`TensorStep::lr`], and runs
     /// the update with [`TensorStep::apply`] (or [`TensorStep::split`]).

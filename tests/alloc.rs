@@ -235,6 +235,44 @@ fn steady_state_model_steps_do_not_allocate() {
     assert_eq!(ema.count("norms.first"), Some(7));
 }
 
+/// The schedule-free rules' train/eval switch allocates nothing once the model's names have
+/// been built, whole model or tensor by tensor, and neither do their steps.
+#[test]
+fn schedule_free_switch_does_not_allocate() {
+    use std::collections::BTreeMap;
+
+    use ndarray_optim::{Rule, ScheduleFreeAdamW, ScheduleFreeSgd};
+
+    fn check<R: ndarray_optim::schedule_free::ScheduleFree>(rule: R) {
+        let tensor = |shape: &[usize], value| ArrayD::<f32>::from_elem(IxDyn(shape), value);
+        let model = |value| {
+            BTreeMap::from([
+                ("a_longer_name.weight".to_owned(), tensor(&[4, 8], value)),
+                ("bias".to_owned(), tensor(&[8], value)),
+            ])
+        };
+        let mut opt = Optimizer::<R, f32>::new(rule.clone()).unwrap();
+        let (mut params, grads) = (model(1.0), model(0.25));
+        opt.step_model(&mut params, &grads).unwrap();
+        opt.eval(&mut params).unwrap();
+        opt.train(&mut params).unwrap();
+        let count = allocations(|| {
+            for _ in 0..5 {
+                opt.step_model(&mut params, &grads).unwrap();
+                opt.eval(&mut params).unwrap();
+                opt.train(&mut params).unwrap();
+                let bias = params.get_mut("bias").unwrap();
+                opt.eval_tensor("bias", bias).unwrap();
+                opt.train_tensor("bias", bias).unwrap();
+            }
+        });
+        assert_eq!(count, 0, "{rule:?}: schedule-free steps or switches allocated");
+    }
+    check(ScheduleFreeAdamW::default());
+    check(ScheduleFreeSgd::default());
+    check(Rule::from(ScheduleFreeSgd::default()));
+}
+
 /// Every schedule kind steps without allocating, per-group lists, momentum cycling (which
 /// checks each group's new hyperparameters against its stepped tensors) and combinations
 /// included.

@@ -3,7 +3,8 @@
 use ndarray::{ArrayD, IxDyn};
 use ndarray_optim::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Element, EpsPlacement, Lamb, Lion,
-    Momentum, NAdam, Nesterov, RAdam, RmsProp, Rprop, Sgd, UpdateRule,
+    Momentum, NAdam, Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -128,6 +129,26 @@ pub fn for_each_rule(check: &mut impl RuleCheck) {
             step_size_min: 0.01,
             step_size_max: 0.1,
             maximize,
+        });
+        check.check::<_, A>(ScheduleFreeAdamW { lr: 0.05, ..ScheduleFreeAdamW::default() });
+        check.check::<_, A>(ScheduleFreeAdamW {
+            lr: 0.05,
+            beta1: 0.8,
+            beta2: 0.99,
+            eps: 1e-7,
+            weight_decay,
+            warmup_steps: 3,
+            r: 0.5,
+            weight_lr_power: 1.5,
+        });
+        check.check::<_, A>(ScheduleFreeSgd { lr: 0.1, ..ScheduleFreeSgd::default() });
+        check.check::<_, A>(ScheduleFreeSgd {
+            lr: 0.1,
+            momentum: 0.7,
+            weight_decay,
+            warmup_steps: 3,
+            r: 1.0,
+            weight_lr_power: 0.0,
         });
     }
     rules::<f32>(check);

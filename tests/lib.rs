@@ -22,6 +22,7 @@ mod options;
 mod patterns;
 mod reference;
 mod report;
+mod schedule_free;
 mod schedules;
 mod schedules_lambda;
 mod schedules_v2;

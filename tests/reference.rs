@@ -55,7 +55,7 @@ pub(crate) fn assert_matches(fixture: &Fixture) {
 }
 
 /// Every optimizer appears in both dtypes, over at least `steps` steps.
-fn assert_covers(fixtures: &[Fixture], optimizers: &[&str], steps: u64) {
+pub(crate) fn assert_covers(fixtures: &[Fixture], optimizers: &[&str], steps: u64) {
     for optimizer in optimizers {
         for dtype in ["f32", "f64"] {
             assert!(
@@ -174,7 +174,7 @@ pub(crate) fn assert_rule_v2(rule: &str) {
 
 /// A case of "Rules v2" against its reference, and bit for bit the same with checkpoints
 /// every few steps and in either memory order.
-fn assert_matches_v2(fixture: &Fixture) {
+pub(crate) fn assert_matches_v2(fixture: &Fixture) {
     assert_matches(fixture);
     let plain = bits(&replay(&fixture.case));
     let mut case = fixture.case.clone();

@@ -6,7 +6,7 @@ use crate::kernel::TensorStep;
 use crate::rule::{Options, UpdateRule};
 use crate::rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
-    Nesterov, RAdam, RmsProp, Rprop, Sgd,
+    Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
 };
 
 macro_rules! rules {
@@ -164,6 +164,12 @@ macro_rules! rules {
                 }
             }
 
+            fn in_eval_mode(&self, scalars: &[f64]) -> bool {
+                match self {
+                    $(Rule::$variant(rule) => rule.in_eval_mode(scalars),)*
+                }
+            }
+
             fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
                 // Through the element type, whose two implementations are compiled here.
                 A::step_rule(self, tensor);
@@ -229,4 +235,6 @@ rules! {
     Lion => "lion",
     Asgd => "asgd",
     Rprop => "rprop",
+    ScheduleFreeAdamW => "schedule_free_adamw",
+    ScheduleFreeSgd => "schedule_free_sgd",
 }

@@ -18,6 +18,7 @@ mod nesterov;
 mod radam;
 mod rmsprop;
 mod rprop;
+pub mod schedule_free;
 mod sgd;
 
 pub use adadelta::Adadelta;
@@ -37,6 +38,7 @@ pub use nesterov::Nesterov;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
 pub use rprop::Rprop;
+pub use schedule_free::{ScheduleFreeAdamW, ScheduleFreeSgd};
 pub use sgd::Sgd;
 
 use crate::element::Element;
@@ -71,4 +73,30 @@ pub(crate) fn bias_correction(beta: f64, step: u64) -> f64 {
 #[inline]
 pub(crate) fn maximum<A: Element>(a: A, b: A) -> A {
     if a.is_nan() || a > b { a } else { b }
+}
+
+/// PyTorch's `lerp(start, end, weight)` for one weight: the branch on the weight keeps the
+/// result exact at both ends.
+#[derive(Clone, Copy)]
+pub(crate) struct Lerp<A> {
+    weight: A,
+    one_minus_weight: A,
+    small: bool,
+}
+
+impl<A: Element> Lerp<A> {
+    pub(crate) fn new(weight: f64) -> Self {
+        let weight = A::from_f64(weight);
+        let small = weight.abs() < A::from_f64(0.5);
+        Lerp { weight, one_minus_weight: A::one() - weight, small }
+    }
+
+    #[inline]
+    pub(crate) fn at(self, start: A, end: A) -> A {
+        if self.small {
+            start + self.weight * (end - start)
+        } else {
+            end - (end - start) * self.one_minus_weight
+        }
+    }
 }

@@ -5,7 +5,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{Split, TensorStep, sum_in_order};
 use crate::rule::{Options, UpdateRule, WeightDecay, check_decay, check_eps};
-use crate::rules::maximum;
+use crate::rules::{Lerp, maximum};
 
 /// The most Newton–Schulz iterations a step may run, as PyTorch allows ("less than 100"):
 /// each costs three matrix products, so the bound keeps a configuration from stalling steps.
@@ -153,32 +153,6 @@ impl AdjustLr {
             AdjustLr::Original => (rows / cols).max(1.0).sqrt(),
             AdjustLr::MatchRmsAdamw => 0.2 * rows.max(cols).sqrt(),
             AdjustLr::SpectralUnclamped => (rows / cols).sqrt(),
-        }
-    }
-}
-
-/// PyTorch's `lerp(start, end, weight)` for one weight: the branch on the weight keeps the
-/// result exact at both ends.
-#[derive(Clone, Copy)]
-struct Lerp<A> {
-    weight: A,
-    one_minus_weight: A,
-    small: bool,
-}
-
-impl<A: Element> Lerp<A> {
-    fn new(weight: f64) -> Self {
-        let weight = A::from_f64(weight);
-        let small = weight.abs() < A::from_f64(0.5);
-        Lerp { weight, one_minus_weight: A::one() - weight, small }
-    }
-
-    #[inline]
-    fn at(self, start: A, end: A) -> A {
-        if self.small {
-            start + self.weight * (end - start)
-        } else {
-            end - (end - start) * self.one_minus_weight
         }
     }
 }

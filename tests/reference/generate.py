@@ -3,10 +3,10 @@
 
 How to run, from the repository root:
 
-    python3 -m venv ref && ref/bin/pip install torch==2.15.0 optax==0.2.8 jax numpy \
+    python3 -m venv ref && ref/bin/pip install torch==2.15.0 optax==0.2.8 jax numpy schedulefree==1.4.1 \
         && ref/bin/python tests/reference/generate.py
 
-It writes nine files next to this script (and overwrites them):
+It writes ten files next to this script (and overwrites them):
 
 * ``pytorch.json``: trajectories computed by ``torch.optim`` (single-tensor
   code path, ``foreach=False``) for ``sgd``, ``momentum``, ``nesterov``,
@@ -98,6 +98,12 @@ It writes nine files next to this script (and overwrites them):
   keeping their rate), each computed independently by running that group's
   scheduler on an optimizer that has that group alone (LAMBDA_PER_GROUP), with
   ``"lrs"`` and ``"momenta"`` laid out as above.
+* ``schedule_free.json`` (``--only schedule_free`` writes just this file):
+  ``schedulefree`` 1.4.1's ``AdamWScheduleFree`` and ``SGDScheduleFree``
+  (defaults, and every key changed with per-group rates and warmup and a
+  frozen group), 60 steps in f64 and f32 over tensors of 0 to 3 axes; the
+  trajectory is the parameter in train mode (y), and each entry's ``eval``
+  holds x (the parameter after ``optimizer.eval()``) after the steps listed.
 
 The case files have the shape
 
@@ -158,9 +164,9 @@ normalised steps keep bouncing with signs that follow rounding noise, and the
 f32 trajectory would depend on the last bit of every operation.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--only training|defaults|rules_v2|schedules_v2|averaging|lambda`` regenerates
-one file (``--training-only`` is ``--only training``); ``--any-torch`` accepts a
-PyTorch other than 2.15.0,
+``--only training|defaults|rules_v2|schedules_v2|averaging|lambda|schedule_free``
+regenerates one file (``--training-only`` is ``--only training``);
+``--any-torch`` accepts a PyTorch other than 2.15.0,
 ``--any-optax`` an optax other than 0.2.8.
 """
 
@@ -2527,6 +2533,173 @@ def cross_check(torch_entries, seed_entries):
 
 
 # ---------------------------------------------------------------------------
+# Schedule-Free AdamW and SGD (schedule_free.json, --only schedule_free)
+# ---------------------------------------------------------------------------
+
+SCHEDULE_FREE_VERSION = "1.4.1"
+SCHEDULE_FREE_STEPS = 60
+# After these steps, x: the parameter after ``optimizer.eval()``.  The reference
+# takes x from a copy of y and restores y afterwards, so that the trajectory is
+# the one of an uninterrupted run in train mode.
+SCHEDULE_FREE_EVAL_AT = [1, 10, 25, 60]
+# CONFORMANCE.md "Rules v2": the defaults of schedulefree 1.4 (checked against
+# the signatures when schedule_free.json is written).
+SCHEDULE_FREE = {
+    "schedule_free_adamw": {"lr": 0.0025, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                            "weight_decay": 0.0, "warmup_steps": 0, "r": 0.0,
+                            "weight_lr_power": 2.0},
+    "schedule_free_sgd": {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 0,
+                          "r": 0.0, "weight_lr_power": 2.0},
+}
+# (rule, tag, hyper, groups): every key away from its default in a custom case;
+# groups with their own rate and warmup, and a frozen group (lr 0: the weights
+# of its average are 0 ** weight_lr_power).
+SCHEDULE_FREE_CASES = [
+    ("schedule_free_adamw", "defaults", {}, None),
+    ("schedule_free_adamw", "custom",
+     {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-7, "weight_decay": 0.01,
+      "warmup_steps": 10, "r": 0.5, "weight_lr_power": 1.5},
+     [{"name": "g", "hyper": {"lr": 0.02, "warmup_steps": 25}},
+      {"name": "frozen", "hyper": {"lr": 0.0, "weight_lr_power": 0.0}}]),
+    ("schedule_free_sgd", "defaults", {}, None),
+    ("schedule_free_sgd", "custom",
+     {"lr": 0.1, "momentum": 0.7, "weight_decay": 0.05, "warmup_steps": 5, "r": 1.0,
+      "weight_lr_power": 3.0},
+     [{"name": "g", "hyper": {"lr": 0.3, "momentum": 0.95}},
+      {"name": "frozen", "hyper": {"lr": 0.0}}]),
+]
+# Curvatures below 1, so that SGD's default rate 1 converges.
+QUAD_GENTLE = {"init": [0.5, -1.5, 2.0, -0.25, 1.25, -3.0],
+               "a": [0.15, 0.3, 0.45, 0.6, 0.75, 0.9],
+               "b": [0.1, -0.2, 0.3, 0.0, 0.5, -0.4]}
+QUAD3_GENTLE = {"init": [1.0, -2.0, 0.3, 0.7], "a": [0.55, 0.3, 0.8, 0.25],
+                "b": [0.2, 0.0, -0.4, 0.3]}
+
+
+def schedule_free_params(tag, dtype, seed):
+    def seq(name, init, shape=(), zeros=(), **extra):
+        grads = seq_grads(seed + zlib.crc32(name.encode()), width=numel(shape),
+                          steps=SCHEDULE_FREE_STEPS, zeros=zeros)
+        return seq_param(name, init, grads, dtype, shape=shape, **extra)
+
+    custom = tag == "custom"
+    return [quad_param("w", QUAD_GENTLE, dtype, layout="f"),
+            seq("s", [0.5], zeros=(0, 20)),  # a zero first gradient: v = 0 at step 1
+            quad_param("k", QUAD3_GENTLE, dtype, shape=(2, 1, 2), layout="f",
+                       **({"group": "g"} if custom else {})),
+            seq("v", [0.1, -0.2, 0.3, 0.05], shape=(4,), zeros=(7,),
+                **({"group": "g"} if custom else {})),
+            seq("f", [0.25, -0.5], shape=(2,), **({"group": "frozen"} if custom else {}))]
+
+
+def schedule_free_case(rule, tag, hyper, groups, dtype):
+    short = rule.replace("schedule_free_", "")
+    case = {"name": f"schedulefree-{short}-{tag}-{dtype}", "optimizer": rule, "dtype": dtype,
+            "hyper": dict(hyper)}
+    if groups is not None:
+        case["groups"] = [dict(g) for g in groups]
+    case["params"] = schedule_free_params(tag, dtype, zlib.crc32(f"sf-{rule}-{tag}".encode()))
+    case["steps"] = SCHEDULE_FREE_STEPS
+    case["checkpoint_every"] = 0
+    return case
+
+
+def schedule_free_kwargs(rule, h):
+    """Every constructor argument of the schedulefree class, spelled out."""
+    common = {"lr": h["lr"], "weight_decay": h["weight_decay"], "warmup_steps": h["warmup_steps"],
+              "r": h["r"], "weight_lr_power": h["weight_lr_power"]}
+    if rule == "schedule_free_adamw":
+        return {**common, "betas": (h["beta1"], h["beta2"]), "eps": h["eps"]}
+    return {**common, "momentum": h["momentum"]}
+
+
+def schedule_free_classes():
+    import schedulefree
+
+    return {"schedule_free_adamw": schedulefree.AdamWScheduleFree,
+            "schedule_free_sgd": schedulefree.SGDScheduleFree}
+
+
+def check_schedule_free_defaults():
+    """SCHEDULE_FREE against the signatures of schedulefree's classes."""
+    import inspect
+    from importlib.metadata import version
+
+    assert version("schedulefree") == SCHEDULE_FREE_VERSION, version("schedulefree")
+    for rule, cls in schedule_free_classes().items():
+        sig = inspect.signature(cls.__init__).parameters
+        ours = schedule_free_kwargs(rule, SCHEDULE_FREE[rule])
+        for key, value in ours.items():
+            assert sig[key].default == value, (rule, key, sig[key].default, value)
+
+
+def run_schedule_free(case):
+    """schedulefree on a case (its defaults, foreach where torch has it): the
+    trajectory of y in train mode, and x after the steps of SCHEDULE_FREE_EVAL_AT."""
+    import torch
+
+    dtype, rule = case["dtype"], case["optimizer"]
+    T = NP_DTYPE[dtype]
+    tensors = []
+    for p in case["params"]:
+        t = torch.from_numpy(np.array(p["init"], dtype=T).reshape(p["shape"]))
+        tensors.append(torch.nn.Parameter(torch_layout(t, p.get("layout", "c"))))
+    groups = []
+    for gname in [None] + [g["name"] for g in case.get("groups", [])]:
+        members = [t for p, t in zip(case["params"], tensors) if p.get("group") == gname]
+        h = {**SCHEDULE_FREE[rule], **case["hyper"]}
+        if gname is not None:
+            h.update(next(g for g in case["groups"] if g["name"] == gname)["hyper"])
+        if members:
+            groups.append({"params": members, **schedule_free_kwargs(rule, h)})
+    opt = schedule_free_classes()[rule](groups)
+    opt.train()
+
+    def flat(t):
+        return np.array(t.detach().numpy(), copy=True).reshape(-1)  # row-major
+
+    traj = {p["name"]: [] for p in case["params"]}
+    evals = {p["name"]: [] for p in case["params"]}
+    for step in range(1, case["steps"] + 1):
+        for p, t in zip(case["params"], tensors):
+            g = gradient(p, flat(t), step, dtype)
+            t.grad = torch_layout(torch.from_numpy(g.reshape(p["shape"])), p.get("layout", "c"))
+        opt.step()
+        for p, t in zip(case["params"], tensors):
+            traj[p["name"]].append([float(x) for x in flat(t)])
+        if step in SCHEDULE_FREE_EVAL_AT:
+            saved = [t.detach().clone() for t in tensors]
+            opt.eval()
+            for p, t in zip(case["params"], tensors):
+                evals[p["name"]].append([float(x) for x in flat(t)])
+            opt.train()
+            with torch.no_grad():
+                for t, y in zip(tensors, saved):
+                    t.copy_(y)
+    return traj, {"steps": list(SCHEDULE_FREE_EVAL_AT), "x": evals}
+
+
+def write_schedule_free(version):
+    check_schedule_free_defaults()
+    entries = []
+    for rule, tag, hyper, groups in SCHEDULE_FREE_CASES:
+        for dtype in ("f64", "f32"):
+            case = schedule_free_case(rule, tag, hyper, groups, dtype)
+            traj, evals = run_schedule_free(case)
+            frozen = [p for p in case["params"] if p.get("group") == "frozen"]
+            check_trajectory({**case, "params": [p for p in case["params"] if p not in frozen]},
+                             traj)
+            for p in frozen:  # rate 0: y never moves
+                assert all(row == traj[p["name"]][0] for row in traj[p["name"]]), case["name"]
+            entries.append({"case": case, "source": "schedulefree", "trajectory": traj,
+                            "eval": evals})
+    n = write(HERE / "schedule_free.json",
+              {"generator": GENERATOR, "torch_version": version,
+               "schedulefree_version": SCHEDULE_FREE_VERSION, "cases": entries})
+    print(f"schedule_free.json: {len(entries)} cases, {n} bytes")
+
+
+# ---------------------------------------------------------------------------
 
 def import_torch(args):
     """Imports torch, pinned to TORCH_VERSION; returns its version."""
@@ -2545,7 +2718,7 @@ def main():
         return
     only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2,
             "schedules_v2": write_schedules_v2, "averaging": write_averaging,
-            "lambda": write_lambda}
+            "lambda": write_lambda, "schedule_free": write_schedule_free}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
@@ -2600,6 +2773,7 @@ def main():
     write_schedules_v2(version)
     write_averaging(version)
     write_lambda(version)
+    write_schedule_free(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
