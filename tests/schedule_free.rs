@@ -368,6 +368,9 @@ fn invalid_hyperparameters_are_refused() {
     invalid(ScheduleFreeSgd { weight_decay: -1.0, ..SGD }.into(), "weight_decay");
 }
 
+/// A way to take an optimizer through a checkpoint.
+type Resume<R, A> = dyn Fn(&Optimizer<R, A>) -> Optimizer<R, A>;
+
 /// A run checkpointed in either mode and resumed (JSON and postcard) is bit for bit the run
 /// without the checkpoint; the mode comes back with the state.
 #[test]
@@ -378,7 +381,7 @@ fn checkpoints_resume_bit_for_bit_in_either_mode() {
     >(
         rule: R,
     ) {
-        let run = |resume: &dyn Fn(&Optimizer<R, A>) -> Optimizer<R, A>| {
+        let run = |resume: &Resume<R, A>| {
             let (mut opt, mut model) = trained::<R, A>(rule.clone(), 7);
             opt.eval(&mut model).unwrap();
             opt = resume(&opt);
