@@ -246,6 +246,45 @@ fn a_checkpoint_between_optimizer_steps_resumes_bit_for_bit() {
 }
 
 #[test]
+fn a_training_state_file_between_optimizer_steps_resumes_bit_for_bit() {
+    use ndarray_optim::checkpoint::Encoding;
+
+    let dir = std::env::temp_dir().join(format!("multi-steps-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = || MultiSteps::new(Optimizer::new(Adam::default()).unwrap(), 4).unwrap();
+    let (w0, b0) = (values::<f32>(&[2, 3], 5), values::<f32>(&[], 6));
+    let (mut w_all, mut b_all) = (w0.clone(), b0.clone());
+    train(&mut new(), &mut w_all, &mut b_all, 0..14);
+    for encoding in [Encoding::Json, Encoding::Postcard] {
+        let path = dir.join(format!("{encoding:?}.ckpt"));
+        let mut opt = new();
+        let (mut w, mut b) = (w0.clone(), b0.clone());
+        train(&mut opt, &mut w, &mut b, 0..7);
+        opt.save_with(&path, encoding, &(w.clone(), b.clone())).unwrap();
+        let (mut resumed, (mut w, mut b)): (MultiSteps<Adam, f32>, (ArrayD<f32>, ArrayD<f32>)) =
+            MultiSteps::load_with(&path).unwrap();
+        assert!(resumed == opt, "{encoding:?}");
+        assert_eq!(resumed.pending(), ["b", "w"]);
+        train(&mut resumed, &mut w, &mut b, 7..14);
+        assert_eq!(bits(w.iter()), bits(w_all.iter()), "{encoding:?}");
+        assert_eq!(bits(b.iter()), bits(b_all.iter()), "{encoding:?}");
+    }
+    // A mean that JSON cannot hold is refused, and the file is not written.
+    let mut opt = new();
+    opt.optimizer_mut().set_non_finite(NonFinite::Ignore);
+    let (mut w, grad) = (array![1.0_f32], array![f32::INFINITY]);
+    opt.step("w", &mut w, &grad).unwrap();
+    let path = dir.join("infinite.ckpt");
+    let err = opt.save_with(&path, Encoding::Json, &()).unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+    assert!(!path.exists());
+    opt.save_with(&path, Encoding::Postcard, &()).unwrap();
+    let (restored, ()): (MultiSteps<Adam, f32>, ()) = MultiSteps::load_with(&path).unwrap();
+    assert!(restored == opt);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn micro_batches_out_of_step_are_refused_and_change_nothing() {
     let mut opt = MultiSteps::new(Optimizer::new(Sgd::default()).unwrap(), 3).unwrap();
     let (mut w, mut b, mut c) = (array![1.0_f64, 2.0], array![3.0_f64], array![4.0_f64]);

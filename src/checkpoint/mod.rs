@@ -139,6 +139,7 @@ pub use crate::report::{LoadMode, LoadReport, ShapeMismatch};
 pub use file::Encoding;
 #[cfg(feature = "serde")]
 pub use training::TrainingState;
+pub(crate) use training::check_extras_json;
 
 /// The format name written into every checkpoint.
 pub const FORMAT: &str = "ndarray-optim";

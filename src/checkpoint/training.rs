@@ -70,7 +70,7 @@ struct LiveTraining<'a, R: UpdateRule, A: Element, E> {
 
 /// Refuses extras that JSON cannot store: they must read back as they were written (JSON
 /// writes NaN and infinities as `null`, which a float does not read back from).
-fn check_extras_json<E: Serialize + DeserializeOwned>(extras: &E) -> Result<()> {
+pub(crate) fn check_extras_json<E: Serialize + DeserializeOwned>(extras: &E) -> Result<()> {
     let json = serde_json::to_vec(extras).map_err(|e| Error::Encode { reason: e.to_string() })?;
     serde_json::from_slice::<E>(&json).map(drop).map_err(|e| Error::Encode {
         reason: format!(
@@ -161,13 +161,23 @@ where
     where
         E: Serialize + DeserializeOwned,
     {
-        self.check_saveable(encoding)?;
         if encoding == Encoding::Json {
             check_extras_json(extras)?;
         }
+        self.save_training(path.as_ref(), encoding, extras)
+    }
+
+    /// [`save_with`](Self::save_with) of extras already checked for `encoding`.
+    pub(crate) fn save_training<E: Serialize>(
+        &self,
+        path: &Path,
+        encoding: Encoding,
+        extras: &E,
+    ) -> Result<()> {
+        self.check_saveable(encoding)?;
         let state = LiveTraining { optimizer: Live(self), extras };
         let kind = (TRAINING_FORMAT, VERSION, R::NAME, A::NAME);
-        write_atomically(path.as_ref(), |file| -> io::Result<()> {
+        write_atomically(path, |file| -> io::Result<()> {
             write_framed(file, &state, encoding, kind)
         })
     }

@@ -1,12 +1,14 @@
 //! [`MultiSteps`] in serde formats: written from where the state is, checked when read.
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use hashbrown::HashMap;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Mean, MultiSteps};
-use crate::checkpoint::representable;
+use crate::checkpoint::{Encoding, check_extras_json, representable};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::optimizer::Optimizer;
@@ -46,6 +48,15 @@ where
     A: Element + Serialize,
 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let optimizer = Cow::Borrowed(&self.optimizer);
+        Record { every_k: self.every_k, optimizer, means: self.mean_records() }
+            .serialize(serializer)
+    }
+}
+
+impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
+    /// The means of the tensors between two optimizer steps, sorted by name.
+    fn mean_records(&self) -> Vec<MeanRecord<'_, A>> {
         let mut means: Vec<MeanRecord<'_, A>> = self
             .means
             .iter()
@@ -58,8 +69,7 @@ where
             })
             .collect();
         means.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Record { every_k: self.every_k, optimizer: Cow::Borrowed(&self.optimizer), means }
-            .serialize(serializer)
+        means
     }
 }
 
@@ -73,6 +83,78 @@ where
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let record = Record::<R, A>::deserialize(deserializer)?;
         restore(record).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a training-state file keeps of a [`MultiSteps`] next to its optimizer.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Accumulation<'a, A: Clone> {
+    every_k: u64,
+    means: Vec<MeanRecord<'a, A>>,
+}
+
+impl<R, A> MultiSteps<R, A>
+where
+    R: UpdateRule + Serialize + DeserializeOwned,
+    A: Element + Serialize + DeserializeOwned,
+{
+    /// Saves the optimizer, the running means of the micro-batches since its last step and the
+    /// rest of a training run's state, `extras`, to one training-state file, as
+    /// [`Optimizer::save_with`] saves an optimizer: a run saved between two optimizer steps
+    /// resumes bit for bit.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_optim::checkpoint::Encoding;
+    /// use ndarray_optim::{Adam, MultiSteps, Optimizer};
+    ///
+    /// let path = std::env::temp_dir().join(format!("doc-multi-{}.ckpt", std::process::id()));
+    /// let mut opt = MultiSteps::new(Optimizer::<Adam, f64>::new(Adam::default())?, 4)?;
+    /// let mut w = array![1.0, -1.0];
+    /// for micro_batch in 0..6 {
+    ///     let g = &w * micro_batch as f64;
+    ///     opt.step("w", &mut w, &g)?;
+    /// }
+    /// opt.save_with(&path, Encoding::Postcard, &6_u64)?; // 2 micro-batches into a step
+    /// let (restored, micro_batch): (MultiSteps<Adam, f64>, u64) = MultiSteps::load_with(&path)?;
+    /// assert_eq!((restored.micro_steps("w"), micro_batch), (2, 6));
+    /// assert!(restored == opt);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Optimizer::save_with`]; in JSON also [`Error::Encode`] for a mean that is not
+    /// finite.
+    pub fn save_with<E>(&self, path: impl AsRef<Path>, encoding: Encoding, extras: &E) -> Result<()>
+    where
+        E: Serialize + DeserializeOwned,
+    {
+        let accumulation = Accumulation { every_k: self.every_k, means: self.mean_records() };
+        if encoding == Encoding::Json {
+            check_extras_json(&accumulation)?;
+            check_extras_json(extras)?;
+        }
+        self.optimizer.save_training(path.as_ref(), encoding, &(accumulation, extras))
+    }
+
+    /// Loads a [`MultiSteps`] and the rest of a training run's state from a file written by
+    /// [`save_with`](Self::save_with), checking the optimizer as [`Optimizer::load_with`]
+    /// does and the means as deserializing a `MultiSteps` does.
+    ///
+    /// # Errors
+    /// As [`Optimizer::load_with`], and [`Error::InvalidTensorState`] or
+    /// [`Error::DuplicateParam`] for means that do not fit (see the serde form).
+    pub fn load_with<E: Serialize + DeserializeOwned>(path: impl AsRef<Path>) -> Result<(Self, E)> {
+        let (optimizer, (accumulation, extras)) =
+            Optimizer::<R, A>::load_with::<(Accumulation<'static, A>, E)>(path)?;
+        let record = Record {
+            every_k: accumulation.every_k,
+            optimizer: Cow::Owned(optimizer),
+            means: accumulation.means,
+        };
+        Ok((restore(record)?, extras))
     }
 }
 
