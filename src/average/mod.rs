@@ -451,14 +451,16 @@ impl<A: Element> AveragedModel<A> {
 
 /// A walk over named tensors, with the walker's callback; it stops at the callback's first
 /// error and returns it.
-type Walk<'w, A> =
-    dyn FnMut(&mut dyn FnMut(&str, ArrayViewD<'_, A>) -> Result<()>) -> Result<()> + 'w;
+type Walk<'w, A> = dyn FnMut(&mut Each<'_, A>) -> Result<()> + 'w;
+
+/// The callback of a [`Walk`]: a named tensor's view.
+type Each<'f, A> = dyn FnMut(&str, ArrayViewD<'_, A>) -> Result<()> + 'f;
 
 /// Visits `model` with `f` until `f` fails; returns the failure.
 fn visit_until_error<M: Parameters + ?Sized>(
     model: &M,
     prefix: &mut Prefix,
-    f: &mut dyn FnMut(&str, ArrayViewD<'_, M::Elem>) -> Result<()>,
+    f: &mut Each<'_, M::Elem>,
 ) -> Result<()> {
     let mut outcome = Ok(());
     model.visit(prefix, &mut |name, param| {

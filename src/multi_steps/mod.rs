@@ -325,12 +325,11 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
     ) -> Result<Option<usize>> {
         let (mut index, mut skipped) = (0, None);
         batch.walk(prefix, &mut |name, _, grad| {
-            if skipped.is_none() {
-                if let Some(StepOutcome::Skipped { index }) =
+            if skipped.is_none()
+                && let Some(StepOutcome::Skipped { index }) =
                     self.optimizer.guard(index, name, &grad)?
-                {
-                    skipped = Some(index);
-                }
+            {
+                skipped = Some(index);
             }
             index += 1;
             Ok(())
