@@ -154,8 +154,11 @@ where
     let payload = &bytes[payload_start..];
     header.check_length(payload.len() as u64)?;
     let signed = &bytes[..payload_start - 1 - header.crc.len()];
+    // The checksum is the one field it does not cover: only the 8 lowercase hex digits
+    // written are accepted, not another spelling of the same number ("+", upper case).
     let crc = header.crc;
-    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(checksum(signed, payload)) {
+    let canonical = crc.len() == 8 && crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !canonical || u32::from_str_radix(crc, 16).ok() != Some(checksum(signed, payload)) {
         return Err(corrupt("checksum mismatch: the bytes were altered"));
     }
     check_kind::<R, A>(FORMAT, header.version, header.rule, header.dtype)?;
