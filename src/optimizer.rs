@@ -761,8 +761,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// A learning rate of 0 is not the same: Adam's moments and step count still advance at
     /// rate 0, Rprop's `lr` is only its initial step size, and a schedule overwrites the rate
     /// at its next step. Schedules keep setting a frozen group's rate, so that it resumes on
-    /// schedule when unfrozen. Tensors can be assigned to a frozen group, and are frozen
-    /// with it. Freezing a frozen group changes nothing.
+    /// schedule when unfrozen. The flag is part of the [checkpoint](Self::checkpoint).
+    /// Tensors can be assigned to a frozen group, and are frozen with it. Freezing a frozen
+    /// group changes nothing.
     ///
     /// ```
     /// use std::collections::BTreeMap;

@@ -94,7 +94,9 @@ fn mutated_checkpoints_are_refused() {
                 Encoding::Postcard => postcard::from_bytes::<Optimizer<Adam, f32>>(&payload).ok(),
             };
             if let Some(opt) = decoded {
-                assert!(opt.groups().iter().all(|g| g.hyper().lr > 0.0));
+                // Validated: finite and >= 0 (a rate of 0 is valid, as in PyTorch).
+                let lrs: Vec<f64> = opt.groups().iter().map(|g| g.hyper().lr).collect();
+                assert!(lrs.iter().all(|lr| lr.is_finite() && *lr >= 0.0), "{lrs:?}");
             }
         }
         assert!(refused > 2900, "{refused}");
@@ -141,7 +143,8 @@ fn a_checksum_spelt_otherwise_is_refused() {
 
 /// Checkpoint bytes around any payload, with the header an honest writer would put.
 fn frame(encoding: &str, rule: &str, dtype: &str, payload: &[u8]) -> Vec<u8> {
-    let head = format!("ndarray-optim 1 {encoding} {rule} {dtype} {} ", payload.len());
+    let version = ndarray_optim::checkpoint::VERSION;
+    let head = format!("ndarray-optim {version} {encoding} {rule} {dtype} {} ", payload.len());
     let mut crc = crc32fast::Hasher::new();
     crc.update(head.as_bytes());
     crc.update(payload);
