@@ -10,6 +10,7 @@ mod checkpoint;
 mod common;
 mod errors;
 mod files;
+mod freeze;
 mod hand;
 mod hostile;
 mod inspect;
