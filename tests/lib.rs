@@ -30,3 +30,4 @@ mod surgery;
 mod training;
 mod training_state;
 mod v1_checkpoints;
+mod v2_checkpoints;
