@@ -10,7 +10,8 @@ use crate::element::Element;
 /// The check covers every tensor of the call before any update: for
 /// [`step_all`](crate::Optimizer::step_all) one non-finite gradient anywhere in the batch
 /// refuses or skips the whole batch. It costs one read of each gradient, so the default is
-/// PyTorch's behaviour: no check.
+/// PyTorch's behaviour: no check. The gradients of tensors in
+/// [frozen](crate::Optimizer::freeze) groups are not checked, as they are not used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
@@ -26,14 +27,16 @@ pub enum NonFinite {
     Skip,
 }
 
-/// What a successful [`step`](crate::Optimizer::step) or
-/// [`step_all`](crate::Optimizer::step_all) did.
+/// What a successful [`step`](crate::Optimizer::step),
+/// [`step_all`](crate::Optimizer::step_all) or [`step_model`](crate::Optimizer::step_model)
+/// did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StepOutcome {
-    /// Every tensor was updated.
+    /// Every tensor was updated, except those of [frozen](crate::Optimizer::freeze) groups.
     Stepped {
-        /// The L2 norm of all the call's gradients before clipping (the value PyTorch's
-        /// `clip_grad_norm_` returns), when a norm [`Clip`](crate::Clip) computed it.
+        /// The L2 norm of the call's gradients before clipping (the value PyTorch's
+        /// `clip_grad_norm_` returns), when a norm [`Clip`](crate::Clip) computed it; the
+        /// gradients of frozen tensors are not part of it.
         grad_norm: Option<f64>,
     },
     /// [`NonFinite::Skip`] found NaN or infinity in the gradient of batch entry `index` (0 for
@@ -42,6 +45,9 @@ pub enum StepOutcome {
         /// The position in the batch of the first non-finite gradient.
         index: usize,
     },
+    /// Every tensor of the call is in a [frozen](crate::Optimizer::freeze) group: nothing
+    /// changed, step counts included, and no gradient was looked at.
+    Frozen,
 }
 
 /// Whether every element of `grad` is finite.

@@ -64,8 +64,9 @@
 //!
 //! Around the rules: learning-rate [`schedule`]s as PyTorch's schedulers compute them,
 //! gradient [`Clip`]ping fused into the update, a [`NonFinite`] gradient policy, group
-//! assignment by name [`pattern`]s, weight averaging ([`AveragedModel`]: PyTorch's EMA and SWA,
-//! optax's `ema`) and gradient accumulation ([`MultiSteps`], optax's).
+//! assignment by name [`pattern`]s, [frozen](Optimizer::freeze) groups, weight averaging
+//! ([`AveragedModel`]: PyTorch's EMA and SWA, optax's `ema`) and gradient accumulation
+//! ([`MultiSteps`], optax's).
 //!
 //! The whole state saves and restores bit for bit ([`checkpoint`]: any serde format, crash-safe
 //! files, load reports against a changed model, [`TensorView`] introspection), and can be

@@ -69,8 +69,8 @@ impl<'a, A> ParamGrad<'a, A> {
 /// was handed, exactly as they were.
 ///
 /// Around the rule, an optimizer can [clip](Self::set_clip) gradients, [refuse or
-/// skip](Self::set_non_finite) steps with NaN or infinite gradients, and follow a
-/// learning-rate [schedule](crate::schedule); all of it is part of its
+/// skip](Self::set_non_finite) steps with NaN or infinite gradients, [freeze](Self::freeze)
+/// groups, and follow a learning-rate [schedule](crate::schedule); all of it is part of its
 /// [checkpoint](crate::Checkpoint) except the schedule's position, which the schedule keeps.
 ///
 /// ```
@@ -110,6 +110,8 @@ pub(crate) struct BatchCheck {
     new_names: hashbrown::HashSet<String>,
     /// The refusal or skip of the first non-finite gradient.
     non_finite: Option<Result<StepOutcome>>,
+    /// How many of the tensors so far are in frozen groups.
+    frozen: usize,
     /// The sum of the squared norms of the gradients, in batch order, when clipping by
     /// global norm.
     squares: f64,
@@ -117,16 +119,16 @@ pub(crate) struct BatchCheck {
 
 /// A batch after its first pass.
 enum Checked<A> {
-    /// A non-finite gradient skips the step.
+    /// Nothing is stepped: a non-finite gradient skips the step, or every tensor is frozen.
     Skip(StepOutcome),
-    /// Every tensor is to be stepped, with this clip.
+    /// Every tensor that is not frozen is to be stepped, with this clip.
     Step(BatchClip<A>),
 }
 
 /// The clip of a batch's second pass.
 struct BatchClip<A> {
-    /// The transform of every gradient and the norm of them all, when clipping by global
-    /// norm.
+    /// The transform of every gradient and the norm of them all (frozen tensors left out),
+    /// when clipping by global norm.
     global: Option<(GradTransform<A>, f64)>,
     /// The sum of the squared norms of each tensor's own clip, in batch order.
     squares: f64,
@@ -165,7 +167,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// memory layout (each may differ); the result does not depend on the layout by a single
     /// bit. The first step of a name creates its state; later steps of a registered name
     /// allocate nothing. The gradient is [clipped](Self::set_clip) and
-    /// [checked](Self::set_non_finite) as the optimizer is set to.
+    /// [checked](Self::set_non_finite) as the optimizer is set to. A tensor in a
+    /// [frozen](Self::freeze) group is not stepped: the call checks the shapes, changes
+    /// nothing and returns [`StepOutcome::Frozen`].
     ///
     /// # Errors
     /// - [`Error::GradientShape`] if `grad`'s shape differs from `param`'s;
@@ -195,6 +199,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         self.check(name, param.shape(), grad.shape())?;
         if let Some(Clip::GlobalNorm { .. }) = self.clip {
             return Err(Error::GlobalClipNeedsBatch);
+        }
+        if self.registry.is_frozen(name) {
+            return Ok(StepOutcome::Frozen);
         }
         if let Some(skipped) = self.guard(0, name, &grad)? {
             return Ok(skipped);
@@ -227,6 +234,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// clipping](Clip::GlobalNorm) and the [non-finite check](Self::set_non_finite) cover the
     /// whole batch. A batch built as an array on the stack costs no allocation, and neither
     /// does clipping.
+    ///
+    /// Tensors in [frozen](Self::freeze) groups are left out, as PyTorch leaves out tensors
+    /// without gradients: they are not stepped and their gradients count neither for the
+    /// global norm nor for the non-finite check (their shapes are still checked). A batch of
+    /// frozen tensors only returns [`StepOutcome::Frozen`].
     ///
     /// ```
     /// use ndarray::{Array1, Array2};
@@ -265,16 +277,20 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             Checked::Step(clip) => clip,
         };
         for entry in batch.iter_mut() {
+            if self.registry.is_frozen(entry.name) {
+                continue;
+            }
             let transform = self.entry_transform(&mut clip, &grads.of(entry.name, &entry.grad));
             // The states are lent to the entries, which are then stepped independently (on
             // several threads with the `rayon` feature) and give them back.
             self.lend(entry, transform);
         }
-        let numel = batch.iter().map(|entry| entry.param.len()).sum();
+        let numel = batch.iter().filter(|entry| entry.lent.is_some()).map(|e| e.param.len()).sum();
         step_lent(&self.registry.groups, batch, grads, numel);
         for entry in batch.iter_mut() {
-            let lent = entry.lent.take().expect("every entry of the batch was lent its state");
-            self.registry.give_back(entry.name, lent.tensor);
+            if let Some(lent) = entry.lent.take() {
+                self.registry.give_back(entry.name, lent.tensor);
+            }
         }
         Ok(clip.outcome(self.clip))
     }
@@ -318,6 +334,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// [`Error::MissingGradient`] or [`Error::UnexpectedGradient`] if the gradients do not
     /// hold a gradient exactly where the model holds a tensor (one of another shape is
     /// [`Error::GradientShape`]). Nothing has changed then.
+    ///
+    /// Tensors in [frozen](Self::freeze) groups are left out as [`step_all`](Self::step_all)
+    /// leaves them out.
     pub fn step_model<M>(&mut self, params: &mut M, grads: &M) -> Result<StepOutcome>
     where
         M: Parameters<Elem = A> + ?Sized,
@@ -345,6 +364,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             Checked::Step(clip) => clip,
         };
         zip(prefix, &mut |name, param, grad| {
+            if self.registry.is_frozen(name) {
+                return Ok(());
+            }
             let transform = self.entry_transform(&mut clip, &grad);
             self.step_checked(name, param, grad, transform);
             Ok(())
@@ -360,12 +382,14 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             index: 0,
             new_names: hashbrown::HashSet::new(),
             non_finite: None,
+            frozen: 0,
             squares: 0.0,
         }
     }
 
-    /// Checks the next tensor of a batch ([`check_named`](Self::check_named)), then its
-    /// gradient for the non-finite policy and, when clipping by global norm, its norm.
+    /// Checks the next tensor of a batch ([`check_named`](Self::check_named)), then, unless
+    /// it is frozen, its gradient for the non-finite policy and, when clipping by global
+    /// norm, its norm.
     fn check_entry(
         &mut self,
         batch: &mut BatchCheck,
@@ -374,7 +398,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         grad: &ArrayView<'_, A, IxDyn>,
     ) -> Result<()> {
         self.check_named(batch, name, param, grad.shape())?;
-        if batch.non_finite.is_none() {
+        if self.registry.is_frozen(name) {
+            batch.frozen += 1;
+        } else if batch.non_finite.is_none() {
             // A refusal waits until every tensor is checked: the batch's errors come first.
             batch.non_finite = self.guard(batch.index, name, grad).transpose();
             if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
@@ -407,11 +433,14 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Ok(())
     }
 
-    /// Ends the first pass over a batch: the refusal or skip of a non-finite gradient, or the
-    /// clip of the step.
+    /// Ends the first pass over a batch: the refusal or skip of a non-finite gradient, a
+    /// batch of frozen tensors only, or the clip of the step.
     fn finish_check(&self, batch: BatchCheck) -> Result<Checked<A>> {
         if let Some(outcome) = batch.non_finite {
             return outcome.map(Checked::Skip);
+        }
+        if batch.index > 0 && batch.frozen == batch.index {
+            return Ok(Checked::Skip(StepOutcome::Frozen));
         }
         let global = match self.clip {
             // PyTorch's total norm: the norm of the per-tensor norms.
@@ -462,14 +491,18 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     }
 
     /// Applies the non-finite policy to the gradient of batch entry `index`: `Some` outcome
-    /// when the step is to be skipped.
+    /// when the step is to be skipped. The gradient of a frozen tensor is not used, so it
+    /// passes whatever it holds.
     pub(crate) fn guard(
         &self,
         index: usize,
         name: &str,
         grad: &ArrayView<'_, A, IxDyn>,
     ) -> Result<Option<StepOutcome>> {
-        if self.non_finite == NonFinite::Ignore || guard::all_finite(grad) {
+        if self.non_finite == NonFinite::Ignore
+            || self.registry.is_frozen(name)
+            || guard::all_finite(grad)
+        {
             return Ok(None);
         }
         match self.non_finite {
@@ -572,7 +605,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// The names the optimizer knows (declared, assigned or restored) that have no state
     /// yet, sorted: after a step of the whole model, a name here is one that the training loop
-    /// never steps, such as a misspelt assignment.
+    /// never steps, such as a misspelt assignment, or one in a [frozen](Self::freeze) group.
     pub fn unstepped(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self
             .registry
@@ -710,6 +743,81 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Ok(())
     }
 
+    /// Freezes the group `group`: from now on every step leaves its tensors out, as PyTorch
+    /// leaves out a model's tensors after `requires_grad_(False)`, until
+    /// [`unfreeze`](Self::unfreeze).
+    ///
+    /// A frozen tensor's parameter and state stay exactly as they are, to the bit: no
+    /// update, no buffer change, no step count advance (a tensor never stepped gets no
+    /// state), so bias corrections, Rprop's step sizes and the like continue after unfreezing
+    /// as if the frozen steps had never been taken. Its gradient is not used: the global-norm
+    /// [clip](Clip::GlobalNorm) and the [non-finite check](Self::set_non_finite) leave it
+    /// out, as `clip_grad_norm_(model.parameters())` leaves out tensors without gradients.
+    /// [`step`](Self::step) of a frozen tensor returns [`StepOutcome::Frozen`];
+    /// [`step_all`](Self::step_all) and [`step_model`](Self::step_model) step the other
+    /// tensors (and return [`StepOutcome::Frozen`] if there are none). Shapes and names are
+    /// still checked.
+    ///
+    /// A learning rate of 0 is not the same: Adam's moments and step count still advance at
+    /// rate 0, Rprop's `lr` is only its initial step size, and a schedule overwrites the rate
+    /// at its next step. Schedules keep setting a frozen group's rate, so that it resumes on
+    /// schedule when unfrozen. The flag is part of the [checkpoint](Self::checkpoint).
+    /// Tensors can be assigned to a frozen group, and are frozen with it. Freezing a frozen
+    /// group changes nothing.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    ///
+    /// use ndarray::array;
+    /// use ndarray_optim::{Adam, Optimizer, StepOutcome};
+    ///
+    /// let mut opt = Optimizer::new(Adam { lr: 0.1, ..Adam::default() })?;
+    /// opt.add_group("backbone", Adam { lr: 0.01, ..Adam::default() })?;
+    /// opt.assign("backbone.w", "backbone")?;
+    /// let mut model =
+    ///     BTreeMap::from([("backbone.w", array![1.0_f32, 2.0]), ("head.w", array![0.5_f32])]);
+    /// let grads = BTreeMap::from([("backbone.w", array![0.1, 0.1]), ("head.w", array![0.2])]);
+    ///
+    /// // Train the head alone for a while.
+    /// opt.freeze("backbone")?;
+    /// for _ in 0..3 {
+    ///     opt.step_model(&mut model, &grads)?;
+    /// }
+    /// assert!(opt.group("backbone")?.is_frozen());
+    /// assert_eq!(model["backbone.w"], array![1.0, 2.0]);
+    /// assert_eq!((opt.step_count("backbone.w"), opt.step_count("head.w")), (None, Some(3)));
+    /// let backbone = model.get_mut("backbone.w").unwrap();
+    /// assert_eq!(opt.step("backbone.w", backbone, &grads["backbone.w"])?, StepOutcome::Frozen);
+    ///
+    /// // Then fine-tune everything: the backbone takes its first step.
+    /// opt.unfreeze("backbone")?;
+    /// opt.step_model(&mut model, &grads)?;
+    /// assert_eq!((opt.step_count("backbone.w"), opt.step_count("head.w")), (Some(1), Some(4)));
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if there is no such group; nothing changes then.
+    pub fn freeze(&mut self, group: &str) -> Result<()> {
+        self.set_frozen(group, true)
+    }
+
+    /// Unfreezes the group `group`: its tensors take part in steps again, from the state they
+    /// had when it was [frozen](Self::freeze), at the rate the group has now. Unfreezing a
+    /// group that is not frozen changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if there is no such group; nothing changes then.
+    pub fn unfreeze(&mut self, group: &str) -> Result<()> {
+        self.set_frozen(group, false)
+    }
+
+    fn set_frozen(&mut self, group: &str, frozen: bool) -> Result<()> {
+        let index = self.registry.group_index(group)?;
+        self.registry.groups[index].frozen = frozen;
+        Ok(())
+    }
+
     /// The group that the tensor `param` belongs to, if the optimizer knows the name.
     pub fn group_of(&self, param: &str) -> Option<&str> {
         let slot = self.registry.slots.get(param)?;
@@ -757,7 +865,8 @@ fn step_lent<R: UpdateRule, A: Element>(
     numel: usize,
 ) {
     let step = |entry: &mut ParamGrad<'_, A>| {
-        let lent = entry.lent.as_mut().expect("every entry of the batch was lent its state");
+        // Entries of frozen groups were lent nothing.
+        let Some(lent) = entry.lent.as_mut() else { return };
         let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
         groups[lent.group].step(param, grad, &mut lent.tensor, lent.transform);
     };

@@ -25,12 +25,17 @@ pub const DEFAULT_GROUP: &str = "default";
 /// The learning rate in the hyperparameters is the group's *base* rate. A learning-rate
 /// [schedule](crate::schedule) sets the group's *current* rate ([`lr`](Self::lr)) from it,
 /// which may reach 0 (as PyTorch's schedules may), while the base rate stays validated.
+///
+/// A group can be [frozen](crate::Optimizer::freeze): its tensors are then left out of every
+/// step, state and step count included, until it is unfrozen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamGroup<R> {
     pub(crate) name: String,
     pub(crate) hyper: R,
     /// The rate a schedule has set, if any; the step uses it instead of `hyper`'s.
     pub(crate) scheduled_lr: Option<f64>,
+    /// Whether steps leave the group's tensors out.
+    pub(crate) frozen: bool,
 }
 
 impl<R> ParamGroup<R> {
@@ -42,6 +47,11 @@ impl<R> ParamGroup<R> {
     /// The group's hyperparameters, with its base learning rate.
     pub fn hyper(&self) -> &R {
         &self.hyper
+    }
+
+    /// Whether the group is [frozen](crate::Optimizer::freeze): steps leave its tensors out.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
     }
 }
 
@@ -58,7 +68,7 @@ impl<R: UpdateRule> ParamGroup<R> {
     }
 
     fn new(name: &str, hyper: R) -> Self {
-        ParamGroup { name: name.to_owned(), hyper, scheduled_lr: None }
+        ParamGroup { name: name.to_owned(), hyper, scheduled_lr: None, frozen: false }
     }
 
     /// Steps one of the group's tensors with the group's hyperparameters at its current rate,
@@ -394,6 +404,13 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let again = slot.batch.0 == batch;
         slot.batch.0 = batch;
         Some(again)
+    }
+
+    /// Whether the tensor `param` is in a frozen group (a name without a slot is in the
+    /// default group). No lookup while no group is frozen.
+    pub(crate) fn is_frozen(&self, param: &str) -> bool {
+        self.groups.iter().any(|group| group.frozen)
+            && self.groups[self.slots.get(param).map_or(0, |slot| slot.group)].frozen
     }
 
     pub(crate) fn group_index(&self, name: &str) -> Result<usize> {

@@ -19,6 +19,7 @@ use ndarray::{ArrayRef, Dimension};
 use crate::checkpoint::{Checkpoint, TensorRecord};
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::guard::StepOutcome;
 use crate::optimizer::Optimizer;
 use crate::rule::UpdateRule;
 
@@ -143,7 +144,9 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
         Ok(ShardedOptimizer { optimizer, plan, rank })
     }
 
-    /// Steps tensor `name` if this rank owns it; returns whether it did.
+    /// Steps tensor `name` if this rank owns it; returns whether it did (`false` for a
+    /// tensor of another rank, or of a [frozen](Optimizer::freeze) group, which no rank
+    /// steps: freeze and unfreeze groups on every rank alike).
     ///
     /// # Errors
     /// [`Error::InvalidSharding`] if the plan does not list `name`; otherwise as
@@ -157,8 +160,7 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
         if self.plan.owner_of(name)? != self.rank {
             return Ok(false);
         }
-        self.optimizer.step(name, param, grad)?;
-        Ok(true)
+        Ok(self.optimizer.step(name, param, grad)? != StepOutcome::Frozen)
     }
 
     /// The rank this share belongs to.
@@ -197,9 +199,9 @@ fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> b
 /// `shards[rank]` is the checkpoint of rank `rank`, one for every rank of the plan's world:
 /// the plan that wrote them, not necessarily the one that will resume (a [`ShardPlan`] is
 /// recomputed from the tensor sizes and the world size that wrote the shards). Every shard
-/// must come from the same optimizer setup (format, rule, dtype, groups and
-/// hyperparameters), list each tensor at most once, and hold state only of the tensors the
-/// plan gives its rank; a tensor that no rank has stepped yet may be listed, without state,
+/// must come from the same optimizer setup (format, rule, dtype, groups with their
+/// hyperparameters, rates and frozen flags, clipping), list each tensor at most once, and
+/// hold state only of the tensors the plan gives its rank; a tensor that no rank has stepped yet may be listed, without state,
 /// by any number of them.
 ///
 /// # Errors

@@ -640,3 +640,60 @@ fn steady_state_gradient_accumulation_does_not_allocate() {
     assert_eq!(batches.optimizer().step_count("f"), Some(3));
     assert_eq!(singles.micro_steps("weight"), 1);
 }
+
+/// A frozen group costs no allocation: steady-state steps of a model and a batch with a
+/// frozen group (looked up for every tensor), clipped by global norm and checked
+/// for non-finite gradients, and gradient accumulation over them.
+#[test]
+fn steady_state_steps_with_a_frozen_group_do_not_allocate() {
+    use std::collections::BTreeMap;
+
+    use ndarray_optim::{Adam, Clip, MultiSteps, NonFinite};
+
+    let mut opt = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+    opt.add_group("backbone", Adam::default()).unwrap();
+    opt.assign("backbone.b", "backbone").unwrap();
+    opt.assign("backbone.w", "backbone").unwrap();
+    opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+    opt.set_non_finite(NonFinite::Refuse);
+    let shapes = [("backbone.b", (1, 16)), ("backbone.w", (16, 16)), ("head.w", (16, 4))];
+    let model = |value| -> BTreeMap<String, Array2<f32>> {
+        shapes
+            .iter()
+            .map(|&(name, shape)| (name.to_owned(), Array2::from_elem(shape, value)))
+            .collect()
+    };
+    let (mut params, grads) = (model(1.0), model(0.25));
+    opt.step_model(&mut params, &grads).unwrap();
+    opt.freeze("backbone").unwrap();
+    let mut batch = model(1.0);
+    let mut step = |opt: &mut Optimizer<Adam, f32>| {
+        opt.step_model(&mut params, &grads).unwrap();
+        let mut tensors = batch.values_mut();
+        let (b, w, h) = (tensors.next().unwrap(), tensors.next().unwrap(), tensors.next().unwrap());
+        opt.step_all(&mut [
+            ParamGrad::new("backbone.b", b, &grads["backbone.b"]),
+            ParamGrad::new("backbone.w", w, &grads["backbone.w"]),
+            ParamGrad::new("head.w", h, &grads["head.w"]),
+        ])
+        .unwrap();
+    };
+    step(&mut opt);
+    let count = allocations(|| {
+        for _ in 0..5 {
+            step(&mut opt);
+        }
+    });
+    assert_eq!(count, 0, "steady-state steps with a frozen group allocated");
+    assert_eq!((opt.step_count("backbone.w"), opt.step_count("head.w")), (Some(1), Some(13)));
+
+    let mut accumulated = MultiSteps::new(opt, 3).unwrap();
+    accumulated.step_model(&mut params, &grads).unwrap();
+    let count = allocations(|| {
+        for _ in 0..6 {
+            accumulated.step_model(&mut params, &grads).unwrap();
+        }
+    });
+    assert_eq!(count, 0, "steady-state accumulation with a frozen group allocated");
+    assert_eq!(accumulated.optimizer().step_count("head.w"), Some(15));
+}

@@ -1,7 +1,7 @@
 //! Saving and restoring the whole optimizer state.
 
 use ndarray::{Array2, ArrayD, IxDyn, ShapeBuilder};
-use ndarray_optim::checkpoint::{BufferRecord, Encoding, LoadMode, StateRecord};
+use ndarray_optim::checkpoint::{BufferRecord, Encoding, LoadMode, StateRecord, VERSION};
 use ndarray_optim::{Adam, Checkpoint, Element, Error, Optimizer, Sgd, UpdateRule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -163,7 +163,7 @@ fn state_of<'a>(c: &'a mut Checkpoint<Adam, f32>, name: &str) -> &'a mut StateRe
 #[test]
 fn checkpoint_lists_everything_by_name() {
     let c = adam_checkpoint();
-    assert_eq!((c.format.as_str(), c.version), ("ndarray-optim", 1));
+    assert_eq!((c.format.as_str(), c.version), ("ndarray-optim", VERSION));
     assert_eq!((c.rule.as_str(), c.dtype.as_str()), ("adam", "f32"));
     let names: Vec<&str> = c.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["encoder.bias", "encoder.weight", "head.weight", "not.yet.stepped"]);
@@ -189,10 +189,14 @@ fn refused(c: Checkpoint<Adam, f32>) -> Error {
 #[test]
 fn invalid_checkpoints_are_refused_with_the_reason() {
     let mut c = adam_checkpoint();
-    c.version = 2;
+    c.version = VERSION + 1;
     assert_eq!(
         refused(c),
-        Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2, newest: 1 }
+        Error::UnsupportedCheckpoint {
+            format: "ndarray-optim".into(),
+            version: VERSION + 1,
+            newest: VERSION
+        }
     );
 
     let mut c = adam_checkpoint();
@@ -312,17 +316,24 @@ fn negative_or_non_finite_hyperparameters_are_refused() {
 fn headers_refuse_newer_versions_other_rules_and_dtypes() {
     let bytes = adam_checkpoint().to_bytes(Encoding::Postcard).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.starts_with("ndarray-optim 1 postcard adam f32 "), "{text}");
+    assert!(text.starts_with(&format!("ndarray-optim {VERSION} postcard adam f32 ")), "{text}");
 
     // A later version may change everything after its version number.
-    let mut future = b"ndarray-optim 2 zstd-postcard adam f32 extra fields\n".to_vec();
+    let next = VERSION + 1;
+    let mut future =
+        format!("ndarray-optim {next} zstd-postcard adam f32 extra fields\n").into_bytes();
     future.extend_from_slice(&bytes[bytes.iter().position(|&b| b == b'\n').unwrap() + 1..]);
     let err = Checkpoint::<Adam, f32>::from_bytes(&future).unwrap_err();
     assert_eq!(
         err,
-        Error::UnsupportedCheckpoint { format: "ndarray-optim".into(), version: 2, newest: 1 }
+        Error::UnsupportedCheckpoint {
+            format: "ndarray-optim".into(),
+            version: next,
+            newest: VERSION
+        }
     );
-    assert!(err.to_string().contains("version 2") && err.to_string().contains("1 to 1"), "{err}");
+    let (text, range) = (err.to_string(), format!("1 to {VERSION}"));
+    assert!(text.contains(&format!("version {next}")) && text.contains(&range), "{err}");
 
     let err = Checkpoint::<Sgd, f32>::from_bytes(&bytes).unwrap_err();
     assert_eq!(

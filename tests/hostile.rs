@@ -94,7 +94,9 @@ fn mutated_checkpoints_are_refused() {
                 Encoding::Postcard => postcard::from_bytes::<Optimizer<Adam, f32>>(&payload).ok(),
             };
             if let Some(opt) = decoded {
-                assert!(opt.groups().iter().all(|g| g.hyper().lr > 0.0));
+                // Validated: finite and >= 0 (a rate of 0 is valid, as in PyTorch).
+                let lrs: Vec<f64> = opt.groups().iter().map(|g| g.hyper().lr).collect();
+                assert!(lrs.iter().all(|lr| lr.is_finite() && *lr >= 0.0), "{lrs:?}");
             }
         }
         assert!(refused > 2900, "{refused}");
@@ -118,9 +120,31 @@ fn random_bytes_are_refused() {
     }
 }
 
+/// The checksum field is the one the checksum does not cover: another spelling of the same
+/// number (upper case, a sign) is an alteration, and refused.
+#[test]
+fn a_checksum_spelt_otherwise_is_refused() {
+    let bytes = adam().checkpoint().to_bytes(Encoding::Postcard).unwrap();
+    let newline = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let crc = newline - 8;
+    let spellings = [
+        bytes[crc..newline].to_ascii_uppercase(),
+        [b"+".as_slice(), &bytes[crc + 1..newline]].concat(),
+    ];
+    for spelling in spellings {
+        if spelling == bytes[crc..newline] {
+            continue; // no letter to capitalise
+        }
+        let altered = [&bytes[..crc], &spelling, &bytes[newline..]].concat();
+        let err = Checkpoint::<Adam, f32>::from_bytes(&altered).unwrap_err();
+        assert!(matches!(err, Error::CorruptCheckpoint { .. }), "{err:?}");
+    }
+}
+
 /// Checkpoint bytes around any payload, with the header an honest writer would put.
 fn frame(encoding: &str, rule: &str, dtype: &str, payload: &[u8]) -> Vec<u8> {
-    let head = format!("ndarray-optim 1 {encoding} {rule} {dtype} {} ", payload.len());
+    let version = ndarray_optim::checkpoint::VERSION;
+    let head = format!("ndarray-optim {version} {encoding} {rule} {dtype} {} ", payload.len());
     let mut crc = crc32fast::Hasher::new();
     crc.update(head.as_bytes());
     crc.update(payload);

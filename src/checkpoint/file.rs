@@ -4,14 +4,15 @@
 //! The bytes are one ASCII header line, then the payload:
 //!
 //! ```text
-//! ndarray-optim 1 postcard adam f32 1234 0a1b2c3d\n<1234 bytes of payload>
+//! ndarray-optim 2 postcard adam f32 1234 0a1b2c3d\n<1234 bytes of payload>
 //! ```
 //!
 //! format, format version, encoding, rule, element type, payload length in bytes, and the
 //! CRC-32 of everything before the checksum field together with the payload. The format and
 //! version come first and keep their place in every version, so that a checkpoint of a newer
 //! version is recognised and refused before anything else is read; the length and checksum
-//! refuse truncated and altered bytes before the payload is decoded.
+//! refuse truncated and altered bytes before the payload is decoded, which is then read in
+//! the layout of the header's version.
 
 use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::serde_impl::Live;
+use super::v1::Versioned;
 use super::{Checkpoint, FORMAT, TRAINING_FORMAT, VERSION, check_kind};
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -143,47 +145,54 @@ impl<'a> Header<'a> {
 
 /// Checks the bytes of a whole file of `format` (header line, then payload): the header,
 /// the payload's length and checksum, and the rule and element type announced against `R`
-/// and `A`; then decodes the payload. Returns it with the header's format version.
-pub(super) fn decode<R, A, T>(bytes: &[u8], format: &'static str) -> Result<(T, u32)>
+/// and `A`; then decodes the payload in the layout of the header's version, converted to
+/// this version's, and checks that its checkpoint is what the header announced.
+pub(super) fn decode<R, A, T>(bytes: &[u8], format: &'static str) -> Result<T>
 where
     R: UpdateRule,
     A: Element,
-    T: DeserializeOwned,
+    T: Versioned<R, A>,
 {
     let (header, payload_start) = Header::find(bytes, format)?;
     let payload = &bytes[payload_start..];
     header.check_length(payload.len() as u64)?;
     let signed = &bytes[..payload_start - 1 - header.crc.len()];
+    // The checksum is the one field it does not cover: only the 8 lowercase hex digits
+    // written are accepted, not another spelling of the same number ("+", upper case).
     let crc = header.crc;
-    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(checksum(signed, payload)) {
+    let canonical = crc.len() == 8 && crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !canonical || u32::from_str_radix(crc, 16).ok() != Some(checksum(signed, payload)) {
         return Err(corrupt("checksum mismatch: the bytes were altered"));
     }
     check_kind::<R, A>(FORMAT, header.version, header.rule, header.dtype)?;
-    let value = match Encoding::from_name(header.encoding) {
-        Some(Encoding::Json) => {
-            serde_json::from_slice(payload).map_err(|e| corrupt(format!("JSON payload: {e}")))?
-        }
-        Some(Encoding::Postcard) => match postcard::take_from_bytes(payload) {
-            Ok((value, [])) => value,
-            Ok((_, rest)) => {
-                return Err(corrupt(format!("{} bytes after the payload", rest.len())));
-            }
-            Err(e) => return Err(corrupt(format!("postcard payload: {e}"))),
-        },
-        None => return Err(corrupt(format!("unknown encoding `{}`", header.encoding))),
+    let encoding = Encoding::from_name(header.encoding)
+        .ok_or_else(|| corrupt(format!("unknown encoding `{}`", header.encoding)))?;
+    // `Header::find` lets versions 1 to `VERSION` through.
+    let record = if header.version == 1 {
+        T::from_v1(decode_payload(payload, encoding)?)
+    } else {
+        decode_payload::<T>(payload, encoding)?
     };
-    Ok((value, header.version))
+    // The header vouches for the payload only if both say the same.
+    let checkpoint = record.checkpoint();
+    checkpoint.check_kind()?;
+    if checkpoint.version != header.version {
+        return Err(corrupt("header and payload differ in version"));
+    }
+    Ok(record)
 }
 
-impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
-    /// Refuses a checkpoint that is not what the header of its file (of format version
-    /// `version`) announced: the header vouches for the payload only if both say the same.
-    pub(super) fn check_header(&self, version: u32) -> Result<()> {
-        self.check_kind()?;
-        if self.version != version {
-            return Err(corrupt("header and payload differ in version"));
+/// Decodes a whole payload in `encoding`.
+fn decode_payload<T: DeserializeOwned>(payload: &[u8], encoding: Encoding) -> Result<T> {
+    match encoding {
+        Encoding::Json => {
+            serde_json::from_slice(payload).map_err(|e| corrupt(format!("JSON payload: {e}")))
         }
-        Ok(())
+        Encoding::Postcard => match postcard::take_from_bytes(payload) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(corrupt(format!("{} bytes after the payload", rest.len()))),
+            Err(e) => Err(corrupt(format!("postcard payload: {e}"))),
+        },
     }
 }
 
@@ -332,7 +341,8 @@ where
     A: Element + Serialize + DeserializeOwned,
 {
     /// The checkpoint as bytes: a header line (format, version, encoding, rule, element type,
-    /// length, CRC-32) followed by the payload in `encoding`.
+    /// length, CRC-32) followed by the payload in `encoding`, both of format version
+    /// [`VERSION`] whatever version the checkpoint was read in.
     ///
     /// # Errors
     /// [`Error::Encode`] if the payload cannot be encoded: in JSON, any value that is an
@@ -343,7 +353,7 @@ where
     pub fn to_bytes(&self, encoding: Encoding) -> Result<Vec<u8>> {
         self.check_encodable(encoding)?;
         let mut bytes = Vec::new();
-        write_framed(&mut bytes, self, encoding, (FORMAT, self.version, &self.rule, &self.dtype))
+        write_framed(&mut bytes, self, encoding, (FORMAT, VERSION, &self.rule, &self.dtype))
             .map_err(|error| save_error(Path::new(""), &error))?;
         Ok(bytes)
     }
@@ -352,7 +362,8 @@ where
     ///
     /// The header is checked first: format and version, then length and checksum (so
     /// truncated or altered bytes are refused before decoding), then rule and element type.
-    /// The payload is then decoded; the checkpoint's contents are checked by
+    /// The payload is then decoded in the layout of the header's version (any from 1 to
+    /// [`VERSION`]) and converted to this version's; the checkpoint's contents are checked by
     /// [`Optimizer::from_checkpoint`] or [`Optimizer::load_state`].
     ///
     /// # Errors
@@ -362,9 +373,7 @@ where
     ///   serde JSON is named as such);
     /// - [`Error::CheckpointMismatch`] for another rule or element type.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (checkpoint, version) = decode::<R, A, Self>(bytes, FORMAT)?;
-        checkpoint.check_header(version)?;
-        Ok(checkpoint)
+        decode::<R, A, Self>(bytes, FORMAT)
     }
 
     /// Writes the checkpoint to `path` so that a crash at any moment leaves either the old
@@ -378,7 +387,7 @@ where
     /// [`to_bytes`](Self::to_bytes).
     pub fn save(&self, path: impl AsRef<Path>, encoding: Encoding) -> Result<()> {
         self.check_encodable(encoding)?;
-        let kind = (FORMAT, self.version, self.rule.as_str(), self.dtype.as_str());
+        let kind = (FORMAT, VERSION, self.rule.as_str(), self.dtype.as_str());
         write_atomically(path.as_ref(), |file| write_framed(file, self, encoding, kind))
     }
 
@@ -594,15 +603,7 @@ where
                 check_scalar_json(tensor.name(), scalar, value)?;
             }
         }
-        let groups = self
-            .groups()
-            .iter()
-            .map(|group| super::GroupRecord {
-                name: group.name.clone(),
-                hyper: group.hyper.clone(),
-                lr: group.scheduled_lr,
-            })
-            .collect();
+        let groups = self.groups().iter().map(super::GroupRecord::of).collect();
         let checkpoint = Checkpoint::<R, A> {
             format: FORMAT.to_owned(),
             version: VERSION,

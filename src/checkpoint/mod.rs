@@ -8,7 +8,8 @@
 //!   checkpoint whole, never a torn file. A header with the payload's length and CRC-32
 //!   refuses truncated or altered bytes, and a load reads the header before anything else.
 //! - [`Optimizer::checkpoint`] copies the state into a [`Checkpoint`], plain data: rule,
-//!   every group with its hyperparameters, every named tensor's group, step count, shape and
+//!   every group with its hyperparameters, current learning rate and whether it is
+//!   [frozen](Optimizer::freeze), every named tensor's group, step count, shape and
 //!   buffers (by name, values in row-major order whatever the memory layout), format and
 //!   version. [`Checkpoint::to_bytes`] and [`Checkpoint::from_bytes`] are the file's bytes.
 //! - [`Optimizer::from_checkpoint`] rebuilds an optimizer after checking all of it;
@@ -112,8 +113,17 @@
 //!   version are recognised and refused before anything else is read.
 //! - Bare serde data (an [`Optimizer`] serialized in a format of your choice) has the version
 //!   only inside the data, which is checked after decoding: a newer layout may fail with the
-//!   format's own decoding error instead. Use files or [`Checkpoint::to_bytes`] for
-//!   checkpoints that must outlive a version of the crate.
+//!   format's own decoding error instead, and an older one reads only where serde's defaults
+//!   fill in what it lacks (in self-describing formats such as JSON, not in postcard). Use
+//!   files or [`Checkpoint::to_bytes`] for checkpoints that must outlive a version of the
+//!   crate.
+//!
+//! The versions:
+//!
+//! | version | what changed |
+//! | --- | --- |
+//! | 1 | the first format |
+//! | 2 | each group's frozen flag ([`GroupRecord::frozen`]); the groups of version 1 read as not frozen |
 
 use hashbrown::HashMap;
 
@@ -125,7 +135,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::NonFinite;
 use crate::optimizer::Optimizer;
-use crate::registry::{DEFAULT_GROUP, Registry, Slot, TensorState};
+use crate::registry::{DEFAULT_GROUP, ParamGroup, Registry, Slot, TensorState};
 use crate::rule::UpdateRule;
 
 #[cfg(feature = "serde")]
@@ -133,6 +143,8 @@ mod file;
 mod report;
 #[cfg(feature = "serde")]
 mod training;
+#[cfg(feature = "serde")]
+mod v1;
 
 pub use crate::report::{LoadMode, LoadReport, ShapeMismatch};
 #[cfg(feature = "serde")]
@@ -149,18 +161,21 @@ pub const FORMAT: &str = "ndarray-optim";
 pub const TRAINING_FORMAT: &str = "ndarray-optim-training";
 
 /// The format version this build writes. It reads every version from 1 up to this one.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
-/// An optimizer's complete state: rule, hyperparameters and current learning rate of every
-/// group, every named tensor's group, step count and buffers, and the optimizer's gradient
-/// clipping and non-finite policy.
+/// An optimizer's complete state: rule, hyperparameters, current learning rate and frozen
+/// flag of every group, every named tensor's group, step count and buffers, and the
+/// optimizer's gradient clipping and non-finite policy.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Checkpoint<R, A> {
     /// Always [`FORMAT`].
     pub format: String,
-    /// The format version, [`VERSION`] when written by this build.
+    /// The format version the checkpoint was read in, from 1 to [`VERSION`] ([`VERSION`] in
+    /// [`Optimizer::checkpoint`]). Older versions are converted to this version's fields when
+    /// read, and serializing always writes [`VERSION`], whose layout it writes.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_version"))]
     pub version: u32,
     /// The rule's [`UpdateRule::NAME`].
     pub rule: String,
@@ -176,6 +191,13 @@ pub struct Checkpoint<R, A> {
     /// What steps do with non-finite gradients.
     #[cfg_attr(feature = "serde", serde(default))]
     pub non_finite: NonFinite,
+}
+
+/// Writes [`VERSION`] for a checkpoint's version: what is written has this version's layout,
+/// whatever version it was read in.
+#[cfg(feature = "serde")]
+fn serialize_version<S: serde::Serializer>(_: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u32(VERSION)
 }
 
 /// A clip as checkpoints store it. [`Clip`]'s own serde form is internally tagged (`{"kind":
@@ -227,6 +249,22 @@ pub struct GroupRecord<R> {
     /// The current learning rate a schedule has set, if any (finite, ≥ 0).
     #[cfg_attr(feature = "serde", serde(default))]
     pub lr: Option<f64>,
+    /// Whether the group is [frozen](Optimizer::freeze) (since format version 2; always
+    /// written, since postcard has no optional fields; JSON without it reads as not frozen).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub frozen: bool,
+}
+
+impl<R: Clone> GroupRecord<R> {
+    /// The record of `group`.
+    pub(crate) fn of(group: &ParamGroup<R>) -> Self {
+        GroupRecord {
+            name: group.name.clone(),
+            hyper: group.hyper.clone(),
+            lr: group.scheduled_lr,
+            frozen: group.frozen,
+        }
+    }
 }
 
 /// One named tensor in a [`Checkpoint`].
@@ -449,15 +487,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             version: VERSION,
             rule: R::NAME.to_owned(),
             dtype: A::NAME.to_owned(),
-            groups: self
-                .groups()
-                .iter()
-                .map(|group| GroupRecord {
-                    name: group.name.clone(),
-                    hyper: group.hyper.clone(),
-                    lr: group.scheduled_lr,
-                })
-                .collect(),
+            groups: self.groups().iter().map(GroupRecord::of).collect(),
             tensors,
             clip: self.clip,
             non_finite: self.non_finite,
@@ -510,7 +540,8 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         if let Some(clip) = &clip {
             clip.validate()?;
         }
-        let scheduled: Vec<Option<f64>> = groups.iter().map(|group| group.lr).collect();
+        let scheduled: Vec<(Option<f64>, bool)> =
+            groups.iter().map(|group| (group.lr, group.frozen)).collect();
         let mut groups = groups.into_iter();
         let default = match groups.next() {
             Some(first) if first.name == DEFAULT_GROUP => first.hyper,
@@ -520,11 +551,12 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         for group in groups {
             registry.add_group(&group.name, group.hyper)?;
         }
-        for (group, lr) in registry.groups.iter_mut().zip(scheduled) {
+        for (group, (lr, frozen)) in registry.groups.iter_mut().zip(scheduled) {
             if let Some(lr) = lr {
                 check_lr(group.hyper.name(), lr)?;
             }
             group.scheduled_lr = lr;
+            group.frozen = frozen;
         }
         let mut slots = HashMap::with_capacity(tensors.len());
         for record in tensors {
@@ -607,15 +639,7 @@ pub(crate) mod serde_impl {
     impl<R: UpdateRule + Serialize, A: Element + Serialize> Serialize for Live<'_, R, A> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let opt = self.0;
-            let groups: Vec<GroupRecord<R>> = opt
-                .groups()
-                .iter()
-                .map(|group| GroupRecord {
-                    name: group.name.clone(),
-                    hyper: group.hyper.clone(),
-                    lr: group.scheduled_lr,
-                })
-                .collect();
+            let groups: Vec<GroupRecord<R>> = opt.groups().iter().map(GroupRecord::of).collect();
             let mut record = serializer.serialize_struct("Checkpoint", 8)?;
             record.serialize_field("format", FORMAT)?;
             record.serialize_field("version", &VERSION)?;

@@ -96,7 +96,7 @@ where
 
     fn kind(&self) -> (&'static str, u32, &str, &str) {
         let optimizer = &self.optimizer;
-        (TRAINING_FORMAT, optimizer.version, &optimizer.rule, &optimizer.dtype)
+        (TRAINING_FORMAT, VERSION, &optimizer.rule, &optimizer.dtype)
     }
 
     /// The state as bytes: the header line of a checkpoint (with [`TRAINING_FORMAT`]) and
@@ -120,9 +120,7 @@ where
     /// As [`Checkpoint::from_bytes`]; [`Error::CheckpointMismatch`] (field `"kind"`) for an
     /// optimizer checkpoint, which has no extras.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (state, version) = decode::<R, A, Self>(bytes, TRAINING_FORMAT)?;
-        state.optimizer.check_header(version)?;
-        Ok(state)
+        decode::<R, A, Self>(bytes, TRAINING_FORMAT)
     }
 
     /// Writes the state to `path`, crash-safe, as [`Optimizer::save`] writes a checkpoint.

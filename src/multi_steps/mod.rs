@@ -48,6 +48,13 @@ use crate::rule::UpdateRule;
 /// each micro-batch's gradients, as optax's `should_skip_update_fn=skip_not_finite` does: a
 /// skipped micro-batch is as if it never happened.
 ///
+/// A tensor in a [frozen](Optimizer::freeze) group counts as a zero gradient: its own
+/// gradient is not read (nor checked for NaN), a zero is folded into its mean, and the
+/// optimizer's step leaves it out while the group is frozen. A group unfrozen in the middle
+/// of k micro-batches is stepped with the mean over all k, those before the unfreezing as
+/// zeros, as PyTorch's `.grad` accumulates for a tensor whose `requires_grad` is turned on
+/// halfway; freezing or unfreezing never puts tensors out of step with each other.
+///
 /// With the `serde` feature it serializes as k, the optimizer's checkpoint and the running
 /// mean and micro-batch count of every tensor between two optimizer steps; deserializing
 /// checks all of it, and a run resumed from it continues bit for bit.
@@ -124,13 +131,19 @@ pub enum MultiStepOutcome {
         /// The position in the batch of the first non-finite gradient.
         index: usize,
     },
+    /// This was the k-th micro-batch, but every tensor it gives is in a
+    /// [frozen](Optimizer::freeze) group: the means start again from zero and nothing else
+    /// changed (as [`StepOutcome::Frozen`]).
+    Frozen,
 }
 
 impl MultiStepOutcome {
-    /// Whether the optimizer stepped (optax's `has_updated`): the moment to step a
-    /// learning-rate schedule or update an [`AveragedModel`](crate::AveragedModel).
+    /// Whether this micro-batch was the k-th, the optimizer's step (optax's `has_updated`):
+    /// [`Stepped`](Self::Stepped), or [`Frozen`](Self::Frozen) when every tensor given is
+    /// frozen. The moment to step a learning-rate schedule, which keeps its pace while groups
+    /// are frozen, or to update an [`AveragedModel`](crate::AveragedModel).
     pub fn stepped(self) -> bool {
-        matches!(self, MultiStepOutcome::Stepped { .. })
+        matches!(self, MultiStepOutcome::Stepped { .. } | MultiStepOutcome::Frozen)
     }
 }
 
@@ -228,14 +241,18 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
             return Ok(MultiStepOutcome::Skipped { index });
         }
         let divisor = A::from_f64((done + 1) as f64);
-        let means = &mut self.means;
+        let (optimizer, means) = (&self.optimizer, &mut self.means);
         batch.walk(prefix, &mut |name, _, grad| {
             let mean = means.entry_ref(name).or_insert_with(|| Mean {
                 micro_steps: 0,
                 shape: grad.shape().to_vec(),
                 values: vec![A::zero(); grad.len()],
             });
-            Zip::from(mean.view_mut()).and(&grad).for_each(|m, &g| *m = fold(*m, g, divisor));
+            if optimizer.registry.is_frozen(name) {
+                mean.values.iter_mut().for_each(|m| *m = fold(*m, A::zero(), divisor));
+            } else {
+                Zip::from(mean.view_mut()).and(&grad).for_each(|m, &g| *m = fold(*m, g, divisor));
+            }
             mean.micro_steps = done + 1;
             Ok(())
         })?;
@@ -261,6 +278,7 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
         Ok(match outcome {
             StepOutcome::Stepped { grad_norm } => MultiStepOutcome::Stepped { grad_norm },
             StepOutcome::Skipped { index } => MultiStepOutcome::Skipped { index },
+            StepOutcome::Frozen => MultiStepOutcome::Frozen,
         })
     }
 
@@ -315,7 +333,8 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
 
     /// Applies the optimizer's non-finite policy to the micro-batch's gradients and, on the
     /// k-th micro-batch (`emit`), to the means they make: `Some` index of the tensor whose
-    /// gradient skips the micro-batch.
+    /// gradient skips the micro-batch. Frozen tensors are left out: neither their gradients
+    /// nor their means are used.
     fn guard(
         &self,
         prefix: &mut Prefix,
@@ -342,6 +361,10 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
         let divisor = A::from_f64((done + 1) as f64);
         index = 0;
         batch.walk(prefix, &mut |name, _, grad| {
+            if self.optimizer.registry.is_frozen(name) {
+                index += 1;
+                return Ok(());
+            }
             let finite = match self.means.get(name) {
                 Some(mean) => Zip::from(&mean.view())
                     .and(&grad)
