@@ -151,6 +151,7 @@ pub use crate::report::{LoadMode, LoadReport, ShapeMismatch};
 pub use file::Encoding;
 #[cfg(feature = "serde")]
 pub use training::TrainingState;
+#[cfg(feature = "serde")]
 pub(crate) use training::check_extras_json;
 
 /// The format name written into every checkpoint.
@@ -496,6 +497,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Checks the state with the checks of loading (step counts, buffer values, scalars),
     /// so that what is saved can be loaded back.
+    #[cfg(feature = "serde")]
     pub(crate) fn check_state(&self) -> Result<()> {
         for tensor in self.state() {
             let Some(step) = tensor.step() else { continue };

@@ -31,6 +31,7 @@ fn next_period(t_i: u64, t_mult: u64) -> u64 {
 }
 
 /// `(T_i, T_cur)` of warm restarts after `epoch` steps from the start.
+#[cfg(feature = "serde")]
 fn restart_position(t_0: u64, t_mult: u64, epoch: i64) -> (u64, u64) {
     let (mut t_i, mut rest) = (t_0, u64::try_from(epoch).unwrap_or(0));
     if t_mult == 1 {
@@ -168,6 +169,7 @@ impl Phase {
 
     /// Whether the position is one that stepping from the start reaches, with at least
     /// one more step possible.
+    #[cfg(feature = "serde")]
     pub(super) fn position_ok(&self) -> bool {
         let epoch = self.last_epoch;
         if !(-1..i64::MAX).contains(&epoch) {
