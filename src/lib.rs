@@ -101,6 +101,8 @@ mod report;
 pub mod rule;
 pub mod rules;
 pub mod schedule;
+#[cfg(feature = "serde")]
+mod serde_form;
 pub mod shard;
 
 pub use average::{AveragedModel, Averaging};

@@ -178,29 +178,11 @@ macro_rules! rules {
 
         #[cfg(feature = "serde")]
         mod serde_impl {
-            use serde::{Deserialize, Deserializer, Serialize, Serializer};
+            use serde::{Deserialize, Serialize};
 
             use super::*;
 
-            impl Serialize for Rule {
-                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                    if serializer.is_human_readable() {
-                        Tagged::serialize(self, serializer)
-                    } else {
-                        Indexed::serialize(self, serializer)
-                    }
-                }
-            }
-
-            impl<'de> Deserialize<'de> for Rule {
-                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                    if deserializer.is_human_readable() {
-                        Tagged::deserialize(deserializer)
-                    } else {
-                        Indexed::deserialize(deserializer)
-                    }
-                }
-            }
+            crate::serde_form::dual_form!(Rule);
 
             #[derive(Serialize, Deserialize)]
             #[serde(remote = "Rule", tag = "rule")]

@@ -2,29 +2,11 @@
 //! human-readable (JSON, configuration files), by the variant's index elsewhere (postcard,
 //! which cannot read a tag among the fields).
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::{AnnealStrategy, Cyclic, Lambda, OneCycle, PerGroup, Schedule};
 
-impl Serialize for Schedule {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if serializer.is_human_readable() {
-            Tagged::serialize(self, serializer)
-        } else {
-            Indexed::serialize(self, serializer)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Schedule {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if deserializer.is_human_readable() {
-            Tagged::deserialize(deserializer)
-        } else {
-            Indexed::deserialize(deserializer)
-        }
-    }
-}
+crate::serde_form::dual_form!(Schedule);
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "Schedule", tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
