@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray_optim::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
-    Nesterov, RAdam, RmsProp, Rprop, Sgd,
+    Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -58,6 +58,10 @@ fn contestants() -> Vec<Contestant> {
         Contestant::new("lion", Lion { lr: 0.001, ..Lion::default() }),
         Contestant::new("asgd", Asgd { lr: 0.5, ..Asgd::default() }),
         Contestant::new("rprop", Rprop { lr: 0.001, ..Rprop::default() }),
+        // Schedule-free rules are evaluated at their average x (see train.rs); their rates
+        // are higher than their base rules', as Defazio et al. recommend.
+        Contestant::new("sf-adamw", ScheduleFreeAdamW { lr: 0.08, ..ScheduleFreeAdamW::default() }),
+        Contestant::new("sf-sgd", ScheduleFreeSgd { lr: 0.5, ..ScheduleFreeSgd::default() }),
         Contestant::new("muon+adamw", AdamW { lr: 0.01, ..AdamW::default() })
             .with_hidden_matrix(Muon { lr: 0.02, ..Muon::default() }),
     ]

@@ -49,6 +49,11 @@ impl Setup {
         self.epochs() / 2
     }
 
+    /// The loss of `model` on the whole training set.
+    pub fn train_loss(&self, model: &Mlp) -> f32 {
+        model.loss(self.train.images.view(), &self.train.labels)
+    }
+
     /// Steps of the run plus those of the run resumed from the checkpoint.
     pub fn steps_with_resume(&self) -> u64 {
         self.steps() + self.batches[self.midway()..].iter().map(|e| e.len() as u64).sum::<u64>()
@@ -120,8 +125,7 @@ impl Contestant {
         let start = Instant::now();
         let mut optimizer = self.optimizer()?;
         let mut model = setup.init.clone();
-        let (images, labels) = (setup.train.images.view(), setup.train.labels.as_slice());
-        let mut curve = vec![(0, model.loss(images, labels))];
+        let mut curve = vec![(0, setup.train_loss(&model))];
         let midway = setup.midway();
         run_epochs(&mut optimizer, &mut model, setup, 0..midway, Some(&mut curve), tick)?;
 
@@ -137,12 +141,14 @@ impl Contestant {
         let mut resumed_model = model_at_checkpoint;
         run_epochs(&mut resumed_optimizer, &mut resumed_model, setup, second_half, None, tick)?;
 
+        let resume_identical = resumed_model == model && resumed_optimizer == optimizer;
+        optimizer.eval(&mut model)?;
         Ok(Outcome {
-            train_loss: model.loss(images, labels),
+            train_loss: setup.train_loss(&model),
             test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
             steps: optimizer.step_count(HIDDEN_WEIGHT).unwrap_or(0),
             curve,
-            resume_identical: resumed_model == model && resumed_optimizer == optimizer,
+            resume_identical,
             elapsed,
         })
     }
@@ -169,12 +175,31 @@ fn run_epochs(
             step += 1;
             tick();
             if let Some(curve) = curve.as_deref_mut().filter(|_| step.is_multiple_of(LOG_EVERY)) {
-                curve.push((step, model.loss(train.images.view(), &train.labels)));
+                curve.push((step, evaluated_loss(optimizer, model, setup)?));
             }
         }
     }
     if let Some(curve) = curve.filter(|curve| curve.last().is_some_and(|&(at, _)| at != step)) {
-        curve.push((step, model.loss(train.images.view(), &train.labels)));
+        curve.push((step, evaluated_loss(optimizer, model, setup)?));
     }
     Ok(())
+}
+
+/// The training loss of `model` where the optimizer evaluates it: the schedule-free rules'
+/// average `x`, the other rules' parameters as they are.
+///
+/// `schedulefree`'s users call `optimizer.eval()` before evaluating and `optimizer.train()`
+/// after; that round trip moves `y` by a rounding error. Switching a copy instead leaves the
+/// training run where it was, so the run resumed from the checkpoint, which measures nothing,
+/// can end on the same bits.
+fn evaluated_loss(
+    optimizer: &mut Optimizer<Rule, f32>,
+    model: &Mlp,
+    setup: &Setup,
+) -> Result<f32, Box<dyn Error>> {
+    let mut evaluated = model.clone();
+    optimizer.eval(&mut evaluated)?;
+    let loss = setup.train_loss(&evaluated);
+    optimizer.train(&mut evaluated)?;
+    Ok(loss)
 }

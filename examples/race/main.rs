@@ -20,8 +20,8 @@ use std::process::ExitCode;
 
 use ndarray::Array1;
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, Optimizer, RAdam, RmsProp,
-    Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, Optimizer, ParamGrad, RAdam,
+    RmsProp, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd, UpdateRule,
 };
 
 use surfaces::{LearningRates, Surface};
@@ -36,8 +36,11 @@ struct Racer {
 
 impl Racer {
     /// A racer whose hyperparameters `rule` makes from the surface's learning rates.
-    fn new<R: UpdateRule>(label: &'static str, rule: fn(&LearningRates) -> R) -> Racer {
-        Racer { label, descend: Box::new(move |surface| descend(rule(&surface.lr), surface)) }
+    fn new<R: Into<Rule> + 'static>(label: &'static str, rule: fn(&LearningRates) -> R) -> Racer {
+        Racer {
+            label,
+            descend: Box::new(move |surface| descend(rule(&surface.lr).into(), surface)),
+        }
     }
 }
 
@@ -57,6 +60,15 @@ fn racers() -> Vec<Racer> {
         // RAdam's first steps (until its variance estimate is trusted) are plain momentum
         // steps of size lr·m̂: at an adaptive rule's rate they leave the picture at once.
         Racer::new("radam", |lr| RAdam { lr: lr.gradient_scaled, ..RAdam::default() }),
+        // The schedule-free paths are of the average x, where the rules are evaluated.
+        Racer::new("sf-adamw", |lr| ScheduleFreeAdamW {
+            lr: lr.normalised,
+            ..ScheduleFreeAdamW::default()
+        }),
+        Racer::new("sf-sgd", |lr| ScheduleFreeSgd {
+            lr: lr.gradient_scaled,
+            ..ScheduleFreeSgd::default()
+        }),
     ]
 }
 
@@ -69,16 +81,21 @@ struct Descent {
 }
 
 /// Runs `rule` on `surface` from its start for its number of steps, or until the path leaves
-/// the window.
-fn descend<R: UpdateRule>(rule: R, surface: &Surface) -> Result<Descent, Box<dyn Error>> {
+/// the window. The path is of the point where the rule would be evaluated: the parameter, or
+/// the schedule-free rules' average.
+fn descend(rule: Rule, surface: &Surface) -> Result<Descent, Box<dyn Error>> {
     let lr = rule.options().lr;
-    let mut optimizer = Optimizer::<R, f64>::new(rule)?;
+    let mut optimizer = Optimizer::<Rule, f64>::new(rule)?;
     let mut position = Array1::from(surface.start.to_vec());
     let mut points = vec![surface.start];
     for step in 1..=surface.steps {
         let gradient = Array1::from((surface.gradient)(position[0], position[1]).to_vec());
-        optimizer.step("xy", &mut position, &gradient)?;
-        let point = [position[0], position[1]];
+        optimizer.step_all(&mut [ParamGrad::new("xy", &mut position, &gradient)])?;
+        // Switched on a copy, which goes back to train mode, so the race itself runs on.
+        let mut evaluated = position.clone();
+        optimizer.eval_tensor("xy", &mut evaluated)?;
+        let point = [evaluated[0], evaluated[1]];
+        optimizer.train_tensor("xy", &mut evaluated)?;
         points.push(point);
         if !surface.contains(point) {
             return Ok(Descent { lr, points, left_at: Some(step) });
