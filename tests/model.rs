@@ -4,12 +4,14 @@
 //! Every sequence starts from a fresh momentum optimizer in `f64` and runs up to 30 calls:
 //! `step` and `step_all` (random names, shapes including empty and 0-D tensors, memory
 //! layouts, gradients with occasional NaN or infinity, batches naming a tensor twice),
-//! `assign`, `add_group`, `set_lr`, learning-rate schedules, clipping, the non-finite policy,
-//! `declare`, checkpoint round trips (bytes in both encodings, serde JSON), files, `load_state`
-//! against a random model, edited step counts, and sharding (split, merge).
+//! `assign`, `add_group`, `set_lr`, `freeze` and `unfreeze`, learning-rate schedules,
+//! clipping, the non-finite policy, `declare`, state surgery (`reset`, `remove`, `rename`),
+//! checkpoint round trips (bytes in both encodings, serde JSON), files, `load_state` against
+//! a random model, edited step counts, and sharding (split, merge).
 //!
 //! The [`Model`] predicts, for each call, whether it succeeds or which error it returns, and
-//! after it every group's rates, every tensor's group, step count, shape and momentum buffer,
+//! after it every group's rates and frozen flag, every group's members, every tensor's group,
+//! step count, shape and momentum buffer,
 //! and every parameter's new value (the same arithmetic as the rule, so bit for bit). A call
 //! that fails, or a step that is skipped, must change nothing: the optimizer (by `==` and by
 //! its checkpoint's bytes, which see NaN that `==` cannot), the parameters and the scheduler
@@ -133,6 +135,16 @@ enum Op {
         world: usize,
         leave_one_out: bool,
     },
+    Freeze {
+        group: usize,
+        frozen: bool,
+    },
+    Reset(usize),
+    Remove(usize),
+    Rename {
+        from: usize,
+        to: usize,
+    },
 }
 
 fn layout() -> impl Strategy<Value = Layout> {
@@ -199,8 +211,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => entry().prop_map(Op::Step),
         8 => prop::collection::vec(entry(), 0..5).prop_map(Op::StepAll),
-        3 => (names(), groups()).prop_map(|(name, group)| Op::Assign { name, group }),
-        2 => (groups(), lr(), any::<bool>())
+        5 => (names(), groups()).prop_map(|(name, group)| Op::Assign { name, group }),
+        3 => (groups(), lr(), any::<bool>())
             .prop_map(|(group, lr, momentum)| Op::AddGroup { group, lr, momentum }),
         2 => (groups(), lr()).prop_map(|(group, lr)| Op::SetLr { group, lr }),
         3 => prop_oneof![
@@ -222,6 +234,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (names(), 0..3_u64).prop_map(|(name, below_max)| Op::BumpStep { name, below_max }),
         1 => (0..4_usize, prop::bool::weighted(0.2))
             .prop_map(|(world, leave_one_out)| Op::Shard { world, leave_one_out }),
+        4 => (groups(), prop::bool::weighted(0.7))
+            .prop_map(|(group, frozen)| Op::Freeze { group, frozen }),
+        1 => names().prop_map(Op::Reset),
+        1 => names().prop_map(Op::Remove),
+        1 => (names(), names()).prop_map(|(from, to)| Op::Rename { from, to }),
     ]
 }
 
@@ -237,6 +254,7 @@ struct GroupModel {
     scheduled: Option<f64>,
     /// Whether the group's rule keeps a momentum buffer (momentum > 0).
     buffer: bool,
+    frozen: bool,
 }
 
 impl GroupModel {
@@ -293,8 +311,13 @@ fn invalid_hyper() -> Error {
 
 impl Model {
     fn new() -> Self {
-        let default =
-            GroupModel { name: GROUPS[0], base: DEFAULT_LR, scheduled: None, buffer: true };
+        let default = GroupModel {
+            name: GROUPS[0],
+            base: DEFAULT_LR,
+            scheduled: None,
+            buffer: true,
+            frozen: false,
+        };
         Model {
             groups: vec![default],
             tensors: BTreeMap::new(),
@@ -312,6 +335,21 @@ impl Model {
 
     fn state(&self, name: &str) -> Option<&StateModel> {
         self.tensors.get(name)?.state.as_ref()
+    }
+
+    /// Whether a step leaves `name` out: its group, or for a new name the default group, is
+    /// frozen.
+    fn is_frozen(&self, name: &str) -> bool {
+        self.groups[self.tensors.get(name).map_or(0, |t| t.group)].frozen
+    }
+
+    /// `UnknownParam` unless the optimizer knows `name`.
+    fn known(&self, name: &str) -> Result<(), Error> {
+        if self.tensors.contains_key(name) {
+            Ok(())
+        } else {
+            Err(Error::UnknownParam { param: name.into(), closest: None })
+        }
     }
 
     /// What `check` refuses, in the library's order.
@@ -715,6 +753,10 @@ fn apply(world: &mut World, op: &Op) -> bool {
         Op::LoadState { model, strict } => load_state(world, model, *strict, op),
         Op::BumpStep { name, below_max } => bump_step(world, NAMES[*name], *below_max),
         Op::Shard { world: ranks, leave_one_out } => shard(world, *ranks, *leave_one_out, op),
+        Op::Freeze { group, frozen } => freeze(world, GROUPS[*group], *frozen, op),
+        Op::Reset(name) => reset(world, NAMES[*name], op),
+        Op::Remove(name) => remove(world, NAMES[*name], op),
+        Op::Rename { from, to } => rename(world, NAMES[*from], NAMES[*to], op),
     }
 }
 
@@ -736,8 +778,8 @@ fn finite(grad: &ArrayD<f64>) -> bool {
 }
 
 /// Records a step the model predicted: the new parameters and states.
-fn commit(world: &mut World, updates: Vec<(&'static str, ArrayD<f64>, StateModel)>) {
-    for (name, param, state) in updates {
+fn commit(world: &mut World, updates: Vec<Update>) {
+    for (name, param, state) in updates.into_iter().filter_map(|(n, p, s)| Some((n, p, s?))) {
         let tensor = world.model.tensors.entry(name.to_owned());
         tensor.or_insert(TensorModel { group: 0, state: None }).state = Some(state);
         world.params.insert(name.to_owned(), param);
@@ -750,6 +792,9 @@ fn step(world: &mut World, entry: &Entry, op: &Op) -> bool {
     let expected = model.check_step(name, param.shape(), grad.shape()).and_then(|()| {
         if let Some(Clip::GlobalNorm { .. }) = model.clip {
             return Err(Error::GlobalClipNeedsBatch);
+        }
+        if model.is_frozen(name) {
+            return Ok(Some(StepOutcome::Frozen));
         }
         match model.non_finite {
             NonFinite::Ignore => Ok(None),
@@ -790,7 +835,7 @@ fn step(world: &mut World, entry: &Entry, op: &Op) -> bool {
         same_values(&p.logical(), &new_param),
         "{op:?}: the parameter differs from the model's"
     );
-    commit(world, vec![(name, new_param, state)]);
+    commit(world, vec![(name, new_param, Some(state))]);
     true
 }
 
@@ -828,8 +873,8 @@ fn step_all(world: &mut World, entries: &[Entry], op: &Op) -> bool {
         return false;
     };
     match plan {
-        BatchPlan::Skip(index) => {
-            assert_eq!(outcome, StepOutcome::Skipped { index }, "{op:?}");
+        BatchPlan::Skip(skipped) => {
+            assert_eq!(outcome, skipped, "{op:?}");
             for (stored, c) in params.iter_mut().zip(&calls) {
                 assert!(
                     same_values(&stored.logical(), &c.param),
@@ -854,14 +899,23 @@ fn step_all(world: &mut World, entries: &[Entry], op: &Op) -> bool {
     }
 }
 
+/// A tensor's new parameter and state after a step; no state for a frozen tensor, which the
+/// step leaves as it is.
+type Update = (&'static str, ArrayD<f64>, Option<StateModel>);
+
 #[derive(Debug)]
 enum BatchPlan {
-    Skip(usize),
-    Step { grad_norm: Option<f64>, updates: Vec<(&'static str, ArrayD<f64>, StateModel)> },
+    /// The step changes nothing and returns this outcome.
+    Skip(StepOutcome),
+    Step {
+        grad_norm: Option<f64>,
+        updates: Vec<Update>,
+    },
 }
 
 /// What `step_all` should do with `calls`: checks in the library's order (each entry, then a
 /// name given twice; then the non-finite policy over the batch), then the clip over all.
+/// Frozen tensors are checked, then left out: of the non-finite policy, the clip and the step.
 fn expected_batch(model: &Model, calls: &[Call]) -> Result<BatchPlan, Error> {
     let mut seen = BTreeSet::new();
     for c in calls {
@@ -870,15 +924,19 @@ fn expected_batch(model: &Model, calls: &[Call]) -> Result<BatchPlan, Error> {
             return Err(Error::DuplicateParam { param: c.name.into(), in_what: "batch" });
         }
     }
+    let stepped = |c: &&Call| !model.is_frozen(c.name);
     if model.non_finite != NonFinite::Ignore
-        && let Some(index) = calls.iter().position(|c| !finite(&c.grad))
+        && let Some(index) = calls.iter().position(|c| stepped(&c) && !finite(&c.grad))
     {
         return match model.non_finite {
-            NonFinite::Skip => Ok(BatchPlan::Skip(index)),
+            NonFinite::Skip => Ok(BatchPlan::Skip(StepOutcome::Skipped { index })),
             _ => Err(Error::NonFiniteGradient { param: calls[index].name.into() }),
         };
     }
-    let norms: Vec<f64> = calls.iter().map(|c| l2_norm(&c.grad)).collect();
+    if !calls.is_empty() && !calls.iter().any(|c| stepped(&c)) {
+        return Ok(BatchPlan::Skip(StepOutcome::Frozen));
+    }
+    let norms: Vec<f64> = calls.iter().filter(stepped).map(|c| l2_norm(&c.grad)).collect();
     let (transforms, grad_norm): (Vec<Transform>, _) = match model.clip {
         Some(Clip::GlobalNorm { max_norm }) => {
             let norm = norms.iter().map(|n| n.powi(2)).sum::<f64>().sqrt();
@@ -893,13 +951,19 @@ fn expected_batch(model: &Model, calls: &[Call]) -> Result<BatchPlan, Error> {
             let squares = norms.iter().fold(0.0, |sum, n| sum + n * n);
             (transforms.collect(), Some(squares.sqrt()))
         }
-        Some(Clip::Value { clip_value }) => (vec![Transform::Clamp(clip_value); calls.len()], None),
-        None => (vec![Transform::Identity; calls.len()], None),
+        Some(Clip::Value { clip_value }) => (vec![Transform::Clamp(clip_value); norms.len()], None),
+        None => (vec![Transform::Identity; norms.len()], None),
     };
-    let updates = (calls.iter().zip(transforms))
-        .map(|(c, transform)| {
+    let mut transforms = transforms.into_iter();
+    let updates = calls
+        .iter()
+        .map(|c| {
+            if !stepped(&c) {
+                return (c.name, c.param.clone(), None);
+            }
+            let transform = transforms.next().expect("a transform per stepped tensor");
             let (param, state) = momentum_step(model, c.name, &c.param, &c.grad, transform);
-            (c.name, param, state)
+            (c.name, param, Some(state))
         })
         .collect();
     Ok(BatchPlan::Step { grad_norm, updates })
@@ -953,6 +1017,7 @@ fn add_group(world: &mut World, group: &'static str, lr: f64, momentum: bool, op
         base: lr,
         scheduled: None,
         buffer: momentum,
+        frozen: false,
     });
     true
 }
@@ -1244,15 +1309,70 @@ fn shard(world: &mut World, ranks: usize, leave_one_out: bool, op: &Op) -> bool 
     true
 }
 
+fn freeze(world: &mut World, group: &str, frozen: bool, op: &Op) -> bool {
+    let expected = world.model.group_index(group);
+    let actual = if frozen { world.opt.freeze(group) } else { world.opt.unfreeze(group) };
+    assert_outcome(&actual, &expected, op);
+    let Ok(index) = expected else { return false };
+    world.model.groups[index].frozen = frozen;
+    true
+}
+
+fn reset(world: &mut World, name: &str, op: &Op) -> bool {
+    let expected = world.model.known(name);
+    let actual = world.opt.reset(name);
+    assert_outcome(&actual, &expected, op);
+    let Some(tensor) = world.model.tensors.get_mut(name) else { return false };
+    tensor.state = None;
+    true
+}
+
+fn remove(world: &mut World, name: &str, op: &Op) -> bool {
+    let expected = world.model.known(name);
+    let actual = world.opt.remove(name);
+    assert_outcome(&actual, &expected, op);
+    world.model.tensors.remove(name).is_some()
+}
+
+/// Renames a tensor of the optimizer and, as a model whose layer was renamed, of the loop.
+fn rename(world: &mut World, from: &str, to: &str, op: &Op) -> bool {
+    let model = &world.model;
+    let expected = model.known(from).and_then(|()| {
+        if from != to && model.tensors.contains_key(to) {
+            Err(Error::ParamExists { param: to.into() })
+        } else {
+            Ok(())
+        }
+    });
+    let actual = world.opt.rename(from, to);
+    assert_outcome(&actual, &expected, op);
+    if expected.is_err() {
+        return false;
+    }
+    let tensor = world.model.tensors.remove(from).expect("known");
+    world.model.tensors.insert(to.to_owned(), tensor);
+    if let Some(param) = world.params.remove(from) {
+        world.params.insert(to.to_owned(), param);
+    }
+    true
+}
+
 /// The optimizer's whole visible state against the model's.
 fn check_model(world: &World, op: &Op) {
     let (opt, model) = (&world.opt, &world.model);
-    let groups: Vec<(&str, f64, f64, bool)> = (opt.groups().iter())
-        .map(|g| (g.name(), g.hyper().lr, g.lr(), g.hyper().momentum > 0.0))
+    let groups: Vec<(&str, f64, f64, bool, bool)> = (opt.groups().iter())
+        .map(|g| (g.name(), g.hyper().lr, g.lr(), g.hyper().momentum > 0.0, g.is_frozen()))
         .collect();
-    let expected: Vec<(&str, f64, f64, bool)> =
-        model.groups.iter().map(|g| (g.name, g.base, g.lr(), g.buffer)).collect();
+    let expected: Vec<(&str, f64, f64, bool, bool)> =
+        model.groups.iter().map(|g| (g.name, g.base, g.lr(), g.buffer, g.frozen)).collect();
     assert_eq!(groups, expected, "after {op:?}: groups");
+    for (index, group) in model.groups.iter().enumerate() {
+        let members: Vec<&str> = (model.tensors.iter())
+            .filter(|(_, t)| t.group == index)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(opt.members(group.name).ok(), Some(members), "after {op:?}: members");
+    }
     assert_eq!(opt.clip(), model.clip, "after {op:?}: clip");
     assert_eq!(opt.non_finite(), model.non_finite, "after {op:?}: non-finite policy");
     let names: Vec<&str> = opt.state().map(|tensor| tensor.name()).collect();
