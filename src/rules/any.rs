@@ -3,7 +3,7 @@
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{Options, UpdateRule};
+use crate::rule::{Options, Reduction, UpdateRule};
 use crate::rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
     Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
@@ -167,6 +167,30 @@ macro_rules! rules {
             fn in_eval_mode(&self, scalars: &[f64]) -> bool {
                 match self {
                     $(Rule::$variant(rule) => rule.in_eval_mode(scalars),)*
+                }
+            }
+
+            fn reduction(&self) -> Option<Reduction> {
+                match self {
+                    $(Rule::$variant(rule) => rule.reduction(),)*
+                }
+            }
+
+            fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut [f64]) {
+                match self {
+                    $(Rule::$variant(rule) => rule.reduce(tensor, sums),)*
+                }
+            }
+
+            fn combine(&self, shared: &mut [f64], totals: &[f64], lr: f64) -> bool {
+                match self {
+                    $(Rule::$variant(rule) => rule.combine(shared, totals, lr),)*
+                }
+            }
+
+            fn check_shared(&self, name: &str, value: f64) -> Result<(), &'static str> {
+                match self {
+                    $(Rule::$variant(rule) => rule.check_shared(name, value),)*
                 }
             }
 
