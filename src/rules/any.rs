@@ -6,7 +6,7 @@ use crate::kernel::TensorStep;
 use crate::rule::{Options, Reduction, UpdateRule};
 use crate::rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
-    Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
 };
 
 macro_rules! rules {
@@ -243,4 +243,5 @@ rules! {
     Rprop => "rprop",
     ScheduleFreeAdamW => "schedule_free_adamw",
     ScheduleFreeSgd => "schedule_free_sgd",
+    Prodigy => "prodigy",
 }
