@@ -178,6 +178,26 @@ pub enum Error {
     /// Global-norm clipping was asked of a single-tensor [`step`](crate::Optimizer::step); it
     /// needs every gradient of the step, which [`step_all`](crate::Optimizer::step_all) has.
     GlobalClipNeedsBatch,
+    /// A single-tensor [`step`](crate::Optimizer::step) of a tensor whose rule has a
+    /// [reduction](crate::UpdateRule::reduction) over every tensor of the step, such as
+    /// [`Prodigy`](crate::Prodigy): use [`step_all`](crate::Optimizer::step_all) or
+    /// [`step_model`](crate::Optimizer::step_model). Sharded optimizers refuse such rules
+    /// for now.
+    ReductionNeedsBatch {
+        /// The rule, e.g. `"prodigy"`.
+        rule: &'static str,
+    },
+    /// A group of a rule with one step size for the whole optimizer (such as
+    /// [`Prodigy`](crate::Prodigy)) has a current learning rate that is neither the largest
+    /// of those groups' rates nor 0, which prodigyopt refuses too.
+    UnequalGroupLr {
+        /// The group.
+        group: String,
+        /// Its current learning rate.
+        lr: f64,
+        /// The largest rate of the rule's groups.
+        expected: f64,
+    },
     /// A learning-rate schedule was stepped past its last step (PyTorch's `OneCycleLR` refuses
     /// the same).
     ScheduleFinished {
@@ -372,6 +392,16 @@ impl fmt::Display for Error {
             Error::GlobalClipNeedsBatch => write!(
                 f,
                 "global-norm clipping needs every gradient of the step: use `step_all`, not `step`"
+            ),
+            Error::ReductionNeedsBatch { rule } => write!(
+                f,
+                "`{rule}` steps every tensor together: use `step_all` or `step_model`, not \
+                 `step` (nor a sharded optimizer)"
+            ),
+            Error::UnequalGroupLr { group, lr, expected } => write!(
+                f,
+                "group `{group}` has learning rate {lr}; the groups of a rule with one step \
+                 size for the whole optimizer must all have {expected} (the largest) or 0"
             ),
             Error::ScheduleFinished { total_steps } => {
                 write!(f, "the learning-rate schedule has run all its {total_steps} steps")

@@ -248,6 +248,21 @@ pub struct TensorStep<'a, A> {
     pub(crate) stage: Stage<A>,
     pub(crate) step: u64,
     pub(crate) lr: f64,
+    /// The step's shared scalars, for rules with a reduction; empty otherwise.
+    pub(crate) shared: Shared<'a>,
+}
+
+/// The optimizer-wide scalars of a rule with a
+/// [`reduction`](crate::UpdateRule::reduction), as one tensor's step sees them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shared<'a> {
+    /// The values before this step's combination.
+    pub(crate) before: &'a [f64],
+    /// The current values: after the combination in the second pass, the same as `before`
+    /// in the first.
+    pub(crate) now: &'a [f64],
+    /// The largest current learning rate of the rule's groups.
+    pub(crate) lr: f64,
 }
 
 /// A tensor's step taken apart by [`TensorStep::split`], for rules that work on whole
@@ -281,6 +296,28 @@ impl<'a, A: Element> TensorStep<'a, A> {
     /// The learning rate of this step: the group's current rate, which a schedule may set.
     pub fn lr(&self) -> f64 {
         self.lr
+    }
+
+    /// The optimizer-wide shared scalars of a rule with a
+    /// [`reduction`](crate::UpdateRule::reduction), in the order of
+    /// [`Reduction::shared`](crate::rule::Reduction::shared): after this step's
+    /// [`combine`](crate::UpdateRule::combine) in [`step`](crate::UpdateRule::step), as they
+    /// were before it in [`reduce`](crate::UpdateRule::reduce). Empty for other rules.
+    pub fn shared(&self) -> &[f64] {
+        self.shared.now
+    }
+
+    /// The shared scalars as they were before this step's
+    /// [`combine`](crate::UpdateRule::combine).
+    pub fn shared_before(&self) -> &[f64] {
+        self.shared.before
+    }
+
+    /// The largest current learning rate of the groups whose rule has a
+    /// [`reduction`](crate::UpdateRule::reduction) (the one rate such a rule steps at); the
+    /// tensor's own rate, [`lr`](Self::lr), for other rules.
+    pub fn reduction_lr(&self) -> f64 {
+        if self.shared.now.is_empty() { self.lr } else { self.shared.lr }
     }
 
     /// The tensor's shape.

@@ -2,7 +2,8 @@
 //!
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
-//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`], [`ScheduleFreeAdamW`], [`ScheduleFreeSgd`])
+//! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`], [`ScheduleFreeAdamW`], [`ScheduleFreeSgd`],
+//! [`Prodigy`])
 //! steps named parameter tensors of any shape, dimension and memory layout, in `f32` or `f64`,
 //! through one [`Optimizer`]; [`Muon`] steps
 //! the matrices, in a group of its own beside another rule for the other tensors ([`Rule`]).
@@ -52,6 +53,7 @@
 //! | [`Rprop`] | `$\theta \leftarrow \theta - \operatorname{sign}(g)\,\delta$`, δ grown or shrunk by the sign agreement of `$g$` | 2 | δ₀ 0.01, η₋ 0.5, η₊ 1.2, δ ∈ [1e-6, 50] |
 //! | [`ScheduleFreeAdamW`] | Adam's normalised gradient `$d$`; `$y \leftarrow \operatorname{lerp}(y, z, c_{t+1}) + \gamma_t(\beta_1(1 - c_{t+1}) - 1)\, d;\ z \leftarrow z - \gamma_t d$`; the model is evaluated at the average `$x$` ([`schedule_free`]) | 2, and 3 scalars | η 0.0025, β₁ 0.9, β₂ 0.999, ε 1e-8, warmup 0, r 0, p 2 |
 //! | [`ScheduleFreeSgd`] | the same with `$d = g$` | 1, and 3 scalars | η 1, β 0.9, warmup 0, r 0, p 2 |
+//! | [`Prodigy`] | Adam with step size `$d\,\eta$`, `$d$` estimated from every tensor of the step ([`step_all`](Optimizer::step_all)) | 4 (3 with β₁ = 0), and 4 shared scalars | η 1, β₁ 0.9, β₂ 0.999, β₃ `$\sqrt{\beta_2}$`, ε 1e-8, `$d_0$` 1e-6 |
 //!
 //! Every rule also has its reference's options with its defaults: `weight_decay` (L2, λθ
 //! added to the gradient; decoupled in [`AdamW`] and [`Adafactor`] and optionally in [`NAdam`]
@@ -125,7 +127,7 @@ pub use registry::{DEFAULT_GROUP, ParamGroup};
 pub use rule::{EpsPlacement, UpdateRule};
 pub use rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, AdjustLr, Asgd, Lamb, Lion, Momentum, Muon,
-    NAdam, Nesterov, RAdam, RmsProp, Rprop, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    NAdam, Nesterov, Prodigy, RAdam, RmsProp, Rprop, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
     schedule_free,
 };
 pub use shard::{ShardPlan, ShardedOptimizer};

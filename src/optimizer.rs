@@ -7,10 +7,10 @@ use crate::clip::{self, Clip};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{self, NonFinite, StepOutcome};
-use crate::kernel::{self, GradTransform};
+use crate::kernel::{self, GradTransform, Shared};
 use crate::model::{NameBuffer, Parameters, Prefix, Zip};
-use crate::registry::{ParamGroup, Registry, TensorState};
-use crate::rule::UpdateRule;
+use crate::registry::{ParamGroup, Registry, StepReduction, TensorState};
+use crate::rule::{Reduction, UpdateRule};
 
 /// One named tensor of a batch for [`Optimizer::step_all`]: its parameter and gradient, as
 /// views of dynamic dimension so that tensors of any dimensionality share one batch.
@@ -121,8 +121,34 @@ pub(crate) struct BatchCheck {
 enum Checked<A> {
     /// Nothing is stepped: a non-finite gradient skips the step, or every tensor is frozen.
     Skip(StepOutcome),
-    /// Every tensor that is not frozen is to be stepped, with this clip.
-    Step(BatchClip<A>),
+    /// Every tensor that is not frozen is to be stepped, with this clip and, if a group's
+    /// rule has one, this reduction.
+    Step(BatchClip<A>, Option<StepReduction>),
+}
+
+/// The shared scalars of a step with a reduction, copied out of the registry before and
+/// after the combination, so that the tensors' passes read them while the registry lends
+/// out state (on the stack: no allocation).
+struct SharedStep {
+    before: [f64; Reduction::MAX_SHARED],
+    now: [f64; Reduction::MAX_SHARED],
+    len: usize,
+    lr: f64,
+    /// Whether the combination lets the parameters of the rule's groups move.
+    moves: bool,
+}
+
+impl SharedStep {
+    /// The scalars before the combination, as the first pass sees them.
+    fn start(shared: &[f64], lr: f64) -> Self {
+        let mut before = [0.0; Reduction::MAX_SHARED];
+        before[..shared.len()].copy_from_slice(shared);
+        SharedStep { before, now: before, len: shared.len(), lr, moves: true }
+    }
+
+    fn view(&self) -> Shared<'_> {
+        Shared { before: &self.before[..self.len], now: &self.now[..self.len], lr: self.lr }
+    }
 }
 
 /// The clip of a batch's second pass.
@@ -200,6 +226,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         if let Some(Clip::GlobalNorm { .. }) = self.clip {
             return Err(Error::GlobalClipNeedsBatch);
         }
+        if let Some(rule) = self.reduction_of(name) {
+            return Err(Error::ReductionNeedsBatch { rule });
+        }
         if self.registry.is_frozen(name) {
             return Ok(StepOutcome::Frozen);
         }
@@ -223,7 +252,63 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let order = kernel::preferred_order(&param);
         let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
         tensor.step += 1;
-        group.step(param, grad, tensor, transform);
+        group.step(param, grad, tensor, transform, Shared::default());
+    }
+
+    /// The first pass of a rule with a reduction over the tensor `name`, which has passed
+    /// [`check`](Self::check): advances its step count and adds its partial sums to `totals`.
+    fn reduce_checked(
+        &mut self,
+        name: &str,
+        param: ArrayViewMut<'_, A, IxDyn>,
+        grad: ArrayView<'_, A, IxDyn>,
+        transform: GradTransform<A>,
+        shared: &SharedStep,
+        totals: &mut [f64],
+    ) {
+        let order = kernel::preferred_order(&param);
+        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
+        tensor.step += 1;
+        reduce_into(group, param, grad, tensor, transform, shared, totals);
+    }
+
+    /// The second pass of a rule with a reduction over the tensor `name`, after
+    /// [`reduce_checked`](Self::reduce_checked).
+    fn finish_checked(
+        &mut self,
+        name: &str,
+        param: ArrayViewMut<'_, A, IxDyn>,
+        grad: ArrayView<'_, A, IxDyn>,
+        transform: GradTransform<A>,
+        shared: &SharedStep,
+    ) {
+        let order = kernel::preferred_order(&param);
+        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
+        group.step(param, grad, tensor, transform, shared.view());
+    }
+
+    /// Whether the tensor `name` is in a group whose rule has a reduction.
+    fn reduces(&self, name: &str) -> bool {
+        self.reduction_of(name).is_some()
+    }
+
+    /// The name of the rule of the tensor `name`'s group if that rule has a reduction.
+    pub(crate) fn reduction_of(&self, name: &str) -> Option<&'static str> {
+        let group = &self.registry.groups[self.registry.slots.get(name).map_or(0, |s| s.group)];
+        group.hyper.reduction().map(|_| group.hyper.name())
+    }
+
+    /// Starts a step with `reduction`: the shared scalars before it, created on the first.
+    fn start_reduction(&mut self, reduction: StepReduction) -> SharedStep {
+        SharedStep::start(self.registry.shared_mut(reduction), reduction.lr)
+    }
+
+    /// Combines the `totals` of the first pass into the shared scalars, with the first
+    /// reducing group's hyperparameters.
+    fn combine(&mut self, reduction: StepReduction, shared: &mut SharedStep, totals: &[f64]) {
+        let hyper = &self.registry.groups[reduction.first].hyper;
+        shared.moves = hyper.combine(&mut self.registry.shared, totals, reduction.lr);
+        shared.now[..shared.len].copy_from_slice(&self.registry.shared);
     }
 
     /// Steps every tensor of `batch`, in order, as [`step`](Self::step) does one; either all
@@ -272,9 +357,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             let grad = grads.of(entry.name, &entry.grad);
             self.check_entry(&mut check, entry.name, entry.param.shape(), &grad)?;
         }
-        let mut clip = match self.finish_check(check)? {
+        let (mut clip, reduction) = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
-            Checked::Step(clip) => clip,
+            Checked::Step(clip, reduction) => (clip, reduction),
         };
         for entry in batch.iter_mut() {
             if self.registry.is_frozen(entry.name) {
@@ -286,7 +371,31 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             self.lend(entry, transform);
         }
         let numel = batch.iter().filter(|entry| entry.lent.is_some()).map(|e| e.param.len()).sum();
-        step_lent(&self.registry.groups, batch, grads, numel);
+        let shared = reduction.map(|reduction| {
+            let mut shared = self.start_reduction(reduction);
+            let mut totals = [0.0; Reduction::MAX_SUMS];
+            let totals = &mut totals[..sums_len(&self.registry.groups[reduction.first].hyper)];
+            // In batch order, on this thread: the totals are the same for every thread count.
+            for entry in batch.iter_mut() {
+                let Some(lent) = entry.lent.as_mut() else { continue };
+                let group = &self.registry.groups[lent.group];
+                if group.hyper.reduction().is_some() {
+                    let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
+                    reduce_into(
+                        group,
+                        param,
+                        grad,
+                        &mut lent.tensor,
+                        lent.transform,
+                        &shared,
+                        totals,
+                    );
+                }
+            }
+            self.combine(reduction, &mut shared, totals);
+            shared
+        });
+        step_lent(&self.registry.groups, batch, grads, numel, shared.as_ref());
         for entry in batch.iter_mut() {
             if let Some(lent) = entry.lent.take() {
                 self.registry.give_back(entry.name, lent.tensor);
@@ -359,18 +468,47 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         zip(prefix, &mut |name, param, grad| {
             self.check_entry(&mut check, name, param.shape(), &grad)
         })?;
-        let mut clip = match self.finish_check(check)? {
+        let (mut clip, reduction) = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
-            Checked::Step(clip) => clip,
+            Checked::Step(clip, reduction) => (clip, reduction),
         };
+        let Some(reduction) = reduction else {
+            zip(prefix, &mut |name, param, grad| {
+                if !self.registry.is_frozen(name) {
+                    let transform = self.entry_transform(&mut clip, &grad);
+                    self.step_checked(name, param, grad, transform);
+                }
+                Ok(())
+            })?;
+            return Ok(clip.outcome(self.clip));
+        };
+        // A rule with a reduction: its tensors' first passes and the other rules' steps, the
+        // combination, then its tensors' second passes.
+        let mut shared = self.start_reduction(reduction);
+        let mut totals = [0.0; Reduction::MAX_SUMS];
+        let totals = &mut totals[..sums_len(&self.registry.groups[reduction.first].hyper)];
         zip(prefix, &mut |name, param, grad| {
             if self.registry.is_frozen(name) {
                 return Ok(());
             }
             let transform = self.entry_transform(&mut clip, &grad);
-            self.step_checked(name, param, grad, transform);
+            if self.reduces(name) {
+                self.reduce_checked(name, param, grad, transform, &shared, totals);
+            } else {
+                self.step_checked(name, param, grad, transform);
+            }
             Ok(())
         })?;
+        self.combine(reduction, &mut shared, totals);
+        if shared.moves {
+            zip(prefix, &mut |name, param, grad| {
+                if !self.registry.is_frozen(name) && self.reduces(name) {
+                    let transform = self.transform_again(&clip, &grad);
+                    self.finish_checked(name, param, grad, transform, &shared);
+                }
+                Ok(())
+            })?;
+        }
         Ok(clip.outcome(self.clip))
     }
 
@@ -436,6 +574,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// Ends the first pass over a batch: the refusal or skip of a non-finite gradient, a
     /// batch of frozen tensors only, or the clip of the step.
     fn finish_check(&self, batch: BatchCheck) -> Result<Checked<A>> {
+        let reduction = self.registry.reduction()?;
         if let Some(outcome) = batch.non_finite {
             return outcome.map(Checked::Skip);
         }
@@ -450,7 +589,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             }
             _ => None,
         };
-        Ok(Checked::Step(BatchClip { global, squares: 0.0 }))
+        Ok(Checked::Step(BatchClip { global, squares: 0.0 }, reduction))
     }
 
     /// The clip's transform of the gradient of the next tensor of a batch.
@@ -466,6 +605,19 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 clip.squares += norm.map_or(0.0, |norm| norm * norm);
                 transform
             }
+        }
+    }
+
+    /// The transform that [`entry_transform`](Self::entry_transform) gave the gradient `grad`
+    /// in the first pass over a batch, again for its second pass.
+    fn transform_again(
+        &self,
+        clip: &BatchClip<A>,
+        grad: &ArrayView<'_, A, IxDyn>,
+    ) -> GradTransform<A> {
+        match clip.global {
+            Some((transform, _)) => transform,
+            None => self.tensor_transform(grad).0,
         }
     }
 
@@ -824,6 +976,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Some(&self.registry.groups[slot.group].name)
     }
 
+    /// The optimizer-wide shared scalar `name` of a rule with a
+    /// [reduction](UpdateRule::reduction), e.g. [`Prodigy`](crate::Prodigy)'s step-size
+    /// estimate `"d"`; `None` before its first step or for a name the rule does not keep.
+    pub fn shared(&self, name: &str) -> Option<f64> {
+        let reduction = self.groups().iter().find_map(|group| group.hyper.reduction())?;
+        let index = reduction.shared.iter().position(|&shared| shared == name)?;
+        self.registry.shared.get(index).copied()
+    }
+
     /// How many steps the tensor `param` has taken, if it has state.
     pub fn step_count(&self, param: &str) -> Option<u64> {
         Some(self.registry.slots.get(param)?.tensor.as_ref()?.step)
@@ -856,19 +1017,55 @@ impl<A: Sync> Gradients<A> for OwnGradients {
     }
 }
 
+/// The number of partial sums that `hyper`'s reduction has.
+fn sums_len<R: UpdateRule>(hyper: &R) -> usize {
+    hyper.reduction().map_or(0, |reduction| reduction.sums.min(Reduction::MAX_SUMS))
+}
+
+/// Runs the first pass of `group`'s rule with a reduction over one tensor and adds its
+/// partial sums to `totals`, in the order the tensors come.
+fn reduce_into<R: UpdateRule, A: Element>(
+    group: &ParamGroup<R>,
+    param: ArrayViewMut<'_, A, IxDyn>,
+    grad: ArrayView<'_, A, IxDyn>,
+    tensor: &mut TensorState<A>,
+    transform: GradTransform<A>,
+    shared: &SharedStep,
+    totals: &mut [f64],
+) {
+    let mut sums = [0.0; Reduction::MAX_SUMS];
+    let sums = &mut sums[..totals.len()];
+    group.reduce(param, grad, tensor, transform, shared.view(), sums);
+    for (total, sum) in totals.iter_mut().zip(sums) {
+        *total += *sum;
+    }
+}
+
 /// Steps the entries of a batch that hold their lent state, with the gradients of `grads`;
-/// `numel` is their total size.
+/// `numel` is their total size. `shared` is the step's reduction, after its combination:
+/// the second pass of the tensors of its rule, if they move.
 fn step_lent<R: UpdateRule, A: Element>(
     groups: &[ParamGroup<R>],
     batch: &mut [ParamGrad<'_, A>],
     grads: &impl Gradients<A>,
     numel: usize,
+    shared: Option<&SharedStep>,
 ) {
     let step = |entry: &mut ParamGrad<'_, A>| {
         // Entries of frozen groups were lent nothing.
         let Some(lent) = entry.lent.as_mut() else { return };
+        let group = &groups[lent.group];
+        let shared = match shared {
+            Some(shared) if group.hyper.reduction().is_some() => {
+                if !shared.moves {
+                    return;
+                }
+                shared.view()
+            }
+            _ => Shared::default(),
+        };
         let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
-        groups[lent.group].step(param, grad, &mut lent.tensor, lent.transform);
+        group.step(param, grad, &mut lent.tensor, lent.transform, shared);
     };
     #[cfg(feature = "rayon")]
     if batch.len() > 1 && kernel::worth_spreading(numel) {

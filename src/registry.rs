@@ -6,7 +6,7 @@ use ndarray::{ArrayView, ArrayViewMut, IxDyn, Order, ShapeBuilder};
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::{GradTransform, Stage, TensorStep};
+use crate::kernel::{GradTransform, Shared, Stage, TensorStep};
 use crate::rule::{UpdateRule, check_options};
 use crate::rules::schedule_free::{Mode, wrong_mode};
 
@@ -72,32 +72,59 @@ impl<R: UpdateRule> ParamGroup<R> {
     }
 
     /// Steps one of the group's tensors with the group's hyperparameters at its current rate,
-    /// the options stage built from them and the clip's `transform`.
+    /// the options stage built from them and the clip's `transform`; `shared` holds the
+    /// step's shared scalars if the rule has a reduction.
     pub(crate) fn step<A: Element>(
         &self,
         param: ArrayViewMut<'_, A, IxDyn>,
         grad: ArrayView<'_, A, IxDyn>,
         tensor: &mut TensorState<A>,
         transform: GradTransform<A>,
+        shared: Shared<'_>,
     ) {
+        self.hyper.step(self.tensor_step(param, grad, tensor, transform, shared));
+    }
+
+    /// The first pass of a step of a rule with a reduction over one of the group's tensors,
+    /// as [`step`](Self::step) sets it up: writes the tensor's partial sums into `sums`.
+    pub(crate) fn reduce<A: Element>(
+        &self,
+        param: ArrayViewMut<'_, A, IxDyn>,
+        grad: ArrayView<'_, A, IxDyn>,
+        tensor: &mut TensorState<A>,
+        transform: GradTransform<A>,
+        shared: Shared<'_>,
+        sums: &mut [f64],
+    ) {
+        self.hyper.reduce(self.tensor_step(param, grad, tensor, transform, shared), sums);
+    }
+
+    fn tensor_step<'t, A: Element>(
+        &self,
+        param: ArrayViewMut<'t, A, IxDyn>,
+        grad: ArrayView<'t, A, IxDyn>,
+        tensor: &'t mut TensorState<A>,
+        transform: GradTransform<A>,
+        shared: Shared<'t>,
+    ) -> TensorStep<'t, A> {
         let lr = self.lr();
         let stage = Stage::new(self.hyper.options(), lr, transform);
         let TensorState { step, order, buffers, elementwise, scratch, scalars, .. } = tensor;
         let (state, scratch, scalars) =
             (buffers.as_mut_slice(), scratch.as_mut_slice(), scalars.as_mut_slice());
-        let order = *order;
-        self.hyper.step(TensorStep {
+        TensorStep {
             param,
             grad,
             state,
             elementwise: *elementwise,
             scratch,
             scalars,
-            order,
+            order: *order,
             stage,
             step: *step,
             lr,
-        });
+            shared,
+        }
     }
 }
 
@@ -310,13 +337,31 @@ pub(crate) struct Registry<R, A> {
     pub(crate) declared: bool,
     /// The mark of the latest batch.
     batches: BatchMark,
+    /// The optimizer-wide shared scalars of the rule with a reduction, named by its
+    /// [`Reduction::shared`](crate::rule::Reduction::shared): empty until its first step.
+    pub(crate) shared: Vec<f64>,
+}
+
+/// The reduction of a step, for the groups whose rule has one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepReduction {
+    /// The first group whose rule has a reduction: its hyperparameters combine the sums.
+    pub(crate) first: usize,
+    /// The largest current learning rate of those groups.
+    pub(crate) lr: f64,
 }
 
 impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn new(defaults: R) -> Result<Self> {
         validate(&defaults)?;
         let groups = vec![ParamGroup::new(DEFAULT_GROUP, defaults)];
-        Ok(Registry { groups, slots: HashMap::new(), declared: false, batches: BatchMark(0) })
+        Ok(Registry {
+            groups,
+            slots: HashMap::new(),
+            declared: false,
+            batches: BatchMark(0),
+            shared: Vec::new(),
+        })
     }
 
     /// Fails with [`Error::UnknownParam`] if the model's tensors are declared and `param` is
@@ -411,6 +456,35 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     pub(crate) fn is_frozen(&self, param: &str) -> bool {
         self.groups.iter().any(|group| group.frozen)
             && self.groups[self.slots.get(param).map_or(0, |slot| slot.group)].frozen
+    }
+
+    /// The reduction of the next step, `None` if no group's rule has one (one pass over the
+    /// groups, no allocation), after checking the learning rates: like prodigyopt, every
+    /// group of such a rule steps at the largest of their rates or at 0.
+    ///
+    /// # Errors
+    /// [`Error::UnequalGroupLr`] naming the first group at another rate.
+    pub(crate) fn reduction(&self) -> Result<Option<StepReduction>> {
+        let reducing =
+            || self.groups.iter().enumerate().filter(|(_, g)| g.hyper.reduction().is_some());
+        let Some((first, _)) = reducing().next() else { return Ok(None) };
+        let lr = reducing().map(|(_, group)| group.lr()).fold(0.0, f64::max);
+        if let Some((_, group)) = reducing().find(|(_, g)| g.lr() != lr && g.lr() != 0.0) {
+            let (group, given) = (group.name.clone(), group.lr());
+            return Err(Error::UnequalGroupLr { group, lr: given, expected: lr });
+        }
+        Ok(Some(StepReduction { first, lr }))
+    }
+
+    /// The shared scalars, created from the first reducing group's initial values before
+    /// the first step of a rule with a reduction.
+    pub(crate) fn shared_mut(&mut self, reduction: StepReduction) -> &mut [f64] {
+        if self.shared.is_empty() {
+            let hyper = &self.groups[reduction.first].hyper;
+            let names = hyper.reduction().map_or(&[][..], |reduction| reduction.shared);
+            self.shared = names.iter().map(|name| hyper.initial_value(name)).collect();
+        }
+        &mut self.shared
     }
 
     pub(crate) fn group_index(&self, name: &str) -> Result<usize> {

@@ -225,10 +225,83 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         false
     }
 
+    /// The reduction over every tensor of a step that this rule needs before any parameter
+    /// moves, e.g. [`Prodigy`](crate::Prodigy)'s step-size estimate; `None` (the default)
+    /// for rules that step each tensor on its own, which then pay nothing for reductions.
+    ///
+    /// A step of a rule with a reduction runs in three parts, all inside one
+    /// [`Optimizer::step_all`](crate::Optimizer::step_all) or
+    /// [`step_model`](crate::Optimizer::step_model) (a single-tensor
+    /// [`step`](crate::Optimizer::step) refuses with
+    /// [`Error::ReductionNeedsBatch`](crate::Error::ReductionNeedsBatch)):
+    ///
+    /// 1. [`reduce`](Self::reduce) on every tensor of the rule's groups, in batch order: it
+    ///    may update the tensor's state and writes [`Reduction::sums`] partial sums, which the
+    ///    driver adds up in `f64`, tensor after tensor in batch order;
+    /// 2. [`combine`](Self::combine), once, with the first such group's hyperparameters:
+    ///    it turns the totals into new values of the optimizer-wide shared scalars
+    ///    ([`Reduction::shared`]), which the optimizer owns and checkpoints by name;
+    /// 3. [`step`](Self::step) on every tensor, as for any rule, which reads the shared
+    ///    scalars of before and after the combination with [`TensorStep::shared`] and
+    ///    [`TensorStep::shared_before`].
+    fn reduction(&self) -> Option<Reduction> {
+        None
+    }
+
+    /// The first pass of a step of a rule with a [`reduction`](Self::reduction) over one
+    /// tensor: updates what the tensor's state needs before the combination and writes the
+    /// tensor's partial sums into `sums` (one per [`Reduction::sums`], zero on entry). Sums
+    /// over the tensor's elements must be in an order that does not depend on the memory
+    /// layout or thread count, e.g. [`sum_in_order`](crate::sum_in_order). Nothing by
+    /// default.
+    fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut [f64]) {
+        let _ = (tensor, sums);
+    }
+
+    /// Turns the `totals` of [`reduce`](Self::reduce) over every tensor of the step into new
+    /// values of the `shared` scalars (in the order of [`Reduction::shared`]), with `lr` the
+    /// largest current learning rate of the rule's groups. Returns whether the parameters of
+    /// the rule's groups move in this step ([`step`](Self::step) runs on them); `true` by
+    /// default.
+    fn combine(&self, shared: &mut [f64], totals: &[f64], lr: f64) -> bool {
+        let _ = (shared, totals, lr);
+        true
+    }
+
+    /// Checks a value of the shared scalar `name` (of [`Reduction::shared`]) that a
+    /// checkpoint holds.
+    ///
+    /// # Errors
+    /// What the value must be. The default requires it finite.
+    fn check_shared(&self, name: &str, value: f64) -> Result<(), &'static str> {
+        let _ = name;
+        if value.is_finite() { Ok(()) } else { Err("finite") }
+    }
+
     /// Applies one step to one tensor: computes the step's coefficients from
     /// [`TensorStep::step`] (1 for a tensor's first step) and [`TensorStep::lr`], and runs
     /// the update with [`TensorStep::apply`] (or [`TensorStep::split`]).
     fn step<A: Element>(&self, tensor: TensorStep<'_, A>);
+}
+
+/// What a rule's [`UpdateRule::reduction`] over the tensors of a step computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reduction {
+    /// The names of the optimizer-wide shared scalars, e.g. `["d", "d_max", "d_numerator",
+    /// "k"]` for [`Prodigy`](crate::Prodigy): `f64` whatever the element type, created from
+    /// [`UpdateRule::initial_value`] on the first step, checkpointed by name and checked on
+    /// loading with [`UpdateRule::check_shared`]. At most [`Reduction::MAX_SHARED`].
+    pub shared: &'static [&'static str],
+    /// How many partial sums [`UpdateRule::reduce`] writes per tensor, at most
+    /// [`Reduction::MAX_SUMS`].
+    pub sums: usize,
+}
+
+impl Reduction {
+    /// The most shared scalars a rule can have (the driver keeps a copy of them on the stack).
+    pub const MAX_SHARED: usize = 8;
+    /// The most partial sums a rule can reduce.
+    pub const MAX_SUMS: usize = 4;
 }
 
 /// Checks a rule's [`Options`]: the learning rate and the weight decay finite and ≥ 0.

@@ -134,10 +134,16 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     ///
     /// # Errors
     /// [`Error::InvalidSharding`] if `rank` is outside the plan's world, or the optimizer has
-    /// state for a tensor the plan does not list.
+    /// state for a tensor the plan does not list; [`Error::ReductionNeedsBatch`] if a group's
+    /// rule has a [reduction](UpdateRule::reduction) over every tensor of a step (such as
+    /// [`Prodigy`](crate::Prodigy)), which sharded steps cannot compute yet.
     pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
         if rank >= plan.world() {
             return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
+        }
+        // A reduction over every tensor of a step would need the ranks to exchange sums.
+        if let Some(group) = optimizer.groups().iter().find(|g| g.hyper.reduction().is_some()) {
+            return Err(Error::ReductionNeedsBatch { rule: group.hyper.name() });
         }
         let mut shards = split(optimizer.checkpoint(), &plan)?;
         let optimizer = Optimizer::from_checkpoint(shards.swap_remove(rank))?;

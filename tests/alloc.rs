@@ -697,3 +697,77 @@ fn steady_state_steps_with_a_frozen_group_do_not_allocate() {
     assert_eq!(count, 0, "steady-state accumulation with a frozen group allocated");
     assert_eq!(accumulated.optimizer().step_count("head.w"), Some(15));
 }
+
+/// Prodigy's steps, whose reduction runs over every tensor before any moves, allocate
+/// nothing once the shared scalars and every tensor's state exist: batches in every layout
+/// (with an Adam group beside it, on threads with the `rayon` feature), model steps and
+/// gradient accumulation.
+#[test]
+fn steady_state_prodigy_steps_do_not_allocate() {
+    use std::collections::BTreeMap;
+
+    use ndarray_optim::{Adam, Clip, MultiSteps, Prodigy, Rule};
+
+    fn check<A: Element>() {
+        let mut opt = Optimizer::<Rule, A>::new(Prodigy::default().into()).unwrap();
+        opt.add_group("adam", Adam::default()).unwrap();
+        opt.assign("adam.w", "adam").unwrap();
+        opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+        let mut weight = Array2::<A>::zeros((64, 33));
+        let mut f_order = Array3::<A>::from_elem((5, 6, 7).f(), A::from_f64(0.5));
+        let mut wide = Array2::<A>::ones((16, 40));
+        let mut adam = Array2::<A>::zeros((3, 3));
+        let g_weight = Array2::from_elem((64, 33), A::from_f64(0.25));
+        let g_f = Array3::from_elem((5, 6, 7).f(), A::from_f64(-0.5));
+        let g_wide = Array2::from_elem((16, 20), A::from_f64(0.125));
+        let g_adam = Array2::from_elem((3, 3), A::from_f64(1.0));
+        let mut steps = |opt: &mut Optimizer<Rule, A>| {
+            opt.step_all(&mut [
+                ParamGrad::new("weight", &mut weight, &g_weight),
+                ParamGrad::new("f", &mut f_order, &g_f),
+                ParamGrad::new("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide),
+                ParamGrad::new("adam.w", &mut adam, &g_adam),
+            ])
+            .unwrap();
+        };
+        steps(&mut opt);
+        let count = allocations(|| {
+            for _ in 0..5 {
+                steps(&mut opt);
+            }
+        });
+        assert_eq!(count, 0, "prodigy {}: steady-state batch steps allocated", A::NAME);
+        assert_eq!(opt.step_count("f"), Some(6));
+        assert!(opt.shared("d").unwrap() > 1e-6);
+    }
+    check::<f32>();
+    check::<f64>();
+
+    let model = |value| -> BTreeMap<String, Array2<f64>> {
+        BTreeMap::from([
+            ("a".to_owned(), Array2::from_elem((8, 16), value)),
+            ("b".to_owned(), Array2::from_elem((1, 16), value)),
+        ])
+    };
+    let mut opt = Optimizer::<Prodigy, f64>::new(Prodigy::default()).unwrap();
+    let (mut params, grads) = (model(1.0), model(0.25));
+    opt.step_model(&mut params, &grads).unwrap();
+    let count = allocations(|| {
+        for _ in 0..5 {
+            opt.step_model(&mut params, &grads).unwrap();
+        }
+    });
+    assert_eq!(count, 0, "steady-state prodigy model steps allocated");
+
+    let mut accumulated = MultiSteps::new(opt, 2).unwrap();
+    for _ in 0..2 {
+        accumulated.step_model(&mut params, &grads).unwrap();
+    }
+    let count = allocations(|| {
+        for _ in 0..6 {
+            accumulated.step_model(&mut params, &grads).unwrap();
+        }
+    });
+    assert_eq!(count, 0, "steady-state prodigy accumulation allocated");
+    assert_eq!(accumulated.optimizer().step_count("a"), Some(10));
+}

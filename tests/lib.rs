@@ -21,6 +21,7 @@ mod model_params;
 mod multi_steps;
 mod options;
 mod patterns;
+mod prodigy;
 mod reference;
 mod report;
 mod schedule_free;

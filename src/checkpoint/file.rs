@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::serde_impl::Live;
-use super::v1::Versioned;
+use super::versions::Versioned;
 use super::{Checkpoint, FORMAT, TRAINING_FORMAT, VERSION, check_kind};
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -168,10 +168,10 @@ where
     let encoding = Encoding::from_name(header.encoding)
         .ok_or_else(|| corrupt(format!("unknown encoding `{}`", header.encoding)))?;
     // `Header::find` lets versions 1 to `VERSION` through.
-    let record = if header.version == 1 {
-        T::from_v1(decode_payload(payload, encoding)?)
-    } else {
-        decode_payload::<T>(payload, encoding)?
+    let record = match header.version {
+        1 => T::from_v1(decode_payload(payload, encoding)?),
+        2 => T::from_v2(decode_payload(payload, encoding)?),
+        _ => decode_payload::<T>(payload, encoding)?,
     };
     // The header vouches for the payload only if both say the same.
     let checkpoint = record.checkpoint();
@@ -613,6 +613,8 @@ where
             tensors: Vec::new(),
             clip: self.clip,
             non_finite: self.non_finite,
+            // Finite, as saving checks (`check_state`).
+            shared: Vec::new(),
         };
         checkpoint.check_encodable(Encoding::Json)
     }

@@ -124,6 +124,7 @@
 //! | --- | --- |
 //! | 1 | the first format |
 //! | 2 | each group's frozen flag ([`GroupRecord::frozen`]); the groups of version 1 read as not frozen |
+//! | 3 | the optimizer-wide shared scalars of a rule with a [reduction](UpdateRule::reduction) ([`Checkpoint::shared`]), and the rule [`Prodigy`](crate::Prodigy) in [`Rule`](crate::Rule); checkpoints of versions 1 and 2 read with none |
 
 use hashbrown::HashMap;
 
@@ -144,7 +145,7 @@ mod report;
 #[cfg(feature = "serde")]
 mod training;
 #[cfg(feature = "serde")]
-mod v1;
+mod versions;
 
 pub use crate::report::{LoadMode, LoadReport, ShapeMismatch};
 #[cfg(feature = "serde")]
@@ -162,7 +163,7 @@ pub const FORMAT: &str = "ndarray-optim";
 pub const TRAINING_FORMAT: &str = "ndarray-optim-training";
 
 /// The format version this build writes. It reads every version from 1 up to this one.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// An optimizer's complete state: rule, hyperparameters, current learning rate and frozen
 /// flag of every group, every named tensor's group, step count and buffers, and the
@@ -192,6 +193,13 @@ pub struct Checkpoint<R, A> {
     /// What steps do with non-finite gradients.
     #[cfg_attr(feature = "serde", serde(default))]
     pub non_finite: NonFinite,
+    /// The optimizer-wide shared scalars of a rule with a
+    /// [reduction](UpdateRule::reduction), e.g. [`Prodigy`](crate::Prodigy)'s `d`, in the
+    /// order of its [`Reduction::shared`](crate::rule::Reduction::shared); none before its
+    /// first step or without such a rule (since format version 3; always written, since
+    /// postcard has no optional fields; JSON without it reads as none).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub shared: Vec<ScalarRecord>,
 }
 
 /// Writes [`VERSION`] for a checkpoint's version: what is written has this version's layout,
@@ -492,7 +500,18 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             tensors,
             clip: self.clip,
             non_finite: self.non_finite,
+            shared: self.shared_records().collect(),
         }
+    }
+
+    /// The shared scalars with their names.
+    fn shared_records(&self) -> impl ExactSizeIterator<Item = ScalarRecord> + '_ {
+        let names = shared_names(&self.registry.groups);
+        self.registry
+            .shared
+            .iter()
+            .zip(names)
+            .map(|(&value, &name)| ScalarRecord { name: name.to_owned(), value })
     }
 
     /// Checks the state with the checks of loading (step counts, buffer values, scalars),
@@ -510,7 +529,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 check_scalar(hyper, tensor.name(), name, value)?;
             }
         }
-        Ok(())
+        check_shared(&self.registry.groups, &self.shared_records().collect::<Vec<_>>())
     }
 
     /// Rebuilds an optimizer from a checkpoint, after checking all of it.
@@ -538,7 +557,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
     /// Checks all of the checkpoint and builds the optimizer it describes.
     pub(crate) fn into_optimizer(self) -> Result<Optimizer<R, A>> {
         self.check_kind()?;
-        let Checkpoint { groups, tensors, clip, non_finite, .. } = self;
+        let Checkpoint { groups, tensors, clip, non_finite, shared, .. } = self;
         if let Some(clip) = &clip {
             clip.validate()?;
         }
@@ -572,8 +591,40 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             slots.insert(record.name, Slot::new(group, tensor));
         }
         registry.slots = slots;
+        check_shared(&registry.groups, &shared)?;
+        registry.shared = shared.into_iter().map(|scalar| scalar.value).collect();
         Ok(Optimizer { registry, clip, non_finite, names: Default::default() })
     }
+}
+
+/// The names of the shared scalars of the first group whose rule has a reduction, if any.
+fn shared_names<R: UpdateRule>(groups: &[ParamGroup<R>]) -> &'static [&'static str] {
+    groups.iter().find_map(|group| group.hyper.reduction()).map_or(&[], |r| r.shared)
+}
+
+/// Refuses shared scalars that are not those of the groups' rule with a reduction (by
+/// name, in order; none at all before its first step) or hold a value no run produces.
+fn check_shared<R: UpdateRule>(groups: &[ParamGroup<R>], shared: &[ScalarRecord]) -> Result<()> {
+    let invalid = |reason: String| invalid_state("(shared)", reason);
+    let names = shared_names(groups);
+    let given: Vec<&str> = shared.iter().map(|scalar| scalar.name.as_str()).collect();
+    if !given.is_empty() && given != names {
+        return Err(invalid(format!("shared scalars are {given:?}, the rules keep {names:?}")));
+    }
+    let Some(group) = groups.iter().find(|group| group.hyper.reduction().is_some()) else {
+        return Ok(());
+    };
+    for scalar in shared {
+        group.hyper.check_shared(&scalar.name, scalar.value).map_err(|requirement| {
+            invalid(format!(
+                "shared scalar `{}` is {}, which no run of `{}` produces: it must be {requirement}",
+                scalar.name,
+                scalar.value,
+                group.hyper.name()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Refuses another format, a version this build does not read, another rule or element type.
@@ -642,7 +693,7 @@ pub(crate) mod serde_impl {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let opt = self.0;
             let groups: Vec<GroupRecord<R>> = opt.groups().iter().map(GroupRecord::of).collect();
-            let mut record = serializer.serialize_struct("Checkpoint", 8)?;
+            let mut record = serializer.serialize_struct("Checkpoint", 9)?;
             record.serialize_field("format", FORMAT)?;
             record.serialize_field("version", &VERSION)?;
             record.serialize_field("rule", R::NAME)?;
@@ -651,6 +702,7 @@ pub(crate) mod serde_impl {
             record.serialize_field("tensors", &Seq(|| opt.state().map(Tensor)))?;
             record.serialize_field("clip", &StoredClip(&opt.clip))?;
             record.serialize_field("non_finite", &opt.non_finite)?;
+            record.serialize_field("shared", &Seq(|| opt.shared_records()))?;
             record.end()
         }
     }

@@ -190,7 +190,9 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
     ///
     /// # Errors
     /// As [`step_all`](Self::step_all) for one tensor (which is never out of step), and
-    /// [`Error::GlobalClipNeedsBatch`] if the optimizer clips by global norm.
+    /// [`Error::GlobalClipNeedsBatch`] if the optimizer clips by global norm,
+    /// [`Error::ReductionNeedsBatch`] if the tensor's rule has a reduction over every tensor
+    /// of a step (such as [`Prodigy`](crate::Prodigy)).
     pub fn step<D: Dimension>(
         &mut self,
         name: &str,
@@ -199,6 +201,9 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
     ) -> Result<MultiStepOutcome> {
         if let Some(Clip::GlobalNorm { .. }) = self.optimizer.clip() {
             return Err(Error::GlobalClipNeedsBatch);
+        }
+        if let Some(rule) = self.optimizer.reduction_of(name) {
+            return Err(Error::ReductionNeedsBatch { rule });
         }
         self.micro_step(&mut Batch(&mut [ParamGrad::new(name, param, grad)]), false)
     }
@@ -291,6 +296,9 @@ impl<R: UpdateRule, A: Element> MultiSteps<R, A> {
         batch: &mut dyn MicroBatch<R, A>,
         whole_model: bool,
     ) -> Result<(u64, usize)> {
+        // The step that ends the accumulation must not fail on unequal rates after the
+        // means have changed.
+        self.optimizer.registry.reduction()?;
         let mut check = self.optimizer.start_batch(batch.in_what());
         let (optimizer, means) = (&mut self.optimizer, &self.means);
         let (mut done, mut given) = (0, 0);

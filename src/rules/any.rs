@@ -3,10 +3,10 @@
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{Options, UpdateRule};
+use crate::rule::{Options, Reduction, UpdateRule};
 use crate::rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
-    Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
 };
 
 macro_rules! rules {
@@ -170,6 +170,30 @@ macro_rules! rules {
                 }
             }
 
+            fn reduction(&self) -> Option<Reduction> {
+                match self {
+                    $(Rule::$variant(rule) => rule.reduction(),)*
+                }
+            }
+
+            fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut [f64]) {
+                match self {
+                    $(Rule::$variant(rule) => rule.reduce(tensor, sums),)*
+                }
+            }
+
+            fn combine(&self, shared: &mut [f64], totals: &[f64], lr: f64) -> bool {
+                match self {
+                    $(Rule::$variant(rule) => rule.combine(shared, totals, lr),)*
+                }
+            }
+
+            fn check_shared(&self, name: &str, value: f64) -> Result<(), &'static str> {
+                match self {
+                    $(Rule::$variant(rule) => rule.check_shared(name, value),)*
+                }
+            }
+
             fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
                 // Through the element type, whose two implementations are compiled here.
                 A::step_rule(self, tensor);
@@ -219,4 +243,5 @@ rules! {
     Rprop => "rprop",
     ScheduleFreeAdamW => "schedule_free_adamw",
     ScheduleFreeSgd => "schedule_free_sgd",
+    Prodigy => "prodigy",
 }

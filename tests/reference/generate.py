@@ -104,6 +104,12 @@ It writes ten files next to this script (and overwrites them):
   frozen group), 60 steps in f64 and f32 over tensors of 0 to 3 axes; the
   trajectory is the parameter in train mode (y), and each entry's ``eval``
   holds x (the parameter after ``optimizer.eval()``) after the steps listed.
+* ``prodigy.json`` (``--only prodigy`` writes just this file): prodigyopt
+  1.1.2's ``Prodigy``, 60 steps in f64 and f32 over tensors of 0 to 3 axes (two
+  column-major): defaults, decoupled and coupled decay, bias correction,
+  safeguard_warmup, beta1 = 0, a finite growth_rate, d_coef, two extra groups
+  (one at lr 0) and a cosine schedule; each entry's ``d`` holds the first
+  group's d after every step.
 
 The case files have the shape
 
@@ -164,7 +170,7 @@ normalised steps keep bouncing with signs that follow rounding noise, and the
 f32 trajectory would depend on the last bit of every operation.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--only training|defaults|rules_v2|schedules_v2|averaging|lambda|schedule_free``
+``--only training|defaults|rules_v2|schedules_v2|averaging|lambda|schedule_free|prodigy``
 regenerates one file (``--training-only`` is ``--only training``);
 ``--any-torch`` accepts a PyTorch other than 2.15.0,
 ``--any-optax`` an optax other than 0.2.8.
@@ -2700,6 +2706,151 @@ def write_schedule_free(version):
 
 
 # ---------------------------------------------------------------------------
+# Prodigy (prodigy.json, --only prodigy)
+# ---------------------------------------------------------------------------
+
+PRODIGY_VERSION = "1.1.2"
+PRODIGY_STEPS = 60
+# CONFORMANCE.md "Rules v2": the defaults of prodigyopt 1.1 (None: beta3 =
+# sqrt(beta2), growth_rate infinite; checked against the signature).
+PRODIGY = {"lr": 1.0, "beta1": 0.9, "beta2": 0.999, "beta3": None, "eps": 1e-8,
+           "weight_decay": 0.0, "decouple": True, "use_bias_correction": False,
+           "safeguard_warmup": False, "d0": 1e-6, "d_coef": 1.0, "growth_rate": None}
+# (tag, hyper, groups, schedule)
+PRODIGY_CASES = [
+    ("defaults", {}, None, None),
+    ("decoupled", {"weight_decay": 0.1, "d0": 1e-3}, None, None),
+    ("coupled", {"weight_decay": 0.05, "decouple": False}, None, None),
+    ("bias-correction", {"use_bias_correction": True, "lr": 0.5}, None, None),
+    ("safeguard", {"safeguard_warmup": True, "beta3": 0.9}, None, None),
+    ("beta1-zero", {"beta1": 0.0, "weight_decay": 0.02, "decouple": False}, None, None),
+    ("growth", {"growth_rate": 1.02, "d0": 1e-4}, None, None),
+    ("d-coef", {"d_coef": 2.0, "beta2": 0.99, "eps": 1e-6}, None, None),
+    ("groups", {"lr": 0.8},
+     [{"name": "g", "hyper": {"weight_decay": 0.01, "eps": 1e-7}},
+      {"name": "still", "hyper": {"lr": 0.0}}], None),
+    ("schedule", {}, None, {"kind": "cosine", "t_max": 40, "eta_min": 0.05}),
+]
+
+
+def prodigy_params(tag, dtype, seed):
+    def seq(name, init, shape=(), zeros=(), **extra):
+        grads = seq_grads(seed + zlib.crc32(name.encode()), width=numel(shape),
+                          steps=PRODIGY_STEPS, zeros=zeros)
+        return seq_param(name, init, grads, dtype, shape=shape, **extra)
+
+    grouped = tag == "groups"
+    return [quad_param("w", QUAD[0], dtype, layout="f"),
+            seq("s", [0.5], zeros=(0, 20)),
+            quad_param("k", QUAD3, dtype, shape=(2, 1, 2), layout="f",
+                       **({"group": "g"} if grouped else {})),
+            seq("v", [0.1, -0.2, 0.3, 0.05], shape=(4,), zeros=(7,),
+                **({"group": "still"} if grouped else {}))]
+
+
+def prodigy_case(tag, hyper, groups, schedule, dtype):
+    case = {"name": f"prodigy-{tag}-{dtype}", "optimizer": "prodigy", "dtype": dtype,
+            "hyper": dict(hyper)}
+    if groups is not None:
+        case["groups"] = [dict(g) for g in groups]
+    if schedule is not None:
+        case["schedule"] = dict(schedule)
+    case["params"] = prodigy_params(tag, dtype, zlib.crc32(f"prodigy-{tag}".encode()))
+    case["steps"] = PRODIGY_STEPS
+    case["checkpoint_every"] = 0
+    return case
+
+
+def prodigy_kwargs(h):
+    """Every constructor argument of prodigyopt.Prodigy, spelled out."""
+    return {"lr": h["lr"], "betas": (h["beta1"], h["beta2"]), "beta3": h["beta3"],
+            "eps": h["eps"], "weight_decay": h["weight_decay"], "decouple": h["decouple"],
+            "use_bias_correction": h["use_bias_correction"],
+            "safeguard_warmup": h["safeguard_warmup"], "d0": h["d0"], "d_coef": h["d_coef"],
+            "growth_rate": math.inf if h["growth_rate"] is None else h["growth_rate"]}
+
+
+def check_prodigy_defaults():
+    import inspect
+    from importlib.metadata import version
+
+    import prodigyopt
+
+    assert version("prodigyopt") == PRODIGY_VERSION, version("prodigyopt")
+    sig = inspect.signature(prodigyopt.Prodigy.__init__).parameters
+    for key, value in prodigy_kwargs(PRODIGY).items():
+        assert sig[key].default == value, (key, sig[key].default, value)
+
+
+def run_prodigy(case):
+    """prodigyopt on a case: every tensor's gradient, then one step; the
+    schedule (if any) stepped after it."""
+    import contextlib
+    import io
+
+    import torch
+    from prodigyopt import Prodigy
+
+    dtype = case["dtype"]
+    T = NP_DTYPE[dtype]
+    tensors = []
+    for p in case["params"]:
+        t = torch.from_numpy(np.array(p["init"], dtype=T).reshape(p["shape"]))
+        tensors.append(torch.nn.Parameter(torch_layout(t, p.get("layout", "c"))))
+    groups = []
+    for gname in [None] + [g["name"] for g in case.get("groups", [])]:
+        members = [t for p, t in zip(case["params"], tensors) if p.get("group") == gname]
+        h = {**PRODIGY, **case["hyper"]}
+        if gname is not None:
+            h.update(next(g for g in case["groups"] if g["name"] == gname)["hyper"])
+        if members:
+            groups.append({"params": members, **prodigy_kwargs(h)})
+    # The constructor's arguments are the case's: prodigyopt starts d (and
+    # d_max) at the constructor's d0, whatever the groups say.
+    with contextlib.redirect_stdout(io.StringIO()):  # its decoupled-decay notice
+        opt = Prodigy(groups, **prodigy_kwargs({**PRODIGY, **case["hyper"]}))
+    scheduler = torch_scheduler(opt, case.get("schedule"))
+
+    def flat(t):
+        return np.array(t.detach().numpy(), copy=True).reshape(-1)  # row-major
+
+    traj = {p["name"]: [] for p in case["params"]}
+    ds = []
+    for step in range(1, case["steps"] + 1):
+        for p, t in zip(case["params"], tensors):
+            g = gradient(p, flat(t), step, dtype)
+            t.grad = torch_layout(torch.from_numpy(g.reshape(p["shape"])), p.get("layout", "c"))
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        ds.append(opt.param_groups[0]["d"])
+        for p, t in zip(case["params"], tensors):
+            traj[p["name"]].append([float(x) for x in flat(t)])
+    return traj, ds
+
+
+def write_prodigy(version):
+    check_prodigy_defaults()
+    entries = []
+    for tag, hyper, groups, schedule in PRODIGY_CASES:
+        for dtype in ("f64", "f32"):
+            case = prodigy_case(tag, hyper, groups, schedule, dtype)
+            traj, ds = run_prodigy(case)
+            still = [p for p in case["params"] if p.get("group") == "still"]
+            check_trajectory({**case, "params": [p for p in case["params"] if p not in still]},
+                             traj)
+            for p in still:  # rate 0 and beta1 > 0: no first moment, no move
+                assert all(row == p["init"] for row in traj[p["name"]]), case["name"]
+            assert ds[-1] > 2 * ds[0], (case["name"], ds[0], ds[-1])  # d was estimated
+            entries.append({"case": case, "source": "prodigyopt", "trajectory": traj,
+                            "d": [float(d) for d in ds]})
+    n = write(HERE / "prodigy.json",
+              {"generator": GENERATOR, "torch_version": version,
+               "prodigyopt_version": PRODIGY_VERSION, "cases": entries})
+    print(f"prodigy.json: {len(entries)} cases, {n} bytes")
+
+
+# ---------------------------------------------------------------------------
 
 def import_torch(args):
     """Imports torch, pinned to TORCH_VERSION; returns its version."""
@@ -2718,7 +2869,8 @@ def main():
         return
     only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2,
             "schedules_v2": write_schedules_v2, "averaging": write_averaging,
-            "lambda": write_lambda, "schedule_free": write_schedule_free}
+            "lambda": write_lambda, "schedule_free": write_schedule_free,
+            "prodigy": write_prodigy}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
@@ -2774,6 +2926,7 @@ def main():
     write_averaging(version)
     write_lambda(version)
     write_schedule_free(version)
+    write_prodigy(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:

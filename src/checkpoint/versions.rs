@@ -1,6 +1,7 @@
-//! Files of format version 1: their records as version 1 laid them out, read by the header's
-//! version and converted. Postcard stores fields by position, so a version 1 payload can
-//! only be read with version 1's fields, never with serde defaults filling in the rest.
+//! Files of older format versions: their records as those versions laid them out, read by
+//! the header's version and converted. Postcard stores fields by position, so an older
+//! payload can only be read with its own version's fields, never with serde defaults
+//! filling in the rest.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +17,12 @@ pub(super) trait Versioned<R, A>: DeserializeOwned {
 
     /// The record of a version 1 file in this version's layout.
     fn from_v1(v1: Self::V1) -> Self;
+
+    /// The record as format version 2 laid it out.
+    type V2: DeserializeOwned;
+
+    /// The record of a version 2 file in this version's layout.
+    fn from_v2(v2: Self::V2) -> Self;
 
     /// The optimizer's checkpoint in the record.
     fn checkpoint(&self) -> &Checkpoint<R, A>;
@@ -35,6 +42,46 @@ pub(super) struct CheckpointV1<R, A> {
     clip: Option<Clip>,
     #[serde(default)]
     non_finite: NonFinite,
+}
+
+/// A [`Checkpoint`] of version 2: no shared scalars.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckpointV2<R, A> {
+    format: String,
+    version: u32,
+    rule: String,
+    dtype: String,
+    groups: Vec<GroupRecord<R>>,
+    tensors: Vec<TensorRecord<A>>,
+    #[serde(default, with = "super::stored_clip")]
+    clip: Option<Clip>,
+    #[serde(default)]
+    non_finite: NonFinite,
+}
+
+/// A [`TrainingState`] of version 2.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrainingStateV2<R, A, E> {
+    optimizer: CheckpointV2<R, A>,
+    extras: E,
+}
+
+impl<R, A> From<CheckpointV2<R, A>> for Checkpoint<R, A> {
+    fn from(v2: CheckpointV2<R, A>) -> Self {
+        Checkpoint {
+            format: v2.format,
+            version: v2.version,
+            rule: v2.rule,
+            dtype: v2.dtype,
+            groups: v2.groups,
+            tensors: v2.tensors,
+            clip: v2.clip,
+            non_finite: v2.non_finite,
+            shared: Vec::new(),
+        }
+    }
 }
 
 /// A [`GroupRecord`] of version 1.
@@ -76,6 +123,7 @@ impl<R, A> From<CheckpointV1<R, A>> for Checkpoint<R, A> {
             tensors: v1.tensors,
             clip: v1.clip,
             non_finite: v1.non_finite,
+            shared: Vec::new(),
         }
     }
 }
@@ -89,6 +137,12 @@ where
 
     fn from_v1(v1: Self::V1) -> Self {
         v1.into()
+    }
+
+    type V2 = CheckpointV2<R, A>;
+
+    fn from_v2(v2: Self::V2) -> Self {
+        v2.into()
     }
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {
@@ -106,6 +160,12 @@ where
 
     fn from_v1(v1: Self::V1) -> Self {
         TrainingState { optimizer: v1.optimizer.into(), extras: v1.extras }
+    }
+
+    type V2 = TrainingStateV2<R, A, E>;
+
+    fn from_v2(v2: Self::V2) -> Self {
+        TrainingState { optimizer: v2.optimizer.into(), extras: v2.extras }
     }
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {
