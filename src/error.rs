@@ -198,6 +198,18 @@ pub enum Error {
         /// The largest rate of the rule's groups.
         expected: f64,
     },
+    /// A group of a rule with one step size for the whole optimizer (such as
+    /// [`Prodigy`](crate::Prodigy)) differs from the rule's first group in a hyperparameter
+    /// that the step takes from the first group for every group, as prodigyopt takes its
+    /// betas from its first group ([`UpdateRule::reduction_mismatch`](crate::UpdateRule::reduction_mismatch)).
+    ReductionSettingDiffers {
+        /// The group.
+        group: String,
+        /// The hyperparameter, e.g. `"beta1"`.
+        key: &'static str,
+        /// The rule's first group, whose value every group must have.
+        first: String,
+    },
     /// A learning-rate schedule was stepped past its last step (PyTorch's `OneCycleLR` refuses
     /// the same).
     ScheduleFinished {
@@ -402,6 +414,11 @@ impl fmt::Display for Error {
                 f,
                 "group `{group}` has learning rate {lr}; the groups of a rule with one step \
                  size for the whole optimizer must all have {expected} (the largest) or 0"
+            ),
+            Error::ReductionSettingDiffers { group, key, first } => write!(
+                f,
+                "group `{group}` has another `{key}` than group `{first}`; a rule with one step \
+                 size for the whole optimizer takes it from its first group, `{first}`, for all"
             ),
             Error::ScheduleFinished { total_steps } => {
                 write!(f, "the learning-rate schedule has run all its {total_steps} steps")

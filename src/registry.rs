@@ -463,7 +463,9 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     /// group of such a rule steps at the largest of their rates or at 0.
     ///
     /// # Errors
-    /// [`Error::UnequalGroupLr`] naming the first group at another rate.
+    /// [`Error::UnequalGroupLr`] naming the first group at another rate,
+    /// [`Error::ReductionSettingDiffers`] naming the first group whose rule reads a setting
+    /// from the first group that it does not share.
     pub(crate) fn reduction(&self) -> Result<Option<StepReduction>> {
         let reducing =
             || self.groups.iter().enumerate().filter(|(_, g)| g.hyper.reduction().is_some());
@@ -472,6 +474,16 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         if let Some((_, group)) = reducing().find(|(_, g)| g.lr() != lr && g.lr() != 0.0) {
             let (group, given) = (group.name.clone(), group.lr());
             return Err(Error::UnequalGroupLr { group, lr: given, expected: lr });
+        }
+        let first_group = &self.groups[first];
+        for (_, group) in reducing() {
+            if let Some(key) = group.hyper.reduction_mismatch(&first_group.hyper) {
+                return Err(Error::ReductionSettingDiffers {
+                    group: group.name.clone(),
+                    key,
+                    first: first_group.name.clone(),
+                });
+            }
         }
         Ok(Some(StepReduction { first, lr }))
     }

@@ -278,6 +278,18 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         if value.is_finite() { Ok(()) } else { Err("finite") }
     }
 
+    /// The first hyperparameter that these hyperparameters, of a group of a rule with a
+    /// [reduction](Self::reduction), must share with `first`, the rule's first group, and do
+    /// not: a value that the step reads from the first group for every group (as prodigyopt
+    /// reads its betas from its first group), so that a group with another value would be
+    /// stepped with a value it was not given. The step then fails with
+    /// [`Error::ReductionSettingDiffers`](crate::Error::ReductionSettingDiffers). None by
+    /// default.
+    fn reduction_mismatch(&self, first: &Self) -> Option<&'static str> {
+        let _ = first;
+        None
+    }
+
     /// Applies one step to one tensor: computes the step's coefficients from
     /// [`TensorStep::step`] (1 for a tensor's first step) and [`TensorStep::lr`], and runs
     /// the update with [`TensorStep::apply`] (or [`TensorStep::split`]).

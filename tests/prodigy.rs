@@ -246,6 +246,34 @@ fn errors() {
         .unwrap();
     assert_eq!(outcome, StepOutcome::Stepped { grad_norm: None });
 
+    // Settings read from the first group for all must agree; nothing changes otherwise.
+    for (key, head) in [
+        ("beta1", Prodigy { lr: 0.0, beta1: 0.8, ..Prodigy::default() }),
+        ("beta3", Prodigy { lr: 0.0, beta3: Some(0.9), ..Prodigy::default() }),
+        ("decouple", Prodigy { lr: 0.0, decouple: false, ..Prodigy::default() }),
+        ("d0", Prodigy { lr: 0.0, d0: 1e-5, ..Prodigy::default() }),
+        ("growth_rate", Prodigy { lr: 0.0, growth_rate: Some(1.02), ..Prodigy::default() }),
+    ] {
+        let mut opt = opt.clone();
+        opt.set_hyper("head", head).unwrap();
+        let before = (opt.clone(), w.clone(), h.clone());
+        let err = opt
+            .step_all(&mut [ParamGrad::new("w", &mut w, &g), ParamGrad::new("h", &mut h, &g)])
+            .unwrap_err();
+        let expected = Error::ReductionSettingDiffers {
+            group: "head".to_owned(),
+            key,
+            first: "default".to_owned(),
+        };
+        assert_eq!(err, expected);
+        assert_eq!((opt, w.clone(), h.clone()), before);
+    }
+    // Per-group settings may differ.
+    let mut opt = opt.clone();
+    opt.set_hyper("head", Prodigy { lr: 0.0, eps: 1e-6, weight_decay: 0.1, ..Prodigy::default() })
+        .unwrap();
+    opt.step_all(&mut [ParamGrad::new("w", &mut w, &g), ParamGrad::new("h", &mut h, &g)]).unwrap();
+
     for bad in [
         Prodigy { beta1: 1.0, ..Prodigy::default() },
         Prodigy { beta2: -0.1, ..Prodigy::default() },

@@ -194,6 +194,16 @@ macro_rules! rules {
                 }
             }
 
+            fn reduction_mismatch(&self, first: &Self) -> Option<&'static str> {
+                match (self, first) {
+                    $((Rule::$variant(rule), Rule::$variant(first)) => {
+                        rule.reduction_mismatch(first)
+                    })*
+                    // Groups of different rules share no reduction.
+                    _ => None,
+                }
+            }
+
             fn step<A: Element>(&self, tensor: TensorStep<'_, A>) {
                 // Through the element type, whose two implementations are compiled here.
                 A::step_rule(self, tensor);

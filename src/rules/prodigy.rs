@@ -54,10 +54,11 @@ use crate::rule::{
 ///
 /// Groups: as in prodigyopt, `$d$` and its update use the first Prodigy group's settings,
 /// and every Prodigy group must be at the largest of their current rates or at 0
-/// ([`Error::UnequalGroupLr`](crate::Error::UnequalGroupLr)). Each tensor's passes use its
-/// own group's hyperparameters; prodigyopt reads β₁, β₂, β₃, `decouple` and
-/// `use_bias_correction` from the first group for all, so give the groups the same values of
-/// those (they differ in practice only in `lr`, `weight_decay` and `eps`).
+/// ([`Error::UnequalGroupLr`](crate::Error::UnequalGroupLr)). Groups may differ in
+/// `weight_decay`, `eps` and `safeguard_warmup`; prodigyopt reads the other settings from its
+/// first group for all, so a group that differs in one of them is refused
+/// ([`Error::ReductionSettingDiffers`](crate::Error::ReductionSettingDiffers)) rather than
+/// stepped with a value it was not given.
 ///
 /// | symbol | field | default | source of the default |
 /// | --- | --- | --- | --- |
@@ -255,6 +256,26 @@ impl UpdateRule for Prodigy {
 
     fn reduction(&self) -> Option<Reduction> {
         Some(Reduction { shared: SHARED, sums: SUMS })
+    }
+
+    /// prodigyopt reads the betas, `decouple`, `use_bias_correction`, `d_coef` and
+    /// `growth_rate` from its first group for every group, and compares `d` with the last
+    /// group's `d0`; each group keeps its own `lr` (see [`Error::UnequalGroupLr`]),
+    /// `weight_decay`, `eps` and `safeguard_warmup`.
+    fn reduction_mismatch(&self, first: &Self) -> Option<&'static str> {
+        let bits = |value: f64| value.to_bits();
+        [
+            ("beta1", bits(self.beta1) != bits(first.beta1)),
+            ("beta2", bits(self.beta2) != bits(first.beta2)),
+            ("beta3", self.beta3.map(bits) != first.beta3.map(bits)),
+            ("decouple", self.decouple != first.decouple),
+            ("use_bias_correction", self.use_bias_correction != first.use_bias_correction),
+            ("d0", bits(self.d0) != bits(first.d0)),
+            ("d_coef", bits(self.d_coef) != bits(first.d_coef)),
+            ("growth_rate", self.growth_rate.map(bits) != first.growth_rate.map(bits)),
+        ]
+        .into_iter()
+        .find_map(|(key, differs)| differs.then_some(key))
     }
 
     fn check_shared(&self, name: &str, value: f64) -> Result<(), &'static str> {
