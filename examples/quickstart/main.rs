@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray_optim::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
-    Nesterov, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -62,6 +62,8 @@ fn contestants() -> Vec<Contestant> {
         // are higher than their base rules', as Defazio et al. recommend.
         Contestant::new("sf-adamw", ScheduleFreeAdamW { lr: 0.08, ..ScheduleFreeAdamW::default() }),
         Contestant::new("sf-sgd", ScheduleFreeSgd { lr: 0.5, ..ScheduleFreeSgd::default() }),
+        // Prodigy estimates its own step size: lr 1 is its default, not a tuned value.
+        Contestant::new("prodigy", Prodigy::default()),
         Contestant::new("muon+adamw", AdamW { lr: 0.01, ..AdamW::default() })
             .with_hidden_matrix(Muon { lr: 0.02, ..Muon::default() }),
     ]
@@ -130,7 +132,7 @@ fn run(args: Args) -> Result<bool, Box<dyn Error>> {
     );
     println!(
         "Network 64-{HIDDEN_UNITS}-{CLASSES} (tanh, softmax), batches of {BATCH_SIZE}, {} epochs, \
-         seed {}.\nThe output layer is a parameter group that learns at half the rate.\n",
+         seed {}.\nThe output layer is a parameter group that learns at half the rate (Prodigy: at its one rate).\n",
         setup.epochs(),
         args.seed
     );

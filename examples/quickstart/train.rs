@@ -106,7 +106,11 @@ impl Contestant {
     /// scaled by [`OUTPUT_LR_SCALE`].
     fn optimizer(&self) -> Result<Optimizer<Rule, f32>, Box<dyn Error>> {
         let mut output = self.rule;
-        *output.lr_mut() *= OUTPUT_LR_SCALE;
+        // A rule with one step size for the whole model (Prodigy) needs every group at one
+        // rate, as prodigyopt does.
+        if self.rule.reduction().is_none() {
+            *output.lr_mut() *= OUTPUT_LR_SCALE;
+        }
         let mut optimizer = Optimizer::new(self.rule)?;
         optimizer.add_group(OUTPUT_GROUP, output)?;
         optimizer.assign(OUTPUT_WEIGHT, OUTPUT_GROUP)?;

@@ -20,8 +20,8 @@ use std::process::ExitCode;
 
 use ndarray::Array1;
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, Optimizer, ParamGrad, RAdam,
-    RmsProp, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, Optimizer, ParamGrad,
+    Prodigy, RAdam, RmsProp, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd, UpdateRule,
 };
 
 use surfaces::{LearningRates, Surface};
@@ -69,6 +69,8 @@ fn racers() -> Vec<Racer> {
             lr: lr.gradient_scaled,
             ..ScheduleFreeSgd::default()
         }),
+        // Prodigy sets its own step size: every surface gets its default rate of 1.
+        Racer::new("prodigy", |_| Prodigy::default()),
     ]
 }
 
