@@ -92,6 +92,7 @@ mod error;
 mod guard;
 mod inspect;
 mod kernel;
+mod lbfgs;
 pub mod model;
 mod multi_steps;
 mod optimizer;
@@ -114,6 +115,7 @@ pub use guard::{NonFinite, StepOutcome};
 pub use inspect::TensorView;
 #[doc(hidden)]
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
+pub use lbfgs::{Lbfgs, LbfgsOptions, LineSearch};
 pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
 pub use model::Parameters;
 pub use multi_steps::{MultiStepOutcome, MultiSteps};
