@@ -115,8 +115,8 @@ pub use guard::{NonFinite, StepOutcome};
 pub use inspect::TensorView;
 #[doc(hidden)]
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
-pub use lbfgs::{Lbfgs, LbfgsOptions, LineSearch};
 pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
+pub use lbfgs::{Lbfgs, LbfgsOptions, LineSearch};
 pub use model::Parameters;
 pub use multi_steps::{MultiStepOutcome, MultiSteps};
 /// `#[derive(Parameters)]`: see [`model`] and [`Parameters`].

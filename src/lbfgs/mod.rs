@@ -436,8 +436,8 @@ impl<A: Element> Lbfgs<A> {
                 if n_iter != options.max_iter {
                     // The gradient at the new point is the next iteration's; the last
                     // iteration does not evaluate it.
-                    *loss =
-                        evaluate(model, grads, closure, layout, prefix, &mut pool[flat])?.into_f64();
+                    *loss = evaluate(model, grads, closure, layout, prefix, &mut pool[flat])?
+                        .into_f64();
                     ls_func_evals = 1;
                 }
                 opt_cond = abs_max(&pool[flat]) <= tolerance_grad;
@@ -528,7 +528,10 @@ mod form {
             }
             for (i, name) in layout.names.iter().enumerate() {
                 if layout.names[..i].contains(name) {
-                    return Err(Error::DuplicateParam { param: name.clone(), in_what: "checkpoint" });
+                    return Err(Error::DuplicateParam {
+                        param: name.clone(),
+                        in_what: "checkpoint",
+                    });
                 }
             }
         }

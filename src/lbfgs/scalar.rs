@@ -69,7 +69,12 @@ impl<A: Element> Num<A> {
         }
     }
 
-    fn compare(self, other: Self, float: fn(&f64, &f64) -> bool, tensor: fn(&A, &A) -> bool) -> bool {
+    fn compare(
+        self,
+        other: Self,
+        float: fn(&f64, &f64) -> bool,
+        tensor: fn(&A, &A) -> bool,
+    ) -> bool {
         match (self, other) {
             (Float(a), Float(b)) => float(&a, &b),
             _ => tensor(&self.value(), &other.value()),

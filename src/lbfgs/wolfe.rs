@@ -89,7 +89,8 @@ pub(crate) fn strong_wolfe<A: Element, E>(
 ) -> Result<Found<A>, E> {
     let slope = Tensor(gtd);
     // Armijo's condition fails at `(t, f_new)`.
-    let too_high = |t: Num<A>, f_new: f64| Float(f_new).gt(Float(f).add(Float(C1).mul(t).mul(slope)));
+    let too_high =
+        |t: Num<A>, f_new: f64| Float(f_new).gt(Float(f).add(Float(C1).mul(t).mul(slope)));
     let curvature_met = |gtd_new: A| Tensor(gtd_new).abs().le(Float(-C2).mul(slope));
     let mut at = |t: Num<A>, slot: usize| -> Result<Point<A>, E> {
         let (f, gtd) = evaluate(t, slot)?;
@@ -139,7 +140,8 @@ pub(crate) fn strong_wolfe<A: Element, E>(
     }
 
     // Zoom: shrink the bracket until a point meets the conditions.
-    let order = |bracket: &[Point<A>; 2]| if bracket[0].f <= bracket[1].f { (0, 1) } else { (1, 0) };
+    let order =
+        |bracket: &[Point<A>; 2]| if bracket[0].f <= bracket[1].f { (0, 1) } else { (1, 0) };
     let mut insufficient_progress = false;
     let (mut low, mut high) = if done { (0, 1) } else { order(&bracket) };
     while !done && ls_iter < max_ls {

@@ -2714,19 +2714,25 @@ LBFGS_QUAD = {"init": [0.5, -1.5, 2.0, -0.25, 1.25, -3.0],
 LBFGS_QUAD4 = {"init": [1.0, -2.0, 0.3, 0.7], "a": [3.0, 0.8, 5.5, 1.25],
                "b": [0.2, 0.0, -0.4, 0.3]}
 LBFGS_CASES = [
-    # (tag, objective, hyper)
+    # (tag, objective, hyper[, dtypes])
     ("rosen-fixed-h3", "rosenbrock", {"lr": 0.02, "max_iter": 1, "history_size": 3}),
     ("rosen-fixed-iter5", "rosenbrock", {"lr": 0.25, "max_iter": 5, "history_size": 3}),
     ("rosen-wolfe-h3", "rosenbrock",
      {"max_iter": 1, "max_eval": 4, "history_size": 3, "line_search_fn": "strong_wolfe"}),
     ("rosen-wolfe-iter4", "rosenbrock",
      {"max_iter": 4, "history_size": 3, "line_search_fn": "strong_wolfe"}),
-    ("rosen-wolfe-defaults", "rosenbrock", {"line_search_fn": "strong_wolfe"}),
-    ("quad-fixed-defaults", "quadratic", {"lr": 0.05}),
+    # f64 only (the cases marked so): in f32 these reach the ball where loss and gradient
+    # are rounding noise within the 25 steps, and where they wander there depends on the last
+    # bit of every operation (MKL's f32 dot products reduce in their own order, and PyTorch's
+    # f32 sqrt, MKL's, is not correctly rounded), so no tolerance short of the ball's radius
+    # holds. The f32 cases stop short of it.
+    ("rosen-wolfe-defaults", "rosenbrock", {"line_search_fn": "strong_wolfe"}, ("f64",)),
+    ("rosen-fixed-slow", "rosenbrock", {"lr": 0.002}),
+    ("quad-fixed-defaults", "quadratic", {"lr": 0.05}, ("f64",)),
     ("quad-fixed-h3", "quadratic", {"lr": 0.05, "max_iter": 1, "history_size": 3}),
     ("quad-wolfe-h3", "quadratic",
-     {"max_iter": 2, "history_size": 3, "line_search_fn": "strong_wolfe"}),
-    ("quad-wolfe-defaults", "quadratic", {"line_search_fn": "strong_wolfe"}),
+     {"max_iter": 2, "history_size": 3, "line_search_fn": "strong_wolfe"}, ("f64",)),
+    ("quad-wolfe-defaults", "quadratic", {"line_search_fn": "strong_wolfe"}, ("f64",)),
     ("quad-wolfe-tolerances", "quadratic",
      {"max_iter": 3, "max_eval": 5, "tolerance_grad": 1e-3, "tolerance_change": 1e-4,
       "line_search_fn": "strong_wolfe"}),
@@ -2791,8 +2797,8 @@ def run_lbfgs(case):
 
 def write_lbfgs(version):
     entries = []
-    for tag, objective, hyper in LBFGS_CASES:
-        for dtype in ("f64", "f32"):
+    for tag, objective, hyper, *dtypes in LBFGS_CASES:
+        for dtype in (dtypes[0] if dtypes else ("f64", "f32")):
             case = lbfgs_case(tag, objective, hyper, dtype)
             traj, evals, losses = run_lbfgs(case)
             # A case may converge within its first step and stay: it has to move, not to
