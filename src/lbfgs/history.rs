@@ -35,12 +35,13 @@ impl<A: Element> History<A> {
     }
 
     /// Appends a pair, dropping the oldest if there are `capacity` already. `y` and `s` are
-    /// taken by swapping: they come back holding the dropped pair's buffers (or empty).
+    /// taken by swapping: they come back holding the dropped pair's buffers, or new ones of
+    /// their capacity while the history fills.
     pub(crate) fn push(&mut self, capacity: usize, y: &mut Vec<A>, s: &mut Vec<A>, ro: A) {
         if self.len() < capacity {
             let at = self.start + self.len();
-            self.dirs.insert(at, mem::take(y));
-            self.stps.insert(at, mem::take(s));
+            self.dirs.insert(at, mem::replace(y, Vec::with_capacity(y.len())));
+            self.stps.insert(at, mem::replace(s, Vec::with_capacity(s.len())));
             self.ro.insert(at, ro);
         } else {
             let slot = self.start;

@@ -292,40 +292,52 @@ impl<A: Element> Lbfgs<A> {
         E: From<Error>,
         F: FnMut(&M, &mut M) -> Result<A, E>,
     {
+        // The layout is taken out for the step so that the walks can borrow it beside the
+        // state; it goes back after, unless the step recorded it and then failed at once.
         let layout = match self.state.layout.take() {
-            Some(layout) => {
-                let checked = layout.check(model, prefix);
-                self.state.layout = Some(layout);
-                checked?;
-                self.state.layout.as_ref()
-            }
-            None => Some(&*self.state.layout.insert(Layout::of(model, prefix))),
+            Some(layout) => match layout.check(model, prefix) {
+                Ok(()) => layout,
+                Err(error) => {
+                    self.state.layout = Some(layout);
+                    return Err(error.into());
+                }
+            },
+            None => Layout::of(model, prefix),
         };
-        let layout = layout.cloned().unwrap_or_else(|| Layout::of(model, prefix));
+        let evals_before = self.state.func_evals;
+        let fresh = self.state.n_iter == 0 && evals_before == 0;
+        let result = self.step_over(model, grads, closure, &layout, prefix);
+        if !fresh || self.state.func_evals > evals_before {
+            self.state.layout = Some(layout);
+        }
+        result
+    }
+
+    /// A step over the tensors of `layout`, which `model` has.
+    fn step_over<M, E, F>(
+        &mut self,
+        model: &mut M,
+        grads: &mut M,
+        closure: &mut F,
+        layout: &Layout,
+        prefix: &mut Prefix,
+    ) -> Result<A, E>
+    where
+        M: Parameters<Elem = A>,
+        E: From<Error>,
+        F: FnMut(&M, &mut M) -> Result<A, E>,
+    {
         let numel = layout.numel();
-        let fresh = self.state.n_iter == 0 && self.state.func_evals == 0;
         // PyTorch evaluates the closure and returns when there is nothing to optimize.
         if numel == 0 {
-            if fresh {
-                self.state.layout = None;
-            }
             return closure(model, grads);
         }
         self.work.size(numel, self.options.history_size);
-
-        let first = evaluate(model, grads, closure, &layout, prefix, &mut self.work.pool[0]);
-        let (orig_loss, mut loss) = match first {
-            Ok(loss) => (loss, loss.into_f64()),
-            Err(error) => {
-                if fresh {
-                    self.state.layout = None;
-                }
-                return Err(error);
-            }
-        };
+        let orig_loss = evaluate(model, grads, closure, layout, prefix, &mut self.work.pool[0])?;
         self.state.func_evals += 1;
-        let result = self.iterate(model, grads, closure, &layout, prefix, &mut loss);
-        result.map(|()| orig_loss)
+        let mut loss = orig_loss.into_f64();
+        self.iterate(model, grads, closure, layout, prefix, &mut loss)?;
+        Ok(orig_loss)
     }
 
     /// The iterations of a step, after its first evaluation (its loss `loss`, its gradient in
