@@ -404,10 +404,10 @@ impl<A: Element> Lbfgs<A> {
                 }
                 let h_diag = state.h_diag;
                 d.iter_mut().for_each(|q| *q = *q * h_diag);
-                for i in 0..history.len() {
+                for (i, &al_i) in al.iter().enumerate().take(history.len()) {
                     let (old_dir, old_stp, ro) = history.get(i);
                     let be_i = dot(old_dir, d) * ro;
-                    let alpha = al[i] - be_i;
+                    let alpha = al_i - be_i;
                     d.iter_mut().zip(old_stp).for_each(|(r, &s)| *r = s.mul_add(alpha, *r));
                 }
             }
