@@ -94,6 +94,7 @@ mod error;
 mod guard;
 mod inspect;
 mod kernel;
+mod lbfgs;
 pub mod model;
 mod multi_steps;
 mod optimizer;
@@ -117,6 +118,7 @@ pub use inspect::TensorView;
 #[doc(hidden)]
 pub use kernel::{KernelPath, last_kernel_path, with_kernel_path};
 pub use kernel::{Split, Stage, StateSlots, TensorStep, sum_in_order};
+pub use lbfgs::{Lbfgs, LbfgsOptions, LineSearch};
 pub use model::Parameters;
 pub use multi_steps::{MultiStepOutcome, MultiSteps};
 /// `#[derive(Parameters)]`: see [`model`] and [`Parameters`].

@@ -770,4 +770,47 @@ fn steady_state_prodigy_steps_do_not_allocate() {
     });
     assert_eq!(count, 0, "steady-state prodigy accumulation allocated");
     assert_eq!(accumulated.optimizer().step_count("a"), Some(10));
+/// Once its history is full, an L-BFGS step allocates nothing, with or without line search,
+/// over a model of several tensors.
+#[test]
+fn steady_state_lbfgs_steps_do_not_allocate() {
+    use ndarray_optim::{Error, Lbfgs, LbfgsOptions, LineSearch};
+
+    for line_search_fn in [None, Some(LineSearch::StrongWolfe)] {
+        let options = LbfgsOptions {
+            history_size: 3,
+            max_iter: 4,
+            max_eval: Some(100),
+            line_search_fn,
+            ..Default::default()
+        };
+        let mut opt = Lbfgs::<f64>::new(options).unwrap();
+        let mut model = vec![
+            ("w".to_owned(), ArrayD::from_elem(IxDyn(&[3, 4]).f(), 1.5)),
+            ("b".to_owned(), ArrayD::from_elem(IxDyn(&[4]), -0.5)),
+        ];
+        let mut grads = model.clone();
+        // A quadratic with distinct curvatures, so the history fills and keeps changing.
+        let mut closure = |model: &Vec<(String, ArrayD<f64>)>,
+                           grads: &mut Vec<(String, ArrayD<f64>)>| {
+            let mut loss = 0.0;
+            for ((_, p), (_, g)) in model.iter().zip(grads.iter_mut()) {
+                for (i, (g, &p)) in g.iter_mut().zip(p.iter()).enumerate() {
+                    let a = 1.0 + i as f64;
+                    *g = a * p - 0.25;
+                    loss += a * p * p / 2.0 - 0.25 * p;
+                }
+            }
+            Ok::<_, Error>(loss)
+        };
+        opt.step(&mut model, &mut grads, &mut closure).unwrap();
+        assert_eq!(opt.history_len(), 3, "{line_search_fn:?}: the history is not full");
+        // Move away again so that the next steps iterate.
+        model[0].1.fill(2.0);
+        let count = allocations(|| {
+            opt.step(&mut model, &mut grads, &mut closure).unwrap();
+        });
+        assert_eq!(count, 0, "{line_search_fn:?}");
+        assert!(opt.n_iter() > 4);
+    }
 }

@@ -16,6 +16,7 @@ mod hostile;
 mod inspect;
 mod kernels;
 mod layouts;
+mod lbfgs;
 mod model;
 mod model_params;
 mod multi_steps;

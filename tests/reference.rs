@@ -17,7 +17,7 @@ struct Fixtures {
 pub(crate) struct Fixture {
     pub(crate) case: Value,
     source: String,
-    trajectory: serde_json::Map<String, Value>,
+    pub(crate) trajectory: serde_json::Map<String, Value>,
 }
 
 pub(crate) fn load(file: &str) -> Vec<Fixture> {

@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder, Zip};
 use ndarray_optim::schedule::{LrScheduler, Schedule};
-use ndarray_optim::{Clip, Element, Optimizer, ParamGrad, Rule, UpdateRule};
+use ndarray_optim::{Clip, Element, Lbfgs, LbfgsOptions, Optimizer, ParamGrad, Rule, UpdateRule};
 use serde::de::{self, DeserializeOwned};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
@@ -231,29 +231,110 @@ impl<'a, A: Element> Tensor<'a, A> {
 
     /// Writes the gradient of step `step` (from 1) at the current parameter into `self.grad`.
     fn compute_grad(&mut self, step: usize) {
-        match &self.spec.objective {
-            Objective::Quadratic { a, b } => {
-                let a = array::<A>(&self.spec.shape, Layout::RowMajor, a);
-                let b = array::<A>(&self.spec.shape, Layout::RowMajor, b);
-                Zip::from(&mut self.grad)
-                    .and(&self.param)
-                    .and(&a)
-                    .and(&b)
-                    .for_each(|g, &t, &a, &b| *g = a * t - b);
-            }
-            Objective::Sequence { grads } => {
-                let row = array::<A>(&self.spec.shape, Layout::RowMajor, &grads[step - 1]);
-                self.grad.assign(&row);
-            }
-            Objective::Rosenbrock => {
-                let c = A::from_f64;
-                let (x, y) = (self.param[[0]], self.param[[1]]);
-                let d = y - x * x;
-                self.grad[[0]] = -c(2.0) * (c(1.0) - x) - c(400.0) * x * d;
-                self.grad[[1]] = c(200.0) * d;
-            }
+        gradient(self.spec, step, &self.param, &mut self.grad);
+    }
+}
+
+/// The gradient of `spec`'s objective at step `step` (from 1) and `param`, into `grad`.
+fn gradient<A: Element>(spec: &ParamSpec, step: usize, param: &ArrayD<A>, grad: &mut ArrayD<A>) {
+    match &spec.objective {
+        Objective::Quadratic { a, b } => {
+            let a = array::<A>(&spec.shape, Layout::RowMajor, a);
+            let b = array::<A>(&spec.shape, Layout::RowMajor, b);
+            Zip::from(grad).and(param).and(&a).and(&b).for_each(|g, &t, &a, &b| *g = a * t - b);
+        }
+        Objective::Sequence { grads } => {
+            grad.assign(&array::<A>(&spec.shape, Layout::RowMajor, &grads[step - 1]));
+        }
+        Objective::Rosenbrock => {
+            let c = A::from_f64;
+            let (x, y) = (param[[0]], param[[1]]);
+            let d = y - x * x;
+            grad[[0]] = -c(2.0) * (c(1.0) - x) - c(400.0) * x * d;
+            grad[[1]] = c(200.0) * d;
         }
     }
+}
+
+/// The objective J of `spec` at `param`, for the objectives that have one: quadratic
+/// Σ (a ⊙ θ ⊙ θ / 2 − b ⊙ θ), summed in row-major order, and Rosenbrock.
+fn objective_value<A: Element>(spec: &ParamSpec, param: &ArrayD<A>) -> Option<A> {
+    let c = A::from_f64;
+    match &spec.objective {
+        Objective::Quadratic { a, b } => {
+            let terms = param.iter().zip(a).zip(b).map(|((&t, &a), &b)| {
+                let (a, b) = (c(a), c(b));
+                a * t * t / c(2.0) - b * t
+            });
+            Some(terms.fold(A::zero(), |sum, term| sum + term))
+        }
+        Objective::Rosenbrock => {
+            let (x, y) = (param[[0]], param[[1]]);
+            let (u, d) = (c(1.0) - x, y - x * x);
+            Some(u * u + c(100.0) * (d * d))
+        }
+        Objective::Sequence { .. } => None,
+    }
+}
+
+/// Replays an L-BFGS case: one `step(closure)` per case step over all tensors, the closure's
+/// loss the sum of the tensors' objectives in `params` order.
+fn run_lbfgs<A>(case: &Case) -> Result<Trajectory, String>
+where
+    A: Element + Serialize + DeserializeOwned,
+{
+    let unsupported =
+        |what: &str| Err(format!("lbfgs: {what} are not supported (PyTorch's LBFGS has none)"));
+    if !case.groups.is_empty() || case.params.iter().any(|spec| spec.group.is_some()) {
+        return unsupported("parameter groups");
+    }
+    if case.schedule.is_some() {
+        return unsupported("learning-rate schedules");
+    }
+    if case.clip.is_some() {
+        return unsupported("gradient clipping");
+    }
+    let options: LbfgsOptions = serde_json::from_value(Value::Object(case.hyper.clone()))
+        .map_err(|e| format!("hyper: {e}"))?;
+    let mut optimizer = Lbfgs::<A>::new(options).map_err(|e| e.to_string())?;
+    let mut model = Vec::with_capacity(case.params.len());
+    for spec in &case.params {
+        if let Objective::Sequence { .. } = spec.objective {
+            return Err(format!(
+                "param `{}`: lbfgs takes quadratic and rosenbrock objectives only (its closure \
+                 needs the loss)",
+                spec.name
+            ));
+        }
+        model.push((spec.name.clone(), Tensor::<A>::new(spec, case.steps)?.param));
+    }
+    let mut grads = model.clone();
+    let mut rows = vec![Vec::with_capacity(case.steps); model.len()];
+    let closure = |model: &Vec<(String, ArrayD<A>)>, grads: &mut Vec<(String, ArrayD<A>)>| {
+        let mut loss = None;
+        for ((spec, (_, param)), (_, grad)) in case.params.iter().zip(model).zip(grads) {
+            gradient(spec, 1, param, grad);
+            let value = objective_value(spec, param).unwrap_or(A::zero());
+            loss = Some(loss.map_or(value, |sum| sum + value));
+        }
+        Ok::<_, ndarray_optim::Error>(loss.unwrap_or(A::zero()))
+    };
+    for step in 1..=case.steps {
+        optimizer.step(&mut model, &mut grads, closure).map_err(|e| e.to_string())?;
+        for (rows, (_, param)) in rows.iter_mut().zip(&model) {
+            rows.push(param.iter().map(|v| v.into_f64()).collect());
+        }
+        if case.checkpoint_every > 0 && step % case.checkpoint_every == 0 {
+            let bytes = serde_json::to_vec(&optimizer).map_err(|e| e.to_string())?;
+            drop(optimizer);
+            optimizer = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Trajectory {
+        name: case.name.clone(),
+        dtype: A::NAME.to_owned(),
+        tensors: case.params.iter().map(|spec| spec.name.clone()).zip(rows).collect(),
+    })
 }
 
 fn build<A: Element>(case: &Case) -> Result<Optimizer<Rule, A>, String> {
@@ -287,6 +368,9 @@ where
     let mut names = std::collections::HashSet::new();
     if let Some(spec) = case.params.iter().find(|spec| !names.insert(spec.name.as_str())) {
         return Err(format!("param `{}` is listed twice", spec.name));
+    }
+    if case.optimizer == "lbfgs" {
+        return run_lbfgs::<A>(case);
     }
     let mut tensors = case
         .params
