@@ -770,6 +770,8 @@ fn steady_state_prodigy_steps_do_not_allocate() {
     });
     assert_eq!(count, 0, "steady-state prodigy accumulation allocated");
     assert_eq!(accumulated.optimizer().step_count("a"), Some(10));
+}
+
 /// Once its history is full, an L-BFGS step allocates nothing, with or without line search,
 /// over a model of several tensors.
 #[test]
