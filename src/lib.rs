@@ -3,10 +3,10 @@
 //! Each update rule ([`Sgd`], [`Momentum`], [`Nesterov`], [`Adagrad`], [`Adadelta`],
 //! [`RmsProp`], [`Adam`], [`AdamW`], [`Adamax`], [`NAdam`], [`RAdam`], [`Lamb`],
 //! [`Adafactor`], [`Lion`], [`Asgd`], [`Rprop`], [`ScheduleFreeAdamW`], [`ScheduleFreeSgd`],
-//! [`Prodigy`])
-//! steps named parameter tensors of any shape, dimension and memory layout, in `f32` or `f64`,
-//! through one [`Optimizer`]; [`Muon`] steps
-//! the matrices, in a group of its own beside another rule for the other tensors ([`Rule`]).
+//! [`Prodigy`]) steps named parameter tensors of any shape, dimension and memory layout, in
+//! `f32` or `f64`, through one [`Optimizer`]; [`Muon`] steps the matrices, in a group of its own
+//! beside another rule for the other tensors ([`Rule`]). For full-batch problems, [`Lbfgs`]
+//! is PyTorch's L-BFGS over a whole model, driven by a closure that evaluates the loss.
 //! State lives under each tensor's name, created on its first step; [`ParamGroup`]s give sets
 //! of tensors their own hyperparameters, as PyTorch's param groups do. A whole model steps in
 //! one call, [`Optimizer::step_model`], from a struct with `#[derive(Parameters)]` (whose

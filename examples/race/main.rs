@@ -20,8 +20,9 @@ use std::process::ExitCode;
 
 use ndarray::Array1;
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Momentum, NAdam, Nesterov, Optimizer, ParamGrad,
-    Prodigy, RAdam, RmsProp, Rule, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Lbfgs, LbfgsOptions, LineSearch, Momentum, NAdam,
+    Nesterov, Optimizer, ParamGrad, Prodigy, RAdam, RmsProp, Rule, ScheduleFreeAdamW,
+    ScheduleFreeSgd, Sgd, UpdateRule,
 };
 
 use surfaces::{LearningRates, Surface};
@@ -71,6 +72,8 @@ fn racers() -> Vec<Racer> {
         }),
         // Prodigy sets its own step size: every surface gets its default rate of 1.
         Racer::new("prodigy", |_| Prodigy::default()),
+        // One quasi-Newton iteration per race step, with its line search's evaluations.
+        Racer { label: "lbfgs", descend: Box::new(descend_lbfgs) },
     ]
 }
 
@@ -104,6 +107,34 @@ fn descend(rule: Rule, surface: &Surface) -> Result<Descent, Box<dyn Error>> {
         }
     }
     Ok(Descent { lr, points, left_at: None })
+}
+
+/// L-BFGS with a strong-Wolfe line search, one iteration per step (`max_iter` 1): the path
+/// is of its iterates, each of which may have cost several evaluations of the surface.
+fn descend_lbfgs(surface: &Surface) -> Result<Descent, Box<dyn Error>> {
+    let options = LbfgsOptions {
+        max_iter: 1,
+        // PyTorch's default would be max_iter · 5/4 = 1 evaluation: no room for the search.
+        max_eval: Some(25),
+        line_search_fn: Some(LineSearch::StrongWolfe),
+        ..LbfgsOptions::default()
+    };
+    let mut lbfgs = Lbfgs::<f64>::new(options)?;
+    let mut position = Array1::from(surface.start.to_vec());
+    let mut gradient = Array1::zeros(2);
+    let mut points = vec![surface.start];
+    for step in 1..=surface.steps {
+        lbfgs.step(&mut position, &mut gradient, |xy, g| {
+            g.assign(&Array1::from((surface.gradient)(xy[0], xy[1]).to_vec()));
+            Ok::<_, ndarray_optim::Error>((surface.value)(xy[0], xy[1]))
+        })?;
+        let point = [position[0], position[1]];
+        points.push(point);
+        if !surface.contains(point) {
+            return Ok(Descent { lr: options.lr, points, left_at: Some(step) });
+        }
+    }
+    Ok(Descent { lr: options.lr, points, left_at: None })
 }
 
 fn run(out: PathBuf) -> Result<(), Box<dyn Error>> {

@@ -13,6 +13,10 @@ const GRID: usize = 150;
 
 /// Room right of the plot for the legend, in pixels.
 const LEGEND_WIDTH: u32 = 200;
+/// Where the legend starts below the top of the picture (the caption and the margin above
+/// the plot), and the height of one entry, in pixels.
+const LEGEND_TOP: u32 = 60;
+const LEGEND_ENTRY: u32 = 42;
 
 /// One rule's path: the points it visited, from the start.
 pub struct Path2d<'a> {
@@ -118,7 +122,7 @@ where
         ))?;
         root.draw(&Text::new(path.label.as_str(), (left + 32, top), label_font.clone()))?;
         root.draw(&Text::new(path.detail.as_str(), (left + 32, top + 18), detail_font.clone()))?;
-        top += 42;
+        top += LEGEND_ENTRY as i32;
     }
     root.draw(&Circle::new((left + 12, top + 8), 5, BLACK.stroke_width(2)))?;
     root.draw(&Text::new("start", (left + 32, top), label_font.clone()))?;
@@ -136,7 +140,9 @@ pub fn race_chart(
     paths: &[Path2d<'_>],
 ) -> Result<(), Box<dyn Error>> {
     let (x, y) = ((surface.x.start, surface.x.end), (surface.y.start, surface.y.end));
-    let root = SVGBackend::new(file, (1000, 640)).into_drawing_area();
+    // Tall enough for the legend: two lines per path, then the start and the minimum.
+    let height = 640.max(LEGEND_TOP + LEGEND_ENTRY * paths.len() as u32 + 90);
+    let root = SVGBackend::new(file, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(surface.title, ("sans-serif", 22))
