@@ -52,7 +52,8 @@ impl<A: Element> History<A> {
         }
     }
 
-    /// Every buffer has `numel` values.
+    /// Every buffer has `numel` values (checked when a state is deserialized).
+    #[cfg(feature = "serde")]
     pub(crate) fn fits(&self, numel: usize) -> bool {
         self.dirs.iter().chain(&self.stps).all(|v| v.len() == numel)
     }

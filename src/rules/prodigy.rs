@@ -260,7 +260,7 @@ impl UpdateRule for Prodigy {
 
     /// prodigyopt reads the betas, `decouple`, `use_bias_correction`, `d_coef` and
     /// `growth_rate` from its first group for every group, and compares `d` with the last
-    /// group's `d0`; each group keeps its own `lr` (see [`Error::UnequalGroupLr`]),
+    /// group's `d0`; each group keeps its own `lr` (see [`Error::UnequalGroupLr`](crate::Error::UnequalGroupLr)),
     /// `weight_decay`, `eps` and `safeguard_warmup`.
     fn reduction_mismatch(&self, first: &Self) -> Option<&'static str> {
         let bits = |value: f64| value.to_bits();
