@@ -26,8 +26,9 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray_optim::{
-    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
-    Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
+    Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, LbfgsOptions, LineSearch, Lion,
+    Momentum, Muon, NAdam, Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW,
+    ScheduleFreeSgd, Sgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -66,6 +67,15 @@ fn contestants() -> Vec<Contestant> {
         Contestant::new("prodigy", Prodigy::default()),
         Contestant::new("muon+adamw", AdamW { lr: 0.01, ..AdamW::default() })
             .with_hidden_matrix(Muon { lr: 0.02, ..Muon::default() }),
+        // Full batch: one L-BFGS step (up to 20 iterations) per epoch; its steps column
+        // counts evaluations of the whole training set, each 45 mini-batches' worth.
+        Contestant::full_batch(
+            "lbfgs",
+            LbfgsOptions {
+                line_search_fn: Some(LineSearch::StrongWolfe),
+                ..LbfgsOptions::default()
+            },
+        ),
     ]
 }
 

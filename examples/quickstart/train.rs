@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use ndarray::Axis;
-use ndarray_optim::{Optimizer, Rule, UpdateRule};
+use ndarray_optim::{Lbfgs, LbfgsOptions, Optimizer, Rule, UpdateRule};
 
 use crate::digits::Digits;
 use crate::mlp::Mlp;
@@ -66,6 +66,7 @@ pub struct Outcome {
     pub curve: Vec<(u64, f32)>,
     pub train_loss: f32,
     pub test_accuracy: f32,
+    /// Optimizer steps, or for L-BFGS evaluations of the loss on the whole training set.
     pub steps: u64,
     /// Whether the run resumed from the mid-run checkpoint ended with the same parameters and
     /// optimizer state, bit for bit.
@@ -73,89 +74,185 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// A rule in the comparison: its label, the rule, and optionally another rule for the
-/// hidden layer's weight matrix (Muon's recipe: Muon for hidden matrices, AdamW for the rest).
+/// How a contestant trains.
+enum Method {
+    /// Mini-batch steps of `rule`, and optionally of another rule for the hidden layer's
+    /// weight matrix (Muon's recipe: Muon for hidden matrices, AdamW for the rest).
+    MiniBatch { rule: Rule, hidden_matrix: Option<Rule> },
+    /// L-BFGS on the whole training set, one `step` (up to `max_iter` iterations) per epoch.
+    FullBatch(LbfgsOptions),
+}
+
+/// A contestant in the comparison: its label and how it trains.
 pub struct Contestant {
     pub label: &'static str,
-    pub rule: Rule,
-    pub hidden_matrix: Option<Rule>,
+    method: Method,
 }
 
 impl Contestant {
     /// A contestant that trains every tensor with `rule`.
     pub fn new(label: &'static str, rule: impl Into<Rule>) -> Contestant {
-        Contestant { label, rule: rule.into(), hidden_matrix: None }
+        Contestant { label, method: Method::MiniBatch { rule: rule.into(), hidden_matrix: None } }
+    }
+
+    /// A contestant that trains with L-BFGS on the whole training set.
+    pub fn full_batch(label: &'static str, options: LbfgsOptions) -> Contestant {
+        Contestant { label, method: Method::FullBatch(options) }
     }
 
     /// The same, with `rule` for the hidden layer's weight matrix.
     pub fn with_hidden_matrix(mut self, rule: impl Into<Rule>) -> Contestant {
-        self.hidden_matrix = Some(rule.into());
+        if let Method::MiniBatch { hidden_matrix, .. } = &mut self.method {
+            *hidden_matrix = Some(rule.into());
+        }
         self
     }
 
     /// The learning rates, as the table shows them.
     pub fn lr(&self) -> String {
-        match self.hidden_matrix {
-            Some(matrix) => format!("{} / {}", matrix.options().lr, self.rule.options().lr),
-            None => self.rule.options().lr.to_string(),
+        match &self.method {
+            Method::MiniBatch { rule, hidden_matrix: Some(matrix) } => {
+                format!("{} / {}", matrix.options().lr, rule.options().lr)
+            }
+            Method::MiniBatch { rule, hidden_matrix: None } => rule.options().lr.to_string(),
+            Method::FullBatch(options) => options.lr.to_string(),
         }
-    }
-
-    /// An optimizer for the network: the rule for the hidden layer (or the hidden matrix's
-    /// rule for its weight), and the output layer in a group of its own whose learning rate is
-    /// scaled by [`OUTPUT_LR_SCALE`].
-    fn optimizer(&self) -> Result<Optimizer<Rule, f32>, Box<dyn Error>> {
-        let mut output = self.rule;
-        // A rule with one step size for the whole model (Prodigy) needs every group at one
-        // rate, as prodigyopt does.
-        if self.rule.reduction().is_none() {
-            *output.lr_mut() *= OUTPUT_LR_SCALE;
-        }
-        let mut optimizer = Optimizer::new(self.rule)?;
-        optimizer.add_group(OUTPUT_GROUP, output)?;
-        optimizer.assign(OUTPUT_WEIGHT, OUTPUT_GROUP)?;
-        optimizer.assign(OUTPUT_BIAS, OUTPUT_GROUP)?;
-        if let Some(matrix) = self.hidden_matrix {
-            optimizer.add_group(HIDDEN_MATRIX_GROUP, matrix)?;
-            optimizer.assign(HIDDEN_WEIGHT, HIDDEN_MATRIX_GROUP)?;
-        }
-        Ok(optimizer)
     }
 
     /// Trains the whole run, checkpointing midway, then trains the second half again from the
     /// checkpoint in a fresh optimizer and compares the two ends; `tick` is called after every
     /// step.
     pub fn run(&self, setup: &Setup, tick: &dyn Fn()) -> Result<Outcome, Box<dyn Error>> {
-        let start = Instant::now();
-        let mut optimizer = self.optimizer()?;
-        let mut model = setup.init.clone();
-        let mut curve = vec![(0, setup.train_loss(&model))];
-        let midway = setup.midway();
-        run_epochs(&mut optimizer, &mut model, setup, 0..midway, Some(&mut curve), tick)?;
-
-        // The checkpoint: the optimizer as JSON bytes, as it would be written to a file.
-        let checkpoint = serde_json::to_vec(&optimizer)?;
-        let model_at_checkpoint = model.clone();
-
-        let second_half = midway..setup.epochs();
-        run_epochs(&mut optimizer, &mut model, setup, second_half.clone(), Some(&mut curve), tick)?;
-        let elapsed = start.elapsed();
-
-        let mut resumed_optimizer: Optimizer<Rule, f32> = serde_json::from_slice(&checkpoint)?;
-        let mut resumed_model = model_at_checkpoint;
-        run_epochs(&mut resumed_optimizer, &mut resumed_model, setup, second_half, None, tick)?;
-
-        let resume_identical = resumed_model == model && resumed_optimizer == optimizer;
-        optimizer.eval(&mut model)?;
-        Ok(Outcome {
-            train_loss: setup.train_loss(&model),
-            test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
-            steps: optimizer.step_count(HIDDEN_WEIGHT).unwrap_or(0),
-            curve,
-            resume_identical,
-            elapsed,
-        })
+        match &self.method {
+            Method::MiniBatch { rule, hidden_matrix } => {
+                run_mini_batch(optimizer(*rule, *hidden_matrix)?, setup, tick)
+            }
+            Method::FullBatch(options) => run_full_batch(*options, setup, tick),
+        }
     }
+}
+
+/// An optimizer for the network: `rule` for the hidden layer (or `hidden_matrix` for its
+/// weight), and the output layer in a group of its own whose learning rate is scaled by
+/// [`OUTPUT_LR_SCALE`].
+fn optimizer(
+    rule: Rule,
+    hidden_matrix: Option<Rule>,
+) -> Result<Optimizer<Rule, f32>, Box<dyn Error>> {
+    let mut output = rule;
+    // A rule with one step size for the whole model (Prodigy) needs every group at one rate,
+    // as prodigyopt does.
+    if rule.reduction().is_none() {
+        *output.lr_mut() *= OUTPUT_LR_SCALE;
+    }
+    let mut optimizer = Optimizer::new(rule)?;
+    optimizer.add_group(OUTPUT_GROUP, output)?;
+    optimizer.assign(OUTPUT_WEIGHT, OUTPUT_GROUP)?;
+    optimizer.assign(OUTPUT_BIAS, OUTPUT_GROUP)?;
+    if let Some(matrix) = hidden_matrix {
+        optimizer.add_group(HIDDEN_MATRIX_GROUP, matrix)?;
+        optimizer.assign(HIDDEN_WEIGHT, HIDDEN_MATRIX_GROUP)?;
+    }
+    Ok(optimizer)
+}
+
+/// [`Contestant::run`] with mini-batch steps of `optimizer`.
+fn run_mini_batch(
+    mut optimizer: Optimizer<Rule, f32>,
+    setup: &Setup,
+    tick: &dyn Fn(),
+) -> Result<Outcome, Box<dyn Error>> {
+    let start = Instant::now();
+    let mut model = setup.init.clone();
+    let mut curve = vec![(0, setup.train_loss(&model))];
+    let midway = setup.midway();
+    run_epochs(&mut optimizer, &mut model, setup, 0..midway, Some(&mut curve), tick)?;
+
+    // The checkpoint: the optimizer as JSON bytes, as it would be written to a file.
+    let checkpoint = serde_json::to_vec(&optimizer)?;
+    let model_at_checkpoint = model.clone();
+
+    let second_half = midway..setup.epochs();
+    run_epochs(&mut optimizer, &mut model, setup, second_half.clone(), Some(&mut curve), tick)?;
+    let elapsed = start.elapsed();
+
+    let mut resumed_optimizer: Optimizer<Rule, f32> = serde_json::from_slice(&checkpoint)?;
+    let mut resumed_model = model_at_checkpoint;
+    run_epochs(&mut resumed_optimizer, &mut resumed_model, setup, second_half, None, tick)?;
+
+    let resume_identical = resumed_model == model && resumed_optimizer == optimizer;
+    optimizer.eval(&mut model)?;
+    Ok(Outcome {
+        train_loss: setup.train_loss(&model),
+        test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
+        steps: optimizer.step_count(HIDDEN_WEIGHT).unwrap_or(0),
+        curve,
+        resume_identical,
+        elapsed,
+    })
+}
+
+/// [`Contestant::run`] with L-BFGS on the whole training set, one step per epoch; the curve
+/// and the steps count evaluations of the loss and gradient on the whole set.
+fn run_full_batch(
+    options: LbfgsOptions,
+    setup: &Setup,
+    tick: &dyn Fn(),
+) -> Result<Outcome, Box<dyn Error>> {
+    let start = Instant::now();
+    let mut lbfgs = Lbfgs::<f32>::new(options)?;
+    let mut model = setup.init.clone();
+    let mut curve = vec![(0, setup.train_loss(&model))];
+    let midway = setup.midway();
+    full_batch_epochs(&mut lbfgs, &mut model, setup, midway, Some(&mut curve), tick)?;
+
+    let checkpoint = serde_json::to_vec(&lbfgs)?;
+    let model_at_checkpoint = model.clone();
+
+    let second_half = setup.epochs() - midway;
+    full_batch_epochs(&mut lbfgs, &mut model, setup, second_half, Some(&mut curve), tick)?;
+    let elapsed = start.elapsed();
+
+    let mut resumed: Lbfgs<f32> = serde_json::from_slice(&checkpoint)?;
+    let mut resumed_model = model_at_checkpoint;
+    full_batch_epochs(&mut resumed, &mut resumed_model, setup, second_half, None, tick)?;
+
+    let resume_identical =
+        resumed_model == model && serde_json::to_vec(&resumed)? == serde_json::to_vec(&lbfgs)?;
+    Ok(Outcome {
+        train_loss: setup.train_loss(&model),
+        test_accuracy: model.accuracy(setup.test.images.view(), &setup.test.labels),
+        steps: lbfgs.func_evals(),
+        curve,
+        resume_identical,
+        elapsed,
+    })
+}
+
+/// Takes `epochs` L-BFGS steps on the whole training set, appending the loss after each to
+/// `curve`, if given, at the count of evaluations so far.
+fn full_batch_epochs(
+    lbfgs: &mut Lbfgs<f32>,
+    model: &mut Mlp,
+    setup: &Setup,
+    epochs: usize,
+    mut curve: Option<&mut Vec<(u64, f32)>>,
+    tick: &dyn Fn(),
+) -> Result<(), Box<dyn Error>> {
+    let (images, labels) = (setup.train.images.view(), setup.train.labels.as_slice());
+    let mut grads = model.clone();
+    for _ in 0..epochs {
+        // The closure is PyTorch's: the loss at `model`, its gradient written into `grads`.
+        lbfgs.step(model, &mut grads, |model, grads| {
+            *grads = model.gradient(images, labels);
+            Ok::<_, ndarray_optim::Error>(model.loss(images, labels))
+        })?;
+        tick();
+        if let Some(curve) = curve.as_deref_mut() {
+            curve.push((lbfgs.func_evals(), setup.train_loss(model)));
+        }
+    }
+    Ok(())
 }
 
 /// Trains through `epochs`, appending the training loss to `curve`, if given, every
