@@ -91,22 +91,16 @@ struct Descent {
 fn descend(rule: Rule, surface: &Surface) -> Result<Descent, Box<dyn Error>> {
     let lr = rule.options().lr;
     let mut optimizer = Optimizer::<Rule, f64>::new(rule)?;
-    let mut position = Array1::from(surface.start.to_vec());
-    let mut points = vec![surface.start];
-    for step in 1..=surface.steps {
+    trace(surface, lr, |position| {
         let gradient = Array1::from((surface.gradient)(position[0], position[1]).to_vec());
-        optimizer.step_all(&mut [ParamGrad::new("xy", &mut position, &gradient)])?;
+        optimizer.step_all(&mut [ParamGrad::new("xy", position, &gradient)])?;
         // Switched on a copy, which goes back to train mode, so the race itself runs on.
         let mut evaluated = position.clone();
         optimizer.eval_tensor("xy", &mut evaluated)?;
         let point = [evaluated[0], evaluated[1]];
         optimizer.train_tensor("xy", &mut evaluated)?;
-        points.push(point);
-        if !surface.contains(point) {
-            return Ok(Descent { lr, points, left_at: Some(step) });
-        }
-    }
-    Ok(Descent { lr, points, left_at: None })
+        Ok(point)
+    })
 }
 
 /// L-BFGS with a strong-Wolfe line search, one iteration per step (`max_iter` 1): the path
@@ -120,21 +114,34 @@ fn descend_lbfgs(surface: &Surface) -> Result<Descent, Box<dyn Error>> {
         ..LbfgsOptions::default()
     };
     let mut lbfgs = Lbfgs::<f64>::new(options)?;
-    let mut position = Array1::from(surface.start.to_vec());
     let mut gradient = Array1::zeros(2);
-    let mut points = vec![surface.start];
-    for step in 1..=surface.steps {
-        lbfgs.step(&mut position, &mut gradient, |xy, g| {
+    trace(surface, options.lr, |position| {
+        lbfgs.step(position, &mut gradient, |xy, g| {
             g.assign(&Array1::from((surface.gradient)(xy[0], xy[1]).to_vec()));
             Ok::<_, ndarray_optim::Error>((surface.value)(xy[0], xy[1]))
         })?;
-        let point = [position[0], position[1]];
+        Ok([position[0], position[1]])
+    })
+}
+
+/// The path that `step` takes from the surface's start: `step` moves the position once and
+/// returns the point to draw, for the surface's number of steps or until a point leaves the
+/// window.
+fn trace(
+    surface: &Surface,
+    lr: f64,
+    mut step: impl FnMut(&mut Array1<f64>) -> Result<[f64; 2], Box<dyn Error>>,
+) -> Result<Descent, Box<dyn Error>> {
+    let mut position = Array1::from(surface.start.to_vec());
+    let mut points = vec![surface.start];
+    for index in 1..=surface.steps {
+        let point = step(&mut position)?;
         points.push(point);
         if !surface.contains(point) {
-            return Ok(Descent { lr: options.lr, points, left_at: Some(step) });
+            return Ok(Descent { lr, points, left_at: Some(index) });
         }
     }
-    Ok(Descent { lr: options.lr, points, left_at: None })
+    Ok(Descent { lr, points, left_at: None })
 }
 
 fn run(out: PathBuf) -> Result<(), Box<dyn Error>> {
