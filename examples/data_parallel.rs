@@ -30,7 +30,9 @@ use mpi::collective::SystemOperation;
 use mpi::traits::*;
 use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, Axis, IxDyn, s};
 use ndarray_optim::shard::{merge, split};
-use ndarray_optim::{Adam, Momentum, Optimizer, ShardPlan, ShardedOptimizer, UpdateRule};
+use ndarray_optim::{
+    Adam, Momentum, Optimizer, ParamGrad, ShardPlan, ShardedOptimizer, UpdateRule,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -180,8 +182,8 @@ where
         return Err(format!("the world size must divide {MICRO_BATCHES}, not {size}"));
     }
     let mut model = Model::new(1);
-    let sizes = model.tensors.iter().map(|(n, t)| (n.as_str(), t.len()));
-    let plan = ShardPlan::new(sizes, size).map_err(|e| e.to_string())?;
+    let shapes = model.tensors.iter().map(|(n, t)| (n.as_str(), t.shape()));
+    let plan = ShardPlan::new(shapes, size).map_err(|e| e.to_string())?;
     let mut setup = Optimizer::new(rule.clone()).map_err(|e| e.to_string())?;
     let mut bias_rule = rule;
     *bias_rule.lr_mut() *= 2.0;
@@ -217,8 +219,8 @@ where
         if let Some(missing) = (0..written_by).find(|rank| !shards.contains_key(rank)) {
             return Err(format!("{}: the shard of rank {missing} is missing", dir.display()));
         }
-        let sizes = model.tensors.iter().map(|(n, t)| (n.as_str(), t.len()));
-        let old_plan = ShardPlan::new(sizes, written_by).map_err(|e| e.to_string())?;
+        let shapes = model.tensors.iter().map(|(n, t)| (n.as_str(), t.shape()));
+        let old_plan = ShardPlan::new(shapes, written_by).map_err(|e| e.to_string())?;
         let full = merge(shards.into_values().collect(), &old_plan).map_err(|e| e.to_string())?;
         reference = Optimizer::from_checkpoint(full.clone()).map_err(|e| e.to_string())?;
         let mine = split(full, &plan).map_err(|e| e.to_string())?.swap_remove(rank);
@@ -261,21 +263,50 @@ where
         for slot in summed.chunks(grad_len) {
             averaged.iter_mut().zip(slot).for_each(|(a, s)| *a += s);
         }
-        let mut offset = 0;
-        for (index, (name, param)) in model.tensors.iter_mut().enumerate() {
-            let grad = ArrayD::from_shape_vec(
-                param.raw_dim(),
-                averaged[offset..offset + numels[index]].to_vec(),
-            )
-            .expect("sizes match");
-            offset += numels[index];
-            sharded.step(name, param, &grad).map_err(|e| e.to_string())?;
-            let owner = plan.owner(name).expect("planned") as i32;
-            world.process_at_rank(owner).broadcast_into(param.as_slice_mut().expect("contiguous"));
-            if options.check && rank == 0 {
-                let (_, reference_param) = &mut reference_model.tensors[index];
-                reference.step(name, reference_param, &grad).map_err(|e| e.to_string())?;
-            }
+        // The model and the averaged gradient in the plan's flat order (by name).
+        let mut offsets = vec![0; numels.len()];
+        (1..numels.len()).for_each(|i| offsets[i] = offsets[i - 1] + numels[i - 1]);
+        let mut flat_params = vec![0.0; grad_len];
+        let mut flat_grads = vec![0.0; grad_len];
+        for planned in plan.tensors() {
+            let index = model.tensors.iter().position(|(n, _)| n == planned.name).expect("planned");
+            let param = model.tensors[index].1.as_slice().expect("contiguous");
+            flat_params[planned.range.clone()].copy_from_slice(param);
+            let grad = &averaged[offsets[index]..offsets[index] + numels[index]];
+            flat_grads[planned.range].copy_from_slice(grad);
+        }
+        let mine = plan.shard(rank);
+        let mut exchanged = Vec::new();
+        sharded
+            .step_all(&mut flat_params[mine.clone()], &flat_grads[mine], |values| {
+                exchanged.resize(values.len(), 0.0);
+                world.all_reduce_into(&values[..], &mut exchanged[..], SystemOperation::sum());
+                values.copy_from_slice(&exchanged);
+            })
+            .map_err(|e| e.to_string())?;
+        for owner in 0..size {
+            let shard = &mut flat_params[plan.shard(owner)];
+            world.process_at_rank(owner as i32).broadcast_into(shard);
+        }
+        for planned in plan.tensors() {
+            let (_, param) =
+                model.tensors.iter_mut().find(|(n, _)| n == planned.name).expect("planned");
+            param.as_slice_mut().expect("contiguous").copy_from_slice(&flat_params[planned.range]);
+        }
+        if options.check && rank == 0 {
+            let grads: Vec<ArrayD<f64>> = (0..numels.len())
+                .map(|index| {
+                    let values = averaged[offsets[index]..offsets[index] + numels[index]].to_vec();
+                    ArrayD::from_shape_vec(model.tensors[index].1.raw_dim(), values).expect("sizes")
+                })
+                .collect();
+            let mut batch: Vec<ParamGrad<'_, f64>> = reference_model
+                .tensors
+                .iter_mut()
+                .zip(&grads)
+                .map(|((name, param), grad)| ParamGrad::new(name, param, grad))
+                .collect();
+            reference.step_all(&mut batch).map_err(|e| e.to_string())?;
         }
     }
 

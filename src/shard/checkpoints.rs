@@ -1,194 +1,13 @@
-//! Optimizer state sharded across data-parallel ranks (ZeRO stage 1).
-//!
-//! In data-parallel training every rank holds the whole model and, after the gradients are
-//! averaged across ranks, applies the same update. The optimizer state is the largest memory
-//! cost (two values per element for Adam), so each rank keeps the state of only the tensors
-//! it owns, steps those, and sends the updated parameters to the others. A [`ShardPlan`] is
-//! the assignment, the same on every rank; [`ShardedOptimizer`] holds one rank's share; and
-//! [`merge`] and [`split`] turn per-rank checkpoints into one full checkpoint and back, for
-//! any world size. Because every update is elementwise, a sharded run gives the same bits as
-//! one process stepping every tensor with the same averaged gradients.
-//!
-//! The crate does no communication itself: bring your own (MPI, sockets, threads); the
-//! `data_parallel` example does it over MPI.
+//! Per-rank checkpoints of a sharded optimizer, merged into one full checkpoint and split
+//! again for another world size.
 
 use std::collections::BTreeMap;
 
-use ndarray::{ArrayRef, Dimension};
-
-use crate::checkpoint::{Checkpoint, TensorRecord};
-use crate::element::Element;
-use crate::error::{Error, Result};
-use crate::guard::StepOutcome;
-use crate::optimizer::Optimizer;
+use super::invalid;
+use super::plan::ShardPlan;
+use crate::checkpoint::{BufferRecord, Checkpoint, GroupRecord, StateRecord, TensorRecord};
+use crate::error::Result;
 use crate::rule::UpdateRule;
-
-fn invalid(reason: String) -> Error {
-    Error::InvalidSharding { reason }
-}
-
-/// A deterministic assignment of named tensors to `world` ranks, balanced by element count.
-///
-/// Tensors are taken largest first (ties by name) and each goes to the rank that owns the
-/// fewest elements so far (ties to the lowest rank), the classic longest-processing-time
-/// rule: no rank owns more than 4/3 of the optimum. The plan depends only on the names and
-/// sizes, not on their order, so every rank and every run computes the same one.
-///
-/// ```
-/// use ndarray_optim::ShardPlan;
-///
-/// let plan = ShardPlan::new([("w1", 600), ("b1", 10), ("w2", 500), ("b2", 4)], 2)?;
-/// assert_eq!(plan.owner("w1"), Some(0));
-/// assert_eq!(plan.owner("w2"), Some(1));
-/// assert_eq!(plan.load(0) + plan.load(1), 1114);
-/// # Ok::<(), ndarray_optim::Error>(())
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardPlan {
-    owners: BTreeMap<String, usize>,
-    loads: Vec<usize>,
-}
-
-impl ShardPlan {
-    /// Plans `tensors` (name, element count) over `world` ranks.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSharding`] if `world` is 0, [`Error::DuplicateParam`] if a name is
-    /// listed twice.
-    pub fn new<'a>(
-        tensors: impl IntoIterator<Item = (&'a str, usize)>,
-        world: usize,
-    ) -> Result<Self> {
-        if world == 0 {
-            return Err(invalid("a plan needs at least one rank".to_owned()));
-        }
-        let mut sizes: Vec<(&str, usize)> = tensors.into_iter().collect();
-        sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let mut owners = BTreeMap::new();
-        let mut loads = vec![0; world];
-        for (name, numel) in sizes {
-            let rank = (0..world).min_by_key(|&rank| (loads[rank], rank)).unwrap_or(0);
-            if owners.insert(name.to_owned(), rank).is_some() {
-                return Err(Error::DuplicateParam {
-                    param: name.to_owned(),
-                    in_what: "shard plan",
-                });
-            }
-            loads[rank] += numel;
-        }
-        Ok(ShardPlan { owners, loads })
-    }
-
-    /// The number of ranks.
-    pub fn world(&self) -> usize {
-        self.loads.len()
-    }
-
-    /// The rank that owns tensor `name`, if the plan has it.
-    pub fn owner(&self, name: &str) -> Option<usize> {
-        self.owners.get(name).copied()
-    }
-
-    /// The names of the tensors `rank` owns, in name order.
-    pub fn owned(&self, rank: usize) -> impl Iterator<Item = &str> {
-        self.owners.iter().filter(move |(_, owner)| **owner == rank).map(|(name, _)| name.as_str())
-    }
-
-    /// How many elements `rank` owns (0 for a rank outside the world).
-    pub fn load(&self, rank: usize) -> usize {
-        self.loads.get(rank).copied().unwrap_or(0)
-    }
-
-    fn owner_of(&self, name: &str) -> Result<usize> {
-        self.owner(name).ok_or_else(|| invalid(format!("tensor `{name}` is not in the plan")))
-    }
-}
-
-/// One rank's share of a sharded optimizer: the state of the tensors the plan gives it.
-///
-/// Every rank calls [`step`](Self::step) for every tensor with the averaged gradient; only
-/// the owner updates the parameter (and keeps state), and then sends it to the other ranks.
-///
-/// ```
-/// use ndarray::array;
-/// use ndarray_optim::{Adam, Optimizer, ShardPlan, ShardedOptimizer};
-///
-/// let plan = ShardPlan::new([("w", 3), ("b", 1)], 2)?;
-/// let mut rank1 = ShardedOptimizer::new(Optimizer::new(Adam::default())?, plan, 1)?;
-/// let (mut w, mut b) = (array![1.0_f32, 2.0, 3.0], array![0.5_f32]);
-/// assert!(!rank1.step("w", &mut w, &array![0.1, 0.1, 0.1])?); // rank 0 owns `w`
-/// assert!(rank1.step("b", &mut b, &array![0.1])?);
-/// assert_eq!((rank1.optimizer().step_count("w"), rank1.optimizer().step_count("b")), (None, Some(1)));
-/// # Ok::<(), ndarray_optim::Error>(())
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct ShardedOptimizer<R: UpdateRule, A: Element> {
-    optimizer: Optimizer<R, A>,
-    plan: ShardPlan,
-    rank: usize,
-}
-
-impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
-    /// Rank `rank`'s share of `optimizer` (its groups and hyperparameters; state of tensors
-    /// it does not own is dropped).
-    ///
-    /// # Errors
-    /// [`Error::InvalidSharding`] if `rank` is outside the plan's world, or the optimizer has
-    /// state for a tensor the plan does not list; [`Error::ReductionNeedsBatch`] if a group's
-    /// rule has a [reduction](UpdateRule::reduction) over every tensor of a step (such as
-    /// [`Prodigy`](crate::Prodigy)), which sharded steps cannot compute yet.
-    pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
-        if rank >= plan.world() {
-            return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
-        }
-        // A reduction over every tensor of a step would need the ranks to exchange sums.
-        if let Some(group) = optimizer.groups().iter().find(|g| g.hyper.reduction().is_some()) {
-            return Err(Error::ReductionNeedsBatch { rule: group.hyper.name() });
-        }
-        let mut shards = split(optimizer.checkpoint(), &plan)?;
-        let optimizer = Optimizer::from_checkpoint(shards.swap_remove(rank))?;
-        Ok(ShardedOptimizer { optimizer, plan, rank })
-    }
-
-    /// Steps tensor `name` if this rank owns it; returns whether it did (`false` for a
-    /// tensor of another rank, or of a [frozen](Optimizer::freeze) group, which no rank
-    /// steps: freeze and unfreeze groups on every rank alike).
-    ///
-    /// # Errors
-    /// [`Error::InvalidSharding`] if the plan does not list `name`; otherwise as
-    /// [`Optimizer::step`].
-    pub fn step<D: Dimension>(
-        &mut self,
-        name: &str,
-        param: &mut ArrayRef<A, D>,
-        grad: &ArrayRef<A, D>,
-    ) -> Result<bool> {
-        if self.plan.owner_of(name)? != self.rank {
-            return Ok(false);
-        }
-        Ok(self.optimizer.step(name, param, grad)? != StepOutcome::Frozen)
-    }
-
-    /// The rank this share belongs to.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// The plan.
-    pub fn plan(&self) -> &ShardPlan {
-        &self.plan
-    }
-
-    /// The optimizer holding this rank's state (for groups, learning rates and checkpoints).
-    pub fn optimizer(&self) -> &Optimizer<R, A> {
-        &self.optimizer
-    }
-
-    /// The optimizer holding this rank's state, e.g. to change learning rates.
-    pub fn optimizer_mut(&mut self) -> &mut Optimizer<R, A> {
-        &mut self.optimizer
-    }
-}
 
 fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> bool {
     a.format == b.format
@@ -198,24 +17,33 @@ fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> b
         && a.groups == b.groups
         && a.clip == b.clip
         && a.non_finite == b.non_finite
+        && a.shared == b.shared
 }
 
 /// Merges the per-rank checkpoints written under `plan` into one full checkpoint.
 ///
-/// `shards[rank]` is the checkpoint of rank `rank`, one for every rank of the plan's world:
-/// the plan that wrote them, not necessarily the one that will resume (a [`ShardPlan`] is
-/// recomputed from the tensor sizes and the world size that wrote the shards). Every shard
-/// must come from the same optimizer setup (format, rule, dtype, groups with their
-/// hyperparameters, rates and frozen flags, clipping), list each tensor at most once, and
-/// hold state only of the tensors the plan gives its rank; a tensor that no rank has stepped yet may be listed, without state,
-/// by any number of them.
+/// `shards[rank]` is the checkpoint of rank `rank`'s [`ShardedOptimizer`](super::ShardedOptimizer),
+/// one for every rank of the plan's world: the plan that wrote them, not necessarily the one
+/// that will resume (a [`ShardPlan`] is recomputed from the names, shapes and the world size
+/// that wrote the shards). Every shard must come from the same optimizer setup (format,
+/// rule, dtype, groups with their hyperparameters, rates and frozen flags, clipping), list
+/// each tensor at most once, and hold state only of the parts the plan gives its rank. A
+/// tensor's parts are joined in rank order into the state of the whole tensor, of the plan's
+/// shape; all its parts must have the same step count and per-tensor scalars. A tensor that
+/// no rank has stepped yet may be listed, without state, by any number of them.
+///
+/// A checkpoint does not record which rank wrote it: give the shards in rank order (name
+/// the files by rank, as the `data_parallel` example does). Shards out of order are refused
+/// where their parts differ in tensors or sizes, but two ranks holding parts of one tensor of
+/// the same size cannot be told apart.
 ///
 /// # Errors
-/// [`Error::InvalidSharding`] for no shards, fewer or more shards than the plan has ranks
-/// (naming the missing ranks), shards of different setups (naming the shard), a shard that
-/// lists a tensor twice, or state of a tensor in another shard than its owner's or of a
-/// tensor the plan does not list (naming the tensor and the ranks).
-pub fn merge<R: UpdateRule, A: Element>(
+/// [`Error::InvalidSharding`](crate::Error::InvalidSharding) for no shards, fewer or more
+/// shards than the plan has ranks (naming the missing ranks), shards of different setups
+/// (naming the shard), a shard that lists a tensor twice, a tensor in different groups, state
+/// of a tensor the plan does not list or whose part is not the rank's, a part of the wrong
+/// size, or parts that disagree or are missing (naming the tensor and the ranks).
+pub fn merge<R: UpdateRule, A: Clone>(
     shards: Vec<Checkpoint<R, A>>,
     plan: &ShardPlan,
 ) -> Result<Checkpoint<R, A>> {
@@ -236,7 +64,8 @@ pub fn merge<R: UpdateRule, A: Element>(
     let mut shards = shards.into_iter();
     let mut full = shards.next().ok_or_else(|| invalid("no shards to merge".to_owned()))?;
     let first = std::mem::take(&mut full.tensors);
-    let mut tensors: BTreeMap<String, TensorRecord<A>> = BTreeMap::new();
+    // Every tensor's group, and its parts' states by rank.
+    let mut tensors: BTreeMap<String, (String, BTreeMap<usize, StateRecord<A>>)> = BTreeMap::new();
     let mut add = |rank: usize, list: Vec<TensorRecord<A>>| -> Result<()> {
         let mut listed = std::collections::BTreeSet::new();
         for tensor in list {
@@ -246,42 +75,18 @@ pub fn merge<R: UpdateRule, A: Element>(
                     tensor.name
                 )));
             }
-            if tensor.state.is_some() {
-                match plan.owner(&tensor.name) {
-                    Some(owner) if owner != rank => {
-                        return Err(invalid(format!(
-                            "the shard of rank {rank} has state of tensor `{}`, which the plan \
-                             gives to rank {owner}",
-                            tensor.name
-                        )));
-                    }
-                    None => {
-                        return Err(invalid(format!(
-                            "the shard of rank {rank} has state of tensor `{}`, which is not in \
-                             the plan",
-                            tensor.name
-                        )));
-                    }
-                    Some(_) => {}
-                }
+            let (group, parts) = tensors
+                .entry(tensor.name.clone())
+                .or_insert_with(|| (tensor.group.clone(), BTreeMap::new()));
+            if *group != tensor.group {
+                return Err(invalid(format!(
+                    "tensor `{}` is in group `{}` in the shard of rank {rank} but `{group}` \
+                     before",
+                    tensor.name, tensor.group
+                )));
             }
-            match tensors.get_mut(&tensor.name) {
-                None => {
-                    tensors.insert(tensor.name.clone(), tensor);
-                }
-                Some(known) if known.group != tensor.group => {
-                    return Err(invalid(format!(
-                        "tensor `{}` is in group `{}` in the shard of rank {rank} but `{}` \
-                         before",
-                        tensor.name, tensor.group, known.group
-                    )));
-                }
-                // The owner check above leaves state in one shard at most.
-                Some(known) => {
-                    if tensor.state.is_some() {
-                        known.state = tensor.state;
-                    }
-                }
+            if let Some(state) = tensor.state {
+                parts.insert(rank, state);
             }
         }
         Ok(())
@@ -296,18 +101,92 @@ pub fn merge<R: UpdateRule, A: Element>(
         }
         add(rank, shard.tensors)?;
     }
-    full.tensors = tensors.into_values().collect();
+    full.tensors = tensors
+        .into_iter()
+        .map(|(name, (group, parts))| {
+            let state = if parts.is_empty() { None } else { Some(join(&name, parts, plan)?) };
+            Ok(TensorRecord { name, group, state })
+        })
+        .collect::<Result<_>>()?;
     Ok(full)
 }
 
-/// Splits a full checkpoint into one checkpoint per rank of `plan`: each tensor's state goes
-/// to its owner; tensors without state are listed in every shard, so that each rank knows
-/// every tensor's group.
+/// The state of the whole tensor `name` from its parts' states, by rank.
+fn join<A: Clone>(
+    name: &str,
+    parts: BTreeMap<usize, StateRecord<A>>,
+    plan: &ShardPlan,
+) -> Result<StateRecord<A>> {
+    let tensor = plan.tensor(name).ok_or_else(|| {
+        invalid(format!("the shards have state of tensor `{name}`, which is not in the plan"))
+    })?;
+    let holders: BTreeMap<usize, _> = plan.holders(name).into_iter().flatten().collect();
+    if let Some(rank) = parts.keys().find(|rank| !holders.contains_key(rank)) {
+        return Err(invalid(format!(
+            "the shard of rank {rank} has state of tensor `{name}`, of which the plan gives it \
+             no part (the parts are of ranks {:?})",
+            holders.keys().collect::<Vec<_>>()
+        )));
+    }
+    if let Some(rank) = holders.keys().find(|rank| !parts.contains_key(rank)) {
+        return Err(invalid(format!(
+            "tensor `{name}` has state in the shards of ranks {:?} but not in that of rank \
+             {rank}, which holds a part of it",
+            parts.keys().collect::<Vec<_>>()
+        )));
+    }
+    let mut parts = parts.into_iter();
+    let Some((first_rank, mut whole)) = parts.next() else {
+        return Err(invalid(format!("tensor `{name}` has no parts")));
+    };
+    check_part(name, first_rank, &whole, holders[&first_rank].len())?;
+    for (rank, part) in parts {
+        check_part(name, rank, &part, holders[&rank].len())?;
+        let names_agree = part.buffers.len() == whole.buffers.len()
+            && part.buffers.iter().zip(&whole.buffers).all(|(a, b)| a.name == b.name);
+        let scalars_agree = part.scalars.len() == whole.scalars.len()
+            && part
+                .scalars
+                .iter()
+                .zip(&whole.scalars)
+                .all(|(a, b)| a.name == b.name && a.value.to_bits() == b.value.to_bits());
+        if part.step != whole.step || !names_agree || !scalars_agree {
+            return Err(invalid(format!(
+                "the parts of tensor `{name}` in the shards of ranks {first_rank} and {rank} \
+                 differ in step count, buffers or per-tensor scalars"
+            )));
+        }
+        for (buffer, more) in whole.buffers.iter_mut().zip(part.buffers) {
+            buffer.values.extend(more.values);
+        }
+    }
+    whole.shape = tensor.shape.to_vec();
+    Ok(whole)
+}
+
+/// Checks that the state of rank `rank`'s part of tensor `name` is of the part's `len`.
+fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> Result<()> {
+    let numel = part.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
+    if numel != Some(len) || part.buffers.iter().any(|buffer| buffer.values.len() != len) {
+        return Err(invalid(format!(
+            "the part of tensor `{name}` in the shard of rank {rank} has {len} elements in the \
+             plan, but its state is of shape {:?}",
+            part.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Splits a full checkpoint into one checkpoint per rank of `plan`: each tensor's state is cut
+/// into the parts the plan gives the ranks (each part's state of shape `[len]`, with the
+/// tensor's step count and per-tensor scalars); tensors without state are listed in every
+/// shard, so that each rank knows every tensor's group.
 ///
 /// # Errors
-/// [`Error::InvalidSharding`] if the checkpoint has state for a tensor the plan does not
-/// list.
-pub fn split<R: UpdateRule, A: Element>(
+/// [`Error::InvalidSharding`](crate::Error::InvalidSharding) if the checkpoint has state of a
+/// tensor the plan does not list, of another size than the plan's, or of a group whose rule
+/// does not update [element by element](UpdateRule::elementwise) (its state cannot be cut).
+pub fn split<R: UpdateRule, A: Clone>(
     full: Checkpoint<R, A>,
     plan: &ShardPlan,
 ) -> Result<Vec<Checkpoint<R, A>>> {
@@ -315,14 +194,96 @@ pub fn split<R: UpdateRule, A: Element>(
     let tensors = std::mem::take(&mut full.tensors);
     let mut shards = vec![full; plan.world()];
     for tensor in tensors {
-        if tensor.state.is_some() {
-            let owner = plan.owner_of(&tensor.name)?;
-            shards[owner].tensors.push(tensor);
-        } else {
+        let Some(state) = &tensor.state else {
             for shard in &mut shards {
                 shard.tensors.push(tensor.clone());
             }
+            continue;
+        };
+        for (rank, part) in cut(&tensor, state, &shards[0].groups, plan)? {
+            shards[rank].tensors.push(part);
         }
     }
     Ok(shards)
+}
+
+/// Rank `rank`'s share of a checkpoint that holds the state of whole tensors, of parts of
+/// them already cut for `rank` under `plan` (a shard saved by that rank), or both: whole
+/// tensors' state is cut as [`split`] cuts it, the rank's parts are kept.
+pub(super) fn share<R: UpdateRule, A: Clone>(
+    checkpoint: Checkpoint<R, A>,
+    plan: &ShardPlan,
+    rank: usize,
+) -> Result<Checkpoint<R, A>> {
+    let mut share = checkpoint;
+    let tensors = std::mem::take(&mut share.tensors);
+    for tensor in tensors {
+        let Some(state) = &tensor.state else {
+            share.tensors.push(tensor);
+            continue;
+        };
+        let numel = state.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
+        let whole = plan.tensor(&tensor.name).map(|t| t.range.len());
+        let part = plan.holders(&tensor.name).into_iter().flatten().find(|(r, _)| *r == rank);
+        match part {
+            Some((_, elements)) if numel != whole && numel == Some(elements.len()) => {
+                share.tensors.push(tensor);
+            }
+            _ => {
+                let parts = cut(&tensor, state, &share.groups, plan)?;
+                share.tensors.extend(parts.into_iter().filter(|(r, _)| *r == rank).map(|(_, p)| p));
+            }
+        }
+    }
+    Ok(share)
+}
+
+/// The state of tensor `tensor` (of the group in `groups` it names) cut into the parts of
+/// the ranks that hold one under `plan`, in rank order.
+fn cut<R: UpdateRule, A: Clone>(
+    tensor: &TensorRecord<A>,
+    state: &StateRecord<A>,
+    groups: &[GroupRecord<R>],
+    plan: &ShardPlan,
+) -> Result<Vec<(usize, TensorRecord<A>)>> {
+    let name = &tensor.name;
+    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && !g.hyper.elementwise()) {
+        return Err(invalid(format!(
+            "tensor `{name}` is in group `{}`, whose rule `{}` does not update element by \
+             element: its state cannot be cut between ranks",
+            group.name,
+            group.hyper.name()
+        )));
+    }
+    let (Some(planned), Some(holders)) = (plan.tensor(name), plan.holders(name)) else {
+        return Err(invalid(format!("tensor `{name}` is not in the plan")));
+    };
+    check_part(name, 0, state, planned.range.len()).map_err(|_| {
+        invalid(format!(
+            "tensor `{name}` has {} elements in the plan but state of shape {:?}",
+            planned.range.len(),
+            state.shape
+        ))
+    })?;
+    let part = |elements: std::ops::Range<usize>| StateRecord {
+        step: state.step,
+        shape: vec![elements.len()],
+        buffers: (state.buffers.iter())
+            .map(|buffer| BufferRecord {
+                name: buffer.name.clone(),
+                values: buffer.values[elements.clone()].to_vec(),
+            })
+            .collect(),
+        scalars: state.scalars.clone(),
+    };
+    Ok(holders
+        .map(|(rank, elements)| {
+            let record = TensorRecord {
+                name: name.clone(),
+                group: tensor.group.clone(),
+                state: Some(part(elements)),
+            };
+            (rank, record)
+        })
+        .collect())
 }
