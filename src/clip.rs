@@ -10,6 +10,7 @@ use ndarray::{ArrayView, Dimension};
 use crate::check::check_positive;
 use crate::element::Element;
 use crate::error::Result;
+use crate::exact_sum::ExactSum;
 use crate::kernel::{GradTransform, sum_in_order, sum_slice_in_order};
 
 /// PyTorch's `clip_grad_norm_` adds this to the norm before dividing by it.
@@ -25,7 +26,10 @@ const NORM_EPS: f64 = 1e-6;
 /// | `GlobalNorm { max_norm: m }` | the same with `$\lVert G \rVert_2 = \sqrt{\sum_i \lVert G_i \rVert_2^2}$` over every tensor of the step | `clip_grad_norm_(params, m)` |
 ///
 /// The coefficient is computed and applied in the element type, as PyTorch multiplies the
-/// gradient in place by it; the norm itself is accumulated in `f64`. A coefficient of 1 (the
+/// gradient in place by it; the norm itself is accumulated in `f64`, and the global norm's
+/// sum of squares is exact but for its final rounding (squares added in `f64` in blocks of
+/// 256 elements, the blocks' sums added exactly), so it is the same in any order of the
+/// tensors and over any [sharding](crate::shard) of them. A coefficient of 1 (the
 /// norm is within bounds) leaves the gradient untouched. A NaN or infinite gradient makes the
 /// norm non-finite and, as in PyTorch, the whole step's gradients NaN or zero: combine with
 /// [`NonFinite`](crate::NonFinite) to refuse or skip such steps instead.
@@ -97,6 +101,40 @@ pub(crate) fn l2_norm<A: Element, D: Dimension>(grad: &ArrayView<'_, A, D>) -> f
         None => sum_in_order(grad.iter().map(|&g| square(g))),
     };
     sum.sqrt()
+}
+
+/// The elements of a tensor whose squares the global norm adds in `f64` before adding the
+/// block's sum exactly: blocks start at multiples of this in each tensor's logical order.
+///
+/// Within a block the order is fixed ([`sum_in_order`]); the blocks' sums are added exactly
+/// ([`ExactSum`]), so the norm does not depend on the order of the tensors, nor on how a
+/// tensor is cut into parts, as long as the cuts fall on block boundaries: a sharded step
+/// ([`shard`](crate::shard)) cuts tensors there only.
+pub(crate) const NORM_BLOCK: usize = 256;
+
+/// Adds the squares of `grad`'s elements to `sum`, a block of [`NORM_BLOCK`] elements at a
+/// time (the last may be shorter), in logical order.
+pub(crate) fn add_squares<A: Element, D: Dimension>(
+    sum: &mut ExactSum,
+    grad: &ArrayView<'_, A, D>,
+) {
+    let square = |g: A| {
+        let g = g.into_f64();
+        g * g
+    };
+    match grad.as_slice() {
+        Some(values) => {
+            for block in values.chunks(NORM_BLOCK) {
+                sum.add(sum_slice_in_order(block, square));
+            }
+        }
+        None => {
+            let mut elements = grad.iter();
+            for _ in 0..grad.len().div_ceil(NORM_BLOCK) {
+                sum.add(sum_in_order(elements.by_ref().take(NORM_BLOCK).map(|&g| square(g))));
+            }
+        }
+    }
 }
 
 /// The transform that scales gradients of joint norm `norm` to at most `max_norm`:

@@ -107,6 +107,12 @@ pub enum Error {
         /// What is wrong, naming the tensor, rank or shard.
         reason: String,
     },
+    /// A [sharded step](crate::ShardedOptimizer::step_all) failed on other ranks (this
+    /// rank's part was in order); no rank changed anything.
+    OtherRanksFailed {
+        /// How many ranks failed.
+        ranks: usize,
+    },
     /// A tensor name is listed twice where each must be listed once: in a checkpoint, in a
     /// shard plan, in the model's tensors given to
     /// [`Optimizer::load_state`](crate::Optimizer::load_state) (twice with different shapes),
@@ -379,6 +385,9 @@ impl fmt::Display for Error {
                 write!(f, "checkpoint {field} is `{found}`, but the optimizer's is `{expected}`")
             }
             Error::InvalidSharding { reason } => write!(f, "invalid sharding: {reason}"),
+            Error::OtherRanksFailed { ranks } => {
+                write!(f, "the sharded step failed on {ranks} other rank(s); no rank stepped")
+            }
             Error::DuplicateParam { param, in_what } => {
                 write!(f, "the {in_what} lists the tensor `{param}` more than once")
             }

@@ -91,6 +91,7 @@ pub mod checkpoint;
 mod clip;
 mod element;
 mod error;
+mod exact_sum;
 mod guard;
 mod inspect;
 mod kernel;

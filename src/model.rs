@@ -67,10 +67,10 @@
 //!
 //! Tensors are visited in the order of the fields, of the list, or of the map's keys for a
 //! `BTreeMap`; a `HashMap` visits in its own order, which differs between runs. The order
-//! matters only where the crate's results depend on the order of a batch: the sum of squares
-//! of [global-norm clipping](crate::Clip::GlobalNorm) (the last bits of the norm) and the
-//! position that [`StepOutcome::Skipped`](crate::StepOutcome::Skipped) reports. Prefer a
-//! `BTreeMap` over a `HashMap` for runs that must repeat bit for bit.
+//! matters only for the position that [`StepOutcome::Skipped`](crate::StepOutcome::Skipped)
+//! reports (the norm of [global-norm clipping](crate::Clip::GlobalNorm) is an exact sum, the
+//! same in any order). Prefer a `BTreeMap` over a `HashMap` for runs that must repeat bit for
+//! bit.
 //!
 //! # Compile time
 //!

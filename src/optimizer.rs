@@ -6,6 +6,7 @@ use crate::check::check_lr;
 use crate::clip::{self, Clip};
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::exact_sum::ExactSum;
 use crate::guard::{self, NonFinite, StepOutcome};
 use crate::kernel::{self, GradTransform, Shared};
 use crate::model::{NameBuffer, Parameters, Prefix, Zip};
@@ -105,16 +106,16 @@ pub(crate) struct BatchCheck {
     /// Where the batch's names come from, for [`Error::DuplicateParam`].
     in_what: &'static str,
     /// The position of the next tensor.
-    index: usize,
+    pub(crate) index: usize,
     /// The names without a slot in the registry seen so far (first steps).
     new_names: hashbrown::HashSet<String>,
-    /// The refusal or skip of the first non-finite gradient.
-    non_finite: Option<Result<StepOutcome>>,
+    /// The refusal or skip of the first non-finite gradient, and its position.
+    pub(crate) non_finite: Option<(usize, Result<StepOutcome>)>,
     /// How many of the tensors so far are in frozen groups.
-    frozen: usize,
-    /// The sum of the squared norms of the gradients, in batch order, when clipping by
-    /// global norm.
-    squares: f64,
+    pub(crate) frozen: usize,
+    /// The sum of the squares of the gradients, when clipping by global norm: exact, so
+    /// that neither the batch's order nor a sharded step's cuts change a bit of the norm.
+    pub(crate) squares: ExactSum,
 }
 
 /// A batch after its first pass.
@@ -457,17 +458,36 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// [`step_model`](Self::step_model) of the model that `zip` walks, in the optimizer's
     /// own name buffer.
     pub(crate) fn step_zipped(&mut self, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
+        self.step_exchanging(zip, "model", &mut |_| Ok(()))
+    }
+
+    /// [`step_zipped`](Self::step_zipped) with `exchange` between the first pass and the
+    /// step: it may replace what the first pass found with what every part of a sharded
+    /// model found ([`ShardedOptimizer::step_all`](crate::ShardedOptimizer::step_all)).
+    pub(crate) fn step_exchanging(
+        &mut self,
+        zip: &mut Zip<'_, A>,
+        in_what: &'static str,
+        exchange: &mut dyn FnMut(&mut BatchCheck) -> Result<()>,
+    ) -> Result<StepOutcome> {
         let mut prefix = self.names.take();
-        let outcome = self.step_zipped_in(&mut prefix, zip);
+        let outcome = self.step_zipped_in(&mut prefix, zip, in_what, exchange);
         self.names.put_back(prefix);
         outcome
     }
 
-    fn step_zipped_in(&mut self, prefix: &mut Prefix, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
-        let mut check = self.start_batch("model");
+    fn step_zipped_in(
+        &mut self,
+        prefix: &mut Prefix,
+        zip: &mut Zip<'_, A>,
+        in_what: &'static str,
+        exchange: &mut dyn FnMut(&mut BatchCheck) -> Result<()>,
+    ) -> Result<StepOutcome> {
+        let mut check = self.start_batch(in_what);
         zip(prefix, &mut |name, param, grad| {
             self.check_entry(&mut check, name, param.shape(), &grad)
         })?;
+        exchange(&mut check)?;
         let (mut clip, reduction) = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
             Checked::Step(clip, reduction) => (clip, reduction),
@@ -521,7 +541,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             new_names: hashbrown::HashSet::new(),
             non_finite: None,
             frozen: 0,
-            squares: 0.0,
+            squares: ExactSum::default(),
         }
     }
 
@@ -540,9 +560,10 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             batch.frozen += 1;
         } else if batch.non_finite.is_none() {
             // A refusal waits until every tensor is checked: the batch's errors come first.
-            batch.non_finite = self.guard(batch.index, name, grad).transpose();
+            batch.non_finite =
+                self.guard(batch.index, name, grad).transpose().map(|found| (batch.index, found));
             if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
-                batch.squares += clip::l2_norm(grad).powi(2);
+                clip::add_squares(&mut batch.squares, grad);
             }
         }
         batch.index += 1;
@@ -575,16 +596,17 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// batch of frozen tensors only, or the clip of the step.
     fn finish_check(&self, batch: BatchCheck) -> Result<Checked<A>> {
         let reduction = self.registry.reduction()?;
-        if let Some(outcome) = batch.non_finite {
+        if let Some((_, outcome)) = batch.non_finite {
             return outcome.map(Checked::Skip);
         }
         if batch.index > 0 && batch.frozen == batch.index {
             return Ok(Checked::Skip(StepOutcome::Frozen));
         }
         let global = match self.clip {
-            // PyTorch's total norm: the norm of the per-tensor norms.
+            // PyTorch's total norm, the norm of the per-tensor norms, is the square root of
+            // the sum of all squares; this one is exact but for the final rounding.
             Some(Clip::GlobalNorm { max_norm }) => {
-                let norm = batch.squares.sqrt();
+                let norm = batch.squares.total().sqrt();
                 Some((clip::norm_transform(max_norm, norm), norm))
             }
             _ => None,

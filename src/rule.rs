@@ -151,6 +151,20 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether the rule updates a tensor element by element: each element's new value and
+    /// state depend only on that element's parameter, gradient and state, and on per-tensor
+    /// scalars that every part of the tensor computes alike (the step count, the learning
+    /// rate). Then a part of a tensor steps exactly as it would inside the whole tensor, and
+    /// a [sharded](crate::shard) step may cut tensors between ranks.
+    ///
+    /// `false` by default, the safe answer for a rule that looks at whole tensors: norms
+    /// ([`Lamb`](crate::Lamb)), matrix products ([`Muon`](crate::Muon)), row and column
+    /// statistics ([`Adafactor`](crate::Adafactor)), or a reduction over every tensor
+    /// ([`Prodigy`](crate::Prodigy)).
+    fn elementwise(&self) -> bool {
+        false
+    }
+
     /// Checks that the rule can step a tensor of `shape`, e.g. Muon's matrices.
     ///
     /// # Errors

@@ -816,3 +816,27 @@ fn steady_state_lbfgs_steps_do_not_allocate() {
         assert!(opt.n_iter() > 4);
     }
 }
+
+/// A sharded step allocates nothing once its parts' state exists: its pieces are views of
+/// the caller's flat buffers, and the values it exchanges live in a buffer it keeps. (The
+/// all-reduce stands in for one where the other ranks add zeros.)
+#[test]
+fn steady_state_sharded_steps_do_not_allocate() {
+    use ndarray_optim::{AdamW, Clip, NonFinite, ShardPlan, ShardedOptimizer};
+
+    let plan = ShardPlan::new([("w", &[64, 40][..]), ("b", &[40]), ("v", &[900])], 3).unwrap();
+    let mut opt = Optimizer::<AdamW, f32>::new(AdamW::default()).unwrap();
+    opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+    opt.set_non_finite(NonFinite::Skip);
+    let mut rank = ShardedOptimizer::new(opt, plan.clone(), 0).unwrap();
+    assert_eq!(plan.pieces(0).count(), 3, "rank 0 holds `b`, `v` and part of `w`");
+    let mut params = vec![1.0_f32; plan.load(0)];
+    let grads = vec![0.25_f32; plan.load(0)];
+    rank.step_all(&mut params, &grads, |_| {}).unwrap();
+    let count = allocations(|| {
+        for _ in 0..5 {
+            rank.step_all(&mut params, &grads, |_| {}).unwrap();
+        }
+    });
+    assert_eq!(count, 0, "steady-state sharded steps allocated");
+}

@@ -10,7 +10,7 @@ use ndarray_optim::checkpoint::{Encoding, LoadMode, TrainingState};
 use ndarray_optim::schedule::{LrScheduler, Schedule};
 use ndarray_optim::{
     Adam, AdamW, Checkpoint, Clip, Element, Error, Momentum, MultiStepOutcome, MultiSteps, Muon,
-    NonFinite, Optimizer, ParamGrad, Rprop, ShardPlan, ShardedOptimizer, StepOutcome, UpdateRule,
+    NonFinite, Optimizer, ParamGrad, Rprop, StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -525,48 +525,6 @@ fn multi_steps_of_one_frozen_tensor() {
     assert_eq!(accumulated.step("w", &mut w, &g).unwrap(), MultiStepOutcome::Frozen);
     assert_eq!(bits(w.iter()), bits(before.iter()));
     assert_eq!(accumulated.optimizer().step_count("w"), None);
-}
-
-/// A sharded optimizer leaves frozen tensors out on their owner, and its shards carry the
-/// flag through `merge` and `split`.
-#[test]
-fn shards_leave_frozen_tensors_alone() {
-    let shapes = [("backbone.w", 12), ("head.w", 8)];
-    let plan = ShardPlan::new(shapes, 2).unwrap();
-    let rule = Momentum { lr: 0.1, ..Momentum::default() };
-    let mut opt = Optimizer::<Momentum, f32>::new(rule).unwrap();
-    opt.add_group("backbone", rule).unwrap();
-    opt.assign("backbone.w", "backbone").unwrap();
-    opt.freeze("backbone").unwrap();
-    let mut ranks: Vec<ShardedOptimizer<Momentum, f32>> = (0..2)
-        .map(|rank| ShardedOptimizer::new(opt.clone(), plan.clone(), rank).unwrap())
-        .collect();
-    let owner = plan.owner("backbone.w").unwrap();
-    let (mut w, g) = (values::<f32>(&[3, 4], 1), values::<f32>(&[3, 4], 2));
-    let before = w.clone();
-    for (rank, sharded) in ranks.iter_mut().enumerate() {
-        assert!(!sharded.step("backbone.w", &mut w, &g).unwrap(), "rank {rank}");
-        let (mut h, gh) = (values::<f32>(&[8], 3), values::<f32>(&[8], 4));
-        let stepped = sharded.step("head.w", &mut h, &gh).unwrap();
-        assert_eq!(stepped, plan.owner("head.w") == Some(rank));
-    }
-    assert_eq!(bits(w.iter()), bits(before.iter()));
-    assert_eq!(ranks[owner].optimizer().step_count("backbone.w"), None);
-
-    let shards: Vec<Checkpoint<Momentum, f32>> =
-        ranks.iter().map(|sharded| sharded.optimizer().checkpoint()).collect();
-    let full = ndarray_optim::shard::merge(shards, &plan).unwrap();
-    assert!(full.groups[1].frozen);
-    for shard in ndarray_optim::shard::split(full, &plan).unwrap() {
-        let restored = Optimizer::from_checkpoint(shard).unwrap();
-        assert!(restored.group("backbone").unwrap().is_frozen());
-    }
-    // Shards that disagree on the flag do not merge.
-    let mut shards: Vec<Checkpoint<Momentum, f32>> =
-        ranks.iter().map(|sharded| sharded.optimizer().checkpoint()).collect();
-    shards[1].groups[1].frozen = false;
-    let err = ndarray_optim::shard::merge(shards, &plan).unwrap_err();
-    assert!(matches!(err, Error::InvalidSharding { .. }), "{err:?}");
 }
 
 /// Serialized optimizers hold the flag for every rule type, and what a build writes, it reads.

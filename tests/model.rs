@@ -396,6 +396,72 @@ fn l2_norm(grad: &ArrayD<f64>) -> f64 {
     (((a + b) + (c + d)) + ((e + f) + (g + h))).sqrt()
 }
 
+/// The sums of squares of `grad`'s blocks of 256 elements (row-major), each accumulated as
+/// the library does: element `i` of the block into partial sum `i mod 8`, added pairwise.
+fn block_squares(grad: &ArrayD<f64>) -> Vec<f64> {
+    let values: Vec<f64> = grad.iter().copied().collect();
+    values
+        .chunks(256)
+        .map(|block| {
+            let mut lanes = [0.0_f64; 8];
+            for (i, g) in block.iter().enumerate() {
+                lanes[i % 8] += g * g;
+            }
+            let [a, b, c, d, e, f, g, h] = lanes;
+            ((a + b) + (c + d)) + ((e + f) + (g + h))
+        })
+        .collect()
+}
+
+/// The correctly rounded sum of `values`, by Shewchuk's exact partials and the final
+/// rounding of Python's `math.fsum`; NaN if one is NaN, else ∞ if one is infinite.
+fn exact_sum(values: &[f64]) -> f64 {
+    if values.iter().any(|v| !v.is_finite()) {
+        return values.iter().sum();
+    }
+    let mut partials: Vec<f64> = Vec::new();
+    for &value in values {
+        let mut x = value;
+        let mut kept = 0;
+        for i in 0..partials.len() {
+            let mut y = partials[i];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                partials[kept] = lo;
+                kept += 1;
+            }
+            x = hi;
+        }
+        partials.truncate(kept);
+        partials.push(x);
+    }
+    let Some(mut hi) = partials.pop() else { return 0.0 };
+    let mut lo = 0.0;
+    while let Some(y) = partials.pop() {
+        let x = hi;
+        hi = x + y;
+        lo = y - (hi - x);
+        if lo != 0.0 {
+            break;
+        }
+    }
+    // Half-way between two floats: the partials below decide the direction.
+    if let Some(&next) = partials.last()
+        && ((lo < 0.0 && next < 0.0) || (lo > 0.0 && next > 0.0))
+    {
+        let y = lo * 2.0;
+        let x = hi + y;
+        if y == x - hi {
+            hi = x;
+        }
+    }
+    hi
+}
+
 /// PyTorch's clip coefficient, `None` when it is 1 or more (the gradient is untouched).
 fn norm_coefficient(max_norm: f64, norm: f64) -> Option<f64> {
     let coefficient = max_norm / (norm + 1e-6);
@@ -939,7 +1005,9 @@ fn expected_batch(model: &Model, calls: &[Call]) -> Result<BatchPlan, Error> {
     let norms: Vec<f64> = calls.iter().filter(stepped).map(|c| l2_norm(&c.grad)).collect();
     let (transforms, grad_norm): (Vec<Transform>, _) = match model.clip {
         Some(Clip::GlobalNorm { max_norm }) => {
-            let norm = norms.iter().map(|n| n.powi(2)).sum::<f64>().sqrt();
+            let blocks: Vec<f64> =
+                calls.iter().filter(stepped).flat_map(|c| block_squares(&c.grad)).collect();
+            let norm = exact_sum(&blocks).sqrt();
             let transform =
                 norm_coefficient(max_norm, norm).map_or(Transform::Identity, Transform::Scale);
             (vec![transform; calls.len()], Some(norm))
@@ -1281,11 +1349,11 @@ fn shard(world: &mut World, ranks: usize, leave_one_out: bool, op: &Op) -> bool 
     let stepped =
         world.model.tensors.iter().find(|(_, t)| t.state.is_some()).map(|(n, _)| n.clone());
     let left_out = if leave_one_out { stepped } else { None };
-    let sizes: Vec<(&str, usize)> = (world.model.tensors.iter())
+    let shapes: Vec<(&str, &[usize])> = (world.model.tensors.iter())
         .filter(|(name, _)| Some(*name) != left_out.as_ref())
-        .map(|(name, t)| (name.as_str(), t.state.as_ref().map_or(0, |s| s.shape.iter().product())))
+        .map(|(name, t)| (name.as_str(), t.state.as_ref().map_or(&[0][..], |s| &s.shape[..])))
         .collect();
-    let plan = ShardPlan::new(sizes, ranks);
+    let plan = ShardPlan::new(shapes, ranks);
     if ranks == 0 {
         assert!(matches!(plan, Err(Error::InvalidSharding { .. })), "{op:?}: {plan:?}");
         return false;

@@ -225,7 +225,7 @@ fn errors() {
     assert_eq!(opt.step("w", &mut w, &g), Err(Error::ReductionNeedsBatch { rule: "prodigy" }));
     assert_eq!(opt.step_count("w"), None);
 
-    let plan = ShardPlan::new([("w", 2)], 1).unwrap();
+    let plan = ShardPlan::new([("w", &[2][..])], 1).unwrap();
     let err = ShardedOptimizer::new(opt.clone(), plan, 0).unwrap_err();
     assert_eq!(err, Error::ReductionNeedsBatch { rule: "prodigy" });
 

@@ -1,72 +1,82 @@
-//! Sharded optimizer state: plans, and resuming across world sizes bit for bit.
+//! Sharded optimizer state: plans by elements, sharded batch steps equal to one process's,
+//! and resuming across world sizes bit for bit.
+
+use std::sync::{Barrier, Mutex};
 
 use ndarray::ArrayD;
-use ndarray_optim::shard::{merge, split};
-use ndarray_optim::{Adam, Element, Error, Optimizer, ShardPlan, ShardedOptimizer, UpdateRule};
+use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
+use ndarray_optim::{
+    Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan,
+    ShardedOptimizer, StepOutcome, UpdateRule,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::common::{RuleCheck, bits, for_each_rule, values};
 
-const TENSORS: [(&str, &[usize]); 6] = [
-    ("embed", &[10, 8]),
-    ("layer.0.weight", &[8, 8]),
-    ("layer.0.bias", &[8]),
-    ("layer.1.weight", &[4, 8]),
-    ("layer.1.bias", &[4]),
+/// Listed out of name order on purpose; `embed` and `layer.0.weight` are cut on 2–4 ranks.
+const TENSORS: [(&str, &[usize]); 7] = [
+    ("layer.0.weight", &[20, 30]),
+    ("embed", &[40, 30]),
+    ("layer.0.bias", &[20]),
+    ("layer.1.weight", &[5, 20]),
+    ("layer.1.bias", &[5]),
     ("scale", &[]),
+    ("unused", &[0]),
 ];
 
-fn sizes() -> Vec<(&'static str, usize)> {
-    TENSORS.iter().map(|(name, shape)| (*name, shape.iter().product())).collect()
+fn plan(world: usize) -> ShardPlan {
+    ShardPlan::new(TENSORS, world).unwrap()
 }
 
-#[test]
-fn plans_are_deterministic_and_balanced() {
-    let plan = ShardPlan::new(sizes(), 3).unwrap();
-    let mut reversed = sizes();
-    reversed.reverse();
-    assert_eq!(ShardPlan::new(reversed, 3).unwrap(), plan);
-    let total: usize = sizes().iter().map(|(_, n)| n).sum();
-    assert_eq!((0..3).map(|rank| plan.load(rank)).sum::<usize>(), total);
-    // Largest first: embed (80) to 0, layer.0.weight (64) to 1, layer.1.weight (32) to 2,
-    // then the biases (8, 4) and scale (1) to the lightest ranks.
-    assert_eq!(plan.owned(0).collect::<Vec<_>>(), ["embed"]);
-    assert_eq!(plan.owned(1).collect::<Vec<_>>(), ["layer.0.weight"]);
-    assert_eq!(
-        plan.owned(2).collect::<Vec<_>>(),
-        ["layer.0.bias", "layer.1.bias", "layer.1.weight", "scale"]
-    );
-    for (name, _) in sizes() {
-        assert_eq!((0..3).filter(|&rank| plan.owned(rank).any(|n| n == name)).count(), 1);
-    }
-    assert!(matches!(ShardPlan::new(sizes(), 0), Err(Error::InvalidSharding { .. })));
-    let err = ShardPlan::new([("a", 1), ("a", 2)], 2).unwrap_err();
-    assert_eq!(err, Error::DuplicateParam { param: "a".into(), in_what: "shard plan" });
-    assert_eq!(err.to_string(), "the shard plan lists the tensor `a` more than once");
+/// An all-reduce between threads: every value summed over all of them, in whatever order the
+/// threads arrive.
+struct Collective {
+    sums: Mutex<Vec<f64>>,
+    barrier: Barrier,
 }
 
-struct Model<A>(Vec<(&'static str, ArrayD<A>)>);
-
-impl<A: Element> Model<A> {
-    fn new() -> Self {
-        Model(TENSORS.iter().enumerate().map(|(i, (n, s))| (*n, values(s, i as u64))).collect())
+impl Collective {
+    fn new(world: usize) -> Self {
+        Collective { sums: Mutex::new(Vec::new()), barrier: Barrier::new(world) }
     }
 
-    fn grads(&self, step: u64) -> Vec<ArrayD<A>> {
-        self.0
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| values(p.shape(), 100 * step + i as u64))
-            .collect()
-    }
-
-    fn bits(&self) -> Vec<Vec<u64>> {
-        self.0.iter().map(|(_, p)| bits(p.iter())).collect()
+    fn all_reduce(&self, values: &mut [f64]) {
+        {
+            let mut sums = self.sums.lock().unwrap();
+            sums.resize(values.len(), 0.0);
+            sums.iter_mut().zip(values.iter()).for_each(|(s, v)| *s += v);
+        }
+        self.barrier.wait();
+        values.copy_from_slice(&self.sums.lock().unwrap());
+        if self.barrier.wait().is_leader() {
+            self.sums.lock().unwrap().clear();
+        }
+        self.barrier.wait();
     }
 }
 
-/// An optimizer with a second group for the biases.
+/// The flat model in plan order, and its gradient at `step`; at step 3 one element of
+/// `layer.1.weight` is NaN.
+fn flat_params<A: Element>(plan: &ShardPlan) -> Vec<A> {
+    plan.tensors().enumerate().flat_map(|(i, t)| values::<A>(t.shape, i as u64)).collect()
+}
+
+fn flat_grads<A: Element>(plan: &ShardPlan, step: u64) -> Vec<A> {
+    let mut grads: Vec<A> = plan
+        .tensors()
+        .enumerate()
+        .flat_map(|(i, t)| values::<A>(t.shape, 100 * step + i as u64))
+        .collect();
+    if step == 3 {
+        let tensor = plan.tensor("layer.1.weight").unwrap();
+        grads[tensor.range.start + 7] = A::from_f64(f64::NAN);
+    }
+    grads
+}
+
+/// An optimizer with a faster group for the biases, clipping by global norm and skipping
+/// non-finite steps.
 fn setup<R: UpdateRule, A: Element>(rule: &R) -> Optimizer<R, A> {
     let mut opt = Optimizer::new(rule.clone()).unwrap();
     let mut fast = rule.clone();
@@ -75,35 +85,89 @@ fn setup<R: UpdateRule, A: Element>(rule: &R) -> Optimizer<R, A> {
     for (name, _) in TENSORS.iter().filter(|(name, _)| name.ends_with("bias")) {
         opt.assign(name, "fast").unwrap();
     }
+    opt.set_clip(Some(Clip::GlobalNorm { max_norm: 5.0 })).unwrap();
+    opt.set_non_finite(NonFinite::Skip);
     opt
 }
 
-/// Steps every tensor on every rank's share; in one process the parameters are shared, so
-/// the owner's update is what every rank would receive by broadcast.
-fn train_sharded<R: UpdateRule, A: Element>(
-    ranks: &mut [ShardedOptimizer<R, A>],
-    model: &mut Model<A>,
+/// One process stepping the whole model, tensor by tensor in name order, from `params`.
+fn train_single<R: UpdateRule, A: Element>(
+    opt: &mut Optimizer<R, A>,
+    params: &mut [A],
     steps: std::ops::Range<u64>,
-) {
-    for step in steps {
-        let grads = model.grads(step);
-        for ((name, param), grad) in model.0.iter_mut().zip(&grads) {
-            let stepped: usize =
-                ranks.iter_mut().map(|rank| rank.step(name, param, grad).unwrap() as usize).sum();
-            assert_eq!(stepped, 1, "`{name}` must be stepped by exactly its owner");
-        }
-    }
+) -> Vec<StepOutcome> {
+    let plan = plan(1);
+    let mut tensors: Vec<ArrayD<A>> = plan
+        .tensors()
+        .map(|t| ArrayD::from_shape_vec(t.shape, params[t.range].to_vec()).unwrap())
+        .collect();
+    let outcomes = steps
+        .map(|step| {
+            let flat = flat_grads::<A>(&plan, step);
+            let grads: Vec<ArrayD<A>> = plan
+                .tensors()
+                .map(|t| ArrayD::from_shape_vec(t.shape, flat[t.range].to_vec()).unwrap())
+                .collect();
+            let mut batch: Vec<ParamGrad<'_, A>> = plan
+                .tensors()
+                .zip(tensors.iter_mut())
+                .zip(&grads)
+                .map(|((t, p), g)| ParamGrad::new(t.name, p, g))
+                .collect();
+            opt.step_all(&mut batch).unwrap()
+        })
+        .collect();
+    let flat: Vec<A> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
+    params.copy_from_slice(&flat);
+    outcomes
 }
 
-fn plan(world: usize) -> ShardPlan {
-    ShardPlan::new(sizes(), world).unwrap()
+/// Every rank on its own thread, each stepping its shard of `params`; returns every rank's
+/// outcomes.
+fn train_sharded<R: UpdateRule, A: Element>(
+    ranks: &mut [ShardedOptimizer<R, A>],
+    params: &mut [A],
+    steps: std::ops::Range<u64>,
+) -> Vec<Vec<StepOutcome>> {
+    let collective = Collective::new(ranks.len());
+    let plan = ranks[0].plan().clone();
+    let mut shards: Vec<&mut [A]> = Vec::new();
+    let mut rest = params;
+    for rank in 0..plan.world() {
+        let (shard, tail) = rest.split_at_mut(plan.load(rank));
+        shards.push(shard);
+        rest = tail;
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks
+            .iter_mut()
+            .zip(shards)
+            .map(|(sharded, shard)| {
+                let (collective, plan, steps) = (&collective, &plan, steps.clone());
+                scope.spawn(move || {
+                    let range = plan.shard(sharded.rank());
+                    steps
+                        .map(|step| {
+                            let grads = flat_grads::<A>(plan, step);
+                            sharded
+                                .step_all(shard, &grads[range.clone()], |v| {
+                                    collective.all_reduce(v)
+                                })
+                                .unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    })
 }
 
 fn shards_of<R: UpdateRule, A: Element>(
-    full: ndarray_optim::Checkpoint<R, A>,
+    full: Checkpoint<R, A>,
     world: usize,
 ) -> Vec<ShardedOptimizer<R, A>> {
-    let plan = ShardPlan::new(sizes(), world).unwrap();
+    let plan = plan(world);
     split(full, &plan)
         .unwrap()
         .into_iter()
@@ -115,6 +179,50 @@ fn shards_of<R: UpdateRule, A: Element>(
         .collect()
 }
 
+fn merged<R: UpdateRule, A: Element>(ranks: &[ShardedOptimizer<R, A>]) -> Checkpoint<R, A> {
+    merge(ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect(), ranks[0].plan())
+        .unwrap()
+}
+
+struct EqualToOneProcess;
+
+impl RuleCheck for EqualToOneProcess {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let fresh = || setup::<R, A>(&rule);
+        if !rule.elementwise() {
+            let err = ShardedOptimizer::new(fresh(), plan(2), 0).unwrap_err();
+            assert!(err.to_string().contains("does not update element by element"), "{err}");
+            return;
+        }
+        let mut single = fresh();
+        let mut expected = flat_params::<A>(&plan(1));
+        let outcomes = train_single(&mut single, &mut expected, 0..6);
+        // Clipped every step, and step 3 skipped at `layer.1.weight`, the fifth by name.
+        assert!(outcomes.iter().all(|o| !matches!(o, StepOutcome::Stepped { grad_norm: None })));
+        assert_eq!(outcomes[3], StepOutcome::Skipped { index: 4 });
+        for world in 1..=4 {
+            let mut ranks: Vec<_> = (0..world)
+                .map(|rank| ShardedOptimizer::new(fresh(), plan(world), rank).unwrap())
+                .collect();
+            let mut params = flat_params::<A>(&plan(world));
+            for rank_outcomes in train_sharded(&mut ranks, &mut params, 0..6) {
+                assert_eq!(rank_outcomes, outcomes, "{rule:?} {} on {world} ranks", A::NAME);
+            }
+            assert_eq!(bits(&params), bits(&expected), "{rule:?} {} on {world} ranks", A::NAME);
+            assert_eq!(merged(&ranks), single.checkpoint(), "{rule:?} {} {world}", A::NAME);
+        }
+    }
+}
+
+#[test]
+fn sharded_steps_equal_one_process_on_any_number_of_ranks() {
+    for_each_rule(&mut EqualToOneProcess);
+}
+
 struct AcrossWorldSizes;
 
 impl RuleCheck for AcrossWorldSizes {
@@ -123,20 +231,17 @@ impl RuleCheck for AcrossWorldSizes {
         R: UpdateRule + Serialize + DeserializeOwned,
         A: Element + Serialize + DeserializeOwned,
     {
-        let fresh = || setup::<R, A>(&rule);
-        // One process, 12 steps.
-        let mut single = Model::<A>::new();
-        let mut opt = fresh();
-        for step in 0..12 {
-            let grads = single.grads(step);
-            for ((name, param), grad) in single.0.iter_mut().zip(&grads) {
-                opt.step(name, param, grad).unwrap();
-            }
+        if !rule.elementwise() {
+            return;
         }
+        let fresh = || setup::<R, A>(&rule);
+        let mut single = fresh();
+        let mut expected = flat_params::<A>(&plan(1));
+        train_single(&mut single, &mut expected, 0..12);
         // 4 ranks for 5 steps, save, resume on 2 ranks for 4, save, resume on 1 for 3.
-        let mut model = Model::<A>::new();
+        let mut params = flat_params::<A>(&plan(1));
         let mut four = shards_of(fresh().checkpoint(), 4);
-        train_sharded(&mut four, &mut model, 0..5);
+        train_sharded(&mut four, &mut params, 0..5);
         let saved: Vec<_> =
             four.iter().map(|rank| serde_json::to_string(rank.optimizer()).unwrap()).collect();
         let loaded = saved
@@ -144,14 +249,12 @@ impl RuleCheck for AcrossWorldSizes {
             .map(|json| serde_json::from_str::<Optimizer<R, A>>(json).unwrap().checkpoint())
             .collect();
         let mut two = shards_of(merge(loaded, &plan(4)).unwrap(), 2);
-        train_sharded(&mut two, &mut model, 5..9);
-        let full = merge(two.iter().map(|rank| rank.optimizer().checkpoint()).collect(), &plan(2))
-            .unwrap();
-        let mut one = shards_of(full, 1);
-        train_sharded(&mut one, &mut model, 9..12);
+        train_sharded(&mut two, &mut params, 5..9);
+        let mut one = shards_of(merged(&two), 1);
+        train_sharded(&mut one, &mut params, 9..12);
 
-        assert_eq!(model.bits(), single.bits(), "{rule:?} {}", A::NAME);
-        assert_eq!(one[0].optimizer(), &opt);
+        assert_eq!(bits(&params), bits(&expected), "{rule:?} {}", A::NAME);
+        assert_eq!(merged(&one), single.checkpoint(), "{rule:?} {}", A::NAME);
     }
 }
 
@@ -160,64 +263,227 @@ fn a_four_rank_checkpoint_resumes_on_two_and_one_rank() {
     for_each_rule(&mut AcrossWorldSizes);
 }
 
+/// Pseudo-random models, including one dominant tensor and tensors without elements.
+fn random_models() -> Vec<Vec<(String, Vec<usize>)>> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below) as usize
+    };
+    let mut models = vec![vec![("embedding".to_owned(), vec![50_000, 64]), ("b".into(), vec![7])]];
+    for _ in 0..200 {
+        let tensors = 1 + next(12);
+        models.push(
+            (0..tensors)
+                .map(|i| {
+                    let shape = match next(4) {
+                        0 => vec![],
+                        1 => vec![next(3000)],
+                        _ => vec![next(60), 1 + next(90)],
+                    };
+                    (format!("t{i}"), shape)
+                })
+                .collect(),
+        );
+    }
+    models
+}
+
 #[test]
-fn shard_state_is_a_share_of_the_whole() {
-    let mut model = Model::<f64>::new();
-    let mut ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 3);
-    train_sharded(&mut ranks, &mut model, 0..2);
-    let plan = ranks[0].plan().clone();
-    for rank in &ranks {
-        let stepped: Vec<&str> = plan
-            .owned(rank.rank())
-            .filter(|name| rank.optimizer().step_count(name).is_some())
-            .collect();
-        assert_eq!(stepped, plan.owned(rank.rank()).collect::<Vec<_>>());
-        for (name, _) in sizes() {
-            let owned = plan.owner(name) == Some(rank.rank());
-            assert_eq!(rank.optimizer().step_count(name).is_some(), owned, "{name}");
+fn plans_are_balanced_contiguous_and_deterministic() {
+    for model in random_models() {
+        let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+        let total: usize = model.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        for world in 1..=5 {
+            let plan = ShardPlan::new(listed(), world).unwrap();
+            assert_eq!(ShardPlan::new(listed().rev(), world).unwrap(), plan);
+            assert_eq!(plan.len(), total);
+            // Contiguous shards covering everything, none larger than an even share + a block.
+            let mut end = 0;
+            for rank in 0..world {
+                assert_eq!(plan.shard(rank).start, end);
+                end = plan.shard(rank).end;
+                assert!(plan.load(rank) <= total.div_ceil(world) + SHARD_BLOCK, "{model:?}");
+            }
+            assert_eq!(end, total);
+            // Every tensor in pieces: in order, cut at whole blocks only, each piece where the
+            // flat order puts it, and every tensor (without elements too) on exactly one rank
+            // or split between consecutive ones.
+            let mut seen: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+            for rank in 0..world {
+                for piece in plan.pieces(rank) {
+                    let tensor = plan.tensor(piece.name).unwrap();
+                    let flat = plan.shard(rank).start + piece.shard.start;
+                    assert_eq!(flat, tensor.range.start + piece.elements.start);
+                    assert_eq!(piece.shard.len(), piece.elements.len());
+                    let at_block =
+                        |e: usize| e.is_multiple_of(SHARD_BLOCK) || e == tensor.range.len();
+                    assert!(at_block(piece.elements.start) && at_block(piece.elements.end));
+                    seen.push((piece.name, piece.elements));
+                }
+            }
+            let mut expected = plan.tensors();
+            let mut pieces = seen.iter().peekable();
+            for tensor in &mut expected {
+                let mut covered = 0;
+                while let Some((_, elements)) = pieces.next_if(|(name, _)| *name == tensor.name) {
+                    assert_eq!(elements.start, covered, "{}", tensor.name);
+                    covered = elements.end;
+                }
+                assert_eq!(covered, tensor.range.len(), "{} on {world} ranks", tensor.name);
+            }
+            assert!(pieces.next().is_none());
         }
+    }
+    // The largest shard against the even share, for the dominant tensor.
+    let plan = ShardPlan::new([("embedding", &[50_000, 64][..]), ("b", &[7])], 3).unwrap();
+    let even = plan.len().div_ceil(3);
+    assert!((0..3).all(|rank| plan.load(rank).abs_diff(even) <= SHARD_BLOCK));
+}
+
+#[test]
+fn plan_errors() {
+    assert!(matches!(ShardPlan::new(TENSORS, 0), Err(Error::InvalidSharding { .. })));
+    let err = ShardPlan::new([("a", &[1][..]), ("a", &[2])], 2).unwrap_err();
+    assert_eq!(err, Error::DuplicateParam { param: "a".into(), in_what: "shard plan" });
+    assert_eq!(err.to_string(), "the shard plan lists the tensor `a` more than once");
+    let huge = [("a", &[usize::MAX, 2][..])];
+    assert!(matches!(ShardPlan::new(huge, 2), Err(Error::InvalidSharding { .. })));
+    let halves = [("a", &[usize::MAX / 2 + 1][..]), ("b", &[usize::MAX / 2 + 1])];
+    assert!(matches!(ShardPlan::new(halves, 2), Err(Error::InvalidSharding { .. })));
+    // A world larger than the model leaves ranks empty.
+    let plan = ShardPlan::new([("a", &[3][..])], 4).unwrap();
+    assert_eq!((0..4).map(|rank| plan.load(rank)).collect::<Vec<_>>(), [0, 0, 3, 0]);
+    assert_eq!(plan.pieces(0).count(), 0);
+}
+
+/// A step that fails on one rank fails on every rank, and changes nothing anywhere.
+#[test]
+fn a_failure_on_one_rank_fails_every_rank_and_changes_nothing() {
+    let mut ranks: Vec<_> = (0..3)
+        .map(|rank| {
+            ShardedOptimizer::new(setup::<_, f64>(&Adam::default()), plan(3), rank).unwrap()
+        })
+        .collect();
+    let mut params = flat_params::<f64>(&plan(3));
+    train_sharded(&mut ranks, &mut params, 0..2);
+    let (before, states) = (params.clone(), merged(&ranks));
+    let collective = Collective::new(3);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks
+            .iter_mut()
+            .map(|sharded| {
+                let collective = &collective;
+                let plan = plan(3);
+                let mut shard = before[plan.shard(sharded.rank())].to_vec();
+                let grads = flat_grads::<f64>(&plan, 2);
+                scope.spawn(move || {
+                    let range = plan.shard(sharded.rank());
+                    // Rank 1 passes one gradient too few.
+                    let end = range.end - usize::from(sharded.rank() == 1);
+                    let result = sharded.step_all(&mut shard, &grads[range.start..end], |v| {
+                        collective.all_reduce(v)
+                    });
+                    (result, shard)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (result, shard)) in results.into_iter().enumerate() {
+        let err = result.unwrap_err();
+        match rank {
+            1 => {
+                let load = plan(3).load(1);
+                let message = format!("the step got {load} parameters and {} gradients", load - 1);
+                assert!(err.to_string().contains(&message), "{err}");
+            }
+            _ => assert_eq!(err, Error::OtherRanksFailed { ranks: 1 }),
+        }
+        assert_eq!(bits(&shard), bits(&before[plan(3).shard(rank)]));
+    }
+    assert_eq!(merged(&ranks), states);
+}
+
+#[test]
+fn what_a_shard_cannot_step_is_refused() {
+    let opt = Optimizer::<Adam, f64>::new(Adam::default()).unwrap();
+    assert!(ShardedOptimizer::new(opt.clone(), plan(2), 2).is_err());
+    let mut per_tensor = opt.clone();
+    per_tensor.set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
+    let err = ShardedOptimizer::new(per_tensor, plan(2), 0).unwrap_err();
+    assert!(err.to_string().contains("its own norm needs whole tensors"), "{err}");
+    // Set after the share was made: refused by the step, which still joins the exchange.
+    let mut rank = ShardedOptimizer::new(opt, plan(1), 0).unwrap();
+    rank.optimizer_mut().set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
+    let (mut params, grads) = (flat_params::<f64>(&plan(1)), flat_grads::<f64>(&plan(1), 0));
+    let mut exchanged = None;
+    let err = rank.step_all(&mut params, &grads, |v| exchanged = Some(v[0])).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+    assert_eq!(exchanged, Some(1.0), "the failure is announced to the other ranks");
+}
+
+#[test]
+fn shards_of_a_frozen_group_stay_unchanged() {
+    let rule = Momentum { lr: 0.1, momentum: 0.9, ..Momentum::default() };
+    let mut opt = setup::<_, f32>(&rule);
+    opt.freeze("fast").unwrap();
+    let mut single = opt.clone();
+    let mut expected = flat_params::<f32>(&plan(1));
+    train_single(&mut single, &mut expected, 0..3);
+    let mut ranks = shards_of(opt.checkpoint(), 3);
+    let mut params = flat_params::<f32>(&plan(3));
+    train_sharded(&mut ranks, &mut params, 0..3);
+    assert_eq!(bits(&params), bits(&expected));
+    let full = merged(&ranks);
+    assert_eq!(full, single.checkpoint());
+    assert!(full.groups[1].frozen);
+    let bias = full.tensors.iter().find(|t| t.name == "layer.0.bias").unwrap();
+    assert!(bias.state.is_none());
+    // Shards that disagree on the flag do not merge.
+    let mut shards: Vec<_> = ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect();
+    shards[1].groups[1].frozen = false;
+    let err = merge(shards, &plan(3)).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err:?}");
+    // Every tensor frozen: every rank reports it.
+    opt.freeze("default").unwrap();
+    let mut ranks = shards_of(opt.checkpoint(), 2);
+    for outcomes in train_sharded(&mut ranks, &mut params, 0..1) {
+        assert_eq!(outcomes, [StepOutcome::Frozen]);
     }
 }
 
 #[test]
-fn invalid_sharding_is_refused() {
-    let mut model = Model::<f64>::new();
-    let mut ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 2);
-    train_sharded(&mut ranks, &mut model, 0..1);
-    let shard0 = ranks[0].optimizer().checkpoint();
-    // The same shard twice holds the state of its tensors twice.
-    let err = merge(vec![shard0.clone(), shard0.clone()], &plan(2)).unwrap_err();
-    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
-    assert!(err.to_string().contains("which the plan gives to rank 0"), "{err}");
-    // Shards of different setups.
-    let mut other = ranks[1].optimizer().checkpoint();
-    other.groups[1].hyper.lr = 0.5;
-    let err = merge(vec![shard0.clone(), other], &plan(2)).unwrap_err();
-    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
-    assert!(matches!(merge::<Adam, f64>(vec![], &plan(2)), Err(Error::InvalidSharding { .. })));
-    // A plan that misses a tensor with state.
-    let small = ShardPlan::new([("embed", 80)], 2).unwrap();
-    let err = split(shard0, &small).unwrap_err();
-    assert!(err.to_string().contains("is not in the plan"), "{err}");
-    // Ranks outside the world and tensors outside the plan.
-    let plan = ShardPlan::new(sizes(), 2).unwrap();
-    let opt = Optimizer::<Adam, f64>::new(Adam::default()).unwrap();
-    assert!(ShardedOptimizer::new(opt.clone(), plan.clone(), 2).is_err());
-    let mut rank = ShardedOptimizer::new(opt, plan, 0).unwrap();
-    let mut p = ndarray::array![1.0];
-    assert!(matches!(
-        rank.step("unknown", &mut p, &ndarray::array![1.0]),
-        Err(Error::InvalidSharding { .. })
-    ));
+fn refusing_non_finite_gradients_names_the_tensor_on_every_rank() {
+    let mut opt = setup::<_, f64>(&Adam::default());
+    opt.set_non_finite(NonFinite::Refuse);
+    let mut ranks = shards_of(opt.checkpoint(), 2);
+    let collective = Collective::new(2);
+    let plan = plan(2);
+    let params = flat_params::<f64>(&plan);
+    let grads = flat_grads::<f64>(&plan, 3);
+    std::thread::scope(|scope| {
+        for sharded in &mut ranks {
+            let range = plan.shard(sharded.rank());
+            let mut shard = params[range.clone()].to_vec();
+            let (grads, collective) = (&grads[range], &collective);
+            scope.spawn(move || {
+                let err = sharded.step_all(&mut shard, grads, |v| collective.all_reduce(v));
+                assert_eq!(err, Err(Error::NonFiniteGradient { param: "layer.1.weight".into() }));
+            });
+        }
+    });
 }
 
-/// Merging 3 of 4 shards, or a shard that lists a tensor twice, is refused with the missing
-/// ranks or the tensor named; so are shards given out of rank order.
+/// Merging 3 of 4 shards, a shard that lists a tensor twice, shards out of rank order or of
+/// other setups, and parts that disagree are refused, naming what is wrong.
 #[test]
 fn incomplete_or_inconsistent_shards_are_refused() {
-    let mut model = Model::<f64>::new();
     let mut ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 4);
-    train_sharded(&mut ranks, &mut model, 0..2);
+    let mut params = flat_params::<f64>(&plan(4));
+    train_sharded(&mut ranks, &mut params, 0..2);
     let shards: Vec<_> = ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect();
     assert!(merge(shards.clone(), &plan(4)).is_ok());
 
@@ -227,17 +493,58 @@ fn incomplete_or_inconsistent_shards_are_refused() {
     let err = merge(shards[..1].to_vec(), &plan(4)).unwrap_err();
     assert!(err.to_string().contains("ranks [1, 2, 3] are missing"), "{err}");
     assert!(merge(shards.clone(), &plan(3)).is_err());
+    assert!(matches!(merge::<Adam, f64>(vec![], &plan(4)), Err(Error::InvalidSharding { .. })));
 
     let mut twice = shards.clone();
     let copy = twice[2].tensors[0].clone();
     twice[2].tensors.push(copy);
     let err = merge(twice, &plan(4)).unwrap_err();
-    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
     let name = &shards[2].tensors[0].name;
     assert!(err.to_string().contains(&format!("rank 2 lists tensor `{name}` twice")), "{err}");
 
+    // Ranks 1 and 2 hold parts of `embed` of different sizes. (Ranks 0 and 1 hold one part
+    // each of 512 elements: shards in the wrong order there cannot be told apart.)
     let mut swapped = shards.clone();
-    swapped.swap(0, 1);
+    swapped.swap(1, 2);
     let err = merge(swapped, &plan(4)).unwrap_err();
-    assert!(err.to_string().contains("the shard of rank 0 has state of tensor"), "{err}");
+    assert!(err.to_string().contains("of rank 1 has 512 elements in the plan"), "{err}");
+
+    let mut other = shards.clone();
+    other[1].groups[1].hyper.lr = 0.5;
+    let err = merge(other, &plan(4)).unwrap_err();
+    assert!(err.to_string().contains("the shard of rank 1 differs"), "{err}");
+
+    // `embed` is cut between ranks 0 and 1: parts of other step counts, or of a lost rank.
+    let embed = |shard: &mut Checkpoint<Adam, f64>| {
+        shard
+            .tensors
+            .iter_mut()
+            .find(|t| t.name == "embed")
+            .unwrap()
+            .state
+            .as_mut()
+            .unwrap()
+            .step += 1;
+    };
+    let mut stepped = shards.clone();
+    embed(&mut stepped[1]);
+    let err = merge(stepped, &plan(4)).unwrap_err();
+    assert!(
+        err.to_string().contains("parts of tensor `embed` in the shards of ranks 0 and 1"),
+        "{err}"
+    );
+    let mut lost = shards.clone();
+    lost[1].tensors.retain(|t| t.name != "embed");
+    let err = merge(lost, &plan(4)).unwrap_err();
+    assert!(err.to_string().contains("but not in that of rank 1"), "{err}");
+
+    // A plan that misses a tensor with state, or gives it another size.
+    let full = merge(shards, &plan(4)).unwrap();
+    let small = ShardPlan::new([("embed", &[40, 30][..])], 2).unwrap();
+    let err = split(full.clone(), &small).unwrap_err();
+    assert!(err.to_string().contains("is not in the plan"), "{err}");
+    let resized: Vec<_> =
+        TENSORS.iter().map(|&(n, s)| (n, if n == "embed" { &[41, 30][..] } else { s })).collect();
+    let err = split(full, &ShardPlan::new(resized, 2).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("`embed` has 1230 elements in the plan"), "{err}");
 }

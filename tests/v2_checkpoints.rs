@@ -97,9 +97,32 @@ fn load<A: Element + Serialize + DeserializeOwned>(
     ]
 }
 
+/// Whether every state value of `a` is within `ulps` units in the last place of `b`'s.
+fn close<A: Element>(a: &Optimizer<Adam, A>, b: &Optimizer<Adam, A>, ulps: f64) -> bool {
+    let (a, b) = (a.checkpoint(), b.checkpoint());
+    let epsilon = if A::NAME == "f32" { f64::from(f32::EPSILON) } else { f64::EPSILON };
+    a.tensors.len() == b.tensors.len()
+        && a.tensors.iter().zip(&b.tensors).all(|(a, b)| match (&a.state, &b.state) {
+            (Some(a), Some(b)) => a.buffers.iter().zip(&b.buffers).all(|(a, b)| {
+                a.values.iter().zip(&b.values).all(|(&x, &y)| {
+                    let (x, y) = (x.into_f64(), y.into_f64());
+                    (x - y).abs() <= ulps * epsilon * x.abs().max(y.abs())
+                })
+            }),
+            (a, b) => a.is_none() && b.is_none(),
+        })
+}
+
+/// Since format version 3 the global norm is an exact sum of squares, so a run today may
+/// differ from the one that wrote the files in the last bits of the norm, and so of every
+/// value: the files are compared with today's run within a few units in the last place, and
+/// with one another, and resumed, bit for bit.
 fn check<A: Element + Serialize + DeserializeOwned>(dtype: &str) {
-    let (expected, params) = saved_run::<A>();
-    for (label, mut opt) in load::<A>(dtype) {
+    let (recomputed, params) = saved_run::<A>();
+    let loaded = load::<A>(dtype);
+    let expected = loaded[0].1.clone();
+    assert!(close(&expected, &recomputed, 4.0), "{dtype}: the files hold another run");
+    for (label, mut opt) in loaded {
         assert!(opt.group("backbone").unwrap().is_frozen(), "{label}");
         assert!(!opt.group("default").unwrap().is_frozen(), "{label}");
         assert_eq!(opt.group("backbone").unwrap().lr(), 0.0025, "{label}");

@@ -78,6 +78,10 @@ impl UpdateRule for Adadelta {
         &mut self.lr
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["square_avg", "acc_delta"]
     }

@@ -88,6 +88,10 @@ impl UpdateRule for Adagrad {
         &mut self.lr
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["sum"]
     }

@@ -120,6 +120,10 @@ impl UpdateRule for Adam {
         Some(&mut self.beta1)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         state_names(self.amsgrad)
     }

@@ -89,6 +89,10 @@ impl UpdateRule for Adamax {
         Some(&mut self.beta1)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg", "exp_inf"]
     }

@@ -101,6 +101,10 @@ impl UpdateRule for AdamW {
         Some(&mut self.beta1)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         adam::state_names(self.amsgrad)
     }

@@ -116,6 +116,12 @@ macro_rules! rules {
                 }
             }
 
+            fn elementwise(&self) -> bool {
+                match self {
+                    $(Rule::$variant(rule) => rule.elementwise(),)*
+                }
+            }
+
             fn check_shape(&self, shape: &[usize]) -> Result<(), &'static str> {
                 match self {
                     $(Rule::$variant(rule) => rule.check_shape(shape),)*

@@ -91,6 +91,10 @@ impl UpdateRule for Asgd {
         &mut self.lr
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["ax"]
     }

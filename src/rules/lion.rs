@@ -88,6 +88,10 @@ impl UpdateRule for Lion {
         &mut self.lr
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg"]
     }

@@ -82,6 +82,10 @@ impl UpdateRule for Momentum {
         Some(&mut self.momentum)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         // PyTorch's SGD keeps no buffer at momentum 0, and dampening then has no effect.
         if self.momentum > 0.0 { &["momentum_buffer"] } else { &[] }

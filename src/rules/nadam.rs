@@ -112,6 +112,10 @@ impl UpdateRule for NAdam {
         Some(&mut self.beta1)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["exp_avg", "exp_avg_sq"]
     }

@@ -78,6 +78,10 @@ impl UpdateRule for Nesterov {
         Some(&mut self.momentum)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["momentum_buffer"]
     }

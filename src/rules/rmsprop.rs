@@ -142,6 +142,10 @@ impl UpdateRule for RmsProp {
         Some(&mut self.momentum)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         match (self.momentum > 0.0, self.centered) {
             (false, false) => &["square_avg"],

@@ -122,6 +122,10 @@ impl UpdateRule for Rprop {
         &mut self.lr
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["prev", "step_size"]
     }

@@ -59,6 +59,10 @@ impl UpdateRule for Sgd {
         &mut self.lr
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &[]
     }

@@ -124,6 +124,10 @@ impl UpdateRule for ScheduleFreeAdamW {
         self.weighting().validate(Self::NAME)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["z", "exp_avg_sq"]
     }

@@ -112,6 +112,10 @@ impl UpdateRule for ScheduleFreeSgd {
         self.weighting().validate(Self::NAME)
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn state_names(&self) -> &'static [&'static str] {
         &["z"]
     }

@@ -1,0 +1,44 @@
+//! Optimizer state sharded across data-parallel ranks by elements (ZeRO stages 1 and 2).
+//!
+//! In data-parallel training every rank holds the whole model and, after the gradients are
+//! averaged across ranks, applies the same update. The optimizer state is the largest memory
+//! cost (two values per element for Adam), so each rank keeps the state of only a contiguous
+//! `$1/N$` of the model's elements, steps those, and sends the updated parameters to the
+//! others.
+//!
+//! - A [`ShardPlan`] lays every tensor out in one flat order (by name, each tensor in
+//!   row-major order) and cuts it into `$N$` contiguous shards, one per rank, balanced to
+//!   within [`SHARD_BLOCK`] elements whatever the tensor sizes: a large tensor is cut between
+//!   ranks. It depends only on the names, shapes and `$N$`, so every rank computes the same.
+//! - A [`ShardedOptimizer`] is one rank's share of an optimizer. Its
+//!   [`step_all`](ShardedOptimizer::step_all) steps the rank's shard of the flat parameters
+//!   with its shard of the averaged gradients, with global-norm clipping and the non-finite
+//!   check over the whole model through an all-reduce that the caller supplies.
+//! - [`merge`] and [`split`] turn the per-rank checkpoints into one full checkpoint, tensor by
+//!   tensor and by name, and back, for any world size: train on 4 ranks, resume on 2 or 1.
+//!
+//! A rule that updates element by element ([`UpdateRule::elementwise`]) steps a part of a
+//! tensor exactly as it steps that part inside the whole tensor, and the global norm is an
+//! exact sum, so a sharded step gives the same bits as one process's
+//! [`Optimizer::step_all`](crate::Optimizer::step_all) of the whole model with the same
+//! averaged gradients, on any number of ranks.
+//!
+//! The crate does no communication itself: bring your own (MPI, sockets, threads); the
+//! `data_parallel` example does it over MPI, with a reduce-scatter of the gradients and an
+//! all-gather of the parameters.
+//!
+//! [`UpdateRule::elementwise`]: crate::UpdateRule::elementwise
+
+mod checkpoints;
+mod plan;
+mod sharded;
+
+pub use checkpoints::{merge, split};
+pub use plan::{Piece, PlannedTensor, SHARD_BLOCK, ShardPlan};
+pub use sharded::ShardedOptimizer;
+
+use crate::error::Error;
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidSharding { reason }
+}

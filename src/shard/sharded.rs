@@ -1,0 +1,258 @@
+//! One rank's share of a sharded optimizer.
+
+use ndarray::{ArrayView1, ArrayViewMut1};
+
+use super::checkpoints::share;
+use super::invalid;
+use super::plan::ShardPlan;
+use crate::clip::Clip;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::exact_sum::PARTS;
+use crate::guard::{NonFinite, StepOutcome};
+use crate::model::{Prefix, VisitPair};
+use crate::optimizer::{BatchCheck, Optimizer};
+use crate::rule::UpdateRule;
+
+/// The values a sharded step adds up across ranks, after the ranks' first non-finite tensors.
+mod slot {
+    /// Ranks whose step failed before the exchange.
+    pub const FAILED: usize = 0;
+    /// Pieces checked.
+    pub const PIECES: usize = 1;
+    /// Pieces of frozen groups.
+    pub const FROZEN: usize = 2;
+    /// The squares' exact sum, [`PARTS`](crate::exact_sum::PARTS) values.
+    pub const SQUARES: usize = 3;
+}
+
+/// One rank's share of a sharded optimizer: the state of the elements the [`ShardPlan`] gives
+/// it, stepped with [`step_all`](Self::step_all).
+///
+/// ```
+/// use ndarray_optim::{Adam, Clip, Optimizer, ShardPlan, ShardedOptimizer, StepOutcome};
+///
+/// // Two ranks, simulated one after the other: each steps its shard of the flat parameters.
+/// let plan = ShardPlan::new([("w", &[300][..]), ("b", &[4])], 2)?;
+/// let mut opt = Optimizer::new(Adam::default())?;
+/// opt.set_clip(Some(Clip::GlobalNorm { max_norm: 1.0 }))?;
+/// let (params, grads) = (vec![1.0_f32; 304], vec![0.5_f32; 304]);
+/// // The parts each rank would send to the all-reduce, and their sums.
+/// let mut sent = Vec::new();
+/// for rank in 0..2 {
+///     let mut shard = ShardedOptimizer::new(opt.clone(), plan.clone(), rank)?;
+///     let range = plan.shard(rank);
+///     let mut mine = params[range.clone()].to_vec();
+///     // A stand-in for the all-reduce: record this rank's values, reply with the sums.
+///     let outcome = shard.step_all(&mut mine, &grads[range], |values| {
+///         sent.push(values.to_vec());
+///         if sent.len() == 2 {
+///             for (i, v) in values.iter_mut().enumerate() {
+///                 *v = sent[0][i] + sent[1][i];
+///             }
+///         }
+///     });
+///     if rank == 1 {
+///         // The norm of all 304 gradients, √(304 · 0.25), on the rank that saw the sums.
+///         assert_eq!(outcome?, StepOutcome::Stepped { grad_norm: Some(76.0_f64.sqrt()) });
+///     }
+/// }
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardedOptimizer<R: UpdateRule, A: Element> {
+    optimizer: Optimizer<R, A>,
+    plan: ShardPlan,
+    rank: usize,
+    /// The values of the exchange, kept so that steps allocate nothing.
+    exchanged: Vec<f64>,
+}
+
+impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
+    /// Rank `rank`'s share of `optimizer`: its groups, hyperparameters, clipping and
+    /// non-finite policy, and the state of the parts of tensors the plan gives the rank
+    /// (state of other parts is dropped). `optimizer` may hold the state of whole tensors
+    /// (a new run, or a full checkpoint from [`merge`](super::merge)) or the rank's parts
+    /// (a checkpoint of this rank's share under the same plan, or one of [`split`](super::split)'s).
+    ///
+    /// # Errors
+    /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, a group's rule does
+    ///   not update [element by element](UpdateRule::elementwise), the optimizer clips each
+    ///   tensor by its own norm, or it has state of a tensor the plan does not list or of
+    ///   another size;
+    /// - [`Error::ReductionNeedsBatch`] if a group's rule has a
+    ///   [reduction](UpdateRule::reduction) over every tensor of a step (such as
+    ///   [`Prodigy`](crate::Prodigy)), which sharded steps cannot compute yet.
+    pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
+        if rank >= plan.world() {
+            return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
+        }
+        shardable(&optimizer)?;
+        let optimizer = Optimizer::from_checkpoint(share(optimizer.checkpoint(), &plan, rank)?)?;
+        let exchanged = vec![0.0; slot::SQUARES + PARTS + plan.world()];
+        Ok(ShardedOptimizer { optimizer, plan, rank, exchanged })
+    }
+
+    /// Steps this rank's shard: `params` and `grads` are the rank's parts of the flat
+    /// parameters and of the flat averaged gradients
+    /// ([`plan().shard(rank)`](ShardPlan::shard) of the model's elements in the
+    /// [plan's order](ShardPlan)). The result is bit for bit what one process's
+    /// [`Optimizer::step_all`] gives for the whole model with the same averaged gradients, on
+    /// any number of ranks: the same parameters and state, the same
+    /// [global-norm clipping](Clip::GlobalNorm) and [non-finite check](NonFinite) over
+    /// every tensor, the same outcome (a skip reports the position of the first non-finite
+    /// tensor in the plan's order). Parts of frozen groups are left alone.
+    ///
+    /// `all_reduce` is called exactly once per call, on every rank, with a slice of
+    /// `$73 + N$` values for `$N$` ranks: it must replace each value by its sum over all ranks,
+    /// as MPI's `MPI_Allreduce` with `MPI_SUM` does in place. The sums are exact in any
+    /// order (the values are small integers and the exact sum of squares' digits), so any
+    /// reduction algorithm gives every rank the same bits. The call comes before any change,
+    /// so that a failure on one rank fails the step on every rank: when `step_all` returns an
+    /// error, no rank has changed anything.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidSharding`] if `params` or `grads` is not of the rank's
+    ///   [load](ShardPlan::load), or the optimizer was set since [`new`](Self::new) to
+    ///   something that [`new`](Self::new) refuses;
+    /// - as [`Optimizer::step_all`] for the rank's own parts (e.g.
+    ///   [`Error::NonFiniteGradient`] naming the first non-finite tensor of the whole model);
+    /// - [`Error::OtherRanksFailed`] if the step failed on other ranks only.
+    pub fn step_all(
+        &mut self,
+        params: &mut [A],
+        grads: &[A],
+        mut all_reduce: impl FnMut(&mut [f64]),
+    ) -> Result<StepOutcome> {
+        let ShardedOptimizer { optimizer, plan, rank, exchanged } = self;
+        let (plan, rank) = (&*plan, *rank);
+        let mut did_exchange = false;
+        let outcome = self::check_lengths(plan, rank, params.len(), grads.len())
+            .and_then(|()| shardable(optimizer))
+            .and_then(|()| {
+                let mut zip = |_: &mut Prefix, visit: &mut VisitPair<'_, A>| {
+                    for piece in plan.pieces(rank) {
+                        let param = ArrayViewMut1::from(&mut params[piece.shard.clone()]);
+                        let grad = ArrayView1::from(&grads[piece.shard]);
+                        visit(piece.name, param.into_dyn(), grad.into_dyn())?;
+                    }
+                    Ok(())
+                };
+                let policy = optimizer.non_finite();
+                let mut exchange = |check: &mut BatchCheck| {
+                    did_exchange = true;
+                    exchange(check, exchanged, plan, rank, policy, &mut all_reduce)
+                };
+                optimizer.step_exchanging(&mut zip, "shard", &mut exchange)
+            });
+        if outcome.is_err() && !did_exchange {
+            // The other ranks wait in the exchange: tell them this step failed.
+            exchanged.fill(0.0);
+            exchanged[slot::FAILED] = 1.0;
+            all_reduce(exchanged);
+        }
+        outcome
+    }
+
+    /// The rank this share belongs to.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// The optimizer holding this rank's state (for groups, learning rates and checkpoints:
+    /// its tensors are the rank's parts, each of shape `[len]`).
+    pub fn optimizer(&self) -> &Optimizer<R, A> {
+        &self.optimizer
+    }
+
+    /// The optimizer holding this rank's state, e.g. to change learning rates (on every rank
+    /// alike).
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer<R, A> {
+        &mut self.optimizer
+    }
+}
+
+/// Refuses what a sharded step cannot do: rules that look at whole tensors or at every
+/// tensor, and a clip by each tensor's own norm.
+fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<()> {
+    for group in optimizer.groups() {
+        if group.hyper.reduction().is_some() {
+            return Err(Error::ReductionNeedsBatch { rule: group.hyper.name() });
+        }
+        if !group.hyper.elementwise() {
+            return Err(invalid(format!(
+                "group `{}` has rule `{}`, which does not update element by element: a shard \
+                 cannot step part of a tensor with it",
+                group.name(),
+                group.hyper.name()
+            )));
+        }
+    }
+    if let Some(Clip::Norm { .. }) = optimizer.clip() {
+        return Err(invalid(
+            "clipping each tensor by its own norm needs whole tensors: clip by global norm or \
+             by value"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_lengths(plan: &ShardPlan, rank: usize, params: usize, grads: usize) -> Result<()> {
+    let load = plan.load(rank);
+    if params != load || grads != load {
+        return Err(invalid(format!(
+            "rank {rank} owns {load} elements, but the step got {params} parameters and {grads} \
+             gradients"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds up what every rank's first pass found, and leaves in `check` what the whole model's
+/// first pass would have found.
+fn exchange(
+    check: &mut BatchCheck,
+    values: &mut [f64],
+    plan: &ShardPlan,
+    rank: usize,
+    policy: NonFinite,
+    all_reduce: &mut impl FnMut(&mut [f64]),
+) -> Result<()> {
+    values.fill(0.0);
+    values[slot::PIECES] = check.index as f64;
+    values[slot::FROZEN] = check.frozen as f64;
+    let squares = &mut values[slot::SQUARES..slot::SQUARES + PARTS];
+    squares.copy_from_slice(check.squares.parts_mut());
+    let first_tensor = |rank| plan.pieces(rank).next().and_then(|p| plan.position(p.name));
+    if let (Some((index, _)), Some(first)) = (&check.non_finite, first_tensor(rank)) {
+        // Each rank's first non-finite tensor in its own slot: the sum gathers them all.
+        values[slot::SQUARES + PARTS + rank] = (first + index + 1) as f64;
+    }
+    all_reduce(values);
+
+    let failed = values[slot::FAILED];
+    if failed > 0.0 {
+        return Err(Error::OtherRanksFailed { ranks: failed as usize });
+    }
+    check.index = values[slot::PIECES] as usize;
+    check.frozen = values[slot::FROZEN] as usize;
+    check.squares.parts_mut().copy_from_slice(&values[slot::SQUARES..slot::SQUARES + PARTS]);
+    let non_finite = values[slot::SQUARES + PARTS..].iter().find(|&&v| v > 0.0);
+    check.non_finite = non_finite.map(|&found| {
+        let index = found as usize - 1;
+        let outcome = match policy {
+            NonFinite::Skip => Ok(StepOutcome::Skipped { index }),
+            _ => Err(Error::NonFiniteGradient {
+                param: plan.tensors().nth(index).map_or_else(String::new, |t| t.name.to_owned()),
+            }),
+        };
+        (index, outcome)
+    });
+    Ok(())
+}
