@@ -17,7 +17,13 @@ fn shard_name(rank: usize, world: usize) -> String {
 }
 
 /// Writes this rank's optimizer shard to `dir`, and on rank 0 the parameters too.
-pub fn save<R>(dir: &Path, optimizer: &Optimizer<R, f64>, plan: &ShardPlan, rank: usize, params: &[f64]) -> Result<(), String>
+pub fn save<R>(
+    dir: &Path,
+    optimizer: &Optimizer<R, f64>,
+    plan: &ShardPlan,
+    rank: usize,
+    params: &[f64],
+) -> Result<(), String>
 where
     R: UpdateRule + Serialize + DeserializeOwned,
 {
@@ -82,7 +88,12 @@ where
     for tensor in plan.tensors() {
         let values = by_name.get(tensor.name).ok_or(format!("{PARAMS} lacks `{}`", tensor.name))?;
         if values.len() != tensor.range.len() {
-            return Err(format!("{PARAMS}: `{}` has {} values, not {}", tensor.name, values.len(), tensor.range.len()));
+            return Err(format!(
+                "{PARAMS}: `{}` has {} values, not {}",
+                tensor.name,
+                values.len(),
+                tensor.range.len()
+            ));
         }
         params[tensor.range].copy_from_slice(values);
     }

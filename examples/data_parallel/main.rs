@@ -167,11 +167,15 @@ fn data(config: &Config, mlp: &Mlp) -> Data {
     Data { x, target, micro_batches: config.micro_batches }
 }
 
-fn megabytes(bytes: f64) -> String {
-    format!("{:.3} MB", bytes / 1e6)
+fn bytes(bytes: f64) -> String {
+    if bytes < 1e6 { format!("{bytes:.0} B") } else { format!("{:.3} MB", bytes / 1e6) }
 }
 
-fn run<R>(rule: R, options: &Options, world: &mpi::topology::SimpleCommunicator) -> Result<(), String>
+fn run<R>(
+    rule: R,
+    options: &Options,
+    world: &mpi::topology::SimpleCommunicator,
+) -> Result<(), String>
 where
     R: UpdateRule + Serialize + DeserializeOwned,
 {
@@ -202,7 +206,8 @@ where
     let mut reference = (options.check && rank == 0).then(|| (optimizer.clone(), params.clone()));
     let mut full_grads = vec![0.0; if options.check && rank == 0 { plan.len() } else { 0 }];
 
-    let sharded = ShardedOptimizer::new(optimizer, plan.clone(), rank).map_err(|e| e.to_string())?;
+    let sharded =
+        ShardedOptimizer::new(optimizer, plan.clone(), rank).map_err(|e| e.to_string())?;
     let comm = Collectives::new(world, &plan)?;
     let data = data(config, &mlp);
     let mut trainer = Trainer::new(mlp, params, sharded, comm, options.exact, config.micro_batches);
@@ -262,27 +267,30 @@ where
         checkpoints::write_params(out, &plan, &trainer.params)?;
     }
     let mode = if options.exact { "exact averaging" } else { "ZeRO-2" };
-    println!("{size} ranks, {mode}, {} parameters, {steps} steps, final loss {loss:.6e}", plan.len());
+    println!(
+        "{size} ranks, {mode}, {} parameters, {steps} steps, final loss {loss:.6e}",
+        plan.len()
+    );
     if options.clip.is_some() || skipped > 0 {
         println!("steps clipped: {clipped}, skipped for a non-finite gradient: {skipped}");
     }
     println!("{}", Balance::of(&plan));
     let value = size_of::<f64>() as f64;
     let formula = 2.0 * (size as f64 - 1.0) / size as f64 * plan.len() as f64 * value;
-    let list = |values: &[f64]| values.iter().map(|&b| megabytes(b)).collect::<Vec<_>>().join(", ");
+    let list = |values: &[f64]| values.iter().map(|&b| bytes(b)).collect::<Vec<_>>().join(", ");
     println!(
         "sent per rank per step: gradients and parameters {}; scalars {}",
         list(&bulk),
-        scalars.iter().map(|b| format!("{b:.0} B")).collect::<Vec<_>>().join(", ")
+        list(&scalars)
     );
-    println!("  2·(N−1)/N·P·s = {} (P = {}, s = 8 bytes)", megabytes(formula), plan.len());
+    println!("  2·(N−1)/N·P·s = {} (P = {}, s = 8 bytes)", bytes(formula), plan.len());
     println!("optimizer state per rank: {}", list(&state));
     if let Some((optimizer, params)) = &reference {
         let whole = optimizer.state_bytes() as f64;
         let largest = state.iter().copied().fold(0.0, f64::max);
         println!(
             "one process holds {}; the largest rank holds {:.4} of that (1/{size} = {:.4})",
-            megabytes(whole),
+            bytes(whole),
             largest / whole,
             1.0 / size as f64
         );
@@ -301,7 +309,9 @@ where
             wall
         );
         match options.baseline {
-            Some(baseline) => println!("{:.3} × the single-process step ({baseline} s)", wall / baseline),
+            Some(baseline) => {
+                println!("{:.3} × the single-process step ({baseline} s)", wall / baseline)
+            }
             None if size == 1 => println!("pass --baseline {wall:.4} to the runs on more ranks"),
             None => {}
         }

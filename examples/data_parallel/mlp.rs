@@ -44,10 +44,7 @@ impl Mlp {
     pub fn new(widths: &[usize], plan: &ShardPlan) -> Result<Self, String> {
         // Name order is not layer order (`layer10` sorts before `layer2`): look names up.
         let range = |name: &str| {
-            plan.tensors()
-                .find(|tensor| tensor.name == name)
-                .map(|tensor| tensor.range.clone())
-                .ok_or(format!("the plan lacks `{name}`"))
+            plan.tensor(name).map(|tensor| tensor.range).ok_or(format!("the plan lacks `{name}`"))
         };
         let layers = widths
             .windows(2)

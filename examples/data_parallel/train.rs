@@ -84,7 +84,17 @@ impl<'w, R: UpdateRule> Trainer<'w, R> {
             }
         };
         let shard = params[plan.shard(rank)].to_vec();
-        Trainer { mlp, plan, rank, params, shard, averaging, sharded, comm, times: Times::default() }
+        Trainer {
+            mlp,
+            plan,
+            rank,
+            params,
+            shard,
+            averaging,
+            sharded,
+            comm,
+            times: Times::default(),
+        }
     }
 
     /// One training step on `data`; returns the loss before it and what the optimizer did.
@@ -194,7 +204,11 @@ pub fn step_whole<R: UpdateRule>(
         let shape = ndarray::IxDyn(tensor.shape);
         let param = ndarray::ArrayViewMut::from_shape(shape.clone(), head);
         let grad = ndarray::ArrayView::from_shape(shape, &grads[tensor.range.clone()]);
-        views.push((tensor.name, param.map_err(|e| e.to_string())?, grad.map_err(|e| e.to_string())?));
+        views.push((
+            tensor.name,
+            param.map_err(|e| e.to_string())?,
+            grad.map_err(|e| e.to_string())?,
+        ));
     }
     let mut batch: Vec<ParamGrad<'_, f64>> =
         views.iter_mut().map(|(name, param, grad)| ParamGrad::new(name, param, grad)).collect();
