@@ -3,6 +3,8 @@
 use ndarray_optim::ShardPlan;
 use ndarray_optim::shard::SHARD_BLOCK;
 
+use crate::mlp::Tensors;
+
 /// The largest shard of `plan`: its elements, that as a multiple of `P/N`, and how many
 /// elements it holds beyond `⌈P/N⌉` (at most [`SHARD_BLOCK`]).
 pub struct Balance {
@@ -34,7 +36,7 @@ impl std::fmt::Display for Balance {
 }
 
 /// The plans of `models` (name, tensors) on 2, 3 and 4 ranks, as a Markdown table.
-pub fn table(models: &[(&str, Vec<(String, Vec<usize>)>)]) -> Result<String, String> {
+pub fn table(models: &[(&str, Tensors)]) -> Result<String, String> {
     let mut out = String::from(
         "| model | parameters P | ranks N | largest shard | × P/N | beyond ⌈P/N⌉ |\n\
          | --- | --- | --- | --- | --- | --- |\n",

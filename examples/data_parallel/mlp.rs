@@ -7,9 +7,12 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use ndarray_optim::ShardPlan;
 
+/// Named tensor shapes, as a [`ShardPlan`] takes them.
+pub type Tensors = Vec<(String, Vec<usize>)>;
+
 /// The names and shapes of the tensors of a perceptron with layer widths `widths` (input
 /// first): `layer{i}.weight` (output × input) and `layer{i}.bias`.
-pub fn tensors(widths: &[usize]) -> Vec<(String, Vec<usize>)> {
+pub fn tensors(widths: &[usize]) -> Tensors {
     let mut tensors = Vec::new();
     for (layer, pair) in widths.windows(2).enumerate() {
         tensors.push((format!("layer{layer}.weight"), vec![pair[1], pair[0]]));

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, s};
+use ndarray::{Array2, ArrayView2, s};
 use ndarray_optim::{Optimizer, ParamGrad, ShardPlan, ShardedOptimizer, StepOutcome, UpdateRule};
 
 use crate::collectives::Collectives;
@@ -18,9 +18,11 @@ pub struct Data {
 }
 
 impl Data {
-    fn rows(&self, micro: usize) -> std::ops::Range<usize> {
-        let rows = self.x.nrows() / self.micro_batches;
-        micro * rows..(micro + 1) * rows
+    /// The inputs and targets of micro-batch `micro`.
+    fn micro_batch(&self, micro: usize) -> (ArrayView2<'_, f64>, ArrayView2<'_, f64>) {
+        let len = self.x.nrows() / self.micro_batches;
+        let rows = s![micro * len..(micro + 1) * len, ..];
+        (self.x.slice(rows), self.target.slice(rows))
     }
 }
 
@@ -104,30 +106,19 @@ impl<'w, R: UpdateRule> Trainer<'w, R> {
         let total = data.x.nrows();
         let (world, rank) = (self.plan.world(), self.rank);
         let mut local_loss = 0.0;
-        let mine = (rank..data.micro_batches).step_by(world);
-        match &mut self.averaging {
-            Averaging::Zero { grads, .. } => {
-                grads.fill(0.0);
-                for micro in mine {
-                    let (x, t) = (data.x.slice(s![data.rows(micro), ..]), data.rows(micro));
-                    let target = data.target.slice(s![t, ..]);
-                    local_loss += self.mlp.gradients(&self.params, x, target, total, grads, true);
-                }
-                if poison {
-                    grads[0] = f64::NAN;
-                }
-            }
-            Averaging::Exact { slots, .. } => {
-                let len = self.plan.len();
-                for micro in mine {
-                    let (x, t) = (data.x.slice(s![data.rows(micro), ..]), data.rows(micro));
-                    let target = data.target.slice(s![t, ..]);
-                    let slot = &mut slots[micro * len..(micro + 1) * len];
-                    local_loss += self.mlp.gradients(&self.params, x, target, total, slot, false);
-                    if poison {
-                        slot[0] = f64::NAN;
-                    }
-                }
+        let len = self.plan.len();
+        if let Averaging::Zero { grads, .. } = &mut self.averaging {
+            grads.fill(0.0);
+        }
+        for micro in (rank..data.micro_batches).step_by(world) {
+            let (x, target) = data.micro_batch(micro);
+            let (grads, accumulate) = match &mut self.averaging {
+                Averaging::Zero { grads, .. } => (&mut grads[..], true),
+                Averaging::Exact { slots, .. } => (&mut slots[micro * len..][..len], false),
+            };
+            local_loss += self.mlp.gradients(&self.params, x, target, total, grads, accumulate);
+            if poison {
+                grads[0] = f64::NAN;
             }
         }
         self.times.compute += start.elapsed();
