@@ -59,6 +59,7 @@ impl<'w> Collectives<'w> {
         let ranks = plan.world();
         let counts = (0..ranks).map(|r| count(plan.load(r))).collect::<Result<_, _>>()?;
         let displs = (0..ranks).map(|r| count(plan.shard(r).start)).collect::<Result<_, _>>()?;
+        // The reduce-scatter sends every rank's block padded to the largest shard.
         count(ranks * (0..ranks).map(|r| plan.load(r)).max().unwrap_or(0))?;
         Ok(Collectives {
             world,
