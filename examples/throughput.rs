@@ -16,14 +16,18 @@
 //! written), the memory bandwidth that bounds a step. `--rule any` steps the rule as a
 //! run-time [`Rule`] value (the path of rules chosen from a configuration, compiled inside the
 //! crate) instead of its own type (`--rule typed`, the default); the line then says `rule=any`.
+//! `--placement aligned` keeps parameters and gradients in [`AlignedBuffer`]s, placed as the
+//! optimizer places its state (2 MiB aligned, in transparent huge pages, when large), instead
+//! of `Vec`s (`--placement vec`, the default).
 
+use std::ops::DerefMut;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ndarray::Array1;
+use ndarray::{ArrayView1, ArrayViewMut1};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Element, KernelPath, Momentum, NAdam, Nesterov,
-    Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, UpdateRule, with_kernel_path,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, AlignedBuffer, Element, KernelPath, Momentum, NAdam,
+    Nesterov, Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, UpdateRule, with_kernel_path,
 };
 
 struct Args {
@@ -36,6 +40,8 @@ struct Args {
     path: Option<KernelPath>,
     /// Step through the run-time `Rule` value rather than the rule's own type.
     any: bool,
+    /// Place parameters and gradients in `AlignedBuffer`s rather than `Vec`s.
+    aligned: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -48,6 +54,7 @@ fn parse() -> Result<Args, String> {
         tensors: 1,
         path: None,
         any: false,
+        aligned: false,
     };
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -67,6 +74,13 @@ fn parse() -> Result<Args, String> {
                     other => return Err(format!("--rule {other}: `typed` or `any`")),
                 }
             }
+            "--placement" => {
+                args.aligned = match value.as_str() {
+                    "aligned" => true,
+                    "vec" => false,
+                    other => return Err(format!("--placement {other}: `vec` or `aligned`")),
+                }
+            }
             "--path" => {
                 let path = KernelPath::ALL
                     .into_iter()
@@ -80,26 +94,38 @@ fn parse() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Deterministic values in about [-1, 1].
-fn values<A: Element>(numel: usize, seed: usize) -> Array1<A> {
-    Array1::from_shape_fn(numel, |i| A::from_f64(((i + seed) as f64 * 0.618_034).sin()))
+/// Deterministic values in about [-1, 1], scaled by `scale`, in a `Vec` or, for
+/// `--placement aligned`, an [`AlignedBuffer`].
+fn values<A: Element>(
+    numel: usize,
+    seed: usize,
+    scale: f64,
+    args: &Args,
+) -> Box<dyn DerefMut<Target = [A]>> {
+    let values = (0..numel).map(|i| A::from_f64(((i + seed) as f64 * 0.618_034).sin() * scale));
+    let values: Vec<A> = values.collect();
+    if args.aligned { Box::new(AlignedBuffer::from_slice(&values)) } else { Box::new(values) }
 }
 
 /// Median seconds per step over `args.steps` steps, after one warm-up step.
 fn time_steps<R: UpdateRule, A: Element>(rule: R, args: &Args) -> f64 {
     let mut opt = Optimizer::<R, A>::new(rule).expect("the defaults are valid");
     let names: Vec<String> = (0..args.tensors).map(|i| format!("layer{i}.weight")).collect();
-    let mut params: Vec<Array1<A>> = (0..args.tensors).map(|i| values(args.numel, i)).collect();
-    let grads: Vec<Array1<A>> = (0..args.tensors)
-        .map(|i| values::<A>(args.numel, i + 7).mapv(|g| g * A::from_f64(1e-3)))
-        .collect();
+    let mut params: Vec<_> = (0..args.tensors).map(|i| values(args.numel, i, 1.0, args)).collect();
+    let grads: Vec<_> = (0..args.tensors).map(|i| values(args.numel, i + 7, 1e-3, args)).collect();
     let mut step = |opt: &mut Optimizer<R, A>| {
         if args.tensors == 1 {
-            opt.step(&names[0], &mut params[0], &grads[0]).expect("shapes match");
+            let mut param = ArrayViewMut1::from(&mut params[0][..]);
+            let grad = ArrayView1::from(&grads[0][..]);
+            opt.step(&names[0], &mut param, &grad).expect("shapes match");
         } else {
+            let mut views: Vec<ArrayViewMut1<'_, A>> =
+                params.iter_mut().map(|p| ArrayViewMut1::from(&mut p[..])).collect();
+            let grads: Vec<ArrayView1<'_, A>> =
+                grads.iter().map(|g| ArrayView1::from(&g[..])).collect();
             let mut batch: Vec<ParamGrad<'_, A>> = names
                 .iter()
-                .zip(params.iter_mut())
+                .zip(views.iter_mut())
                 .zip(&grads)
                 .map(|((name, param), grad)| ParamGrad::new(name, param, grad))
                 .collect();
@@ -134,8 +160,9 @@ fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
     let tensors =
         if args.tensors > 1 { format!(" tensors={}", args.tensors) } else { String::new() };
     let any = if args.any { " rule=any" } else { "" };
+    let placement = if args.aligned { " placement=aligned" } else { "" };
     println!(
-        "{} {} numel={} steps={} threads={}{tensors}{any} ns_per_elem={:.3} gbps={:.1}",
+        "{} {} numel={} steps={} threads={}{tensors}{any}{placement} ns_per_elem={:.3} gbps={:.1}",
         rule.name(),
         A::NAME,
         args.numel,
@@ -148,9 +175,9 @@ fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
 
 /// Median seconds of copying `args.numel` elements, split over the threads of the pool.
 fn time_copy<A: Element>(args: &Args) -> f64 {
-    let src = values::<A>(args.numel, 0);
-    let mut dst = Array1::<A>::zeros(args.numel);
-    let (src, dst) = (src.as_slice().unwrap(), dst.as_slice_mut().unwrap());
+    let src = values::<A>(args.numel, 0, 1.0, args);
+    let mut dst = values::<A>(args.numel, 1, 1.0, args);
+    let (src, dst) = (&src[..], &mut dst[..]);
     let mut copy = || {
         #[cfg(feature = "rayon")]
         {

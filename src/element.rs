@@ -18,7 +18,7 @@ mod sealed {
 /// configuration serves both precisions. The trait is sealed: the bit-exactness guarantees of
 /// this crate are stated and tested for IEEE-754 binary32 and binary64 only.
 pub trait Element:
-    Float + Debug + Display + Default + Send + Sync + 'static + sealed::Sealed
+    Float + Debug + Display + Default + Send + Sync + 'static + bytemuck::Pod + sealed::Sealed
 {
     /// The type's name as written in checkpoints and replay cases: `"f32"` or `"f64"`.
     const NAME: &'static str;

@@ -86,6 +86,7 @@
 #![deny(missing_docs)]
 
 mod average;
+mod buffer;
 mod check;
 pub mod checkpoint;
 mod clip;
@@ -110,6 +111,7 @@ mod serde_form;
 pub mod shard;
 
 pub use average::{AveragedModel, Averaging};
+pub use buffer::{AlignedBuffer, HUGE_PAGE};
 pub use checkpoint::Checkpoint;
 pub use clip::Clip;
 pub use element::Element;

@@ -4,6 +4,7 @@ use hashbrown::HashMap;
 
 use ndarray::{ArrayView, ArrayViewMut, IxDyn, Order, ShapeBuilder};
 
+use crate::buffer::AlignedBuffer;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{GradTransform, Shared, Stage, TensorStep};
@@ -111,7 +112,7 @@ impl<R: UpdateRule> ParamGroup<R> {
         let stage = Stage::new(self.hyper.options(), lr, transform);
         let TensorState { step, order, buffers, elementwise, scratch, scalars, .. } = tensor;
         let (state, scratch, scalars) =
-            (buffers.as_mut_slice(), scratch.as_mut_slice(), scalars.as_mut_slice());
+            (&mut buffers[..], scratch.as_mut_slice(), scalars.as_mut_slice());
         TensorStep {
             param,
             grad,
@@ -147,8 +148,8 @@ pub(crate) struct TensorState<A> {
     /// was restored rather than created by a step).
     pub(crate) order_pending: bool,
     /// The rule's buffers: the per-element ones, `numel` elements each, then the shaped
-    /// ones (row-major), one after the other.
-    pub(crate) buffers: Vec<A>,
+    /// ones (row-major), one after the other, aligned for streaming ([`AlignedBuffer`]).
+    pub(crate) buffers: AlignedBuffer<A>,
     /// How many of the buffers are per-element ones.
     pub(crate) elementwise: usize,
     /// Name and shape of each shaped buffer, as [`UpdateRule::shaped_state`] gave them when
@@ -167,13 +168,14 @@ impl<A: Element> TensorState<A> {
         let (names, shaped) = (hyper.state_names(), hyper.shaped_state(shape));
         let shaped_len: usize =
             shaped.iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
-        let mut buffers = Vec::with_capacity(names.len() * numel + shaped_len);
-        for name in names {
-            buffers.extend(core::iter::repeat_n(A::from_f64(hyper.initial_value(name)), numel));
-        }
-        for (name, shape) in &shaped {
-            let len = shape.iter().product();
-            buffers.extend(core::iter::repeat_n(A::from_f64(hyper.initial_value(name)), len));
+        let mut buffers = AlignedBuffer::filled(names.len() * numel + shaped_len, A::zero());
+        let lens = names.iter().map(|&name| (name, numel));
+        let shaped_lens = shaped.iter().map(|(name, shape)| (*name, shape.iter().product()));
+        let mut rest = &mut buffers[..];
+        for (name, len) in lens.chain(shaped_lens) {
+            let (buffer, tail) = rest.split_at_mut(len);
+            buffer.fill(A::from_f64(hyper.initial_value(name)));
+            rest = tail;
         }
         let scalars = hyper.scalar_names().iter().map(|name| hyper.initial_value(name)).collect();
         TensorState {
@@ -198,7 +200,7 @@ impl<A> TensorState<A> {
             shape: Vec::new(),
             order: Order::RowMajor,
             order_pending: false,
-            buffers: Vec::new(),
+            buffers: AlignedBuffer::new(),
             elementwise: 0,
             shaped_layout: Vec::new(),
             scratch: Vec::new(),
@@ -236,20 +238,23 @@ impl<A> TensorState<A> {
     }
 }
 
-impl<A: Copy> TensorState<A> {
+impl<A: Element> TensorState<A> {
     /// Lays every per-element buffer out in `order`, copying the values.
     fn relayout(&mut self, order: Order) {
         if order != self.order {
-            let mut buffers = Vec::with_capacity(self.buffers.len());
+            let mut buffers = AlignedBuffer::filled(self.buffers.len(), A::zero());
+            let mut slots = buffers.iter_mut();
             for index in 0..self.elementwise {
                 let buffer = self.buffer(index);
-                if order == Order::ColumnMajor {
-                    buffers.extend(buffer.t().iter().copied());
+                let values: &mut dyn Iterator<Item = &A> = if order == Order::ColumnMajor {
+                    &mut buffer.t().into_iter()
                 } else {
-                    buffers.extend(buffer.iter().copied());
-                }
+                    &mut buffer.iter()
+                };
+                // The values first: `zip` stops on them without taking a slot too many.
+                values.zip(slots.by_ref()).for_each(|(&value, slot)| *slot = value);
             }
-            buffers.extend_from_slice(self.shaped());
+            slots.zip(self.shaped()).for_each(|(slot, &value)| *slot = value);
             self.buffers = buffers;
             self.order = order;
         }

@@ -130,6 +130,7 @@ use hashbrown::HashMap;
 
 use ndarray::Order;
 
+use crate::buffer::AlignedBuffer;
 use crate::check::check_lr;
 use crate::clip::Clip;
 use crate::element::Element;
@@ -449,9 +450,12 @@ fn restore_state<A: Element, R: UpdateRule>(
     for scalar in &record.scalars {
         check_scalar(hyper, param, &scalar.name, scalar.value)?;
     }
-    let mut buffers = Vec::with_capacity(expected.iter().map(|&(_, len)| len).sum());
-    for buffer in record.buffers {
-        buffers.extend(buffer.values);
+    let mut buffers = AlignedBuffer::filled(expected.iter().map(|&(_, len)| len).sum(), A::zero());
+    let mut rest = &mut buffers[..];
+    for buffer in &record.buffers {
+        let (part, tail) = rest.split_at_mut(buffer.values.len());
+        part.copy_from_slice(&buffer.values);
+        rest = tail;
     }
     Ok(TensorState {
         step: record.step,
