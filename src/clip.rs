@@ -92,12 +92,8 @@ impl Clip {
 /// The L2 norm of a gradient, accumulated in `f64` in an order fixed by the elements' logical
 /// (row-major) indices ([`sum_in_order`]), so that no memory layout changes a bit of it.
 pub(crate) fn l2_norm<A: Element, D: Dimension>(grad: &ArrayView<'_, A, D>) -> f64 {
-    let square = |g: A| {
-        let g = g.into_f64();
-        g * g
-    };
     let sum = match grad.as_slice() {
-        Some(values) => sum_slice_in_order(values, square),
+        Some(values) => sum_slice_in_order(values, square::<A>),
         None => sum_in_order(grad.iter().map(|&g| square(g))),
     };
     sum.sqrt()
@@ -118,14 +114,10 @@ pub(crate) fn add_squares<A: Element, D: Dimension>(
     sum: &mut ExactSum,
     grad: &ArrayView<'_, A, D>,
 ) {
-    let square = |g: A| {
-        let g = g.into_f64();
-        g * g
-    };
     match grad.as_slice() {
         Some(values) => {
             for block in values.chunks(NORM_BLOCK) {
-                sum.add(sum_slice_in_order(block, square));
+                sum.add(sum_slice_in_order(block, square::<A>));
             }
         }
         None => {
@@ -135,6 +127,12 @@ pub(crate) fn add_squares<A: Element, D: Dimension>(
             }
         }
     }
+}
+
+/// The square of `g` in `f64`, the term of every norm here.
+fn square<A: Element>(g: A) -> f64 {
+    let g = g.into_f64();
+    g * g
 }
 
 /// The transform that scales gradients of joint norm `norm` to at most `max_norm`:

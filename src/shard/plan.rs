@@ -161,14 +161,9 @@ impl ShardPlan {
             self.tensors.partition_point(|t| t.start < shard.start && t.end() <= shard.start);
         self.tensors[first..].iter().take_while(move |t| t.start <= shard.end).filter_map(
             move |t| {
-                let (start, end) = (t.start.max(shard.start), t.end().min(shard.end));
-                let holds =
-                    if t.len == 0 { self.holder_of_empty(t.start) == rank } else { start < end };
-                holds.then(|| Piece {
-                    name: &t.name,
-                    elements: start - t.start..end - t.start,
-                    shard: start - shard.start..end - shard.start,
-                })
+                let elements = self.part(t, rank)?;
+                let start = t.start + elements.start - shard.start;
+                Some(Piece { name: &t.name, shard: start..start + elements.len(), elements })
             },
         )
     }
@@ -180,13 +175,18 @@ impl ShardPlan {
         name: &str,
     ) -> Option<impl Iterator<Item = (usize, Range<usize>)>> {
         let tensor = &self.tensors[self.position(name)?];
-        let empty_holder = self.holder_of_empty(tensor.start);
-        Some((0..self.world()).filter_map(move |rank| {
-            let shard = self.shard(rank);
-            let (start, end) = (tensor.start.max(shard.start), tensor.end().min(shard.end));
-            let holds = if tensor.len == 0 { rank == empty_holder } else { start < end };
-            holds.then(|| (rank, start - tensor.start..end - tensor.start))
-        }))
+        Some((0..self.world()).filter_map(move |rank| Some((rank, self.part(tensor, rank)?))))
+    }
+
+    /// The positions among `tensor`'s elements that `rank` holds, if it holds a part: the
+    /// overlap with its shard, or, for a tensor without elements, the empty part of the rank
+    /// whose shard holds the position where it starts.
+    fn part(&self, tensor: &Tensor, rank: usize) -> Option<Range<usize>> {
+        let shard = self.shard(rank);
+        let (start, end) = (tensor.start.max(shard.start), tensor.end().min(shard.end));
+        let holds =
+            if tensor.len == 0 { self.holder_of_empty(tensor.start) == rank } else { start < end };
+        holds.then(|| start - tensor.start..end - tensor.start)
     }
 
     /// The position in the flat order of tensor `name`.
