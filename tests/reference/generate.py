@@ -115,6 +115,53 @@ It writes ten files next to this script (and overwrites them):
   and without the strong-Wolfe line search, small and default history,
   ``max_iter`` 1 and 20 and early stops, in f64 and f32 (some cases f64 only:
   see the section); one case step is one ``step(closure)``.
+* ``lowbit.json`` (``--only lowbit`` writes just this file; needs torchao 0.18.0):
+  low-precision Adam moments, bf16 (round to nearest even) and torchao's 8-bit
+  block-wise quantization (``quant_utils.py``: ``create_dynamic_map``,
+  ``scale_tensor``, ``quantize_8bit_with_qmap``, ``dequant_with_qmap``; blocks of
+  ``block_size`` 256, scale = the block's absmax clipped below at 1e-12; torchao
+  quantizes tensors of at least ``min_numel`` 4096 elements, a multiple of 256).
+  Keys: ``torch_version``, ``torchao_version``, ``block_size``, ``min_numel``,
+  ``qmap_signed`` and ``qmap_unsigned`` (the 256 code values, f32; the signed
+  map's lowest is -0.99296874, not -1); ``quantize``: ``[{"name", "signed",
+  "input", "codes", "scales", "dequantized"}]`` (inputs of whole blocks: normals
+  from 1e-8 to 1e3, zero blocks, a negative absmax, every code, the midpoints
+  between codes and one ulp either side, values below the smallest code,
+  subnormals, +inf, NaN, ±1); ``bf16``: ``{"input", "bits"}``, torch's
+  ``.to(torch.bfloat16)`` as u16 bits (ties, one ulp off ties, subnormals, the
+  largest f32 going to inf, ±0, ±inf, NaN, random values; torch writes NaN as
+  0xffff); ``steps``: ``[{"name", "reference", "rule", "precision", "hyper":
+  {"lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad"}, "shape", "param",
+  "grads": [per step], "params": [after each step], "state": {buffer:
+  {"codes", "scales"} | {"bits"}}}]``, 10 steps, the state after the last.  f32
+  values are numbers (``float`` of the f32), non-finite ones the strings
+  ``"nan"``, ``"inf"``, ``"-inf"``; codes are u8, bits u16, all row-major.
+  ``"reference": "torchao"``: torchao's ``Adam8bit``/``AdamW8bit`` (block 256)
+  with its math run eagerly (``step()`` under ``torch.compiler.set_stance(
+  "force_eager")``, so ``single_param_adam`` runs uncompiled on torchao's own
+  ``OptimState8bit`` state, one ATen CPU kernel per op: lerp by fused
+  multiply-add, bias corrections ``1 - beta**step`` as f32 tensors, ``p - lr *
+  (m / bc1) / denom``, exp_avg_sq by ``lerp(grad**2, 1 - beta2)``).  The run
+  as torchao does it, compiled by Inductor (works on CPU here), is printed
+  against it: its fused loop computes lerp as ``a + (b - a) * w`` without the
+  fused multiply-add, so f32 moments and a few scales differ in the last bit and
+  the parameters after 10 steps by up to 1e-4 lr (no code differed).  No amsgrad case: torchao 0.18 raises
+  NotImplementedError there (``OptimState8bit`` lacks ``aten.maximum``).
+  ``"reference": "torch_ops"``: the ops of torch.optim's ``_single_tensor_adam``
+  (f32; AdamW ``p.mul_(1 - lr*wd)``, Adam ``grad.add(p, alpha=wd)``,
+  ``exp_avg.lerp_``, ``exp_avg_sq.mul_(beta2).addcmul_``, bias corrections as
+  Python floats, ``torch.maximum`` for amsgrad, ``addcdiv_``) on f32 moments
+  that are stored after each step (int8: the quantization above, signed map for
+  exp_avg, unsigned for exp_avg_sq and max_exp_avg_sq; bf16: ``.to(bfloat16)``)
+  and loaded back (dequantized; ``.float()``) at the start of the next.  The
+  int8 case of 4196 elements quantizes its last 100 as a block of their own,
+  scale = their absmax: an extension, torchao keeps such tensors in f32.  To keep
+  the file under 3 MB, the 4096-element cases have one or two nonzero blocks;
+  the other blocks are zero in the parameter and every gradient (and stay zero).
+  The gradients are normals times 10**U(-4, 1) per element times a per-step
+  factor.  Printed, not written: distinct codes used, and for the torchao cases
+  the difference of the last parameters of the compiled run, of the torch_ops
+  run, and of the torch_ops run with exp_avg_sq by lerp.
 
 The case files have the shape
 
@@ -175,7 +222,7 @@ normalised steps keep bouncing with signs that follow rounding noise, and the
 f32 trajectory would depend on the last bit of every operation.
 
 Options: ``--no-torch`` regenerates seed.json only (no PyTorch needed);
-``--only training|defaults|rules_v2|schedules_v2|averaging|lambda|schedule_free|prodigy|lbfgs``
+``--only training|defaults|rules_v2|schedules_v2|averaging|lambda|schedule_free|prodigy|lbfgs|lowbit``
 regenerates one file (``--training-only`` is ``--only training``);
 ``--any-torch`` accepts a PyTorch other than 2.15.0,
 ``--any-optax`` an optax other than 0.2.8.
@@ -2970,6 +3017,361 @@ def write_lbfgs(version):
 
 
 # ---------------------------------------------------------------------------
+# Low-precision optimizer state (lowbit.json, --only lowbit)
+# ---------------------------------------------------------------------------
+
+TORCHAO_VERSION = "0.18.0"
+LOWBIT_BLOCK = 256
+LOWBIT_MIN_NUMEL = 4096  # torchao (after bitsandbytes) quantizes tensors this large only
+LOWBIT_STEPS = 10
+LOWBIT_ADAM = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+               "amsgrad": False}
+# (name, optimizer, shape, hyper); torchao's optimizers on numel >= LOWBIT_MIN_NUMEL.
+# No amsgrad case: torchao 0.18 raises NotImplementedError for it (OptimState8bit
+# does not implement aten.maximum, eager or compiled).
+LOWBIT_TORCHAO = [
+    ("torchao-adamw8bit-64x64", "AdamW8bit", (64, 64), (0, 13),
+     {"lr": 1e-2, "weight_decay": 0.01}),
+    ("torchao-adam8bit-4096", "Adam8bit", (4096,), (6,), {"weight_decay": 0.01}),
+]
+# (name, rule, precision, shape, active blocks, hyper): torch.optim's op sequence,
+# moments stored in low precision between steps.
+LOWBIT_TORCH_OPS = [
+    ("torch-ops-adamw-int8-amsgrad-64x64", "adamw", "int8", (64, 64), (9,),
+     {"lr": 1e-2, "weight_decay": 0.01, "amsgrad": True}),
+    ("torch-ops-adam-int8-tail-4196", "adam", "int8", (4196,), (10,), {}),
+    ("torch-ops-adamw-bf16-4x16", "adamw", "bf16", (4, 16), None, {"weight_decay": 0.01}),
+    ("torch-ops-adamw-bf16-3x5", "adamw", "bf16", (3, 5), None,
+     {"lr": 1e-2, "weight_decay": 0.01}),
+    ("torch-ops-adam-bf16-amsgrad-7", "adam", "bf16", (7,), None,
+     {"lr": 1e-2, "amsgrad": True, "beta2": 0.99, "eps": 1e-6}),
+    ("torch-ops-adam-bf16-2x3x4", "adam", "bf16", (2, 3, 4), None, {"weight_decay": 0.01}),
+]
+
+
+def lowbit_num(x):
+    """An f32 as a JSON value: the number itself, or "nan", "inf", "-inf"."""
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def lowbit_f32s(t):
+    return [lowbit_num(x) for x in t.reshape(-1).tolist()]
+
+
+def lowbit_qmap(signed):
+    import torch
+    from torchao.optim.quant_utils import create_dynamic_map
+
+    return torch.tensor(create_dynamic_map(signed=signed), dtype=torch.float32)
+
+
+def lowbit_quantize(x, signed):
+    """torchao's block-wise 8-bit quantization of a flat f32 tensor: codes, scales,
+    dequantized values.  A last block shorter than LOWBIT_BLOCK (which torchao
+    never quantizes) is quantized on its own, scaled by its own absmax."""
+    import torch
+    from torchao.optim.quant_utils import dequant_with_qmap, quantize_8bit_with_qmap, scale_tensor
+
+    qmap = lowbit_qmap(signed)
+    full = x.numel() - x.numel() % LOWBIT_BLOCK
+    codes, scales, deq = [], [], []
+    for part, block in ((x[:full], LOWBIT_BLOCK), (x[full:], x.numel() - full)):
+        if part.numel() == 0:
+            continue
+        scaled, scale = scale_tensor(part, block)
+        c = quantize_8bit_with_qmap(scaled, qmap)
+        codes.append(c)
+        scales.append(scale)
+        deq.append(dequant_with_qmap(c, qmap, scale))
+    return torch.cat(codes), torch.cat(scales), torch.cat(deq)
+
+
+def lowbit_quantize_cases():
+    """(name, signed, f32 input) of the `quantize` section."""
+    import torch
+
+    rng = np.random.default_rng(zlib.crc32(b"lowbit-quantize"))
+    f32 = np.float32
+    block = LOWBIT_BLOCK
+
+    def normal(n=2 * block):
+        return rng.standard_normal(n)
+
+    cases = []
+    for signed in (True, False):
+        tag = "signed" if signed else "unsigned"
+        sign = (lambda a: a) if signed else np.abs
+        q = lowbit_qmap(signed).numpy()
+        for mag in (1e-8, 1.0, 1e3):
+            cases.append((f"normal-{mag:g}-{tag}", signed, sign(normal() * mag)))
+        # every block its own magnitude, elements spread over 1e-8 .. 1e3
+        wide = normal() * 10.0 ** rng.uniform(-8, 3, 2 * block)
+        cases.append((f"wide-{tag}", signed, sign(wide)))
+        cases.append((f"zeros-then-normal-{tag}", signed,
+                      np.concatenate([np.zeros(block), sign(normal(block))])))
+        # every code, exactly, times 2^-10 (exact) and 3 (inexact)
+        cases.append((f"codes-{tag}", signed,
+                      np.concatenate([q.astype(np.float64) * s for s in (2.0 ** -10, 3.0)])))
+        # the midpoints between neighbouring codes (ties: rounded up) times 2^-10
+        # (exact ties) and 1e3 (scaled back inexactly); then one ulp below and above
+        # them, times 2^-10.  Each block's last element, 1.0 times the factor, makes
+        # the factor its scale.
+        mids = f32((q[:-1].astype(np.float64) + q[1:]) / 2)
+        below, above = np.nextafter(mids, f32(-np.inf)), np.nextafter(mids, f32(np.inf))
+
+        def blocks(*pairs):
+            return np.concatenate([np.concatenate([v, [f32(1.0)]]).astype(np.float64) * s
+                                   for v, s in pairs])
+
+        cases.append((f"mid-{tag}", signed, blocks((mids, 2.0 ** -10), (mids, 1e3))))
+        cases.append((f"near-mid-{tag}", signed, blocks((below, 2.0 ** -10), (above, 2.0 ** -10))))
+        # below the smallest nonzero code (halfway to it, either side, far below)
+        small = float(q[q > 0].min())
+        tiny = [small / 2, float(np.nextafter(f32(small / 2), f32(0))),
+                float(np.nextafter(f32(small / 2), f32(1))), small / 4, small * 0.9, 1e-30, 0.0]
+        tiny = np.array(tiny * 37)[:block - 1]
+        tiny_block = np.concatenate([sign(tiny * np.where(np.arange(block - 1) % 2, -1, 1)), [1.0]])
+        cases.append((f"tiny-{tag}", signed, np.concatenate([tiny_block, tiny_block * 2.0 ** 20])))
+        # subnormals: a block of them alone (scale clipped to 1e-12), and beside 1.0
+        sub = np.array([1e-45, 1e-40, 1.1754942e-38, 5e-39, 3e-42] * 52)[:block] * \
+            (np.where(np.arange(block) % 3, 1, -1) if signed else 1)
+        cases.append((f"subnormals-{tag}", signed,
+                      np.concatenate([sub, np.concatenate([sub[:-1], [1.0]])])))
+        # non-finite: one +inf, one NaN, each in the first block, finite second block
+        for bad in (np.inf, np.nan):
+            x = sign(normal())
+            x[5] = bad
+            cases.append((f"{'inf' if bad == np.inf else 'nan'}-{tag}", signed, x))
+        ones = np.concatenate([np.ones(block), sign(np.where(np.arange(block) % 2, -1.0, 1.0))])
+        cases.append((f"one-{tag}", signed, ones))
+    neg = normal()
+    neg[3], neg[block + 7] = -40.0, -1.0e-3 * 50
+    neg[block:] *= 1e-3
+    cases.append(("max-abs-negative-signed", True, neg))
+    out = []
+    for name, signed, x in cases:
+        x = np.asarray(x, dtype=np.float32)
+        assert x.size % block == 0 and x.size >= 2 * block, name
+        assert signed or not (x < 0).any(), name
+        out.append((name, signed, torch.from_numpy(x)))
+    return out
+
+
+def lowbit_bf16_inputs():
+    """f32 inputs of the `bf16` section, from their bit patterns."""
+    bits = [
+        0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000,  # ties: even stays, odd rounds up
+        0x3F808001, 0x3F807FFF, 0x3F818001, 0x3F817FFF,  # just above / below halfway
+        0xBF808001, 0xBF807FFF, 0x4049_0FDB, 0x3DCC_CCCD,  # ... and pi, 0.1
+        0x3F80FFFF, 0x3FFFFFFF, 0x7F7F7FFF, 0x7F7F8000,  # carry into the exponent; largest
+        0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F0000,  # max finite f32 rounds to inf
+        0x00000001, 0x00008000, 0x00018000, 0x00007FFF, 0x00008001,  # subnormals
+        0x007FFFFF, 0x007F8000, 0x807FFFFF, 0x80000001, 0x00800000,
+        0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000,  # 0, -0, inf, -inf, NaN
+    ]
+    rng = np.random.default_rng(zlib.crc32(b"lowbit-bf16"))
+    rand = (rng.standard_normal(64) * 10.0 ** rng.uniform(-30, 30, 64)).astype(np.float32)
+    x = np.concatenate([np.array(bits, dtype=np.uint32).view(np.float32), rand])
+    return x
+
+
+def lowbit_grads(name, shape, active):
+    """Initial parameter and LOWBIT_STEPS gradients: normals with magnitudes spread
+    over 1e-4 .. 10 across elements, times a factor that changes from step to step.
+    Only the blocks of LOWBIT_BLOCK elements listed in ``active`` (None: all) and
+    a partial last block are nonzero; the others are zero in the parameter and in
+    every gradient, so they stay zero (and keep the JSON small)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    keep = torch.ones(shape, dtype=torch.bool)
+    if active is not None:
+        flat = keep.view(-1)
+        full = flat.numel() - flat.numel() % LOWBIT_BLOCK
+        flat[:full] = False
+        for b in active:
+            flat[b * LOWBIT_BLOCK:(b + 1) * LOWBIT_BLOCK] = True
+
+    def zeroed(x):
+        return torch.where(keep, x, 0.0)  # +0.0, not the -0.0 of a product
+
+    param = zeroed(torch.randn(shape, generator=gen) * 0.5)
+    grads = []
+    for _ in range(LOWBIT_STEPS):
+        spread = 10.0 ** (torch.rand(shape, generator=gen) * 5 - 4)
+        factor = 10.0 ** (torch.rand((), generator=gen) * 1.5 - 1)
+        grads.append(zeroed(torch.randn(shape, generator=gen) * spread * factor))
+    return param, grads
+
+
+def lowbit_store(precision, x, signed):
+    """(stored form for the JSON, values loaded back)."""
+    import torch
+
+    if precision == "bf16":
+        b = x.to(torch.bfloat16)
+        return {"bits": (b.view(torch.int16).int() & 0xFFFF).reshape(-1).tolist()}, b.float()
+    codes, scales, deq = lowbit_quantize(x.reshape(-1), signed)
+    return ({"codes": codes.int().tolist(), "scales": lowbit_f32s(scales)},
+            deq.reshape(x.shape))
+
+
+def lowbit_torch_ops(rule, precision, hyper, param, grads, square_lerp=False):
+    """torch.optim.Adam/AdamW's single-tensor f32 ops (_single_tensor_adam) on
+    working copies of the moments; after each step every moment is stored in
+    ``precision`` and the next step starts from the stored value loaded back.
+    ``square_lerp`` updates exp_avg_sq by lerp, as torchao does (comparison only)."""
+    import torch
+
+    h = hyper
+    p = param.clone()
+    names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if h["amsgrad"] else [])
+    state = {n: torch.zeros_like(p) for n in names}
+    stored, params = {}, []
+    for step, grad in enumerate(grads, 1):
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if h["weight_decay"] != 0:
+            if rule == "adamw":
+                p.mul_(1 - h["lr"] * h["weight_decay"])
+            else:
+                grad = grad.add(p, alpha=h["weight_decay"])
+        m.lerp_(grad, 1 - h["beta1"])
+        if square_lerp:
+            v.lerp_(grad.square(), 1 - h["beta2"])
+        else:
+            v.mul_(h["beta2"]).addcmul_(grad, grad.conj(), value=1 - h["beta2"])
+        bias_correction1 = 1 - h["beta1"] ** step
+        bias_correction2 = 1 - h["beta2"] ** step
+        step_size = h["lr"] / bias_correction1
+        bias_correction2_sqrt = bias_correction2 ** 0.5
+        if h["amsgrad"]:
+            vmax = state["max_exp_avg_sq"]
+            torch.maximum(vmax, v, out=vmax)
+            denom = (vmax.sqrt() / bias_correction2_sqrt).add_(h["eps"])
+        else:
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(h["eps"])
+        p.addcdiv_(m, denom, value=-step_size)
+        for n in names:
+            stored[n], loaded = lowbit_store(precision, state[n], n == "exp_avg")
+            state[n].copy_(loaded)
+        params.append(p.clone())
+    return params, stored
+
+
+def lowbit_torchao(optimizer, hyper, param, grads, compiled):
+    """torchao's optimizer; ``compiled`` False runs single_param_adam eagerly
+    (torch.compiler stance "force_eager"), True as torchao does (torch.compile)."""
+    import contextlib
+
+    import torch
+    import torchao.optim
+
+    h = hyper
+    p = torch.nn.Parameter(param.clone())
+    opt = getattr(torchao.optim, optimizer)(
+        [p], lr=h["lr"], betas=(h["beta1"], h["beta2"]), eps=h["eps"],
+        weight_decay=h["weight_decay"], amsgrad=h["amsgrad"], block_size=LOWBIT_BLOCK)
+    stance = contextlib.nullcontext() if compiled else torch.compiler.set_stance("force_eager")
+    params = []
+    with stance:
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+            params.append(p.detach().clone())
+    state = opt.state[p]
+    return params, {n: state[n] for n in ("exp_avg", "exp_avg_sq")}
+
+
+def lowbit_diff(a, b, lr):
+    """Largest |a - b|, the same over lr, and largest |a - b| / |b| over |b| > 1e-3."""
+    d = (a.double() - b.double()).abs()
+    big = b.double().abs() > 1e-3
+    return (f"abs {float(d.max()):.3g} = {float(d.max()) / lr:.3g} lr, "
+            f"rel {float((d[big] / b.double().abs()[big]).max()):.3g}")
+
+
+def write_lowbit(version):
+    import warnings
+    from importlib.metadata import version as dist_version
+
+    import torch
+
+    warnings.filterwarnings("ignore", module="torch._functorch")
+    assert dist_version("torchao") == TORCHAO_VERSION, dist_version("torchao")
+    from torchao.optim.subclass_8bit import OptimState8bit
+
+    quantize = []
+    for name, signed, x in lowbit_quantize_cases():
+        codes, scales, deq = lowbit_quantize(x, signed)
+        quantize.append({"name": name, "signed": signed, "input": lowbit_f32s(x),
+                         "codes": codes.int().tolist(), "scales": lowbit_f32s(scales),
+                         "dequantized": lowbit_f32s(deq)})
+    bf16_in = torch.from_numpy(lowbit_bf16_inputs())
+    bf16 = {"input": lowbit_f32s(bf16_in),
+            "bits": (bf16_in.to(torch.bfloat16).view(torch.int16).int() & 0xFFFF).tolist()}
+
+    def entry(name, reference, rule, precision, hyper, param, grads, params, stored):
+        for row in params:
+            assert bool(torch.isfinite(row).all()), name
+        assert not torch.equal(params[0], params[-1]), name
+        return {"name": name, "reference": reference, "rule": rule, "precision": precision,
+                "hyper": hyper, "shape": list(param.shape), "param": lowbit_f32s(param),
+                "grads": [lowbit_f32s(g) for g in grads],
+                "params": [lowbit_f32s(row) for row in params], "state": stored}
+
+    steps, printed = [], []
+    for name, optimizer, shape, active, hyper in LOWBIT_TORCHAO:
+        h = {**LOWBIT_ADAM, **hyper}
+        rule = "adamw" if optimizer.startswith("AdamW") else "adam"
+        param, grads = lowbit_grads(name, shape, active)
+        params, state = lowbit_torchao(optimizer, h, param, grads, compiled=False)
+        for s in state.values():
+            assert isinstance(s, OptimState8bit) and s.block_size == LOWBIT_BLOCK, name
+        stored = {n: {"codes": s.codes.reshape(-1).int().tolist(), "scales": lowbit_f32s(s.scale)}
+                  for n, s in state.items()}
+        steps.append(entry(name, "torchao", rule, "int8", h, param, grads, params, stored))
+        c_params, c_state = lowbit_torchao(optimizer, h, param, grads, compiled=True)
+        ops, _ = lowbit_torch_ops(rule, "int8", h, param, grads)
+        ops_lerp, _ = lowbit_torch_ops(rule, "int8", h, param, grads, square_lerp=True)
+        lr = h["lr"]
+        printed.append((name, [
+            f"compiled: {lowbit_diff(c_params[-1], params[-1], lr)}, "
+            f"{int((c_params[-1] != params[-1]).sum())} elements differ, "
+            f"{sum(int((c_state[n].codes != state[n].codes).sum()) for n in state)} codes, "
+            f"{sum(int((c_state[n].scale != state[n].scale).sum()) for n in state)} scales",
+            f"torch_ops: {lowbit_diff(ops[-1], params[-1], lr)}",
+            f"torch_ops, exp_avg_sq by lerp: {lowbit_diff(ops_lerp[-1], params[-1], lr)}"]))
+    for name, rule, precision, shape, active, hyper in LOWBIT_TORCH_OPS:
+        h = {**LOWBIT_ADAM, **hyper}
+        param, grads = lowbit_grads(name, shape, active)
+        params, stored = lowbit_torch_ops(rule, precision, h, param, grads)
+        steps.append(entry(name, "torch_ops", rule, precision, h, param, grads, params, stored))
+
+    n = write(HERE / "lowbit.json",
+              {"generator": GENERATOR, "torch_version": version,
+               "torchao_version": TORCHAO_VERSION, "block_size": LOWBIT_BLOCK,
+               "min_numel": LOWBIT_MIN_NUMEL, "qmap_signed": lowbit_f32s(lowbit_qmap(True)),
+               "qmap_unsigned": lowbit_f32s(lowbit_qmap(False)), "quantize": quantize,
+               "bf16": bf16, "steps": steps})
+    print(f"lowbit.json: {len(quantize)} quantize cases, {len(bf16['bits'])} bf16 values, "
+          f"{len(steps)} step cases, {n} bytes")
+    for e in steps:
+        used = [len(set(s["codes"])) for s in e["state"].values() if "codes" in s]
+        if used:
+            print(f"  {e['name']}: distinct codes in the final state {used}")
+    print("torchao cases: last parameters of other runs against the fixture (eager torchao)")
+    for name, lines in printed:
+        print(f"  {name}")
+        for line in lines:
+            print(f"    {line}")
+
+
+# ---------------------------------------------------------------------------
 
 def import_torch(args):
     """Imports torch, pinned to TORCH_VERSION; returns its version."""
@@ -2989,7 +3391,7 @@ def main():
     only = {"training": write_training, "defaults": write_defaults, "rules_v2": write_rules_v2,
             "schedules_v2": write_schedules_v2, "averaging": write_averaging,
             "lambda": write_lambda, "schedule_free": write_schedule_free,
-            "prodigy": write_prodigy, "lbfgs": write_lbfgs}
+            "prodigy": write_prodigy, "lbfgs": write_lbfgs, "lowbit": write_lowbit}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-torch", action="store_true", help="write seed.json only")
     ap.add_argument("--any-torch", action="store_true", help="accept a torch other than 2.15.0")
@@ -3047,6 +3449,7 @@ def main():
     write_schedule_free(version)
     write_prodigy(version)
     write_lbfgs(version)
+    write_lowbit(version)
     print(f"generation took {time.perf_counter() - t0:.2f} s")
 
     if not args.no_cross_check:
