@@ -109,6 +109,7 @@ pub mod schedule;
 #[cfg(feature = "serde")]
 mod serde_form;
 pub mod shard;
+mod slots;
 
 pub use average::{AveragedModel, Averaging};
 pub use buffer::{AlignedBuffer, HUGE_PAGE};

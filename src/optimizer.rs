@@ -20,6 +20,10 @@ pub struct ParamGrad<'a, A> {
     pub(crate) name: &'a str,
     pub(crate) param: ArrayViewMut<'a, A, IxDyn>,
     pub(crate) grad: ArrayView<'a, A, IxDyn>,
+    /// The position of the tensor's slot in the registry, as the first pass of
+    /// [`Optimizer::step_all`] finds it (`None` before the tensor's first step), so that the
+    /// later passes find the slot without its name.
+    slot: Option<usize>,
     /// The tensor's state while [`Optimizer::step_all`] has it out of the registry, so that
     /// the entries of a batch can be stepped on several threads at once (moving it does not
     /// allocate).
@@ -29,6 +33,7 @@ pub struct ParamGrad<'a, A> {
 /// What a batch entry needs to be stepped apart from the registry.
 #[derive(Debug)]
 struct Lent<A> {
+    slot: usize,
     group: usize,
     tensor: TensorState<A>,
     /// The clip of this step, as a transform of the gradient.
@@ -46,6 +51,7 @@ impl<'a, A> ParamGrad<'a, A> {
             name,
             param: param.view_mut().into_dyn(),
             grad: grad.view().into_dyn(),
+            slot: None,
             lent: None,
         }
     }
@@ -251,7 +257,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         transform: GradTransform<A>,
     ) {
         let order = kernel::preferred_order(&param);
-        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
+        let slot = self.registry.slot_of(name);
+        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
         tensor.step += 1;
         group.step(param, grad, tensor, transform, Shared::default());
     }
@@ -268,7 +275,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         totals: &mut [f64],
     ) {
         let order = kernel::preferred_order(&param);
-        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
+        let slot = self.registry.slot_of(name);
+        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
         tensor.step += 1;
         reduce_into(group, param, grad, tensor, transform, shared, totals);
     }
@@ -284,7 +292,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         shared: &SharedStep,
     ) {
         let order = kernel::preferred_order(&param);
-        let (_, group, tensor) = self.registry.prepare(name, param.shape(), order);
+        let slot = self.registry.slot_of(name);
+        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
         group.step(param, grad, tensor, transform, shared.view());
     }
 
@@ -354,16 +363,16 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         grads: &impl Gradients<A>,
     ) -> Result<StepOutcome> {
         let mut check = self.start_batch("batch");
-        for entry in batch.iter() {
+        for entry in batch.iter_mut() {
             let grad = grads.of(entry.name, &entry.grad);
-            self.check_entry(&mut check, entry.name, entry.param.shape(), &grad)?;
+            entry.slot = self.check_entry(&mut check, entry.name, entry.param.shape(), &grad)?;
         }
         let (mut clip, reduction) = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
             Checked::Step(clip, reduction) => (clip, reduction),
         };
         for entry in batch.iter_mut() {
-            if self.registry.is_frozen(entry.name) {
+            if self.registry.is_frozen_at(entry.slot) {
                 continue;
             }
             let transform = self.entry_transform(&mut clip, &grads.of(entry.name, &entry.grad));
@@ -399,7 +408,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         step_lent(&self.registry.groups, batch, grads, numel, shared.as_ref());
         for entry in batch.iter_mut() {
             if let Some(lent) = entry.lent.take() {
-                self.registry.give_back(entry.name, lent.tensor);
+                self.registry.give_back(lent.slot, lent.tensor);
             }
         }
         Ok(clip.outcome(self.clip))
@@ -485,7 +494,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ) -> Result<StepOutcome> {
         let mut check = self.start_batch(in_what);
         zip(prefix, &mut |name, param, grad| {
-            self.check_entry(&mut check, name, param.shape(), &grad)
+            self.check_entry(&mut check, name, param.shape(), &grad).map(drop)
         })?;
         exchange(&mut check)?;
         let (mut clip, reduction) = match self.finish_check(check)? {
@@ -547,16 +556,16 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Checks the next tensor of a batch ([`check_named`](Self::check_named)), then, unless
     /// it is frozen, its gradient for the non-finite policy and, when clipping by global
-    /// norm, its norm.
+    /// norm, its norm. Returns the position of its slot, if it has one.
     fn check_entry(
         &mut self,
         batch: &mut BatchCheck,
         name: &str,
         param: &[usize],
         grad: &ArrayView<'_, A, IxDyn>,
-    ) -> Result<()> {
-        self.check_named(batch, name, param, grad.shape())?;
-        if self.registry.is_frozen(name) {
+    ) -> Result<Option<usize>> {
+        let slot = self.check_named(batch, name, param, grad.shape())?;
+        if self.registry.is_frozen_at(slot) {
             batch.frozen += 1;
         } else if batch.non_finite.is_none() {
             // A refusal waits until every tensor is checked: the batch's errors come first.
@@ -567,21 +576,22 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             }
         }
         batch.index += 1;
-        Ok(())
+        Ok(slot)
     }
 
     /// Everything that can make the step of the next tensor of a batch fail, as
-    /// [`check`](Self::check) sees it, and a name given twice, registered or not.
+    /// [`check`](Self::check) sees it, and a name given twice, registered or not. Returns
+    /// the position of its slot, if it has one.
     pub(crate) fn check_named(
         &mut self,
         batch: &mut BatchCheck,
         name: &str,
         param: &[usize],
         grad: &[usize],
-    ) -> Result<()> {
-        self.check(name, param, grad)?;
-        let again = match self.registry.named_again(name) {
-            Some(again) => again,
+    ) -> Result<Option<usize>> {
+        let slot = self.check(name, param, grad)?;
+        let again = match slot {
+            Some(slot) => self.registry.named_again_at(slot),
             // New names have no slot to mark; they are few and only in a tensor's first
             // step, which allocates its state anyway.
             None => !batch.new_names.insert(name.to_owned()),
@@ -589,7 +599,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         if again {
             return Err(Error::DuplicateParam { param: name.to_owned(), in_what: batch.in_what });
         }
-        Ok(())
+        Ok(slot)
     }
 
     /// Ends the first pass over a batch: the refusal or skip of a non-finite gradient, a
@@ -646,14 +656,16 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// Lends `entry` its tensor's state, advancing its step count.
     fn lend(&mut self, entry: &mut ParamGrad<'_, A>, transform: GradTransform<A>) {
         let order = kernel::preferred_order(&entry.param);
-        let (group, _, tensor) = self.registry.prepare(entry.name, entry.param.shape(), order);
+        let slot = entry.slot.unwrap_or_else(|| self.registry.slot_of(entry.name));
+        let (group, _, tensor) = self.registry.prepare(slot, entry.param.shape(), order);
         tensor.step += 1;
         let tensor = core::mem::replace(tensor, TensorState::lent());
-        entry.lent = Some(Lent { group, tensor, transform });
+        entry.lent = Some(Lent { slot, group, tensor, transform });
     }
 
-    /// Everything that can make a step of `name` fail, checked before anything changes.
-    fn check(&self, name: &str, param: &[usize], grad: &[usize]) -> Result<()> {
+    /// Everything that can make a step of `name` fail, checked before anything changes;
+    /// the position of its slot, if it has one.
+    fn check(&self, name: &str, param: &[usize], grad: &[usize]) -> Result<Option<usize>> {
         if param != grad {
             return Err(Error::GradientShape {
                 param: name.to_owned(),

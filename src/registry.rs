@@ -1,7 +1,5 @@
 //! The registry: parameter groups, and the state of every named tensor.
 
-use hashbrown::HashMap;
-
 use ndarray::{ArrayView, ArrayViewMut, IxDyn, Order, ShapeBuilder};
 
 use crate::buffer::AlignedBuffer;
@@ -10,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{GradTransform, Shared, Stage, TensorStep};
 use crate::rule::{UpdateRule, check_options};
 use crate::rules::schedule_free::{Mode, wrong_mode};
+use crate::slots::Slots;
 
 /// The name of the group that [`Optimizer::new`](crate::Optimizer::new) creates, which holds
 /// every tensor not assigned to another group.
@@ -335,7 +334,7 @@ impl PartialEq for BatchMark {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Registry<R, A> {
     pub(crate) groups: Vec<ParamGroup<R>>,
-    pub(crate) slots: HashMap<String, Slot<A>>,
+    pub(crate) slots: Slots<A>,
     /// Whether the slots are the model's whole list of tensors
     /// ([`Optimizer::declare`](crate::Optimizer::declare)): then a name without a slot is an
     /// error rather than a new tensor.
@@ -362,7 +361,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let groups = vec![ParamGroup::new(DEFAULT_GROUP, defaults)];
         Ok(Registry {
             groups,
-            slots: HashMap::new(),
+            slots: Slots::default(),
             declared: false,
             batches: BatchMark(0),
             shared: Vec::new(),
@@ -434,7 +433,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
             }
         }
         for name in new {
-            self.slots.entry_ref(name).or_insert(Slot::new(0, None));
+            self.slot_of(name);
         }
         self.declared = true;
         Ok(())
@@ -449,18 +448,32 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     /// Stamps `param`'s slot with the current batch: `Some(true)` if the batch named it
     /// already, `None` if it has no slot.
     pub(crate) fn named_again(&mut self, param: &str) -> Option<bool> {
+        self.slots.position(param).map(|slot| self.named_again_at(slot))
+    }
+
+    /// [`named_again`](Self::named_again) for the slot at position `slot`.
+    pub(crate) fn named_again_at(&mut self, slot: usize) -> bool {
         let batch = self.batches.0;
-        let slot = self.slots.get_mut(param)?;
+        let slot = self.slots.at_mut(slot);
         let again = slot.batch.0 == batch;
         slot.batch.0 = batch;
-        Some(again)
+        again
     }
 
     /// Whether the tensor `param` is in a frozen group (a name without a slot is in the
     /// default group). No lookup while no group is frozen.
     pub(crate) fn is_frozen(&self, param: &str) -> bool {
+        self.any_frozen() && self.is_frozen_at(self.slots.position(param))
+    }
+
+    /// [`is_frozen`](Self::is_frozen) for the slot at position `slot` (`None`: a name without
+    /// a slot).
+    pub(crate) fn is_frozen_at(&self, slot: Option<usize>) -> bool {
+        self.any_frozen() && self.groups[slot.map_or(0, |slot| self.slots.at(slot).group)].frozen
+    }
+
+    fn any_frozen(&self) -> bool {
         self.groups.iter().any(|group| group.frozen)
-            && self.groups[self.slots.get(param).map_or(0, |slot| slot.group)].frozen
     }
 
     /// The reduction of the next step, `None` if no group's rule has one (one pass over the
@@ -564,18 +577,20 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     }
 
     /// Puts back the state that [`Optimizer::step_all`](crate::Optimizer::step_all) took out
-    /// of the registered tensor `param`.
-    pub(crate) fn give_back(&mut self, param: &str, tensor: TensorState<A>) {
-        let slot = self.slots.get_mut(param).expect("a lent state belongs to a registered tensor");
-        slot.tensor = Some(tensor);
+    /// of the slot at position `slot`.
+    pub(crate) fn give_back(&mut self, slot: usize, tensor: TensorState<A>) {
+        self.slots.at_mut(slot).tensor = Some(tensor);
     }
 
     /// Fails if `param` cannot take a step with a tensor of `shape`: it is not a declared
     /// tensor, its group's rule cannot step that shape, it has state for another shape, or
-    /// its step count is at its limit.
-    pub(crate) fn check_step(&self, param: &str, shape: &[usize]) -> Result<()> {
-        self.check_known(param)?;
-        let slot = self.slots.get(param);
+    /// its step count is at its limit. Else the position of its slot, if it has one.
+    pub(crate) fn check_step(&self, param: &str, shape: &[usize]) -> Result<Option<usize>> {
+        let position = self.slots.position(param);
+        if self.declared && position.is_none() {
+            return Err(self.unknown(param));
+        }
+        let slot = position.map(|position| self.slots.at(position));
         let hyper = &self.groups[slot.map_or(0, |slot| slot.group)].hyper;
         hyper.check_shape(shape).map_err(|requirement| Error::UnsupportedShape {
             param: param.to_owned(),
@@ -595,22 +610,26 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
             Some(tensor) if tensor.step == u64::MAX => {
                 Err(Error::StepCountOverflow { param: param.to_owned() })
             }
-            _ => Ok(()),
+            _ => Ok(position),
         }
     }
 
-    /// The group index, the group and the state that the next step of `param` uses,
-    /// creating the state (in `order`) on the tensor's first step. The shape must have passed
-    /// [`check_step`](Self::check_step).
+    /// The position of `param`'s slot, created (in the default group) if it has none: the
+    /// name is copied only then, so a registered name's step allocates nothing.
+    pub(crate) fn slot_of(&mut self, param: &str) -> usize {
+        self.slots.position_or_insert(param, || Slot::new(0, None))
+    }
+
+    /// The group index, the group and the state that the next step of the tensor in the slot
+    /// at position `slot` uses, creating the state (in `order`) on the tensor's first step.
+    /// The shape must have passed [`check_step`](Self::check_step).
     pub(crate) fn prepare(
         &mut self,
-        param: &str,
+        slot: usize,
         shape: &[usize],
         order: Order,
     ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
-        // `entry_ref` copies the name only when it inserts: one lookup, and a registered
-        // name's step allocates nothing.
-        let slot = self.slots.entry_ref(param).or_insert(Slot::new(0, None));
+        let slot = self.slots.at_mut(slot);
         let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,

@@ -126,8 +126,6 @@
 //! | 2 | each group's frozen flag ([`GroupRecord::frozen`]); the groups of version 1 read as not frozen |
 //! | 3 | the optimizer-wide shared scalars of a rule with a [reduction](UpdateRule::reduction) ([`Checkpoint::shared`]), and the rule [`Prodigy`](crate::Prodigy) in [`Rule`](crate::Rule); checkpoints of versions 1 and 2 read with none |
 
-use hashbrown::HashMap;
-
 use ndarray::Order;
 
 use crate::buffer::AlignedBuffer;
@@ -139,6 +137,7 @@ use crate::guard::NonFinite;
 use crate::optimizer::Optimizer;
 use crate::registry::{DEFAULT_GROUP, ParamGroup, Registry, Slot, TensorState};
 use crate::rule::UpdateRule;
+use crate::slots::Slots;
 
 #[cfg(feature = "serde")]
 mod file;
@@ -583,7 +582,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             group.scheduled_lr = lr;
             group.frozen = frozen;
         }
-        let mut slots = HashMap::with_capacity(tensors.len());
+        let mut slots = Slots::with_capacity(tensors.len());
         for record in tensors {
             let group = registry.group_index(&record.group)?;
             let hyper = &registry.groups[group].hyper;
