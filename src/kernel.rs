@@ -132,11 +132,24 @@ pub(crate) fn preferred_order<A, D: Dimension>(param: &ArrayViewMut<'_, A, D>) -
     }
 }
 
-fn is_contiguous_in<A, D: Dimension>(view: &ArrayView<'_, A, D>, order: Order) -> bool {
+/// The elements of `view` as one slice, if they are contiguous in `order`.
+fn slice_in<'a, A, D: Dimension>(view: &ArrayView<'a, A, D>, order: Order) -> Option<&'a [A]> {
     if order == Order::ColumnMajor {
-        view.t().is_standard_layout()
+        view.clone().reversed_axes().to_slice()
     } else {
-        view.is_standard_layout()
+        view.to_slice()
+    }
+}
+
+/// The elements of `view` as one slice to change, if they are contiguous in `order`.
+fn slice_mut_in<'v, A, D: Dimension>(
+    view: &'v mut ArrayViewMut<'_, A, D>,
+    order: Order,
+) -> Option<&'v mut [A]> {
+    if order == Order::ColumnMajor {
+        view.view_mut().reversed_axes().into_slice()
+    } else {
+        view.as_slice_mut()
     }
 }
 
@@ -412,11 +425,11 @@ impl<'a, A: Element> TensorStep<'a, A> {
         assert_eq!(S::LEN, elementwise, "apply must take the rule's per-element buffers");
         let state = &mut state[..S::LEN * param.len()];
         let path = KernelPath::current();
-        let flat = path != KernelPath::Zip
-            && is_contiguous_in(&param.view(), order)
-            && is_contiguous_in(&grad, order);
-        let taken = match (param.as_slice_memory_order_mut(), grad.as_slice_memory_order()) {
-            (Some(p), Some(g)) if flat => {
+        // One layout check per array: the slices are taken as they are checked.
+        let grad_flat = if path == KernelPath::Zip { None } else { slice_in(&grad, order) };
+        let param_flat = grad_flat.and_then(|_| slice_mut_in(&mut param, order));
+        let taken = match (param_flat, grad_flat) {
+            (Some(p), Some(g)) => {
                 Slices::new(p, g, state, S::LEN).run::<S, F>(path.isa(), &update);
                 path
             }
