@@ -19,12 +19,20 @@
 //! `--placement aligned` keeps parameters and gradients in [`AlignedBuffer`]s, placed as the
 //! optimizer places its state (2 MiB aligned, in transparent huge pages, when large), instead
 //! of `Vec`s (`--placement vec`, the default).
+//!
+//! `--model gpt2-small|small40` steps the parameter list of a model instead, with `step_all`
+//! (`--numel` and `--tensors` are then ignored; `numel=` reports the model's total):
+//! `gpt2-small` is GPT-2 small's 148 tensors of 124,439,808 parameters (`wte` 50257×768,
+//! `wpe` 1024×768, 12 blocks of two layer norms of 768, `attn.c_attn` 768×2304 + 2304,
+//! `attn.c_proj` 768×768 + 768, `mlp.c_fc` 768×3072 + 3072, `mlp.c_proj` 3072×768 + 768,
+//! and `ln_f` 768 + 768), `small40` a stack of 20 linear layers of 256×256 weights and 256
+//! biases (40 tensors, 1,315,840 parameters).
 
 use std::ops::DerefMut;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ndarray::{ArrayView1, ArrayViewMut1};
+use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
 use ndarray_optim::{
     Adadelta, Adagrad, Adam, AdamW, Adamax, AlignedBuffer, Element, KernelPath, Momentum, NAdam,
     Nesterov, Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, UpdateRule, with_kernel_path,
@@ -42,6 +50,8 @@ struct Args {
     any: bool,
     /// Place parameters and gradients in `AlignedBuffer`s rather than `Vec`s.
     aligned: bool,
+    /// Step this model's parameter list rather than `tensors` tensors of `numel` elements.
+    model: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -55,6 +65,7 @@ fn parse() -> Result<Args, String> {
         path: None,
         any: false,
         aligned: false,
+        model: None,
     };
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -81,6 +92,10 @@ fn parse() -> Result<Args, String> {
                     other => return Err(format!("--placement {other}: `vec` or `aligned`")),
                 }
             }
+            "--model" => {
+                model_tensors(&value).ok_or_else(|| format!("--model {value}: unknown model"))?;
+                args.model = Some(value.clone());
+            }
             "--path" => {
                 let path = KernelPath::ALL
                     .into_iter()
@@ -92,6 +107,54 @@ fn parse() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// The names and shapes of the parameter tensors of the model `name`, in the order PyTorch's
+/// `model.parameters()` lists them.
+fn model_tensors(name: &str) -> Option<Vec<(String, Vec<usize>)>> {
+    let mut tensors = Vec::new();
+    let mut add = |name: String, shape: &[usize]| tensors.push((name, shape.to_vec()));
+    match name {
+        "gpt2-small" => {
+            let (d, vocab, context) = (768, 50257, 1024);
+            add("wte.weight".into(), &[vocab, d]);
+            add("wpe.weight".into(), &[context, d]);
+            for block in 0..12 {
+                let layers: [(&str, &[usize], usize); 6] = [
+                    ("ln_1", &[], d),
+                    ("attn.c_attn", &[d], 3 * d),
+                    ("attn.c_proj", &[d], d),
+                    ("ln_2", &[], d),
+                    ("mlp.c_fc", &[d], 4 * d),
+                    ("mlp.c_proj", &[4 * d], d),
+                ];
+                // A layer norm's weight is a vector; a linear layer's is a matrix (Conv1D:
+                // inputs × outputs).
+                for (layer, inputs, outputs) in layers {
+                    add(format!("h.{block}.{layer}.weight"), &[inputs, &[outputs]].concat());
+                    add(format!("h.{block}.{layer}.bias"), &[outputs]);
+                }
+            }
+            add("ln_f.weight".into(), &[d]);
+            add("ln_f.bias".into(), &[d]);
+        }
+        "small40" => {
+            for layer in 0..20 {
+                add(format!("layers.{layer}.weight"), &[256, 256]);
+                add(format!("layers.{layer}.bias"), &[256]);
+            }
+        }
+        _ => return None,
+    }
+    Some(tensors)
+}
+
+/// The names and shapes of the tensors to step: `--model`'s, else `--tensors` of `--numel`.
+fn tensors(args: &Args) -> Vec<(String, Vec<usize>)> {
+    match &args.model {
+        Some(model) => model_tensors(model).expect("checked when parsed"),
+        None => (0..args.tensors).map(|i| (format!("layer{i}.weight"), vec![args.numel])).collect(),
+    }
 }
 
 /// Deterministic values in about [-1, 1], scaled by `scale`, in a `Vec` or, for
@@ -110,22 +173,26 @@ fn values<A: Element>(
 /// Median seconds per step over `args.steps` steps, after one warm-up step.
 fn time_steps<R: UpdateRule, A: Element>(rule: R, args: &Args) -> f64 {
     let mut opt = Optimizer::<R, A>::new(rule).expect("the defaults are valid");
-    let names: Vec<String> = (0..args.tensors).map(|i| format!("layer{i}.weight")).collect();
-    let mut params: Vec<_> = (0..args.tensors).map(|i| values(args.numel, i, 1.0, args)).collect();
-    let grads: Vec<_> = (0..args.tensors).map(|i| values(args.numel, i + 7, 1e-3, args)).collect();
+    let (names, shapes): (Vec<String>, Vec<Vec<usize>>) = tensors(args).into_iter().unzip();
+    let numel = |i: usize| shapes[i].iter().product::<usize>();
+    let mut param_values: Vec<_> =
+        (0..names.len()).map(|i| values(numel(i), i, 1.0, args)).collect();
+    let grad_values: Vec<_> =
+        (0..names.len()).map(|i| values(numel(i), i + 7, 1e-3, args)).collect();
+    // Views made once, as a training loop holds its arrays; the batch is rebuilt every step.
+    let mut params: Vec<ArrayViewMutD<'_, A>> = (param_values.iter_mut().zip(&shapes))
+        .map(|(p, shape)| ArrayViewMutD::from_shape(IxDyn(shape), &mut p[..]).expect("sized"))
+        .collect();
+    let grads: Vec<ArrayViewD<'_, A>> = (grad_values.iter().zip(&shapes))
+        .map(|(g, shape)| ArrayViewD::from_shape(IxDyn(shape), &g[..]).expect("sized"))
+        .collect();
     let mut step = |opt: &mut Optimizer<R, A>| {
-        if args.tensors == 1 {
-            let mut param = ArrayViewMut1::from(&mut params[0][..]);
-            let grad = ArrayView1::from(&grads[0][..]);
-            opt.step(&names[0], &mut param, &grad).expect("shapes match");
+        if names.len() == 1 && args.model.is_none() {
+            opt.step(&names[0], &mut params[0], &grads[0]).expect("shapes match");
         } else {
-            let mut views: Vec<ArrayViewMut1<'_, A>> =
-                params.iter_mut().map(|p| ArrayViewMut1::from(&mut p[..])).collect();
-            let grads: Vec<ArrayView1<'_, A>> =
-                grads.iter().map(|g| ArrayView1::from(&g[..])).collect();
             let mut batch: Vec<ParamGrad<'_, A>> = names
                 .iter()
-                .zip(views.iter_mut())
+                .zip(params.iter_mut())
                 .zip(&grads)
                 .map(|((name, param), grad)| ParamGrad::new(name, param, grad))
                 .collect();
@@ -155,17 +222,22 @@ fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
             .unwrap_or_else(|| panic!("this CPU cannot run {path:?}")),
         None => time_steps::<R, A>(rule.clone(), args),
     };
-    let elements = (args.numel * args.tensors) as f64;
+    let elements =
+        tensors(args).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>()
+            as f64;
     let bytes = elements * (3 + 2 * rule.state_names().len()) as f64 * size_of::<A>() as f64;
-    let tensors =
-        if args.tensors > 1 { format!(" tensors={}", args.tensors) } else { String::new() };
+    let tensors = match &args.model {
+        Some(model) => format!(" model={model}"),
+        None if args.tensors > 1 => format!(" tensors={}", args.tensors),
+        None => String::new(),
+    };
     let any = if args.any { " rule=any" } else { "" };
     let placement = if args.aligned { " placement=aligned" } else { "" };
     println!(
         "{} {} numel={} steps={} threads={}{tensors}{any}{placement} ns_per_elem={:.3} gbps={:.1}",
         rule.name(),
         A::NAME,
-        args.numel,
+        if args.model.is_some() { elements as usize } else { args.numel },
         args.steps,
         args.threads,
         seconds * 1e9 / elements,
