@@ -5,6 +5,7 @@ bandwidth bound, measured in one run; prints the README's Performance table.
     venv/bin/python benches/compare.py            # all rows (a few minutes)
     venv/bin/python benches/compare.py --quick    # Adam only
     venv/bin/python benches/compare.py --rules adamw,nadam
+    venv/bin/python benches/compare.py --model gpt2-small   # a model's parameter list
 
 For each rule, element type, size and thread count it runs this crate's
 `examples/throughput.rs` (built with `--features rayon`) and the same steps in PyTorch
@@ -17,6 +18,10 @@ The bound is the bytes a step must move (parameter and state read and written, g
 read) divided by the bandwidth of a plain copy of 64M f32 elements split over the same
 number of threads (`throughput --optimizer copy`; bytes read plus bytes written per second,
 the best of three).
+
+`--model gpt2-small|small40` times f32 Adam over a model's parameter list instead: the
+crate's `step_all` (`throughput --model`) against `torch.optim.Adam(params, fused=True)`,
+one multi-tensor step over the same tensors, with the same alternation.
 """
 
 import argparse
@@ -28,7 +33,8 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE = os.path.join(ROOT, "target", "release", "examples", "throughput")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+EXAMPLE = os.path.join(TARGET, "release", "examples", "throughput")
 
 # name: (number of state buffers, PyTorch optimizer factory)
 RULES = {
@@ -51,6 +57,59 @@ DTYPES = {"f32": torch.float32, "f64": torch.float64}
 KIND = {"sgd": "fused", "momentum": "fused", "nesterov": "fused", "adagrad": "fused",
         "adam": "fused", "adamw": "fused", "adadelta": "foreach", "rmsprop": "foreach",
         "adamax": "foreach", "nadam": "foreach", "radam": "foreach"}
+
+
+def model_shapes(model):
+    """The parameter shapes of `model`, as `throughput --model` steps them."""
+    if model == "small40":
+        return [shape for _ in range(20) for shape in ([256, 256], [256])]
+    d = 768
+    block = [[d], [d], [d, 3 * d], [3 * d], [d, d], [d], [d], [d], [d, 4 * d], [4 * d],
+             [4 * d, d], [d]]
+    return [[50257, d], [1024, d]] + block * 12 + [[d], [d]]
+
+
+def torch_model_ns_per_elem(model, threads, steps):
+    torch.set_num_threads(threads)
+    params = []
+    for i, shape in enumerate(model_shapes(model)):
+        numel = 1
+        for n in shape:
+            numel *= n
+        p = values(numel, i, torch.float32).reshape(shape).requires_grad_()
+        p.grad = values(numel, i + 7, torch.float32).reshape(shape) * 1e-3
+        params.append(p)
+    opt = torch.optim.Adam(params, fused=True)
+    opt.step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e9 / sum(p.numel() for p in params)
+
+
+def rust_model_ns_per_elem(model, threads, steps):
+    out = subprocess.run(
+        [EXAMPLE, "--model", model, "--steps", str(steps), "--threads", str(threads)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]
+    return float(dict(w.split("=") for w in out.split() if "=" in w)["ns_per_elem"])
+
+
+def compare_model(model, threads, repeats, steps):
+    shapes = model_shapes(model)
+    numel = sum(torch.Size(shape).numel() for shape in shapes)
+    print(f"\n{model}: {len(shapes)} tensors, {numel} parameters, f32 Adam\n")
+    print("| model | threads | this crate ns/elem (step_all) | PyTorch ns/elem (fused) | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for t in threads:
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(rust_model_ns_per_elem(model, t, steps))
+            theirs.append(torch_model_ns_per_elem(model, t, steps))
+        ours, theirs = min(ours), min(theirs)
+        print(f"| {model} | {t} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |", flush=True)
 
 
 def values(numel, seed, dtype):
@@ -99,12 +158,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--model", choices=["gpt2-small", "small40"],
+                        help="time Adam over this model's parameter list instead")
     args = parser.parse_args()
     subprocess.run(
         ["cargo", "build", "--release", "--features", "rayon", "--example", "throughput"],
         cwd=ROOT, check=True,
     )
     threads = [int(t) for t in args.threads.split(",")]
+    if args.model:
+        return compare_model(args.model, threads, args.repeats, args.steps)
     bandwidth = {t: max(copy_gbps(t) for _ in range(3)) for t in threads}
     cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                if line.startswith("model name"))
