@@ -6,6 +6,11 @@ bandwidth bound, measured in one run; prints the README's Performance table.
     venv/bin/python benches/compare.py --quick    # Adam only
     venv/bin/python benches/compare.py --rules adamw,nadam
     venv/bin/python benches/compare.py --model gpt2-small   # a model's parameter list
+    venv/bin/python benches/compare.py --rules adam,adamw --state 8bit
+
+``--state bf16|8bit`` keeps this crate's state in low precision (``--state f32``, the
+default, keeps it in the element type), against PyTorch's fused f32 step all the same: the
+table's bytes column is what each step of this crate moves per element.
 
 For each rule, element type, size and thread count it runs this crate's
 `examples/throughput.rs` (built with `--features rayon`) and the same steps in PyTorch
@@ -131,14 +136,20 @@ def torch_ns_per_elem(rule, dtype, numel, threads, steps):
     return statistics.median(times) * 1e9 / numel
 
 
-def rust_ns_per_elem(rule, dtype, numel, threads, steps, tensors=1):
+def rust_step(rule, dtype, numel, threads, steps, tensors=1, state="f32"):
+    """This crate's (ns per element, bytes moved per element) of a step."""
     out = subprocess.run(
         [EXAMPLE, "--optimizer", rule, "--dtype", dtype, "--numel", str(numel),
-         "--steps", str(steps), "--threads", str(threads), "--tensors", str(tensors)],
+         "--steps", str(steps), "--threads", str(threads), "--tensors", str(tensors),
+         "--state", state],
         check=True, capture_output=True, text=True,
     ).stdout.strip().splitlines()[-1]
     fields = dict(word.split("=") for word in out.split() if "=" in word)
-    return float(fields["ns_per_elem"])
+    return float(fields["ns_per_elem"]), float(fields["bytes_per_elem"])
+
+
+def rust_ns_per_elem(rule, dtype, numel, threads, steps, tensors=1):
+    return rust_step(rule, dtype, numel, threads, steps, tensors)[0]
 
 
 def copy_gbps(threads, numel=1 << 26):
@@ -160,6 +171,8 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--model", choices=["gpt2-small", "small40"],
                         help="time Adam over this model's parameter list instead")
+    parser.add_argument("--state", default="f32", choices=["f32", "bf16", "8bit"],
+                        help="how this crate keeps its state (f32 element types only)")
     args = parser.parse_args()
     subprocess.run(
         ["cargo", "build", "--release", "--features", "rayon", "--example", "throughput"],
@@ -176,26 +189,29 @@ def main():
         print(f"copy bandwidth, {t} thread(s): {bandwidth[t]:.1f} GB/s (read + write)")
     rules = args.rules.split(",")
     rows = [(r, "f32", n) for r in rules for n in (1 << 12, 1 << 16, 1 << 20, 1 << 24)]
-    rows += [(r, "f64", n) for r in rules for n in (1 << 20,)]
+    if args.state == "f32":
+        rows += [(r, "f64", n) for r in rules for n in (1 << 20,)]
     if args.quick:
         rows = [row for row in rows if row[0] == "adam"]
     print()
-    print("| rule | dtype | numel | threads | this crate ns/elem | PyTorch ns/elem "
-          "| ratio | bound ns/elem | crate / bound |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| rule | dtype | state | numel | threads | bytes/elem | this crate ns/elem "
+          "| PyTorch ns/elem | ratio | bound ns/elem | crate / bound |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for rule, dtype, numel in rows:
-        size = 4 if dtype == "f32" else 8
-        bytes_per_elem = (3 + 2 * RULES[rule][0]) * size
+        # f64 rows (full-precision state only) come with --state f32.
+        state = args.state if dtype == "f32" else "f32"
         for t in threads:
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(rust_ns_per_elem(rule, dtype, numel, t, args.steps))
+                ns, bytes_per_elem = rust_step(rule, dtype, numel, t, args.steps, state=state)
+                ours.append(ns)
                 theirs.append(torch_ns_per_elem(rule, dtype, numel, t, args.steps))
             ours, theirs = min(ours), min(theirs)
             bound = bytes_per_elem / bandwidth[t]
-            print(f"| {rule} | {dtype} | {numel} | {t} | {ours:.3f} | {theirs:.3f} "
-                  f"({KIND[rule]}) | {ours / theirs:.2f} | {bound:.3f} | {ours / bound:.2f} |",
-                  flush=True)
+            label = dtype if state == "f32" else state
+            print(f"| {rule} | {dtype} | {label} | {numel} | {t} | {bytes_per_elem:.2f} "
+                  f"| {ours:.3f} | {theirs:.3f} ({KIND[rule]}) | {ours / theirs:.2f} "
+                  f"| {bound:.3f} | {ours / bound:.2f} |", flush=True)
     print()
     print("| threads | 1 tensor of 1M, ns/elem | 1000 tensors of 1000 (step_all), ns/elem "
           "| per-tensor overhead |")

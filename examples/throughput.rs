@@ -8,9 +8,10 @@
 //!
 //! steps `--tensors` tensors of `--numel` elements each (one by default; several are stepped
 //! together by `step_all`), after one warm-up step that creates their state, and prints as its
-//! last line e.g. `adam f32 numel=16777216 steps=20 threads=1 ns_per_elem=0.71 gbps=39.4`:
-//! the median step time per element, and the bytes a step reads and writes (parameter and
-//! state twice, gradient once) per second of that time. More than one thread needs the
+//! last line e.g.
+//! `adam f32 numel=16777216 steps=20 threads=1 bytes_per_elem=28.00 ns_per_elem=0.71 gbps=39.4`:
+//! the bytes a step reads and writes per element (parameter and state twice, gradient once),
+//! the median step time per element, and those bytes per second of that time. More than one thread needs the
 //! `rayon` feature (`--features rayon`). `--path zip|baseline|avx2|avx512` pins the loop, to
 //! compare them. `--optimizer copy` times a plain copy instead (its bytes are those read and
 //! written), the memory bandwidth that bounds a step. `--rule any` steps the rule as a
@@ -18,7 +19,9 @@
 //! crate) instead of its own type (`--rule typed`, the default); the line then says `rule=any`.
 //! `--placement aligned` keeps parameters and gradients in [`AlignedBuffer`]s, placed as the
 //! optimizer places its state (2 MiB aligned, in transparent huge pages, when large), instead
-//! of `Vec`s (`--placement vec`, the default).
+//! of `Vec`s (`--placement vec`, the default). `--state bf16|8bit` keeps the state in low
+//! precision ([`StatePrecision`], `f32` only; `--state f32` is the default); the line then
+//! says `state=bf16` or `state=8bit`, and `bytes_per_elem` counts the bytes a step moves.
 //!
 //! `--model gpt2-small|small40` steps the parameter list of a model instead, with `step_all`
 //! (`--numel` and `--tensors` are then ignored; `numel=` reports the model's total):
@@ -35,7 +38,8 @@ use std::time::Instant;
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
 use ndarray_optim::{
     Adadelta, Adagrad, Adam, AdamW, Adamax, AlignedBuffer, Element, KernelPath, Momentum, NAdam,
-    Nesterov, Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, UpdateRule, with_kernel_path,
+    Nesterov, Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, StatePrecision, UpdateRule,
+    with_kernel_path,
 };
 
 struct Args {
@@ -52,6 +56,8 @@ struct Args {
     aligned: bool,
     /// Step this model's parameter list rather than `tensors` tensors of `numel` elements.
     model: Option<String>,
+    /// How the optimizer keeps its state.
+    state: StatePrecision,
 }
 
 fn parse() -> Result<Args, String> {
@@ -66,6 +72,7 @@ fn parse() -> Result<Args, String> {
         any: false,
         aligned: false,
         model: None,
+        state: StatePrecision::Full,
     };
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -95,6 +102,15 @@ fn parse() -> Result<Args, String> {
             "--model" => {
                 model_tensors(&value).ok_or_else(|| format!("--model {value}: unknown model"))?;
                 args.model = Some(value.clone());
+            }
+            "--state" => {
+                args.state = match value.as_str() {
+                    "f32" => StatePrecision::Full,
+                    "bf16" => StatePrecision::Bf16,
+                    // Every size in 8 bits: the benchmark's tensors may be small.
+                    "8bit" => StatePrecision::Int8 { min_numel: 0 },
+                    other => return Err(format!("--state {other}: `f32`, `bf16` or `8bit`")),
+                }
             }
             "--path" => {
                 let path = KernelPath::ALL
@@ -173,6 +189,9 @@ fn values<A: Element>(
 /// Median seconds per step over `args.steps` steps, after one warm-up step.
 fn time_steps<R: UpdateRule, A: Element>(rule: R, args: &Args) -> f64 {
     let mut opt = Optimizer::<R, A>::new(rule).expect("the defaults are valid");
+    if let Err(error) = opt.set_state_precision("default", args.state) {
+        panic!("--state: {error}");
+    }
     let (names, shapes): (Vec<String>, Vec<Vec<usize>>) = tensors(args).into_iter().unzip();
     let numel = |i: usize| shapes[i].iter().product::<usize>();
     let mut param_values: Vec<_> =
@@ -225,7 +244,15 @@ fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
     let elements =
         tensors(args).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>()
             as f64;
-    let bytes = elements * (3 + 2 * rule.state_names().len()) as f64 * size_of::<A>() as f64;
+    let state_bytes = match args.state {
+        StatePrecision::Full => size_of::<A>() as f64,
+        StatePrecision::Bf16 => 2.0,
+        StatePrecision::Int8 { .. } => 1.0 + 4.0 / 256.0,
+    };
+    // Parameter read and written, gradient read, each state value read and written.
+    let per_elem =
+        (3 * size_of::<A>()) as f64 + 2.0 * rule.state_names().len() as f64 * state_bytes;
+    let bytes = elements * per_elem;
     let tensors = match &args.model {
         Some(model) => format!(" model={model}"),
         None if args.tensors > 1 => format!(" tensors={}", args.tensors),
@@ -233,8 +260,14 @@ fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
     };
     let any = if args.any { " rule=any" } else { "" };
     let placement = if args.aligned { " placement=aligned" } else { "" };
+    let state = match args.state {
+        StatePrecision::Full => "",
+        StatePrecision::Bf16 => " state=bf16",
+        StatePrecision::Int8 { .. } => " state=8bit",
+    };
     println!(
-        "{} {} numel={} steps={} threads={}{tensors}{any}{placement} ns_per_elem={:.3} gbps={:.1}",
+        "{} {} numel={} steps={} threads={}{tensors}{any}{placement}{state} \
+         bytes_per_elem={per_elem:.2} ns_per_elem={:.3} gbps={:.1}",
         rule.name(),
         A::NAME,
         if args.model.is_some() { elements as usize } else { args.numel },

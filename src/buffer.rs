@@ -15,8 +15,6 @@
 use core::fmt;
 use core::ops::{Deref, DerefMut};
 
-use crate::element::Element;
-
 /// The size of a transparent huge page on x86-64 and most AArch64 kernels: buffers of at
 /// least this many bytes are mapped on their own, aligned to it.
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -80,7 +78,7 @@ impl<A> AlignedBuffer<A> {
     }
 }
 
-impl<A: Element> AlignedBuffer<A> {
+impl<A: bytemuck::Pod> AlignedBuffer<A> {
     /// `len` elements, each `value`.
     pub fn filled(len: usize, value: A) -> Self {
         let casts = Casts { view: bytemuck::cast_slice, view_mut: bytemuck::cast_slice_mut };
@@ -94,7 +92,7 @@ impl<A: Element> AlignedBuffer<A> {
 
     /// A copy of `values`.
     pub fn from_slice(values: &[A]) -> Self {
-        let mut buffer = Self::filled(values.len(), A::zero());
+        let mut buffer = Self::filled(values.len(), A::zeroed());
         buffer.copy_from_slice(values);
         buffer
     }

@@ -3,7 +3,9 @@
 use core::fmt::{Debug, Display};
 use num_traits::Float;
 
-use crate::kernel::TensorStep;
+use ndarray::{ArrayView, ArrayViewMut, IxDyn};
+
+use crate::kernel::{CompactState, StateSlots, TensorStep};
 use crate::rules::Rule;
 
 mod sealed {
@@ -33,10 +35,40 @@ pub trait Element:
     /// that programs stepping [`Rule`]s do not compile the rules' loops again.
     #[doc(hidden)]
     fn step_rule(rule: &Rule, tensor: TensorStep<'_, Self>);
+
+    /// Whether per-element state can be kept in low precision
+    /// ([`StatePrecision`](crate::StatePrecision)): `f32` only, whose arithmetic the
+    /// bfloat16 and 8-bit formats are defined with.
+    const LOW_PRECISION_STATE: bool;
+
+    /// Runs a fused step over state kept in low precision: compiled for `f32` only, so that
+    /// `f64` programs do not compile loops they cannot run.
+    #[doc(hidden)]
+    fn drive_compact<S, F>(
+        param: ArrayViewMut<'_, Self, IxDyn>,
+        grad: ArrayView<'_, Self, IxDyn>,
+        state: CompactState<'_>,
+        update: F,
+    ) where
+        S: StateSlots<Self>,
+        F: Fn(&mut Self, Self, &mut S) + Sync;
 }
 
 impl Element for f32 {
     const NAME: &'static str = "f32";
+    const LOW_PRECISION_STATE: bool = true;
+
+    fn drive_compact<S, F>(
+        param: ArrayViewMut<'_, Self, IxDyn>,
+        grad: ArrayView<'_, Self, IxDyn>,
+        state: CompactState<'_>,
+        update: F,
+    ) where
+        S: StateSlots<Self>,
+        F: Fn(&mut Self, Self, &mut S) + Sync,
+    {
+        crate::kernel::drive_compact::<Self, S, F>(param, grad, state, &update);
+    }
 
     fn step_rule(rule: &Rule, tensor: TensorStep<'_, Self>) {
         rule.step_as_held(tensor);
@@ -55,6 +87,19 @@ impl Element for f32 {
 
 impl Element for f64 {
     const NAME: &'static str = "f64";
+    const LOW_PRECISION_STATE: bool = false;
+
+    fn drive_compact<S, F>(
+        _: ArrayViewMut<'_, Self, IxDyn>,
+        _: ArrayView<'_, Self, IxDyn>,
+        _: CompactState<'_>,
+        _: F,
+    ) where
+        S: StateSlots<Self>,
+        F: Fn(&mut Self, Self, &mut S) + Sync,
+    {
+        unreachable!("low-precision state is refused for f64 elements when it is requested")
+    }
 
     fn step_rule(rule: &Rule, tensor: TensorStep<'_, Self>) {
         rule.step_as_held(tensor);

@@ -270,6 +270,18 @@ pub enum Error {
         /// Its rule.
         rule: &'static str,
     },
+    /// Low-precision state ([`StatePrecision`](crate::StatePrecision)) was asked for where
+    /// it is not defined: a rule that is not
+    /// [elementwise](crate::UpdateRule::elementwise) (its state is not stepped value by
+    /// value), or `f64` elements (the formats are defined with `f32` arithmetic).
+    UnsupportedStatePrecision {
+        /// The group.
+        group: String,
+        /// Its rule.
+        rule: &'static str,
+        /// What stands in the way.
+        reason: &'static str,
+    },
     /// A lambda schedule ([`Schedule::Lambda`](crate::schedule::Schedule::Lambda) or
     /// [`Schedule::Multiplicative`](crate::schedule::Schedule::Multiplicative)) has no
     /// closure: a closure cannot be serialized, so a deserialized scheduler has its name
@@ -459,6 +471,11 @@ impl fmt::Display for Error {
                 "the schedule cycles momentum, but group `{group}` steps with `{rule}`, which \
                  has no momentum or beta1 to cycle: turn `cycle_momentum` off, or use a rule \
                  with momentum"
+            ),
+            Error::UnsupportedStatePrecision { group, rule, reason } => write!(
+                f,
+                "group `{group}` (rule `{rule}`) cannot keep its state in low precision: \
+                 {reason}"
             ),
             Error::LambdaMissing { schedule, name } => write!(
                 f,

@@ -1,6 +1,6 @@
 //! Looking at the optimizer's state by name: step counts, buffers and what they cost.
 
-use ndarray::{ArrayView, IxDyn};
+use ndarray::{CowArray, IxDyn};
 
 use crate::element::Element;
 use crate::optimizer::Optimizer;
@@ -57,9 +57,7 @@ impl<'a, A: Element> TensorView<'a, A> {
     /// in the order of [`UpdateRule::state_names`], viewed with the tensor's shape, then those
     /// of [`UpdateRule::shaped_state`] (e.g. Adafactor's `"row_var"` and `"col_var"`), each
     /// viewed with its own shape; none before the first step.
-    pub fn buffers(
-        &self,
-    ) -> impl ExactSizeIterator<Item = (&'static str, ArrayView<'a, A, IxDyn>)> {
+    pub fn buffers(&self) -> impl ExactSizeIterator<Item = (&'static str, CowArray<'a, A, IxDyn>)> {
         let state = self.state;
         let names = if state.is_some() { self.state_names } else { &[] };
         let shaped = state.map_or(&[][..], |state| state.shaped_layout.as_slice());
@@ -69,7 +67,7 @@ impl<'a, A: Element> TensorView<'a, A> {
                 Some(&name) => (name, state.buffer(index)),
                 None => {
                     let index = index - names.len();
-                    (shaped[index].0, state.shaped_buffer(index))
+                    (shaped[index].0, state.shaped_buffer(index).into())
                 }
             }
         })
@@ -83,7 +81,7 @@ impl<'a, A: Element> TensorView<'a, A> {
     }
 
     /// The state buffer called `name`, if the tensor has one.
-    pub fn buffer(&self, name: &str) -> Option<ArrayView<'a, A, IxDyn>> {
+    pub fn buffer(&self, name: &str) -> Option<CowArray<'a, A, IxDyn>> {
         self.buffers().find(|&(buffer, _)| buffer == name).map(|(_, view)| view)
     }
 
@@ -95,9 +93,18 @@ impl<'a, A: Element> TensorView<'a, A> {
     }
 }
 
+impl<'a, A> TensorView<'a, A> {
+    /// Per-element buffer `index` as stored, if the tensor keeps its state in low precision.
+    pub(crate) fn stored(&self, index: usize) -> Option<crate::compact::StoredRef<'a>> {
+        let state = self.state?;
+        Some(state.compact.as_ref()?.stored(index, state.numel()))
+    }
+}
+
 impl<A> TensorState<A> {
     fn bytes(&self) -> usize {
-        self.buffers.len() * size_of::<A>()
+        let compact = self.compact.as_ref().map_or(0, crate::compact::Compact::bytes);
+        self.buffers.len() * size_of::<A>() + compact
     }
 }
 

@@ -8,6 +8,7 @@
 //! `Zip` walks the arrays with their own strides. Every path runs the same update on the same
 //! values, so neither the layout, the CPU nor the thread count changes a bit of the result.
 
+mod compact;
 mod isa;
 
 use core::cell::Cell;
@@ -17,6 +18,10 @@ use ndarray::{ArrayView, ArrayViewMut, Dimension, IxDyn, Order, ShapeBuilder, Zi
 use crate::element::Element;
 use crate::rule::{Options, WeightDecay};
 use isa::Isa;
+
+#[doc(hidden)]
+pub use compact::CompactState;
+pub(crate) use compact::drive as drive_compact;
 
 mod sealed {
     pub trait Sealed {}
@@ -251,8 +256,11 @@ impl<A: Element> Stage<A> {
 pub struct TensorStep<'a, A> {
     pub(crate) param: ArrayViewMut<'a, A, IxDyn>,
     pub(crate) grad: ArrayView<'a, A, IxDyn>,
-    /// The per-element buffers, one after the other in `order`, then the shaped ones.
+    /// The per-element buffers, one after the other in `order`, then the shaped ones; empty
+    /// when the state is kept in low precision.
     pub(crate) state: &'a mut [A],
+    /// The per-element buffers in low precision, if the tensor's group keeps them so.
+    pub(crate) compact: Option<&'a mut crate::compact::Compact>,
     /// How many per-element buffers `state` begins with: as many as the rule declared.
     pub(crate) elementwise: usize,
     pub(crate) scratch: &'a mut [A],
@@ -351,9 +359,20 @@ impl<'a, A: Element> TensorStep<'a, A> {
     /// # Panics
     /// If `N` is not the number of per-element buffers the rule declared: a bug in the rule.
     pub fn split<const N: usize>(self) -> Split<'a, A, N> {
-        let TensorStep { param, grad, state, elementwise, scratch, scalars, order, stage, .. } =
-            self;
+        let TensorStep {
+            param,
+            grad,
+            state,
+            compact,
+            elementwise,
+            scratch,
+            scalars,
+            order,
+            stage,
+            ..
+        } = self;
         assert_eq!(N, elementwise, "split::<N> must take the rule's per-element buffers");
+        assert!(compact.is_none(), "low-precision state is refused for rules that split");
         let numel = param.len();
         let (elementwise, shaped) = state.split_at_mut(N * numel);
         let buffers = buffer_views::<A, IxDyn, N>(elementwise, param.raw_dim(), order);
@@ -421,8 +440,14 @@ impl<'a, A: Element> TensorStep<'a, A> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S) + Sync,
     {
-        let TensorStep { mut param, grad, state, elementwise, order, .. } = self;
+        let TensorStep { mut param, grad, state, compact, elementwise, order, .. } = self;
         assert_eq!(S::LEN, elementwise, "apply must take the rule's per-element buffers");
+        if let Some(compact) = compact {
+            A::drive_compact::<S, F>(param, grad, CompactState { compact }, update);
+            // The blocks run the baseline loop, whatever the pinned path.
+            TAKEN_PATH.with(|taken_path| taken_path.set(Some(KernelPath::Baseline)));
+            return;
+        }
         let state = &mut state[..S::LEN * param.len()];
         let path = KernelPath::current();
         // One layout check per array: the slices are taken as they are checked.
@@ -529,7 +554,8 @@ impl<'a, A: Element> Slices<'a, A> {
     {
         #[cfg(feature = "rayon")]
         if let Some(chunk) = parallel::chunk_len(self.param.len()) {
-            return parallel::run_chunks::<A, S, F>(self, chunk, isa, update);
+            let run = |slices: Self| slices.run_here::<S, F>(isa, update);
+            return parallel::in_chunks(self, chunk, &run);
         }
         self.run_here::<S, F>(isa, update);
     }
@@ -552,7 +578,8 @@ pub(crate) use parallel::worth_spreading;
 mod parallel {
     //! Splitting one contiguous step over the threads of the current rayon pool.
 
-    use super::{Isa, Slices, StateSlots};
+    use super::Slices;
+    use crate::compact::BLOCK;
     use crate::element::Element;
 
     /// Elements below which a chunk costs more to hand to another thread than it saves.
@@ -564,42 +591,55 @@ mod parallel {
     }
 
     /// The chunk length for a step of `numel` elements, or `None` to run it on one thread.
-    /// A few chunks per thread let idle threads take over from busy ones.
+    /// A few chunks per thread let idle threads take over from busy ones; chunks are whole
+    /// blocks of low-precision state.
     pub(super) fn chunk_len(numel: usize) -> Option<usize> {
         worth_spreading(numel).then(|| {
             let chunks = 4 * rayon::current_num_threads();
-            numel.div_ceil(chunks).max(MIN_CHUNK).next_multiple_of(64)
+            numel.div_ceil(chunks).max(MIN_CHUNK).next_multiple_of(BLOCK)
         })
     }
 
-    /// Runs `slices` as chunks of `chunk` elements, halving recursively with `rayon::join`.
-    pub(super) fn run_chunks<A, S, F>(slices: Slices<'_, A>, chunk: usize, isa: Isa, update: &F)
-    where
-        A: Element,
-        S: StateSlots<A>,
-        F: Fn(&mut A, A, &mut S) + Sync,
-    {
-        let numel = slices.param.len();
+    /// Work on a run of elements that can be cut in two.
+    pub(super) trait Halves: Sized + Send {
+        /// The number of elements.
+        fn len(&self) -> usize;
+        /// The work on elements `..mid` and on `mid..`.
+        fn split_at(self, mid: usize) -> (Self, Self);
+    }
+
+    /// Runs `work` as chunks of `chunk` elements, halving recursively with `rayon::join`.
+    pub(super) fn in_chunks<T: Halves>(work: T, chunk: usize, run: &(impl Fn(T) + Sync)) {
+        let numel = work.len();
         if numel <= chunk {
-            return slices.run_here::<S, F>(isa, update);
+            return run(work);
         }
         let mid = numel.div_ceil(chunk) / 2 * chunk;
-        let Slices { param, grad, mut state } = slices;
-        let (param_lo, param_hi) = param.split_at_mut(mid);
-        let (grad_lo, grad_hi) = grad.split_at(mid);
-        // Unused buffers are empty and stay so.
-        let state_lo = core::array::from_fn(|k| {
-            let buffer = core::mem::take(&mut state[k]);
-            let (lo, hi) = buffer.split_at_mut(mid.min(buffer.len()));
-            state[k] = hi;
-            lo
-        });
-        let lo = Slices { param: param_lo, grad: grad_lo, state: state_lo };
-        let hi = Slices { param: param_hi, grad: grad_hi, state };
-        rayon::join(
-            || run_chunks::<A, S, F>(lo, chunk, isa, update),
-            || run_chunks::<A, S, F>(hi, chunk, isa, update),
-        );
+        let (low, high) = work.split_at(mid);
+        rayon::join(|| in_chunks(low, chunk, run), || in_chunks(high, chunk, run));
+    }
+
+    impl<A: Element> Halves for Slices<'_, A> {
+        fn len(&self) -> usize {
+            self.param.len()
+        }
+
+        fn split_at(self, mid: usize) -> (Self, Self) {
+            let Slices { param, grad, mut state } = self;
+            let (param_lo, param_hi) = param.split_at_mut(mid);
+            let (grad_lo, grad_hi) = grad.split_at(mid);
+            // Unused buffers are empty and stay so.
+            let state_lo = core::array::from_fn(|k| {
+                let buffer = core::mem::take(&mut state[k]);
+                let (lo, hi) = buffer.split_at_mut(mid.min(buffer.len()));
+                state[k] = hi;
+                lo
+            });
+            (
+                Slices { param: param_lo, grad: grad_lo, state: state_lo },
+                Slices { param: param_hi, grad: grad_hi, state },
+            )
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::check::check_lr;
 use crate::clip::{self, Clip};
+use crate::compact::StatePrecision;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::exact_sum::ExactSum;
@@ -1002,6 +1003,40 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let index = self.registry.group_index(group)?;
         self.registry.groups[index].frozen = frozen;
         Ok(())
+    }
+
+    /// Keeps the per-element state of the group `group` in `precision`: bfloat16 or
+    /// block-wise 8-bit codes instead of the element type (see [`crate::compact`]), or back
+    /// in full precision with [`StatePrecision::Full`], the default.
+    ///
+    /// The state the group's tensors have is converted now (rounded, or expanded), that of
+    /// tensors [assigned](Self::assign) to the group later when they move. Steps then
+    /// expand each block of state, update it as in full precision, and store it rounded;
+    /// they allocate nothing.
+    ///
+    /// ```
+    /// use ndarray::Array1;
+    /// use ndarray_optim::{Adam, Optimizer, StatePrecision};
+    ///
+    /// let mut opt = Optimizer::new(Adam::default())?;
+    /// opt.set_state_precision("default", StatePrecision::Bf16)?;
+    /// let mut w = Array1::<f32>::zeros(1000);
+    /// opt.step("w", &mut w, &Array1::from_elem(1000, 0.3))?;
+    /// assert_eq!(opt.state_bytes(), 2 * 2 * 1000); // two buffers of bfloat16
+    /// // (1 − β₁)·0.3 = 0.03, as the nearest bfloat16.
+    /// let exp_avg = opt.state_of("w").unwrap().buffer("exp_avg").unwrap()[0];
+    /// assert_eq!(exp_avg, 0.030029297);
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// - [`Error::UnknownGroup`] if there is no such group;
+    /// - [`Error::UnsupportedStatePrecision`] for low precision with `f64` elements or a rule
+    ///   that is not [elementwise](UpdateRule::elementwise) (Lamb, Muon, Adafactor, Prodigy).
+    ///
+    /// Nothing changes then.
+    pub fn set_state_precision(&mut self, group: &str, precision: StatePrecision) -> Result<()> {
+        self.registry.set_state_precision(group, precision)
     }
 
     /// The group that the tensor `param` belongs to, if the optimizer knows the name.

@@ -1,8 +1,9 @@
 //! The registry: parameter groups, and the state of every named tensor.
 
-use ndarray::{ArrayView, ArrayViewMut, IxDyn, Order, ShapeBuilder};
+use ndarray::{ArrayView, ArrayViewMut, CowArray, IxDyn, Order, ShapeBuilder};
 
 use crate::buffer::AlignedBuffer;
+use crate::compact::{Compact, QuantMap, StatePrecision};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{GradTransform, Shared, Stage, TensorStep};
@@ -36,6 +37,8 @@ pub struct ParamGroup<R> {
     pub(crate) scheduled_lr: Option<f64>,
     /// Whether steps leave the group's tensors out.
     pub(crate) frozen: bool,
+    /// How the group keeps its tensors' per-element state.
+    pub(crate) state_precision: StatePrecision,
 }
 
 impl<R> ParamGroup<R> {
@@ -53,6 +56,12 @@ impl<R> ParamGroup<R> {
     pub fn is_frozen(&self) -> bool {
         self.frozen
     }
+
+    /// How the group keeps its tensors' per-element state
+    /// ([`Optimizer::set_state_precision`](crate::Optimizer::set_state_precision)).
+    pub fn state_precision(&self) -> StatePrecision {
+        self.state_precision
+    }
 }
 
 impl<R: UpdateRule> ParamGroup<R> {
@@ -68,7 +77,13 @@ impl<R: UpdateRule> ParamGroup<R> {
     }
 
     fn new(name: &str, hyper: R) -> Self {
-        ParamGroup { name: name.to_owned(), hyper, scheduled_lr: None, frozen: false }
+        ParamGroup {
+            name: name.to_owned(),
+            hyper,
+            scheduled_lr: None,
+            frozen: false,
+            state_precision: StatePrecision::Full,
+        }
     }
 
     /// Steps one of the group's tensors with the group's hyperparameters at its current rate,
@@ -109,13 +124,15 @@ impl<R: UpdateRule> ParamGroup<R> {
     ) -> TensorStep<'t, A> {
         let lr = self.lr();
         let stage = Stage::new(self.hyper.options(), lr, transform);
-        let TensorState { step, order, buffers, elementwise, scratch, scalars, .. } = tensor;
+        let TensorState { step, order, buffers, compact, elementwise, scratch, scalars, .. } =
+            tensor;
         let (state, scratch, scalars) =
             (&mut buffers[..], scratch.as_mut_slice(), scalars.as_mut_slice());
         TensorStep {
             param,
             grad,
             state,
+            compact: compact.as_mut(),
             elementwise: *elementwise,
             scratch,
             scalars,
@@ -148,7 +165,11 @@ pub(crate) struct TensorState<A> {
     pub(crate) order_pending: bool,
     /// The rule's buffers: the per-element ones, `numel` elements each, then the shaped
     /// ones (row-major), one after the other, aligned for streaming ([`AlignedBuffer`]).
+    /// Empty when `compact` holds the per-element ones (rules with shaped buffers are not
+    /// elementwise, and keep full precision).
     pub(crate) buffers: AlignedBuffer<A>,
+    /// The per-element buffers in low precision, row-major (`order` is then row-major).
+    pub(crate) compact: Option<Compact>,
     /// How many of the buffers are per-element ones.
     pub(crate) elementwise: usize,
     /// Name and shape of each shaped buffer, as [`UpdateRule::shaped_state`] gave them when
@@ -161,8 +182,14 @@ pub(crate) struct TensorState<A> {
 }
 
 impl<A: Element> TensorState<A> {
-    /// The state before a tensor's first step, every value at the rule's initial value.
-    fn initial<R: UpdateRule>(hyper: &R, shape: &[usize], order: Order) -> Self {
+    /// The state before a tensor's first step, every value at the rule's initial value, the
+    /// per-element buffers stored in `precision`.
+    fn initial<R: UpdateRule>(
+        hyper: &R,
+        shape: &[usize],
+        order: Order,
+        precision: StatePrecision,
+    ) -> Self {
         let numel = shape.iter().product::<usize>();
         let (names, shaped) = (hyper.state_names(), hyper.shaped_state(shape));
         let shaped_len: usize =
@@ -177,18 +204,73 @@ impl<A: Element> TensorState<A> {
             rest = tail;
         }
         let scalars = hyper.scalar_names().iter().map(|name| hyper.initial_value(name)).collect();
-        TensorState {
+        let mut state = TensorState {
             step: 0,
             shape: shape.to_vec(),
             order,
             order_pending: false,
             buffers,
+            compact: None,
             elementwise: names.len(),
             shaped_layout: shaped,
             scratch: vec![A::zero(); hyper.scratch_len(shape)],
             scalars,
+        };
+        state.store_as(hyper, precision);
+        state
+    }
+
+    /// Keeps the per-element buffers in `precision` (for this tensor's size), converting
+    /// the values if they are kept otherwise: expanded to the element type, or rounded.
+    pub(crate) fn store_as<R: UpdateRule>(&mut self, hyper: &R, precision: StatePrecision) {
+        let numel = self.numel();
+        let target = precision.for_numel(numel);
+        if self.compact.as_ref().map_or(target == StatePrecision::Full, |c| c.holds(target)) {
+            return;
+        }
+        let values = match self.compact.take() {
+            Some(compact) => {
+                let mut values = AlignedBuffer::filled(self.elementwise * numel, A::zero());
+                compact.decode(numel, &mut values);
+                values
+            }
+            None => {
+                self.relayout(Order::RowMajor);
+                core::mem::take(&mut self.buffers)
+            }
+        };
+        if target == StatePrecision::Full {
+            self.buffers = values;
+        } else {
+            let maps = quant_maps(hyper);
+            self.compact = Some(Compact::encode(target, &values, numel, maps));
+            self.order = Order::RowMajor;
         }
     }
+}
+
+/// Refuses low-precision state for a rule that is not elementwise or for `f64` elements.
+pub(crate) fn check_precision<R: UpdateRule, A: Element>(
+    group: &str,
+    hyper: &R,
+    precision: StatePrecision,
+) -> Result<()> {
+    let reason = match precision {
+        StatePrecision::Full => return Ok(()),
+        _ if !A::LOW_PRECISION_STATE => "the formats are defined for f32 elements",
+        _ if !hyper.elementwise() => "the rule does not step its state value by value",
+        _ => return Ok(()),
+    };
+    Err(Error::UnsupportedStatePrecision { group: group.to_owned(), rule: hyper.name(), reason })
+}
+
+/// The 8-bit map of each per-element buffer of `hyper`'s rule: unsigned for the buffers it
+/// keeps non-negative, signed for the others.
+pub(crate) fn quant_maps<R: UpdateRule>(hyper: &R) -> Vec<QuantMap> {
+    let non_negative = hyper.non_negative_state();
+    let map =
+        |name| if non_negative.contains(name) { QuantMap::Unsigned } else { QuantMap::Signed };
+    hyper.state_names().iter().map(map).collect()
 }
 
 impl<A> TensorState<A> {
@@ -200,6 +282,7 @@ impl<A> TensorState<A> {
             order: Order::RowMajor,
             order_pending: false,
             buffers: AlignedBuffer::new(),
+            compact: None,
             elementwise: 0,
             shaped_layout: Vec::new(),
             scratch: Vec::new(),
@@ -212,8 +295,26 @@ impl<A> TensorState<A> {
     }
 
     /// Per-element buffer `index` viewed with the tensor's shape (logical indexing, any
-    /// memory order).
-    pub(crate) fn buffer(&self, index: usize) -> ArrayView<'_, A, IxDyn> {
+    /// memory order); low-precision values expanded to the element type.
+    pub(crate) fn buffer(&self, index: usize) -> CowArray<'_, A, IxDyn>
+    where
+        A: Element,
+    {
+        let numel = self.numel();
+        let Some(compact) = &self.compact else {
+            return self.full_buffer(index).into();
+        };
+        let mut values = vec![A::zero(); self.elementwise * numel];
+        compact.decode(numel, &mut values);
+        values.drain(..index * numel);
+        values.truncate(numel);
+        ndarray::Array::from_shape_vec(IxDyn(&self.shape), values)
+            .expect("every buffer holds exactly the elements of the tensor's shape")
+            .into()
+    }
+
+    /// Per-element buffer `index` of full-precision state, viewed with the tensor's shape.
+    fn full_buffer(&self, index: usize) -> ArrayView<'_, A, IxDyn> {
         let numel = self.numel();
         let values = &self.buffers[index * numel..(index + 1) * numel];
         let shape = IxDyn(&self.shape).set_f(self.order == Order::ColumnMajor);
@@ -240,7 +341,8 @@ impl<A> TensorState<A> {
 impl<A: Element> TensorState<A> {
     /// Lays every per-element buffer out in `order`, copying the values.
     fn relayout(&mut self, order: Order) {
-        if order != self.order {
+        // Low-precision state stays row-major: its blocks are the same for every layout.
+        if order != self.order && self.compact.is_none() {
             let mut buffers = AlignedBuffer::filled(self.buffers.len(), A::zero());
             let mut slots = buffers.iter_mut();
             for index in 0..self.elementwise {
@@ -289,15 +391,21 @@ fn check_same_buffers<R: UpdateRule>(
     }
 }
 
-/// Equal state: the same step count, shape and buffer values, whatever their memory order.
+/// Equal state: the same step count, shape and buffer values, whatever their memory order;
+/// low-precision buffers the same bytes and scales.
 impl<A: PartialEq> PartialEq for TensorState<A> {
     fn eq(&self, other: &Self) -> bool {
+        let same_buffers = match (&self.compact, &other.compact) {
+            (None, None) => (0..self.elementwise)
+                .all(|index| self.full_buffer(index) == other.full_buffer(index)),
+            (compact, other) => compact == other,
+        };
         self.step == other.step
             && self.shape == other.shape
             && self.scalars == other.scalars
             && self.elementwise == other.elementwise
             && self.shaped_layout == other.shaped_layout
-            && (0..self.elementwise).all(|index| self.buffer(index) == other.buffer(index))
+            && same_buffers
             && self.shaped() == other.shaped()
     }
 }
@@ -533,6 +641,25 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         Ok(())
     }
 
+    /// Keeps the per-element state of the group's tensors in `precision` from now on,
+    /// converting the state they have.
+    pub(crate) fn set_state_precision(
+        &mut self,
+        group: &str,
+        precision: StatePrecision,
+    ) -> Result<()> {
+        let index = self.group_index(group)?;
+        let group = &mut self.groups[index];
+        check_precision::<R, A>(&group.name, &group.hyper, precision)?;
+        group.state_precision = precision;
+        for slot in self.slots.values_mut().filter(|slot| slot.group == index) {
+            if let Some(tensor) = &mut slot.tensor {
+                tensor.store_as(&group.hyper, precision);
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
         let index = self.group_index(group)?;
         self.check_hyper(index, &hyper)?;
@@ -545,6 +672,8 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     /// rules whose state has the tensor's shape.
     pub(crate) fn check_hyper(&self, index: usize, hyper: &R) -> Result<()> {
         validate(hyper)?;
+        let group = &self.groups[index];
+        check_precision::<R, A>(&group.name, hyper, group.state_precision)?;
         for (param, shape) in self.stepped_members(index) {
             check_same_buffers(param, shape, &self.groups[index].hyper, hyper)?;
         }
@@ -563,9 +692,10 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         self.check_known(param)?;
         match self.slots.get_mut(param) {
             Some(slot) => {
-                if let Some(tensor) = &slot.tensor {
-                    let (current, requested) = (&self.groups[slot.group], &self.groups[group]);
+                let (current, requested) = (&self.groups[slot.group], &self.groups[group]);
+                if let Some(tensor) = &mut slot.tensor {
                     check_same_buffers(param, &tensor.shape, &current.hyper, &requested.hyper)?;
+                    tensor.store_as(&requested.hyper, requested.state_precision);
                 }
                 slot.group = group;
             }
@@ -633,7 +763,12 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,
-            empty => empty.insert(TensorState::initial(&group.hyper, shape, order)),
+            empty => empty.insert(TensorState::initial(
+                &group.hyper,
+                shape,
+                order,
+                group.state_precision,
+            )),
         };
         if tensor.order_pending {
             tensor.relayout(order);

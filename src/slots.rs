@@ -128,6 +128,10 @@ impl<A> Slots<A> {
     pub(crate) fn values(&self) -> impl Iterator<Item = &Slot<A>> {
         self.entries.iter().map(|(_, slot)| slot)
     }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot<A>> {
+        self.entries.iter_mut().map(|(_, slot)| slot)
+    }
 }
 
 /// Equal tables hold equal slots under the same names, in any order.

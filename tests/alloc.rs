@@ -840,3 +840,26 @@ fn steady_state_sharded_steps_do_not_allocate() {
     });
     assert_eq!(count, 0, "steady-state sharded steps allocated");
 }
+
+#[test]
+fn steady_state_steps_with_low_precision_state_do_not_allocate() {
+    use ndarray_optim::{AdamW, StatePrecision};
+
+    for precision in [StatePrecision::Bf16, StatePrecision::INT8] {
+        let mut opt = Optimizer::<AdamW, f32>::new(AdamW::default()).unwrap();
+        opt.set_state_precision("default", precision).unwrap();
+        let mut w = Array2::<f32>::from_elem((70, 90), 0.5);
+        let mut strided = Array2::<f32>::from_elem((90, 70), 0.5);
+        let g = Array2::<f32>::from_shape_fn((70, 90), |(i, j)| (i as f32 - j as f32) * 1e-3);
+        let gt = g.t().to_owned();
+        opt.step("w", &mut w, &g).unwrap();
+        opt.step("t", &mut strided.view_mut().reversed_axes(), &gt.t()).unwrap();
+        let count = allocations(|| {
+            for _ in 0..5 {
+                opt.step("w", &mut w, &g).unwrap();
+                opt.step("t", &mut strided.view_mut().reversed_axes(), &gt.t()).unwrap();
+            }
+        });
+        assert_eq!(count, 0, "steady-state steps with {precision:?} state allocated");
+    }
+}

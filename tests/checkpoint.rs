@@ -227,9 +227,11 @@ fn invalid_checkpoints_are_refused_with_the_reason() {
     );
 
     let mut c = adam_checkpoint();
-    state_of(&mut c, "encoder.bias")
-        .buffers
-        .push(BufferRecord { name: "x".into(), values: vec![] });
+    state_of(&mut c, "encoder.bias").buffers.push(BufferRecord {
+        name: "x".into(),
+        values: vec![],
+        stored: None,
+    });
     assert!(matches!(refused(c), Error::InvalidTensorState { .. }));
 
     let mut c = adam_checkpoint();

@@ -388,8 +388,9 @@ fn postcard_is_the_compact_encoding() {
     let checkpoint = trained(3).checkpoint();
     let json = checkpoint.to_bytes(Encoding::Json).unwrap().len();
     let postcard = checkpoint.to_bytes(Encoding::Postcard).unwrap().len();
-    // 54 values of f32 in two buffers each: 432 bytes of floats, plus names and the header.
-    assert!(postcard < 432 + 250 && json > 2 * postcard, "json {json} bytes, postcard {postcard}");
+    // 54 values of f32 in two buffers each: 432 bytes of floats, plus names, the header and
+    // a byte per buffer and group for the state precision (format version 4).
+    assert!(postcard < 432 + 260 && json > 2 * postcard, "json {json} bytes, postcard {postcard}");
 }
 
 /// JSON writes NaN and infinities as `null`, which does not read back: a save in JSON refuses

@@ -8,6 +8,8 @@ mod alloc;
 mod averaging;
 mod checkpoint;
 mod common;
+mod compact;
+mod compact_reference;
 mod errors;
 mod files;
 mod freeze;

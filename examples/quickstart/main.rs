@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray_optim::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, LbfgsOptions, LineSearch, Lion,
     Momentum, Muon, NAdam, Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW,
-    ScheduleFreeSgd, Sgd,
+    ScheduleFreeSgd, Sgd, StatePrecision,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -51,6 +51,10 @@ fn contestants() -> Vec<Contestant> {
         Contestant::new("rmsprop", RmsProp { lr: 0.005, ..RmsProp::default() }),
         Contestant::new("adam", Adam { lr: 0.01, ..Adam::default() }),
         Contestant::new("adamw", AdamW { lr: 0.01, ..AdamW::default() }),
+        // Moments in block-wise 8 bits for tensors of 4,096 elements and more (the hidden
+        // weight matrix), as bitsandbytes' and torchao's 8-bit AdamW keep them.
+        Contestant::new("adamw-8bit", AdamW { lr: 0.01, ..AdamW::default() })
+            .with_state(StatePrecision::INT8),
         Contestant::new("adamax", Adamax { lr: 0.01, ..Adamax::default() }),
         Contestant::new("nadam", NAdam { lr: 0.01, ..NAdam::default() }),
         Contestant::new("radam", RAdam { lr: 0.01, ..RAdam::default() }),

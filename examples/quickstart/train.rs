@@ -5,7 +5,9 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use ndarray::Axis;
-use ndarray_optim::{Lbfgs, LbfgsOptions, Optimizer, Rule, UpdateRule};
+use ndarray_optim::{
+    DEFAULT_GROUP, Lbfgs, LbfgsOptions, Optimizer, Rule, StatePrecision, UpdateRule,
+};
 
 use crate::digits::Digits;
 use crate::mlp::Mlp;
@@ -78,7 +80,8 @@ pub struct Outcome {
 enum Method {
     /// Mini-batch steps of `rule`, and optionally of another rule for the hidden layer's
     /// weight matrix (Muon's recipe: Muon for hidden matrices, AdamW for the rest).
-    MiniBatch { rule: Rule, hidden_matrix: Option<Rule> },
+    /// The state is kept in `state` precision.
+    MiniBatch { rule: Rule, hidden_matrix: Option<Rule>, state: StatePrecision },
     /// L-BFGS on the whole training set, one `step` (up to `max_iter` iterations) per epoch.
     FullBatch(LbfgsOptions),
 }
@@ -92,7 +95,8 @@ pub struct Contestant {
 impl Contestant {
     /// A contestant that trains every tensor with `rule`.
     pub fn new(label: &'static str, rule: impl Into<Rule>) -> Contestant {
-        Contestant { label, method: Method::MiniBatch { rule: rule.into(), hidden_matrix: None } }
+        let (rule, hidden_matrix, state) = (rule.into(), None, StatePrecision::Full);
+        Contestant { label, method: Method::MiniBatch { rule, hidden_matrix, state } }
     }
 
     /// A contestant that trains with L-BFGS on the whole training set.
@@ -108,13 +112,21 @@ impl Contestant {
         self
     }
 
+    /// The same, with the optimizer's state kept in `precision`.
+    pub fn with_state(mut self, precision: StatePrecision) -> Contestant {
+        if let Method::MiniBatch { state, .. } = &mut self.method {
+            *state = precision;
+        }
+        self
+    }
+
     /// The learning rates, as the table shows them.
     pub fn lr(&self) -> String {
         match &self.method {
-            Method::MiniBatch { rule, hidden_matrix: Some(matrix) } => {
+            Method::MiniBatch { rule, hidden_matrix: Some(matrix), .. } => {
                 format!("{} / {}", matrix.options().lr, rule.options().lr)
             }
-            Method::MiniBatch { rule, hidden_matrix: None } => rule.options().lr.to_string(),
+            Method::MiniBatch { rule, hidden_matrix: None, .. } => rule.options().lr.to_string(),
             Method::FullBatch(options) => options.lr.to_string(),
         }
     }
@@ -124,8 +136,8 @@ impl Contestant {
     /// step.
     pub fn run(&self, setup: &Setup, tick: &dyn Fn()) -> Result<Outcome, Box<dyn Error>> {
         match &self.method {
-            Method::MiniBatch { rule, hidden_matrix } => {
-                run_mini_batch(optimizer(*rule, *hidden_matrix)?, setup, tick)
+            Method::MiniBatch { rule, hidden_matrix, state } => {
+                run_mini_batch(optimizer(*rule, *hidden_matrix, *state)?, setup, tick)
             }
             Method::FullBatch(options) => run_full_batch(*options, setup, tick),
         }
@@ -134,10 +146,11 @@ impl Contestant {
 
 /// An optimizer for the network: `rule` for the hidden layer (or `hidden_matrix` for its
 /// weight), and the output layer in a group of its own whose learning rate is scaled by
-/// [`OUTPUT_LR_SCALE`].
+/// [`OUTPUT_LR_SCALE`]; every group keeps its state in `state` precision.
 fn optimizer(
     rule: Rule,
     hidden_matrix: Option<Rule>,
+    state: StatePrecision,
 ) -> Result<Optimizer<Rule, f32>, Box<dyn Error>> {
     let mut output = rule;
     // A rule with one step size for the whole model (Prodigy) needs every group at one rate,
@@ -152,6 +165,9 @@ fn optimizer(
     if let Some(matrix) = hidden_matrix {
         optimizer.add_group(HIDDEN_MATRIX_GROUP, matrix)?;
         optimizer.assign(HIDDEN_WEIGHT, HIDDEN_MATRIX_GROUP)?;
+    }
+    for group in [DEFAULT_GROUP, OUTPUT_GROUP] {
+        optimizer.set_state_precision(group, state)?;
     }
     Ok(optimizer)
 }

@@ -171,6 +171,7 @@ where
     let record = match header.version {
         1 => T::from_v1(decode_payload(payload, encoding)?),
         2 => T::from_v2(decode_payload(payload, encoding)?),
+        3 => T::from_v3(decode_payload(payload, encoding)?),
         _ => decode_payload::<T>(payload, encoding)?,
     };
     // The header vouches for the payload only if both say the same.

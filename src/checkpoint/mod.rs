@@ -125,17 +125,21 @@
 //! | 1 | the first format |
 //! | 2 | each group's frozen flag ([`GroupRecord::frozen`]); the groups of version 1 read as not frozen |
 //! | 3 | the optimizer-wide shared scalars of a rule with a [reduction](UpdateRule::reduction) ([`Checkpoint::shared`]), and the rule [`Prodigy`](crate::Prodigy) in [`Rule`](crate::Rule); checkpoints of versions 1 and 2 read with none |
+//! | 4 | each group's [state precision](GroupRecord::state_precision), and low-precision buffers in their stored form ([`BufferRecord::stored`]); checkpoints of versions 1 to 3 read in full precision |
 
 use ndarray::Order;
 
 use crate::buffer::AlignedBuffer;
 use crate::check::check_lr;
 use crate::clip::Clip;
+use crate::compact::{BLOCK, Compact, QuantMap, StatePrecision, StoredRef};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::NonFinite;
 use crate::optimizer::Optimizer;
-use crate::registry::{DEFAULT_GROUP, ParamGroup, Registry, Slot, TensorState};
+use crate::registry::{
+    DEFAULT_GROUP, ParamGroup, Registry, Slot, TensorState, check_precision, quant_maps,
+};
 use crate::rule::UpdateRule;
 use crate::slots::Slots;
 
@@ -163,7 +167,7 @@ pub const FORMAT: &str = "ndarray-optim";
 pub const TRAINING_FORMAT: &str = "ndarray-optim-training";
 
 /// The format version this build writes. It reads every version from 1 up to this one.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// An optimizer's complete state: rule, hyperparameters, current learning rate and frozen
 /// flag of every group, every named tensor's group, step count and buffers, and the
@@ -262,6 +266,10 @@ pub struct GroupRecord<R> {
     /// written, since postcard has no optional fields; JSON without it reads as not frozen).
     #[cfg_attr(feature = "serde", serde(default))]
     pub frozen: bool,
+    /// How the group keeps its tensors' per-element state (since format version 4; always
+    /// written; JSON without it reads as full precision).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub state_precision: StatePrecision,
 }
 
 impl<R: Clone> GroupRecord<R> {
@@ -272,6 +280,7 @@ impl<R: Clone> GroupRecord<R> {
             hyper: group.hyper.clone(),
             lr: group.scheduled_lr,
             frozen: group.frozen,
+            state_precision: group.state_precision,
         }
     }
 }
@@ -325,8 +334,42 @@ pub struct ScalarRecord {
 pub struct BufferRecord<A> {
     /// The buffer's name, e.g. `"exp_avg"`.
     pub name: String,
-    /// Its values in row-major order.
+    /// Its values in row-major order; empty for a buffer kept in low precision.
     pub values: Vec<A>,
+    /// A buffer kept in low precision, as stored (since format version 4; always written;
+    /// JSON without it reads as `None`, full precision).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub stored: Option<StoredValues>,
+}
+
+impl From<StoredRef<'_>> for StoredValues {
+    fn from(stored: StoredRef<'_>) -> Self {
+        match stored {
+            StoredRef::Bf16 { bits } => StoredValues::Bf16 { bits: bits.to_vec() },
+            StoredRef::Int8 { codes, scales } => {
+                StoredValues::Int8 { codes: codes.to_vec(), scales: scales.to_vec() }
+            }
+        }
+    }
+}
+
+/// A per-element buffer kept in low precision ([`StatePrecision`]), in a [`BufferRecord`]:
+/// what the optimizer holds, so that a resumed run continues bit for bit.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum StoredValues {
+    /// bfloat16 bits, in row-major order.
+    Bf16 {
+        /// One per element.
+        bits: Vec<u16>,
+    },
+    /// Block-wise 8-bit codes ([`crate::compact`]).
+    Int8 {
+        /// One per element, in row-major order.
+        codes: Vec<u8>,
+        /// One per block of [`BLOCK`](crate::compact::BLOCK) codes.
+        scales: Vec<f32>,
+    },
 }
 
 fn invalid_state(param: &str, reason: String) -> Error {
@@ -390,10 +433,74 @@ pub(crate) fn representable(shape: &[usize]) -> bool {
         .is_some_and(|product| isize::try_from(product).is_ok())
 }
 
+/// Refuses a low-precision buffer of another format or length than its tensor needs, with
+/// a negative scale, or with negative values where the rule keeps them non-negative.
+fn check_stored<R: UpdateRule, A: Element>(
+    hyper: &R,
+    param: &str,
+    buffer: &BufferRecord<A>,
+    precision: StatePrecision,
+    len: usize,
+    map: QuantMap,
+) -> Result<()> {
+    let name = &buffer.name;
+    let fault = match (buffer.stored.as_ref(), precision) {
+        _ if !buffer.values.is_empty() => {
+            Some(format!("buffer `{name}` has both values and stored values"))
+        }
+        (Some(StoredValues::Bf16 { bits }), StatePrecision::Bf16) => (bits.len() != len)
+            .then(|| format!("buffer `{name}` has {} values, {len} needed", bits.len())),
+        (Some(StoredValues::Int8 { codes, scales }), StatePrecision::Int8 { .. }) => {
+            if codes.len() != len || scales.len() != len.div_ceil(BLOCK) {
+                Some(format!(
+                    "buffer `{name}` has {} codes and {} scales, {len} and {} needed",
+                    codes.len(),
+                    scales.len(),
+                    len.div_ceil(BLOCK)
+                ))
+            } else {
+                scales
+                    .iter()
+                    .any(|&scale| scale < 0.0)
+                    .then(|| format!("buffer `{name}` has a negative scale"))
+            }
+        }
+        (_, precision) => Some(format!("buffer `{name}` is stored otherwise than {precision:?}")),
+    };
+    if let Some(fault) = fault {
+        return Err(invalid_state(param, fault));
+    }
+    let stored = buffer.stored.as_ref().expect("checked to be stored");
+    let compact = joined(&[stored], vec![map]);
+    let mut values = vec![A::zero(); len];
+    compact.decode(len, &mut values);
+    check_buffer(hyper, param, name, values.into_iter())
+}
+
+/// Low-precision buffers, one after the other, as the registry keeps them.
+fn joined(buffers: &[&StoredValues], maps: Vec<QuantMap>) -> Compact {
+    let mut bits: Vec<u16> = Vec::new();
+    let (mut codes, mut scales): (Vec<u8>, Vec<f32>) = (Vec::new(), Vec::new());
+    for stored in buffers {
+        match stored {
+            StoredValues::Bf16 { bits: more } => bits.extend(more),
+            StoredValues::Int8 { codes: more, scales: blocks } => {
+                codes.extend(more);
+                scales.extend(blocks);
+            }
+        }
+    }
+    match buffers.first() {
+        Some(StoredValues::Bf16 { .. }) => Compact::Bf16 { bits: AlignedBuffer::from_slice(&bits) },
+        _ => Compact::Int8 { codes: AlignedBuffer::from_slice(&codes), scales, maps },
+    }
+}
+
 fn restore_state<A: Element, R: UpdateRule>(
     param: &str,
     record: StateRecord<A>,
     hyper: &R,
+    precision: StatePrecision,
 ) -> Result<TensorState<A>> {
     check_step(param, record.step)?;
     let rule = hyper.name();
@@ -432,26 +539,51 @@ fn restore_state<A: Element, R: UpdateRule>(
             ),
         ));
     }
-    for (buffer, &(_, len)) in record.buffers.iter().zip(&expected) {
-        if buffer.values.len() != len {
-            return Err(invalid_state(
-                param,
-                format!(
-                    "buffer `{}` has {} values, shape {:?} needs {len}",
-                    buffer.name,
-                    buffer.values.len(),
-                    record.shape
-                ),
-            ));
+    let precision = precision.for_numel(numel);
+    let maps = quant_maps(hyper);
+    let mut compact = Vec::new();
+    for (index, (buffer, &(_, len))) in record.buffers.iter().zip(&expected).enumerate() {
+        let low = index < state_names.len() && precision != StatePrecision::Full;
+        match (&buffer.stored, low) {
+            (None, false) => {
+                if buffer.values.len() != len {
+                    return Err(invalid_state(
+                        param,
+                        format!(
+                            "buffer `{}` has {} values, shape {:?} needs {len}",
+                            buffer.name,
+                            buffer.values.len(),
+                            record.shape
+                        ),
+                    ));
+                }
+                check_buffer(hyper, param, &buffer.name, buffer.values.iter().copied())?;
+            }
+            (Some(stored), true) => {
+                compact.push(stored);
+                check_stored::<R, A>(hyper, param, buffer, precision, len, maps[index])?;
+            }
+            (stored, _) => {
+                let kind = if stored.is_some() { "in low precision" } else { "in full precision" };
+                return Err(invalid_state(
+                    param,
+                    format!(
+                        "buffer `{}` is stored {kind}, its group keeps {precision:?}",
+                        buffer.name
+                    ),
+                ));
+            }
         }
-        check_buffer(hyper, param, &buffer.name, buffer.values.iter().copied())?;
     }
     for scalar in &record.scalars {
         check_scalar(hyper, param, &scalar.name, scalar.value)?;
     }
-    let mut buffers = AlignedBuffer::filled(expected.iter().map(|&(_, len)| len).sum(), A::zero());
+    let compact = (!compact.is_empty()).then(|| joined(&compact, maps));
+    let full = record.buffers.iter().filter(|buffer| buffer.stored.is_none());
+    let mut buffers =
+        AlignedBuffer::filled(full.clone().map(|buffer| buffer.values.len()).sum(), A::zero());
     let mut rest = &mut buffers[..];
-    for buffer in &record.buffers {
+    for buffer in full {
         let (part, tail) = rest.split_at_mut(buffer.values.len());
         part.copy_from_slice(&buffer.values);
         rest = tail;
@@ -463,6 +595,7 @@ fn restore_state<A: Element, R: UpdateRule>(
         order: Order::RowMajor,
         order_pending: true,
         buffers,
+        compact,
         elementwise: state_names.len(),
         shaped_layout: shaped,
         scalars: record.scalars.iter().map(|scalar| scalar.value).collect(),
@@ -482,9 +615,18 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                     shape: shape.to_vec(),
                     buffers: tensor
                         .buffers()
-                        .map(|(name, values)| BufferRecord {
-                            name: name.to_owned(),
-                            values: values.iter().copied().collect(),
+                        .enumerate()
+                        .map(|(index, (name, values))| match tensor.stored(index) {
+                            Some(stored) => BufferRecord {
+                                name: name.to_owned(),
+                                values: Vec::new(),
+                                stored: Some(StoredValues::from(stored)),
+                            },
+                            None => BufferRecord {
+                                name: name.to_owned(),
+                                values: values.iter().copied().collect(),
+                                stored: None,
+                            },
                         })
                         .collect(),
                     scalars: tensor
@@ -564,8 +706,8 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         if let Some(clip) = &clip {
             clip.validate()?;
         }
-        let scheduled: Vec<(Option<f64>, bool)> =
-            groups.iter().map(|group| (group.lr, group.frozen)).collect();
+        let scheduled: Vec<(Option<f64>, bool, StatePrecision)> =
+            groups.iter().map(|group| (group.lr, group.frozen, group.state_precision)).collect();
         let mut groups = groups.into_iter();
         let default = match groups.next() {
             Some(first) if first.name == DEFAULT_GROUP => first.hyper,
@@ -575,19 +717,23 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         for group in groups {
             registry.add_group(&group.name, group.hyper)?;
         }
-        for (group, (lr, frozen)) in registry.groups.iter_mut().zip(scheduled) {
+        for (group, (lr, frozen, precision)) in registry.groups.iter_mut().zip(scheduled) {
             if let Some(lr) = lr {
                 check_lr(group.hyper.name(), lr)?;
             }
+            check_precision::<R, A>(&group.name, &group.hyper, precision)?;
             group.scheduled_lr = lr;
             group.frozen = frozen;
+            group.state_precision = precision;
         }
         let mut slots = Slots::with_capacity(tensors.len());
         for record in tensors {
             let group = registry.group_index(&record.group)?;
-            let hyper = &registry.groups[group].hyper;
-            let tensor =
-                record.state.map(|state| restore_state(&record.name, state, hyper)).transpose()?;
+            let (hyper, precision) =
+                (&registry.groups[group].hyper, registry.groups[group].state_precision);
+            let tensor = (record.state)
+                .map(|state| restore_state(&record.name, state, hyper, precision))
+                .transpose()?;
             if slots.contains_key(&record.name) {
                 return Err(Error::DuplicateParam { param: record.name, in_what: "checkpoint" });
             }
@@ -663,11 +809,12 @@ pub(crate) fn check_kind<R: UpdateRule, A: Element>(
 
 #[cfg(feature = "serde")]
 pub(crate) mod serde_impl {
-    use ndarray::{ArrayView, IxDyn};
-    use serde::ser::SerializeStruct;
+    use ndarray::{CowArray, IxDyn};
+    use serde::ser::{SerializeStruct, SerializeStructVariant};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::{Checkpoint, FORMAT, GroupRecord, VERSION};
+    use crate::compact::StoredRef;
 
     use crate::clip::Clip;
     use crate::inspect::TensorView;
@@ -764,10 +911,9 @@ pub(crate) mod serde_impl {
             let mut record = serializer.serialize_struct("StateRecord", 4)?;
             record.serialize_field("step", &self.step)?;
             record.serialize_field("shape", self.shape)?;
-            record.serialize_field(
-                "buffers",
-                &Seq(|| tensor.buffers().map(|(name, values)| Buffer { name, values })),
-            )?;
+            let buffer =
+                |(index, (name, values))| Buffer { name, values, stored: tensor.stored(index) };
+            record.serialize_field("buffers", &Seq(|| tensor.buffers().enumerate().map(buffer)))?;
             record.serialize_field(
                 "scalars",
                 &Seq(|| tensor.scalars().map(|(name, value)| Scalar { name, value })),
@@ -776,18 +922,47 @@ pub(crate) mod serde_impl {
         }
     }
 
-    /// A [`BufferRecord`](super::BufferRecord), its values in row-major order.
+    /// A [`BufferRecord`](super::BufferRecord), its values in row-major order, or none and
+    /// the stored ones.
     struct Buffer<'a, A> {
         name: &'static str,
-        values: ArrayView<'a, A, IxDyn>,
+        values: CowArray<'a, A, IxDyn>,
+        stored: Option<StoredRef<'a>>,
     }
 
     impl<A: Element + Serialize> Serialize for Buffer<'_, A> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut record = serializer.serialize_struct("BufferRecord", 2)?;
+            let mut record = serializer.serialize_struct("BufferRecord", 3)?;
             record.serialize_field("name", self.name)?;
-            record.serialize_field("values", &Seq(|| self.values.iter()))?;
+            match self.stored {
+                Some(_) => record.serialize_field("values", &[] as &[A])?,
+                None => record.serialize_field("values", &Seq(|| self.values.iter()))?,
+            }
+            record.serialize_field("stored", &self.stored.map(Stored))?;
             record.end()
+        }
+    }
+
+    /// A [`StoredValues`](super::StoredValues), borrowed.
+    struct Stored<'a>(StoredRef<'a>);
+
+    impl Serialize for Stored<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                StoredRef::Bf16 { bits } => {
+                    let mut variant =
+                        serializer.serialize_struct_variant("StoredValues", 0, "Bf16", 1)?;
+                    variant.serialize_field("bits", bits)?;
+                    variant.end()
+                }
+                StoredRef::Int8 { codes, scales } => {
+                    let mut variant =
+                        serializer.serialize_struct_variant("StoredValues", 1, "Int8", 2)?;
+                    variant.serialize_field("codes", codes)?;
+                    variant.serialize_field("scales", scales)?;
+                    variant.end()
+                }
+            }
         }
     }
 

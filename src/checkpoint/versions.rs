@@ -6,8 +6,11 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Checkpoint, GroupRecord, TensorRecord, TrainingState};
+use super::{
+    BufferRecord, Checkpoint, GroupRecord, ScalarRecord, StateRecord, TensorRecord, TrainingState,
+};
 use crate::clip::Clip;
+use crate::compact::StatePrecision;
 use crate::guard::NonFinite;
 
 /// A record of a file: read in the layout of the format version its header names.
@@ -24,6 +27,12 @@ pub(super) trait Versioned<R, A>: DeserializeOwned {
     /// The record of a version 2 file in this version's layout.
     fn from_v2(v2: Self::V2) -> Self;
 
+    /// The record as format version 3 laid it out.
+    type V3: DeserializeOwned;
+
+    /// The record of a version 3 file in this version's layout.
+    fn from_v3(v3: Self::V3) -> Self;
+
     /// The optimizer's checkpoint in the record.
     fn checkpoint(&self) -> &Checkpoint<R, A>;
 }
@@ -37,7 +46,7 @@ pub(super) struct CheckpointV1<R, A> {
     rule: String,
     dtype: String,
     groups: Vec<GroupRecordV1<R>>,
-    tensors: Vec<TensorRecord<A>>,
+    tensors: Vec<TensorRecordV3<A>>,
     #[serde(default, with = "super::stored_clip")]
     clip: Option<Clip>,
     #[serde(default)]
@@ -52,8 +61,8 @@ pub(super) struct CheckpointV2<R, A> {
     version: u32,
     rule: String,
     dtype: String,
-    groups: Vec<GroupRecord<R>>,
-    tensors: Vec<TensorRecord<A>>,
+    groups: Vec<GroupRecordV3<R>>,
+    tensors: Vec<TensorRecordV3<A>>,
     #[serde(default, with = "super::stored_clip")]
     clip: Option<Clip>,
     #[serde(default)]
@@ -75,12 +84,119 @@ impl<R, A> From<CheckpointV2<R, A>> for Checkpoint<R, A> {
             version: v2.version,
             rule: v2.rule,
             dtype: v2.dtype,
-            groups: v2.groups,
-            tensors: v2.tensors,
+            groups: v2.groups.into_iter().map(GroupRecord::from).collect(),
+            tensors: v2.tensors.into_iter().map(TensorRecord::from).collect(),
             clip: v2.clip,
             non_finite: v2.non_finite,
             shared: Vec::new(),
         }
+    }
+}
+
+/// A [`Checkpoint`] of version 3: no state precisions, every buffer in full precision.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckpointV3<R, A> {
+    format: String,
+    version: u32,
+    rule: String,
+    dtype: String,
+    groups: Vec<GroupRecordV3<R>>,
+    tensors: Vec<TensorRecordV3<A>>,
+    #[serde(default, with = "super::stored_clip")]
+    clip: Option<Clip>,
+    #[serde(default)]
+    non_finite: NonFinite,
+    #[serde(default)]
+    shared: Vec<ScalarRecord>,
+}
+
+/// A [`TrainingState`] of version 3.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrainingStateV3<R, A, E> {
+    optimizer: CheckpointV3<R, A>,
+    extras: E,
+}
+
+impl<R, A> From<CheckpointV3<R, A>> for Checkpoint<R, A> {
+    fn from(v3: CheckpointV3<R, A>) -> Self {
+        Checkpoint {
+            format: v3.format,
+            version: v3.version,
+            rule: v3.rule,
+            dtype: v3.dtype,
+            groups: v3.groups.into_iter().map(GroupRecord::from).collect(),
+            tensors: v3.tensors.into_iter().map(TensorRecord::from).collect(),
+            clip: v3.clip,
+            non_finite: v3.non_finite,
+            shared: v3.shared,
+        }
+    }
+}
+
+/// A [`GroupRecord`] of versions 2 and 3.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupRecordV3<R> {
+    name: String,
+    hyper: R,
+    #[serde(default)]
+    lr: Option<f64>,
+    #[serde(default)]
+    frozen: bool,
+}
+
+impl<R> From<GroupRecordV3<R>> for GroupRecord<R> {
+    fn from(v3: GroupRecordV3<R>) -> Self {
+        let GroupRecordV3 { name, hyper, lr, frozen } = v3;
+        GroupRecord { name, hyper, lr, frozen, state_precision: StatePrecision::Full }
+    }
+}
+
+/// A [`TensorRecord`] of versions 1 to 3.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorRecordV3<A> {
+    name: String,
+    group: String,
+    state: Option<StateRecordV3<A>>,
+}
+
+/// A [`StateRecord`] of versions 1 to 3.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateRecordV3<A> {
+    step: u64,
+    shape: Vec<usize>,
+    buffers: Vec<BufferRecordV3<A>>,
+    #[serde(default)]
+    scalars: Vec<ScalarRecord>,
+}
+
+/// A [`BufferRecord`] of versions 1 to 3: values only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BufferRecordV3<A> {
+    name: String,
+    values: Vec<A>,
+}
+
+impl<A> From<TensorRecordV3<A>> for TensorRecord<A> {
+    fn from(v3: TensorRecordV3<A>) -> Self {
+        let state = v3.state.map(|state| StateRecord {
+            step: state.step,
+            shape: state.shape,
+            buffers: (state.buffers.into_iter())
+                .map(|buffer| BufferRecord {
+                    name: buffer.name,
+                    values: buffer.values,
+                    stored: None,
+                })
+                .collect(),
+            scalars: state.scalars,
+        });
+        TensorRecord { name: v3.name, group: v3.group, state }
     }
 }
 
@@ -112,6 +228,7 @@ impl<R, A> From<CheckpointV1<R, A>> for Checkpoint<R, A> {
                 hyper: group.hyper,
                 lr: group.lr,
                 frozen: false,
+                state_precision: StatePrecision::Full,
             })
             .collect();
         Checkpoint {
@@ -120,7 +237,7 @@ impl<R, A> From<CheckpointV1<R, A>> for Checkpoint<R, A> {
             rule: v1.rule,
             dtype: v1.dtype,
             groups,
-            tensors: v1.tensors,
+            tensors: v1.tensors.into_iter().map(TensorRecord::from).collect(),
             clip: v1.clip,
             non_finite: v1.non_finite,
             shared: Vec::new(),
@@ -145,6 +262,12 @@ where
         v2.into()
     }
 
+    type V3 = CheckpointV3<R, A>;
+
+    fn from_v3(v3: Self::V3) -> Self {
+        v3.into()
+    }
+
     fn checkpoint(&self) -> &Checkpoint<R, A> {
         self
     }
@@ -166,6 +289,12 @@ where
 
     fn from_v2(v2: Self::V2) -> Self {
         TrainingState { optimizer: v2.optimizer.into(), extras: v2.extras }
+    }
+
+    type V3 = TrainingStateV3<R, A, E>;
+
+    fn from_v3(v3: Self::V3) -> Self {
+        TrainingState { optimizer: v3.optimizer.into(), extras: v3.extras }
     }
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {

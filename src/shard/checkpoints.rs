@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::invalid;
 use super::plan::ShardPlan;
 use crate::checkpoint::{BufferRecord, Checkpoint, GroupRecord, StateRecord, TensorRecord};
+use crate::compact::StatePrecision;
 use crate::error::Result;
 use crate::rule::UpdateRule;
 
@@ -247,6 +248,14 @@ fn cut<R: UpdateRule, A: Clone>(
     plan: &ShardPlan,
 ) -> Result<Vec<(usize, TensorRecord<A>)>> {
     let name = &tensor.name;
+    let low_precision = |g: &GroupRecord<R>| g.state_precision != StatePrecision::Full;
+    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && low_precision(g)) {
+        return Err(invalid(format!(
+            "tensor `{name}` is in group `{}`, which keeps its state in low precision: it \
+             cannot be cut between ranks",
+            group.name
+        )));
+    }
     if let Some(group) = groups.iter().find(|g| g.name == tensor.group && !g.hyper.elementwise()) {
         return Err(invalid(format!(
             "tensor `{name}` is in group `{}`, whose rule `{}` does not update element by \
@@ -272,6 +281,7 @@ fn cut<R: UpdateRule, A: Clone>(
             .map(|buffer| BufferRecord {
                 name: buffer.name.clone(),
                 values: buffer.values[elements.clone()].to_vec(),
+                stored: None,
             })
             .collect(),
         scalars: state.scalars.clone(),

@@ -6,6 +6,7 @@ use super::checkpoints::share;
 use super::invalid;
 use super::plan::ShardPlan;
 use crate::clip::Clip;
+use crate::compact::StatePrecision;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::exact_sum::PARTS;
@@ -190,6 +191,13 @@ fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<(
                  cannot step part of a tensor with it",
                 group.name(),
                 group.hyper.name()
+            )));
+        }
+        if group.state_precision() != StatePrecision::Full {
+            return Err(invalid(format!(
+                "group `{}` keeps its state in low precision, whose blocks a shard's cuts do \
+                 not follow: keep sharded state in full precision",
+                group.name()
             )));
         }
     }

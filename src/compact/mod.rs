@@ -1,0 +1,185 @@
+//! Optimizer state in fewer bytes: per-element buffers kept as bfloat16 or as block-wise
+//! 8-bit codes, opt-in per group with
+//! [`Optimizer::set_state_precision`](crate::Optimizer::set_state_precision).
+//!
+//! At main-memory sizes a step is a stream over the parameter, the gradient and the state,
+//! and its time is the bytes it moves. Adam's `f32` state is 8 of the 20 bytes a step reads
+//! per element and 8 of the 12 it writes; stored as bfloat16 it is half that, as 8-bit codes
+//! a quarter (plus one `f32` scale per [`BLOCK`] values).
+//!
+//! The arithmetic does not change: a step expands each block of state to the element type,
+//! runs the rule's update on it exactly as for full-precision state (the parameter moves by
+//! the full-precision moments of this step) and stores the new values back rounded:
+//!
+//! - [`StatePrecision::Bf16`]: to the nearest bfloat16, ties to even ([`bf16_bits`]).
+//! - [`StatePrecision::Int8`]: in blocks of [`BLOCK`] values in row-major order, each
+//!   scaled by its largest magnitude and mapped to the nearest of 256 entries of a dynamic
+//!   map ([`quantize_block`]): bitsandbytes' and torchao's 8-bit optimizers (Dettmers et al.
+//!   2022). Buffers the rule keeps non-negative (second moments) use the unsigned map, the
+//!   others the signed one. Tensors of fewer than `min_numel` elements keep full-precision
+//!   state, as both libraries do below 4,096.
+//!
+//! The stored bytes and scales are the state: checkpoints keep them as they are, so a
+//! resumed run continues bit for bit, and [`TensorView::bytes`](crate::TensorView::bytes)
+//! counts them. Views of the buffers ([`TensorView::buffer`](crate::TensorView::buffer))
+//! show the values a step would expand them to.
+
+mod bf16;
+mod int8;
+
+pub use bf16::{bf16_bits, bf16_value};
+pub use int8::{BLOCK, QuantMap, dequantize_block, quantize_block};
+pub(crate) use int8::{decode, encode};
+
+use crate::buffer::AlignedBuffer;
+use crate::element::Element;
+
+/// How a group keeps the per-element state of its tensors.
+///
+/// ```
+/// use ndarray::Array2;
+/// use ndarray_optim::{AdamW, Optimizer, StatePrecision};
+///
+/// let mut opt = Optimizer::new(AdamW::default())?;
+/// opt.set_state_precision("default", StatePrecision::INT8)?;
+/// let mut w = Array2::<f32>::zeros((128, 64));
+/// opt.step("w", &mut w, &Array2::from_elem((128, 64), 0.5))?;
+/// // Two buffers of one byte per element, and one f32 scale per 256 elements each.
+/// assert_eq!(opt.state_bytes(), 2 * (128 * 64) + 2 * 4 * (128 * 64 / 256));
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum StatePrecision {
+    /// The element type itself (the default).
+    #[default]
+    Full,
+    /// bfloat16: 2 bytes per value, 8 bits of precision, the element type's range for
+    /// `f32`.
+    Bf16,
+    /// Block-wise 8-bit codes for tensors of at least `min_numel` elements; full precision
+    /// for smaller ones.
+    Int8 {
+        /// The size below which a tensor keeps full-precision state.
+        min_numel: usize,
+    },
+}
+
+impl StatePrecision {
+    /// 8-bit state from 4,096 elements on, the threshold of bitsandbytes and torchao.
+    pub const INT8: StatePrecision = StatePrecision::Int8 { min_numel: 4096 };
+
+    /// The storage a tensor of `numel` elements gets.
+    pub(crate) fn for_numel(self, numel: usize) -> StatePrecision {
+        match self {
+            StatePrecision::Int8 { min_numel } if numel < min_numel => StatePrecision::Full,
+            precision => precision,
+        }
+    }
+}
+
+/// The per-element buffers of one tensor in low precision, each in row-major order, one
+/// after the other.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Compact {
+    /// bfloat16 bits.
+    Bf16 { bits: AlignedBuffer<u16> },
+    /// 8-bit codes, and one scale per block of each buffer (buffer by buffer).
+    Int8 { codes: AlignedBuffer<u8>, scales: Vec<f32>, maps: Vec<QuantMap> },
+}
+
+impl Compact {
+    /// `buffers` buffers of `numel` values each (row-major, one after the other) stored in
+    /// `precision`, which is not [`StatePrecision::Full`]; `maps` gives each buffer's map.
+    pub(crate) fn encode<A: Element>(
+        precision: StatePrecision,
+        values: &[A],
+        numel: usize,
+        maps: Vec<QuantMap>,
+    ) -> Compact {
+        match precision {
+            StatePrecision::Bf16 => {
+                let mut bits = AlignedBuffer::filled(values.len(), 0);
+                for (bits, &value) in bits.iter_mut().zip(values) {
+                    *bits = bf16_bits(value.into_f64() as f32);
+                }
+                Compact::Bf16 { bits }
+            }
+            StatePrecision::Int8 { .. } => {
+                let mut codes = AlignedBuffer::filled(values.len(), 0);
+                let mut scales = Vec::with_capacity(maps.len() * numel.div_ceil(BLOCK));
+                let buffers = values.chunks(numel.max(1)).zip(codes.chunks_mut(numel.max(1)));
+                for ((values, codes), &map) in buffers.zip(&maps) {
+                    let blocks = values.chunks(BLOCK).zip(codes.chunks_mut(BLOCK));
+                    scales.extend(blocks.map(|(values, codes)| encode(values, map, codes)));
+                }
+                Compact::Int8 { codes, scales, maps }
+            }
+            StatePrecision::Full => unreachable!("full-precision state is not compact"),
+        }
+    }
+
+    /// Every buffer's values in the element type, one after the other, into `values`.
+    pub(crate) fn decode<A: Element>(&self, numel: usize, values: &mut [A]) {
+        match self {
+            Compact::Bf16 { bits } => {
+                for (value, &bits) in values.iter_mut().zip(bits.iter()) {
+                    *value = A::from_f64(f64::from(bf16_value(bits)));
+                }
+            }
+            Compact::Int8 { codes, scales, maps } => {
+                let blocks = numel.div_ceil(BLOCK);
+                let buffers = values.chunks_mut(numel.max(1)).zip(codes.chunks(numel.max(1)));
+                for (index, ((values, codes), &map)) in buffers.zip(maps).enumerate() {
+                    let scales = &scales[index * blocks..(index + 1) * blocks];
+                    let blocks = values.chunks_mut(BLOCK).zip(codes.chunks(BLOCK));
+                    for ((values, codes), &scale) in blocks.zip(scales) {
+                        decode(codes, scale, map, values);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the values are stored as `precision` stores them.
+    pub(crate) fn holds(&self, precision: StatePrecision) -> bool {
+        matches!(
+            (self, precision),
+            (Compact::Bf16 { .. }, StatePrecision::Bf16)
+                | (Compact::Int8 { .. }, StatePrecision::Int8 { .. })
+        )
+    }
+
+    /// Bytes the stored values and scales occupy.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Compact::Bf16 { bits } => bits.len() * size_of::<u16>(),
+            Compact::Int8 { codes, scales, .. } => codes.len() + scales.len() * size_of::<f32>(),
+        }
+    }
+}
+
+/// One low-precision buffer as stored, borrowed: what a checkpoint writes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StoredRef<'a> {
+    Bf16 { bits: &'a [u16] },
+    Int8 { codes: &'a [u8], scales: &'a [f32] },
+}
+
+impl Compact {
+    /// Per-element buffer `index` of a tensor of `numel` elements, as stored.
+    pub(crate) fn stored(&self, index: usize, numel: usize) -> StoredRef<'_> {
+        match self {
+            Compact::Bf16 { bits } => {
+                StoredRef::Bf16 { bits: &bits[index * numel..(index + 1) * numel] }
+            }
+            Compact::Int8 { codes, scales, .. } => {
+                let blocks = numel.div_ceil(BLOCK);
+                StoredRef::Int8 {
+                    codes: &codes[index * numel..(index + 1) * numel],
+                    scales: &scales[index * blocks..(index + 1) * blocks],
+                }
+            }
+        }
+    }
+}
