@@ -127,22 +127,18 @@ fn nearest_code(entries: &[f32; 256], buckets: &Buckets, y: f32) -> u8 {
         // |y| > 1 or NaN: above the map, the top entry; below it (or NaN), code 0.
         return if y > 0.0 { 255 } else { 0 };
     }
-    let below = if magnitude < MIN_BITS {
-        buckets.zero
-    } else {
-        let index = ((magnitude - MIN_BITS) >> SHIFT) as usize;
-        if bits >> 31 == 0 { buckets.positive[index] } else { buckets.negative[index] }
-    };
-    let below = usize::from(below);
-    let below = below + usize::from(below < 255 && y >= entries[below + 1]);
+    // Branch-free from here on: signs and roundings are as unpredictable as the data.
+    // Magnitudes below the first bucket share its entry: no entry lies between.
+    let bucket = (magnitude.saturating_sub(MIN_BITS) >> SHIFT) as usize;
+    let below = usize::from(buckets.below[(bits >> 31) as usize * BUCKETS + bucket]);
+    let below = below + usize::from((below < 255) & (y >= entries[(below + 1).min(255)]));
     let above = (below + 1).min(255);
     let (low, high) = (entries[below], entries[above]);
-    let code = if y - low >= (high - low) * 0.5 { above } else { below };
-    code as u8
+    (below + usize::from((below < 255) & (y - low >= (high - low) * 0.5))) as u8
 }
 
-/// Magnitudes below 2⁻³¹ share one bucket: they are far nearer to 0 than to the smallest
-/// non-zero entry (3.25 · 10⁻⁷), whatever the map.
+/// Magnitudes below 2⁻³¹ share the first bucket: no entry lies between them and it (the
+/// smallest non-zero entry is 3.25 · 10⁻⁷).
 const MIN_BITS: u32 = (127 - 31) << 23;
 /// The bits of 1.0, the largest magnitude the map covers.
 const ONE_BITS: u32 = 0x3F80_0000;
@@ -155,10 +151,8 @@ const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
 /// For every bucket of magnitudes, the code of the largest entry at or below the bucket's
 /// smallest value, per sign.
 struct Buckets {
-    positive: [u8; BUCKETS],
-    negative: [u8; BUCKETS],
-    /// The code of the entry 0, for magnitudes below 2⁻³¹.
-    zero: u8,
+    /// The buckets of positive values, then those of negative ones.
+    below: [u8; 2 * BUCKETS],
 }
 
 static SIGNED_BUCKETS: Buckets = buckets(&SIGNED);
@@ -167,7 +161,7 @@ static UNSIGNED_BUCKETS: Buckets = buckets(&UNSIGNED);
 /// The bucket tables of a map, checking that a bucket never holds two entries, so that one
 /// comparison after the lookup finds the entry at or below any value in it.
 const fn buckets(entries: &[f32; 256]) -> Buckets {
-    let mut table = Buckets { positive: [0; BUCKETS], negative: [0; BUCKETS], zero: 0 };
+    let mut table = Buckets { below: [0; 2 * BUCKETS] };
     // The largest code whose entry is at or below `y` (a binary search), or 0 if none is.
     const fn at_or_below(entries: &[f32; 256], y: f32) -> usize {
         let (mut low, mut high) = (0_usize, 255);
@@ -184,7 +178,6 @@ const fn buckets(entries: &[f32; 256]) -> Buckets {
     const fn check(entries: &[f32; 256], below: usize, highest: f32) {
         assert!(below + 2 > 255 || entries[below + 2] > highest, "a bucket holds two entries");
     }
-    table.zero = at_or_below(entries, 0.0) as u8;
     let mut index = 0;
     while index < BUCKETS {
         let low = MIN_BITS + ((index as u32) << SHIFT);
@@ -193,10 +186,10 @@ const fn buckets(entries: &[f32; 256]) -> Buckets {
             (f32::from_bits(low), f32::from_bits(if high > ONE_BITS { ONE_BITS } else { high }));
         let below = at_or_below(entries, low);
         check(entries, below, high);
-        table.positive[index] = below as u8;
+        table.below[index] = below as u8;
         let below = at_or_below(entries, -high);
         check(entries, below, -low);
-        table.negative[index] = below as u8;
+        table.below[BUCKETS + index] = below as u8;
         index += 1;
     }
     table
