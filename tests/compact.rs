@@ -184,6 +184,12 @@ fn low_precision_state_is_refused_where_it_is_not_defined() {
     assert!(matches!(refused, Error::UnsupportedStatePrecision { .. }), "{refused}");
 }
 
+/// A way through a checkpoint and back.
+type Route = fn(Optimizer<Adam, f32>) -> Optimizer<Adam, f32>;
+
+/// An edit of one stored buffer and its values.
+type Edit = fn(&mut ndarray_optim::checkpoint::StoredValues, &mut Vec<f32>);
+
 /// Six steps of two tensors, one group with 8-bit state and one with bfloat16, saved and
 /// restored after step `save_after` through `route`: the parameters and stored state end
 /// bit for bit as in the run without a break.
@@ -215,7 +221,7 @@ fn low_precision_state_resumes_bit_for_bit_from_checkpoints() {
     use ndarray_optim::Checkpoint;
     use ndarray_optim::checkpoint::Encoding;
 
-    let routes: [(&str, fn(Optimizer<Adam, f32>) -> Optimizer<Adam, f32>); 4] = [
+    let routes: [(&str, Route); 4] = [
         ("serde json", |opt| serde_json::from_slice(&serde_json::to_vec(&opt).unwrap()).unwrap()),
         ("serde postcard", |opt| {
             postcard::from_bytes(&postcard::to_stdvec(&opt).unwrap()).unwrap()
@@ -251,7 +257,7 @@ fn checkpoints_with_wrongly_stored_state_are_refused() {
     let good = opt.checkpoint();
     let record = good.tensors[0].state.as_ref().unwrap();
     assert!(record.buffers.iter().all(|buffer| buffer.values.is_empty()));
-    let edits: [(&str, fn(&mut StoredValues, &mut Vec<f32>)); 4] = [
+    let edits: [(&str, Edit); 4] = [
         ("a code too few", |stored, _| {
             if let StoredValues::Int8 { codes, .. } = stored {
                 codes.pop();

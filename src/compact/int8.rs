@@ -195,53 +195,6 @@ const fn buckets(entries: &[f32; 256]) -> Buckets {
     table
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// torchao's branchless binary search and rounding, step for step.
-    fn searched(entries: &[f32; 256], y: f32) -> u8 {
-        let mut code = 0;
-        for step in [128, 64, 32, 16, 8, 4, 2, 1] {
-            // The steps add up to 255 at most: the index stays in the map.
-            if y >= entries[code + step] {
-                code += step;
-            }
-        }
-        let up = (code + 1).min(255);
-        let (low, high) = (entries[code], entries[up]);
-        if y - low >= (high - low) * 0.5 { up as u8 } else { code as u8 }
-    }
-
-    #[test]
-    fn the_lookup_finds_the_code_the_search_finds() {
-        for map in [QuantMap::Signed, QuantMap::Unsigned] {
-            let (entries, buckets) = (map.values(), map.buckets());
-            // Every entry, every midpoint, their neighbours a few ulps away, and a sweep of
-            // bit patterns through [-1, 1].
-            let mut probes: Vec<f32> = Vec::new();
-            for pair in entries.windows(2) {
-                let middle = pair[0] + (pair[1] - pair[0]) * 0.5;
-                for point in [pair[0], middle, pair[1]] {
-                    for ulps in -3_i32..=3 {
-                        probes.push(f32::from_bits(point.to_bits().wrapping_add_signed(ulps)));
-                    }
-                }
-            }
-            probes.extend((0..=0x3F80_0000_u32).step_by(97).map(f32::from_bits));
-            probes.extend((0..=0x3F80_0000_u32).step_by(97).map(|bits| -f32::from_bits(bits)));
-            probes.extend([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, f32::NAN, 1e-40, -1e-40]);
-            for y in probes {
-                assert_eq!(
-                    nearest_code(entries, buckets, y),
-                    searched(entries, y),
-                    "{map:?} {y:e}"
-                );
-            }
-        }
-    }
-}
-
 /// torchao's signed dynamic map (`create_dynamic_map(signed=True)` as a `float32` tensor):
 /// ±0.1 to ±1 in seven decades from 10⁻⁶ up, finer in the upper ones, with 0 and 1.
 const SIGNED: [f32; 256] = [
@@ -763,3 +716,50 @@ const UNSIGNED: [f32; 256] = [
     0.9964844,
     1.0,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// torchao's branchless binary search and rounding, step for step.
+    fn searched(entries: &[f32; 256], y: f32) -> u8 {
+        let mut code = 0;
+        for step in [128, 64, 32, 16, 8, 4, 2, 1] {
+            // The steps add up to 255 at most: the index stays in the map.
+            if y >= entries[code + step] {
+                code += step;
+            }
+        }
+        let up = (code + 1).min(255);
+        let (low, high) = (entries[code], entries[up]);
+        if y - low >= (high - low) * 0.5 { up as u8 } else { code as u8 }
+    }
+
+    #[test]
+    fn the_lookup_finds_the_code_the_search_finds() {
+        for map in [QuantMap::Signed, QuantMap::Unsigned] {
+            let (entries, buckets) = (map.values(), map.buckets());
+            // Every entry, every midpoint, their neighbours a few ulps away, and a sweep of
+            // bit patterns through [-1, 1].
+            let mut probes: Vec<f32> = Vec::new();
+            for pair in entries.windows(2) {
+                let middle = pair[0] + (pair[1] - pair[0]) * 0.5;
+                for point in [pair[0], middle, pair[1]] {
+                    for ulps in -3_i32..=3 {
+                        probes.push(f32::from_bits(point.to_bits().wrapping_add_signed(ulps)));
+                    }
+                }
+            }
+            probes.extend((0..=0x3F80_0000_u32).step_by(97).map(f32::from_bits));
+            probes.extend((0..=0x3F80_0000_u32).step_by(97).map(|bits| -f32::from_bits(bits)));
+            probes.extend([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, f32::NAN, 1e-40, -1e-40]);
+            for y in probes {
+                assert_eq!(
+                    nearest_code(entries, buckets, y),
+                    searched(entries, y),
+                    "{map:?} {y:e}"
+                );
+            }
+        }
+    }
+}

@@ -52,6 +52,7 @@ impl<'a> Stores<'a> {
     }
 
     /// The stores of elements `..mid` and `mid..`, `mid` a multiple of [`BLOCK`].
+    #[cfg(feature = "rayon")]
     fn split_at(self, mid: usize) -> (Self, Self) {
         fn cut<T>(
             buffers: [&mut [T]; MAX_STATE],
