@@ -367,7 +367,7 @@ pub enum StoredValues {
     Int8 {
         /// One per element, in row-major order.
         codes: Vec<u8>,
-        /// One per block of [`BLOCK`](crate::compact::BLOCK) codes.
+        /// One per block of [`BLOCK`] codes.
         scales: Vec<f32>,
     },
 }
