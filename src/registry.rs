@@ -324,7 +324,10 @@ impl<A> TensorState<A> {
 
     /// The shaped buffers, one after the other, row-major.
     pub(crate) fn shaped(&self) -> &[A] {
-        &self.buffers[self.elementwise * self.numel()..]
+        // Low-precision state keeps its per-element buffers in `compact`, and has no shaped
+        // ones: `buffers` is empty then.
+        let per_element = if self.compact.is_some() { 0 } else { self.elementwise * self.numel() };
+        &self.buffers[per_element..]
     }
 
     /// Shaped buffer `index` (of [`shaped_layout`](Self::shaped_layout)) viewed with its own
