@@ -35,10 +35,10 @@ impl QuantMap {
         }
     }
 
-    fn buckets(self) -> &'static Buckets {
+    fn lookup(self) -> &'static Lookup {
         match self {
-            QuantMap::Signed => &SIGNED_BUCKETS,
-            QuantMap::Unsigned => &UNSIGNED_BUCKETS,
+            QuantMap::Signed => &SIGNED_LOOKUP,
+            QuantMap::Unsigned => &UNSIGNED_LOOKUP,
         }
     }
 }
@@ -83,9 +83,9 @@ pub fn dequantize_block(codes: &[u8], scale: f32, map: QuantMap, values: &mut [f
 pub(crate) fn encode<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
     let codes = &mut codes[..values.len()];
     let scale = block_scale(values);
-    let (entries, buckets) = (map.values(), map.buckets());
+    let lookup = map.lookup();
     for (code, &value) in codes.iter_mut().zip(values) {
-        *code = nearest_code(entries, buckets, to_f32(value) / scale);
+        *code = lookup.nearest_code(to_f32(value) / scale);
     }
     scale
 }
@@ -108,66 +108,121 @@ fn to_f32<A: Element>(value: A) -> f32 {
 /// PyTorch's `amax` and `clip` propagate it.
 #[inline(always)]
 fn block_scale<A: Element>(values: &[A]) -> f32 {
-    let (mut largest, mut nan) = (0.0_f32, false);
-    for &value in values {
-        let magnitude = to_f32(value).abs();
-        nan |= magnitude.is_nan();
-        largest = if magnitude > largest { magnitude } else { largest };
+    // Non-negative floats are ordered as their bits are, and every NaN lies above infinity:
+    // one integer maximum, which vectorises, finds both the largest magnitude and any NaN.
+    let largest =
+        values.iter().fold(0, |largest, &value| largest.max(to_f32(value).to_bits() & !SIGN));
+    if largest > f32::INFINITY.to_bits() {
+        f32::NAN
+    } else {
+        f32::from_bits(largest).max(MIN_SCALE)
     }
-    if nan { f32::NAN } else { largest.max(MIN_SCALE) }
 }
 
-/// The code of `y` as torchao's binary search and rounding give it, with the search
-/// replaced by a table lookup on `y`'s bits and one comparison.
-#[inline(always)]
-fn nearest_code(entries: &[f32; 256], buckets: &Buckets, y: f32) -> u8 {
-    let bits = y.to_bits();
-    let magnitude = bits & 0x7FFF_FFFF;
-    if magnitude > ONE_BITS {
-        // |y| > 1 or NaN: above the map, the top entry; below it (or NaN), code 0.
-        return if y > 0.0 { 255 } else { 0 };
-    }
-    // Branch-free from here on: signs and roundings are as unpredictable as the data.
-    // Magnitudes below the first bucket share its entry: no entry lies between.
-    let bucket = (magnitude.saturating_sub(MIN_BITS) >> SHIFT) as usize;
-    let below = usize::from(buckets.below[(bits >> 31) as usize * BUCKETS + bucket]);
-    let below = below + usize::from((below < 255) & (y >= entries[(below + 1).min(255)]));
-    let above = (below + 1).min(255);
-    let (low, high) = (entries[below], entries[above]);
-    (below + usize::from((below < 255) & (y - low >= (high - low) * 0.5))) as u8
+const SIGN: u32 = 0x8000_0000;
+
+/// A map's nearest-code search as a table lookup: `y` gets code `c` from `t_c ≤ y < t_{c+1}`,
+/// where threshold `t_c` is the smallest `f32` that torchao's search and rounding give code
+/// `c` or more. A bucket of `y`'s bits holds at most one threshold above its lowest value, so
+/// the code is the bucket's base code, plus one from that threshold on.
+///
+/// The tables are 32-bit words and both are indexed by the bucket, so that a loop over a
+/// block compiled for AVX-512 looks up 16 values at once with two independent gathers.
+struct Lookup {
+    /// `t_c` for codes 1 to 255, with `t_0 = −∞` and `t_256` NaN (no value reaches it).
+    thresholds: [f32; 257],
+    /// For every bucket of magnitudes, the code of the bucket's lowest value: the buckets of
+    /// positive values, then those of negative ones.
+    base: [u32; 2 * BUCKETS],
+    /// For every bucket, the threshold of the code after its base.
+    next: [f32; 2 * BUCKETS],
 }
 
-/// Magnitudes below 2⁻³¹ share the first bucket: no entry lies between them and it (the
-/// smallest non-zero entry is 3.25 · 10⁻⁷).
-const MIN_BITS: u32 = (127 - 31) << 23;
+impl Lookup {
+    /// The code of `y`: the nearest entry, ties upward; 255 above the map, 0 below it and
+    /// for NaN.
+    #[inline(always)]
+    fn nearest_code(&self, y: f32) -> u8 {
+        let bits = y.to_bits();
+        // Magnitudes above 1 share the bucket of 1, whose base is the code of ±1: the first
+        // or the last. Magnitudes below the first bucket share it: no threshold lies between.
+        let magnitude = (bits & !SIGN).min(ONE_BITS);
+        // In 32 bits, so that the gathers take 16 indices at a time.
+        let bucket = (bits >> 31) * BUCKETS as u32 + (magnitude.saturating_sub(MIN_BITS) >> SHIFT);
+        let bucket = bucket as usize;
+        let code = self.base[bucket] + u32::from(y >= self.next[bucket]);
+        if y.is_nan() { 0 } else { code as u8 }
+    }
+}
+
+/// Magnitudes below 2⁻²⁴ share the first bucket: no threshold lies between them and it (the
+/// smallest non-zero entry is 3.25 · 10⁻⁷, about 2⁻²¹·⁵, and the threshold below it half that).
+const MIN_BITS: u32 = (127 - 24) << 23;
 /// The bits of 1.0, the largest magnitude the map covers.
 const ONE_BITS: u32 = 0x3F80_0000;
 /// Buckets keep the exponent and 7 bits of the fraction: narrower than the gap between any
-/// two entries but the last, so each bucket holds at most one entry (checked when the
-/// tables are built, at compile time).
+/// two thresholds, so each bucket holds at most one (checked when the tables are built, at
+/// compile time).
 const SHIFT: u32 = 23 - 7;
 const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
 
-/// For every bucket of magnitudes, the code of the largest entry at or below the bucket's
-/// smallest value, per sign.
-struct Buckets {
-    /// The buckets of positive values, then those of negative ones.
-    below: [u8; 2 * BUCKETS],
+static SIGNED_LOOKUP: Lookup = lookup(&SIGNED);
+static UNSIGNED_LOOKUP: Lookup = lookup(&UNSIGNED);
+
+/// The order of `value` among all `f32`s as an integer: −NaN < −∞ < … < −0 < +0 < … < +∞.
+const fn ordered(value: f32) -> u32 {
+    let bits = value.to_bits();
+    if bits & SIGN != 0 { !bits } else { bits | SIGN }
 }
 
-static SIGNED_BUCKETS: Buckets = buckets(&SIGNED);
-static UNSIGNED_BUCKETS: Buckets = buckets(&UNSIGNED);
+const fn unordered(key: u32) -> f32 {
+    f32::from_bits(if key & SIGN != 0 { key & !SIGN } else { !key })
+}
 
-/// The bucket tables of a map, checking that a bucket never holds two entries, so that one
-/// comparison after the lookup finds the entry at or below any value in it.
-const fn buckets(entries: &[f32; 256]) -> Buckets {
-    let mut table = Buckets { below: [0; 2 * BUCKETS] };
-    // The largest code whose entry is at or below `y` (a binary search), or 0 if none is.
-    const fn at_or_below(entries: &[f32; 256], y: f32) -> usize {
+/// The code torchao's binary search and rounding give `y`: the largest entry `q_c ≤ y`, or
+/// the next one when `y − q_c ≥ (q_{c+1} − q_c) / 2`.
+const fn searched_code(entries: &[f32; 256], y: f32) -> usize {
+    let mut code = 0;
+    let mut step = 128;
+    while step > 0 {
+        if y >= entries[code + step] {
+            code += step;
+        }
+        step /= 2;
+    }
+    let up = if code < 255 { code + 1 } else { 255 };
+    let (low, high) = (entries[code], entries[up]);
+    if y - low >= (high - low) * 0.5 { up } else { code }
+}
+
+/// The lookup tables of a map. Builds every threshold by bisection over the `f32`s between
+/// two entries (the rounding is monotonic in `y`), and checks that no bucket holds two.
+const fn lookup(entries: &[f32; 256]) -> Lookup {
+    let mut table =
+        Lookup { thresholds: [0.0; 257], base: [0; 2 * BUCKETS], next: [0.0; 2 * BUCKETS] };
+    table.thresholds[0] = f32::NEG_INFINITY;
+    table.thresholds[256] = f32::NAN;
+    let mut code = 1;
+    while code < 256 {
+        // The smallest `y` in (q_{c−1}, q_c] with code c: q_c itself has it.
+        let (mut low, mut high) = (ordered(entries[code - 1]), ordered(entries[code]));
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if searched_code(entries, unordered(middle)) >= code {
+                high = middle;
+            } else {
+                low = middle;
+            }
+        }
+        table.thresholds[code] = unordered(high);
+        code += 1;
+    }
+    // The code of `y` by the thresholds, and a check that `highest` has at most one more.
+    const fn at(thresholds: &[f32; 257], y: f32) -> usize {
         let (mut low, mut high) = (0_usize, 255);
         while low < high {
             let middle = (low + high).div_ceil(2);
-            if entries[middle] <= y {
+            if y >= thresholds[middle] {
                 low = middle;
             } else {
                 high = middle - 1;
@@ -175,21 +230,23 @@ const fn buckets(entries: &[f32; 256]) -> Buckets {
         }
         low
     }
-    const fn check(entries: &[f32; 256], below: usize, highest: f32) {
-        assert!(below + 2 > 255 || entries[below + 2] > highest, "a bucket holds two entries");
+    const fn check(thresholds: &[f32; 257], base: usize, highest: f32) {
+        assert!(base + 2 > 255 || thresholds[base + 2] > highest, "a bucket holds two thresholds");
     }
     let mut index = 0;
     while index < BUCKETS {
-        let low = MIN_BITS + ((index as u32) << SHIFT);
-        let high = low + (1 << SHIFT) - 1;
-        let (low, high) =
-            (f32::from_bits(low), f32::from_bits(if high > ONE_BITS { ONE_BITS } else { high }));
-        let below = at_or_below(entries, low);
-        check(entries, below, high);
-        table.below[index] = below as u8;
-        let below = at_or_below(entries, -high);
-        check(entries, below, -low);
-        table.below[BUCKETS + index] = below as u8;
+        let low_bits = if index == 0 { 0 } else { MIN_BITS + ((index as u32) << SHIFT) };
+        let high_bits = MIN_BITS + ((index as u32) << SHIFT) + (1 << SHIFT) - 1;
+        let high_bits = if high_bits > ONE_BITS { ONE_BITS } else { high_bits };
+        let (low, high) = (f32::from_bits(low_bits), f32::from_bits(high_bits));
+        let base = at(&table.thresholds, low);
+        check(&table.thresholds, base, high);
+        table.base[index] = base as u32;
+        table.next[index] = table.thresholds[base + 1];
+        let base = at(&table.thresholds, -high);
+        check(&table.thresholds, base, -low);
+        table.base[BUCKETS + index] = base as u32;
+        table.next[BUCKETS + index] = table.thresholds[base + 1];
         index += 1;
     }
     table
@@ -721,45 +778,41 @@ const UNSIGNED: [f32; 256] = [
 mod tests {
     use super::*;
 
-    /// torchao's branchless binary search and rounding, step for step.
-    fn searched(entries: &[f32; 256], y: f32) -> u8 {
-        let mut code = 0;
-        for step in [128, 64, 32, 16, 8, 4, 2, 1] {
-            // The steps add up to 255 at most: the index stays in the map.
-            if y >= entries[code + step] {
-                code += step;
-            }
-        }
-        let up = (code + 1).min(255);
-        let (low, high) = (entries[code], entries[up]);
-        if y - low >= (high - low) * 0.5 { up as u8 } else { code as u8 }
-    }
-
     #[test]
     fn the_lookup_finds_the_code_the_search_finds() {
         for map in [QuantMap::Signed, QuantMap::Unsigned] {
-            let (entries, buckets) = (map.values(), map.buckets());
-            // Every entry, every midpoint, their neighbours a few ulps away, and a sweep of
-            // bit patterns through [-1, 1].
-            let mut probes: Vec<f32> = Vec::new();
+            let (entries, lookup) = (map.values(), map.lookup());
+            // Every entry, threshold and midpoint, their neighbours a few ulps away, and a
+            // sweep of bit patterns through [-1, 1].
+            let mut points: Vec<f32> = lookup.thresholds[1..256].to_vec();
             for pair in entries.windows(2) {
-                let middle = pair[0] + (pair[1] - pair[0]) * 0.5;
-                for point in [pair[0], middle, pair[1]] {
-                    for ulps in -3_i32..=3 {
-                        probes.push(f32::from_bits(point.to_bits().wrapping_add_signed(ulps)));
-                    }
+                points.extend([pair[0], pair[0] + (pair[1] - pair[0]) * 0.5, pair[1]]);
+            }
+            let mut probes: Vec<f32> = Vec::new();
+            for point in points {
+                for ulps in -3_i32..=3 {
+                    probes.push(f32::from_bits(point.to_bits().wrapping_add_signed(ulps)));
                 }
             }
             probes.extend((0..=0x3F80_0000_u32).step_by(97).map(f32::from_bits));
             probes.extend((0..=0x3F80_0000_u32).step_by(97).map(|bits| -f32::from_bits(bits)));
-            probes.extend([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, f32::NAN, 1e-40, -1e-40]);
+            probes.extend([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, f32::INFINITY, f32::NEG_INFINITY]);
+            probes.extend([f32::NAN, -f32::NAN, 1e-40, -1e-40]);
             for y in probes {
                 assert_eq!(
-                    nearest_code(entries, buckets, y),
-                    searched(entries, y),
+                    usize::from(lookup.nearest_code(y)),
+                    searched_code(entries, y),
                     "{map:?} {y:e}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn block_scales_are_the_largest_magnitude_or_nan() {
+        assert_eq!(block_scale(&[0.5_f32, -2.0, 1.0]), 2.0);
+        assert_eq!(block_scale(&[0.0_f32, -0.0]), MIN_SCALE);
+        assert_eq!(block_scale(&[1.0_f32, f32::NEG_INFINITY]), f32::INFINITY);
+        assert!(block_scale(&[1.0_f32, -f32::NAN, 3.0]).is_nan());
     }
 }
