@@ -47,7 +47,7 @@ pub trait Element:
     fn drive_compact<S, F>(
         param: ArrayViewMut<'_, Self, IxDyn>,
         grad: ArrayView<'_, Self, IxDyn>,
-        state: CompactState<'_>,
+        state: CompactState<'_, Self>,
         update: F,
     ) where
         S: StateSlots<Self>,
@@ -61,7 +61,7 @@ impl Element for f32 {
     fn drive_compact<S, F>(
         param: ArrayViewMut<'_, Self, IxDyn>,
         grad: ArrayView<'_, Self, IxDyn>,
-        state: CompactState<'_>,
+        state: CompactState<'_, Self>,
         update: F,
     ) where
         S: StateSlots<Self>,
@@ -92,7 +92,7 @@ impl Element for f64 {
     fn drive_compact<S, F>(
         _: ArrayViewMut<'_, Self, IxDyn>,
         _: ArrayView<'_, Self, IxDyn>,
-        _: CompactState<'_>,
+        _: CompactState<'_, Self>,
         _: F,
     ) where
         S: StateSlots<Self>,

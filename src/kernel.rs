@@ -51,11 +51,47 @@ pub trait StateSlots<A: Element>: Copy + Send + Sync + sealed::Sealed {
         F: Fn(&mut A, A, &mut Self);
 
     /// Runs `update` on every element of the equally long slices `param`, `grad` and the
-    /// `LEN` buffers of `state`.
+    /// `LEN` buffers of `state`, whose values are kept as `W`.
     #[doc(hidden)]
-    fn for_each_slice<F>(param: &mut [A], grad: &[A], state: &mut [&mut [A]], update: &F)
+    fn for_each_slice<W, F>(param: &mut [A], grad: &[A], state: &mut [&mut [W]], update: &F)
     where
+        W: StateWord<A>,
         F: Fn(&mut A, A, &mut Self);
+}
+
+/// How a state buffer keeps its values in memory, as the slot loop reads and writes them: as
+/// the element type itself, or as bfloat16 bits (`u16`, [`crate::compact`]), converted in
+/// the loop.
+#[doc(hidden)]
+pub trait StateWord<A>: Copy + Send + Sync {
+    /// The value this word holds.
+    fn expand(self) -> A;
+    /// The word that holds `value`.
+    fn round(value: A) -> Self;
+}
+
+impl<A: Element> StateWord<A> for A {
+    #[inline(always)]
+    fn expand(self) -> A {
+        self
+    }
+
+    #[inline(always)]
+    fn round(value: A) -> Self {
+        value
+    }
+}
+
+impl<A: Element> StateWord<A> for u16 {
+    #[inline(always)]
+    fn expand(self) -> A {
+        A::from_f64(f64::from(crate::compact::bf16_value(self)))
+    }
+
+    #[inline(always)]
+    fn round(value: A) -> Self {
+        crate::compact::bf16_bits(value.into_f64() as f32)
+    }
 }
 
 /// Views `state` as `N` consecutive buffers of `dim`'s shape, each laid out in `order`.
@@ -75,7 +111,7 @@ fn buffer_views<A, D: Dimension, const N: usize>(
 }
 
 macro_rules! state_slots {
-    ($n:literal => $($buffer:ident),*) => {
+    ($n:literal => $($buffer:ident $value:ident),*) => {
         impl<A: Element> StateSlots<A> for [A; $n] {
             const LEN: usize = $n;
 
@@ -100,8 +136,13 @@ macro_rules! state_slots {
 
             // Always inlined, so that it is compiled for the instruction set of its caller.
             #[inline(always)]
-            fn for_each_slice<F>(param: &mut [A], grad: &[A], state: &mut [&mut [A]], update: &F)
-            where
+            fn for_each_slice<W, F>(
+                param: &mut [A],
+                grad: &[A],
+                state: &mut [&mut [W]],
+                update: &F,
+            ) where
+                W: StateWord<A>,
                 F: Fn(&mut A, A, &mut Self),
             {
                 let n = param.len();
@@ -112,9 +153,10 @@ macro_rules! state_slots {
                 // Slicing to `n` up front lets the compiler drop every bounds check below.
                 $(let $buffer = &mut $buffer[..n];)*
                 for i in 0..n {
-                    let mut slots = [$($buffer[i]),*];
+                    let mut slots = [$($buffer[i].expand()),*];
                     update(&mut param[i], grad[i], &mut slots);
-                    [$($buffer[i]),*] = slots;
+                    let [$($value),*] = slots;
+                    $($buffer[i] = W::round($value);)*
                 }
             }
         }
@@ -122,10 +164,10 @@ macro_rules! state_slots {
 }
 
 state_slots!(0 =>);
-state_slots!(1 => s0);
-state_slots!(2 => s0, s1);
-state_slots!(3 => s0, s1, s2);
-state_slots!(4 => s0, s1, s2, s3);
+state_slots!(1 => s0 v0);
+state_slots!(2 => s0 v0, s1 v1);
+state_slots!(3 => s0 v0, s1 v1, s2 v2);
+state_slots!(4 => s0 v0, s1 v1, s2 v2, s3 v3);
 
 /// The memory order a new tensor's state is laid out in: the parameter's own when it is
 /// contiguous in column-major order only, row-major otherwise.
@@ -241,6 +283,34 @@ impl<A: Element> Stage<A> {
         match self.decay {
             Decay::Decoupled(factor) => p * factor,
             Decay::Off | Decay::L2(_) => p,
+        }
+    }
+
+    /// [`grad`](Self::grad) of every element of `grad` and `param` into `seen`, then
+    /// [`decay`](Self::decay) of every element of `param`: the same bits as element by
+    /// element, with each case a loop of its own that vectorises.
+    #[inline(always)]
+    pub(crate) fn apply_to_slices(self, param: &mut [A], grad: &[A], seen: &mut [A]) {
+        #[inline(always)]
+        fn each<A: Copy>(seen: &mut [A], grad: &[A], f: impl Fn(A) -> A) {
+            for (seen, &g) in seen.iter_mut().zip(grad) {
+                *seen = f(g);
+            }
+        }
+        let sign = self.sign;
+        match self.transform {
+            GradTransform::Identity => each(seen, grad, |g| sign * g),
+            GradTransform::Scale(c) => each(seen, grad, |g| sign * (g * c)),
+            GradTransform::Clamp(c) => each(seen, grad, |g| sign * clamp(g, c)),
+        }
+        match self.decay {
+            Decay::Off => {}
+            Decay::L2(lambda) => {
+                for (seen, &p) in seen.iter_mut().zip(param.iter()) {
+                    *seen = *seen + lambda * p;
+                }
+            }
+            Decay::Decoupled(factor) => param.iter_mut().for_each(|p| *p = *p * factor),
         }
     }
 }
@@ -402,6 +472,9 @@ impl<'a, A: Element> TensorStep<'a, A> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S) + Sync,
     {
+        if self.compact.is_some() {
+            return self.drive_compact(update);
+        }
         // One match per tensor, outside the element loop: each arm is its own monomorphised
         // loop, and the arm without clipping or decay is exactly the rule's bare loop.
         let sign = self.stage.sign;
@@ -440,14 +513,8 @@ impl<'a, A: Element> TensorStep<'a, A> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S) + Sync,
     {
-        let TensorStep { mut param, grad, state, compact, elementwise, order, .. } = self;
+        let TensorStep { mut param, grad, state, elementwise, order, .. } = self;
         assert_eq!(S::LEN, elementwise, "apply must take the rule's per-element buffers");
-        if let Some(compact) = compact {
-            A::drive_compact::<S, F>(param, grad, CompactState { compact }, update);
-            // The blocks run the baseline loop, whatever the pinned path.
-            TAKEN_PATH.with(|taken_path| taken_path.set(Some(KernelPath::Baseline)));
-            return;
-        }
         let state = &mut state[..S::LEN * param.len()];
         let path = KernelPath::current();
         // One layout check per array: the slices are taken as they are checked.
@@ -464,6 +531,28 @@ impl<'a, A: Element> TensorStep<'a, A> {
             }
         };
         TAKEN_PATH.with(|taken_path| taken_path.set(Some(taken)));
+    }
+}
+
+impl<A: Element> TensorStep<'_, A> {
+    /// The fused pass over low-precision state, in blocks; `update` is the rule's own, the
+    /// options stage runs on each block before it.
+    fn drive_compact<S, F>(self, update: F)
+    where
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S) + Sync,
+    {
+        let TensorStep { param, grad, compact, elementwise, stage, .. } = self;
+        assert_eq!(S::LEN, elementwise, "apply must take the rule's per-element buffers");
+        let compact = compact.expect("called for low-precision state only");
+        // Blocks are contiguous whatever the layout: a pinned strided path runs the baseline.
+        let path = match KernelPath::current() {
+            KernelPath::Zip => KernelPath::Baseline,
+            path => path,
+        };
+        let state = CompactState { compact, stage, isa: path.isa() };
+        A::drive_compact::<S, F>(param, grad, state, update);
+        TAKEN_PATH.with(|taken_path| taken_path.set(Some(path)));
     }
 }
 
@@ -567,7 +656,7 @@ impl<'a, A: Element> Slices<'a, A> {
         F: Fn(&mut A, A, &mut S),
     {
         let Slices { param, grad, mut state } = self;
-        isa.run::<A, S, F>(param, grad, &mut state[..S::LEN], update);
+        isa.run::<A, A, S, F>(param, grad, &mut state[..S::LEN], update);
     }
 }
 

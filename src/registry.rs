@@ -304,10 +304,8 @@ impl<A> TensorState<A> {
         let Some(compact) = &self.compact else {
             return self.full_buffer(index).into();
         };
-        let mut values = vec![A::zero(); self.elementwise * numel];
-        compact.decode(numel, &mut values);
-        values.drain(..index * numel);
-        values.truncate(numel);
+        let mut values = vec![A::zero(); numel];
+        compact.stored(index, numel).expand(&mut values);
         ndarray::Array::from_shape_vec(IxDyn(&self.shape), values)
             .expect("every buffer holds exactly the elements of the tensor's shape")
             .into()

@@ -2,7 +2,11 @@
 //! thread count, the bytes it occupies, conversions, and what is refused.
 
 use ndarray::{Array2, ShapeBuilder};
-use ndarray_optim::{Adam, AdamW, Error, Lamb, Optimizer, Rule, Sgd, StatePrecision, TensorView};
+use ndarray_optim::compact::{QuantMap, bf16_bits, bf16_value, dequantize_block, quantize_block};
+use ndarray_optim::{
+    Adam, AdamW, Clip, Error, KernelPath, Lamb, Optimizer, Rule, Sgd, StatePrecision, TensorView,
+    last_kernel_path, with_kernel_path,
+};
 
 const PRECISIONS: [StatePrecision; 2] = [StatePrecision::Bf16, StatePrecision::INT8];
 
@@ -20,27 +24,87 @@ fn state_bits(view: TensorView<'_, f32>) -> Vec<u32> {
         .collect()
 }
 
-/// Runs five AdamW steps of a (70, 130) tensor (9,100 elements: a partial last block) held
-/// in the layout `place` gives, on `threads` threads.
+/// Runs `f` on a pool of `threads` threads (on this thread without the `rayon` feature).
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "rayon")]
+    return rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f);
+    #[cfg(not(feature = "rayon"))]
+    {
+        let _ = threads;
+        f()
+    }
+}
+
+/// The thread counts a step is compared on: 1 to 3 with the `rayon` feature.
+const THREADS: &[usize] = if cfg!(feature = "rayon") { &[1, 2, 3] } else { &[1] };
+
+/// A shape large enough for a step to be split over threads (69,000 elements, over twice
+/// the smallest chunk), with a partial last block (69,000 = 269 · 256 + 136).
+const SPLIT: (usize, usize) = (300, 230);
+
+/// Runs five AdamW steps of a tensor of shape [`SPLIT`] held in the layout `place` gives,
+/// on `threads` threads.
 fn run(
     precision: StatePrecision,
     threads: usize,
     place: fn(&Array2<f32>) -> Array2<f32>,
 ) -> (Vec<u32>, Vec<u32>) {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    pool.install(|| {
-        let shape = (70, 130);
-        let mut opt =
-            Optimizer::new(AdamW { lr: 0.01, weight_decay: 0.1, ..AdamW::default() }).unwrap();
-        opt.set_state_precision("default", precision).unwrap();
-        let mut w = place(&Array2::from_shape_fn(shape, |(i, j)| ((i + 2 * j) as f32).cos()));
-        for step in 0..5 {
-            let g = place(&gradient(step, shape));
-            opt.step("w", &mut w, &g).unwrap();
+    on_threads(threads, || steps(precision, place, gradient))
+}
+
+/// Five AdamW steps of a tensor of shape [`SPLIT`] held in the layout `place` gives, with
+/// the gradients of `gradient`, on this thread: the parameter's and the state's bits.
+fn steps(
+    precision: StatePrecision,
+    place: fn(&Array2<f32>) -> Array2<f32>,
+    gradient: fn(usize, (usize, usize)) -> Array2<f32>,
+) -> (Vec<u32>, Vec<u32>) {
+    let shape = SPLIT;
+    let mut opt =
+        Optimizer::new(AdamW { lr: 0.01, weight_decay: 0.1, ..AdamW::default() }).unwrap();
+    opt.set_state_precision("default", precision).unwrap();
+    let mut w = place(&Array2::from_shape_fn(shape, |(i, j)| ((i + 2 * j) as f32).cos()));
+    for step in 0..5 {
+        let g = place(&gradient(step, shape));
+        opt.step("w", &mut w, &g).unwrap();
+    }
+    let params = w.iter().map(|v| v.to_bits()).collect();
+    (params, state_bits(opt.state_of("w").unwrap()))
+}
+
+/// [`gradient`] with values that test the conversions' edges in some blocks: ±∞, NaN, huge
+/// and subnormal magnitudes, and signed zeros.
+fn hostile_gradient(step: usize, shape: (usize, usize)) -> Array2<f32> {
+    let mut g = gradient(step, shape);
+    let specials = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3e38, -1e-40, -0.0, 0.0, 1e30];
+    for (k, value) in specials.into_iter().enumerate() {
+        g[[(37 * k + 11 * step) % shape.0, (13 * k) % shape.1]] = value;
+    }
+    g
+}
+
+/// Every loop the CPU can run (the baseline, AVX2, AVX-512) gives the same bits, for the
+/// conversions' edge values too; the step reports the loop it took.
+#[test]
+fn low_precision_state_is_the_same_on_every_kernel_path() {
+    for precision in PRECISIONS {
+        for gradient in [gradient, hostile_gradient] {
+            let expected =
+                with_kernel_path(KernelPath::Baseline, || steps(precision, row_major, gradient))
+                    .unwrap();
+            for path in KernelPath::ALL {
+                let Some((got, taken)) = with_kernel_path(path, || {
+                    (steps(precision, column_major, gradient), last_kernel_path())
+                }) else {
+                    continue;
+                };
+                assert!(got == expected, "{precision:?} {path:?}");
+                // Blocks are contiguous: a pinned strided path runs the baseline loop.
+                let runs = if path == KernelPath::Zip { KernelPath::Baseline } else { path };
+                assert_eq!(taken, Some(runs), "{precision:?} {path:?}");
+            }
         }
-        let params = w.iter().map(|v| v.to_bits()).collect();
-        (params, state_bits(opt.state_of("w").unwrap()))
-    })
+    }
 }
 
 fn row_major(a: &Array2<f32>) -> Array2<f32> {
@@ -57,7 +121,7 @@ fn column_major(a: &Array2<f32>) -> Array2<f32> {
 fn low_precision_state_is_the_same_for_every_layout_and_thread_count() {
     for precision in PRECISIONS {
         let expected = run(precision, 1, row_major);
-        for threads in [1, 2, 3] {
+        for &threads in THREADS {
             assert_eq!(
                 run(precision, threads, column_major),
                 expected,
@@ -71,11 +135,11 @@ fn low_precision_state_is_the_same_for_every_layout_and_thread_count() {
         }
         // A strided view of a larger array.
         let strided = {
-            let shape = (70, 130);
+            let shape = SPLIT;
             let mut opt =
                 Optimizer::new(AdamW { lr: 0.01, weight_decay: 0.1, ..AdamW::default() }).unwrap();
             opt.set_state_precision("default", precision).unwrap();
-            let mut big = Array2::<f32>::zeros((140, 130));
+            let mut big = Array2::<f32>::zeros((2 * shape.0, shape.1));
             big.slice_mut(ndarray::s![..;2, ..])
                 .assign(&Array2::from_shape_fn(shape, |(i, j)| ((i + 2 * j) as f32).cos()));
             for step in 0..5 {
@@ -86,6 +150,67 @@ fn low_precision_state_is_the_same_for_every_layout_and_thread_count() {
             (params, state_bits(opt.state_of("w").unwrap()))
         };
         assert_eq!(strided, expected, "{precision:?} strided view");
+    }
+}
+
+/// `values` as `precision` stores them, rounded by the public conversions: bfloat16, or
+/// 8-bit codes of `map` in blocks of 256 in row-major order.
+fn stored_as(precision: StatePrecision, map: QuantMap, values: &[f32]) -> Vec<f32> {
+    match precision {
+        StatePrecision::Bf16 => values.iter().map(|&x| bf16_value(bf16_bits(x))).collect(),
+        _ => values
+            .chunks(256)
+            .flat_map(|block| {
+                let mut codes = vec![0; block.len()];
+                let scale = quantize_block(block, map, &mut codes);
+                let mut back = vec![0.0; block.len()];
+                dequantize_block(&codes, scale, map, &mut back);
+                back
+            })
+            .collect(),
+    }
+}
+
+/// From zero state, a first step moves the parameter by the full-precision moments, so it
+/// is the step of full-precision state; the state is then that step's, rounded. Checked for
+/// every options stage (clipping by value or norm, L2 or decoupled decay, maximize) and for
+/// a row-major and a column-major tensor.
+#[test]
+fn the_options_stage_runs_on_low_precision_state_as_on_full_precision() {
+    let rules = [
+        Rule::from(Adam { lr: 0.01, weight_decay: 0.1, maximize: true, ..Adam::default() }),
+        Rule::from(AdamW { lr: 0.01, weight_decay: 0.1, ..AdamW::default() }),
+        Rule::from(Adam { lr: 0.01, ..Adam::default() }),
+    ];
+    let clips = [None, Some(Clip::Value { clip_value: 0.05 }), Some(Clip::Norm { max_norm: 0.5 })];
+    let shape = (70, 130);
+    for precision in PRECISIONS {
+        for rule in &rules {
+            for clip in clips {
+                for place in [row_major, column_major] {
+                    let first_step = |precision| {
+                        let mut opt = Optimizer::new(*rule).unwrap();
+                        opt.set_clip(clip).unwrap();
+                        opt.set_state_precision("default", precision).unwrap();
+                        let mut w = place(&Array2::from_shape_fn(shape, |(i, j)| {
+                            ((i + 2 * j) as f32).cos()
+                        }));
+                        opt.step("w", &mut w, &place(&gradient(0, shape))).unwrap();
+                        let view = opt.state_of("w").unwrap();
+                        let state = ["exp_avg", "exp_avg_sq"]
+                            .map(|name| view.buffer(name).unwrap().iter().copied().collect());
+                        (w, state)
+                    };
+                    let case = format!("{precision:?} {rule:?} {clip:?}");
+                    let (w_full, [m_full, v_full]) = first_step(StatePrecision::Full);
+                    let (w, [m, v]): (_, [Vec<f32>; 2]) = first_step(precision);
+                    let bits = |w: &Array2<f32>| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&w), bits(&w_full), "{case}: parameters");
+                    assert_eq!(m, stored_as(precision, QuantMap::Signed, &m_full), "{case}: m");
+                    assert_eq!(v, stored_as(precision, QuantMap::Unsigned, &v_full), "{case}: v");
+                }
+            }
+        }
     }
 }
 

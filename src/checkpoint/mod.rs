@@ -346,7 +346,7 @@ impl From<StoredRef<'_>> for StoredValues {
     fn from(stored: StoredRef<'_>) -> Self {
         match stored {
             StoredRef::Bf16 { bits } => StoredValues::Bf16 { bits: bits.to_vec() },
-            StoredRef::Int8 { codes, scales } => {
+            StoredRef::Int8 { codes, scales, .. } => {
                 StoredValues::Int8 { codes: codes.to_vec(), scales: scales.to_vec() }
             }
         }
@@ -370,6 +370,16 @@ pub enum StoredValues {
         /// One per block of [`BLOCK`] codes.
         scales: Vec<f32>,
     },
+}
+
+impl StoredValues {
+    /// The values as a tensor's state holds them, with 8-bit codes of `map`.
+    fn borrowed(&self, map: QuantMap) -> StoredRef<'_> {
+        match self {
+            StoredValues::Bf16 { bits } => StoredRef::Bf16 { bits },
+            StoredValues::Int8 { codes, scales } => StoredRef::Int8 { codes, scales, map },
+        }
+    }
 }
 
 fn invalid_state(param: &str, reason: String) -> Error {
@@ -471,9 +481,8 @@ fn check_stored<R: UpdateRule, A: Element>(
         return Err(invalid_state(param, fault));
     }
     let stored = buffer.stored.as_ref().expect("checked to be stored");
-    let compact = joined(&[stored], vec![map]);
     let mut values = vec![A::zero(); len];
-    compact.decode(len, &mut values);
+    stored.borrowed(map).expand(&mut values);
     check_buffer(hyper, param, name, values.into_iter())
 }
 
@@ -955,7 +964,7 @@ pub(crate) mod serde_impl {
                     variant.serialize_field("bits", bits)?;
                     variant.end()
                 }
-                StoredRef::Int8 { codes, scales } => {
+                StoredRef::Int8 { codes, scales, .. } => {
                     let mut variant =
                         serializer.serialize_struct_variant("StoredValues", 1, "Int8", 2)?;
                     variant.serialize_field("codes", codes)?;

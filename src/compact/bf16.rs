@@ -1,5 +1,7 @@
 //! bfloat16: the upper half of an IEEE-754 binary32, 8 bits of exponent and 7 of fraction.
 
+use crate::element::Element;
+
 /// Rounds `value` to the nearest bfloat16, ties to even, and returns its bits.
 ///
 /// Values beyond the largest bfloat16 round to ±∞. Every NaN becomes the NaN `0xFFFF`, as
@@ -16,19 +18,34 @@
 #[inline(always)]
 pub fn bf16_bits(value: f32) -> u16 {
     let bits = value.to_bits();
-    if value.is_nan() {
-        return 0xFFFF;
-    }
     // Adding just under half a unit of the kept part, plus its last bit, carries into the
     // kept part exactly when the dropped part is above half, or at half with an odd last bit.
-    let round = 0x7FFF + ((bits >> 16) & 1);
-    ((bits + round) >> 16) as u16
+    // (Only a NaN's bits can wrap; it is replaced.) A select rather than an early return
+    // keeps loops over slices vectorised.
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    if value.is_nan() { 0xFFFF } else { rounded }
 }
 
 /// The value of bfloat16 `bits`, exactly, as an `f32`.
 #[inline(always)]
 pub fn bf16_value(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Rounds each of `values` to bfloat16, into `bits`.
+#[inline(always)]
+pub(crate) fn encode<A: Element>(values: &[A], bits: &mut [u16]) {
+    for (bits, &value) in bits.iter_mut().zip(values) {
+        *bits = bf16_bits(value.into_f64() as f32);
+    }
+}
+
+/// The values of bfloat16 `bits`, into `values`.
+#[inline(always)]
+pub(crate) fn decode<A: Element>(bits: &[u16], values: &mut [A]) {
+    for (value, &bits) in values.iter_mut().zip(bits) {
+        *value = A::from_f64(f64::from(bf16_value(bits)));
+    }
 }
 
 #[cfg(test)]

@@ -24,12 +24,11 @@
 //! counts them. Views of the buffers ([`TensorView::buffer`](crate::TensorView::buffer))
 //! show the values a step would expand them to.
 
-mod bf16;
-mod int8;
+pub(crate) mod bf16;
+pub(crate) mod int8;
 
 pub use bf16::{bf16_bits, bf16_value};
 pub use int8::{BLOCK, QuantMap, dequantize_block, quantize_block};
-pub(crate) use int8::{decode, encode};
 
 use crate::buffer::AlignedBuffer;
 use crate::element::Element;
@@ -100,9 +99,7 @@ impl Compact {
         match precision {
             StatePrecision::Bf16 => {
                 let mut bits = AlignedBuffer::filled(values.len(), 0);
-                for (bits, &value) in bits.iter_mut().zip(values) {
-                    *bits = bf16_bits(value.into_f64() as f32);
-                }
+                bf16::encode(values, &mut bits);
                 Compact::Bf16 { bits }
             }
             StatePrecision::Int8 { .. } => {
@@ -111,7 +108,7 @@ impl Compact {
                 let buffers = values.chunks(numel.max(1)).zip(codes.chunks_mut(numel.max(1)));
                 for ((values, codes), &map) in buffers.zip(&maps) {
                     let blocks = values.chunks(BLOCK).zip(codes.chunks_mut(BLOCK));
-                    scales.extend(blocks.map(|(values, codes)| encode(values, map, codes)));
+                    scales.extend(blocks.map(|(values, codes)| int8::encode(values, map, codes)));
                 }
                 Compact::Int8 { codes, scales, maps }
             }
@@ -121,23 +118,8 @@ impl Compact {
 
     /// Every buffer's values in the element type, one after the other, into `values`.
     pub(crate) fn decode<A: Element>(&self, numel: usize, values: &mut [A]) {
-        match self {
-            Compact::Bf16 { bits } => {
-                for (value, &bits) in values.iter_mut().zip(bits.iter()) {
-                    *value = A::from_f64(f64::from(bf16_value(bits)));
-                }
-            }
-            Compact::Int8 { codes, scales, maps } => {
-                let blocks = numel.div_ceil(BLOCK);
-                let buffers = values.chunks_mut(numel.max(1)).zip(codes.chunks(numel.max(1)));
-                for (index, ((values, codes), &map)) in buffers.zip(maps).enumerate() {
-                    let scales = &scales[index * blocks..(index + 1) * blocks];
-                    let blocks = values.chunks_mut(BLOCK).zip(codes.chunks(BLOCK));
-                    for ((values, codes), &scale) in blocks.zip(scales) {
-                        decode(codes, scale, map, values);
-                    }
-                }
-            }
+        for (index, values) in values.chunks_mut(numel.max(1)).enumerate() {
+            self.stored(index, numel).expand(values);
         }
     }
 
@@ -163,7 +145,23 @@ impl Compact {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum StoredRef<'a> {
     Bf16 { bits: &'a [u16] },
-    Int8 { codes: &'a [u8], scales: &'a [f32] },
+    Int8 { codes: &'a [u8], scales: &'a [f32], map: QuantMap },
+}
+
+impl StoredRef<'_> {
+    /// The values in the element type, into `values` (as long as the buffer).
+    pub(crate) fn expand<A: Element>(self, values: &mut [A]) {
+        match self {
+            StoredRef::Bf16 { bits } => bf16::decode(bits, values),
+            StoredRef::Int8 { codes, scales, map } => {
+                for ((values, codes), &scale) in
+                    values.chunks_mut(BLOCK).zip(codes.chunks(BLOCK)).zip(scales)
+                {
+                    int8::decode(codes, scale, map, values);
+                }
+            }
+        }
+    }
 }
 
 impl Compact {
@@ -173,11 +171,12 @@ impl Compact {
             Compact::Bf16 { bits } => {
                 StoredRef::Bf16 { bits: &bits[index * numel..(index + 1) * numel] }
             }
-            Compact::Int8 { codes, scales, .. } => {
+            Compact::Int8 { codes, scales, maps } => {
                 let blocks = numel.div_ceil(BLOCK);
                 StoredRef::Int8 {
                     codes: &codes[index * numel..(index + 1) * numel],
                     scales: &scales[index * blocks..(index + 1) * blocks],
+                    map: maps[index],
                 }
             }
         }

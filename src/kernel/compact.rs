@@ -1,6 +1,12 @@
-//! The fused pass over state kept in low precision ([`crate::compact`]): block by block, the
-//! state is expanded to the element type, the rule's update runs on it as on full-precision
-//! state, and the new values are stored back rounded.
+//! The fused pass over state kept in low precision ([`crate::compact`]), block by block:
+//! the options stage runs on the block's gradient and parameter, then the rule's update runs
+//! on the block through the instruction-set dispatch, as on full-precision state. bfloat16
+//! state is converted inside the update's loop, value by value; 8-bit state is expanded to
+//! the element type before it and stored back after it, since a block's scale depends on all
+//! of its new values.
+//!
+//! The pass is compiled once per rule: the options stage is applied in loops of its own
+//! rather than compiled into the update.
 //!
 //! Blocks are [`BLOCK`] elements in row-major order whatever the parameter's memory layout,
 //! so the values (and the 8-bit scales) are the same for every layout, and chunks for threads
@@ -8,15 +14,19 @@
 
 use ndarray::{ArrayView, ArrayViewMut, IxDyn};
 
-use super::{MAX_STATE, StateSlots};
-use crate::compact::{BLOCK, Compact, QuantMap, bf16_bits, bf16_value, decode, encode};
+use super::isa::Isa;
+use super::{MAX_STATE, Stage, StateSlots};
+use crate::compact::{BLOCK, Compact, QuantMap};
 use crate::element::Element;
 
-/// A tensor's low-precision state as a step sees it (a hidden type of the public
-/// [`Element`] trait's interface).
+/// A tensor's low-precision state as a step sees it, with the step's options stage and the
+/// instruction set its loops run with (a hidden type of the public [`Element`] trait's
+/// interface).
 #[doc(hidden)]
-pub struct CompactState<'a> {
+pub struct CompactState<'a, A> {
     pub(crate) compact: &'a mut Compact,
+    pub(crate) stage: Stage<A>,
+    pub(crate) isa: Isa,
 }
 
 /// The stored buffers of one run of elements, cut to that run.
@@ -80,57 +90,46 @@ impl<'a> Stores<'a> {
             }
         }
     }
-
-    /// Buffer `k`'s values of block `block` (of this run), into `values`.
-    #[inline(always)]
-    fn load<A: Element>(&self, k: usize, block: usize, values: &mut [A]) {
-        let start = block * BLOCK;
-        match self {
-            Stores::Bf16(bits) => {
-                for (value, &bits) in values.iter_mut().zip(&bits[k][start..]) {
-                    *value = A::from_f64(f64::from(bf16_value(bits)));
-                }
-            }
-            Stores::Int8 { codes, scales, maps } => {
-                let codes = &codes[k][start..start + values.len()];
-                decode(codes, scales[k][block], maps[k], values);
-            }
-        }
-    }
-
-    /// Stores `values` as buffer `k`'s block `block`.
-    #[inline(always)]
-    fn store<A: Element>(&mut self, k: usize, block: usize, values: &[A]) {
-        let start = block * BLOCK;
-        match self {
-            Stores::Bf16(bits) => {
-                for (bits, &value) in bits[k][start..].iter_mut().zip(values) {
-                    *bits = bf16_bits(value.into_f64() as f32);
-                }
-            }
-            Stores::Int8 { codes, scales, maps } => {
-                let codes = &mut codes[k][start..start + values.len()];
-                scales[k][block] = encode(values, maps[k], codes);
-            }
-        }
-    }
 }
 
-/// Steps every element of `param` with `update`, its state in `state`.
+/// Steps every element of `param` with the options stage and `update`, its state in
+/// `state`.
 pub(crate) fn drive<A, S, F>(
     mut param: ArrayViewMut<'_, A, IxDyn>,
     grad: ArrayView<'_, A, IxDyn>,
-    state: CompactState<'_>,
+    state: CompactState<'_, A>,
     update: &F,
 ) where
     A: Element,
     S: StateSlots<A>,
     F: Fn(&mut A, A, &mut S) + Sync,
 {
-    let stores = Stores::new(state.compact, param.len());
+    let CompactState { compact, stage, isa } = state;
+    let stores = Stores::new(compact, param.len());
+    let pass = Pass { stage, isa, update };
     match (param.as_slice_mut(), grad.as_slice()) {
-        (Some(param), Some(grad)) => Run { param, grad, stores }.spread::<S, F>(update),
-        _ => step_strided::<A, S, F>(param, grad, stores, update),
+        (Some(param), Some(grad)) => Run { param, grad, stores }.spread::<S, F>(&pass),
+        _ => step_strided::<A, S, F>(param, grad, stores, &pass),
+    }
+}
+
+/// What every block of a step runs: the options stage, then the rule's update through the
+/// instruction-set dispatch.
+struct Pass<'a, A, F> {
+    stage: Stage<A>,
+    isa: Isa,
+    update: &'a F,
+}
+
+/// Working memory of one block: the state expanded, and the gradient the rule sees.
+struct Work<A> {
+    state: [[A; BLOCK]; MAX_STATE],
+    grad: [A; BLOCK],
+}
+
+impl<A: Element> Work<A> {
+    fn new() -> Self {
+        Work { state: [[A::zero(); BLOCK]; MAX_STATE], grad: [A::zero(); BLOCK] }
     }
 }
 
@@ -143,27 +142,27 @@ struct Run<'a, A> {
 
 impl<A: Element> Run<'_, A> {
     /// Steps the run, over the threads of the current pool when it is large.
-    fn spread<S, F>(self, update: &F)
+    fn spread<S, F>(self, pass: &Pass<'_, A, F>)
     where
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S) + Sync,
     {
         #[cfg(feature = "rayon")]
         if let Some(chunk) = super::parallel::chunk_len(self.param.len()) {
-            return super::parallel::in_chunks(self, chunk, &|run: Self| run.step::<S, F>(update));
+            return super::parallel::in_chunks(self, chunk, &|run: Self| run.step::<S, F>(pass));
         }
-        self.step::<S, F>(update);
+        self.step::<S, F>(pass);
     }
 
-    fn step<S, F>(mut self, update: &F)
+    fn step<S, F>(mut self, pass: &Pass<'_, A, F>)
     where
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
-        let mut work = [[A::zero(); BLOCK]; MAX_STATE];
+        let mut work = Work::new();
         let blocks = self.param.chunks_mut(BLOCK).zip(self.grad.chunks(BLOCK));
         for (block, (param, grad)) in blocks.enumerate() {
-            step_block::<A, S, F>(param, grad, &mut self.stores, block, &mut work, update);
+            step_block::<A, S, F>(param, grad, &mut self.stores, block, &mut work, pass);
         }
     }
 }
@@ -186,28 +185,47 @@ impl<A: Element> super::parallel::Halves for Run<'_, A> {
     }
 }
 
-/// One block: expand the state, update, store it back.
+/// One block: the options stage, then the rule's update over the block, its state
+/// converted in the update's loop (bfloat16), or expanded before it and stored back after
+/// it (8-bit codes, whose scale needs the whole block).
 #[inline(always)]
 fn step_block<A, S, F>(
     param: &mut [A],
     grad: &[A],
     stores: &mut Stores<'_>,
     block: usize,
-    work: &mut [[A; BLOCK]; MAX_STATE],
-    update: &F,
+    work: &mut Work<A>,
+    pass: &Pass<'_, A, F>,
 ) where
     A: Element,
     S: StateSlots<A>,
     F: Fn(&mut A, A, &mut S),
 {
-    let len = param.len();
-    for (k, values) in work[..S::LEN].iter_mut().enumerate() {
-        stores.load(k, block, &mut values[..len]);
-    }
-    let mut state = work.each_mut().map(|values| &mut values[..len]);
-    S::for_each_slice(param, grad, &mut state[..S::LEN], update);
-    for (k, values) in work[..S::LEN].iter().enumerate() {
-        stores.store(k, block, &values[..len]);
+    let (len, start) = (param.len(), block * BLOCK);
+    let seen = &mut work.grad[..len];
+    pass.stage.apply_to_slices(param, grad, seen);
+    match stores {
+        Stores::Bf16(bits) => {
+            let mut state = bits.each_mut().map(|bits| {
+                // Buffers past the rule's are empty.
+                bits.get_mut(start..start + len).unwrap_or_default()
+            });
+            pass.isa.run::<A, u16, S, F>(param, seen, &mut state[..S::LEN], pass.update);
+        }
+        Stores::Int8 { codes, scales, maps } => {
+            let buffers = work.state[..S::LEN].iter_mut().zip(codes.iter()).zip(scales.iter());
+            for (((values, codes), scales), &map) in buffers.zip(maps.iter()) {
+                let codes = &codes[start..start + len];
+                pass.isa.dequantize(codes, scales[block], map, &mut values[..len]);
+            }
+            let mut state = work.state.each_mut().map(|values| &mut values[..len]);
+            pass.isa.run::<A, A, S, F>(param, seen, &mut state[..S::LEN], pass.update);
+            let buffers = work.state[..S::LEN].iter().zip(codes.iter_mut()).zip(scales.iter_mut());
+            for (((values, codes), scales), &map) in buffers.zip(maps.iter()) {
+                let codes = &mut codes[start..start + len];
+                scales[block] = pass.isa.quantize(&values[..len], map, codes);
+            }
+        }
     }
 }
 
@@ -217,14 +235,14 @@ fn step_strided<A, S, F>(
     param: ArrayViewMut<'_, A, IxDyn>,
     grad: ArrayView<'_, A, IxDyn>,
     mut stores: Stores<'_>,
-    update: &F,
+    pass: &Pass<'_, A, F>,
 ) where
     A: Element,
     S: StateSlots<A>,
     F: Fn(&mut A, A, &mut S),
 {
     let (mut params, mut grads) = (param.into_iter(), grad.iter());
-    let mut work = [[A::zero(); BLOCK]; MAX_STATE];
+    let mut work = Work::new();
     let (mut param_block, mut grad_block) = ([A::zero(); BLOCK], [A::zero(); BLOCK]);
     for block in 0.. {
         let mut targets: [Option<&mut A>; BLOCK] = core::array::from_fn(|_| None);
@@ -238,7 +256,7 @@ fn step_strided<A, S, F>(
             break;
         }
         let (param_values, grad_values) = (&mut param_block[..len], &grad_block[..len]);
-        step_block::<A, S, F>(param_values, grad_values, &mut stores, block, &mut work, update);
+        step_block::<A, S, F>(param_values, grad_values, &mut stores, block, &mut work, pass);
         for (target, &value) in targets.iter_mut().zip(param_values.iter()) {
             if let Some(target) = target {
                 **target = value;

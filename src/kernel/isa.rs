@@ -6,13 +6,16 @@
 //! time. Only the choice of instructions differs between the versions: Rust never contracts
 //! `a * b + c` into a fused multiply-add, and IEEE-754 addition, multiplication, division and
 //! square root are correctly rounded in every instruction set, so all versions compute the
-//! same bits.
+//! same bits. The block-wise 8-bit conversions of low-precision state ([`Isa::quantize`],
+//! [`Isa::dequantize`]) are dispatched the same way: their map lookups are integer and
+//! comparison work that gives the same bits in every set, and become gathers with AVX-512.
 //!
 //! Calling a `#[target_feature]` function is `unsafe`: it is sound only on a CPU that has the
 //! features. This module is the one place that does it, each time right after checking them.
 #![allow(unsafe_code)]
 
-use super::StateSlots;
+use super::{StateSlots, StateWord};
+use crate::compact::{QuantMap, int8};
 use crate::element::Element;
 
 /// An instruction set that the contiguous loop can be compiled for.
@@ -47,21 +50,22 @@ impl Isa {
         [Isa::Avx512, Isa::Avx2].into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Baseline)
     }
 
-    /// Runs the slice loop of `S` compiled for this instruction set, or for the baseline if
-    /// the CPU lacks it.
+    /// Runs the slice loop of `S`, its state kept as `W`, compiled for this instruction set,
+    /// or for the baseline if the CPU lacks it.
     ///
     /// The arguments are passed on as they are, rather than inside a closure, so that the
     /// compiled loop knows the slices and the update's captured scalars do not overlap and
     /// can keep the scalars in registers.
     #[inline(always)]
-    pub(crate) fn run<A, S, F>(
+    pub(crate) fn run<A, W, S, F>(
         self,
         param: &mut [A],
         grad: &[A],
-        state: &mut [&mut [A]],
+        state: &mut [&mut [W]],
         update: &F,
     ) where
         A: Element,
+        W: StateWord<A>,
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
@@ -69,11 +73,11 @@ impl Isa {
         match self {
             // SAFETY: the CPU has AVX-512F, checked just before.
             Isa::Avx512 if self.is_available() => {
-                return unsafe { with_avx512::<A, S, F>(param, grad, state, update) };
+                return unsafe { with_avx512::<A, W, S, F>(param, grad, state, update) };
             }
             // SAFETY: the CPU has AVX2, checked just before.
             Isa::Avx2 if self.is_available() => {
-                return unsafe { with_avx2::<A, S, F>(param, grad, state, update) };
+                return unsafe { with_avx2::<A, W, S, F>(param, grad, state, update) };
             }
             _ => {}
         }
@@ -81,11 +85,80 @@ impl Isa {
     }
 }
 
+impl Isa {
+    /// [`int8::encode`] of one block.
+    #[inline(always)]
+    pub(crate) fn quantize<A: Element>(self, values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            // SAFETY: the CPU has AVX-512F, checked just before.
+            Isa::Avx512 if self.is_available() => {
+                return unsafe { quantize_avx512(values, map, codes) };
+            }
+            // SAFETY: the CPU has AVX2, checked just before.
+            Isa::Avx2 if self.is_available() => {
+                return unsafe { quantize_avx2(values, map, codes) };
+            }
+            _ => {}
+        }
+        int8::encode(values, map, codes)
+    }
+
+    /// [`int8::decode`] of one block.
+    #[inline(always)]
+    pub(crate) fn dequantize<A: Element>(
+        self,
+        codes: &[u8],
+        scale: f32,
+        map: QuantMap,
+        values: &mut [A],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            // SAFETY: the CPU has AVX-512F, checked just before.
+            Isa::Avx512 if self.is_available() => {
+                return unsafe { dequantize_avx512(codes, scale, map, values) };
+            }
+            // SAFETY: the CPU has AVX2, checked just before.
+            Isa::Avx2 if self.is_available() => {
+                return unsafe { dequantize_avx2(codes, scale, map, values) };
+            }
+            _ => {}
+        }
+        int8::decode(codes, scale, map, values);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn with_avx2<A, S, F>(param: &mut [A], grad: &[A], state: &mut [&mut [A]], update: &F)
+unsafe fn quantize_avx2<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
+    int8::encode(values, map, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_avx512<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
+    int8::encode(values, map, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dequantize_avx2<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values: &mut [A]) {
+    int8::decode(codes, scale, map, values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dequantize_avx512<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values: &mut [A]) {
+    int8::decode(codes, scale, map, values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn with_avx2<A, W, S, F>(param: &mut [A], grad: &[A], state: &mut [&mut [W]], update: &F)
 where
     A: Element,
+    W: StateWord<A>,
     S: StateSlots<A>,
     F: Fn(&mut A, A, &mut S),
 {
@@ -94,9 +167,10 @@ where
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn with_avx512<A, S, F>(param: &mut [A], grad: &[A], state: &mut [&mut [A]], update: &F)
+unsafe fn with_avx512<A, W, S, F>(param: &mut [A], grad: &[A], state: &mut [&mut [W]], update: &F)
 where
     A: Element,
+    W: StateWord<A>,
     S: StateSlots<A>,
     F: Fn(&mut A, A, &mut S),
 {
