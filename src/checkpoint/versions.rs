@@ -77,19 +77,18 @@ pub(super) struct TrainingStateV2<R, A, E> {
     extras: E,
 }
 
+/// Version 2 is version 3 without shared scalars: it converts through version 3.
+impl<R, A> From<CheckpointV2<R, A>> for CheckpointV3<R, A> {
+    fn from(v2: CheckpointV2<R, A>) -> Self {
+        let CheckpointV2 { format, version, rule, dtype, groups, tensors, clip, non_finite } = v2;
+        let shared = Vec::new();
+        CheckpointV3 { format, version, rule, dtype, groups, tensors, clip, non_finite, shared }
+    }
+}
+
 impl<R, A> From<CheckpointV2<R, A>> for Checkpoint<R, A> {
     fn from(v2: CheckpointV2<R, A>) -> Self {
-        Checkpoint {
-            format: v2.format,
-            version: v2.version,
-            rule: v2.rule,
-            dtype: v2.dtype,
-            groups: v2.groups.into_iter().map(GroupRecord::from).collect(),
-            tensors: v2.tensors.into_iter().map(TensorRecord::from).collect(),
-            clip: v2.clip,
-            non_finite: v2.non_finite,
-            shared: Vec::new(),
-        }
+        CheckpointV3::from(v2).into()
     }
 }
 
