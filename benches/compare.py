@@ -94,12 +94,17 @@ def torch_model_ns_per_elem(model, threads, steps):
     return statistics.median(times) * 1e9 / sum(p.numel() for p in params)
 
 
-def rust_model_ns_per_elem(model, threads, steps):
+def run_example(*args):
+    """The `key=value` fields of the last line `throughput` prints when run with `args`."""
     out = subprocess.run(
-        [EXAMPLE, "--model", model, "--steps", str(steps), "--threads", str(threads)],
-        check=True, capture_output=True, text=True,
+        [EXAMPLE, *map(str, args)], check=True, capture_output=True, text=True,
     ).stdout.strip().splitlines()[-1]
-    return float(dict(w.split("=") for w in out.split() if "=" in w)["ns_per_elem"])
+    return dict(word.split("=") for word in out.split() if "=" in word)
+
+
+def rust_model_ns_per_elem(model, threads, steps):
+    fields = run_example("--model", model, "--steps", steps, "--threads", threads)
+    return float(fields["ns_per_elem"])
 
 
 def compare_model(model, threads, repeats, steps):
@@ -138,13 +143,9 @@ def torch_ns_per_elem(rule, dtype, numel, threads, steps):
 
 def rust_step(rule, dtype, numel, threads, steps, tensors=1, state="f32"):
     """This crate's (ns per element, bytes moved per element) of a step."""
-    out = subprocess.run(
-        [EXAMPLE, "--optimizer", rule, "--dtype", dtype, "--numel", str(numel),
-         "--steps", str(steps), "--threads", str(threads), "--tensors", str(tensors),
-         "--state", state],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
-    fields = dict(word.split("=") for word in out.split() if "=" in word)
+    fields = run_example("--optimizer", rule, "--dtype", dtype, "--numel", numel,
+                         "--steps", steps, "--threads", threads, "--tensors", tensors,
+                         "--state", state)
     return float(fields["ns_per_elem"]), float(fields["bytes_per_elem"])
 
 
@@ -154,12 +155,9 @@ def rust_ns_per_elem(rule, dtype, numel, threads, steps, tensors=1):
 
 def copy_gbps(threads, numel=1 << 26):
     """Bytes read plus written per second by a large f32 copy (this crate's example)."""
-    out = subprocess.run(
-        [EXAMPLE, "--optimizer", "copy", "--numel", str(numel), "--steps", "10",
-         "--threads", str(threads)],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
-    return float(dict(w.split("=") for w in out.split() if "=" in w)["gbps"])
+    fields = run_example("--optimizer", "copy", "--numel", numel, "--steps", 10,
+                         "--threads", threads)
+    return float(fields["gbps"])
 
 
 def main():
