@@ -480,6 +480,10 @@ fn check_stored<R: UpdateRule, A: Element>(
     if let Some(fault) = fault {
         return Err(invalid_state(param, fault));
     }
+    // Expanding costs a buffer-sized copy: only buffers with a sign to check pay it.
+    if !hyper.non_negative_state().contains(&name.as_str()) {
+        return Ok(());
+    }
     let stored = buffer.stored.as_ref().expect("checked to be stored");
     let mut values = vec![A::zero(); len];
     stored.borrowed(map).expand(&mut values);
