@@ -1,6 +1,7 @@
 //! bfloat16: the upper half of an IEEE-754 binary32, 8 bits of exponent and 7 of fraction.
 
 use crate::element::Element;
+use crate::kernel::StateWord;
 
 /// Rounds `value` to the nearest bfloat16, ties to even, and returns its bits.
 ///
@@ -36,7 +37,7 @@ pub fn bf16_value(bits: u16) -> f32 {
 #[inline(always)]
 pub(crate) fn encode<A: Element>(values: &[A], bits: &mut [u16]) {
     for (bits, &value) in bits.iter_mut().zip(values) {
-        *bits = bf16_bits(value.into_f64() as f32);
+        *bits = <u16 as StateWord<A>>::round(value);
     }
 }
 
@@ -44,7 +45,7 @@ pub(crate) fn encode<A: Element>(values: &[A], bits: &mut [u16]) {
 #[inline(always)]
 pub(crate) fn decode<A: Element>(bits: &[u16], values: &mut [A]) {
     for (value, &bits) in values.iter_mut().zip(bits) {
-        *value = A::from_f64(f64::from(bf16_value(bits)));
+        *value = <u16 as StateWord<A>>::expand(bits);
     }
 }
 
