@@ -35,7 +35,7 @@ impl QuantMap {
         }
     }
 
-    fn lookup(self) -> &'static Lookup {
+    pub(crate) fn lookup(self) -> &'static Lookup {
         match self {
             QuantMap::Signed => &SIGNED_LOOKUP,
             QuantMap::Unsigned => &UNSIGNED_LOOKUP,
@@ -99,6 +99,33 @@ pub(crate) fn decode<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values
     }
 }
 
+/// [`encode`] with the map lookup done `LANES` values at a time by `nearest`, for an
+/// instruction set whose gathers the compiler does not emit by itself; the last values of a
+/// block short of `LANES` go one by one.
+#[inline(always)]
+pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
+    values: &[A],
+    map: QuantMap,
+    codes: &mut [u8],
+    nearest: impl Fn(&Lookup, &[f32; LANES]) -> [u32; LANES],
+) -> f32 {
+    let codes = &mut codes[..values.len()];
+    let scale = block_scale(values);
+    let lookup = map.lookup();
+    let mut chunks = codes.chunks_exact_mut(LANES).zip(values.chunks_exact(LANES));
+    for (codes, values) in &mut chunks {
+        let ys = core::array::from_fn(|lane| to_f32(values[lane]) / scale);
+        for (code, found) in codes.iter_mut().zip(nearest(lookup, &ys)) {
+            *code = found as u8;
+        }
+    }
+    let done = values.len() - values.len() % LANES;
+    for (code, &value) in codes[done..].iter_mut().zip(&values[done..]) {
+        *code = lookup.nearest_code(to_f32(value) / scale);
+    }
+    scale
+}
+
 #[inline(always)]
 fn to_f32<A: Element>(value: A) -> f32 {
     value.into_f64() as f32
@@ -119,52 +146,62 @@ fn block_scale<A: Element>(values: &[A]) -> f32 {
     }
 }
 
-const SIGN: u32 = 0x8000_0000;
+pub(crate) const SIGN: u32 = 0x8000_0000;
 
 /// A map's nearest-code search as a table lookup: `y` gets code `c` from `t_c ≤ y < t_{c+1}`,
 /// where threshold `t_c` is the smallest `f32` that torchao's search and rounding give code
 /// `c` or more. A bucket of `y`'s bits holds at most one threshold above its lowest value, so
 /// the code is the bucket's base code, plus one from that threshold on.
 ///
-/// The tables are 32-bit words and both are indexed by the bucket, so that a loop over a
-/// block compiled for AVX-512 looks up 16 values at once with two independent gathers.
-struct Lookup {
-    /// `t_c` for codes 1 to 255, with `t_0 = −∞` and `t_256` NaN (no value reaches it).
-    thresholds: [f32; 257],
-    /// For every bucket of magnitudes, the code of the bucket's lowest value: the buckets of
-    /// positive values, then those of negative ones.
-    base: [u32; 2 * BUCKETS],
-    /// For every bucket, the threshold of the code after its base.
-    next: [f32; 2 * BUCKETS],
+/// Each bucket is one 32-bit word, the base code over the threshold's key (below), so that a
+/// loop over a block looks up 8 or 16 values at once with one gather (AVX2 or AVX-512).
+pub(crate) struct Lookup {
+    /// For every bucket of magnitudes, the buckets of positive values, then those of negative
+    /// ones: the code of the bucket's lowest value in the top 8 bits, and in the low
+    /// [`KEY_BITS`] the key of the threshold of the next code, or [`NO_THRESHOLD`].
+    pub(crate) words: [u32; 2 * BUCKETS],
 }
 
 impl Lookup {
     /// The code of `y`: the nearest entry, ties upward; 255 above the map, 0 below it and
     /// for NaN.
     #[inline(always)]
-    fn nearest_code(&self, y: f32) -> u8 {
+    pub(crate) fn nearest_code(&self, y: f32) -> u8 {
         let bits = y.to_bits();
         // Magnitudes above 1 share the bucket of 1, whose base is the code of ±1: the first
         // or the last. Magnitudes below the first bucket share it: no threshold lies between.
-        let magnitude = (bits & !SIGN).min(ONE_BITS);
+        let above_min = (bits & !SIGN).clamp(MIN_BITS, ONE_BITS) - MIN_BITS;
+        let negative = bits >> 31;
         // In 32 bits, so that the gathers take 16 indices at a time.
-        let bucket = (bits >> 31) * BUCKETS as u32 + (magnitude.saturating_sub(MIN_BITS) >> SHIFT);
-        let bucket = bucket as usize;
-        let code = self.base[bucket] + u32::from(y >= self.next[bucket]);
+        let word = self.words[(negative * BUCKETS as u32 + (above_min >> SHIFT)) as usize];
+        let code = (word >> 24) + u32::from(key(above_min, negative) >= word & KEY_MASK);
         if y.is_nan() { 0 } else { code as u8 }
     }
 }
 
+/// Where a value lies within its bucket, as an integer that grows with the value: the low
+/// bits of its magnitude's distance from the first bucket, reversed for negative values.
+#[inline(always)]
+pub(crate) const fn key(above_min: u32, negative: u32) -> u32 {
+    (above_min & WITHIN) ^ (negative * WITHIN)
+}
+
 /// Magnitudes below 2⁻²⁴ share the first bucket: no threshold lies between them and it (the
 /// smallest non-zero entry is 3.25 · 10⁻⁷, about 2⁻²¹·⁵, and the threshold below it half that).
-const MIN_BITS: u32 = (127 - 24) << 23;
+pub(crate) const MIN_BITS: u32 = (127 - 24) << 23;
 /// The bits of 1.0, the largest magnitude the map covers.
-const ONE_BITS: u32 = 0x3F80_0000;
+pub(crate) const ONE_BITS: u32 = 0x3F80_0000;
 /// Buckets keep the exponent and 7 bits of the fraction: narrower than the gap between any
 /// two thresholds, so each bucket holds at most one (checked when the tables are built, at
 /// compile time).
-const SHIFT: u32 = 23 - 7;
-const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
+pub(crate) const SHIFT: u32 = 23 - 7;
+pub(crate) const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
+/// The bits of a magnitude below a bucket's.
+pub(crate) const WITHIN: u32 = (1 << SHIFT) - 1;
+/// The key of a bucket without a threshold: above every value's.
+pub(crate) const NO_THRESHOLD: u32 = WITHIN + 1;
+/// The bits of a word that hold the threshold's key.
+pub(crate) const KEY_MASK: u32 = (1 << 24) - 1;
 
 static SIGNED_LOOKUP: Lookup = lookup(&SIGNED);
 static UNSIGNED_LOOKUP: Lookup = lookup(&UNSIGNED);
@@ -195,13 +232,13 @@ const fn searched_code(entries: &[f32; 256], y: f32) -> usize {
     if y - low >= (high - low) * 0.5 { up } else { code }
 }
 
-/// The lookup tables of a map. Builds every threshold by bisection over the `f32`s between
-/// two entries (the rounding is monotonic in `y`), and checks that no bucket holds two.
-const fn lookup(entries: &[f32; 256]) -> Lookup {
-    let mut table =
-        Lookup { thresholds: [0.0; 257], base: [0; 2 * BUCKETS], next: [0.0; 2 * BUCKETS] };
-    table.thresholds[0] = f32::NEG_INFINITY;
-    table.thresholds[256] = f32::NAN;
+/// A map's thresholds: `t_c` for codes 1 to 255, with `t_0 = −∞` and `t_256` NaN (no value
+/// reaches it). Each is found by bisection over the `f32`s between two entries (the rounding
+/// is monotonic in `y`).
+const fn thresholds(entries: &[f32; 256]) -> [f32; 257] {
+    let mut thresholds = [0.0; 257];
+    thresholds[0] = f32::NEG_INFINITY;
+    thresholds[256] = f32::NAN;
     let mut code = 1;
     while code < 256 {
         // The smallest `y` in (q_{c−1}, q_c] with code c: q_c itself has it.
@@ -214,9 +251,17 @@ const fn lookup(entries: &[f32; 256]) -> Lookup {
                 low = middle;
             }
         }
-        table.thresholds[code] = unordered(high);
+        thresholds[code] = unordered(high);
         code += 1;
     }
+    thresholds
+}
+
+/// The lookup table of a map, from its thresholds; checks that no bucket holds two and that
+/// a bucket's threshold lies among the magnitudes its keys tell apart.
+const fn lookup(entries: &[f32; 256]) -> Lookup {
+    let thresholds = thresholds(entries);
+    let mut table = Lookup { words: [0; 2 * BUCKETS] };
     // The code of `y` by the thresholds, and a check that `highest` has at most one more.
     const fn at(thresholds: &[f32; 257], y: f32) -> usize {
         let (mut low, mut high) = (0_usize, 255);
@@ -233,20 +278,36 @@ const fn lookup(entries: &[f32; 256]) -> Lookup {
     const fn check(thresholds: &[f32; 257], base: usize, highest: f32) {
         assert!(base + 2 > 255 || thresholds[base + 2] > highest, "a bucket holds two thresholds");
     }
+    /// The word of a bucket with code `base` whose next threshold is `next`, if `inside` it.
+    const fn word(index: usize, base: usize, next: f32, inside: bool, negative: u32) -> u32 {
+        let key = if inside {
+            let first = MIN_BITS + ((index as u32) << SHIFT);
+            let magnitude = next.to_bits() & !SIGN;
+            assert!(magnitude >= first && magnitude - first <= WITHIN, "a threshold off its keys");
+            // Clamped magnitudes (below the first bucket, above 1) take the key of its edge:
+            // a threshold there would not tell them apart.
+            assert!(index > 0 || magnitude > first, "a threshold at the map's edge");
+            assert!(magnitude < ONE_BITS, "a threshold at the map's edge");
+            key(magnitude - MIN_BITS, negative)
+        } else {
+            NO_THRESHOLD
+        };
+        ((base as u32) << 24) | key
+    }
     let mut index = 0;
     while index < BUCKETS {
         let low_bits = if index == 0 { 0 } else { MIN_BITS + ((index as u32) << SHIFT) };
-        let high_bits = MIN_BITS + ((index as u32) << SHIFT) + (1 << SHIFT) - 1;
+        let high_bits = MIN_BITS + ((index as u32) << SHIFT) + WITHIN;
         let high_bits = if high_bits > ONE_BITS { ONE_BITS } else { high_bits };
         let (low, high) = (f32::from_bits(low_bits), f32::from_bits(high_bits));
-        let base = at(&table.thresholds, low);
-        check(&table.thresholds, base, high);
-        table.base[index] = base as u32;
-        table.next[index] = table.thresholds[base + 1];
-        let base = at(&table.thresholds, -high);
-        check(&table.thresholds, base, -low);
-        table.base[BUCKETS + index] = base as u32;
-        table.next[BUCKETS + index] = table.thresholds[base + 1];
+        let base = at(&thresholds, low);
+        check(&thresholds, base, high);
+        let next = thresholds[base + 1];
+        table.words[index] = word(index, base, next, next <= high, 0);
+        let base = at(&thresholds, -high);
+        check(&thresholds, base, -low);
+        let next = thresholds[base + 1];
+        table.words[BUCKETS + index] = word(index, base, next, next <= -low, 1);
         index += 1;
     }
     table
@@ -775,30 +836,35 @@ const UNSIGNED: [f32; 256] = [
 ];
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Every entry, threshold and midpoint of `map`, their neighbours a few ulps away, a sweep
+    /// of bit patterns through [-1, 1], and values outside it.
+    pub(crate) fn probes(map: QuantMap) -> Vec<f32> {
+        let entries = map.values();
+        let mut points: Vec<f32> = thresholds(entries)[1..256].to_vec();
+        for pair in entries.windows(2) {
+            points.extend([pair[0], pair[0] + (pair[1] - pair[0]) * 0.5, pair[1]]);
+        }
+        let mut probes: Vec<f32> = Vec::new();
+        for point in points {
+            for ulps in -3_i32..=3 {
+                probes.push(f32::from_bits(point.to_bits().wrapping_add_signed(ulps)));
+            }
+        }
+        probes.extend((0..=0x3F80_0000_u32).step_by(97).map(f32::from_bits));
+        probes.extend((0..=0x3F80_0000_u32).step_by(97).map(|bits| -f32::from_bits(bits)));
+        probes.extend([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, f32::INFINITY, f32::NEG_INFINITY]);
+        probes.extend([f32::NAN, -f32::NAN, 1e-40, -1e-40]);
+        probes
+    }
 
     #[test]
     fn the_lookup_finds_the_code_the_search_finds() {
         for map in [QuantMap::Signed, QuantMap::Unsigned] {
             let (entries, lookup) = (map.values(), map.lookup());
-            // Every entry, threshold and midpoint, their neighbours a few ulps away, and a
-            // sweep of bit patterns through [-1, 1].
-            let mut points: Vec<f32> = lookup.thresholds[1..256].to_vec();
-            for pair in entries.windows(2) {
-                points.extend([pair[0], pair[0] + (pair[1] - pair[0]) * 0.5, pair[1]]);
-            }
-            let mut probes: Vec<f32> = Vec::new();
-            for point in points {
-                for ulps in -3_i32..=3 {
-                    probes.push(f32::from_bits(point.to_bits().wrapping_add_signed(ulps)));
-                }
-            }
-            probes.extend((0..=0x3F80_0000_u32).step_by(97).map(f32::from_bits));
-            probes.extend((0..=0x3F80_0000_u32).step_by(97).map(|bits| -f32::from_bits(bits)));
-            probes.extend([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, f32::INFINITY, f32::NEG_INFINITY]);
-            probes.extend([f32::NAN, -f32::NAN, 1e-40, -1e-40]);
-            for y in probes {
+            for y in probes(map) {
                 assert_eq!(
                     usize::from(lookup.nearest_code(y)),
                     searched_code(entries, y),

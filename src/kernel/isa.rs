@@ -8,7 +8,8 @@
 //! square root are correctly rounded in every instruction set, so all versions compute the
 //! same bits. The block-wise 8-bit conversions of low-precision state ([`Isa::quantize`],
 //! [`Isa::dequantize`]) are dispatched the same way: their map lookups are integer and
-//! comparison work that gives the same bits in every set, and become gathers with AVX-512.
+//! comparison work that gives the same bits in every set, and become gathers: by the compiler
+//! with AVX-512, written out for AVX2 (`nearest_codes_avx2`).
 //!
 //! Calling a `#[target_feature]` function is `unsafe`: it is sound only on a CPU that has the
 //! features. This module is the one place that does it, each time right after checking them.
@@ -132,7 +133,48 @@ impl Isa {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_avx2<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
-    int8::encode(values, map, codes)
+    // SAFETY: this function runs only where the CPU has AVX2.
+    int8::encode_in_lanes(values, map, codes, |lookup, ys| unsafe {
+        nearest_codes_avx2(lookup, ys)
+    })
+}
+
+/// `Lookup::nearest_code` of eight values at once, in the same integer and comparison steps,
+/// with AVX2's gathers, which the compiler does not emit for AVX2 by itself.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn nearest_codes_avx2(lookup: &int8::Lookup, ys: &[f32; 8]) -> [u32; 8] {
+    use core::arch::x86_64::*;
+    use int8::{BUCKETS, KEY_MASK, MIN_BITS, ONE_BITS, SHIFT, SIGN, WITHIN};
+
+    let splat = |word: u32| _mm256_set1_epi32(word as i32);
+    // SAFETY: `ys` holds eight `f32`s; unaligned loads are allowed.
+    let y = unsafe { _mm256_loadu_ps(ys.as_ptr()) };
+    let bits = _mm256_castps_si256(y);
+    let magnitude = _mm256_and_si256(bits, splat(!SIGN));
+    let clamped = _mm256_min_epu32(_mm256_max_epu32(magnitude, splat(MIN_BITS)), splat(ONE_BITS));
+    let above_min = _mm256_sub_epi32(clamped, splat(MIN_BITS));
+    // All ones for negative values.
+    let negative = _mm256_srai_epi32::<31>(bits);
+    let bucket = _mm256_add_epi32(
+        _mm256_and_si256(negative, splat(BUCKETS as u32)),
+        _mm256_srli_epi32::<{ SHIFT as i32 }>(above_min),
+    );
+    // SAFETY: `above_min ≤ ONE_BITS − MIN_BITS`, so `above_min >> SHIFT < BUCKETS` and every
+    // bucket indexes the table's `2 · BUCKETS` words.
+    let word = unsafe { _mm256_i32gather_epi32::<4>(lookup.words.as_ptr().cast(), bucket) };
+    let key = _mm256_and_si256(_mm256_xor_si256(above_min, negative), splat(WITHIN));
+    // All ones (−1) where the value lies below its bucket's threshold; keys are below 2²⁴, so
+    // the signed comparison orders them.
+    let below = _mm256_cmpgt_epi32(_mm256_and_si256(word, splat(KEY_MASK)), key);
+    let code = _mm256_add_epi32(_mm256_srli_epi32::<24>(word), _mm256_add_epi32(below, splat(1)));
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(y, y));
+    let code = _mm256_andnot_si256(nan, code);
+    let mut codes = [0_u32; 8];
+    // SAFETY: `codes` holds eight `u32`s; unaligned stores are allowed.
+    unsafe { _mm256_storeu_si256(codes.as_mut_ptr().cast(), code) };
+    codes
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -175,4 +217,53 @@ where
     F: Fn(&mut A, A, &mut S),
 {
     S::for_each_slice(param, grad, state, update);
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_avx2_lookup_finds_the_scalar_lookups_codes() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        for map in [QuantMap::Signed, QuantMap::Unsigned] {
+            let probes = int8::tests::probes(map);
+            for ys in probes.chunks_exact(8) {
+                let ys: &[f32; 8] = ys.try_into().expect("chunks of eight");
+                // SAFETY: the CPU has AVX2, checked above.
+                let codes = unsafe { nearest_codes_avx2(map.lookup(), ys) };
+                for (&y, code) in ys.iter().zip(codes) {
+                    assert_eq!(code, u32::from(map.lookup().nearest_code(y)), "{map:?} {y:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_quantizes_a_block_alike() {
+        let specials = [0.0, -0.0, 1e-40, -3e38, f32::INFINITY, f32::NAN, 0.7, -2.5];
+        for len in [1, 7, 8, 9, 255, 256] {
+            for special in 0..=specials.len() {
+                let values: Vec<f32> = (0..len)
+                    .map(|i| match specials.get(special) {
+                        Some(&value) if i == len / 2 => value,
+                        _ => ((i * 7919 % 1000) as f32 - 500.0) * 1e-3,
+                    })
+                    .collect();
+                for map in [QuantMap::Signed, QuantMap::Unsigned] {
+                    let mut expected = vec![0_u8; len];
+                    let scale = int8::encode(&values, map, &mut expected);
+                    for isa in [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| isa.is_available())
+                    {
+                        let mut codes = vec![0_u8; len];
+                        let got = isa.quantize(&values, map, &mut codes);
+                        assert_eq!(got.to_bits(), scale.to_bits(), "{isa:?} {len} {special}");
+                        assert_eq!(codes, expected, "{isa:?} {len} {special} {map:?}");
+                    }
+                }
+            }
+        }
+    }
 }
