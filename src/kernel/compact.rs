@@ -203,7 +203,7 @@ fn step_block<A, S, F>(
 {
     let (len, start) = (param.len(), block * BLOCK);
     let seen = &mut work.grad[..len];
-    pass.stage.apply_to_slices(param, grad, seen);
+    pass.isa.stage(pass.stage, param, grad, seen);
     match stores {
         Stores::Bf16(bits) => {
             let mut state = bits.each_mut().map(|bits| {

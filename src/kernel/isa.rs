@@ -6,16 +6,17 @@
 //! time. Only the choice of instructions differs between the versions: Rust never contracts
 //! `a * b + c` into a fused multiply-add, and IEEE-754 addition, multiplication, division and
 //! square root are correctly rounded in every instruction set, so all versions compute the
-//! same bits. The block-wise 8-bit conversions of low-precision state ([`Isa::quantize`],
-//! [`Isa::dequantize`]) are dispatched the same way: their map lookups are integer and
-//! comparison work that gives the same bits in every set, and become gathers: by the compiler
-//! with AVX-512, written out for AVX2 (`nearest_codes_avx2`).
+//! same bits. The passes over blocks of low-precision state are dispatched the same way: the
+//! options stage ([`Isa::stage`]) and the block-wise 8-bit conversions ([`Isa::quantize`],
+//! [`Isa::dequantize`]), whose map lookups are integer and comparison work that gives the
+//! same bits in every set, and become gathers: by the compiler with AVX-512, written out for
+//! AVX2 (`nearest_codes_avx2`).
 //!
 //! Calling a `#[target_feature]` function is `unsafe`: it is sound only on a CPU that has the
 //! features. This module is the one place that does it, each time right after checking them.
 #![allow(unsafe_code)]
 
-use super::{StateSlots, StateWord};
+use super::{Stage, StateSlots, StateWord};
 use crate::compact::{QuantMap, int8};
 use crate::element::Element;
 
@@ -87,6 +88,30 @@ impl Isa {
 }
 
 impl Isa {
+    /// [`Stage::apply_to_slices`] of one block of low-precision state.
+    #[inline(always)]
+    pub(crate) fn stage<A: Element>(
+        self,
+        stage: Stage<A>,
+        param: &mut [A],
+        grad: &[A],
+        seen: &mut [A],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            // SAFETY: the CPU has AVX-512F, checked just before.
+            Isa::Avx512 if self.is_available() => {
+                return unsafe { stage_avx512(stage, param, grad, seen) };
+            }
+            // SAFETY: the CPU has AVX2, checked just before.
+            Isa::Avx2 if self.is_available() => {
+                return unsafe { stage_avx2(stage, param, grad, seen) };
+            }
+            _ => {}
+        }
+        stage.apply_to_slices(param, grad, seen);
+    }
+
     /// [`int8::encode`] of one block.
     #[inline(always)]
     pub(crate) fn quantize<A: Element>(self, values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
@@ -128,6 +153,18 @@ impl Isa {
         }
         int8::decode(codes, scale, map, values);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stage_avx2<A: Element>(stage: Stage<A>, param: &mut [A], grad: &[A], seen: &mut [A]) {
+    stage.apply_to_slices(param, grad, seen);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stage_avx512<A: Element>(stage: Stage<A>, param: &mut [A], grad: &[A], seen: &mut [A]) {
+    stage.apply_to_slices(param, grad, seen);
 }
 
 #[cfg(target_arch = "x86_64")]
