@@ -20,6 +20,72 @@ use super::{Stage, StateSlots, StateWord};
 use crate::compact::{QuantMap, int8};
 use crate::element::Element;
 
+/// `function(args…)` from the module compiled for `isa` (`avx512`, `avx2`) if the CPU has the
+/// set, else `baseline`.
+macro_rules! dispatch {
+    ($isa:expr, $function:ident($($arg:expr),*), else $baseline:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        match $isa {
+            // SAFETY: the CPU has AVX-512F, checked just before.
+            Isa::Avx512 if $isa.is_available() => return unsafe { avx512::$function($($arg),*) },
+            // SAFETY: the CPU has AVX2, checked just before.
+            Isa::Avx2 if $isa.is_available() => return unsafe { avx2::$function($($arg),*) },
+            _ => {}
+        }
+        $baseline
+    }};
+}
+
+/// A module of the dispatched functions compiled with `feature` enabled: each inlines the
+/// generic code it calls, which is thereby compiled for that set. `quantize` is given
+/// separately, since AVX2 needs its gathers written out.
+macro_rules! compiled_with {
+    ($module:ident, $feature:literal, $quantize:item) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn run<A, W, S, F>(
+                param: &mut [A],
+                grad: &[A],
+                state: &mut [&mut [W]],
+                update: &F,
+            ) where
+                A: Element,
+                W: StateWord<A>,
+                S: StateSlots<A>,
+                F: Fn(&mut A, A, &mut S),
+            {
+                S::for_each_slice(param, grad, state, update);
+            }
+
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn stage<A: Element>(
+                stage: Stage<A>,
+                param: &mut [A],
+                grad: &[A],
+                seen: &mut [A],
+            ) {
+                stage.apply_to_slices(param, grad, seen);
+            }
+
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn dequantize<A: Element>(
+                codes: &[u8],
+                scale: f32,
+                map: QuantMap,
+                values: &mut [A],
+            ) {
+                int8::decode(codes, scale, map, values);
+            }
+
+            #[target_feature(enable = $feature)]
+            $quantize
+        }
+    };
+}
+
 /// An instruction set that the contiguous loop can be compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
@@ -71,23 +137,9 @@ impl Isa {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
-        #[cfg(target_arch = "x86_64")]
-        match self {
-            // SAFETY: the CPU has AVX-512F, checked just before.
-            Isa::Avx512 if self.is_available() => {
-                return unsafe { with_avx512::<A, W, S, F>(param, grad, state, update) };
-            }
-            // SAFETY: the CPU has AVX2, checked just before.
-            Isa::Avx2 if self.is_available() => {
-                return unsafe { with_avx2::<A, W, S, F>(param, grad, state, update) };
-            }
-            _ => {}
-        }
-        S::for_each_slice(param, grad, state, update);
+        dispatch!(self, run(param, grad, state, update), else S::for_each_slice(param, grad, state, update))
     }
-}
 
-impl Isa {
     /// [`Stage::apply_to_slices`] of one block of low-precision state.
     #[inline(always)]
     pub(crate) fn stage<A: Element>(
@@ -97,37 +149,13 @@ impl Isa {
         grad: &[A],
         seen: &mut [A],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        match self {
-            // SAFETY: the CPU has AVX-512F, checked just before.
-            Isa::Avx512 if self.is_available() => {
-                return unsafe { stage_avx512(stage, param, grad, seen) };
-            }
-            // SAFETY: the CPU has AVX2, checked just before.
-            Isa::Avx2 if self.is_available() => {
-                return unsafe { stage_avx2(stage, param, grad, seen) };
-            }
-            _ => {}
-        }
-        stage.apply_to_slices(param, grad, seen);
+        dispatch!(self, stage(stage, param, grad, seen), else stage.apply_to_slices(param, grad, seen))
     }
 
     /// [`int8::encode`] of one block.
     #[inline(always)]
     pub(crate) fn quantize<A: Element>(self, values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        match self {
-            // SAFETY: the CPU has AVX-512F, checked just before.
-            Isa::Avx512 if self.is_available() => {
-                return unsafe { quantize_avx512(values, map, codes) };
-            }
-            // SAFETY: the CPU has AVX2, checked just before.
-            Isa::Avx2 if self.is_available() => {
-                return unsafe { quantize_avx2(values, map, codes) };
-            }
-            _ => {}
-        }
-        int8::encode(values, map, codes)
+        dispatch!(self, quantize(values, map, codes), else int8::encode(values, map, codes))
     }
 
     /// [`int8::decode`] of one block.
@@ -139,42 +167,36 @@ impl Isa {
         map: QuantMap,
         values: &mut [A],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        match self {
-            // SAFETY: the CPU has AVX-512F, checked just before.
-            Isa::Avx512 if self.is_available() => {
-                return unsafe { dequantize_avx512(codes, scale, map, values) };
-            }
-            // SAFETY: the CPU has AVX2, checked just before.
-            Isa::Avx2 if self.is_available() => {
-                return unsafe { dequantize_avx2(codes, scale, map, values) };
-            }
-            _ => {}
-        }
-        int8::decode(codes, scale, map, values);
+        dispatch!(self, dequantize(codes, scale, map, values), else int8::decode(codes, scale, map, values))
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn stage_avx2<A: Element>(stage: Stage<A>, param: &mut [A], grad: &[A], seen: &mut [A]) {
-    stage.apply_to_slices(param, grad, seen);
-}
+compiled_with!(
+    avx512,
+    "avx512f",
+    pub(super) unsafe fn quantize<A: Element>(
+        values: &[A],
+        map: QuantMap,
+        codes: &mut [u8],
+    ) -> f32 {
+        int8::encode(values, map, codes)
+    }
+);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn stage_avx512<A: Element>(stage: Stage<A>, param: &mut [A], grad: &[A], seen: &mut [A]) {
-    stage.apply_to_slices(param, grad, seen);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_avx2<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
-    // SAFETY: this function runs only where the CPU has AVX2.
-    int8::encode_in_lanes(values, map, codes, |lookup, ys| unsafe {
-        nearest_codes_avx2(lookup, ys)
-    })
-}
+compiled_with!(
+    avx2,
+    "avx2",
+    pub(super) unsafe fn quantize<A: Element>(
+        values: &[A],
+        map: QuantMap,
+        codes: &mut [u8],
+    ) -> f32 {
+        // SAFETY: this function runs only where the CPU has AVX2.
+        int8::encode_in_lanes(values, map, codes, |lookup, ys| unsafe {
+            super::nearest_codes_avx2(lookup, ys)
+        })
+    }
+);
 
 /// `Lookup::nearest_code` of eight values at once, in the same integer and comparison steps,
 /// with AVX2's gathers, which the compiler does not emit for AVX2 by itself.
@@ -212,48 +234,6 @@ unsafe fn nearest_codes_avx2(lookup: &int8::Lookup, ys: &[f32; 8]) -> [u32; 8] {
     // SAFETY: `codes` holds eight `u32`s; unaligned stores are allowed.
     unsafe { _mm256_storeu_si256(codes.as_mut_ptr().cast(), code) };
     codes
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn quantize_avx512<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
-    int8::encode(values, map, codes)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dequantize_avx2<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values: &mut [A]) {
-    int8::decode(codes, scale, map, values);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dequantize_avx512<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values: &mut [A]) {
-    int8::decode(codes, scale, map, values);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn with_avx2<A, W, S, F>(param: &mut [A], grad: &[A], state: &mut [&mut [W]], update: &F)
-where
-    A: Element,
-    W: StateWord<A>,
-    S: StateSlots<A>,
-    F: Fn(&mut A, A, &mut S),
-{
-    S::for_each_slice(param, grad, state, update);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn with_avx512<A, W, S, F>(param: &mut [A], grad: &[A], state: &mut [&mut [W]], update: &F)
-where
-    A: Element,
-    W: StateWord<A>,
-    S: StateSlots<A>,
-    F: Fn(&mut A, A, &mut S),
-{
-    S::for_each_slice(param, grad, state, update);
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
