@@ -102,6 +102,7 @@ pub(crate) fn decode<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values
 /// [`encode`] with the map lookup done `LANES` values at a time by `nearest`, for an
 /// instruction set whose gathers the compiler does not emit by itself; the last values of a
 /// block short of `LANES` go one by one.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
     values: &[A],
