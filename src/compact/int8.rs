@@ -158,8 +158,8 @@ pub(crate) const SIGN: u32 = 0x8000_0000;
 /// loop over a block looks up 8 or 16 values at once with one gather (AVX2 or AVX-512).
 pub(crate) struct Lookup {
     /// For every bucket of magnitudes, the buckets of positive values, then those of negative
-    /// ones: the code of the bucket's lowest value in the top 8 bits, and in the low
-    /// [`KEY_BITS`] the key of the threshold of the next code, or [`NO_THRESHOLD`].
+    /// ones: the code of the bucket's lowest value in the top 8 bits, and in the bits of
+    /// [`KEY_MASK`] the [`key`] of the threshold of the next code, or [`NO_THRESHOLD`].
     pub(crate) words: [u32; 2 * BUCKETS],
 }
 
@@ -197,7 +197,7 @@ pub(crate) const ONE_BITS: u32 = 0x3F80_0000;
 /// compile time).
 pub(crate) const SHIFT: u32 = 23 - 7;
 pub(crate) const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
-/// The bits of a magnitude below a bucket's.
+/// The low bits of a magnitude, which tell the values of one bucket apart.
 pub(crate) const WITHIN: u32 = (1 << SHIFT) - 1;
 /// The key of a bucket without a threshold: above every value's.
 pub(crate) const NO_THRESHOLD: u32 = WITHIN + 1;
@@ -285,8 +285,8 @@ const fn lookup(entries: &[f32; 256]) -> Lookup {
             let first = MIN_BITS + ((index as u32) << SHIFT);
             let magnitude = next.to_bits() & !SIGN;
             assert!(magnitude >= first && magnitude - first <= WITHIN, "a threshold off its keys");
-            // Clamped magnitudes (below the first bucket, above 1) take the key of its edge:
-            // a threshold there would not tell them apart.
+            // Clamped magnitudes (below the first bucket, above 1) take the key of their
+            // bucket's edge: a threshold there would not tell them apart.
             assert!(index > 0 || magnitude > first, "a threshold at the map's edge");
             assert!(magnitude < ONE_BITS, "a threshold at the map's edge");
             key(magnitude - MIN_BITS, negative)
