@@ -333,7 +333,7 @@ impl Reduction {
 /// Checks a rule's [`Options`]: the learning rate and the weight decay finite and ≥ 0.
 ///
 /// # Errors
-/// [`Error::InvalidHyperparameter`] with key `lr` or `weight_decay`.
+/// [`Error::InvalidHyperparameter`](crate::Error::InvalidHyperparameter) with key `lr` or `weight_decay`.
 pub(crate) fn check_options(rule: &'static str, options: Options) -> Result<()> {
     check_lr(rule, options.lr)?;
     check_non_negative(rule, "weight_decay", options.weight_decay.lambda())

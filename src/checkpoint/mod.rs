@@ -395,7 +395,7 @@ fn check_step(param: &str, step: u64) -> Result<()> {
 /// Refuses buffer values that no run produces: a negative value (or −∞) in a buffer the rule
 /// keeps non-negative (second moments, accumulated squares). NaN and ±∞ elsewhere, and +∞
 /// there, are what real runs produce (a non-finite gradient under
-/// [`NonFinite::Ignore`](crate::NonFinite::Ignore), or a finite one whose square overflows),
+/// [`NonFinite::Ignore`], or a finite one whose square overflows),
 /// so a checkpoint of such a run loads as it was saved.
 fn check_buffer<R: UpdateRule, A: Element>(
     hyper: &R,
