@@ -81,13 +81,17 @@ pub fn dequantize_block(codes: &[u8], scale: f32, map: QuantMap, values: &mut [f
 /// [`quantize_block`] of values of any element type, each rounded to `f32` first.
 #[inline(always)]
 pub(crate) fn encode<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
-    let codes = &mut codes[..values.len()];
     let scale = block_scale(values);
-    let lookup = map.lookup();
-    for (code, &value) in codes.iter_mut().zip(values) {
+    codes_one_by_one(map.lookup(), values, scale, codes);
+    scale
+}
+
+/// The code of each of `values` divided by `scale`, into `codes`.
+#[inline(always)]
+fn codes_one_by_one<A: Element>(lookup: &Lookup, values: &[A], scale: f32, codes: &mut [u8]) {
+    for (code, &value) in codes[..values.len()].iter_mut().zip(values) {
         *code = lookup.nearest_code(to_f32(value) / scale);
     }
-    scale
 }
 
 /// [`dequantize_block`] into values of any element type.
@@ -121,9 +125,7 @@ pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
         }
     }
     let done = values.len() - values.len() % LANES;
-    for (code, &value) in codes[done..].iter_mut().zip(&values[done..]) {
-        *code = lookup.nearest_code(to_f32(value) / scale);
-    }
+    codes_one_by_one(lookup, &values[done..], scale, &mut codes[done..]);
     scale
 }
 
