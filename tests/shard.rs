@@ -7,7 +7,7 @@ use ndarray::ArrayD;
 use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
 use ndarray_optim::{
     Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan,
-    ShardedOptimizer, StepOutcome, UpdateRule,
+    ShardedOptimizer, StatePrecision, StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,6 +78,14 @@ fn flat_grads<A: Element>(plan: &ShardPlan, step: u64) -> Vec<A> {
 /// An optimizer with a faster group for the biases, clipping by global norm and skipping
 /// non-finite steps.
 fn setup<R: UpdateRule, A: Element>(rule: &R) -> Optimizer<R, A> {
+    setup_in(rule, StatePrecision::Full).unwrap()
+}
+
+/// [`setup`] with every group's state kept in `precision`, if the rule and element type can.
+fn setup_in<R: UpdateRule, A: Element>(
+    rule: &R,
+    precision: StatePrecision,
+) -> Result<Optimizer<R, A>, Error> {
     let mut opt = Optimizer::new(rule.clone()).unwrap();
     let mut fast = rule.clone();
     *fast.lr_mut() *= 2.0;
@@ -87,7 +95,10 @@ fn setup<R: UpdateRule, A: Element>(rule: &R) -> Optimizer<R, A> {
     }
     opt.set_clip(Some(Clip::GlobalNorm { max_norm: 5.0 })).unwrap();
     opt.set_non_finite(NonFinite::Skip);
-    opt
+    for group in ["default", "fast"] {
+        opt.set_state_precision(group, precision)?;
+    }
+    Ok(opt)
 }
 
 /// One process stepping the whole model, tensor by tensor in name order, from `params`.
@@ -184,7 +195,8 @@ fn merged<R: UpdateRule, A: Element>(ranks: &[ShardedOptimizer<R, A>]) -> Checkp
         .unwrap()
 }
 
-struct EqualToOneProcess;
+/// Every rule's sharded steps against one process's, with the state kept in `.0`.
+struct EqualToOneProcess(StatePrecision);
 
 impl RuleCheck for EqualToOneProcess {
     fn check<R, A>(&mut self, rule: R)
@@ -192,7 +204,10 @@ impl RuleCheck for EqualToOneProcess {
         R: UpdateRule + Serialize + DeserializeOwned,
         A: Element + Serialize + DeserializeOwned,
     {
-        let fresh = || setup::<R, A>(&rule);
+        if self.0 != StatePrecision::Full && setup_in::<R, A>(&rule, self.0).is_err() {
+            return;
+        }
+        let fresh = || setup_in::<R, A>(&rule, self.0).unwrap();
         if !rule.elementwise() {
             let err = ShardedOptimizer::new(fresh(), plan(2), 0).unwrap_err();
             assert!(err.to_string().contains("does not update element by element"), "{err}");
@@ -220,10 +235,18 @@ impl RuleCheck for EqualToOneProcess {
 
 #[test]
 fn sharded_steps_equal_one_process_on_any_number_of_ranks() {
-    for_each_rule(&mut EqualToOneProcess);
+    for_each_rule(&mut EqualToOneProcess(StatePrecision::Full));
 }
 
-struct AcrossWorldSizes;
+/// bfloat16 state is rounded element by element, so a part of a tensor keeps the bits the
+/// whole tensor would.
+#[test]
+fn sharded_bfloat16_state_equals_one_process() {
+    for_each_rule(&mut EqualToOneProcess(StatePrecision::Bf16));
+}
+
+/// Every rule trained across world sizes against one process, with the state kept in `.0`.
+struct AcrossWorldSizes(StatePrecision);
 
 impl RuleCheck for AcrossWorldSizes {
     fn check<R, A>(&mut self, rule: R)
@@ -231,10 +254,10 @@ impl RuleCheck for AcrossWorldSizes {
         R: UpdateRule + Serialize + DeserializeOwned,
         A: Element + Serialize + DeserializeOwned,
     {
-        if !rule.elementwise() {
+        if !rule.elementwise() || setup_in::<R, A>(&rule, self.0).is_err() {
             return;
         }
-        let fresh = || setup::<R, A>(&rule);
+        let fresh = || setup_in::<R, A>(&rule, self.0).unwrap();
         let mut single = fresh();
         let mut expected = flat_params::<A>(&plan(1));
         train_single(&mut single, &mut expected, 0..12);
@@ -260,7 +283,12 @@ impl RuleCheck for AcrossWorldSizes {
 
 #[test]
 fn a_four_rank_checkpoint_resumes_on_two_and_one_rank() {
-    for_each_rule(&mut AcrossWorldSizes);
+    for_each_rule(&mut AcrossWorldSizes(StatePrecision::Full));
+}
+
+#[test]
+fn a_four_rank_bfloat16_checkpoint_resumes_on_two_and_one_rank() {
+    for_each_rule(&mut AcrossWorldSizes(StatePrecision::Bf16));
 }
 
 /// Pseudo-random models, including one dominant tensor and tensors without elements.
@@ -415,6 +443,16 @@ fn what_a_shard_cannot_step_is_refused() {
     per_tensor.set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
     let err = ShardedOptimizer::new(per_tensor, plan(2), 0).unwrap_err();
     assert!(err.to_string().contains("its own norm needs whole tensors"), "{err}");
+    // 8-bit state is kept by whole tensors' size, which a rank's parts do not have, and its
+    // scales by blocks of whole tensors.
+    let eight_bit = StatePrecision::Int8 { min_numel: 1 };
+    let mut eight_bit = setup_in::<_, f32>(&Adam::default(), eight_bit).unwrap();
+    let err = ShardedOptimizer::new(eight_bit.clone(), plan(2), 0).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+    assert!(err.to_string().contains("in 8 bits"), "{err}");
+    train_single(&mut eight_bit, &mut flat_params(&plan(1)), 0..1);
+    let err = split(eight_bit.checkpoint(), &plan(2)).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("in 8 bits"), "{err}");
     // Set after the share was made: refused by the step, which still joins the exchange.
     let mut rank = ShardedOptimizer::new(opt, plan(1), 0).unwrap();
     rank.optimizer_mut().set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();

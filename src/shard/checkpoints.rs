@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::invalid;
 use super::plan::ShardPlan;
-use crate::checkpoint::{BufferRecord, Checkpoint, GroupRecord, StateRecord, TensorRecord};
+use crate::checkpoint::{
+    BufferRecord, Checkpoint, GroupRecord, StateRecord, StoredValues, TensorRecord,
+};
 use crate::compact::StatePrecision;
 use crate::error::Result;
 use crate::rule::UpdateRule;
@@ -144,7 +146,8 @@ fn join<A: Clone>(
     for (rank, part) in parts {
         check_part(name, rank, &part, holders[&rank].len())?;
         let names_agree = part.buffers.len() == whole.buffers.len()
-            && part.buffers.iter().zip(&whole.buffers).all(|(a, b)| a.name == b.name);
+            && (part.buffers.iter().zip(&whole.buffers))
+                .all(|(a, b)| a.name == b.name && a.stored.is_some() == b.stored.is_some());
         let scalars_agree = part.scalars.len() == whole.scalars.len()
             && part
                 .scalars
@@ -159,16 +162,38 @@ fn join<A: Clone>(
         }
         for (buffer, more) in whole.buffers.iter_mut().zip(part.buffers) {
             buffer.values.extend(more.values);
+            if let (Some(StoredValues::Bf16 { bits }), Some(StoredValues::Bf16 { bits: more })) =
+                (&mut buffer.stored, more.stored)
+            {
+                bits.extend(more);
+            }
         }
     }
     whole.shape = tensor.shape.to_vec();
     Ok(whole)
 }
 
+/// How many elements `buffer` holds, as values or as stored bfloat16 bits; `None` for 8-bit
+/// codes, whose scales belong to blocks of the whole tensor.
+fn cuttable_len<A>(buffer: &BufferRecord<A>) -> Option<usize> {
+    match &buffer.stored {
+        None => Some(buffer.values.len()),
+        Some(StoredValues::Bf16 { bits }) if buffer.values.is_empty() => Some(bits.len()),
+        Some(_) => None,
+    }
+}
+
 /// Checks that the state of rank `rank`'s part of tensor `name` is of the part's `len`.
 fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> Result<()> {
+    if let Some(buffer) = part.buffers.iter().find(|buffer| cuttable_len(buffer).is_none()) {
+        return Err(invalid(format!(
+            "buffer `{}` of tensor `{name}` in the shard of rank {rank} is kept in 8 bits: it \
+             cannot be cut between ranks",
+            buffer.name
+        )));
+    }
     let numel = part.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
-    if numel != Some(len) || part.buffers.iter().any(|buffer| buffer.values.len() != len) {
+    if numel != Some(len) || part.buffers.iter().any(|buffer| cuttable_len(buffer) != Some(len)) {
         return Err(invalid(format!(
             "the part of tensor `{name}` in the shard of rank {rank} has {len} elements in the \
              plan, but its state is of shape {:?}",
@@ -186,7 +211,8 @@ fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> 
 /// # Errors
 /// [`Error::InvalidSharding`](crate::Error::InvalidSharding) if the checkpoint has state of a
 /// tensor the plan does not list, of another size than the plan's, or of a group whose rule
-/// does not update [element by element](UpdateRule::elementwise) (its state cannot be cut).
+/// does not update [element by element](UpdateRule::elementwise) or that keeps its state in 8
+/// bits (its state cannot be cut; bfloat16 state is cut like full-precision state).
 pub fn split<R: UpdateRule, A: Clone>(
     full: Checkpoint<R, A>,
     plan: &ShardPlan,
@@ -248,11 +274,11 @@ fn cut<R: UpdateRule, A: Clone>(
     plan: &ShardPlan,
 ) -> Result<Vec<(usize, TensorRecord<A>)>> {
     let name = &tensor.name;
-    let low_precision = |g: &GroupRecord<R>| g.state_precision != StatePrecision::Full;
-    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && low_precision(g)) {
+    let eight_bit = |g: &GroupRecord<R>| matches!(g.state_precision, StatePrecision::Int8 { .. });
+    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && eight_bit(g)) {
         return Err(invalid(format!(
-            "tensor `{name}` is in group `{}`, which keeps its state in low precision: it \
-             cannot be cut between ranks",
+            "tensor `{name}` is in group `{}`, which keeps its state in 8 bits: it cannot be \
+             cut between ranks",
             group.name
         )));
     }
@@ -280,8 +306,14 @@ fn cut<R: UpdateRule, A: Clone>(
         buffers: (state.buffers.iter())
             .map(|buffer| BufferRecord {
                 name: buffer.name.clone(),
-                values: buffer.values[elements.clone()].to_vec(),
-                stored: None,
+                values: buffer.values.get(elements.clone()).unwrap_or_default().to_vec(),
+                // `check_part` let through full-precision values and bfloat16 bits only.
+                stored: match &buffer.stored {
+                    Some(StoredValues::Bf16 { bits }) => {
+                        Some(StoredValues::Bf16 { bits: bits[elements.clone()].to_vec() })
+                    }
+                    _ => None,
+                },
             })
             .collect(),
         scalars: state.scalars.clone(),

@@ -21,7 +21,10 @@
 //! tensor exactly as it steps that part inside the whole tensor, and the global norm is an
 //! exact sum, so a sharded step gives the same bits as one process's
 //! [`Optimizer::step_all`](crate::Optimizer::step_all) of the whole model with the same
-//! averaged gradients, on any number of ranks.
+//! averaged gradients, on any number of ranks. That holds for state kept in bfloat16
+//! ([`StatePrecision::Bf16`](crate::StatePrecision::Bf16)) too, which is rounded element by
+//! element; 8-bit state is refused, since which tensors keep it, and its scales, depend on
+//! whole tensors.
 //!
 //! The crate does no communication itself: bring your own (MPI, sockets, threads); the
 //! `data_parallel` example does it over MPI, with a reduce-scatter of the gradients and an

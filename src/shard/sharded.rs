@@ -78,9 +78,10 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     ///
     /// # Errors
     /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, a group's rule does
-    ///   not update [element by element](UpdateRule::elementwise), the optimizer clips each
-    ///   tensor by its own norm, or it has state of a tensor the plan does not list or of
-    ///   another size;
+    ///   not update [element by element](UpdateRule::elementwise) or keeps its state in 8 bits
+    ///   (whose small-tensor threshold is one of whole tensors; bfloat16 state shards), the
+    ///   optimizer clips each tensor by its own norm, or it has state of a tensor the plan
+    ///   does not list or of another size;
     /// - [`Error::ReductionNeedsBatch`] if a group's rule has a
     ///   [reduction](UpdateRule::reduction) over every tensor of a step (such as
     ///   [`Prodigy`](crate::Prodigy)), which sharded steps cannot compute yet.
@@ -193,10 +194,11 @@ fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<(
                 group.hyper.name()
             )));
         }
-        if group.state_precision() != StatePrecision::Full {
+        if let StatePrecision::Int8 { min_numel } = group.state_precision() {
             return Err(invalid(format!(
-                "group `{}` keeps its state in low precision, whose blocks a shard's cuts do \
-                 not follow: keep sharded state in full precision",
+                "group `{}` keeps its state in 8 bits from {min_numel} elements of a whole \
+                 tensor on, but a shard steps parts of tensors: keep sharded state in bfloat16 \
+                 or full precision",
                 group.name()
             )));
         }
