@@ -37,3 +37,4 @@ mod training;
 mod training_state;
 mod v1_checkpoints;
 mod v2_checkpoints;
+mod v4_checkpoints;
