@@ -23,11 +23,8 @@ fn folder() -> PathBuf {
 }
 
 /// The model: name, group, shape.
-const TENSORS: [(&str, &str, &[usize]); 3] = [
-    ("embed.w", "bf16", &[4, 64]),
-    ("head.b", "default", &[8]),
-    ("head.w", "int8", &[8, 64]),
-];
+const TENSORS: [(&str, &str, &[usize]); 3] =
+    [("embed.w", "bf16", &[4, 64]), ("head.b", "default", &[8]), ("head.w", "int8", &[8, 64])];
 
 /// The extras of the training-state file.
 const EXTRAS: u64 = 42;
