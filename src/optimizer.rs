@@ -3,6 +3,7 @@
 use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::check::check_lr;
+use crate::checkpoint::ShardRecord;
 use crate::clip::{self, Clip};
 use crate::compact::StatePrecision;
 use crate::element::Element;
@@ -105,6 +106,8 @@ pub struct Optimizer<R: UpdateRule, A: Element> {
     pub(crate) registry: Registry<R, A>,
     pub(crate) clip: Option<Clip>,
     pub(crate) non_finite: NonFinite,
+    /// The rank share it holds, in a [`ShardedOptimizer`](crate::ShardedOptimizer).
+    pub(crate) shard: Option<ShardRecord>,
     pub(crate) names: NameBuffer,
 }
 
@@ -190,6 +193,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             registry: Registry::new(defaults)?,
             clip: None,
             non_finite: NonFinite::Ignore,
+            shard: None,
             names: NameBuffer::default(),
         })
     }

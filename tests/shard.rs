@@ -4,6 +4,7 @@
 use std::sync::{Barrier, Mutex};
 
 use ndarray::ArrayD;
+use ndarray_optim::checkpoint::{Encoding, ShardRecord};
 use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
 use ndarray_optim::{
     Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan,
@@ -453,6 +454,15 @@ fn what_a_shard_cannot_step_is_refused() {
     train_single(&mut eight_bit, &mut flat_params(&plan(1)), 0..1);
     let err = split(eight_bit.checkpoint(), &plan(2)).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("in 8 bits"), "{err}");
+    // A rank's share resumes on that rank only, under a plan of the same world size.
+    let ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 2);
+    let first = ranks[0].optimizer().clone();
+    assert!(ShardedOptimizer::new(first.clone(), plan(2), 0).is_ok());
+    for (world, rank) in [(2, 1), (3, 0)] {
+        let err = ShardedOptimizer::new(first.clone(), plan(world), rank).unwrap_err();
+        let message = format!("holds the share of rank 0 of 2, not of rank {rank} of {world}");
+        assert!(err.to_string().contains(&message), "{err}");
+    }
     // Set after the share was made: refused by the step, which still joins the exchange.
     let mut rank = ShardedOptimizer::new(opt, plan(1), 0).unwrap();
     rank.optimizer_mut().set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
@@ -540,12 +550,43 @@ fn incomplete_or_inconsistent_shards_are_refused() {
     let name = &shards[2].tensors[0].name;
     assert!(err.to_string().contains(&format!("rank 2 lists tensor `{name}` twice")), "{err}");
 
-    // Ranks 1 and 2 hold parts of `embed` of different sizes. (Ranks 0 and 1 hold one part
-    // each of 512 elements: shards in the wrong order there cannot be told apart.)
-    let mut swapped = shards.clone();
+    // Every shard records its rank: shards out of order are refused, also where their parts
+    // are of the same sizes (ranks 0 and 1 hold one part each of 512 elements of `embed`).
+    for (a, b) in [(0, 1), (1, 2)] {
+        let mut swapped = shards.clone();
+        swapped.swap(a, b);
+        let err = merge(swapped, &plan(4)).unwrap_err();
+        let message = format!("the shard given as rank {a} of 4 holds the share of rank {b} of 4");
+        assert!(err.to_string().contains(&message), "{err}");
+    }
+    let four = split(merge(shards.clone(), &plan(4)).unwrap(), &plan(4)).unwrap();
+    let recorded = |shards: &[Checkpoint<Adam, f64>]| -> Vec<_> {
+        shards.iter().map(|shard| shard.shard.map(|s| (s.rank, s.world))).collect()
+    };
+    let expected: Vec<_> = (0..4).map(|rank| Some((rank, 4))).collect();
+    assert_eq!(recorded(&four), expected, "split records each rank's share");
+    assert_eq!(recorded(&shards), expected, "so do the ranks");
+    // Shards without the record (format version 4) are taken in rank order, refused where
+    // their parts differ in size, and cannot be told apart where they do not.
+    let unrecorded: Vec<_> =
+        shards.iter().cloned().map(|shard| Checkpoint { shard: None, ..shard }).collect();
+    assert_eq!(
+        merge(unrecorded.clone(), &plan(4)).unwrap(),
+        merge(shards.clone(), &plan(4)).unwrap()
+    );
+    let mut swapped = unrecorded.clone();
     swapped.swap(1, 2);
     let err = merge(swapped, &plan(4)).unwrap_err();
     assert!(err.to_string().contains("of rank 1 has 512 elements in the plan"), "{err}");
+    // The record survives the encodings, and a rank outside its world does not load.
+    let bytes = shards[3].to_bytes(Encoding::Postcard).unwrap();
+    assert_eq!(Checkpoint::<Adam, f64>::from_bytes(&bytes).unwrap(), shards[3]);
+    let json = serde_json::to_string(&shards[3]).unwrap();
+    assert_eq!(serde_json::from_str::<Checkpoint<Adam, f64>>(&json).unwrap(), shards[3]);
+    let outside =
+        Checkpoint { shard: Some(ShardRecord { rank: 4, world: 4 }), ..shards[3].clone() };
+    let err = Optimizer::from_checkpoint(outside).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
 
     let mut other = shards.clone();
     other[1].groups[1].hyper.lr = 0.5;

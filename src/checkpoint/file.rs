@@ -172,6 +172,7 @@ where
         1 => T::from_v1(decode_payload(payload, encoding)?),
         2 => T::from_v2(decode_payload(payload, encoding)?),
         3 => T::from_v3(decode_payload(payload, encoding)?),
+        4 => T::from_v4(decode_payload(payload, encoding)?),
         _ => decode_payload::<T>(payload, encoding)?,
     };
     // The header vouches for the payload only if both say the same.
@@ -616,6 +617,7 @@ where
             non_finite: self.non_finite,
             // Finite, as saving checks (`check_state`).
             shared: Vec::new(),
+            shard: self.shard,
         };
         checkpoint.check_encodable(Encoding::Json)
     }

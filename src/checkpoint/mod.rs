@@ -126,6 +126,7 @@
 //! | 2 | each group's frozen flag ([`GroupRecord::frozen`]); the groups of version 1 read as not frozen |
 //! | 3 | the optimizer-wide shared scalars of a rule with a [reduction](UpdateRule::reduction) ([`Checkpoint::shared`]), and the rule [`Prodigy`](crate::Prodigy) in [`Rule`](crate::Rule); checkpoints of versions 1 and 2 read with none |
 //! | 4 | each group's [state precision](GroupRecord::state_precision), and low-precision buffers in their stored form ([`BufferRecord::stored`]); checkpoints of versions 1 to 3 read in full precision |
+//! | 5 | the rank whose share of a [sharded optimizer](crate::ShardedOptimizer) a checkpoint holds ([`Checkpoint::shard`]); checkpoints of versions 1 to 4 read as ones of whole tensors |
 
 use ndarray::Order;
 
@@ -167,7 +168,7 @@ pub const FORMAT: &str = "ndarray-optim";
 pub const TRAINING_FORMAT: &str = "ndarray-optim-training";
 
 /// The format version this build writes. It reads every version from 1 up to this one.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// An optimizer's complete state: rule, hyperparameters, current learning rate and frozen
 /// flag of every group, every named tensor's group, step count and buffers, and the
@@ -204,6 +205,25 @@ pub struct Checkpoint<R, A> {
     /// postcard has no optional fields; JSON without it reads as none).
     #[cfg_attr(feature = "serde", serde(default))]
     pub shared: Vec<ScalarRecord>,
+    /// The rank share it holds: set in the optimizer of a
+    /// [`ShardedOptimizer`](crate::ShardedOptimizer) and in the shards that
+    /// [`split`](crate::shard::split) cuts, so that a shard given in another rank's place is
+    /// refused rather than resumed; `None` for the state of whole tensors (since format
+    /// version 5; always written; JSON without it reads as none).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub shard: Option<ShardRecord>,
+}
+
+/// Which rank's share of a sharded optimizer a [`Checkpoint`] holds, under a plan of how
+/// many ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct ShardRecord {
+    /// The rank, from 0.
+    pub rank: usize,
+    /// The number of ranks of the plan.
+    pub world: usize,
 }
 
 /// Writes [`VERSION`] for a checkpoint's version: what is written has this version's layout,
@@ -659,6 +679,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             clip: self.clip,
             non_finite: self.non_finite,
             shared: self.shared_records().collect(),
+            shard: self.shard,
         }
     }
 
@@ -715,9 +736,16 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
     /// Checks all of the checkpoint and builds the optimizer it describes.
     pub(crate) fn into_optimizer(self) -> Result<Optimizer<R, A>> {
         self.check_kind()?;
-        let Checkpoint { groups, tensors, clip, non_finite, shared, .. } = self;
+        let Checkpoint { groups, tensors, clip, non_finite, shared, shard, .. } = self;
         if let Some(clip) = &clip {
             clip.validate()?;
+        }
+        if let Some(ShardRecord { rank, world }) = shard
+            && rank >= world
+        {
+            return Err(Error::InvalidSharding {
+                reason: format!("the checkpoint is the share of rank {rank} of a world of {world}"),
+            });
         }
         let scheduled: Vec<(Option<f64>, bool, StatePrecision)> =
             groups.iter().map(|group| (group.lr, group.frozen, group.state_precision)).collect();
@@ -755,7 +783,7 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
         registry.slots = slots;
         check_shared(&registry.groups, &shared)?;
         registry.shared = shared.into_iter().map(|scalar| scalar.value).collect();
-        Ok(Optimizer { registry, clip, non_finite, names: Default::default() })
+        Ok(Optimizer { registry, clip, non_finite, shard, names: Default::default() })
     }
 }
 
@@ -856,7 +884,7 @@ pub(crate) mod serde_impl {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let opt = self.0;
             let groups: Vec<GroupRecord<R>> = opt.groups().iter().map(GroupRecord::of).collect();
-            let mut record = serializer.serialize_struct("Checkpoint", 9)?;
+            let mut record = serializer.serialize_struct("Checkpoint", 10)?;
             record.serialize_field("format", FORMAT)?;
             record.serialize_field("version", &VERSION)?;
             record.serialize_field("rule", R::NAME)?;
@@ -866,6 +894,7 @@ pub(crate) mod serde_impl {
             record.serialize_field("clip", &StoredClip(&opt.clip))?;
             record.serialize_field("non_finite", &opt.non_finite)?;
             record.serialize_field("shared", &Seq(|| opt.shared_records()))?;
+            record.serialize_field("shard", &opt.shard)?;
             record.end()
         }
     }

@@ -33,6 +33,12 @@ pub(super) trait Versioned<R, A>: DeserializeOwned {
     /// The record of a version 3 file in this version's layout.
     fn from_v3(v3: Self::V3) -> Self;
 
+    /// The record as format version 4 laid it out.
+    type V4: DeserializeOwned;
+
+    /// The record of a version 4 file in this version's layout.
+    fn from_v4(v4: Self::V4) -> Self;
+
     /// The optimizer's checkpoint in the record.
     fn checkpoint(&self) -> &Checkpoint<R, A>;
 }
@@ -130,6 +136,50 @@ impl<R, A> From<CheckpointV3<R, A>> for Checkpoint<R, A> {
             clip: v3.clip,
             non_finite: v3.non_finite,
             shared: v3.shared,
+            shard: None,
+        }
+    }
+}
+
+/// A [`Checkpoint`] of version 4: no rank share, every checkpoint one of whole tensors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckpointV4<R, A> {
+    format: String,
+    version: u32,
+    rule: String,
+    dtype: String,
+    groups: Vec<GroupRecord<R>>,
+    tensors: Vec<TensorRecord<A>>,
+    #[serde(default, with = "super::stored_clip")]
+    clip: Option<Clip>,
+    #[serde(default)]
+    non_finite: NonFinite,
+    #[serde(default)]
+    shared: Vec<ScalarRecord>,
+}
+
+/// A [`TrainingState`] of version 4.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrainingStateV4<R, A, E> {
+    optimizer: CheckpointV4<R, A>,
+    extras: E,
+}
+
+impl<R, A> From<CheckpointV4<R, A>> for Checkpoint<R, A> {
+    fn from(v4: CheckpointV4<R, A>) -> Self {
+        Checkpoint {
+            format: v4.format,
+            version: v4.version,
+            rule: v4.rule,
+            dtype: v4.dtype,
+            groups: v4.groups,
+            tensors: v4.tensors,
+            clip: v4.clip,
+            non_finite: v4.non_finite,
+            shared: v4.shared,
+            shard: None,
         }
     }
 }
@@ -240,6 +290,7 @@ impl<R, A> From<CheckpointV1<R, A>> for Checkpoint<R, A> {
             clip: v1.clip,
             non_finite: v1.non_finite,
             shared: Vec::new(),
+            shard: None,
         }
     }
 }
@@ -265,6 +316,12 @@ where
 
     fn from_v3(v3: Self::V3) -> Self {
         v3.into()
+    }
+
+    type V4 = CheckpointV4<R, A>;
+
+    fn from_v4(v4: Self::V4) -> Self {
+        v4.into()
     }
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {
@@ -294,6 +351,12 @@ where
 
     fn from_v3(v3: Self::V3) -> Self {
         TrainingState { optimizer: v3.optimizer.into(), extras: v3.extras }
+    }
+
+    type V4 = TrainingStateV4<R, A, E>;
+
+    fn from_v4(v4: Self::V4) -> Self {
+        TrainingState { optimizer: v4.optimizer.into(), extras: v4.extras }
     }
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::invalid;
 use super::plan::ShardPlan;
 use crate::checkpoint::{
-    BufferRecord, Checkpoint, GroupRecord, StateRecord, StoredValues, TensorRecord,
+    BufferRecord, Checkpoint, GroupRecord, ShardRecord, StateRecord, StoredValues, TensorRecord,
 };
 use crate::compact::StatePrecision;
 use crate::error::Result;
@@ -35,17 +35,20 @@ fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> b
 /// shape; all its parts must have the same step count and per-tensor scalars. A tensor that
 /// no rank has stepped yet may be listed, without state, by any number of them.
 ///
-/// A checkpoint does not record which rank wrote it: give the shards in rank order (name
-/// the files by rank, as the `data_parallel` example does). Shards out of order are refused
-/// where their parts differ in tensors or sizes, but two ranks holding parts of one tensor of
-/// the same size cannot be told apart.
+/// Give the shards in rank order. Each records the rank whose share it holds
+/// ([`Checkpoint::shard`], since format version 5), and a shard in another rank's place, or
+/// written under a plan of another world size, is refused. Shards without the record
+/// (written by format version 4 or older) are taken to be in rank order: those out of order
+/// are refused where their parts differ in tensors or sizes, but two ranks holding parts of
+/// one tensor of the same size cannot be told apart.
 ///
 /// # Errors
 /// [`Error::InvalidSharding`](crate::Error::InvalidSharding) for no shards, fewer or more
-/// shards than the plan has ranks (naming the missing ranks), shards of different setups
-/// (naming the shard), a shard that lists a tensor twice, a tensor in different groups, state
-/// of a tensor the plan does not list or whose part is not the rank's, a part of the wrong
-/// size, or parts that disagree or are missing (naming the tensor and the ranks).
+/// shards than the plan has ranks (naming the missing ranks), a shard in another rank's place
+/// or of another world size, shards of different setups (naming the shard), a shard that
+/// lists a tensor twice, a tensor in different groups, state of a tensor the plan does not
+/// list or whose part is not the rank's, a part of the wrong size, or parts that disagree or
+/// are missing (naming the tensor and the ranks).
 pub fn merge<R: UpdateRule, A: Clone>(
     shards: Vec<Checkpoint<R, A>>,
     plan: &ShardPlan,
@@ -64,8 +67,20 @@ pub fn merge<R: UpdateRule, A: Clone>(
         };
         return Err(invalid(reason));
     }
+    for (rank, shard) in shards.iter().enumerate() {
+        if let Some(origin) = shard.shard.filter(|&origin| origin != share_of(rank, plan)) {
+            return Err(invalid(format!(
+                "the shard given as rank {rank} of {} holds the share of rank {} of {} (give the \
+                 shards in rank order, each written under this plan)",
+                plan.world(),
+                origin.rank,
+                origin.world
+            )));
+        }
+    }
     let mut shards = shards.into_iter();
     let mut full = shards.next().ok_or_else(|| invalid("no shards to merge".to_owned()))?;
+    full.shard = None;
     let first = std::mem::take(&mut full.tensors);
     // Every tensor's group, and its parts' states by rank.
     let mut tensors: BTreeMap<String, (String, BTreeMap<usize, StateRecord<A>>)> = BTreeMap::new();
@@ -220,6 +235,9 @@ pub fn split<R: UpdateRule, A: Clone>(
     let mut full = full;
     let tensors = std::mem::take(&mut full.tensors);
     let mut shards = vec![full; plan.world()];
+    for (rank, shard) in shards.iter_mut().enumerate() {
+        shard.shard = Some(share_of(rank, plan));
+    }
     for tensor in tensors {
         let Some(state) = &tensor.state else {
             for shard in &mut shards {
@@ -243,6 +261,7 @@ pub(super) fn share<R: UpdateRule, A: Clone>(
     rank: usize,
 ) -> Result<Checkpoint<R, A>> {
     let mut share = checkpoint;
+    share.shard = Some(share_of(rank, plan));
     let tensors = std::mem::take(&mut share.tensors);
     for tensor in tensors {
         let Some(state) = &tensor.state else {
@@ -263,6 +282,11 @@ pub(super) fn share<R: UpdateRule, A: Clone>(
         }
     }
     Ok(share)
+}
+
+/// The record of rank `rank`'s share under `plan`.
+pub(super) fn share_of(rank: usize, plan: &ShardPlan) -> ShardRecord {
+    ShardRecord { rank, world: plan.world() }
 }
 
 /// The state of tensor `tensor` (of the group in `groups` it names) cut into the parts of

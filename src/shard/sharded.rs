@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 
-use super::checkpoints::share;
+use super::checkpoints::{share, share_of};
 use super::invalid;
 use super::plan::ShardPlan;
 use crate::clip::Clip;
@@ -77,7 +77,9 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// (a checkpoint of this rank's share under the same plan, or one of [`split`](super::split)'s).
     ///
     /// # Errors
-    /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, a group's rule does
+    /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, `optimizer` holds
+    ///   another rank's share or one cut under a plan of another world size (see
+    ///   [`Checkpoint::shard`](crate::Checkpoint::shard)), a group's rule does
     ///   not update [element by element](UpdateRule::elementwise) or keeps its state in 8 bits
     ///   (whose small-tensor threshold is one of whole tensors; bfloat16 state shards), the
     ///   optimizer clips each tensor by its own norm, or it has state of a tensor the plan
@@ -90,6 +92,15 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
             return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
         }
         shardable(&optimizer)?;
+        if let Some(origin) = optimizer.shard.filter(|&origin| origin != share_of(rank, &plan)) {
+            return Err(invalid(format!(
+                "the optimizer holds the share of rank {} of {}, not of rank {rank} of {}: merge \
+                 the ranks' checkpoints and split them for this plan, or give each rank its own",
+                origin.rank,
+                origin.world,
+                plan.world()
+            )));
+        }
         let optimizer = Optimizer::from_checkpoint(share(optimizer.checkpoint(), &plan, rank)?)?;
         let exchanged = vec![0.0; slot::SQUARES + PARTS + plan.world()];
         Ok(ShardedOptimizer { optimizer, plan, rank, exchanged })
