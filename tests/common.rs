@@ -171,3 +171,31 @@ pub fn values<A: Element>(shape: &[usize], seed: u64) -> ArrayD<A> {
 pub fn bits<'a, A: Element>(values: impl IntoIterator<Item = &'a A>) -> Vec<u64> {
     values.into_iter().map(|v| v.into_f64().to_bits()).collect()
 }
+
+/// The format version a reference checkpoint file claims by its own bytes: the second field
+/// of its header line, or the `version` field of bare serde JSON (`*.serde.json`).
+pub fn claimed_version(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let name = path.display();
+    if path.to_string_lossy().ends_with(".serde.json") {
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        json["version"].as_u64().unwrap_or_else(|| panic!("{name}: no version"))
+    } else {
+        let line = bytes.split(|&byte| byte == b'\n').next().unwrap();
+        let header = std::str::from_utf8(line).unwrap();
+        let version = header.split(' ').nth(1);
+        version.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name}: {header}"))
+    }
+}
+
+/// Asserts that `folder` holds its `README.md` and the files `names`, and nothing else.
+pub fn assert_folder_holds(folder: &std::path::Path, names: impl IntoIterator<Item = String>) {
+    let mut expected: Vec<String> = names.into_iter().chain(["README.md".to_owned()]).collect();
+    expected.sort();
+    let mut found: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    found.sort();
+    assert_eq!(found, expected);
+}

@@ -24,6 +24,8 @@ use ndarray_optim::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::common::assert_folder_holds;
+
 /// The folder of the version 1 files.
 fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/checkpoints/v1")
@@ -681,12 +683,5 @@ fn the_v1_folder_holds_version_1_files() {
             expected.push(name);
         }
     }
-    expected.push("README.md".to_owned());
-    expected.sort();
-    let mut found: Vec<String> = std::fs::read_dir(folder())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    found.sort();
-    assert_eq!(found, expected);
+    assert_folder_holds(&folder(), expected);
 }

@@ -17,7 +17,7 @@ use ndarray_optim::{Adam, Clip, Element, NonFinite, Optimizer, ParamGrad};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::common::{bits, values};
+use crate::common::{assert_folder_holds, bits, claimed_version, values};
 
 fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/checkpoints/v2")
@@ -158,29 +158,11 @@ fn adam_v2_files_load_and_resume() {
 /// by its own bytes.
 #[test]
 fn the_v2_folder_holds_version_2_files() {
-    let mut expected = vec!["README.md".to_owned()];
-    for dtype in ["f32", "f64"] {
-        for name in file_names(dtype) {
-            let bytes = std::fs::read(folder().join(&name)).unwrap();
-            if name.ends_with(".serde.json") {
-                let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                assert_eq!(json["version"], 2, "{name}");
-            } else {
-                let line = bytes.split(|&byte| byte == b'\n').next().unwrap();
-                let header = std::str::from_utf8(line).unwrap();
-                let fields: Vec<&str> = header.split(' ').collect();
-                assert_eq!(fields[1], "2", "{name}: {header}");
-            }
-            expected.push(name);
-        }
+    let names: Vec<String> = ["f32", "f64"].into_iter().flat_map(file_names).collect();
+    for name in &names {
+        assert_eq!(claimed_version(&folder().join(name)), 2, "{name}");
     }
-    expected.sort();
-    let mut found: Vec<String> = std::fs::read_dir(folder())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    found.sort();
-    assert_eq!(found, expected);
+    assert_folder_holds(&folder(), names);
 }
 
 /// Wrote the files, with the crate at format version 2; refuses to write over any of them.

@@ -16,7 +16,7 @@ use ndarray::ArrayD;
 use ndarray_optim::checkpoint::Encoding;
 use ndarray_optim::{AdamW, Clip, NonFinite, Optimizer, ParamGrad, StatePrecision};
 
-use crate::common::{bits, values};
+use crate::common::{assert_folder_holds, bits, claimed_version, values};
 
 fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/checkpoints/v4")
@@ -119,27 +119,10 @@ fn adamw_v4_files_load_and_resume() {
 /// by its own bytes.
 #[test]
 fn the_v4_folder_holds_version_4_files() {
-    let mut expected = vec!["README.md".to_owned()];
     for name in file_names() {
-        let bytes = std::fs::read(folder().join(&name)).unwrap();
-        if name.ends_with(".serde.json") {
-            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!(json["version"], 4, "{name}");
-        } else {
-            let line = bytes.split(|&byte| byte == b'\n').next().unwrap();
-            let header = std::str::from_utf8(line).unwrap();
-            let fields: Vec<&str> = header.split(' ').collect();
-            assert_eq!(fields[1], "4", "{name}: {header}");
-        }
-        expected.push(name);
+        assert_eq!(claimed_version(&folder().join(&name)), 4, "{name}");
     }
-    expected.sort();
-    let mut found: Vec<String> = std::fs::read_dir(folder())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    found.sort();
-    assert_eq!(found, expected);
+    assert_folder_holds(&folder(), file_names());
 }
 
 /// Wrote the files, with the crate at format version 4; refuses to write over any of them.
