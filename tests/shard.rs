@@ -578,6 +578,9 @@ fn incomplete_or_inconsistent_shards_are_refused() {
     swapped.swap(1, 2);
     let err = merge(swapped, &plan(4)).unwrap_err();
     assert!(err.to_string().contains("of rank 1 has 512 elements in the plan"), "{err}");
+    // A rank's share is no full checkpoint: cutting it would lose the other ranks' state.
+    let err = split(shards[1].clone(), &plan(2)).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("the share of rank 1 of 4, not one of whole"), "{err}");
     // The record survives the encodings, and a rank outside its world does not load.
     let bytes = shards[3].to_bytes(Encoding::Postcard).unwrap();
     assert_eq!(Checkpoint::<Adam, f64>::from_bytes(&bytes).unwrap(), shards[3]);

@@ -227,11 +227,21 @@ fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> 
 /// [`Error::InvalidSharding`](crate::Error::InvalidSharding) if the checkpoint has state of a
 /// tensor the plan does not list, of another size than the plan's, or of a group whose rule
 /// does not update [element by element](UpdateRule::elementwise) or that keeps its state in 8
-/// bits (its state cannot be cut; bfloat16 state is cut like full-precision state).
+/// bits (its state cannot be cut; bfloat16 state is cut like full-precision state), and for
+/// a checkpoint that is one rank's share ([`Checkpoint::shard`]) rather than one of whole
+/// tensors.
 pub fn split<R: UpdateRule, A: Clone>(
     full: Checkpoint<R, A>,
     plan: &ShardPlan,
 ) -> Result<Vec<Checkpoint<R, A>>> {
+    if let Some(origin) = full.shard {
+        // A rank's share lacks the other ranks' state, which the cut would silently drop.
+        return Err(invalid(format!(
+            "the checkpoint is the share of rank {} of {}, not one of whole tensors: merge the \
+             ranks' checkpoints first",
+            origin.rank, origin.world
+        )));
+    }
     let mut full = full;
     let tensors = std::mem::take(&mut full.tensors);
     let mut shards = vec![full; plan.world()];
