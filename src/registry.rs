@@ -183,7 +183,7 @@ pub(crate) struct TensorState<A> {
 
 impl<A: Element> TensorState<A> {
     /// The state before a tensor's first step, every value at the rule's initial value, the
-    /// per-element buffers stored in `precision`.
+    /// per-element buffers stored in `precision` (resolved for the tensor's size).
     fn initial<R: UpdateRule>(
         hyper: &R,
         shape: &[usize],
@@ -220,11 +220,11 @@ impl<A: Element> TensorState<A> {
         state
     }
 
-    /// Keeps the per-element buffers in `precision` (for this tensor's size), converting
-    /// the values if they are kept otherwise: expanded to the element type, or rounded.
-    pub(crate) fn store_as<R: UpdateRule>(&mut self, hyper: &R, precision: StatePrecision) {
+    /// Keeps the per-element buffers in `target`, a precision resolved for the tensor's size
+    /// ([`precision_of`]), converting the values if they are kept otherwise:
+    /// expanded to the element type, or rounded.
+    pub(crate) fn store_as<R: UpdateRule>(&mut self, hyper: &R, target: StatePrecision) {
         let numel = self.numel();
-        let target = precision.for_numel(numel);
         if self.compact.as_ref().map_or(target == StatePrecision::Full, |c| c.holds(target)) {
             return;
         }
@@ -450,6 +450,10 @@ pub(crate) struct Registry<R, A> {
     pub(crate) declared: bool,
     /// The mark of the latest batch.
     batches: BatchMark,
+    /// The number of elements of the whole tensor of which each name's state is a part, in a
+    /// rank's share of a [sharded optimizer](crate::ShardedOptimizer) (empty otherwise): a
+    /// group's [`StatePrecision`] is decided by whole tensors' sizes, which parts lack.
+    whole_numels: hashbrown::HashMap<String, usize>,
     /// The optimizer-wide shared scalars of the rule with a reduction, named by its
     /// [`Reduction::shared`](crate::rule::Reduction::shared): empty until its first step.
     pub(crate) shared: Vec<f64>,
@@ -473,6 +477,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
             slots: Slots::default(),
             declared: false,
             batches: BatchMark(0),
+            whole_numels: hashbrown::HashMap::new(),
             shared: Vec::new(),
         })
     }
@@ -653,12 +658,32 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let group = &mut self.groups[index];
         check_precision::<R, A>(&group.name, &group.hyper, precision)?;
         group.state_precision = precision;
-        for slot in self.slots.values_mut().filter(|slot| slot.group == index) {
+        for (name, slot) in self.slots.iter_mut().filter(|(_, slot)| slot.group == index) {
             if let Some(tensor) = &mut slot.tensor {
-                tensor.store_as(&group.hyper, precision);
+                let target = precision_of(&self.whole_numels, precision, name, tensor.numel());
+                tensor.store_as(&group.hyper, target);
             }
         }
         Ok(())
+    }
+
+    /// Records, for a rank's share of a sharded optimizer, the size of the whole tensor of
+    /// which each name's state is a part, and keeps the state the names have in the precision
+    /// their groups keep for that size.
+    pub(crate) fn set_whole_numels<'n>(
+        &mut self,
+        whole: impl IntoIterator<Item = (&'n str, usize)>,
+    ) {
+        self.whole_numels =
+            whole.into_iter().map(|(name, numel)| (name.to_owned(), numel)).collect();
+        for (name, slot) in self.slots.iter_mut() {
+            let group = &self.groups[slot.group];
+            if let Some(tensor) = &mut slot.tensor {
+                let numel = tensor.numel();
+                let target = precision_of(&self.whole_numels, group.state_precision, name, numel);
+                tensor.store_as(&group.hyper, target);
+            }
+        }
     }
 
     pub(crate) fn set_hyper(&mut self, group: &str, hyper: R) -> Result<()> {
@@ -696,7 +721,9 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                 let (current, requested) = (&self.groups[slot.group], &self.groups[group]);
                 if let Some(tensor) = &mut slot.tensor {
                     check_same_buffers(param, &tensor.shape, &current.hyper, &requested.hyper)?;
-                    tensor.store_as(&requested.hyper, requested.state_precision);
+                    let (precision, numel) = (requested.state_precision, tensor.numel());
+                    let target = precision_of(&self.whole_numels, precision, param, numel);
+                    tensor.store_as(&requested.hyper, target);
                 }
                 slot.group = group;
             }
@@ -760,16 +787,16 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         shape: &[usize],
         order: Order,
     ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
-        let slot = self.slots.at_mut(slot);
+        let (name, slot) = self.slots.entry_at(slot);
         let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
             Some(tensor) => tensor,
-            empty => empty.insert(TensorState::initial(
-                &group.hyper,
-                shape,
-                order,
-                group.state_precision,
-            )),
+            empty => {
+                let numel = shape.iter().product();
+                let precision =
+                    precision_of(&self.whole_numels, group.state_precision, name, numel);
+                empty.insert(TensorState::initial(&group.hyper, shape, order, precision))
+            }
         };
         if tensor.order_pending {
             tensor.relayout(order);
@@ -781,6 +808,20 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         }
         (slot.group, group, tensor)
     }
+}
+
+/// The precision in which a group keeping `precision` keeps the state of tensor `name` of
+/// `numel` elements: decided by the size of the whole tensor if `name`'s state is a part of
+/// one ([`Registry::set_whole_numels`]), else by `numel`.
+fn precision_of(
+    whole_numels: &hashbrown::HashMap<String, usize>,
+    precision: StatePrecision,
+    name: &str,
+    numel: usize,
+) -> StatePrecision {
+    // No lookup for an optimizer of whole tensors.
+    let whole = if whole_numels.is_empty() { None } else { whole_numels.get(name).copied() };
+    precision.for_numel(whole.unwrap_or(numel))
 }
 
 /// The name among `names` closest to `name` by edit distance, if it is close enough to be a

@@ -44,6 +44,12 @@ impl<A> Slots<A> {
         &self.entries[position].1
     }
 
+    /// The name and slot at `position`, as [`at`](Self::at) finds it, the slot to change.
+    pub(crate) fn entry_at(&mut self, position: usize) -> (&str, &mut Slot<A>) {
+        let (name, slot) = &mut self.entries[position];
+        (name, slot)
+    }
+
     /// The slot at `position`, as [`at`](Self::at) finds it, to change.
     pub(crate) fn at_mut(&mut self, position: usize) -> &mut Slot<A> {
         &mut self.entries[position].1
@@ -129,8 +135,8 @@ impl<A> Slots<A> {
         self.entries.iter().map(|(_, slot)| slot)
     }
 
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot<A>> {
-        self.entries.iter_mut().map(|(_, slot)| slot)
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Slot<A>)> {
+        self.entries.iter_mut().map(|(name, slot)| (&*name, slot))
     }
 }
 

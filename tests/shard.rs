@@ -4,7 +4,7 @@
 use std::sync::{Barrier, Mutex};
 
 use ndarray::ArrayD;
-use ndarray_optim::checkpoint::{Encoding, ShardRecord};
+use ndarray_optim::checkpoint::{Encoding, ShardRecord, StoredValues as Stored};
 use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
 use ndarray_optim::{
     Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan,
@@ -246,6 +246,18 @@ fn sharded_bfloat16_state_equals_one_process() {
     for_each_rule(&mut EqualToOneProcess(StatePrecision::Bf16));
 }
 
+/// 8-bit state from 600 elements on: `embed` (1,200) and `layer.0.weight` (600) keep 8-bit
+/// codes, in parts of fewer than 600 elements on 2–4 ranks, and the smaller tensors `f32`.
+const EIGHT_BIT: StatePrecision = StatePrecision::Int8 { min_numel: 600 };
+
+/// 8-bit blocks start at multiples of 256 elements into a tensor, as cuts do, and which
+/// tensors keep 8 bits is decided by whole tensors' sizes: a part keeps the codes and scales
+/// the whole tensor would.
+#[test]
+fn sharded_8_bit_state_equals_one_process() {
+    for_each_rule(&mut EqualToOneProcess(EIGHT_BIT));
+}
+
 /// Every rule trained across world sizes against one process, with the state kept in `.0`.
 struct AcrossWorldSizes(StatePrecision);
 
@@ -290,6 +302,88 @@ fn a_four_rank_checkpoint_resumes_on_two_and_one_rank() {
 #[test]
 fn a_four_rank_bfloat16_checkpoint_resumes_on_two_and_one_rank() {
     for_each_rule(&mut AcrossWorldSizes(StatePrecision::Bf16));
+}
+
+#[test]
+fn a_four_rank_8_bit_checkpoint_resumes_on_two_and_one_rank() {
+    for_each_rule(&mut AcrossWorldSizes(EIGHT_BIT));
+}
+
+/// Whether tensor `name`'s state in `opt` is kept in 8 bits: 1 byte per value of its two
+/// Adam moments and a 4-byte scale per block, rather than 4 bytes per value.
+fn in_eight_bits<R: UpdateRule>(opt: &Optimizer<R, f32>, name: &str) -> bool {
+    let state = opt.state_of(name).unwrap();
+    let numel: usize = state.shape().unwrap().iter().product();
+    match state.bytes() {
+        bytes if bytes == 2 * (numel + 4 * numel.div_ceil(256)) => true,
+        bytes if bytes == 2 * 4 * numel => false,
+        bytes => panic!("`{name}`: {bytes} bytes for {numel} elements"),
+    }
+}
+
+#[test]
+fn parts_keep_the_precision_of_their_whole_tensor() {
+    let mut opt = setup_in::<_, f32>(&Adam::default(), EIGHT_BIT).unwrap();
+    train_single(&mut opt, &mut flat_params(&plan(1)), 0..1);
+    let eight_bit = ["embed", "layer.0.weight"];
+    for (name, _) in TENSORS.iter().filter(|(name, _)| *name != "unused") {
+        assert_eq!(in_eight_bits(&opt, name), eight_bit.contains(name), "{name}");
+    }
+    let mut ranks = shards_of(opt.checkpoint(), 4);
+    // Stepped from state cut from whole tensors, and from a first step.
+    let mut fresh: Vec<_> = (0..4)
+        .map(|rank| {
+            let opt = setup_in::<_, f32>(&Adam::default(), EIGHT_BIT).unwrap();
+            ShardedOptimizer::new(opt, plan(4), rank).unwrap()
+        })
+        .collect();
+    train_sharded(&mut fresh, &mut flat_params(&plan(1)), 0..1);
+    for (cut, fresh) in ranks.iter().zip(&fresh) {
+        for piece in plan(4).pieces(cut.rank()).filter(|piece| piece.name != "unused") {
+            let (name, len) = (piece.name, piece.elements.len());
+            assert!(len < 600 || !eight_bit.contains(&name), "the test needs small parts");
+            assert_eq!(in_eight_bits(cut.optimizer(), name), eight_bit.contains(&name), "{name}");
+            assert_eq!(in_eight_bits(fresh.optimizer(), name), eight_bit.contains(&name), "{name}");
+        }
+    }
+    // A share loaded on its own is read as stored; setting the precision there decides by
+    // the parts' sizes, and the sharded optimizer decides again by whole tensors.
+    let json = serde_json::to_string(&ranks[1].optimizer().checkpoint()).unwrap();
+    let mut share = Optimizer::from_checkpoint(serde_json::from_str(&json).unwrap()).unwrap();
+    share.set_state_precision("default", StatePrecision::Full).unwrap();
+    share.set_state_precision("default", EIGHT_BIT).unwrap();
+    assert!(!in_eight_bits(&share, "embed"));
+    let resumed = ShardedOptimizer::new(share, plan(4), 1).unwrap();
+    assert!(in_eight_bits(resumed.optimizer(), "embed"));
+    assert_eq!(resumed.optimizer().checkpoint(), ranks[1].optimizer().checkpoint());
+    // And so does a group's precision set through the sharded optimizer.
+    let rank = &mut ranks[1];
+    rank.optimizer_mut().set_state_precision("default", StatePrecision::Full).unwrap();
+    assert!(!in_eight_bits(rank.optimizer(), "embed"));
+    rank.optimizer_mut().set_state_precision("default", EIGHT_BIT).unwrap();
+    assert!(in_eight_bits(rank.optimizer(), "embed"));
+
+    // Parts whose codes and scales do not fit, or whose formats differ, are not merged.
+    let shards = || ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect::<Vec<_>>();
+    assert!(merge(shards(), &plan(4)).is_ok());
+    let embed_moment = |shards: &mut Vec<Checkpoint<Adam, f32>>| {
+        let tensor = shards[1].tensors.iter_mut().find(|t| t.name == "embed").unwrap();
+        tensor.state.as_mut().unwrap().buffers[0].stored.take().unwrap()
+    };
+    let mut short = shards();
+    let Stored::Int8 { codes, mut scales } = embed_moment(&mut short) else { panic!() };
+    scales.pop();
+    let tensor = short[1].tensors.iter_mut().find(|t| t.name == "embed").unwrap();
+    tensor.state.as_mut().unwrap().buffers[0].stored = Some(Stored::Int8 { codes, scales });
+    let err = merge(short, &plan(4)).unwrap_err();
+    assert!(err.to_string().contains("tensor `embed` in the shard of rank 1"), "{err}");
+    let mut other = shards();
+    let Stored::Int8 { codes, .. } = embed_moment(&mut other) else { panic!() };
+    let tensor = other[1].tensors.iter_mut().find(|t| t.name == "embed").unwrap();
+    let bits = codes.iter().map(|&code| u16::from(code)).collect();
+    tensor.state.as_mut().unwrap().buffers[0].stored = Some(Stored::Bf16 { bits });
+    let err = merge(other, &plan(4)).unwrap_err();
+    assert!(err.to_string().contains("stored in another format"), "{err}");
 }
 
 /// Pseudo-random models, including one dominant tensor and tensors without elements.
@@ -444,16 +538,6 @@ fn what_a_shard_cannot_step_is_refused() {
     per_tensor.set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
     let err = ShardedOptimizer::new(per_tensor, plan(2), 0).unwrap_err();
     assert!(err.to_string().contains("its own norm needs whole tensors"), "{err}");
-    // 8-bit state is kept by whole tensors' size, which a rank's parts do not have, and its
-    // scales by blocks of whole tensors.
-    let eight_bit = StatePrecision::Int8 { min_numel: 1 };
-    let mut eight_bit = setup_in::<_, f32>(&Adam::default(), eight_bit).unwrap();
-    let err = ShardedOptimizer::new(eight_bit.clone(), plan(2), 0).unwrap_err();
-    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
-    assert!(err.to_string().contains("in 8 bits"), "{err}");
-    train_single(&mut eight_bit, &mut flat_params(&plan(1)), 0..1);
-    let err = split(eight_bit.checkpoint(), &plan(2)).map(|_| ()).unwrap_err();
-    assert!(err.to_string().contains("in 8 bits"), "{err}");
     // A rank's share resumes on that rank only, under a plan of the same world size.
     let ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 2);
     let first = ranks[0].optimizer().clone();

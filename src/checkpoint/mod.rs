@@ -209,7 +209,10 @@ pub struct Checkpoint<R, A> {
     /// [`ShardedOptimizer`](crate::ShardedOptimizer) and in the shards that
     /// [`split`](crate::shard::split) cuts, so that a shard given in another rank's place is
     /// refused rather than resumed; `None` for the state of whole tensors (since format
-    /// version 5; always written; JSON without it reads as none).
+    /// version 5; always written; JSON without it reads as none). A share's tensors are
+    /// parts, whose sizes do not decide whether a group's 8-bit state applies (the whole
+    /// tensors' do): their per-element buffers are read in full precision or in the group's
+    /// format, as stored.
     #[cfg_attr(feature = "serde", serde(default))]
     pub shard: Option<ShardRecord>,
 }
@@ -529,11 +532,14 @@ fn joined(buffers: &[&StoredValues], maps: Vec<QuantMap>) -> Compact {
     }
 }
 
+/// The state of tensor `param` from its record, of a group keeping `precision`; `part` if the
+/// record is a rank's part of a larger tensor ([`Checkpoint::shard`]).
 fn restore_state<A: Element, R: UpdateRule>(
     param: &str,
     record: StateRecord<A>,
     hyper: &R,
     precision: StatePrecision,
+    part: bool,
 ) -> Result<TensorState<A>> {
     check_step(param, record.step)?;
     let rule = hyper.name();
@@ -572,7 +578,13 @@ fn restore_state<A: Element, R: UpdateRule>(
             ),
         ));
     }
-    let precision = precision.for_numel(numel);
+    let precision = match record.buffers.first() {
+        // Low precision is decided by the whole tensor's size, which a part's record lacks:
+        // its buffers say which, and a sharded optimizer keeps them as its plan requires.
+        Some(first) if part && first.stored.is_none() => StatePrecision::Full,
+        _ if part => precision,
+        _ => precision.for_numel(numel),
+    };
     let maps = quant_maps(hyper);
     let mut compact = Vec::new();
     for (index, (buffer, &(_, len))) in record.buffers.iter().zip(&expected).enumerate() {
@@ -768,12 +780,13 @@ impl<R: UpdateRule, A: Element> Checkpoint<R, A> {
             group.state_precision = precision;
         }
         let mut slots = Slots::with_capacity(tensors.len());
+        let part = shard.is_some();
         for record in tensors {
             let group = registry.group_index(&record.group)?;
             let (hyper, precision) =
                 (&registry.groups[group].hyper, registry.groups[group].state_precision);
             let tensor = (record.state)
-                .map(|state| restore_state(&record.name, state, hyper, precision))
+                .map(|state| restore_state(&record.name, state, hyper, precision, part))
                 .transpose()?;
             if slots.contains_key(&record.name) {
                 return Err(Error::DuplicateParam { param: record.name, in_what: "checkpoint" });

@@ -57,7 +57,8 @@ pub enum StatePrecision {
     /// `f32`.
     Bf16,
     /// Block-wise 8-bit codes for tensors of at least `min_numel` elements; full precision
-    /// for smaller ones.
+    /// for smaller ones (in a [sharded optimizer](crate::ShardedOptimizer), the size of the
+    /// whole tensor decides, not that of a rank's part).
     Int8 {
         /// The size below which a tensor keeps full-precision state.
         min_numel: usize,

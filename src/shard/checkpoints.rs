@@ -8,7 +8,7 @@ use super::plan::ShardPlan;
 use crate::checkpoint::{
     BufferRecord, Checkpoint, GroupRecord, ShardRecord, StateRecord, StoredValues, TensorRecord,
 };
-use crate::compact::StatePrecision;
+use crate::compact::BLOCK;
 use crate::error::Result;
 use crate::rule::UpdateRule;
 
@@ -22,6 +22,9 @@ fn same_header<R: PartialEq, A>(a: &Checkpoint<R, A>, b: &Checkpoint<R, A>) -> b
         && a.non_finite == b.non_finite
         && a.shared == b.shared
 }
+
+// 8-bit state's blocks of scales never straddle a cut between ranks.
+const _: () = assert!(super::SHARD_BLOCK.is_multiple_of(BLOCK));
 
 /// Merges the per-rank checkpoints written under `plan` into one full checkpoint.
 ///
@@ -177,10 +180,25 @@ fn join<A: Clone>(
         }
         for (buffer, more) in whole.buffers.iter_mut().zip(part.buffers) {
             buffer.values.extend(more.values);
-            if let (Some(StoredValues::Bf16 { bits }), Some(StoredValues::Bf16 { bits: more })) =
-                (&mut buffer.stored, more.stored)
-            {
-                bits.extend(more);
+            match (&mut buffer.stored, more.stored) {
+                (Some(StoredValues::Bf16 { bits }), Some(StoredValues::Bf16 { bits: more })) => {
+                    bits.extend(more);
+                }
+                // Every part but a tensor's last ends on a block boundary (`SHARD_BLOCK`).
+                (
+                    Some(StoredValues::Int8 { codes, scales }),
+                    Some(StoredValues::Int8 { codes: more, scales: more_scales }),
+                ) => {
+                    codes.extend(more);
+                    scales.extend(more_scales);
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "buffer `{}` of tensor `{name}` is stored in another format in the shard                          of rank {rank} than in that of rank {first_rank}",
+                        buffer.name
+                    )));
+                }
             }
         }
     }
@@ -188,27 +206,24 @@ fn join<A: Clone>(
     Ok(whole)
 }
 
-/// How many elements `buffer` holds, as values or as stored bfloat16 bits; `None` for 8-bit
-/// codes, whose scales belong to blocks of the whole tensor.
-fn cuttable_len<A>(buffer: &BufferRecord<A>) -> Option<usize> {
+/// How many elements `buffer` holds, as values, stored bfloat16 bits or 8-bit codes with a
+/// scale per block of [`BLOCK`] codes; `None` if it holds several of them or scales for
+/// another number of codes.
+fn buffer_len<A>(buffer: &BufferRecord<A>) -> Option<usize> {
     match &buffer.stored {
         None => Some(buffer.values.len()),
-        Some(StoredValues::Bf16 { bits }) if buffer.values.is_empty() => Some(bits.len()),
-        Some(_) => None,
+        _ if !buffer.values.is_empty() => None,
+        Some(StoredValues::Bf16 { bits }) => Some(bits.len()),
+        Some(StoredValues::Int8 { codes, scales }) => {
+            (scales.len() == codes.len().div_ceil(BLOCK)).then_some(codes.len())
+        }
     }
 }
 
 /// Checks that the state of rank `rank`'s part of tensor `name` is of the part's `len`.
 fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> Result<()> {
-    if let Some(buffer) = part.buffers.iter().find(|buffer| cuttable_len(buffer).is_none()) {
-        return Err(invalid(format!(
-            "buffer `{}` of tensor `{name}` in the shard of rank {rank} is kept in 8 bits: it \
-             cannot be cut between ranks",
-            buffer.name
-        )));
-    }
     let numel = part.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
-    if numel != Some(len) || part.buffers.iter().any(|buffer| cuttable_len(buffer) != Some(len)) {
+    if numel != Some(len) || part.buffers.iter().any(|buffer| buffer_len(buffer) != Some(len)) {
         return Err(invalid(format!(
             "the part of tensor `{name}` in the shard of rank {rank} has {len} elements in the \
              plan, but its state is of shape {:?}",
@@ -226,9 +241,9 @@ fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> 
 /// # Errors
 /// [`Error::InvalidSharding`](crate::Error::InvalidSharding) if the checkpoint has state of a
 /// tensor the plan does not list, of another size than the plan's, or of a group whose rule
-/// does not update [element by element](UpdateRule::elementwise) or that keeps its state in 8
-/// bits (its state cannot be cut; bfloat16 state is cut like full-precision state), and for
-/// a checkpoint that is one rank's share ([`Checkpoint::shard`]) rather than one of whole
+/// does not update [element by element](UpdateRule::elementwise) (its state cannot be cut;
+/// low-precision state is cut as full-precision state is, 8-bit codes with their blocks'
+/// scales), and for a checkpoint that is one rank's share ([`Checkpoint::shard`]) rather than one of whole
 /// tensors.
 pub fn split<R: UpdateRule, A: Clone>(
     full: Checkpoint<R, A>,
@@ -308,14 +323,6 @@ fn cut<R: UpdateRule, A: Clone>(
     plan: &ShardPlan,
 ) -> Result<Vec<(usize, TensorRecord<A>)>> {
     let name = &tensor.name;
-    let eight_bit = |g: &GroupRecord<R>| matches!(g.state_precision, StatePrecision::Int8 { .. });
-    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && eight_bit(g)) {
-        return Err(invalid(format!(
-            "tensor `{name}` is in group `{}`, which keeps its state in 8 bits: it cannot be \
-             cut between ranks",
-            group.name
-        )));
-    }
     if let Some(group) = groups.iter().find(|g| g.name == tensor.group && !g.hyper.elementwise()) {
         return Err(invalid(format!(
             "tensor `{name}` is in group `{}`, whose rule `{}` does not update element by \
@@ -341,13 +348,18 @@ fn cut<R: UpdateRule, A: Clone>(
             .map(|buffer| BufferRecord {
                 name: buffer.name.clone(),
                 values: buffer.values.get(elements.clone()).unwrap_or_default().to_vec(),
-                // `check_part` let through full-precision values and bfloat16 bits only.
-                stored: match &buffer.stored {
-                    Some(StoredValues::Bf16 { bits }) => {
-                        Some(StoredValues::Bf16 { bits: bits[elements.clone()].to_vec() })
+                stored: buffer.stored.as_ref().map(|stored| match stored {
+                    StoredValues::Bf16 { bits } => {
+                        StoredValues::Bf16 { bits: bits[elements.clone()].to_vec() }
                     }
-                    _ => None,
-                },
+                    // A part starts on a block boundary (`SHARD_BLOCK`): it takes its blocks'
+                    // scales whole.
+                    StoredValues::Int8 { codes, scales } => StoredValues::Int8 {
+                        codes: codes[elements.clone()].to_vec(),
+                        scales: scales[elements.start / BLOCK..elements.end.div_ceil(BLOCK)]
+                            .to_vec(),
+                    },
+                }),
             })
             .collect(),
         scalars: state.scalars.clone(),

@@ -21,10 +21,13 @@
 //! tensor exactly as it steps that part inside the whole tensor, and the global norm is an
 //! exact sum, so a sharded step gives the same bits as one process's
 //! [`Optimizer::step_all`](crate::Optimizer::step_all) of the whole model with the same
-//! averaged gradients, on any number of ranks. That holds for state kept in bfloat16
-//! ([`StatePrecision::Bf16`](crate::StatePrecision::Bf16)) too, which is rounded element by
-//! element; 8-bit state is refused, since which tensors keep it, and its scales, depend on
-//! whole tensors.
+//! averaged gradients, on any number of ranks. That holds for low-precision state too:
+//! bfloat16 ([`StatePrecision::Bf16`](crate::StatePrecision::Bf16)) is rounded element by
+//! element, and 8-bit state ([`StatePrecision::Int8`](crate::StatePrecision::Int8)) is
+//! quantized in blocks of [`BLOCK`](crate::compact::BLOCK) elements, on whose boundaries every
+//! cut falls, so a part keeps its blocks' codes and scales. Which tensors keep 8 bits is
+//! decided by the size of the whole tensor: a rank's part of a large tensor keeps 8 bits
+//! however small the part, as it would in one process.
 //!
 //! The crate does no communication itself: bring your own (MPI, sockets, threads); the
 //! `data_parallel` example does it over MPI, with a reduce-scatter of the gradients and an

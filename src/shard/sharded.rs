@@ -6,7 +6,6 @@ use super::checkpoints::{share, share_of};
 use super::invalid;
 use super::plan::ShardPlan;
 use crate::clip::Clip;
-use crate::compact::StatePrecision;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::exact_sum::PARTS;
@@ -76,13 +75,17 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// (a new run, or a full checkpoint from [`merge`](super::merge)) or the rank's parts
     /// (a checkpoint of this rank's share under the same plan, or one of [`split`](super::split)'s).
     ///
+    /// Each group keeps its [state precision](crate::StatePrecision) as for the whole tensors:
+    /// a part is kept in 8 bits if its whole tensor is large enough, whatever the part's size,
+    /// here and whenever the precision is set again through
+    /// [`optimizer_mut`](Self::optimizer_mut). State read otherwise is converted (an
+    /// optimizer holding a rank's share on its own decides by the parts' sizes).
+    ///
     /// # Errors
     /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, `optimizer` holds
     ///   another rank's share or one cut under a plan of another world size (see
     ///   [`Checkpoint::shard`](crate::Checkpoint::shard)), a group's rule does
-    ///   not update [element by element](UpdateRule::elementwise) or keeps its state in 8 bits
-    ///   (whose small-tensor threshold is one of whole tensors; bfloat16 state shards), the
-    ///   optimizer clips each tensor by its own norm, or it has state of a tensor the plan
+    ///   not update [element by element](UpdateRule::elementwise), the optimizer clips each tensor by its own norm, or it has state of a tensor the plan
     ///   does not list or of another size;
     /// - [`Error::ReductionNeedsBatch`] if a group's rule has a
     ///   [reduction](UpdateRule::reduction) over every tensor of a step (such as
@@ -101,7 +104,13 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
                 plan.world()
             )));
         }
-        let optimizer = Optimizer::from_checkpoint(share(optimizer.checkpoint(), &plan, rank)?)?;
+        let mut optimizer =
+            Optimizer::from_checkpoint(share(optimizer.checkpoint(), &plan, rank)?)?;
+        let whole = plan.pieces(rank).map(|piece| {
+            let tensor = plan.tensor(piece.name).expect("a piece is of a planned tensor");
+            (piece.name, tensor.range.len())
+        });
+        optimizer.registry.set_whole_numels(whole);
         let exchanged = vec![0.0; slot::SQUARES + PARTS + plan.world()];
         Ok(ShardedOptimizer { optimizer, plan, rank, exchanged })
     }
@@ -203,14 +212,6 @@ fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<(
                  cannot step part of a tensor with it",
                 group.name(),
                 group.hyper.name()
-            )));
-        }
-        if let StatePrecision::Int8 { min_numel } = group.state_precision() {
-            return Err(invalid(format!(
-                "group `{}` keeps its state in 8 bits from {min_numel} elements of a whole \
-                 tensor on, but a shard steps parts of tensors: keep sharded state in bfloat16 \
-                 or full precision",
-                group.name()
             )));
         }
     }
