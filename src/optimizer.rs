@@ -252,6 +252,19 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         Ok(StepOutcome::Stepped { grad_norm: norm })
     }
 
+    /// The group and state of the tensor `name`, which has passed [`check`](Self::check), for
+    /// a step of `param`; the state is created on its first step.
+    fn prepared(
+        &mut self,
+        name: &str,
+        param: &ArrayViewMut<'_, A, IxDyn>,
+    ) -> (&ParamGroup<R>, &mut TensorState<A>) {
+        let order = kernel::preferred_order(param);
+        let slot = self.registry.slot_of(name);
+        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
+        (group, tensor)
+    }
+
     /// Steps the tensor `name`, which has passed [`check`](Self::check), with the clip's
     /// `transform`.
     fn step_checked(
@@ -261,9 +274,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         grad: ArrayView<'_, A, IxDyn>,
         transform: GradTransform<A>,
     ) {
-        let order = kernel::preferred_order(&param);
-        let slot = self.registry.slot_of(name);
-        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
+        let (group, tensor) = self.prepared(name, &param);
         tensor.step += 1;
         group.step(param, grad, tensor, transform, Shared::default());
     }
@@ -279,9 +290,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         shared: &SharedStep,
         totals: &mut [f64],
     ) {
-        let order = kernel::preferred_order(&param);
-        let slot = self.registry.slot_of(name);
-        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
+        let (group, tensor) = self.prepared(name, &param);
         tensor.step += 1;
         reduce_into(group, param, grad, tensor, transform, shared, totals);
     }
@@ -296,9 +305,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         transform: GradTransform<A>,
         shared: &SharedStep,
     ) {
-        let order = kernel::preferred_order(&param);
-        let slot = self.registry.slot_of(name);
-        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
+        let (group, tensor) = self.prepared(name, &param);
         group.step(param, grad, tensor, transform, shared.view());
     }
 
