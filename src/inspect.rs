@@ -29,7 +29,7 @@ impl<'a, A: Element> TensorView<'a, A> {
             group: &group.name,
             state_names: group.hyper.state_names(),
             scalar_names: group.hyper.scalar_names(),
-            state: slot.tensor.as_ref(),
+            state: slot.tensor.as_deref(),
         }
     }
 
@@ -145,6 +145,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Bytes of memory all state buffers occupy: the sum of [`TensorView::bytes`].
     pub fn state_bytes(&self) -> usize {
-        self.registry.slots.values().flat_map(|slot| &slot.tensor).map(TensorState::bytes).sum()
+        self.registry
+            .slots
+            .values()
+            .filter_map(|slot| slot.tensor.as_deref())
+            .map(TensorState::bytes)
+            .sum()
     }
 }

@@ -37,7 +37,7 @@ pub struct ParamGrad<'a, A> {
 struct Lent<A> {
     slot: usize,
     group: usize,
-    tensor: TensorState<A>,
+    tensor: Box<TensorState<A>>,
     /// The clip of this step, as a transform of the gradient.
     transform: GradTransform<A>,
 }
@@ -402,7 +402,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                 let Some(lent) = entry.lent.as_mut() else { continue };
                 let group = &self.registry.groups[lent.group];
                 if group.hyper.reduction().is_some() {
-                    let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
+                    let grad = grads.of(entry.name, &entry.grad).into_view();
+                    let param = entry.param.view_mut();
                     reduce_into(
                         group,
                         param,
@@ -671,7 +672,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let slot = entry.slot.unwrap_or_else(|| self.registry.slot_of(entry.name));
         let (group, _, tensor) = self.registry.prepare(slot, entry.param.shape(), order);
         tensor.step += 1;
-        let tensor = core::mem::replace(tensor, TensorState::lent());
+        let tensor = self.registry.take(slot);
         entry.lent = Some(Lent { slot, group, tensor, transform });
     }
 
@@ -1085,15 +1086,44 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 /// [`MultiSteps`](crate::MultiSteps).
 pub(crate) trait Gradients<A>: Sync {
     /// The gradient of the entry `name`, whose own gradient is `own`.
-    fn of<'g>(&'g self, name: &str, own: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn>;
+    fn of<'g>(&'g self, name: &str, own: &'g ArrayView<'g, A, IxDyn>) -> Gradient<'g, A>;
+}
+
+/// A gradient that [`Gradients::of`] gives: an entry's own, borrowed (each pass over a batch
+/// asks for it, and a view of a dynamic-dimension array copies its shape), or a view of
+/// another.
+pub(crate) enum Gradient<'g, A> {
+    Own(&'g ArrayView<'g, A, IxDyn>),
+    Other(ArrayView<'g, A, IxDyn>),
+}
+
+impl<'g, A> Gradient<'g, A> {
+    /// The gradient as a view of its own.
+    pub(crate) fn into_view(self) -> ArrayView<'g, A, IxDyn> {
+        match self {
+            Gradient::Own(own) => own.view(),
+            Gradient::Other(view) => view,
+        }
+    }
+}
+
+impl<'g, A> core::ops::Deref for Gradient<'g, A> {
+    type Target = ArrayView<'g, A, IxDyn>;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Gradient::Own(own) => own,
+            Gradient::Other(view) => view,
+        }
+    }
 }
 
 /// Each entry's own gradient, as [`Optimizer::step_all`] takes them.
 struct OwnGradients;
 
 impl<A: Sync> Gradients<A> for OwnGradients {
-    fn of<'g>(&'g self, _: &str, own: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn> {
-        own.view()
+    fn of<'g>(&'g self, _: &str, own: &'g ArrayView<'g, A, IxDyn>) -> Gradient<'g, A> {
+        Gradient::Own(own)
     }
 }
 
@@ -1144,7 +1174,8 @@ fn step_lent<R: UpdateRule, A: Element>(
             }
             _ => Shared::default(),
         };
-        let (param, grad) = (entry.param.view_mut(), grads.of(entry.name, &entry.grad));
+        let grad = grads.of(entry.name, &entry.grad).into_view();
+        let param = entry.param.view_mut();
         group.step(param, grad, &mut lent.tensor, lent.transform, shared);
     };
     #[cfg(feature = "rayon")]

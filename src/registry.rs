@@ -274,22 +274,6 @@ pub(crate) fn quant_maps<R: UpdateRule>(hyper: &R) -> Vec<QuantMap> {
 }
 
 impl<A> TensorState<A> {
-    /// What a slot holds while its state is lent to a batch: empty, allocating nothing.
-    pub(crate) fn lent() -> Self {
-        TensorState {
-            step: 0,
-            shape: Vec::new(),
-            order: Order::RowMajor,
-            order_pending: false,
-            buffers: AlignedBuffer::new(),
-            compact: None,
-            elementwise: 0,
-            shaped_layout: Vec::new(),
-            scratch: Vec::new(),
-            scalars: Vec::new(),
-        }
-    }
-
     pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -415,14 +399,15 @@ impl<A: PartialEq> PartialEq for TensorState<A> {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Slot<A> {
     pub(crate) group: usize,
-    pub(crate) tensor: Option<TensorState<A>>,
+    /// Boxed, so that a batch step lends it out and takes it back by moving a pointer.
+    pub(crate) tensor: Option<Box<TensorState<A>>>,
     /// The last batch that named this tensor.
     pub(crate) batch: BatchMark,
 }
 
 impl<A> Slot<A> {
     pub(crate) fn new(group: usize, tensor: Option<TensorState<A>>) -> Self {
-        Slot { group, tensor, batch: BatchMark(0) }
+        Slot { group, tensor: tensor.map(Box::new), batch: BatchMark(0) }
     }
 }
 
@@ -734,9 +719,14 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         Ok(())
     }
 
-    /// Puts back the state that [`Optimizer::step_all`](crate::Optimizer::step_all) took out
-    /// of the slot at position `slot`.
-    pub(crate) fn give_back(&mut self, slot: usize, tensor: TensorState<A>) {
+    /// Takes the state out of the slot at position `slot`, which
+    /// [`prepare`](Self::prepare) has given state, for a batch step to lend.
+    pub(crate) fn take(&mut self, slot: usize) -> Box<TensorState<A>> {
+        self.slots.at_mut(slot).tensor.take().expect("a prepared slot has state")
+    }
+
+    /// Puts back the state that [`take`](Self::take) took out of the slot at position `slot`.
+    pub(crate) fn give_back(&mut self, slot: usize, tensor: Box<TensorState<A>>) {
         self.slots.at_mut(slot).tensor = Some(tensor);
     }
 
@@ -795,7 +785,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                 let numel = shape.iter().product();
                 let precision =
                     precision_of(&self.whole_numels, group.state_precision, name, numel);
-                empty.insert(TensorState::initial(&group.hyper, shape, order, precision))
+                empty.insert(Box::new(TensorState::initial(&group.hyper, shape, order, precision)))
             }
         };
         if tensor.order_pending {

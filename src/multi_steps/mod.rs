@@ -13,7 +13,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::{NonFinite, StepOutcome};
 use crate::model::{NameBuffer, Parameters, Prefix, VisitPair};
-use crate::optimizer::{Gradients, Optimizer, ParamGrad};
+use crate::optimizer::{Gradient, Gradients, Optimizer, ParamGrad};
 use crate::rule::UpdateRule;
 
 /// optax's `MultiSteps(opt, every_k_schedule=k)`: gradient accumulation around an
@@ -512,7 +512,7 @@ where
         let (params, grads) = (&mut *self.params, self.grads);
         optimizer.step_zipped(&mut |prefix, f| {
             params.zip_mut(grads, prefix, &mut |name, param, grad| {
-                f(name, param, means.of(name, &grad))
+                f(name, param, means.of(name, &grad).into_view())
             })
         })
     }
@@ -522,7 +522,9 @@ where
 struct Means<'a, A>(&'a HashMap<String, Mean<A>>);
 
 impl<A: Sync> Gradients<A> for Means<'_, A> {
-    fn of<'g>(&'g self, name: &str, _: &'g ArrayView<'_, A, IxDyn>) -> ArrayView<'g, A, IxDyn> {
-        self.0.get(name).expect("every entry of a stepped micro-batch has a mean").view()
+    fn of<'g>(&'g self, name: &str, _: &'g ArrayView<'g, A, IxDyn>) -> Gradient<'g, A> {
+        Gradient::Other(
+            self.0.get(name).expect("every entry of a stepped micro-batch has a mean").view(),
+        )
     }
 }

@@ -158,7 +158,7 @@ impl<R: ScheduleFree, A: Element> Optimizer<R, A> {
     pub fn mode(&self, name: &str) -> Option<Mode> {
         let slot = self.registry.slots.get(name)?;
         self.registry.groups[slot.group].hyper.interpolation()?;
-        slot.tensor.as_ref().map(mode_of)
+        slot.tensor.as_deref().map(mode_of)
     }
 
     /// Fails unless every stepped tensor of `model` is in `mode`: call it before evaluating
