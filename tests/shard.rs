@@ -362,6 +362,13 @@ fn parts_keep_the_precision_of_their_whole_tensor() {
     assert!(!in_eight_bits(rank.optimizer(), "embed"));
     rank.optimizer_mut().set_state_precision("default", EIGHT_BIT).unwrap();
     assert!(in_eight_bits(rank.optimizer(), "embed"));
+    // And so does moving a part to another group.
+    let mut moved = rank.clone();
+    moved.optimizer_mut().add_group("full", Adam::default()).unwrap();
+    moved.optimizer_mut().assign("embed", "full").unwrap();
+    assert!(!in_eight_bits(moved.optimizer(), "embed"));
+    moved.optimizer_mut().assign("embed", "fast").unwrap();
+    assert!(in_eight_bits(moved.optimizer(), "embed"));
 
     // Parts whose codes and scales do not fit, or whose formats differ, are not merged.
     let shards = || ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect::<Vec<_>>();
