@@ -421,6 +421,35 @@ fn random_models() -> Vec<Vec<(String, Vec<usize>)>> {
     models
 }
 
+/// 8-bit state cut between ranks and joined again gives back every code and scale, and each
+/// rank's share is resumed as cut, whatever the tensors' sizes and the world size.
+#[test]
+fn eight_bit_state_splits_and_merges_on_random_models() {
+    for (index, model) in random_models().iter().enumerate().take(80) {
+        let min_numel = if index % 2 == 0 { 1 } else { 1000 };
+        let mut opt = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+        opt.set_state_precision("default", StatePrecision::Int8 { min_numel }).unwrap();
+        let mut params: Vec<ArrayD<f32>> = model.iter().map(|(_, s)| values(s, 1)).collect();
+        let grads: Vec<ArrayD<f32>> = model.iter().map(|(_, s)| values(s, 2)).collect();
+        let mut batch: Vec<_> = (model.iter().zip(params.iter_mut()).zip(&grads))
+            .map(|(((name, _), param), grad)| ParamGrad::new(name, param, grad))
+            .collect();
+        opt.step_all(&mut batch).unwrap();
+        let full = opt.checkpoint();
+        let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+        for world in 1..=5 {
+            let plan = ShardPlan::new(listed(), world).unwrap();
+            let shards = split(full.clone(), &plan).unwrap();
+            for (rank, shard) in shards.iter().enumerate() {
+                let opt = Optimizer::from_checkpoint(shard.clone()).unwrap();
+                let sharded = ShardedOptimizer::new(opt, plan.clone(), rank).unwrap();
+                assert_eq!(&sharded.optimizer().checkpoint(), shard, "{model:?} {rank}/{world}");
+            }
+            assert_eq!(merge(shards, &plan).unwrap(), full, "{model:?} on {world} ranks");
+        }
+    }
+}
+
 #[test]
 fn plans_are_balanced_contiguous_and_deterministic() {
     for model in random_models() {
