@@ -195,7 +195,8 @@ fn join<A: Clone>(
                 (None, None) => {}
                 _ => {
                     return Err(invalid(format!(
-                        "buffer `{}` of tensor `{name}` is stored in another format in the shard                          of rank {rank} than in that of rank {first_rank}",
+                        "buffer `{}` of tensor `{name}` is stored in another format in the shard \
+                         of rank {rank} than in that of rank {first_rank}",
                         buffer.name
                     )));
                 }
@@ -243,8 +244,8 @@ fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> 
 /// tensor the plan does not list, of another size than the plan's, or of a group whose rule
 /// does not update [element by element](UpdateRule::elementwise) (its state cannot be cut;
 /// low-precision state is cut as full-precision state is, 8-bit codes with their blocks'
-/// scales), and for a checkpoint that is one rank's share ([`Checkpoint::shard`]) rather than one of whole
-/// tensors.
+/// scales), and for a checkpoint that is one rank's share ([`Checkpoint::shard`]) rather
+/// than one of whole tensors.
 pub fn split<R: UpdateRule, A: Clone>(
     full: Checkpoint<R, A>,
     plan: &ShardPlan,

@@ -85,8 +85,9 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, `optimizer` holds
     ///   another rank's share or one cut under a plan of another world size (see
     ///   [`Checkpoint::shard`](crate::Checkpoint::shard)), a group's rule does
-    ///   not update [element by element](UpdateRule::elementwise), the optimizer clips each tensor by its own norm, or it has state of a tensor the plan
-    ///   does not list or of another size;
+    ///   not update [element by element](UpdateRule::elementwise), the optimizer clips each
+    ///   tensor by its own norm, or it has state of a tensor the plan does not list or of
+    ///   another size;
     /// - [`Error::ReductionNeedsBatch`] if a group's rule has a
     ///   [reduction](UpdateRule::reduction) over every tensor of a step (such as
     ///   [`Prodigy`](crate::Prodigy)), which sharded steps cannot compute yet.
