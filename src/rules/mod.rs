@@ -43,6 +43,8 @@ pub use rprop::Rprop;
 pub use schedule_free::{ScheduleFreeAdamW, ScheduleFreeSgd};
 pub use sgd::Sgd;
 
+use core::cell::Cell;
+
 use crate::element::Element;
 
 /// An exponential moving average's weights β and 1 − β, in the element type.
@@ -68,7 +70,27 @@ impl<A: Element> Ema<A> {
 /// Adam's bias correction `$1 - \beta^t$`, with `powf` on the step as a float, as PyTorch's
 /// `beta ** step`.
 pub(crate) fn bias_correction(beta: f64, step: u64) -> f64 {
-    1.0 - beta.powf(step as f64)
+    // A batch steps its tensors at one count with the same betas, and `powf` costs as much
+    // as the rest of a small tensor's set-up: each thread keeps its last two results.
+    std::thread_local! {
+        static LAST: Cell<[Option<(u64, u64, f64)>; 2]> = const { Cell::new([None; 2]) };
+    }
+    let key = (beta.to_bits(), step);
+    LAST.with(|last| {
+        let [newest, older] = last.get();
+        match (newest, older) {
+            (Some((b, t, value)), _) if (b, t) == key => value,
+            (_, Some((b, t, value))) if (b, t) == key => {
+                last.set([older, newest]);
+                value
+            }
+            _ => {
+                let value = 1.0 - beta.powf(step as f64);
+                last.set([Some((key.0, key.1, value)), newest]);
+                value
+            }
+        }
+    })
 }
 
 /// `torch.maximum`: the larger value, NaN if either is NaN (where `f64::max` would drop it).
@@ -99,6 +121,20 @@ impl<A: Element> Lerp<A> {
             start + self.weight * (end - start)
         } else {
             end - (end - start) * self.one_minus_weight
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bias_correction;
+
+    #[test]
+    fn bias_corrections_equal_powf_in_any_order_of_betas_and_steps() {
+        let calls = [(0.9, 1), (0.999, 1), (0.9, 1), (0.999, 1), (0.9, 2), (0.8, 2), (0.999, 2)];
+        for (beta, step) in calls.into_iter().chain(calls.into_iter().rev()) {
+            let direct = 1.0 - f64::powf(beta, step as f64);
+            assert_eq!(bias_correction(beta, step).to_bits(), direct.to_bits(), "{beta} {step}");
         }
     }
 }
