@@ -643,12 +643,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         let group = &mut self.groups[index];
         check_precision::<R, A>(&group.name, &group.hyper, precision)?;
         group.state_precision = precision;
-        for (name, slot) in self.slots.iter_mut().filter(|(_, slot)| slot.group == index) {
-            if let Some(tensor) = &mut slot.tensor {
-                let target = precision_of(&self.whole_numels, precision, name, tensor.numel());
-                tensor.store_as(&group.hyper, target);
-            }
-        }
+        self.keep_state_precisions(Some(index));
         Ok(())
     }
 
@@ -661,7 +656,14 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     ) {
         self.whole_numels =
             whole.into_iter().map(|(name, numel)| (name.to_owned(), numel)).collect();
-        for (name, slot) in self.slots.iter_mut() {
+        self.keep_state_precisions(None);
+    }
+
+    /// Keeps the state of every tensor (of the group at index `only`, if given) in the
+    /// precision its group keeps for its size, converting what is kept otherwise.
+    fn keep_state_precisions(&mut self, only: Option<usize>) {
+        let chosen = |slot: &&mut Slot<A>| only.is_none_or(|group| slot.group == group);
+        for (name, slot) in self.slots.iter_mut().filter(|(_, slot)| chosen(slot)) {
             let group = &self.groups[slot.group];
             if let Some(tensor) = &mut slot.tensor {
                 let numel = tensor.numel();
