@@ -10,7 +10,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::exact_sum::ExactSum;
 use crate::guard::{self, NonFinite, StepOutcome};
-use crate::kernel::{self, GradTransform, Shared};
+use crate::kernel::{GradTransform, Shared};
 use crate::model::{NameBuffer, Parameters, Prefix, Zip};
 use crate::registry::{ParamGroup, Registry, StepReduction, TensorState};
 use crate::rule::{Reduction, UpdateRule};
@@ -259,9 +259,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         name: &str,
         param: &ArrayViewMut<'_, A, IxDyn>,
     ) -> (&ParamGroup<R>, &mut TensorState<A>) {
-        let order = kernel::preferred_order(param);
         let slot = self.registry.slot_of(name);
-        let (_, group, tensor) = self.registry.prepare(slot, param.shape(), order);
+        let (_, group, tensor) = self.registry.prepare(slot, param);
         (group, tensor)
     }
 
@@ -668,9 +667,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Lends `entry` its tensor's state, advancing its step count.
     fn lend(&mut self, entry: &mut ParamGrad<'_, A>, transform: GradTransform<A>) {
-        let order = kernel::preferred_order(&entry.param);
         let slot = entry.slot.unwrap_or_else(|| self.registry.slot_of(entry.name));
-        let (group, _, tensor) = self.registry.prepare(slot, entry.param.shape(), order);
+        let (group, _, tensor) = self.registry.prepare(slot, &entry.param);
         tensor.step += 1;
         let tensor = self.registry.take(slot);
         entry.lent = Some(Lent { slot, group, tensor, transform });
@@ -1179,12 +1177,13 @@ fn step_lent<R: UpdateRule, A: Element>(
         group.step(param, grad, &mut lent.tensor, lent.transform, shared);
     };
     #[cfg(feature = "rayon")]
-    if batch.len() > 1 && kernel::worth_spreading(numel) {
+    if batch.len() > 1 && crate::kernel::worth_spreading(numel) {
+        use crate::kernel::{KernelPath, with_kernel_path};
         use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
         // A kernel path pinned on this thread holds on the pool's threads too.
-        let path = kernel::KernelPath::current();
+        let path = KernelPath::current();
         return batch.par_iter_mut().for_each(|entry| {
-            kernel::with_kernel_path(path, || step(entry));
+            with_kernel_path(path, || step(entry));
         });
     }
     let _ = numel;

@@ -6,7 +6,7 @@ use crate::buffer::AlignedBuffer;
 use crate::compact::{Compact, QuantMap, StatePrecision};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::{GradTransform, Shared, Stage, TensorStep};
+use crate::kernel::{self, GradTransform, Shared, Stage, TensorStep};
 use crate::rule::{UpdateRule, check_options};
 use crate::rules::schedule_free::{Mode, wrong_mode};
 use crate::slots::Slots;
@@ -771,14 +771,17 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     }
 
     /// The group index, the group and the state that the next step of the tensor in the slot
-    /// at position `slot` uses, creating the state (in `order`) on the tensor's first step.
-    /// The shape must have passed [`check_step`](Self::check_step).
+    /// at position `slot` uses, creating the state on the tensor's first step, laid out in
+    /// the order that suits `param`. The shape must have passed
+    /// [`check_step`](Self::check_step).
     pub(crate) fn prepare(
         &mut self,
         slot: usize,
-        shape: &[usize],
-        order: Order,
+        param: &ArrayViewMut<'_, A, IxDyn>,
     ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
+        // The order is worked out only where it is used: checking a layout costs as much as
+        // the rest of a small tensor's bookkeeping here.
+        let shape = param.shape();
         let (name, slot) = self.slots.entry_at(slot);
         let group = &self.groups[slot.group];
         let tensor = match &mut slot.tensor {
@@ -787,11 +790,12 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                 let numel = shape.iter().product();
                 let precision =
                     precision_of(&self.whole_numels, group.state_precision, name, numel);
+                let order = kernel::preferred_order(param);
                 empty.insert(Box::new(TensorState::initial(&group.hyper, shape, order, precision)))
             }
         };
         if tensor.order_pending {
-            tensor.relayout(order);
+            tensor.relayout(kernel::preferred_order(param));
         }
         // Only a tensor moved to a group whose rule works in more memory allocates here.
         let scratch = group.hyper.scratch_len(shape);
