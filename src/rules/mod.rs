@@ -71,26 +71,35 @@ impl<A: Element> Ema<A> {
 /// `beta ** step`.
 pub(crate) fn bias_correction(beta: f64, step: u64) -> f64 {
     // A batch steps its tensors at one count with the same betas, and `powf` costs as much
-    // as the rest of a small tensor's set-up: each thread keeps its last two results.
+    // as the rest of a small tensor's set-up: each thread keeps its last two results, a new
+    // one replacing them in turn, so that the Adam family's two betas both stay and a hit
+    // writes nothing.
     std::thread_local! {
-        static LAST: Cell<[Option<(u64, u64, f64)>; 2]> = const { Cell::new([None; 2]) };
+        static KEPT: [Cell<Kept>; 2] = const { [Cell::new(Kept::NONE), Cell::new(Kept::NONE)] };
+        static NEXT: Cell<usize> = const { Cell::new(0) };
     }
     let key = (beta.to_bits(), step);
-    LAST.with(|last| {
-        let [newest, older] = last.get();
-        match (newest, older) {
-            (Some((b, t, value)), _) if (b, t) == key => value,
-            (_, Some((b, t, value))) if (b, t) == key => {
-                last.set([older, newest]);
-                value
-            }
-            _ => {
-                let value = 1.0 - beta.powf(step as f64);
-                last.set([Some((key.0, key.1, value)), newest]);
-                value
-            }
+    KEPT.with(|kept| {
+        if let Some(hit) = kept.iter().map(Cell::get).find(|kept| kept.key == key) {
+            return hit.value;
         }
+        let value = 1.0 - beta.powf(step as f64);
+        let next = NEXT.with(|next| next.replace(1 - next.get()));
+        kept[next].set(Kept { key, value });
+        value
     })
+}
+
+/// A result of [`bias_correction`] and its key, β's bits and the step.
+#[derive(Clone, Copy)]
+struct Kept {
+    key: (u64, u64),
+    value: f64,
+}
+
+impl Kept {
+    /// No result: a β of NaN, which no rule accepts, so no call's key matches it.
+    const NONE: Kept = Kept { key: (0x7FF8_0000_0000_0000, 0), value: f64::NAN };
 }
 
 /// `torch.maximum`: the larger value, NaN if either is NaN (where `f64::max` would drop it).
