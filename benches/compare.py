@@ -7,10 +7,14 @@ bandwidth bound, measured in one run; prints the README's Performance table.
     venv/bin/python benches/compare.py --rules adamw,nadam
     venv/bin/python benches/compare.py --model gpt2-small   # a model's parameter list
     venv/bin/python benches/compare.py --rules adam,adamw --state 8bit
+    venv/bin/python benches/compare.py --rules adamw --state 8bit --torchao
 
 ``--state bf16|8bit`` keeps this crate's state in low precision (``--state f32``, the
 default, keeps it in the element type), against PyTorch's fused f32 step all the same: the
-table's bytes column is what each step of this crate moves per element.
+table's bytes column is what each step of this crate moves per element. ``--torchao`` (with
+``--state 8bit``, for ``adam`` and ``adamw``; needs ``pip install torchao``) adds a column
+for torchao's ``Adam8bit``/``AdamW8bit`` with blocks of 256, the reference implementation of
+the 8-bit format, timed the same way.
 
 For each rule, element type, size and thread count it runs this crate's
 `examples/throughput.rs` (built with `--features rayon`) and the same steps in PyTorch
@@ -127,11 +131,13 @@ def values(numel, seed, dtype):
     return ((i + seed) * 0.618034).sin().to(dtype)
 
 
-def torch_ns_per_elem(rule, dtype, numel, threads, steps):
+def step_ns_per_elem(make_optimizer, dtype, numel, threads, steps):
+    """The median step time per element of the optimizer that `make_optimizer` makes for
+    one tensor, after one warm-up step."""
     torch.set_num_threads(threads)
     p = values(numel, 0, DTYPES[dtype]).requires_grad_()
     p.grad = values(numel, 7, DTYPES[dtype]) * 1e-3
-    opt = RULES[rule][1](p)
+    opt = make_optimizer(p)
     opt.step()
     times = []
     for _ in range(steps):
@@ -139,6 +145,19 @@ def torch_ns_per_elem(rule, dtype, numel, threads, steps):
         opt.step()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e9 / numel
+
+
+def torch_ns_per_elem(rule, dtype, numel, threads, steps):
+    return step_ns_per_elem(RULES[rule][1], dtype, numel, threads, steps)
+
+
+def torchao_ns_per_elem(rule, numel, threads, steps):
+    """torchao's 8-bit Adam or AdamW, whose format this crate's 8-bit state follows."""
+    from torchao.optim import Adam8bit, AdamW8bit
+
+    optimizer = {"adam": Adam8bit, "adamw": AdamW8bit}[rule]
+    return step_ns_per_elem(lambda p: optimizer([p], block_size=256), "f32", numel, threads,
+                            steps)
 
 
 def rust_step(rule, dtype, numel, threads, steps, tensors=1, state="f32"):
@@ -171,7 +190,11 @@ def main():
                         help="time Adam over this model's parameter list instead")
     parser.add_argument("--state", default="f32", choices=["f32", "bf16", "8bit"],
                         help="how this crate keeps its state (f32 element types only)")
+    parser.add_argument("--torchao", action="store_true",
+                        help="with --state 8bit: add torchao's 8-bit Adam/AdamW")
     args = parser.parse_args()
+    if args.torchao and (args.state != "8bit" or set(args.rules.split(",")) - {"adam", "adamw"}):
+        parser.error("--torchao needs --state 8bit and --rules adam and/or adamw")
     subprocess.run(
         ["cargo", "build", "--release", "--features", "rayon", "--example", "throughput"],
         cwd=ROOT, check=True,
@@ -192,24 +215,29 @@ def main():
     if args.quick:
         rows = [row for row in rows if row[0] == "adam"]
     print()
+    torchao = " torchao 8-bit ns/elem | crate / torchao |" if args.torchao else ""
     print("| rule | dtype | state | numel | threads | bytes/elem | this crate ns/elem "
-          "| PyTorch ns/elem | ratio | bound ns/elem | crate / bound |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| PyTorch ns/elem | ratio | bound ns/elem | crate / bound |" + torchao)
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+          + (" ---: | ---: |" if args.torchao else ""))
     for rule, dtype, numel in rows:
         # f64 rows (full-precision state only) come with --state f32.
         state = args.state if dtype == "f32" else "f32"
         for t in threads:
-            ours, theirs = [], []
+            ours, theirs, reference = [], [], []
             for _ in range(args.repeats):
                 ns, bytes_per_elem = rust_step(rule, dtype, numel, t, args.steps, state=state)
                 ours.append(ns)
                 theirs.append(torch_ns_per_elem(rule, dtype, numel, t, args.steps))
+                if args.torchao:
+                    reference.append(torchao_ns_per_elem(rule, numel, t, args.steps))
             ours, theirs = min(ours), min(theirs)
             bound = bytes_per_elem / bandwidth[t]
             label = dtype if state == "f32" else state
+            extra = f" {min(reference):.3f} | {ours / min(reference):.3f} |" if reference else ""
             print(f"| {rule} | {dtype} | {label} | {numel} | {t} | {bytes_per_elem:.2f} "
                   f"| {ours:.3f} | {theirs:.3f} ({KIND[rule]}) | {ours / theirs:.2f} "
-                  f"| {bound:.3f} | {ours / bound:.2f} |", flush=True)
+                  f"| {bound:.3f} | {ours / bound:.2f} |{extra}", flush=True)
     print()
     print("| threads | 1 tensor of 1M, ns/elem | 1000 tensors of 1000 (step_all), ns/elem "
           "| per-tensor overhead |")
