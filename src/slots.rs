@@ -2,6 +2,7 @@
 //! finds once by name and then uses for every later pass.
 
 use core::hash::BuildHasher;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
@@ -14,12 +15,30 @@ use crate::registry::Slot;
 /// passes that lend, step and give back the state: one hash of the name per tensor and step
 /// instead of one per pass. The order of the list is bookkeeping: two tables are equal when
 /// they hold equal slots under the same names, in whatever order.
+///
+/// A training loop steps its tensors in the same order every step, which is the order they
+/// were added in: a lookup first tries the position after the one the last lookup found, so
+/// that it usually costs one comparison of the name and no hash.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Slots<A> {
     entries: Vec<(String, Slot<A>)>,
     /// The position in `entries` of each name, hashed by name.
     positions: HashTable<usize>,
     hasher: DefaultHashBuilder,
+    /// Where the next lookup looks first.
+    next: NextGuess,
+}
+
+/// A position to try first, which lookups through `&Slots` update. Atomic so that the table
+/// stays `Sync`; relaxed loads and stores are plain moves on the usual targets, and any
+/// value is only a guess that the name confirms.
+#[derive(Debug, Default)]
+struct NextGuess(AtomicUsize);
+
+impl Clone for NextGuess {
+    fn clone(&self) -> Self {
+        NextGuess(AtomicUsize::new(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 impl<A> Slots<A> {
@@ -28,14 +47,25 @@ impl<A> Slots<A> {
             entries: Vec::with_capacity(capacity),
             positions: HashTable::with_capacity(capacity),
             hasher: DefaultHashBuilder::default(),
+            next: NextGuess::default(),
         }
     }
 
     /// The position of the slot named `name`.
     pub(crate) fn position(&self, name: &str) -> Option<usize> {
-        let entries = &self.entries;
-        let hash = self.hasher.hash_one(name);
-        self.positions.find(hash, |&at| entries[at].0 == name).copied()
+        let guess = self.next.0.load(Ordering::Relaxed);
+        let position = match self.entries.get(guess) {
+            Some((found, _)) if found == name => Some(guess),
+            _ => {
+                let entries = &self.entries;
+                let hash = self.hasher.hash_one(name);
+                self.positions.find(hash, |&at| entries[at].0 == name).copied()
+            }
+        };
+        if let Some(position) = position {
+            self.next.0.store(position + 1, Ordering::Relaxed);
+        }
+        position
     }
 
     /// The slot at `position`, which [`position`](Self::position) or
@@ -173,5 +203,34 @@ mod tests {
         reversed.insert("a".to_owned(), Slot::new(1, None));
         assert_ne!(slots, reversed);
         assert_eq!(reversed.len(), 2);
+    }
+
+    /// The guess of the next position never changes what a lookup finds, whatever the order
+    /// of the lookups: in order (where it hits), backwards, by strides, the same name twice,
+    /// unknown names, and after removals have moved names.
+    #[test]
+    fn lookups_in_any_order_find_the_named_position() {
+        let mut slots = Slots::<f32>::default();
+        let names: Vec<String> = (0..40).map(|i| format!("layer.{i}.weight")).collect();
+        for name in &names {
+            slots.position_or_insert(name, || Slot::new(0, None));
+        }
+        let check = |slots: &Slots<f32>, order: &mut dyn Iterator<Item = usize>| {
+            for i in order {
+                let name = names[i].as_str();
+                let expected = slots.iter().position(|(found, _)| found == name);
+                assert_eq!(slots.position(name), expected, "{name}");
+            }
+            assert_eq!(slots.position("unknown"), None);
+        };
+        check(&slots, &mut (0..40));
+        check(&slots, &mut (0..40).rev());
+        check(&slots, &mut (0..40).map(|i| i * 7 % 40));
+        check(&slots, &mut [3, 3, 4, 4, 39, 0].into_iter());
+        for removed in [0, 17, 39, 5] {
+            slots.remove(&names[removed]);
+        }
+        check(&slots, &mut (0..40));
+        check(&slots, &mut (0..40).rev());
     }
 }
