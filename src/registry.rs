@@ -779,8 +779,8 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
         slot: usize,
         param: &ArrayViewMut<'_, A, IxDyn>,
     ) -> (usize, &ParamGroup<R>, &mut TensorState<A>) {
-        // The order is worked out only where it is used: checking a layout costs as much as
-        // the rest of a small tensor's bookkeeping here.
+        // The order is worked out only where it is used: a layout check is a noticeable part
+        // of a small tensor's bookkeeping.
         let shape = param.shape();
         let (name, slot) = self.slots.entry_at(slot);
         let group = &self.groups[slot.group];
