@@ -286,11 +286,26 @@ impl<A: Element> Stage<A> {
         }
     }
 
-    /// [`grad`](Self::grad) of every element of `grad` and `param` into `seen`, then
-    /// [`decay`](Self::decay) of every element of `param`: the same bits as element by
-    /// element, with each case a loop of its own that vectorises.
+    /// The factor [`decay`](Self::decay) multiplies the parameter by: `$1 - \eta\lambda$`,
+    /// or 1 without decoupled decay.
+    pub(crate) fn decay_factor(self) -> A {
+        match self.decay {
+            Decay::Decoupled(factor) => factor,
+            Decay::Off | Decay::L2(_) => A::one(),
+        }
+    }
+
+    /// Whether [`grad`](Self::grad) is the gradient as given.
+    pub(crate) fn keeps_grad(self) -> bool {
+        matches!(self.transform, GradTransform::Identity)
+            && !matches!(self.decay, Decay::L2(_))
+            && self.sign == A::one()
+    }
+
+    /// [`grad`](Self::grad) of every element of `grad` and `param` into `seen`: the same bits
+    /// as element by element, with each case a loop of its own that vectorises.
     #[inline(always)]
-    pub(crate) fn apply_to_slices(self, param: &mut [A], grad: &[A], seen: &mut [A]) {
+    pub(crate) fn grad_of_slices(self, param: &[A], grad: &[A], seen: &mut [A]) {
         #[inline(always)]
         fn each<A: Copy>(seen: &mut [A], grad: &[A], f: impl Fn(A) -> A) {
             for (seen, &g) in seen.iter_mut().zip(grad) {
@@ -303,14 +318,10 @@ impl<A: Element> Stage<A> {
             GradTransform::Scale(c) => each(seen, grad, |g| sign * (g * c)),
             GradTransform::Clamp(c) => each(seen, grad, |g| sign * clamp(g, c)),
         }
-        match self.decay {
-            Decay::Off => {}
-            Decay::L2(lambda) => {
-                for (seen, &p) in seen.iter_mut().zip(param.iter()) {
-                    *seen = *seen + lambda * p;
-                }
+        if let Decay::L2(lambda) = self.decay {
+            for (seen, &p) in seen.iter_mut().zip(param) {
+                *seen = *seen + lambda * p;
             }
-            Decay::Decoupled(factor) => param.iter_mut().for_each(|p| *p = *p * factor),
         }
     }
 }
@@ -535,8 +546,9 @@ impl<'a, A: Element> TensorStep<'a, A> {
 }
 
 impl<A: Element> TensorStep<'_, A> {
-    /// The fused pass over low-precision state, in blocks; `update` is the rule's own, the
-    /// options stage runs on each block before it.
+    /// The fused pass over low-precision state, in blocks; `update` is the rule's own, with
+    /// decoupled decay before it, and the rest of the options stage runs on each block's
+    /// gradient first.
     fn drive_compact<S, F>(self, update: F)
     where
         S: StateSlots<A>,
@@ -550,8 +562,16 @@ impl<A: Element> TensorStep<'_, A> {
             KernelPath::Zip => KernelPath::Baseline,
             path => path,
         };
+        // Decoupled decay rides in the update's loop: one multiplication, by 1 without decay,
+        // which gives every value back unchanged (a signalling NaN quieted, as the update's own
+        // arithmetic on the parameter quiets it). The loop is still compiled once per rule.
+        let factor = stage.decay_factor();
+        let update = move |p: &mut A, g: A, slots: &mut S| {
+            *p = *p * factor;
+            update(p, g, slots);
+        };
         let state = CompactState { compact, stage, isa: path.isa() };
-        A::drive_compact::<S, F>(param, grad, state, update);
+        A::drive_compact::<S, _>(param, grad, state, update);
         TAKEN_PATH.with(|taken_path| taken_path.set(Some(path)));
     }
 }

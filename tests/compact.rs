@@ -4,8 +4,8 @@
 use ndarray::{Array2, ShapeBuilder};
 use ndarray_optim::compact::{QuantMap, bf16_bits, bf16_value, dequantize_block, quantize_block};
 use ndarray_optim::{
-    Adam, AdamW, Clip, Error, KernelPath, Lamb, Optimizer, Rule, Sgd, StatePrecision, TensorView,
-    last_kernel_path, with_kernel_path,
+    Adam, AdamW, Clip, Error, KernelPath, Lamb, Momentum, Optimizer, RmsProp, Rule, Sgd,
+    StatePrecision, TensorView, last_kernel_path, with_kernel_path,
 };
 
 const PRECISIONS: [StatePrecision; 2] = [StatePrecision::Bf16, StatePrecision::INT8];
@@ -173,15 +173,23 @@ fn stored_as(precision: StatePrecision, map: QuantMap, values: &[f32]) -> Vec<f3
 
 /// From zero state, a first step moves the parameter by the full-precision moments, so it
 /// is the step of full-precision state; the state is then that step's, rounded. Checked for
-/// every options stage (clipping by value or norm, L2 or decoupled decay, maximize) and for
-/// a row-major and a column-major tensor.
+/// every options stage (clipping by value or norm, L2 or decoupled decay, maximize), for
+/// rules of one, two and three per-element buffers (bfloat16 keeps two in pairs, and the
+/// others one after the other), and for a row-major and a column-major tensor.
 #[test]
 fn the_options_stage_runs_on_low_precision_state_as_on_full_precision() {
+    let rmsprop = RmsProp { lr: 0.01, centered: true, ..RmsProp::default() };
     let rules = [
         Rule::from(Adam { lr: 0.01, weight_decay: 0.1, maximize: true, ..Adam::default() }),
         Rule::from(AdamW { lr: 0.01, weight_decay: 0.1, ..AdamW::default() }),
         Rule::from(Adam { lr: 0.01, ..Adam::default() }),
+        Rule::from(AdamW { lr: 0.01, amsgrad: true, ..AdamW::default() }),
+        Rule::from(Momentum { lr: 0.01, weight_decay: 0.1, ..Momentum::default() }),
+        Rule::from(rmsprop),
+        Rule::from(RmsProp { momentum: 0.9, maximize: true, ..rmsprop }),
     ];
+    // The buffers the rules keep non-negative, stored with the unsigned 8-bit map.
+    let non_negative = ["exp_avg_sq", "max_exp_avg_sq", "square_avg"];
     let clips = [None, Some(Clip::Value { clip_value: 0.05 }), Some(Clip::Norm { max_norm: 0.5 })];
     let shape = (70, 130);
     for precision in PRECISIONS {
@@ -197,17 +205,26 @@ fn the_options_stage_runs_on_low_precision_state_as_on_full_precision() {
                         }));
                         opt.step("w", &mut w, &place(&gradient(0, shape))).unwrap();
                         let view = opt.state_of("w").unwrap();
-                        let state = ["exp_avg", "exp_avg_sq"]
-                            .map(|name| view.buffer(name).unwrap().iter().copied().collect());
+                        let state: Vec<(&str, Vec<f32>)> = view
+                            .buffers()
+                            .map(|(name, values)| (name, values.iter().copied().collect()))
+                            .collect();
                         (w, state)
                     };
                     let case = format!("{precision:?} {rule:?} {clip:?}");
-                    let (w_full, [m_full, v_full]) = first_step(StatePrecision::Full);
-                    let (w, [m, v]): (_, [Vec<f32>; 2]) = first_step(precision);
+                    let (w_full, state_full) = first_step(StatePrecision::Full);
+                    let (w, state) = first_step(precision);
                     let bits = |w: &Array2<f32>| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&w), bits(&w_full), "{case}: parameters");
-                    assert_eq!(m, stored_as(precision, QuantMap::Signed, &m_full), "{case}: m");
-                    assert_eq!(v, stored_as(precision, QuantMap::Unsigned, &v_full), "{case}: v");
+                    assert_eq!(state.len(), state_full.len(), "{case}");
+                    for ((name, values), (_, full)) in state.iter().zip(&state_full) {
+                        let map = if non_negative.contains(name) {
+                            QuantMap::Unsigned
+                        } else {
+                            QuantMap::Signed
+                        };
+                        assert_eq!(values, &stored_as(precision, map, full), "{case}: {name}");
+                    }
                 }
             }
         }

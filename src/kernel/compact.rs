@@ -1,12 +1,16 @@
 //! The fused pass over state kept in low precision ([`crate::compact`]), block by block:
-//! the options stage runs on the block's gradient and parameter, then the rule's update runs
-//! on the block through the instruction-set dispatch, as on full-precision state. bfloat16
-//! state is converted inside the update's loop, value by value; 8-bit state is expanded to
-//! the element type before it and stored back after it, since a block's scale depends on all
-//! of its new values.
+//! the options stage runs on the block's gradient, then the rule's update runs on the block
+//! through the instruction-set dispatch, as on full-precision state. bfloat16 state is
+//! converted inside the update's loop, value by value; 8-bit state is expanded to the element
+//! type before it and stored back after it, since a block's scale depends on all of its new
+//! values.
 //!
-//! The pass is compiled once per rule: the options stage is applied in loops of its own
-//! rather than compiled into the update.
+//! The pass is compiled once per rule: the gradient's part of the options stage (clipping,
+//! maximizing, L2 decay) is applied in loops of its own rather than compiled into the update,
+//! and decoupled decay is one multiplication in the update's loop, by 1 without it. When the
+//! gradient's part has nothing to do, as in plain Adam and AdamW, the update reads the
+//! gradient as given, and bfloat16 state, which needs no blocks then, is stepped in one loop
+//! over the whole run: on Zen 3 the pass over each block cost about a fifth of the step.
 //!
 //! Blocks are [`BLOCK`] elements in row-major order whatever the parameter's memory layout,
 //! so the values (and the 8-bit scales) are the same for every layout, and chunks for threads
@@ -159,6 +163,13 @@ impl<A: Element> Run<'_, A> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
+        if let (Stores::Bf16(bits), true) = (&mut self.stores, pass.stage.keeps_grad()) {
+            // bfloat16 values are converted one by one, so with nothing to do to the gradient
+            // first the whole run is one loop.
+            let mut state = bits.each_mut().map(|bits| &mut **bits);
+            pass.isa.run::<A, u16, S, F>(self.param, self.grad, &mut state[..S::LEN], pass.update);
+            return;
+        }
         let mut work = Work::new();
         let blocks = self.param.chunks_mut(BLOCK).zip(self.grad.chunks(BLOCK));
         for (block, (param, grad)) in blocks.enumerate() {
@@ -185,7 +196,7 @@ impl<A: Element> super::parallel::Halves for Run<'_, A> {
     }
 }
 
-/// One block: the options stage, then the rule's update over the block, its state
+/// One block: the options stage's gradient, then the rule's update over the block, its state
 /// converted in the update's loop (bfloat16), or expanded before it and stored back after
 /// it (8-bit codes, whose scale needs the whole block).
 #[inline(always)]
@@ -202,8 +213,12 @@ fn step_block<A, S, F>(
     F: Fn(&mut A, A, &mut S),
 {
     let (len, start) = (param.len(), block * BLOCK);
-    let seen = &mut work.grad[..len];
-    pass.isa.stage(pass.stage, param, grad, seen);
+    let seen = if pass.stage.keeps_grad() {
+        grad
+    } else {
+        pass.isa.stage(pass.stage, param, grad, &mut work.grad[..len]);
+        &work.grad[..len]
+    };
     match stores {
         Stores::Bf16(bits) => {
             let mut state = bits.each_mut().map(|bits| {

@@ -7,10 +7,10 @@
 //! `a * b + c` into a fused multiply-add, and IEEE-754 addition, multiplication, division and
 //! square root are correctly rounded in every instruction set, so all versions compute the
 //! same bits. The passes over blocks of low-precision state are dispatched the same way: the
-//! options stage ([`Isa::stage`]) and the block-wise 8-bit conversions ([`Isa::quantize`],
-//! [`Isa::dequantize`]), whose map lookups are integer and comparison work that gives the
-//! same bits in every set, and become gathers: by the compiler with AVX-512, written out for
-//! AVX2 (`nearest_codes_avx2`).
+//! gradient's options stage ([`Isa::stage`]) and the block-wise 8-bit conversions
+//! ([`Isa::quantize`], [`Isa::dequantize`]), whose map lookups are integer and comparison
+//! work that gives the same bits in every set, and become gathers: by the compiler with
+//! AVX-512, written out for AVX2 (`nearest_codes_avx2`).
 //!
 //! Calling a `#[target_feature]` function is `unsafe`: it is sound only on a CPU that has the
 //! features. This module is the one place that does it, each time right after checking them.
@@ -63,11 +63,11 @@ macro_rules! compiled_with {
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn stage<A: Element>(
                 stage: Stage<A>,
-                param: &mut [A],
+                param: &[A],
                 grad: &[A],
                 seen: &mut [A],
             ) {
-                stage.apply_to_slices(param, grad, seen);
+                stage.grad_of_slices(param, grad, seen);
             }
 
             #[target_feature(enable = $feature)]
@@ -140,16 +140,16 @@ impl Isa {
         dispatch!(self, run(param, grad, state, update), else S::for_each_slice(param, grad, state, update))
     }
 
-    /// [`Stage::apply_to_slices`] of one block of low-precision state.
+    /// [`Stage::grad_of_slices`] of one block of low-precision state.
     #[inline(always)]
     pub(crate) fn stage<A: Element>(
         self,
         stage: Stage<A>,
-        param: &mut [A],
+        param: &[A],
         grad: &[A],
         seen: &mut [A],
     ) {
-        dispatch!(self, stage(stage, param, grad, seen), else stage.apply_to_slices(param, grad, seen))
+        dispatch!(self, stage(stage, param, grad, seen), else stage.grad_of_slices(param, grad, seen))
     }
 
     /// [`int8::encode`] of one block.
