@@ -57,6 +57,18 @@ pub trait StateSlots<A: Element>: Copy + Send + Sync + sealed::Sealed {
     where
         W: StateWord<A>,
         F: Fn(&mut A, A, &mut Self);
+
+    /// Runs `update` on every element of the equally long slices `param`, `grad` and
+    /// `pairs`, each word of `pairs` holding the element's values of the two buffers as
+    /// bfloat16, the first buffer's in the high half. Only two buffers are kept that way.
+    #[doc(hidden)]
+    fn for_each_pair<F>(param: &mut [A], grad: &[A], pairs: &mut [u32], update: &F)
+    where
+        F: Fn(&mut A, A, &mut Self),
+    {
+        let _ = (param, grad, pairs, update);
+        unreachable!("only two buffers are kept in bfloat16 pairs")
+    }
 }
 
 /// How a state buffer keeps its values in memory, as the slot loop reads and writes them: as
@@ -111,9 +123,10 @@ fn buffer_views<A, D: Dimension, const N: usize>(
 }
 
 macro_rules! state_slots {
-    ($n:literal => $($buffer:ident $value:ident),*) => {
+    ($n:literal => $($buffer:ident $value:ident),* $(; $($more:tt)*)?) => {
         impl<A: Element> StateSlots<A> for [A; $n] {
             const LEN: usize = $n;
+            $($($more)*)?
 
             #[inline]
             fn for_each<D, F>(
@@ -165,7 +178,26 @@ macro_rules! state_slots {
 
 state_slots!(0 =>);
 state_slots!(1 => s0 v0);
-state_slots!(2 => s0 v0, s1 v1);
+state_slots!(2 => s0 v0, s1 v1;
+    // Always inlined, so that it is compiled for the instruction set of its caller. One load
+    // and one store per element for both buffers, and no shuffles: a half is a mask or a
+    // shift away from its `f32`.
+    #[inline(always)]
+    fn for_each_pair<F>(param: &mut [A], grad: &[A], pairs: &mut [u32], update: &F)
+    where
+        F: Fn(&mut A, A, &mut Self),
+    {
+        let n = param.len();
+        let (grad, pairs) = (&grad[..n], &mut pairs[..n]);
+        for i in 0..n {
+            let [high, low] = crate::compact::bf16::halves(pairs[i]);
+            let mut slots = [StateWord::expand(high), StateWord::expand(low)];
+            update(&mut param[i], grad[i], &mut slots);
+            let [high, low] = slots.map(<u16 as StateWord<A>>::round);
+            pairs[i] = crate::compact::bf16::pair([high, low]);
+        }
+    }
+);
 state_slots!(3 => s0 v0, s1 v1, s2 v2);
 state_slots!(4 => s0 v0, s1 v1, s2 v2, s3 v3);
 

@@ -133,7 +133,7 @@ use ndarray::Order;
 use crate::buffer::AlignedBuffer;
 use crate::check::check_lr;
 use crate::clip::Clip;
-use crate::compact::{BLOCK, Compact, QuantMap, StatePrecision, StoredRef};
+use crate::compact::{BLOCK, Bf16Bits, Compact, QuantMap, StatePrecision, StoredRef};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard::NonFinite;
@@ -368,7 +368,7 @@ pub struct BufferRecord<A> {
 impl From<StoredRef<'_>> for StoredValues {
     fn from(stored: StoredRef<'_>) -> Self {
         match stored {
-            StoredRef::Bf16 { bits } => StoredValues::Bf16 { bits: bits.to_vec() },
+            StoredRef::Bf16 { bits } => StoredValues::Bf16 { bits: bits.iter().collect() },
             StoredRef::Int8 { codes, scales, .. } => {
                 StoredValues::Int8 { codes: codes.to_vec(), scales: scales.to_vec() }
             }
@@ -399,7 +399,7 @@ impl StoredValues {
     /// The values as a tensor's state holds them, with 8-bit codes of `map`.
     fn borrowed(&self, map: QuantMap) -> StoredRef<'_> {
         match self {
-            StoredValues::Bf16 { bits } => StoredRef::Bf16 { bits },
+            StoredValues::Bf16 { bits } => StoredRef::Bf16 { bits: Bf16Bits::Run(bits) },
             StoredValues::Int8 { codes, scales } => StoredRef::Int8 { codes, scales, map },
         }
     }
@@ -513,8 +513,8 @@ fn check_stored<R: UpdateRule, A: Element>(
     check_buffer(hyper, param, name, values.into_iter())
 }
 
-/// Low-precision buffers, one after the other, as the registry keeps them.
-fn joined(buffers: &[&StoredValues], maps: Vec<QuantMap>) -> Compact {
+/// Low-precision buffers of `numel` values each, as the registry keeps them.
+fn joined(buffers: &[&StoredValues], numel: usize, maps: Vec<QuantMap>) -> Compact {
     let mut bits: Vec<u16> = Vec::new();
     let (mut codes, mut scales): (Vec<u8>, Vec<f32>) = (Vec::new(), Vec::new());
     for stored in buffers {
@@ -527,7 +527,7 @@ fn joined(buffers: &[&StoredValues], maps: Vec<QuantMap>) -> Compact {
         }
     }
     match buffers.first() {
-        Some(StoredValues::Bf16 { .. }) => Compact::Bf16 { bits: AlignedBuffer::from_slice(&bits) },
+        Some(StoredValues::Bf16 { .. }) => Compact::bf16(&bits, numel),
         _ => Compact::Int8 { codes: AlignedBuffer::from_slice(&codes), scales, maps },
     }
 }
@@ -623,7 +623,7 @@ fn restore_state<A: Element, R: UpdateRule>(
     for scalar in &record.scalars {
         check_scalar(hyper, param, &scalar.name, scalar.value)?;
     }
-    let compact = (!compact.is_empty()).then(|| joined(&compact, maps));
+    let compact = (!compact.is_empty()).then(|| joined(&compact, numel, maps));
     let full = record.buffers.iter().filter(|buffer| buffer.stored.is_none());
     let mut buffers =
         AlignedBuffer::filled(full.clone().map(|buffer| buffer.values.len()).sum(), A::zero());
@@ -1007,7 +1007,8 @@ pub(crate) mod serde_impl {
                 StoredRef::Bf16 { bits } => {
                     let mut variant =
                         serializer.serialize_struct_variant("StoredValues", 0, "Bf16", 1)?;
-                    variant.serialize_field("bits", bits)?;
+                    // As the slice of a `StoredValues` serialises, read from pairs or not.
+                    variant.serialize_field("bits", &Seq(|| bits.iter()))?;
                     variant.end()
                 }
                 StoredRef::Int8 { codes, scales, .. } => {

@@ -33,6 +33,23 @@ pub fn bf16_value(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
+/// The word that keeps two bfloat16 values together, `bits[0]` in the high half.
+///
+/// A rule with two per-element buffers (the Adam family's moments) keeps them this way, one
+/// word per element: a step loads and stores one word per element for both, and a half becomes
+/// an `f32` with a mask or a shift, without the shuffles that separate buffers of 16-bit values
+/// take.
+#[inline(always)]
+pub(crate) fn pair(bits: [u16; 2]) -> u32 {
+    (u32::from(bits[0]) << 16) | u32::from(bits[1])
+}
+
+/// The two bfloat16 values of a [`pair`] word, the high half first.
+#[inline(always)]
+pub(crate) fn halves(word: u32) -> [u16; 2] {
+    [(word >> 16) as u16, word as u16]
+}
+
 /// Rounds each of `values` to bfloat16, into `bits`.
 #[inline(always)]
 pub(crate) fn encode<A: Element>(values: &[A], bits: &mut [u16]) {
@@ -43,8 +60,8 @@ pub(crate) fn encode<A: Element>(values: &[A], bits: &mut [u16]) {
 
 /// The values of bfloat16 `bits`, into `values`.
 #[inline(always)]
-pub(crate) fn decode<A: Element>(bits: &[u16], values: &mut [A]) {
-    for (value, &bits) in values.iter_mut().zip(bits) {
+pub(crate) fn decode<A: Element>(bits: impl Iterator<Item = u16>, values: &mut [A]) {
+    for (value, bits) in values.iter_mut().zip(bits) {
         *value = <u16 as StateWord<A>>::expand(bits);
     }
 }
@@ -84,6 +101,14 @@ mod tests {
             if value.is_finite() {
                 assert_eq!(bf16_bits(value), nearest(value), "{value:e} ({bits:#010x})");
             }
+        }
+    }
+
+    #[test]
+    fn a_pair_keeps_both_halves() {
+        assert_eq!(pair([bf16_bits(1.0), bf16_bits(-2.0)]), 0x3F80_C000);
+        for bits in [[0x3F80, 0xC000], [0xFFFF, 0], [0, 0xFFFF], [0x8000, 0x7F80]] {
+            assert_eq!(halves(pair(bits)), bits);
         }
     }
 

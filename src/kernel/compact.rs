@@ -1,9 +1,9 @@
 //! The fused pass over state kept in low precision ([`crate::compact`]), block by block:
 //! the options stage runs on the block's gradient, then the rule's update runs on the block
 //! through the instruction-set dispatch, as on full-precision state. bfloat16 state is
-//! converted inside the update's loop, value by value; 8-bit state is expanded to the element
-//! type before it and stored back after it, since a block's scale depends on all of its new
-//! values.
+//! converted inside the update's loop, value by value (two buffers from one word per element,
+//! [`StateSlots::for_each_pair`]); 8-bit state is expanded to the element type before it and
+//! stored back after it, since a block's scale depends on all of its new values.
 //!
 //! The pass is compiled once per rule: the gradient's part of the options stage (clipping,
 //! maximizing, L2 decay) is applied in loops of its own rather than compiled into the update,
@@ -36,6 +36,7 @@ pub struct CompactState<'a, A> {
 /// The stored buffers of one run of elements, cut to that run.
 enum Stores<'a> {
     Bf16([&'a mut [u16]; MAX_STATE]),
+    Bf16Pairs(&'a mut [u32]),
     Int8 {
         codes: [&'a mut [u8]; MAX_STATE],
         scales: [&'a mut [f32]; MAX_STATE],
@@ -51,6 +52,7 @@ impl<'a> Stores<'a> {
                 let mut buffers = bits.chunks_mut(step);
                 Stores::Bf16(core::array::from_fn(|_| buffers.next().unwrap_or_default()))
             }
+            Compact::Bf16Pairs { pairs } => Stores::Bf16Pairs(pairs),
             Compact::Int8 { codes, scales, maps } => {
                 let mut buffers = codes.chunks_mut(step);
                 let mut blocks = scales.chunks_mut(numel.div_ceil(BLOCK).max(1));
@@ -83,6 +85,10 @@ impl<'a> Stores<'a> {
             Stores::Bf16(bits) => {
                 let (low, high) = cut(bits, mid);
                 (Stores::Bf16(low), Stores::Bf16(high))
+            }
+            Stores::Bf16Pairs(pairs) => {
+                let (low, high) = pairs.split_at_mut(mid);
+                (Stores::Bf16Pairs(low), Stores::Bf16Pairs(high))
             }
             Stores::Int8 { codes, scales, maps } => {
                 let (codes_low, codes_high) = cut(codes, mid);
@@ -163,12 +169,20 @@ impl<A: Element> Run<'_, A> {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
-        if let (Stores::Bf16(bits), true) = (&mut self.stores, pass.stage.keeps_grad()) {
-            // bfloat16 values are converted one by one, so with nothing to do to the gradient
-            // first the whole run is one loop.
-            let mut state = bits.each_mut().map(|bits| &mut **bits);
-            pass.isa.run::<A, u16, S, F>(self.param, self.grad, &mut state[..S::LEN], pass.update);
-            return;
+        // bfloat16 values are converted one by one, so with nothing to do to the gradient
+        // first the whole run is one loop.
+        if pass.stage.keeps_grad() {
+            let (param, grad, isa) = (&mut *self.param, self.grad, pass.isa);
+            match &mut self.stores {
+                Stores::Bf16(bits) => {
+                    let mut state = bits.each_mut().map(|bits| &mut **bits);
+                    return isa.run::<A, u16, S, F>(param, grad, &mut state[..S::LEN], pass.update);
+                }
+                Stores::Bf16Pairs(pairs) => {
+                    return isa.run_pair::<A, S, F>(param, grad, pairs, pass.update);
+                }
+                Stores::Int8 { .. } => {}
+            }
         }
         let mut work = Work::new();
         let blocks = self.param.chunks_mut(BLOCK).zip(self.grad.chunks(BLOCK));
@@ -226,6 +240,10 @@ fn step_block<A, S, F>(
                 bits.get_mut(start..start + len).unwrap_or_default()
             });
             pass.isa.run::<A, u16, S, F>(param, seen, &mut state[..S::LEN], pass.update);
+        }
+        Stores::Bf16Pairs(pairs) => {
+            let pairs = &mut pairs[start..start + len];
+            pass.isa.run_pair::<A, S, F>(param, seen, pairs, pass.update);
         }
         Stores::Int8 { codes, scales, maps } => {
             let buffers = work.state[..S::LEN].iter_mut().zip(codes.iter()).zip(scales.iter());

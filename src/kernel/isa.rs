@@ -61,6 +61,20 @@ macro_rules! compiled_with {
             }
 
             #[target_feature(enable = $feature)]
+            pub(super) unsafe fn run_pair<A, S, F>(
+                param: &mut [A],
+                grad: &[A],
+                pairs: &mut [u32],
+                update: &F,
+            ) where
+                A: Element,
+                S: StateSlots<A>,
+                F: Fn(&mut A, A, &mut S),
+            {
+                S::for_each_pair(param, grad, pairs, update);
+            }
+
+            #[target_feature(enable = $feature)]
             pub(super) unsafe fn stage<A: Element>(
                 stage: Stage<A>,
                 param: &[A],
@@ -138,6 +152,22 @@ impl Isa {
         F: Fn(&mut A, A, &mut S),
     {
         dispatch!(self, run(param, grad, state, update), else S::for_each_slice(param, grad, state, update))
+    }
+
+    /// [`Isa::run`] with the two state buffers kept in bfloat16 pairs.
+    #[inline(always)]
+    pub(crate) fn run_pair<A, S, F>(
+        self,
+        param: &mut [A],
+        grad: &[A],
+        pairs: &mut [u32],
+        update: &F,
+    ) where
+        A: Element,
+        S: StateSlots<A>,
+        F: Fn(&mut A, A, &mut S),
+    {
+        dispatch!(self, run_pair(param, grad, pairs, update), else S::for_each_pair(param, grad, pairs, update))
     }
 
     /// [`Stage::grad_of_slices`] of one block of low-precision state.
