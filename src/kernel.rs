@@ -58,16 +58,26 @@ pub trait StateSlots<A: Element>: Copy + Send + Sync + sealed::Sealed {
         W: StateWord<A>,
         F: Fn(&mut A, A, &mut Self);
 
-    /// Runs `update` on every element of the equally long slices `param`, `grad` and
-    /// `pairs`, each word of `pairs` holding the element's values of the two buffers as
-    /// bfloat16, the first buffer's in the high half. Only two buffers are kept that way.
+    /// Runs `update` on every element of the equally long slices `param` and `grad`, the
+    /// state kept as bfloat16: in the `LEN` buffers of `state`, or, for two buffers, in
+    /// `pairs`, each word holding an element's two values, the first buffer's in the high
+    /// half.
+    ///
+    /// Each arity compiles only the loop of its own layout. Always inlined, as
+    /// [`for_each_slice`](Self::for_each_slice) is.
     #[doc(hidden)]
-    fn for_each_pair<F>(param: &mut [A], grad: &[A], pairs: &mut [u32], update: &F)
-    where
+    #[inline(always)]
+    fn for_each_bf16<F>(
+        param: &mut [A],
+        grad: &[A],
+        state: &mut [&mut [u16]],
+        pairs: &mut [u32],
+        update: &F,
+    ) where
         F: Fn(&mut A, A, &mut Self),
     {
-        let _ = (param, grad, pairs, update);
-        unreachable!("only two buffers are kept in bfloat16 pairs")
+        let _ = pairs;
+        Self::for_each_slice(param, grad, state, update);
     }
 }
 
@@ -183,8 +193,13 @@ state_slots!(2 => s0 v0, s1 v1;
     // and one store per element for both buffers, and no shuffles: a half is a mask or a
     // shift away from its `f32`.
     #[inline(always)]
-    fn for_each_pair<F>(param: &mut [A], grad: &[A], pairs: &mut [u32], update: &F)
-    where
+    fn for_each_bf16<F>(
+        param: &mut [A],
+        grad: &[A],
+        _: &mut [&mut [u16]],
+        pairs: &mut [u32],
+        update: &F,
+    ) where
         F: Fn(&mut A, A, &mut Self),
     {
         let n = param.len();

@@ -2,7 +2,7 @@
 //! the options stage runs on the block's gradient, then the rule's update runs on the block
 //! through the instruction-set dispatch, as on full-precision state. bfloat16 state is
 //! converted inside the update's loop, value by value (two buffers from one word per element,
-//! [`StateSlots::for_each_pair`]); 8-bit state is expanded to the element type before it and
+//! [`StateSlots::for_each_bf16`]); 8-bit state is expanded to the element type before it and
 //! stored back after it, since a block's scale depends on all of its new values.
 //!
 //! The pass is compiled once per rule: the gradient's part of the options stage (clipping,
@@ -35,8 +35,8 @@ pub struct CompactState<'a, A> {
 
 /// The stored buffers of one run of elements, cut to that run.
 enum Stores<'a> {
-    Bf16([&'a mut [u16]; MAX_STATE]),
-    Bf16Pairs(&'a mut [u32]),
+    /// Buffers of 16-bit values, or (for two buffers) pairs.
+    Bf16 { bits: [&'a mut [u16]; MAX_STATE], pairs: &'a mut [u32] },
     Int8 {
         codes: [&'a mut [u8]; MAX_STATE],
         scales: [&'a mut [f32]; MAX_STATE],
@@ -50,9 +50,12 @@ impl<'a> Stores<'a> {
         match compact {
             Compact::Bf16 { bits } => {
                 let mut buffers = bits.chunks_mut(step);
-                Stores::Bf16(core::array::from_fn(|_| buffers.next().unwrap_or_default()))
+                let bits = core::array::from_fn(|_| buffers.next().unwrap_or_default());
+                Stores::Bf16 { bits, pairs: &mut [] }
             }
-            Compact::Bf16Pairs { pairs } => Stores::Bf16Pairs(pairs),
+            Compact::Bf16Pairs { pairs } => {
+                Stores::Bf16 { bits: core::array::from_fn(|_| <&mut [u16]>::default()), pairs }
+            }
             Compact::Int8 { codes, scales, maps } => {
                 let mut buffers = codes.chunks_mut(step);
                 let mut blocks = scales.chunks_mut(numel.div_ceil(BLOCK).max(1));
@@ -70,10 +73,10 @@ impl<'a> Stores<'a> {
     /// The stores of elements `..mid` and `mid..`, `mid` a multiple of [`BLOCK`].
     #[cfg(feature = "rayon")]
     fn split_at(self, mid: usize) -> (Self, Self) {
-        fn cut<T>(
-            buffers: [&mut [T]; MAX_STATE],
+        fn cut<T, const N: usize>(
+            buffers: [&mut [T]; N],
             mid: usize,
-        ) -> ([&mut [T]; MAX_STATE], [&mut [T]; MAX_STATE]) {
+        ) -> ([&mut [T]; N], [&mut [T]; N]) {
             let mut highs = buffers.map(|buffer| {
                 let mid = mid.min(buffer.len());
                 buffer.split_at_mut(mid)
@@ -82,13 +85,13 @@ impl<'a> Stores<'a> {
             (lows, highs.map(|(_, high)| high))
         }
         match self {
-            Stores::Bf16(bits) => {
-                let (low, high) = cut(bits, mid);
-                (Stores::Bf16(low), Stores::Bf16(high))
-            }
-            Stores::Bf16Pairs(pairs) => {
-                let (low, high) = pairs.split_at_mut(mid);
-                (Stores::Bf16Pairs(low), Stores::Bf16Pairs(high))
+            Stores::Bf16 { bits, pairs } => {
+                let (bits_low, bits_high) = cut(bits, mid);
+                let ([pairs_low], [pairs_high]) = cut([pairs], mid);
+                (
+                    Stores::Bf16 { bits: bits_low, pairs: pairs_low },
+                    Stores::Bf16 { bits: bits_high, pairs: pairs_high },
+                )
             }
             Stores::Int8 { codes, scales, maps } => {
                 let (codes_low, codes_high) = cut(codes, mid);
@@ -173,15 +176,10 @@ impl<A: Element> Run<'_, A> {
         // first the whole run is one loop.
         if pass.stage.keeps_grad() {
             let (param, grad, isa) = (&mut *self.param, self.grad, pass.isa);
-            match &mut self.stores {
-                Stores::Bf16(bits) => {
-                    let mut state = bits.each_mut().map(|bits| &mut **bits);
-                    return isa.run::<A, u16, S, F>(param, grad, &mut state[..S::LEN], pass.update);
-                }
-                Stores::Bf16Pairs(pairs) => {
-                    return isa.run_pair::<A, S, F>(param, grad, pairs, pass.update);
-                }
-                Stores::Int8 { .. } => {}
+            if let Stores::Bf16 { bits, pairs } = &mut self.stores {
+                let mut state = bits.each_mut().map(|bits| &mut **bits);
+                let state = &mut state[..S::LEN];
+                return isa.run_bf16::<A, S, F>(param, grad, state, pairs, pass.update);
             }
         }
         let mut work = Work::new();
@@ -234,16 +232,12 @@ fn step_block<A, S, F>(
         &work.grad[..len]
     };
     match stores {
-        Stores::Bf16(bits) => {
-            let mut state = bits.each_mut().map(|bits| {
-                // Buffers past the rule's are empty.
-                bits.get_mut(start..start + len).unwrap_or_default()
-            });
-            pass.isa.run::<A, u16, S, F>(param, seen, &mut state[..S::LEN], pass.update);
-        }
-        Stores::Bf16Pairs(pairs) => {
-            let pairs = &mut pairs[start..start + len];
-            pass.isa.run_pair::<A, S, F>(param, seen, pairs, pass.update);
+        Stores::Bf16 { bits, pairs } => {
+            // Buffers past the rule's, and pairs for other than two, are empty.
+            let mut state =
+                bits.each_mut().map(|bits| bits.get_mut(start..start + len).unwrap_or_default());
+            let pairs = pairs.get_mut(start..start + len).unwrap_or_default();
+            pass.isa.run_bf16::<A, S, F>(param, seen, &mut state[..S::LEN], pairs, pass.update);
         }
         Stores::Int8 { codes, scales, maps } => {
             let buffers = work.state[..S::LEN].iter_mut().zip(codes.iter()).zip(scales.iter());

@@ -61,9 +61,10 @@ macro_rules! compiled_with {
             }
 
             #[target_feature(enable = $feature)]
-            pub(super) unsafe fn run_pair<A, S, F>(
+            pub(super) unsafe fn run_bf16<A, S, F>(
                 param: &mut [A],
                 grad: &[A],
+                state: &mut [&mut [u16]],
                 pairs: &mut [u32],
                 update: &F,
             ) where
@@ -71,7 +72,7 @@ macro_rules! compiled_with {
                 S: StateSlots<A>,
                 F: Fn(&mut A, A, &mut S),
             {
-                S::for_each_pair(param, grad, pairs, update);
+                S::for_each_bf16(param, grad, state, pairs, update);
             }
 
             #[target_feature(enable = $feature)]
@@ -154,12 +155,14 @@ impl Isa {
         dispatch!(self, run(param, grad, state, update), else S::for_each_slice(param, grad, state, update))
     }
 
-    /// [`Isa::run`] with the two state buffers kept in bfloat16 pairs.
+    /// [`Isa::run`] over state kept as bfloat16, in buffers or in pairs
+    /// ([`StateSlots::for_each_bf16`]).
     #[inline(always)]
-    pub(crate) fn run_pair<A, S, F>(
+    pub(crate) fn run_bf16<A, S, F>(
         self,
         param: &mut [A],
         grad: &[A],
+        state: &mut [&mut [u16]],
         pairs: &mut [u32],
         update: &F,
     ) where
@@ -167,7 +170,7 @@ impl Isa {
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
-        dispatch!(self, run_pair(param, grad, pairs, update), else S::for_each_pair(param, grad, pairs, update))
+        dispatch!(self, run_bf16(param, grad, state, pairs, update), else S::for_each_bf16(param, grad, state, pairs, update))
     }
 
     /// [`Stage::grad_of_slices`] of one block of low-precision state.
