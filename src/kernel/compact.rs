@@ -211,7 +211,11 @@ impl<A: Element> super::parallel::Halves for Run<'_, A> {
 /// One block: the options stage's gradient, then the rule's update over the block, its state
 /// converted in the update's loop (bfloat16), or expanded before it and stored back after
 /// it (8-bit codes, whose scale needs the whole block).
-#[inline(always)]
+///
+/// Not inlined: both walks (contiguous and strided) call it, and each inlined copy would
+/// compile the dispatch's baseline loops again; one call is small beside a block's
+/// [`BLOCK`] updates.
+#[inline(never)]
 fn step_block<A, S, F>(
     param: &mut [A],
     grad: &[A],
@@ -237,7 +241,8 @@ fn step_block<A, S, F>(
             let mut state =
                 bits.each_mut().map(|bits| bits.get_mut(start..start + len).unwrap_or_default());
             let pairs = pairs.get_mut(start..start + len).unwrap_or_default();
-            pass.isa.run_bf16::<A, S, F>(param, seen, &mut state[..S::LEN], pairs, pass.update);
+            let state = &mut state[..S::LEN];
+            pass.isa.run_bf16::<A, S, F>(param, seen, state, pairs, pass.update);
         }
         Stores::Int8 { codes, scales, maps } => {
             let buffers = work.state[..S::LEN].iter_mut().zip(codes.iter()).zip(scales.iter());

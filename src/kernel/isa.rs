@@ -157,7 +157,10 @@ impl Isa {
 
     /// [`Isa::run`] over state kept as bfloat16, in buffers or in pairs
     /// ([`StateSlots::for_each_bf16`]).
-    #[inline(always)]
+    ///
+    /// Not inlined, unlike `run`: a low-precision step calls it from two places, and each
+    /// inlined copy would compile the baseline loop it falls back to once more for each rule.
+    #[inline(never)]
     pub(crate) fn run_bf16<A, S, F>(
         self,
         param: &mut [A],
