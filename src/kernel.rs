@@ -723,7 +723,7 @@ impl<'a, A: Element> Slices<'a, A> {
         F: Fn(&mut A, A, &mut S),
     {
         let Slices { param, grad, mut state } = self;
-        isa.run::<A, A, S, F>(param, grad, &mut state[..S::LEN], update);
+        isa.run::<A, S, F>(param, grad, &mut state[..S::LEN], update);
     }
 }
 

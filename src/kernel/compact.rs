@@ -251,7 +251,7 @@ fn step_block<A, S, F>(
                 pass.isa.dequantize(codes, scales[block], map, &mut values[..len]);
             }
             let mut state = work.state.each_mut().map(|values| &mut values[..len]);
-            pass.isa.run::<A, A, S, F>(param, seen, &mut state[..S::LEN], pass.update);
+            pass.isa.run::<A, S, F>(param, seen, &mut state[..S::LEN], pass.update);
             let buffers = work.state[..S::LEN].iter().zip(codes.iter_mut()).zip(scales.iter_mut());
             for (((values, codes), scales), &map) in buffers.zip(maps.iter()) {
                 let codes = &mut codes[start..start + len];

@@ -16,7 +16,7 @@
 //! features. This module is the one place that does it, each time right after checking them.
 #![allow(unsafe_code)]
 
-use super::{Stage, StateSlots, StateWord};
+use super::{Stage, StateSlots};
 use crate::compact::{QuantMap, int8};
 use crate::element::Element;
 
@@ -46,14 +46,13 @@ macro_rules! compiled_with {
             use super::*;
 
             #[target_feature(enable = $feature)]
-            pub(super) unsafe fn run<A, W, S, F>(
+            pub(super) unsafe fn run<A, S, F>(
                 param: &mut [A],
                 grad: &[A],
-                state: &mut [&mut [W]],
+                state: &mut [&mut [A]],
                 update: &F,
             ) where
                 A: Element,
-                W: StateWord<A>,
                 S: StateSlots<A>,
                 F: Fn(&mut A, A, &mut S),
             {
@@ -133,22 +132,21 @@ impl Isa {
         [Isa::Avx512, Isa::Avx2].into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Baseline)
     }
 
-    /// Runs the slice loop of `S`, its state kept as `W`, compiled for this instruction set,
-    /// or for the baseline if the CPU lacks it.
+    /// Runs the slice loop of `S`, its state in the element type, compiled for this
+    /// instruction set, or for the baseline if the CPU lacks it.
     ///
     /// The arguments are passed on as they are, rather than inside a closure, so that the
     /// compiled loop knows the slices and the update's captured scalars do not overlap and
     /// can keep the scalars in registers.
     #[inline(always)]
-    pub(crate) fn run<A, W, S, F>(
+    pub(crate) fn run<A, S, F>(
         self,
         param: &mut [A],
         grad: &[A],
-        state: &mut [&mut [W]],
+        state: &mut [&mut [A]],
         update: &F,
     ) where
         A: Element,
-        W: StateWord<A>,
         S: StateSlots<A>,
         F: Fn(&mut A, A, &mut S),
     {
