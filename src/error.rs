@@ -107,6 +107,19 @@ pub enum Error {
         /// What is wrong, naming the tensor, rank or shard.
         reason: String,
     },
+    /// A [`FlatParams`](crate::FlatParams) layout that cannot be built.
+    InvalidFlatLayout {
+        /// What is wrong, naming the tensor.
+        reason: String,
+    },
+    /// A [`FlatParams`](crate::FlatParams) block cannot be stepped as one tensor, because the
+    /// result would differ from stepping its tensors one by one.
+    FlatUnsupported {
+        /// The block's name.
+        param: String,
+        /// Why, e.g. the group's rule looks at whole tensors.
+        reason: String,
+    },
     /// A [sharded step](crate::ShardedOptimizer::step_all) failed on other ranks (this
     /// rank's part was in order); no rank changed anything.
     OtherRanksFailed {
@@ -117,12 +130,13 @@ pub enum Error {
     /// shard plan, in the model's tensors given to
     /// [`Optimizer::load_state`](crate::Optimizer::load_state) (twice with different shapes),
     /// in [`Optimizer::declare`](crate::Optimizer::declare), in a batch of one step, or in
-    /// the model or the gradients of [`Optimizer::step_model`](crate::Optimizer::step_model).
+    /// the model or the gradients of [`Optimizer::step_model`](crate::Optimizer::step_model),
+    /// or in the layout of a [`FlatParams`](crate::FlatParams).
     DuplicateParam {
         /// The tensor's name.
         param: String,
         /// Where the name is listed twice, e.g. `"checkpoint"`, `"shard plan"`, `"model's
-        /// tensors"`, `"declaration"`, `"batch"`, `"model"`, `"gradients"`, or the
+        /// tensors"`, `"declaration"`, `"batch"`, `"model"`, `"gradients"`, `"flat layout"`, or the
         /// `"averages"` or `"means"` of a serialized [`AveragedModel`](crate::AveragedModel)
         /// or [`MultiSteps`](crate::MultiSteps).
         in_what: &'static str,
@@ -397,6 +411,10 @@ impl fmt::Display for Error {
                 write!(f, "checkpoint {field} is `{found}`, but the optimizer's is `{expected}`")
             }
             Error::InvalidSharding { reason } => write!(f, "invalid sharding: {reason}"),
+            Error::InvalidFlatLayout { reason } => write!(f, "invalid flat layout: {reason}"),
+            Error::FlatUnsupported { param, reason } => {
+                write!(f, "the flat block `{param}` cannot be stepped as one tensor: {reason}")
+            }
             Error::OtherRanksFailed { ranks } => {
                 write!(f, "the sharded step failed on {ranks} other rank(s); no rank stepped")
             }

@@ -11,7 +11,9 @@
 //! of tensors their own hyperparameters, as PyTorch's param groups do. A whole model steps in
 //! one call, [`Optimizer::step_model`], from a struct with `#[derive(Parameters)]` (whose
 //! fields name its tensors, `encoder.layers.0.weight`), a map or a list of named arrays
-//! ([`model`]).
+//! ([`model`]). Many small tensors (biases, norms) kept in one [`FlatParams`] block step as
+//! one tensor ([`Optimizer::step_flat`]), bit for bit as they would one by one, without each
+//! tensor's bookkeeping.
 //!
 //! ```
 //! use ndarray::{Array1, Array2, Axis, array};
@@ -94,6 +96,7 @@ pub mod compact;
 mod element;
 mod error;
 mod exact_sum;
+mod flat;
 mod guard;
 mod inspect;
 mod kernel;
@@ -119,6 +122,7 @@ pub use clip::Clip;
 pub use compact::StatePrecision;
 pub use element::Element;
 pub use error::{Error, Result};
+pub use flat::{FlatParams, FlatTensor, FlatTensorMut};
 pub use guard::{NonFinite, StepOutcome};
 pub use inspect::TensorView;
 #[doc(hidden)]

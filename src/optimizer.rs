@@ -1,6 +1,6 @@
 //! [`Optimizer`]: the public stepping API over the registry.
 
-use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Axis, Dimension, IxDyn, Slice};
 
 use crate::check::check_lr;
 use crate::checkpoint::ShardRecord;
@@ -9,6 +9,7 @@ use crate::compact::StatePrecision;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::exact_sum::ExactSum;
+use crate::flat::{FlatParams, FlatTensor};
 use crate::guard::{self, NonFinite, StepOutcome};
 use crate::kernel::{GradTransform, Shared};
 use crate::model::{NameBuffer, Parameters, Prefix, Zip};
@@ -30,6 +31,9 @@ pub struct ParamGrad<'a, A> {
     /// the entries of a batch can be stepped on several threads at once (moving it does not
     /// allocate).
     lent: Option<Lent<A>>,
+    /// The tensors of a [`FlatParams`] block, if the entry is one: it steps as they would
+    /// only under some rules and clips, and its squares are summed tensor by tensor.
+    flat: Option<&'a [FlatTensor]>,
 }
 
 /// What a batch entry needs to be stepped apart from the registry.
@@ -55,7 +59,18 @@ impl<'a, A> ParamGrad<'a, A> {
             grad: grad.view().into_dyn(),
             slot: None,
             lent: None,
+            flat: None,
         }
+    }
+
+    /// The entry of a [`FlatParams`] block named `name` of `tensors`.
+    pub(crate) fn flat(
+        name: &'a str,
+        tensors: &'a [FlatTensor],
+        param: ArrayViewMut<'a, A, IxDyn>,
+        grad: ArrayView<'a, A, IxDyn>,
+    ) -> Self {
+        ParamGrad { name, param, grad, slot: None, lent: None, flat: Some(tensors) }
     }
 
     /// The tensor's name.
@@ -375,8 +390,12 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ) -> Result<StepOutcome> {
         let mut check = self.start_batch("batch");
         for entry in batch.iter_mut() {
+            if entry.flat.is_some() {
+                self.check_flat(entry.name)?;
+            }
             let grad = grads.of(entry.name, &entry.grad);
-            entry.slot = self.check_entry(&mut check, entry.name, entry.param.shape(), &grad)?;
+            let shape = entry.param.shape();
+            entry.slot = self.check_entry(&mut check, entry.name, shape, &grad, entry.flat)?;
         }
         let (mut clip, reduction) = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
@@ -424,6 +443,53 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             }
         }
         Ok(clip.outcome(self.clip))
+    }
+
+    /// Steps every tensor of the block `flat` as one tensor of all their elements, under the
+    /// block's name: one lookup, one state and one loop for the whole block, however many
+    /// tensors it holds, where [`step_all`](Self::step_all) of the same tensors pays each
+    /// tensor's bookkeeping (a third of the step of a tensor of a thousand elements).
+    ///
+    /// The parameters and state come out bit for bit as [`step_all`](Self::step_all) of the
+    /// block's tensors one by one in the same group would leave them, because the step is
+    /// allowed only where that holds: the group's rule updates
+    /// [element by element](UpdateRule::elementwise), and the gradient is clipped by value,
+    /// by the global norm (of the block's gradients, as of its tensors' together) or not at
+    /// all. State kept in low precision follows the block: 8-bit state
+    /// ([`StatePrecision::Int8`]) is quantized in blocks of the flat order, and the block's
+    /// size decides whether it is kept in 8 bits.
+    ///
+    /// A block steps beside other tensors in a batch of [`step_all`](Self::step_all) through
+    /// [`FlatParams::param_grad`], e.g. to clip by the norm of every gradient.
+    ///
+    /// # Errors
+    /// As [`step_all`](Self::step_all) of one tensor named as the block, and
+    /// [`Error::FlatUnsupported`] if the block's group has a rule that looks at whole
+    /// tensors, or the optimizer clips each tensor by its own norm ([`Clip::Norm`]).
+    pub fn step_flat(&mut self, flat: &mut FlatParams<A>) -> Result<StepOutcome> {
+        self.step_all(&mut [flat.param_grad()])
+    }
+
+    /// Whether the [`FlatParams`] block `name` steps as its tensors would, one by one.
+    fn check_flat(&self, name: &str) -> Result<()> {
+        let slots = &self.registry.slots;
+        let group = slots.position(name).map_or(0, |position| slots.at(position).group);
+        let group = &self.registry.groups[group];
+        let reason = if !group.hyper.elementwise() {
+            format!(
+                "its group `{}` has rule `{}`, which looks at whole tensors: step the tensors \
+                 one by one",
+                group.name,
+                group.hyper.name()
+            )
+        } else if let Some(Clip::Norm { .. }) = self.clip {
+            "the optimizer clips each tensor by its own norm, which would clip the block by the \
+             norm of all its tensors: clip by global norm or by value"
+                .to_owned()
+        } else {
+            return Ok(());
+        };
+        Err(Error::FlatUnsupported { param: name.to_owned(), reason })
     }
 
     /// Steps every tensor of `params` with its gradient in `grads` as one batch, exactly as
@@ -506,7 +572,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     ) -> Result<StepOutcome> {
         let mut check = self.start_batch(in_what);
         zip(prefix, &mut |name, param, grad| {
-            self.check_entry(&mut check, name, param.shape(), &grad).map(drop)
+            self.check_entry(&mut check, name, param.shape(), &grad, None).map(drop)
         })?;
         exchange(&mut check)?;
         let (mut clip, reduction) = match self.finish_check(check)? {
@@ -568,13 +634,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Checks the next tensor of a batch ([`check_named`](Self::check_named)), then, unless
     /// it is frozen, its gradient for the non-finite policy and, when clipping by global
-    /// norm, its norm. Returns the position of its slot, if it has one.
+    /// norm, its norm (tensor by tensor for the `flat` block of these tensors). Returns the
+    /// position of its slot, if it has one.
     fn check_entry(
         &mut self,
         batch: &mut BatchCheck,
         name: &str,
         param: &[usize],
         grad: &ArrayView<'_, A, IxDyn>,
+        flat: Option<&[FlatTensor]>,
     ) -> Result<Option<usize>> {
         let slot = self.check_named(batch, name, param, grad.shape())?;
         if self.registry.is_frozen_at(slot) {
@@ -584,7 +652,15 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             batch.non_finite =
                 self.guard(batch.index, name, grad).transpose().map(|found| (batch.index, found));
             if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
-                clip::add_squares(&mut batch.squares, grad);
+                match flat {
+                    // The squares are summed in blocks that start at each tensor, so a flat
+                    // block's must be too for its norm to be its tensors' to the last bit.
+                    Some(tensors) => tensors.iter().for_each(|tensor| {
+                        let part = grad.slice_axis(Axis(0), Slice::from(tensor.range()));
+                        clip::add_squares(&mut batch.squares, &part);
+                    }),
+                    None => clip::add_squares(&mut batch.squares, grad),
+                }
             }
         }
         batch.index += 1;

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{Array2, Array3, ArrayD, IxDyn, ShapeBuilder, s};
-use ndarray_optim::{Element, Optimizer, ParamGrad, UpdateRule};
+use ndarray_optim::{Element, FlatParams, Optimizer, ParamGrad, UpdateRule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -86,7 +86,13 @@ impl RuleCheck for NoAllocation {
         let g_f = Array3::from_elem((5, 6, 7).f(), A::from_f64(-0.5));
         let g_wide = Array2::from_elem((16, 20), A::from_f64(0.125));
         let g_bias = ArrayD::from_elem(IxDyn(&[3, 1, 2, 5]), A::from_f64(1.5));
+        // A flat block for the rules that can step one.
+        let mut block = FlatParams::<A>::new("block", [("w", &[4, 3][..]), ("b", &[3])]).unwrap();
+        block.grads_mut().fill(A::from_f64(0.5));
         let mut steps = |opt: &mut Optimizer<R, A>| {
+            if rule.elementwise() {
+                opt.step_flat(&mut block).unwrap();
+            }
             opt.step("layer.weight", &mut weight, &g_weight).unwrap();
             opt.step("f", &mut f_order, &g_f).unwrap();
             opt.step("strided", &mut wide.slice_mut(s![.., ..;2]), &g_wide).unwrap();

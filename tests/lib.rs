@@ -12,6 +12,7 @@ mod compact;
 mod compact_reference;
 mod errors;
 mod files;
+mod flat;
 mod freeze;
 mod hand;
 mod hostile;

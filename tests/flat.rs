@@ -1,0 +1,259 @@
+//! Flat blocks of tensors: stepped as one tensor, bit for bit as their tensors one by one, and
+//! refused where that would not hold.
+
+use ndarray::ArrayD;
+use ndarray_optim::{
+    Adam, Clip, Element, Error, FlatParams, Optimizer, ParamGrad, StatePrecision, UpdateRule,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::common::{RuleCheck, bits, for_each_rule, values};
+
+/// A bias, a norm's scale, a scalar, an empty tensor and two matrices.
+const TENSORS: [(&str, &[usize]); 6] = [
+    ("layer.0.weight", &[7, 5]),
+    ("layer.0.bias", &[7]),
+    ("scale", &[]),
+    ("unused", &[0]),
+    ("norm.weight", &[3, 2, 2]),
+    ("head.weight", &[300]),
+];
+
+fn block<A: Element>() -> FlatParams<A> {
+    let mut block = FlatParams::new("block", TENSORS).unwrap();
+    for (seed, (name, shape)) in TENSORS.into_iter().enumerate() {
+        block.param_mut(name).unwrap().assign(&values::<A>(shape, seed as u64));
+    }
+    block
+}
+
+/// The gradient of tensor `seed` at `step`, scaled up at step 2 so that clipping acts.
+fn grad<A: Element>(shape: &[usize], seed: usize, step: usize) -> ArrayD<A> {
+    let scale = if step == 2 { 40.0 } else { 1.0 };
+    values::<A>(shape, 100 + 7 * step as u64 + seed as u64).mapv(|g| g * A::from_f64(scale))
+}
+
+fn optimizer<R: UpdateRule, A: Element>(
+    rule: &R,
+    precision: StatePrecision,
+    clip: Option<Clip>,
+) -> Optimizer<R, A> {
+    let mut opt = Optimizer::new(rule.clone()).unwrap();
+    opt.set_state_precision("default", precision).unwrap();
+    opt.set_clip(clip).unwrap();
+    opt
+}
+
+/// Every rule: a block's steps against its tensors' steps one by one, with the state kept in
+/// `.0` and the gradients clipped by `.1`.
+struct AsTensorsOneByOne(StatePrecision, Option<Clip>);
+
+impl RuleCheck for AsTensorsOneByOne {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let mut probe = Optimizer::<R, A>::new(rule.clone()).unwrap();
+        if probe.set_state_precision("default", self.0).is_err() {
+            return; // The rule cannot keep its state in that precision.
+        }
+        let mut flat = optimizer::<R, A>(&rule, self.0, self.1);
+        let mut block = block::<A>();
+        if !rule.elementwise() {
+            let before = block.clone();
+            let err = flat.step_flat(&mut block).unwrap_err();
+            assert!(matches!(err, Error::FlatUnsupported { .. }), "{rule:?}: {err}");
+            assert!(err.to_string().contains("looks at whole tensors"), "{err}");
+            assert_eq!(block, before, "{rule:?}: a refused step changed the block");
+            assert!(flat.state_of("block").is_none());
+            return;
+        }
+        let mut alone = optimizer::<R, A>(&rule, self.0, self.1);
+        let mut params: Vec<ArrayD<A>> =
+            TENSORS.iter().map(|&(name, _)| block.param(name).unwrap().to_owned()).collect();
+        for step in 0..5 {
+            let grads: Vec<ArrayD<A>> =
+                TENSORS.iter().enumerate().map(|(i, (_, shape))| grad(shape, i, step)).collect();
+            for (mut tensor, g) in block.tensors_mut().zip(&grads) {
+                tensor.grad.assign(g);
+            }
+            let got = flat.step_flat(&mut block).unwrap();
+            let mut batch: Vec<ParamGrad<'_, A>> = (TENSORS.iter().zip(&mut params).zip(&grads))
+                .map(|((&(name, _), param), grad)| ParamGrad::new(name, param, grad))
+                .collect();
+            let expected = alone.step_all(&mut batch).unwrap();
+            assert_eq!(got, expected, "{rule:?} {} step {step}", A::NAME);
+        }
+        let state = flat.state_of("block").unwrap();
+        assert_eq!(state.step(), Some(5));
+        for (tensor, param) in block.tensors().iter().zip(&params) {
+            let name = tensor.name();
+            let context = format!("{rule:?} {} {:?} `{name}`", A::NAME, self.0);
+            assert_eq!(bits(block.param(name).unwrap()), bits(param), "{context}");
+            let expected = alone.state_of(name).unwrap();
+            for (buffer, values) in expected.buffers() {
+                let flat_values = state.buffer(buffer).unwrap();
+                let part = &flat_values.as_slice().unwrap()[tensor.range()];
+                assert_eq!(bits(part), bits(&values), "{context} `{buffer}`");
+            }
+            assert_eq!(state.scalars().collect::<Vec<_>>(), expected.scalars().collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn a_block_steps_as_its_tensors_one_by_one() {
+    for_each_rule(&mut AsTensorsOneByOne(StatePrecision::Full, None));
+}
+
+/// The global norm of a block's gradients is the norm of its tensors' together, and clipping
+/// by value looks at each element alone.
+#[test]
+fn a_block_is_clipped_as_its_tensors() {
+    for_each_rule(&mut AsTensorsOneByOne(
+        StatePrecision::Full,
+        Some(Clip::GlobalNorm { max_norm: 1.0 }),
+    ));
+    for_each_rule(&mut AsTensorsOneByOne(
+        StatePrecision::Full,
+        Some(Clip::Value { clip_value: 0.5 }),
+    ));
+}
+
+/// bfloat16 state is rounded element by element.
+#[test]
+fn a_block_with_bfloat16_state_steps_as_its_tensors() {
+    for_each_rule(&mut AsTensorsOneByOne(StatePrecision::Bf16, None));
+}
+
+/// 8-bit state is quantized over the flat order, and kept in 8 bits by the block's size:
+/// here every tensor is smaller than the threshold, the block is not.
+#[test]
+fn a_block_keeps_8_bit_state_by_its_own_size() {
+    let precision = StatePrecision::Int8 { min_numel: 320 };
+    let mut opt = optimizer::<Adam, f32>(&Adam::default(), precision, None);
+    let mut block = block::<f32>();
+    let numel = block.len();
+    assert!(numel >= 320 && block.tensors().iter().all(|t| t.range().len() < 320));
+    for step in 0..3 {
+        for (i, (mut tensor, (_, shape))) in block.tensors_mut().zip(TENSORS).enumerate() {
+            tensor.grad.assign(&grad(shape, i, step));
+        }
+        opt.step_flat(&mut block).unwrap();
+    }
+    // Two buffers of one byte per element and a 4-byte scale per block of 256.
+    let bytes = 2 * (numel + 4 * numel.div_ceil(256));
+    assert_eq!(opt.state_of("block").unwrap().bytes(), bytes);
+    let resumed = Optimizer::<Adam, f32>::from_checkpoint(opt.checkpoint()).unwrap();
+    assert_eq!(resumed.checkpoint(), opt.checkpoint());
+    assert!(block.params().iter().all(|p| p.is_finite()));
+}
+
+#[test]
+fn clipping_each_tensor_by_its_own_norm_is_refused() {
+    let mut opt = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+    opt.set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
+    let mut block = block::<f32>();
+    block.grads_mut().fill(3.0);
+    let before = block.clone();
+    let err = opt.step_flat(&mut block).unwrap_err();
+    assert!(matches!(&err, Error::FlatUnsupported { param, .. } if param == "block"), "{err}");
+    assert!(err.to_string().contains("clip by global norm or by value"), "{err}");
+    assert_eq!(block, before);
+    assert!(opt.state_of("block").is_none());
+}
+
+/// A block in a batch beside a tensor stepped on its own, clipped by the norm of all.
+#[test]
+fn a_block_steps_in_a_batch_beside_other_tensors() {
+    let rule = Adam { lr: 0.01, weight_decay: 0.1, ..Adam::default() };
+    let clip = Some(Clip::GlobalNorm { max_norm: 0.5 });
+    let mut flat = optimizer::<Adam, f64>(&rule, StatePrecision::Full, clip);
+    let mut alone = optimizer::<Adam, f64>(&rule, StatePrecision::Full, clip);
+    let mut block = block::<f64>();
+    let mut params: Vec<ArrayD<f64>> =
+        TENSORS.iter().map(|&(name, _)| block.param(name).unwrap().to_owned()).collect();
+    let (mut big, mut big_alone) = (values::<f64>(&[40, 40], 9), values::<f64>(&[40, 40], 9));
+    for step in 0..4 {
+        let grads: Vec<ArrayD<f64>> =
+            TENSORS.iter().enumerate().map(|(i, (_, shape))| grad(shape, i, step)).collect();
+        for (mut tensor, g) in block.tensors_mut().zip(&grads) {
+            tensor.grad.assign(g);
+        }
+        let big_grad = grad::<f64>(&[40, 40], 50, step);
+        let got = flat
+            .step_all(&mut [ParamGrad::new("big", &mut big, &big_grad), block.param_grad()])
+            .unwrap();
+        let mut batch: Vec<ParamGrad<'_, f64>> = (TENSORS.iter().zip(&mut params).zip(&grads))
+            .map(|((&(name, _), param), grad)| ParamGrad::new(name, param, grad))
+            .collect();
+        batch.insert(0, ParamGrad::new("big", &mut big_alone, &big_grad));
+        assert_eq!(got, alone.step_all(&mut batch).unwrap(), "step {step}");
+    }
+    assert_eq!(bits(&big), bits(&big_alone));
+    for ((name, _), param) in TENSORS.iter().zip(&params) {
+        assert_eq!(bits(block.param(name).unwrap()), bits(param), "`{name}`");
+    }
+}
+
+#[test]
+fn views_and_flat_buffers_are_the_same_memory() {
+    let mut block =
+        FlatParams::<f32>::new("m", [("w", &[2, 3][..]), ("b", &[3]), ("s", &[])]).unwrap();
+    assert_eq!((block.len(), block.is_empty(), block.name()), (10, false, "m"));
+    let ranges: Vec<_> = block.tensors().iter().map(|t| (t.name(), t.range())).collect();
+    assert_eq!(ranges, [("w", 0..6), ("b", 6..9), ("s", 9..10)]);
+    assert_eq!(block.tensor("b").unwrap().shape(), &[3]);
+    block.param_mut("w").unwrap()[[1, 0]] = 4.0;
+    block.grad_mut("s").unwrap()[[]] = -1.0;
+    for mut tensor in block.tensors_mut() {
+        if tensor.name == "b" {
+            tensor.param.fill(2.0);
+            tensor.grad.fill(0.5);
+        }
+    }
+    assert_eq!(block.params(), [0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 2.0, 2.0, 2.0, 0.0]);
+    assert_eq!(block.grads(), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, -1.0]);
+    assert_eq!(block.param("w").unwrap().shape(), &[2, 3]);
+    assert_eq!(block.grad("b").unwrap().sum(), 1.5);
+    block.params_mut()[9] = 7.0;
+    assert_eq!(block.param("s").unwrap()[[]], 7.0);
+    block.zero_grads();
+    assert!(block.grads().iter().all(|&g| g == 0.0));
+    let empty = FlatParams::<f64>::new("none", []).unwrap();
+    assert!(empty.is_empty() && empty.tensors().is_empty());
+}
+
+#[test]
+fn bad_layouts_and_names_are_typed_errors() {
+    let twice = FlatParams::<f32>::new("m", [("w", &[2][..]), ("b", &[1]), ("w", &[3])]);
+    assert!(
+        matches!(&twice, Err(Error::DuplicateParam { param, in_what: "flat layout" }) if param == "w"),
+        "{twice:?}"
+    );
+    let huge = usize::MAX / 2 + 1;
+    for shapes in [
+        vec![("w", vec![huge, 2])],
+        vec![("w", vec![huge]), ("b", vec![huge])],
+        vec![("w", vec![usize::MAX / 4 + 1])],
+    ] {
+        let layout = shapes.iter().map(|(name, shape)| (*name, shape.as_slice()));
+        let err = FlatParams::<f32>::new("m", layout).unwrap_err();
+        assert!(matches!(err, Error::InvalidFlatLayout { .. }), "{shapes:?}: {err}");
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+    // Empty, but no array may have these axes.
+    let err = FlatParams::<f32>::new("m", [("w", &[0, usize::MAX][..])]).unwrap_err();
+    assert!(err.to_string().contains("too large for an array"), "{err}");
+    let empty = FlatParams::<f32>::new("m", [("w", &[0, isize::MAX as usize][..])]).unwrap();
+    assert_eq!(empty.param("w").unwrap().shape(), &[0, isize::MAX as usize]);
+    let mut block = FlatParams::<f32>::new("m", [("weight", &[2][..])]).unwrap();
+    let err = block.param_mut("wieght").unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownParam { param, closest: Some(c) } if param == "wieght" && c == "weight"),
+        "{err}"
+    );
+    assert!(block.grad("bias").is_err() && block.tensor("").is_err());
+}
