@@ -29,8 +29,10 @@ number of threads (`throughput --optimizer copy`; bytes read plus bytes written 
 the best of three).
 
 `--model gpt2-small|small40` times f32 Adam over a model's parameter list instead: the
-crate's `step_all` (`throughput --model`) against `torch.optim.Adam(params, fused=True)`,
-one multi-tensor step over the same tensors, with the same alternation.
+crate's `step_all` (`throughput --model`) and its `step_flat` of the same tensors kept in one
+`FlatParams` block (`throughput --model … --placement flat`) against
+`torch.optim.Adam(params, fused=True)`, one multi-tensor step over the same tensors, with the
+same alternation.
 """
 
 import argparse
@@ -106,8 +108,9 @@ def run_example(*args):
     return dict(word.split("=") for word in out.split() if "=" in word)
 
 
-def rust_model_ns_per_elem(model, threads, steps):
-    fields = run_example("--model", model, "--steps", steps, "--threads", threads)
+def rust_model_ns_per_elem(model, threads, steps, placement="vec"):
+    fields = run_example("--model", model, "--steps", steps, "--threads", threads,
+                         "--placement", placement)
     return float(fields["ns_per_elem"])
 
 
@@ -115,15 +118,18 @@ def compare_model(model, threads, repeats, steps):
     shapes = model_shapes(model)
     numel = sum(torch.Size(shape).numel() for shape in shapes)
     print(f"\n{model}: {len(shapes)} tensors, {numel} parameters, f32 Adam\n")
-    print("| model | threads | this crate ns/elem (step_all) | PyTorch ns/elem (fused) | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| model | threads | this crate ns/elem (step_all) | this crate ns/elem (step_flat) "
+          "| PyTorch ns/elem (fused) | ratio (step_all) | ratio (step_flat) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for t in threads:
-        ours, theirs = [], []
+        ours, flat, theirs = [], [], []
         for _ in range(repeats):
             ours.append(rust_model_ns_per_elem(model, t, steps))
+            flat.append(rust_model_ns_per_elem(model, t, steps, "flat"))
             theirs.append(torch_model_ns_per_elem(model, t, steps))
-        ours, theirs = min(ours), min(theirs)
-        print(f"| {model} | {t} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |", flush=True)
+        ours, flat, theirs = min(ours), min(flat), min(theirs)
+        print(f"| {model} | {t} | {ours:.3f} | {flat:.3f} | {theirs:.3f} | {ours / theirs:.2f} "
+              f"| {flat / theirs:.2f} |", flush=True)
 
 
 def values(numel, seed, dtype):

@@ -19,7 +19,8 @@
 //! crate) instead of its own type (`--rule typed`, the default); the line then says `rule=any`.
 //! `--placement aligned` keeps parameters and gradients in [`AlignedBuffer`]s, placed as the
 //! optimizer places its state (2 MiB aligned, in transparent huge pages, when large), instead
-//! of `Vec`s (`--placement vec`, the default). `--state bf16|8bit` keeps the state in low
+//! of `Vec`s (`--placement vec`, the default); `--placement flat` keeps all tensors in one
+//! [`FlatParams`] block, stepped as one tensor by `step_flat`. `--state bf16|8bit` keeps the state in low
 //! precision ([`StatePrecision`], `f32` only; `--state f32` is the default); the line then
 //! says `state=bf16` or `state=8bit`, and `bytes_per_elem` counts the bytes a step moves.
 //!
@@ -37,9 +38,9 @@ use std::time::Instant;
 
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
 use ndarray_optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, AlignedBuffer, Element, KernelPath, Momentum, NAdam,
-    Nesterov, Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, StatePrecision, UpdateRule,
-    with_kernel_path,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, AlignedBuffer, Element, FlatParams, KernelPath,
+    Momentum, NAdam, Nesterov, Optimizer, ParamGrad, RAdam, RmsProp, Rule, Sgd, StatePrecision,
+    UpdateRule, with_kernel_path,
 };
 
 struct Args {
@@ -52,12 +53,23 @@ struct Args {
     path: Option<KernelPath>,
     /// Step through the run-time `Rule` value rather than the rule's own type.
     any: bool,
-    /// Place parameters and gradients in `AlignedBuffer`s rather than `Vec`s.
-    aligned: bool,
+    /// Where parameters and gradients are kept.
+    placement: Placement,
     /// Step this model's parameter list rather than `tensors` tensors of `numel` elements.
     model: Option<String>,
     /// How the optimizer keeps its state.
     state: StatePrecision,
+}
+
+/// Where a benchmark keeps its parameters and gradients.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    /// A `Vec` for each.
+    Vec,
+    /// An `AlignedBuffer` for each.
+    Aligned,
+    /// All in one `FlatParams` block.
+    Flat,
 }
 
 fn parse() -> Result<Args, String> {
@@ -70,7 +82,7 @@ fn parse() -> Result<Args, String> {
         tensors: 1,
         path: None,
         any: false,
-        aligned: false,
+        placement: Placement::Vec,
         model: None,
         state: StatePrecision::Full,
     };
@@ -93,10 +105,13 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--placement" => {
-                args.aligned = match value.as_str() {
-                    "aligned" => true,
-                    "vec" => false,
-                    other => return Err(format!("--placement {other}: `vec` or `aligned`")),
+                args.placement = match value.as_str() {
+                    "vec" => Placement::Vec,
+                    "aligned" => Placement::Aligned,
+                    "flat" => Placement::Flat,
+                    other => {
+                        return Err(format!("--placement {other}: `vec`, `aligned` or `flat`"));
+                    }
                 }
             }
             "--model" => {
@@ -183,7 +198,11 @@ fn values<A: Element>(
 ) -> Box<dyn DerefMut<Target = [A]>> {
     let values = (0..numel).map(|i| A::from_f64(((i + seed) as f64 * 0.618_034).sin() * scale));
     let values: Vec<A> = values.collect();
-    if args.aligned { Box::new(AlignedBuffer::from_slice(&values)) } else { Box::new(values) }
+    if args.placement == Placement::Aligned {
+        Box::new(AlignedBuffer::from_slice(&values))
+    } else {
+        Box::new(values)
+    }
 }
 
 /// Median seconds per step over `args.steps` steps, after one warm-up step.
@@ -191,6 +210,9 @@ fn time_steps<R: UpdateRule, A: Element>(rule: R, args: &Args) -> f64 {
     let mut opt = Optimizer::<R, A>::new(rule).expect("the defaults are valid");
     if let Err(error) = opt.set_state_precision("default", args.state) {
         panic!("--state: {error}");
+    }
+    if args.placement == Placement::Flat {
+        return time_flat_steps(&mut opt, args);
     }
     let (names, shapes): (Vec<String>, Vec<Vec<usize>>) = tensors(args).into_iter().unzip();
     let numel = |i: usize| shapes[i].iter().product::<usize>();
@@ -219,10 +241,29 @@ fn time_steps<R: UpdateRule, A: Element>(rule: R, args: &Args) -> f64 {
         }
     };
     step(&mut opt);
-    let mut times: Vec<f64> = (0..args.steps)
+    median_seconds(args.steps, || step(&mut opt))
+}
+
+/// [`time_steps`] of the tensors kept in one [`FlatParams`] block.
+fn time_flat_steps<R: UpdateRule, A: Element>(opt: &mut Optimizer<R, A>, args: &Args) -> f64 {
+    let tensors = tensors(args);
+    let layout = tensors.iter().map(|(name, shape)| (name.as_str(), shape.as_slice()));
+    let mut block = FlatParams::new("block", layout).expect("the benchmark's sizes fit");
+    let numel = block.len();
+    block.params_mut().copy_from_slice(&values(numel, 0, 1.0, args)[..]);
+    block.grads_mut().copy_from_slice(&values(numel, 7, 1e-3, args)[..]);
+    opt.step_flat(&mut block).expect("an elementwise rule");
+    median_seconds(args.steps, || {
+        opt.step_flat(&mut block).expect("an elementwise rule");
+    })
+}
+
+/// The median of `steps` timings of `step`.
+fn median_seconds(steps: usize, mut step: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..steps)
         .map(|_| {
             let start = Instant::now();
-            step(&mut opt);
+            step();
             start.elapsed().as_secs_f64()
         })
         .collect();
@@ -259,7 +300,11 @@ fn report_as<R: UpdateRule, A: Element>(rule: R, args: &Args) {
         None => String::new(),
     };
     let any = if args.any { " rule=any" } else { "" };
-    let placement = if args.aligned { " placement=aligned" } else { "" };
+    let placement = match args.placement {
+        Placement::Vec => "",
+        Placement::Aligned => " placement=aligned",
+        Placement::Flat => " placement=flat",
+    };
     let state = match args.state {
         StatePrecision::Full => "",
         StatePrecision::Bf16 => " state=bf16",
