@@ -279,6 +279,15 @@ impl<A: Element> FlatParams<A> {
         self.grads.fill(A::zero());
     }
 
+    /// The first tensor, in the order of the layout, whose gradient holds a NaN or an
+    /// infinity: the tensor inside the block that an optimizer's non-finite check refused or
+    /// skipped ([`Error::NonFiniteGradient`] and [`StepOutcome::Skipped`] name the block).
+    ///
+    /// [`StepOutcome::Skipped`]: crate::StepOutcome::Skipped
+    pub fn first_non_finite_grad(&self) -> Option<&FlatTensor> {
+        self.tensors.iter().find(|tensor| self.grads[tensor.range()].iter().any(|g| !g.is_finite()))
+    }
+
     /// The block as one entry of a batch for [`Optimizer::step_all`](crate::Optimizer::step_all),
     /// beside other tensors: one tensor of shape `[len]` under the block's name, which the
     /// optimizer refuses to step where a block differs from its tensors stepped one by one

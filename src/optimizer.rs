@@ -463,7 +463,8 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// [`FlatParams::param_grad`], e.g. to clip by the norm of every gradient.
     ///
     /// # Errors
-    /// As [`step_all`](Self::step_all) of one tensor named as the block, and
+    /// As [`step_all`](Self::step_all) of one tensor named as the block (a non-finite
+    /// gradient names the block: [`FlatParams::first_non_finite_grad`] finds the tensor), and
     /// [`Error::FlatUnsupported`] if the block's group has a rule that looks at whole
     /// tensors, or the optimizer clips each tensor by its own norm ([`Clip::Norm`]).
     pub fn step_flat(&mut self, flat: &mut FlatParams<A>) -> Result<StepOutcome> {

@@ -3,7 +3,8 @@
 
 use ndarray::ArrayD;
 use ndarray_optim::{
-    Adam, Clip, Element, Error, FlatParams, Optimizer, ParamGrad, StatePrecision, UpdateRule,
+    Adam, Clip, Element, Error, FlatParams, NonFinite, Optimizer, ParamGrad, StatePrecision,
+    UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -196,6 +197,25 @@ fn a_block_steps_in_a_batch_beside_other_tensors() {
     for ((name, _), param) in TENSORS.iter().zip(&params) {
         assert_eq!(bits(block.param(name).unwrap()), bits(param), "`{name}`");
     }
+}
+
+/// A non-finite gradient names the block; the block names the tensor.
+#[test]
+fn a_non_finite_gradient_is_found_in_its_tensor() {
+    let mut opt = Optimizer::<Adam, f64>::new(Adam::default()).unwrap();
+    opt.set_non_finite(NonFinite::Refuse);
+    let mut block = block::<f64>();
+    assert!(block.first_non_finite_grad().is_none());
+    block.grad_mut("norm.weight").unwrap()[[2, 1, 0]] = f64::NAN;
+    block.grad_mut("head.weight").unwrap()[[299]] = f64::INFINITY;
+    let before = block.params().to_vec();
+    let err = opt.step_flat(&mut block).unwrap_err();
+    assert!(matches!(&err, Error::NonFiniteGradient { param } if param == "block"), "{err}");
+    assert_eq!(block.params(), before);
+    assert!(opt.state_of("block").is_none());
+    assert_eq!(block.first_non_finite_grad().map(|t| t.name()), Some("norm.weight"));
+    block.grad_mut("norm.weight").unwrap().fill(0.0);
+    assert_eq!(block.first_non_finite_grad().map(|t| t.name()), Some("head.weight"));
 }
 
 #[test]
