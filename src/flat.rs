@@ -23,6 +23,7 @@ use ndarray::{ArrayView, ArrayViewMut, IxDyn};
 use crate::buffer::AlignedBuffer;
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::guard;
 use crate::optimizer::ParamGrad;
 
 /// One tensor of a [`FlatParams`]: its name, shape and place in the flat buffers.
@@ -190,14 +191,16 @@ impl<A: Element> FlatParams<A> {
     /// # Errors
     /// [`Error::UnknownParam`] if the block has no tensor of that name.
     pub fn tensor(&self, name: &str) -> Result<&FlatTensor> {
-        match self.positions.get(name) {
-            Some(&position) => Ok(&self.tensors[position]),
-            None => {
-                let names = self.tensors.iter().map(|tensor| tensor.name.as_str());
-                let closest = crate::registry::closest_name(name, names).map(str::to_owned);
-                Err(Error::UnknownParam { param: name.to_owned(), closest })
-            }
-        }
+        Ok(&self.tensors[self.position(name)?])
+    }
+
+    /// The position of tensor `name` in the layout.
+    fn position(&self, name: &str) -> Result<usize> {
+        self.positions.get(name).copied().ok_or_else(|| {
+            let names = self.tensors.iter().map(|tensor| tensor.name.as_str());
+            let closest = crate::registry::closest_name(name, names).map(str::to_owned);
+            Error::UnknownParam { param: name.to_owned(), closest }
+        })
     }
 
     /// The parameter of tensor `name`.
@@ -214,8 +217,9 @@ impl<A: Element> FlatParams<A> {
     /// # Errors
     /// As [`tensor`](Self::tensor).
     pub fn param_mut(&mut self, name: &str) -> Result<ArrayViewMut<'_, A, IxDyn>> {
-        let tensor = self.tensor(name)?.clone();
-        Ok(view_mut(&tensor, &mut self.params[tensor.range()]))
+        // The layout and the buffer are borrowed apart, so the tensor need not be copied.
+        let tensor = &self.tensors[self.position(name)?];
+        Ok(view_mut(tensor, &mut self.params[tensor.range()]))
     }
 
     /// The gradient of tensor `name`.
@@ -223,8 +227,12 @@ impl<A: Element> FlatParams<A> {
     /// # Errors
     /// As [`tensor`](Self::tensor).
     pub fn grad(&self, name: &str) -> Result<ArrayView<'_, A, IxDyn>> {
-        let tensor = self.tensor(name)?;
-        Ok(view(tensor, &self.grads[tensor.range()]))
+        Ok(self.grad_of(self.tensor(name)?))
+    }
+
+    /// The gradient of `tensor`, one of the layout's.
+    fn grad_of(&self, tensor: &FlatTensor) -> ArrayView<'_, A, IxDyn> {
+        view(tensor, &self.grads[tensor.range()])
     }
 
     /// The gradient of tensor `name`, writable.
@@ -232,8 +240,8 @@ impl<A: Element> FlatParams<A> {
     /// # Errors
     /// As [`tensor`](Self::tensor).
     pub fn grad_mut(&mut self, name: &str) -> Result<ArrayViewMut<'_, A, IxDyn>> {
-        let tensor = self.tensor(name)?.clone();
-        Ok(view_mut(&tensor, &mut self.grads[tensor.range()]))
+        let tensor = &self.tensors[self.position(name)?];
+        Ok(view_mut(tensor, &mut self.grads[tensor.range()]))
     }
 
     /// Every tensor's parameter and gradient at once, writable, in the order of the layout:
@@ -285,7 +293,7 @@ impl<A: Element> FlatParams<A> {
     ///
     /// [`StepOutcome::Skipped`]: crate::StepOutcome::Skipped
     pub fn first_non_finite_grad(&self) -> Option<&FlatTensor> {
-        self.tensors.iter().find(|tensor| self.grads[tensor.range()].iter().any(|g| !g.is_finite()))
+        self.tensors.iter().find(|tensor| !guard::all_finite(&self.grad_of(tensor)))
     }
 
     /// The block as one entry of a batch for [`Optimizer::step_all`](crate::Optimizer::step_all),

@@ -473,9 +473,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
 
     /// Whether the [`FlatParams`] block `name` steps as its tensors would, one by one.
     fn check_flat(&self, name: &str) -> Result<()> {
-        let slots = &self.registry.slots;
-        let group = slots.position(name).map_or(0, |position| slots.at(position).group);
-        let group = &self.registry.groups[group];
+        let group = self.registry.group_at(self.registry.slots.position(name));
         let reason = if !group.hyper.elementwise() {
             format!(
                 "its group `{}` has rule `{}`, which looks at whole tensors: step the tensors \

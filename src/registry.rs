@@ -568,7 +568,13 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
     /// [`is_frozen`](Self::is_frozen) for the slot at position `slot` (`None`: a name without
     /// a slot).
     pub(crate) fn is_frozen_at(&self, slot: Option<usize>) -> bool {
-        self.any_frozen() && self.groups[slot.map_or(0, |slot| self.slots.at(slot).group)].frozen
+        self.any_frozen() && self.group_at(slot).frozen
+    }
+
+    /// The group of the tensor in the slot at position `slot`; the default group for a name
+    /// without a slot, where its first step puts it.
+    pub(crate) fn group_at(&self, slot: Option<usize>) -> &ParamGroup<R> {
+        &self.groups[slot.map_or(0, |slot| self.slots.at(slot).group)]
     }
 
     fn any_frozen(&self) -> bool {
