@@ -80,6 +80,7 @@
 //! models a program steps.
 
 mod impls;
+pub(crate) mod layout;
 
 use core::fmt::Write;
 

@@ -8,8 +8,9 @@ mod wolfe;
 use crate::check::{check_lr, check_non_negative, require};
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::model::layout::{ModelLayout, restore_params, save_params};
 use crate::model::{NameBuffer, Parameters, Prefix};
-use flat::{Layout, abs_max, abs_sum, add_scaled, dot, restore_params, save_params};
+use flat::{abs_max, abs_sum, add_scaled, dot};
 use history::History;
 use scalar::Num::{self, Float, Tensor};
 use wolfe::{SLOTS, strong_wolfe};
@@ -101,7 +102,7 @@ impl LbfgsOptions {
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 struct State<A> {
     /// `None` until the first step.
-    layout: Option<Layout>,
+    layout: Option<ModelLayout>,
     func_evals: u64,
     n_iter: u64,
     d: Vec<A>,
@@ -302,7 +303,7 @@ impl<A: Element> Lbfgs<A> {
                     return Err(error.into());
                 }
             },
-            None => Layout::of(model, prefix),
+            None => ModelLayout::of(model, prefix),
         };
         let evals_before = self.state.func_evals;
         let fresh = self.state.n_iter == 0 && evals_before == 0;
@@ -319,7 +320,7 @@ impl<A: Element> Lbfgs<A> {
         model: &mut M,
         grads: &mut M,
         closure: &mut F,
-        layout: &Layout,
+        layout: &ModelLayout,
         prefix: &mut Prefix,
     ) -> Result<A, E>
     where
@@ -347,7 +348,7 @@ impl<A: Element> Lbfgs<A> {
         model: &mut M,
         grads: &mut M,
         closure: &mut F,
-        layout: &Layout,
+        layout: &ModelLayout,
         prefix: &mut Prefix,
         loss: &mut f64,
     ) -> Result<(), E>
@@ -479,7 +480,7 @@ fn evaluate<M, E, F>(
     model: &mut M,
     grads: &mut M,
     closure: &mut F,
-    layout: &Layout,
+    layout: &ModelLayout,
     prefix: &mut Prefix,
     flat: &mut [M::Elem],
 ) -> Result<M::Elem, E>
