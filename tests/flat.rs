@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::common::{RuleCheck, bits, for_each_rule, values};
+use crate::files::{ENCODINGS, Folder};
 
 /// A bias, a norm's scale, a scalar, an empty tensor and two matrices.
 const TENSORS: [(&str, &[usize]); 6] = [
@@ -276,4 +277,88 @@ fn bad_layouts_and_names_are_typed_errors() {
         "{err}"
     );
     assert!(block.grad("bias").is_err() && block.tensor("").is_err());
+}
+
+/// A block saved with its optimizer in one training-state file resumes bit for bit, in
+/// either encoding; its gradients are kept only where one is not zero.
+#[test]
+fn a_block_saved_with_its_optimizer_resumes_bit_for_bit() {
+    let folder = Folder::new("flat-saved");
+    let path = folder.file("run.ckpt");
+    let mut opt = Optimizer::<Adam, f32>::new(Adam { lr: 0.01, ..Adam::default() }).unwrap();
+    let mut block = block::<f32>();
+    let set_grads = |block: &mut FlatParams<f32>, step: usize| {
+        for (i, (mut tensor, (_, shape))) in block.tensors_mut().zip(TENSORS).enumerate() {
+            tensor.grad.assign(&grad::<f32>(shape, i, step));
+        }
+    };
+    for step in 0..3 {
+        set_grads(&mut block, step);
+        opt.step_flat(&mut block).unwrap();
+    }
+    block.zero_grads();
+    for encoding in ENCODINGS {
+        opt.save_with(&path, encoding, &block).unwrap();
+        let (mut resumed, mut resumed_block): (Optimizer<Adam, f32>, FlatParams<f32>) =
+            Optimizer::load_with(&path).unwrap();
+        assert_eq!(resumed_block, block, "{encoding:?}");
+        let (mut opt, mut block) = (opt.clone(), block.clone());
+        for step in 3..6 {
+            set_grads(&mut block, step);
+            set_grads(&mut resumed_block, step);
+            let outcome = opt.step_flat(&mut block).unwrap();
+            assert_eq!(resumed.step_flat(&mut resumed_block).unwrap(), outcome);
+        }
+        assert_eq!(bits(resumed_block.params()), bits(block.params()), "{encoding:?}");
+        assert_eq!(resumed, opt, "{encoding:?}");
+    }
+
+    let json = serde_json::to_value(&block).unwrap();
+    assert_eq!(json["grads"], serde_json::Value::Null, "zero gradients take no room");
+    assert_eq!(json["tensors"][0], serde_json::json!(["layer.0.weight", [7, 5]]));
+    // Gradients mid-accumulation are kept, to the sign of a zero.
+    set_grads(&mut block, 7);
+    block.grad_mut("scale").unwrap()[[]] = -0.0;
+    let restored: FlatParams<f32> =
+        serde_json::from_value(serde_json::to_value(&block).unwrap()).unwrap();
+    assert_eq!(bits(restored.grads()), bits(block.grads()));
+    block.zero_grads();
+    block.grads_mut()[0] = -0.0;
+    let bytes = postcard::to_allocvec(&block).unwrap();
+    let restored: FlatParams<f32> = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(restored.grads()[0].to_bits(), (-0.0_f32).to_bits());
+}
+
+/// A restored block is checked as a new one is, and its values against its layout before
+/// anything of the layout's size is allocated.
+#[test]
+fn restored_blocks_are_checked() {
+    let good = serde_json::json!({
+        "name": "m",
+        "dtype": "f32",
+        "tensors": [["w", [2, 3]], ["b", [3]]],
+        "params": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        "grads": null
+    });
+    let restored: FlatParams<f32> = serde_json::from_value(good.clone()).unwrap();
+    assert_eq!(restored.param("b").unwrap().as_slice().unwrap(), [7.0, 8.0, 9.0]);
+    let with = |field: &str, value: serde_json::Value| {
+        let mut record = good.clone();
+        record[field] = value;
+        serde_json::from_value::<FlatParams<f32>>(record).unwrap_err().to_string()
+    };
+    let cases = [
+        (with("dtype", "f64".into()), "dtype"),
+        (with("tensors", serde_json::json!([["w", [2, 3]], ["w", [3]]])), "`w`"),
+        (with("params", serde_json::json!([1.0, 2.0])), "2 parameters for a layout of 9"),
+        (with("grads", serde_json::json!(vec![0.0; 10])), "10 gradients for a layout of 9"),
+        // Sixteen gigabytes claimed by a layout of three values: refused, not allocated.
+        (with("tensors", serde_json::json!([["w", [4_000_000_000_u64]]])), "for a layout of"),
+        (with("tensors", serde_json::json!([["w", [usize::MAX, 2]]])), "too large"),
+    ];
+    for (err, expected) in cases {
+        assert!(err.contains(expected), "{err}");
+    }
+    let wrong_type = serde_json::from_value::<FlatParams<f64>>(good).unwrap_err();
+    assert!(wrong_type.to_string().contains("dtype"), "{wrong_type}");
 }

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn, ShapeBuilder, array};
 use ndarray_optim::model::Prefix;
 use ndarray_optim::{
-    Adam, AveragedModel, Averaging, Clip, Element, Error, MultiStepOutcome, MultiSteps, NonFinite,
-    Optimizer, ParamGrad, Parameters, Sgd, StepOutcome, UpdateRule,
+    Adam, AveragedModel, Averaging, Clip, Element, Error, FlatParams, MultiStepOutcome, MultiSteps,
+    NonFinite, Optimizer, ParamGrad, Parameters, Sgd, StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -462,4 +462,80 @@ fn averages_refuse_a_model_they_do_not_fit_and_change_nothing() {
     assert!(matches!(err, Error::NotAveraged { ref param, .. } if param == "v"), "{err:?}");
     assert_eq!(more["w"], tensor(2, 5.0), "a refused copy or swap changed the model");
     assert!(ema == before);
+}
+
+/// A model's tensors go into a flat block in the model's order (a column-major one too),
+/// step there as `step_model` steps them, and go back by name.
+#[test]
+fn a_model_goes_into_a_flat_block_and_back() {
+    let model = net::<f32>(3);
+    let mut block = FlatParams::from_model("net", &model).unwrap();
+    let names: Vec<&str> = block.tensors().iter().map(|tensor| tensor.name()).collect();
+    assert_eq!(names, NET_NAMES);
+    let in_order: Vec<u64> = model_bits(&model).into_iter().flat_map(|(_, bits)| bits).collect();
+    assert_eq!(bits(block.params()), in_order, "logical order, tensor by tensor");
+
+    let grads = net::<f32>(4);
+    let grad_block = FlatParams::from_model("grads", &grads).unwrap();
+    let mut stepped = model.clone();
+    let mut by_model = Optimizer::new(Adam { lr: 0.01, ..Adam::default() }).unwrap();
+    let mut by_block = by_model.clone();
+    for _ in 0..3 {
+        by_model.step_model(&mut stepped, &grads).unwrap();
+        block.grads_mut().copy_from_slice(grad_block.params());
+        by_block.step_flat(&mut block).unwrap();
+    }
+    let mut back = model.clone();
+    block.copy_into_model(&mut back).unwrap();
+    assert_eq!(model_bits(&back), model_bits(&stepped));
+    assert_eq!((back.dropout, back.label), (model.dropout, model.label));
+
+    let mut reloaded = FlatParams::from_model("net", &model).unwrap();
+    reloaded.copy_from_model(&stepped).unwrap();
+    assert_eq!(bits(reloaded.params()), bits(block.params()));
+
+    // By name, in any order.
+    let listed: Vec<(String, ArrayD<f32>)> = vec![
+        ("b".into(), Array1::zeros(2).into_dyn()),
+        ("a".into(), Array2::ones((2, 2)).into_dyn()),
+    ];
+    let mut flat = FlatParams::<f32>::new("ab", [("a", &[2, 2][..]), ("b", &[2])]).unwrap();
+    flat.copy_from_model(&listed).unwrap();
+    assert_eq!(flat.params(), [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
+}
+
+/// A model of other tensors than the block's is refused, naming what differs, and neither
+/// side changes.
+#[test]
+fn a_model_of_other_tensors_is_refused_by_a_flat_block() {
+    let model = net::<f32>(5);
+    let mut block = FlatParams::from_model("net", &model).unwrap();
+    let before = block.clone();
+    let mut wider = model.clone();
+    wider.output.bias = Array1::zeros(5);
+    let mut fewer = model.clone();
+    fewer.blocks.pop();
+    for (mut other, mismatched, unexpected) in [
+        (wider, vec!["head.bias"], vec![]),
+        (fewer, vec![], vec!["blocks.1.bias", "blocks.1.weight"]),
+    ] {
+        let unchanged = other.clone();
+        for err in [block.copy_into_model(&mut other), block.copy_from_model(&other)] {
+            let Err(Error::ModelMismatch { report }) = err else { panic!("{err:?}") };
+            let names: Vec<&str> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
+            let unexpected_names: Vec<&str> =
+                report.unexpected.iter().map(String::as_str).collect();
+            assert_eq!((names, unexpected_names), (mismatched.clone(), unexpected.clone()));
+            assert!(report.missing.is_empty());
+        }
+        assert_eq!(other, unchanged);
+        assert_eq!(block, before);
+    }
+    let twice: Vec<(String, ArrayD<f32>)> =
+        vec![("a".into(), Array1::zeros(2).into_dyn()), ("a".into(), Array1::zeros(2).into_dyn())];
+    let err = FlatParams::from_model("m", &twice).unwrap_err();
+    assert!(matches!(&err, Error::DuplicateParam { param, .. } if param == "a"), "{err}");
+    let mut pair = FlatParams::<f32>::new("m", [("a", &[2][..]), ("b", &[2])]).unwrap();
+    let err = pair.copy_from_model(&twice).unwrap_err();
+    assert!(matches!(&err, Error::DuplicateParam { param, in_what: "model" } if param == "a"));
 }

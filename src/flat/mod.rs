@@ -15,6 +15,9 @@
 //! that looks at whole tensors (norms, matrix products, row statistics) and with clipping by
 //! each tensor's own norm, where the block would count as one tensor.
 
+#[cfg(feature = "serde")]
+mod record;
+
 use core::ops::Range;
 
 use hashbrown::HashMap;
@@ -24,6 +27,8 @@ use crate::buffer::AlignedBuffer;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::guard;
+use crate::model::layout::{ModelLayout, save_params};
+use crate::model::{Parameters, Prefix};
 use crate::optimizer::ParamGrad;
 
 /// One tensor of a [`FlatParams`]: its name, shape and place in the flat buffers.
@@ -63,6 +68,14 @@ impl FlatTensor {
 /// [`FlatTensor::range`]). Tensors that need other hyperparameters, such as biases without
 /// weight decay, go in a block of their own, assigned to their group. The buffers are placed
 /// as the optimizer places its state ([`AlignedBuffer`]).
+///
+/// With the `serde` feature a block serializes as its name, layout and parameters, and its
+/// gradients where one is not zero (a block saved between steps, after
+/// [`zero_grads`](Self::zero_grads), takes the room of its parameters only; one saved in the
+/// middle of accumulating gradients keeps them). Saved beside the optimizer with
+/// [`Optimizer::save_with`](crate::Optimizer::save_with), a run resumes bit for bit from one
+/// file. A restored block is checked as [`new`](Self::new) checks one, and its values against
+/// its layout before any buffer is allocated.
 ///
 /// ```
 /// use ndarray::{Array1, Ix1, Ix2};
@@ -125,45 +138,97 @@ impl<A: Element> FlatParams<A> {
         name: &str,
         tensors: impl IntoIterator<Item = (&'n str, &'n [usize])>,
     ) -> Result<Self> {
-        let mut layout: Vec<FlatTensor> = Vec::new();
-        let mut positions = HashMap::new();
-        let mut len = 0_usize;
-        for (tensor, shape) in tensors {
-            if positions.insert(tensor.to_owned(), layout.len()).is_some() {
-                return Err(Error::DuplicateParam {
-                    param: tensor.to_owned(),
-                    in_what: "flat layout",
-                });
-            }
-            let too_large = || Error::InvalidFlatLayout {
-                reason: format!("`{tensor}` of shape {shape:?} makes the block too large"),
-            };
-            // ndarray's bound for a shape, which holds also where an axis of 0 empties it.
-            if bounded_product(shape.iter().copied().filter(|&dim| dim != 0)).is_none() {
-                return Err(Error::InvalidFlatLayout {
-                    reason: format!("`{tensor}` of shape {shape:?} is too large for an array"),
-                });
-            }
-            let numel = bounded_product(shape.iter().copied());
-            let end = numel.and_then(|numel| len.checked_add(numel)).ok_or_else(too_large)?;
-            let bytes = end.checked_mul(size_of::<A>());
-            if bytes.is_none_or(|bytes| bytes > isize::MAX as usize) {
-                return Err(too_large());
-            }
-            layout.push(FlatTensor {
-                name: tensor.to_owned(),
-                shape: shape.to_vec(),
-                range: len..end,
-            });
-            len = end;
+        let layout = Layout::of::<A, _>(tensors)?;
+        let zeros = || AlignedBuffer::filled(layout.len, A::zero());
+        let (params, grads) = (zeros(), zeros());
+        Ok(layout.with_buffers(name, params, grads))
+    }
+
+    /// A block named `name` of `model`'s tensors, laid out in the
+    /// [model's order](crate::model#order) under the names the model gives them, holding
+    /// their values (PyTorch's `parameters_to_vector`); gradients are zero. A model's
+    /// initialisation, or its pretrained weights, go into a block this way;
+    /// [`copy_into_model`](Self::copy_into_model) takes the trained values back.
+    ///
+    /// ```
+    /// use ndarray::{Array1, Array2};
+    /// use ndarray_optim::FlatParams;
+    ///
+    /// let model = vec![
+    ///     ("w".to_owned(), Array2::from_elem((2, 3), 0.5_f32).into_dyn()),
+    ///     ("b".to_owned(), Array1::from_elem(3, -1.0).into_dyn()),
+    /// ];
+    /// let mut block = FlatParams::from_model("mlp", &model)?;
+    /// assert_eq!(block.params(), [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, -1.0, -1.0, -1.0]);
+    /// block.param_mut("b")?.fill(2.0);
+    /// let mut trained = model.clone();
+    /// block.copy_into_model(&mut trained)?;
+    /// assert_eq!(trained[1].1, Array1::from_elem(3, 2.0).into_dyn());
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new), for a model that names two tensors alike or is too large.
+    pub fn from_model<M: Parameters<Elem = A> + ?Sized>(name: &str, model: &M) -> Result<Self> {
+        let layout = ModelLayout::of(model, &mut Prefix::new());
+        let shapes = layout.shapes.iter().map(Vec::as_slice);
+        let mut block = Self::new(name, layout.names.iter().map(String::as_str).zip(shapes))?;
+        save_params(model, &mut Prefix::new(), &mut block.params);
+        Ok(block)
+    }
+
+    /// Copies every parameter of the block into the tensor of `model` of its name (PyTorch's
+    /// `vector_to_parameters`).
+    ///
+    /// # Errors
+    /// [`Error::ModelMismatch`] if `model` does not have exactly the block's tensors, by name
+    /// and shape, in any order (the report's `checkpoint` shapes are the block's);
+    /// [`Error::DuplicateParam`] if it names a tensor twice. `model` is then unchanged.
+    pub fn copy_into_model<M: Parameters<Elem = A> + ?Sized>(&self, model: &mut M) -> Result<()> {
+        self.check_model(model)?;
+        model.visit_mut(&mut Prefix::new(), &mut |name, mut tensor| {
+            tensor.assign(&self.param(name).expect("checked: the block has every tensor"));
+        });
+        Ok(())
+    }
+
+    /// Copies every tensor of `model` into the block's parameter of its name: weights loaded
+    /// into a model, into a block made before.
+    ///
+    /// # Errors
+    /// As [`copy_into_model`](Self::copy_into_model); the block is then unchanged.
+    pub fn copy_from_model<M: Parameters<Elem = A> + ?Sized>(&mut self, model: &M) -> Result<()> {
+        self.check_model(model)?;
+        model.visit(&mut Prefix::new(), &mut |name, tensor| {
+            self.param_mut(name).expect("checked: the block has every tensor").assign(&tensor);
+        });
+        Ok(())
+    }
+
+    /// Checks that `model` has exactly the block's tensors, by name and shape, in any order.
+    fn check_model<M: Parameters<Elem = A> + ?Sized>(&self, model: &M) -> Result<()> {
+        let mut seen = vec![false; self.tensors.len()];
+        let (mut exact, mut twice) = (true, None);
+        model.visit(&mut Prefix::new(), &mut |name, tensor| match self.positions.get(name) {
+            Some(&at) if seen[at] => twice = Some(name.to_owned()),
+            Some(&at) if self.tensors[at].shape == tensor.shape() => seen[at] = true,
+            _ => exact = false,
+        });
+        if let Some(param) = twice {
+            return Err(Error::DuplicateParam { param, in_what: "model" });
         }
-        Ok(FlatParams {
-            name: name.to_owned(),
-            tensors: layout,
-            positions,
-            params: AlignedBuffer::filled(len, A::zero()),
-            grads: AlignedBuffer::filled(len, A::zero()),
-        })
+        if exact && seen.iter().all(|&seen| seen) {
+            return Ok(());
+        }
+        Err(self.model_layout().mismatch(&ModelLayout::of(model, &mut Prefix::new())))
+    }
+
+    /// The block's tensors as a model's layout, to check a model against.
+    fn model_layout(&self) -> ModelLayout {
+        ModelLayout {
+            names: self.tensors.iter().map(|tensor| tensor.name.clone()).collect(),
+            shapes: self.tensors.iter().map(|tensor| tensor.shape.clone()).collect(),
+        }
     }
 
     /// The block's name, under which an optimizer keeps its state.
@@ -304,6 +369,72 @@ impl<A: Element> FlatParams<A> {
         let param = ArrayViewMut::from(&mut self.params[..]).into_dyn();
         let grad = ArrayView::from(&self.grads[..]).into_dyn();
         ParamGrad::flat(&self.name, &self.tensors, param, grad)
+    }
+}
+
+/// The tensors of a block laid out one after the other, before any buffer is allocated:
+/// a restored block checks its values against it first.
+struct Layout {
+    tensors: Vec<FlatTensor>,
+    positions: HashMap<String, usize>,
+    len: usize,
+}
+
+impl Layout {
+    /// The layout of `tensors` of element type `A`, as [`FlatParams::new`] checks it.
+    fn of<'n, A, I>(tensors: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (&'n str, &'n [usize])>,
+    {
+        let mut layout = Layout { tensors: Vec::new(), positions: HashMap::new(), len: 0 };
+        for (tensor, shape) in tensors {
+            if layout.positions.insert(tensor.to_owned(), layout.tensors.len()).is_some() {
+                return Err(Error::DuplicateParam {
+                    param: tensor.to_owned(),
+                    in_what: "flat layout",
+                });
+            }
+            let too_large = || Error::InvalidFlatLayout {
+                reason: format!("`{tensor}` of shape {shape:?} makes the block too large"),
+            };
+            // ndarray's bound for a shape, which holds also where an axis of 0 empties it.
+            if bounded_product(shape.iter().copied().filter(|&dim| dim != 0)).is_none() {
+                return Err(Error::InvalidFlatLayout {
+                    reason: format!("`{tensor}` of shape {shape:?} is too large for an array"),
+                });
+            }
+            let numel = bounded_product(shape.iter().copied());
+            let start = layout.len;
+            let end = numel.and_then(|numel| start.checked_add(numel)).ok_or_else(too_large)?;
+            let bytes = end.checked_mul(size_of::<A>());
+            if bytes.is_none_or(|bytes| bytes > isize::MAX as usize) {
+                return Err(too_large());
+            }
+            layout.tensors.push(FlatTensor {
+                name: tensor.to_owned(),
+                shape: shape.to_vec(),
+                range: start..end,
+            });
+            layout.len = end;
+        }
+        Ok(layout)
+    }
+
+    /// The block `name` of this layout over `params` and `grads`, `len` elements each.
+    fn with_buffers<A>(
+        self,
+        name: &str,
+        params: AlignedBuffer<A>,
+        grads: AlignedBuffer<A>,
+    ) -> FlatParams<A> {
+        debug_assert!(params.len() == self.len && grads.len() == self.len);
+        FlatParams {
+            name: name.to_owned(),
+            tensors: self.tensors,
+            positions: self.positions,
+            params,
+            grads,
+        }
     }
 }
 
