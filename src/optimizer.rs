@@ -471,16 +471,68 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         self.step_all(&mut [flat.param_grad()])
     }
 
+    /// Moves the state of the [`FlatParams`] block `block` to its tensors: the block's name
+    /// is forgotten, and each tensor is known under its own name, in the block's group, with
+    /// the block's step count and scalars and its part of each state buffer
+    /// ([`FlatTensor::range`](crate::FlatTensor::range)) — the state it would have, stepped on
+    /// its own all along, since the rule updates element by element. From then on the tensors
+    /// step one by one (and can go to groups of their own); [`join_flat`](Self::join_flat) is
+    /// the reverse. A block that was never stepped leaves tensors without state.
+    ///
+    /// ```
+    /// use ndarray::Array1;
+    /// use ndarray_optim::{Adam, FlatParams, Optimizer, ParamGrad};
+    ///
+    /// let mut block = FlatParams::<f32>::new("small", [("a", &[2][..]), ("b", &[3])])?;
+    /// let mut opt = Optimizer::new(Adam::default())?;
+    /// block.grads_mut().fill(0.5);
+    /// opt.step_flat(&mut block)?;
+    /// opt.split_flat(&block)?;
+    /// assert_eq!(opt.state_of("b").unwrap().shape(), Some(&[3][..]));
+    /// let (mut a, mut b) = (block.param("a")?.to_owned(), block.param("b")?.to_owned());
+    /// let (ga, gb) = (Array1::from_elem(2, 0.5_f32).into_dyn(), Array1::from_elem(3, 0.5).into_dyn());
+    /// opt.step_all(&mut [ParamGrad::new("a", &mut a, &ga), ParamGrad::new("b", &mut b, &gb)])?;
+    /// assert_eq!(opt.step_count("a"), Some(2));
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Nothing changes on an error:
+    /// - [`Error::UnknownParam`] if the optimizer does not know the block's name;
+    ///   [`Error::ParamExists`] if it knows the name of one of its tensors;
+    /// - [`Error::ShapeChanged`] if the block's state is not of the block's size;
+    /// - [`Error::FlatUnsupported`] if the group's rule looks at whole tensors, the group
+    ///   keeps 8-bit state (quantized in blocks that start at the block's first element,
+    ///   not at each tensor's), or the optimizer steps a rank's share of a sharded model.
+    pub fn split_flat(&mut self, block: &FlatParams<A>) -> Result<()> {
+        self.registry.split_flat(block)
+    }
+
+    /// Moves the state of the tensors of the [`FlatParams`] block `block` to the block: each
+    /// tensor's name is forgotten, and the block is known under its name, in the tensors'
+    /// group, with their step count and scalars and their state buffers one after the other
+    /// in the block's layout — the state the block would have, stepped as a block all along.
+    /// A training loop that stepped a model tensor by tensor (or a checkpoint of one)
+    /// continues with [`step_flat`](Self::step_flat) this way. Tensors without state give a
+    /// block without state.
+    ///
+    /// # Errors
+    /// Nothing changes on an error:
+    /// - [`Error::UnknownParam`] if the optimizer does not know one of the tensors;
+    ///   [`Error::ParamExists`] if it knows the block's name;
+    /// - [`Error::ShapeChanged`] if a tensor's state is not of its shape in the block;
+    /// - [`Error::FlatUnsupported`] if the tensors are in different groups, some have state
+    ///   and some not, their step counts or scalars differ (they were not stepped together),
+    ///   or as for [`split_flat`](Self::split_flat).
+    pub fn join_flat(&mut self, block: &FlatParams<A>) -> Result<()> {
+        self.registry.join_flat(block)
+    }
+
     /// Whether the [`FlatParams`] block `name` steps as its tensors would, one by one.
     fn check_flat(&self, name: &str) -> Result<()> {
         let group = self.registry.group_at(self.registry.slots.position(name));
-        let reason = if !group.hyper.elementwise() {
-            format!(
-                "its group `{}` has rule `{}`, which looks at whole tensors: step the tensors \
-                 one by one",
-                group.name,
-                group.hyper.name()
-            )
+        let reason = if let Some(reason) = group.whole_tensor_rule() {
+            reason
         } else if let Some(Clip::Norm { .. }) = self.clip {
             "the optimizer clips each tensor by its own norm, which would clip the block by the \
              norm of all its tensors: clip by global norm or by value"

@@ -88,20 +88,33 @@ impl RuleCheck for AsTensorsOneByOne {
             let expected = alone.step_all(&mut batch).unwrap();
             assert_eq!(got, expected, "{rule:?} {} step {step}", A::NAME);
         }
-        let state = flat.state_of("block").unwrap();
-        assert_eq!(state.step(), Some(5));
-        for (tensor, param) in block.tensors().iter().zip(&params) {
-            let name = tensor.name();
-            let context = format!("{rule:?} {} {:?} `{name}`", A::NAME, self.0);
-            assert_eq!(bits(block.param(name).unwrap()), bits(param), "{context}");
-            let expected = alone.state_of(name).unwrap();
-            for (buffer, values) in expected.buffers() {
-                let flat_values = state.buffer(buffer).unwrap();
-                let part = &flat_values.as_slice().unwrap()[tensor.range()];
-                assert_eq!(bits(part), bits(&values), "{context} `{buffer}`");
-            }
-            assert_eq!(state.scalars().collect::<Vec<_>>(), expected.scalars().collect::<Vec<_>>());
+        assert_eq!(flat.state_of("block").unwrap().step(), Some(5));
+        let context = format!("{rule:?} {} {:?}", A::NAME, self.0);
+        assert_block_is_its_tensors(&flat, &block, &alone, &params, &context);
+    }
+}
+
+/// Asserts that `block`'s parameters and its state in `flat` are, tensor by tensor, `params`
+/// and their state in `alone`, bit for bit.
+fn assert_block_is_its_tensors<R: UpdateRule, A: Element>(
+    flat: &Optimizer<R, A>,
+    block: &FlatParams<A>,
+    alone: &Optimizer<R, A>,
+    params: &[ArrayD<A>],
+    context: &str,
+) {
+    let state = flat.state_of(block.name()).unwrap();
+    for (tensor, param) in block.tensors().iter().zip(params) {
+        let name = tensor.name();
+        assert_eq!(bits(block.param(name).unwrap()), bits(param), "{context} `{name}`");
+        let expected = alone.state_of(name).unwrap();
+        assert_eq!(state.step(), expected.step(), "{context} `{name}`");
+        for (buffer, values) in expected.buffers() {
+            let flat_values = state.buffer(buffer).unwrap();
+            let part = &flat_values.as_slice().unwrap()[tensor.range()];
+            assert_eq!(bits(part), bits(&values), "{context} `{name}` `{buffer}`");
         }
+        assert_eq!(state.scalars().collect::<Vec<_>>(), expected.scalars().collect::<Vec<_>>());
     }
 }
 
@@ -361,4 +374,165 @@ fn restored_blocks_are_checked() {
     }
     let wrong_type = serde_json::from_value::<FlatParams<f64>>(good).unwrap_err();
     assert!(wrong_type.to_string().contains("dtype"), "{wrong_type}");
+}
+
+/// Every rule: a block's state moved to its tensors midway (and the tensors' to the block)
+/// is the state of a run that stepped them that way all along; the state kept in `.0`.
+struct MovedMidway(StatePrecision);
+
+impl MovedMidway {
+    /// Steps the tensors one by one for `steps` from `first`.
+    fn tensors<R: UpdateRule, A: Element>(
+        opt: &mut Optimizer<R, A>,
+        params: &mut [ArrayD<A>],
+        steps: core::ops::Range<usize>,
+    ) {
+        for step in steps {
+            let grads: Vec<ArrayD<A>> =
+                TENSORS.iter().enumerate().map(|(i, (_, shape))| grad(shape, i, step)).collect();
+            let mut batch: Vec<ParamGrad<'_, A>> = (TENSORS.iter().zip(&mut *params).zip(&grads))
+                .map(|((&(name, _), param), grad)| ParamGrad::new(name, param, grad))
+                .collect();
+            opt.step_all(&mut batch).unwrap();
+        }
+    }
+
+    /// Steps `block` as one tensor for `steps`.
+    fn block<R: UpdateRule, A: Element>(
+        opt: &mut Optimizer<R, A>,
+        block: &mut FlatParams<A>,
+        steps: core::ops::Range<usize>,
+    ) {
+        for step in steps {
+            for (i, (mut tensor, (_, shape))) in block.tensors_mut().zip(TENSORS).enumerate() {
+                tensor.grad.assign(&grad::<A>(shape, i, step));
+            }
+            opt.step_flat(block).unwrap();
+        }
+    }
+}
+
+impl RuleCheck for MovedMidway {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let mut probe = Optimizer::<R, A>::new(rule.clone()).unwrap();
+        if probe.set_state_precision("default", self.0).is_err() {
+            return; // The rule cannot keep its state in that precision.
+        }
+        let context = format!("{rule:?} {} {:?}", A::NAME, self.0);
+        let mut opt = optimizer::<R, A>(&rule, self.0, None);
+        let block_of_tensors = block::<A>();
+        if !rule.elementwise() {
+            opt.assign("block", "default").unwrap();
+            for (name, _) in TENSORS {
+                opt.assign(name, "default").unwrap();
+            }
+            opt.remove("block").unwrap();
+            let before = opt.clone();
+            let err = opt.join_flat(&block_of_tensors).unwrap_err();
+            assert!(matches!(err, Error::FlatUnsupported { .. }), "{context}: {err}");
+            assert_eq!(opt, before, "{context}: a refused join changed the optimizer");
+            return;
+        }
+        let initial: Vec<ArrayD<A>> = TENSORS
+            .iter()
+            .map(|&(name, _)| block_of_tensors.param(name).unwrap().to_owned())
+            .collect();
+        // All along one by one: the reference.
+        let mut alone = optimizer::<R, A>(&rule, self.0, None);
+        let mut params = initial.clone();
+        Self::tensors(&mut alone, &mut params, 0..6);
+
+        // As a block, then one by one.
+        let mut block = block_of_tensors.clone();
+        Self::block(&mut opt, &mut block, 0..3);
+        opt.split_flat(&block).unwrap();
+        assert!(opt.state_of("block").is_none(), "{context}");
+        let mut split: Vec<ArrayD<A>> =
+            TENSORS.iter().map(|&(name, _)| block.param(name).unwrap().to_owned()).collect();
+        Self::tensors(&mut opt, &mut split, 3..6);
+        for ((name, _), (param, expected)) in TENSORS.iter().zip(split.iter().zip(&params)) {
+            assert_eq!(bits(param), bits(expected), "{context} split `{name}`");
+            let (got, want) = (opt.state_of(name).unwrap(), alone.state_of(name).unwrap());
+            assert_eq!(got.step(), want.step(), "{context} split `{name}`");
+            for ((buffer, got), (_, want)) in got.buffers().zip(want.buffers()) {
+                assert_eq!(bits(&got), bits(&want), "{context} split `{name}` `{buffer}`");
+            }
+            assert_eq!(got.scalars().collect::<Vec<_>>(), want.scalars().collect::<Vec<_>>());
+        }
+
+        // One by one, then as a block, against a block all along.
+        let mut as_block = optimizer::<R, A>(&rule, self.0, None);
+        let mut block_all_along = block_of_tensors.clone();
+        Self::block(&mut as_block, &mut block_all_along, 0..6);
+        let mut joined = optimizer::<R, A>(&rule, self.0, None);
+        let mut params = initial;
+        Self::tensors(&mut joined, &mut params, 0..3);
+        let mut block = block_of_tensors;
+        for (mut tensor, param) in block.tensors_mut().zip(&params) {
+            tensor.param.assign(param);
+        }
+        joined.join_flat(&block).unwrap();
+        assert!(TENSORS.iter().all(|(name, _)| joined.state_of(name).is_none()), "{context}");
+        Self::block(&mut joined, &mut block, 3..6);
+        assert_eq!(bits(block.params()), bits(block_all_along.params()), "{context} joined");
+        assert_eq!(joined.checkpoint(), as_block.checkpoint(), "{context} joined");
+    }
+}
+
+#[test]
+fn state_moves_between_a_block_and_its_tensors_midway() {
+    for_each_rule(&mut MovedMidway(StatePrecision::Full));
+    for_each_rule(&mut MovedMidway(StatePrecision::Bf16));
+}
+
+/// Moving state is refused, naming why, where it would change what the tensors step with;
+/// nothing changes then.
+#[test]
+fn moving_state_is_refused_where_it_would_change() {
+    let block = block::<f32>();
+    let stepped = |opt: &mut Optimizer<Adam, f32>, names: &[&str], steps: usize| {
+        for &name in names {
+            let shape = block.tensor(name).unwrap().shape().to_vec();
+            let mut param = ArrayD::<f32>::zeros(shape.clone());
+            for step in 0..steps {
+                opt.step(name, &mut param, &grad::<f32>(&shape, 0, step)).unwrap();
+            }
+        }
+    };
+    let names: Vec<&str> = TENSORS.iter().map(|(name, _)| *name).collect();
+    let refused = |opt: &mut Optimizer<Adam, f32>, join: bool, expected: &str| {
+        let before = opt.clone();
+        let err = if join { opt.join_flat(&block) } else { opt.split_flat(&block) }.unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+        assert_eq!(*opt, before, "{err}");
+    };
+    let mut opt = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
+    refused(&mut opt, false, "`block`");
+    refused(&mut opt, true, "`layer.0.weight`");
+    stepped(&mut opt, &names, 2);
+    opt.step("block", &mut ArrayD::zeros(vec![5]), &ArrayD::ones(vec![5])).unwrap();
+    refused(&mut opt, true, "`block`");
+    refused(&mut opt, false, "`layer.0.weight`");
+    for name in &names {
+        opt.remove(name).unwrap();
+    }
+    refused(&mut opt, false, "shape");
+    opt.remove("block").unwrap();
+    stepped(&mut opt, &names, 2);
+    opt.reset("layer.0.weight").unwrap();
+    stepped(&mut opt, &["layer.0.weight"], 3);
+    refused(&mut opt, true, "were not stepped together");
+    opt.reset("layer.0.weight").unwrap();
+    refused(&mut opt, true, "has state and `layer.0.weight` has none");
+    opt.add_group("head", Adam::default()).unwrap();
+    opt.assign("head.weight", "head").unwrap();
+    refused(&mut opt, true, "different groups");
+
+    let mut int8 = optimizer::<Adam, f32>(&Adam::default(), StatePrecision::INT8, None);
+    stepped(&mut int8, &names, 1);
+    refused(&mut int8, true, "8-bit");
 }

@@ -67,7 +67,10 @@ impl FlatTensor {
 /// one group, one entry in checkpoints (whose state buffers follow the block's layout,
 /// [`FlatTensor::range`]). Tensors that need other hyperparameters, such as biases without
 /// weight decay, go in a block of their own, assigned to their group. The buffers are placed
-/// as the optimizer places its state ([`AlignedBuffer`]).
+/// as the optimizer places its state ([`AlignedBuffer`]). The state moves to the tensors, to
+/// step them one by one from then on, with
+/// [`Optimizer::split_flat`](crate::Optimizer::split_flat), and back with
+/// [`Optimizer::join_flat`](crate::Optimizer::join_flat).
 ///
 /// With the `serde` feature a block serializes as its name, layout and parameters, and its
 /// gradients where one is not zero (a block saved between steps, after

@@ -11,6 +11,8 @@ use crate::rule::{UpdateRule, check_options};
 use crate::rules::schedule_free::{Mode, wrong_mode};
 use crate::slots::Slots;
 
+mod flat;
+
 /// The name of the group that [`Optimizer::new`](crate::Optimizer::new) creates, which holds
 /// every tensor not assigned to another group.
 pub const DEFAULT_GROUP: &str = "default";
@@ -84,6 +86,19 @@ impl<R: UpdateRule> ParamGroup<R> {
             frozen: false,
             state_precision: StatePrecision::Full,
         }
+    }
+
+    /// Why the group's tensors cannot be stepped as one flat block, if its rule looks at
+    /// whole tensors.
+    pub(crate) fn whole_tensor_rule(&self) -> Option<String> {
+        (!self.hyper.elementwise()).then(|| {
+            format!(
+                "its group `{}` has rule `{}`, which looks at whole tensors: step the tensors \
+                 one by one",
+                self.name,
+                self.hyper.name()
+            )
+        })
     }
 
     /// Steps one of the group's tensors with the group's hyperparameters at its current rate,
