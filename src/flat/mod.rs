@@ -72,14 +72,6 @@ impl FlatTensor {
 /// [`Optimizer::split_flat`](crate::Optimizer::split_flat), and back with
 /// [`Optimizer::join_flat`](crate::Optimizer::join_flat).
 ///
-/// With the `serde` feature a block serializes as its name, layout and parameters, and its
-/// gradients where one is not zero (a block saved between steps, after
-/// [`zero_grads`](Self::zero_grads), takes the room of its parameters only; one saved in the
-/// middle of accumulating gradients keeps them). Saved beside the optimizer with
-/// [`Optimizer::save_with`](crate::Optimizer::save_with), a run resumes bit for bit from one
-/// file. A restored block is checked as [`new`](Self::new) checks one, and its values against
-/// its layout before any buffer is allocated.
-///
 /// ```
 /// use ndarray::{Array1, Ix1, Ix2};
 /// use ndarray_optim::{Adam, FlatParams, Optimizer, ParamGrad};
@@ -105,6 +97,35 @@ impl FlatTensor {
 /// assert_eq!(model.param("b")?.into_dimensionality::<Ix1>().unwrap(), b);
 /// # Ok::<(), ndarray_optim::Error>(())
 /// ```
+///
+/// A weight average ([`AveragedModel`](crate::AveragedModel)) of a block is likewise one
+/// average of all its parameters under the block's name, updated and copied back through the
+/// flat buffer; element by element, it is the average of each tensor:
+///
+/// ```
+/// use ndarray::{ArrayView1, ArrayViewMut1};
+/// use ndarray_optim::{AveragedModel, Averaging, FlatParams};
+///
+/// let name = "mlp";
+/// let mut block = FlatParams::<f32>::new(name, [("w", &[3, 2][..]), ("b", &[2])])?;
+/// let mut ema = AveragedModel::<f32>::new(Averaging::Ema { decay: 0.5, warmup: false })?;
+/// for value in [4.0, 2.0] {
+///     block.params_mut().fill(value); // in training, an optimizer step
+///     ema.update(name, &ArrayView1::from(block.params()))?;
+/// }
+/// // Evaluate with the averaged weights.
+/// ema.copy_into(name, &mut ArrayViewMut1::from(block.params_mut()))?;
+/// assert!(block.param("b")?.iter().all(|&b| b == 3.0));
+/// # Ok::<(), ndarray_optim::Error>(())
+/// ```
+///
+/// With the `serde` feature a block serializes as its name, layout and parameters, and its
+/// gradients where one is not zero (a block saved between steps, after
+/// [`zero_grads`](Self::zero_grads), takes the room of its parameters only; one saved in the
+/// middle of accumulating gradients keeps them). Saved beside the optimizer with
+/// [`Optimizer::save_with`](crate::Optimizer::save_with), a run resumes bit for bit from one
+/// file. A restored block is checked as [`new`](Self::new) checks one, and its values against
+/// its layout before any buffer is allocated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlatParams<A> {
     name: String,

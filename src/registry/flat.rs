@@ -7,7 +7,7 @@ use super::{Registry, Slot, TensorState, precision_of};
 use crate::compact::StatePrecision;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::flat::FlatParams;
+use crate::flat::{FlatParams, FlatTensor};
 use crate::rule::UpdateRule;
 
 impl<R: UpdateRule, A: Element> Registry<R, A> {
@@ -34,7 +34,7 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                     });
                 }
                 let values = state.row_major_values();
-                let part = |tensor: &crate::FlatTensor| {
+                let part = |tensor: &FlatTensor| {
                     let buffers = values.chunks(len.max(1)).take(state.elementwise);
                     let values: Vec<A> =
                         buffers.flat_map(|buffer| &buffer[tensor.range()]).copied().collect();
