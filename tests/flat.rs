@@ -47,6 +47,12 @@ fn optimizer<R: UpdateRule, A: Element>(
     opt
 }
 
+/// Whether `rule` can keep its state in `precision` for elements of type `A`.
+fn keeps_state_in<R: UpdateRule, A: Element>(rule: &R, precision: StatePrecision) -> bool {
+    let mut probe = Optimizer::<R, A>::new(rule.clone()).unwrap();
+    probe.set_state_precision("default", precision).is_ok()
+}
+
 /// Every rule: a block's steps against its tensors' steps one by one, with the state kept in
 /// `.0` and the gradients clipped by `.1`.
 struct AsTensorsOneByOne(StatePrecision, Option<Clip>);
@@ -57,9 +63,8 @@ impl RuleCheck for AsTensorsOneByOne {
         R: UpdateRule + Serialize + DeserializeOwned,
         A: Element + Serialize + DeserializeOwned,
     {
-        let mut probe = Optimizer::<R, A>::new(rule.clone()).unwrap();
-        if probe.set_state_precision("default", self.0).is_err() {
-            return; // The rule cannot keep its state in that precision.
+        if !keeps_state_in::<R, A>(&rule, self.0) {
+            return;
         }
         let mut flat = optimizer::<R, A>(&rule, self.0, self.1);
         let mut block = block::<A>();
@@ -418,9 +423,8 @@ impl RuleCheck for MovedMidway {
         R: UpdateRule + Serialize + DeserializeOwned,
         A: Element + Serialize + DeserializeOwned,
     {
-        let mut probe = Optimizer::<R, A>::new(rule.clone()).unwrap();
-        if probe.set_state_precision("default", self.0).is_err() {
-            return; // The rule cannot keep its state in that precision.
+        if !keeps_state_in::<R, A>(&rule, self.0) {
+            return;
         }
         let context = format!("{rule:?} {} {:?}", A::NAME, self.0);
         let mut opt = optimizer::<R, A>(&rule, self.0, None);
