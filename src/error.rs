@@ -184,7 +184,12 @@ pub enum Error {
         message: String,
     },
     /// A strict [`Optimizer::load_state`](crate::Optimizer::load_state) found tensors
-    /// missing, unexpected or of another shape; the report names them.
+    /// missing, unexpected or of another shape; the report names them. Also a model that does
+    /// not have the tensors that state built over all of them was built for (such as
+    /// [`Lbfgs`](crate::Lbfgs)'s flat history, or a [`FlatParams`](crate::FlatParams)
+    /// block's layout); a report that finds no tensor missing, unexpected or of another
+    /// shape ([`is_exact`](crate::report::LoadReport::is_exact)) then means the same tensors
+    /// in another order.
     ModelMismatch {
         /// Everything that differs, by name.
         report: Box<crate::report::LoadReport>,
@@ -434,6 +439,10 @@ impl fmt::Display for Error {
             Error::CorruptCheckpoint { reason } => write!(f, "corrupt checkpoint: {reason}"),
             Error::Encode { reason } => write!(f, "cannot encode checkpoint: {reason}"),
             Error::Io { path, message, .. } => write!(f, "{}: {message}", path.display()),
+            Error::ModelMismatch { report } if report.is_exact() => write!(
+                f,
+                "the model has the tensors the state was built for, in another order: {report}"
+            ),
             Error::ModelMismatch { report } => {
                 write!(f, "checkpoint does not match the model: {report}")
             }

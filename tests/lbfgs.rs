@@ -341,3 +341,29 @@ fn harness_refuses_what_lbfgs_cannot_replay() {
     let again = replay(&base);
     assert_eq!(bits(&trajectory), bits(&again));
 }
+
+/// A model of the same tensors in another order does not fit the flat history, and the error
+/// says so rather than listing no difference.
+#[test]
+fn a_model_in_another_order_is_refused_by_name() {
+    let mut opt = Lbfgs::new(LbfgsOptions::default()).unwrap();
+    let pair = |first: &str, second: &str| -> Vec<(String, ArrayD<f64>)> {
+        vec![(first.into(), array![1.0, 2.0].into_dyn()), (second.into(), array![3.0].into_dyn())]
+    };
+    let mut model = pair("a", "b");
+    let mut grads = model.clone();
+    let loss = |m: &Vec<(String, ArrayD<f64>)>, g: &mut Vec<(String, ArrayD<f64>)>| {
+        for ((_, p), (_, g)) in m.iter().zip(g.iter_mut()) {
+            g.assign(p);
+        }
+        Ok::<_, Error>(m.iter().map(|(_, p)| p.mapv(|x| x * x).sum() / 2.0).sum())
+    };
+    opt.step(&mut model, &mut grads, loss).unwrap();
+    let swapped = vec![model[1].clone(), model[0].clone()];
+    let error = opt.check_model(&swapped).unwrap_err();
+    assert!(matches!(&error, Error::ModelMismatch { report } if report.is_exact()), "{error}");
+    assert!(error.to_string().contains("in another order"), "{error}");
+    let other = pair("a", "c");
+    let error = opt.check_model(&other).unwrap_err();
+    assert!(error.to_string().contains("does not match"), "{error}");
+}
