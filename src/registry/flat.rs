@@ -102,13 +102,13 @@ impl<R: UpdateRule, A: Element> Registry<R, A> {
                         tensor.name()
                     )));
                 }
-                let values: Vec<A> = (0..first.elementwise)
-                    .flat_map(|index| {
-                        states.iter().flat_map(move |state| {
-                            state.buffer(index).iter().copied().collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
+                // Buffer after buffer, each the tensors' values one after the other.
+                let mut values = Vec::with_capacity(first.elementwise * block.len());
+                for index in 0..first.elementwise {
+                    for state in &states {
+                        values.extend(state.buffer(index).iter().copied());
+                    }
+                }
                 Some(self.moved_state(group, name, &[block.len()], first, &values))
             }
             _ => {
@@ -179,7 +179,10 @@ impl<A: Element> TensorState<A> {
     /// Every per-element buffer's values in the element type, row-major, one buffer after
     /// the other.
     fn row_major_values(&self) -> Vec<A> {
-        let buffer = |index| self.buffer(index).iter().copied().collect::<Vec<_>>();
-        (0..self.elementwise).flat_map(buffer).collect()
+        let mut values = Vec::with_capacity(self.elementwise * self.numel());
+        for index in 0..self.elementwise {
+            values.extend(self.buffer(index).iter().copied());
+        }
+        values
     }
 }
