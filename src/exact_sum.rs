@@ -1,4 +1,4 @@
-//! An exact sum of non-negative `f64` values, the same bits whatever the order of the terms
+//! Exact sums of `f64` values, the same bits whatever the order of the terms
 //! and however they are split between parties whose sums are added at the end.
 //!
 //! Floating-point addition is not associative: a sum of partial sums depends on where the
@@ -95,6 +95,11 @@ impl ExactSum {
         &mut self.parts
     }
 
+    /// The digits from the most significant down: normalized sums compare as they do.
+    fn digits_from_top(&self) -> impl Iterator<Item = &f64> {
+        self.parts[..DIGITS].iter().rev()
+    }
+
     /// The sum rounded to the nearest `f64` (ties to even; a sum below `f64::MIN_POSITIVE`
     /// may be rounded twice), NaN if a term was NaN, `+∞` if one was infinite or the sum
     /// exceeds `f64`'s range.
@@ -120,6 +125,60 @@ impl ExactSum {
             head |= 1;
         }
         scale(head as f64, low as i32 * DIGIT_BITS - 1074)
+    }
+}
+
+/// An exact sum of values of either sign: the positive and the negative terms in an
+/// [`ExactSum`] each, whose difference is rounded once at the end.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct SignedSum {
+    positive: ExactSum,
+    negative: ExactSum,
+}
+
+impl SignedSum {
+    /// Adds `value`; NaN and infinities are counted as [`ExactSum::add`] counts them, on
+    /// their sign's side.
+    pub(crate) fn add(&mut self, value: f64) {
+        if value < 0.0 { self.negative.add(-value) } else { self.positive.add(value) }
+    }
+
+    /// The exact sum rounded to the nearest `f64` as [`ExactSum::total`] rounds it; NaN if a
+    /// term was NaN or both signs hold an infinity, `±∞` if one does.
+    pub(crate) fn total(&self) -> f64 {
+        let (mut positive, mut negative) = (self.positive, self.negative);
+        positive.normalize();
+        negative.normalize();
+        let count = |sum: &ExactSum, slot: usize| sum.parts[slot] > 0.0;
+        if count(&positive, DIGITS + 1) || count(&negative, DIGITS + 1) {
+            return f64::NAN;
+        }
+        match (count(&positive, DIGITS), count(&negative, DIGITS)) {
+            (true, true) => return f64::NAN,
+            (true, false) => return f64::INFINITY,
+            (false, true) => return f64::NEG_INFINITY,
+            (false, false) => {}
+        }
+        let (larger, smaller, sign) = if positive.digits_from_top().lt(negative.digits_from_top()) {
+            (negative, positive, -1.0)
+        } else {
+            (positive, negative, 1.0)
+        };
+        let mut difference = ExactSum::default();
+        let mut borrow = 0.0;
+        for (digit, (&high, &low)) in difference.parts[..DIGITS]
+            .iter_mut()
+            .zip(larger.parts[..DIGITS].iter().zip(&smaller.parts[..DIGITS]))
+        {
+            let value = high - low - borrow;
+            (*digit, borrow) = if value < 0.0 { (value + DIGIT, 1.0) } else { (value, 0.0) };
+        }
+        sign * difference.total()
+    }
+
+    /// Both signs' parts ([`ExactSum::parts_mut`]), to add up across parties.
+    pub(crate) fn parts_mut(&mut self) -> [&mut [f64; PARTS]; 2] {
+        [self.positive.parts_mut(), self.negative.parts_mut()]
     }
 }
 
@@ -192,6 +251,40 @@ mod tests {
         let mut sum = ExactSum::default();
         (0..terms).for_each(|_| sum.add(4_294_967_295.0));
         assert_eq!(sum.total(), 4_294_967_295.0 * terms as f64);
+    }
+
+    #[test]
+    fn signed_sums_take_each_side_exactly() {
+        let mut sum = SignedSum::default();
+        for value in [2f64.powi(60), -1.0, -1.0, 3.0, -(2f64.powi(60))] {
+            sum.add(value);
+        }
+        // Left to right in f64 the ones vanish into 2^60 and the sum is 3.
+        assert_eq!(sum.total(), 1.0);
+        let mut negative = SignedSum::default();
+        [1.0, -(2f64.powi(60)), -0.5].into_iter().for_each(|value| negative.add(value));
+        assert_eq!(negative.total(), -(2f64.powi(60)));
+        negative.add(2f64.powi(60));
+        assert_eq!(negative.total(), 0.5);
+        // Split between two parties, in another order: the same bits.
+        let (mut whole, mut split) = (SignedSum::default(), [SignedSum::default(); 2]);
+        for (i, value) in [0.1, -0.7, 1e-300, -2.5e10, 0.3, -0.1].into_iter().enumerate() {
+            split[i % 2].add(value);
+            whole.add(value);
+        }
+        let [mut first, mut second] = split;
+        for (mine, theirs) in second.parts_mut().into_iter().zip(first.parts_mut()) {
+            mine.iter_mut().zip(theirs.iter()).for_each(|(a, b)| *a += b);
+        }
+        assert_eq!(second.total().to_bits(), whole.total().to_bits());
+        // The exact sum, −25000000000.39999999999999996…, rounded once (the difference of
+        // the two signs' rounded sums would be −25000000000.399998).
+        assert_eq!(whole.total(), -25000000000.4);
+        let mut special = SignedSum::default();
+        special.add(f64::NEG_INFINITY);
+        assert_eq!(special.total(), f64::NEG_INFINITY);
+        special.add(f64::INFINITY);
+        assert!(special.total().is_nan());
     }
 
     #[test]
