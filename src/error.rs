@@ -206,8 +206,8 @@ pub enum Error {
     /// A single-tensor [`step`](crate::Optimizer::step) of a tensor whose rule has a
     /// [reduction](crate::UpdateRule::reduction) over every tensor of the step, such as
     /// [`Prodigy`](crate::Prodigy): use [`step_all`](crate::Optimizer::step_all) or
-    /// [`step_model`](crate::Optimizer::step_model). Sharded optimizers refuse such rules
-    /// for now.
+    /// [`step_model`](crate::Optimizer::step_model) (or a
+    /// [sharded optimizer](crate::ShardedOptimizer)'s step).
     ReductionNeedsBatch {
         /// The rule, e.g. `"prodigy"`.
         rule: &'static str,
@@ -456,7 +456,7 @@ impl fmt::Display for Error {
             Error::ReductionNeedsBatch { rule } => write!(
                 f,
                 "`{rule}` steps every tensor together: use `step_all` or `step_model`, not \
-                 `step` (nor a sharded optimizer)"
+                 `step`"
             ),
             Error::UnequalGroupLr { group, lr, expected } => write!(
                 f,

@@ -8,13 +8,13 @@ use crate::clip::{self, Clip};
 use crate::compact::StatePrecision;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::exact_sum::ExactSum;
+use crate::exact_sum::{ExactSum, SignedSum};
 use crate::flat::{FlatParams, FlatTensor};
 use crate::guard::{self, NonFinite, StepOutcome};
 use crate::kernel::{GradTransform, Shared};
 use crate::model::{NameBuffer, Parameters, Prefix, Zip};
 use crate::registry::{ParamGroup, Registry, StepReduction, TensorState};
-use crate::rule::{Reduction, UpdateRule};
+use crate::rule::{Reduction, ReductionSums, UpdateRule};
 
 /// One named tensor of a batch for [`Optimizer::step_all`]: its parameter and gradient, as
 /// views of dynamic dimension so that tensors of any dimensionality share one batch.
@@ -141,6 +141,30 @@ pub(crate) struct BatchCheck {
     /// The sum of the squares of the gradients, when clipping by global norm: exact, so
     /// that neither the batch's order nor a sharded step's cuts change a bit of the norm.
     pub(crate) squares: ExactSum,
+}
+
+/// What the parts of a sharded model exchange between the passes of a step, so that each
+/// part's step sees what one step of the whole model would
+/// ([`ShardedOptimizer::step_all`](crate::ShardedOptimizer::step_all)).
+pub(crate) trait Exchange {
+    /// After the first pass, before anything changes: may replace what it found with what
+    /// it found over every part.
+    fn check(&mut self, check: &mut BatchCheck) -> Result<()>;
+
+    /// After the reduction's first pass, before its combination: may replace the sums with
+    /// their sums over every part.
+    fn sums(&mut self, sums: &mut [SignedSum]);
+}
+
+/// A whole model: nothing to exchange.
+struct Whole;
+
+impl Exchange for Whole {
+    fn check(&mut self, _: &mut BatchCheck) -> Result<()> {
+        Ok(())
+    }
+
+    fn sums(&mut self, _: &mut [SignedSum]) {}
 }
 
 /// A batch after its first pass.
@@ -294,7 +318,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     }
 
     /// The first pass of a rule with a reduction over the tensor `name`, which has passed
-    /// [`check`](Self::check): advances its step count and adds its partial sums to `totals`.
+    /// [`check`](Self::check): advances its step count and adds its terms to `sums`.
     fn reduce_checked(
         &mut self,
         name: &str,
@@ -302,11 +326,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         grad: ArrayView<'_, A, IxDyn>,
         transform: GradTransform<A>,
         shared: &SharedStep,
-        totals: &mut [f64],
+        sums: &mut ReductionSums,
     ) {
         let (group, tensor) = self.prepared(name, &param);
         tensor.step += 1;
-        reduce_into(group, param, grad, tensor, transform, shared, totals);
+        group.reduce(param, grad, tensor, transform, shared.view(), sums);
     }
 
     /// The second pass of a rule with a reduction over the tensor `name`, after
@@ -339,10 +363,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         SharedStep::start(self.registry.shared_mut(reduction), reduction.lr)
     }
 
-    /// Combines the `totals` of the first pass into the shared scalars, with the first
+    /// Combines the `sums` of the first pass into the shared scalars, with the first
     /// reducing group's hyperparameters.
-    fn combine(&mut self, reduction: StepReduction, shared: &mut SharedStep, totals: &[f64]) {
+    fn combine(&mut self, reduction: StepReduction, shared: &mut SharedStep, sums: &ReductionSums) {
         let hyper = &self.registry.groups[reduction.first].hyper;
+        let totals = &sums.totals()[..sums_len(hyper)];
         shared.moves = hyper.combine(&mut self.registry.shared, totals, reduction.lr);
         shared.now[..shared.len].copy_from_slice(&self.registry.shared);
     }
@@ -413,27 +438,18 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         let numel = batch.iter().filter(|entry| entry.lent.is_some()).map(|e| e.param.len()).sum();
         let shared = reduction.map(|reduction| {
             let mut shared = self.start_reduction(reduction);
-            let mut totals = [0.0; Reduction::MAX_SUMS];
-            let totals = &mut totals[..sums_len(&self.registry.groups[reduction.first].hyper)];
-            // In batch order, on this thread: the totals are the same for every thread count.
+            let mut sums = ReductionSums::new();
             for entry in batch.iter_mut() {
                 let Some(lent) = entry.lent.as_mut() else { continue };
                 let group = &self.registry.groups[lent.group];
                 if group.hyper.reduction().is_some() {
                     let grad = grads.of(entry.name, &entry.grad).into_view();
                     let param = entry.param.view_mut();
-                    reduce_into(
-                        group,
-                        param,
-                        grad,
-                        &mut lent.tensor,
-                        lent.transform,
-                        &shared,
-                        totals,
-                    );
+                    let (tensor, transform) = (&mut lent.tensor, lent.transform);
+                    group.reduce(param, grad, tensor, transform, shared.view(), &mut sums);
                 }
             }
-            self.combine(reduction, &mut shared, totals);
+            self.combine(reduction, &mut shared, &sums);
             shared
         });
         step_lent(&self.registry.groups, batch, grads, numel, shared.as_ref());
@@ -596,17 +612,16 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
     /// [`step_model`](Self::step_model) of the model that `zip` walks, in the optimizer's
     /// own name buffer.
     pub(crate) fn step_zipped(&mut self, zip: &mut Zip<'_, A>) -> Result<StepOutcome> {
-        self.step_exchanging(zip, "model", &mut |_| Ok(()))
+        self.step_exchanging(zip, "model", &mut Whole)
     }
 
-    /// [`step_zipped`](Self::step_zipped) with `exchange` between the first pass and the
-    /// step: it may replace what the first pass found with what every part of a sharded
-    /// model found ([`ShardedOptimizer::step_all`](crate::ShardedOptimizer::step_all)).
+    /// [`step_zipped`](Self::step_zipped) of a part of a model, with `exchange` between the
+    /// passes.
     pub(crate) fn step_exchanging(
         &mut self,
         zip: &mut Zip<'_, A>,
         in_what: &'static str,
-        exchange: &mut dyn FnMut(&mut BatchCheck) -> Result<()>,
+        exchange: &mut dyn Exchange,
     ) -> Result<StepOutcome> {
         let mut prefix = self.names.take();
         let outcome = self.step_zipped_in(&mut prefix, zip, in_what, exchange);
@@ -619,13 +634,13 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         prefix: &mut Prefix,
         zip: &mut Zip<'_, A>,
         in_what: &'static str,
-        exchange: &mut dyn FnMut(&mut BatchCheck) -> Result<()>,
+        exchange: &mut dyn Exchange,
     ) -> Result<StepOutcome> {
         let mut check = self.start_batch(in_what);
         zip(prefix, &mut |name, param, grad| {
             self.check_entry(&mut check, name, param.shape(), &grad, None).map(drop)
         })?;
-        exchange(&mut check)?;
+        exchange.check(&mut check)?;
         let (mut clip, reduction) = match self.finish_check(check)? {
             Checked::Skip(outcome) => return Ok(outcome),
             Checked::Step(clip, reduction) => (clip, reduction),
@@ -643,21 +658,21 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         // A rule with a reduction: its tensors' first passes and the other rules' steps, the
         // combination, then its tensors' second passes.
         let mut shared = self.start_reduction(reduction);
-        let mut totals = [0.0; Reduction::MAX_SUMS];
-        let totals = &mut totals[..sums_len(&self.registry.groups[reduction.first].hyper)];
+        let mut sums = ReductionSums::new();
         zip(prefix, &mut |name, param, grad| {
             if self.registry.is_frozen(name) {
                 return Ok(());
             }
             let transform = self.entry_transform(&mut clip, &grad);
             if self.reduces(name) {
-                self.reduce_checked(name, param, grad, transform, &shared, totals);
+                self.reduce_checked(name, param, grad, transform, &shared, &mut sums);
             } else {
                 self.step_checked(name, param, grad, transform);
             }
             Ok(())
         })?;
-        self.combine(reduction, &mut shared, totals);
+        exchange.sums(sums.sums_mut(sums_len(&self.registry.groups[reduction.first].hyper)));
+        self.combine(reduction, &mut shared, &sums);
         if shared.moves {
             zip(prefix, &mut |name, param, grad| {
                 if !self.registry.is_frozen(name) && self.reduces(name) {
@@ -1255,25 +1270,6 @@ impl<A: Sync> Gradients<A> for OwnGradients {
 /// The number of partial sums that `hyper`'s reduction has.
 fn sums_len<R: UpdateRule>(hyper: &R) -> usize {
     hyper.reduction().map_or(0, |reduction| reduction.sums.min(Reduction::MAX_SUMS))
-}
-
-/// Runs the first pass of `group`'s rule with a reduction over one tensor and adds its
-/// partial sums to `totals`, in the order the tensors come.
-fn reduce_into<R: UpdateRule, A: Element>(
-    group: &ParamGroup<R>,
-    param: ArrayViewMut<'_, A, IxDyn>,
-    grad: ArrayView<'_, A, IxDyn>,
-    tensor: &mut TensorState<A>,
-    transform: GradTransform<A>,
-    shared: &SharedStep,
-    totals: &mut [f64],
-) {
-    let mut sums = [0.0; Reduction::MAX_SUMS];
-    let sums = &mut sums[..totals.len()];
-    group.reduce(param, grad, tensor, transform, shared.view(), sums);
-    for (total, sum) in totals.iter_mut().zip(sums) {
-        *total += *sum;
-    }
 }
 
 /// Steps the entries of a batch that hold their lent state, with the gradients of `grads`;

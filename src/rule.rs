@@ -3,8 +3,11 @@
 
 use core::fmt::Debug;
 
+use crate::clip::NORM_BLOCK;
 use crate::element::Element;
 use crate::error::Result;
+use crate::exact_sum::SignedSum;
+use crate::kernel::sum_in_order;
 
 #[doc(inline)]
 pub use crate::check::{
@@ -249,30 +252,35 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// [`step`](crate::Optimizer::step) refuses with
     /// [`Error::ReductionNeedsBatch`](crate::Error::ReductionNeedsBatch)):
     ///
-    /// 1. [`reduce`](Self::reduce) on every tensor of the rule's groups, in batch order: it
-    ///    may update the tensor's state and writes [`Reduction::sums`] partial sums, which the
-    ///    driver adds up in `f64`, tensor after tensor in batch order;
+    /// 1. [`reduce`](Self::reduce) on every tensor of the rule's groups: it may update the
+    ///    tensor's state and adds the tensor's terms to [`Reduction::sums`] sums
+    ///    ([`ReductionSums`]), which add up exactly, in any order;
     /// 2. [`combine`](Self::combine), once, with the first such group's hyperparameters:
     ///    it turns the totals into new values of the optimizer-wide shared scalars
     ///    ([`Reduction::shared`]), which the optimizer owns and checkpoints by name;
     /// 3. [`step`](Self::step) on every tensor, as for any rule, which reads the shared
     ///    scalars of before and after the combination with [`TensorStep::shared`] and
     ///    [`TensorStep::shared_before`].
+    ///
+    /// A [sharded step](crate::ShardedOptimizer) steps each rank's contiguous part of a tensor
+    /// as a tensor of its own, one-dimensional, and adds up the sums of every rank before
+    /// the combination. That gives one process's bits when `reduce` and `step` work element
+    /// by element and `reduce` adds its terms with [`ReductionSums::add_blocks`] in the
+    /// tensor's row-major order, as [`Prodigy`](crate::Prodigy) does: a rule with a
+    /// reduction is sharded on that understanding.
     fn reduction(&self) -> Option<Reduction> {
         None
     }
 
     /// The first pass of a step of a rule with a [`reduction`](Self::reduction) over one
-    /// tensor: updates what the tensor's state needs before the combination and writes the
-    /// tensor's partial sums into `sums` (one per [`Reduction::sums`], zero on entry). Sums
-    /// over the tensor's elements must be in an order that does not depend on the memory
-    /// layout or thread count, e.g. [`sum_in_order`](crate::sum_in_order). Nothing by
-    /// default.
-    fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut [f64]) {
+    /// tensor: updates what the tensor's state needs before the combination and adds the
+    /// tensor's terms to `sums` (of [`Reduction::sums`] sums). Nothing by default.
+    fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut ReductionSums) {
         let _ = (tensor, sums);
     }
 
-    /// Turns the `totals` of [`reduce`](Self::reduce) over every tensor of the step into new
+    /// Turns the `totals` of [`reduce`](Self::reduce) over every tensor of the step
+    /// ([`ReductionSums`] rounded to `f64`) into new
     /// values of the `shared` scalars (in the order of [`Reduction::shared`]), with `lr` the
     /// largest current learning rate of the rule's groups. Returns whether the parameters of
     /// the rule's groups move in this step ([`step`](Self::step) runs on them); `true` by
@@ -328,6 +336,73 @@ impl Reduction {
     pub const MAX_SHARED: usize = 8;
     /// The most partial sums a rule can reduce.
     pub const MAX_SUMS: usize = 4;
+}
+
+/// The sums that [`UpdateRule::reduce`] adds each tensor's terms to, for a rule's
+/// [`Reduction`].
+///
+/// A tensor's terms are summed in blocks of [`BLOCK`](Self::BLOCK) consecutive terms of its
+/// row-major order, in `f64` and in [a fixed order](crate::sum_in_order) within a block;
+/// the blocks' values are then added exactly, and the total handed to
+/// [`UpdateRule::combine`] is their exact sum rounded once to the nearest `f64`. It
+/// therefore depends neither on the order of the tensors nor on the memory layout or the
+/// thread count, nor on cuts at multiples of [`BLOCK`](Self::BLOCK) elements into a
+/// tensor, where a [sharded step](crate::ShardedOptimizer) cuts: each rank's sums add up to
+/// one process's bit for bit.
+///
+/// ```
+/// use ndarray_optim::rule::ReductionSums;
+///
+/// let mut sums = ReductionSums::new();
+/// // 1000 terms of 0.1: four blocks (256, 256, 256, 232 terms), each times 2.
+/// sums.add_blocks(0, 2.0, std::iter::repeat_n(0.1, 1000));
+/// // Three tensors of one term each: their blocks add exactly, where f64 would lose the 1.
+/// for term in [1e16, 1.0, -1e16] {
+///     sums.add_blocks(1, 1.0, [term]);
+/// }
+/// let totals = sums.totals();
+/// assert!((totals[0] - 200.0).abs() < 1e-10);
+/// assert_eq!(totals[1], 1.0);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReductionSums {
+    sums: [SignedSum; Reduction::MAX_SUMS],
+}
+
+impl ReductionSums {
+    /// Terms per block: the block of the [global norm](crate::Clip::GlobalNorm)'s sums and
+    /// of a [sharded](crate::ShardPlan) tensor's cuts.
+    pub const BLOCK: usize = NORM_BLOCK;
+
+    /// [`Reduction::MAX_SUMS`] sums of nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one tensor's `terms`, in its row-major order, to sum `k`: each block of
+    /// [`BLOCK`](Self::BLOCK) terms (the last may be shorter) is summed in order, multiplied
+    /// by `scale` and added exactly. Call it once per tensor and sum, with all of the
+    /// tensor's terms, so that the blocks start at the tensor's first element.
+    ///
+    /// # Panics
+    /// If `k` is not below [`Reduction::MAX_SUMS`].
+    pub fn add_blocks(&mut self, k: usize, scale: f64, terms: impl IntoIterator<Item = f64>) {
+        let sum = &mut self.sums[k];
+        let mut terms = terms.into_iter().peekable();
+        while terms.peek().is_some() {
+            sum.add(scale * sum_in_order(terms.by_ref().take(Self::BLOCK)));
+        }
+    }
+
+    /// The sums so far, each rounded once to the nearest `f64`.
+    pub fn totals(&self) -> [f64; Reduction::MAX_SUMS] {
+        self.sums.map(|sum| sum.total())
+    }
+
+    /// The first `len` sums, to add up across the ranks of a sharded step.
+    pub(crate) fn sums_mut(&mut self, len: usize) -> &mut [SignedSum] {
+        &mut self.sums[..len]
+    }
 }
 
 /// Checks a rule's [`Options`]: the learning rate and the weight decay finite and ≥ 0.

@@ -824,27 +824,36 @@ fn steady_state_lbfgs_steps_do_not_allocate() {
 }
 
 /// A sharded step allocates nothing once its parts' state exists: its pieces are views of
-/// the caller's flat buffers, and the values it exchanges live in a buffer it keeps. (The
-/// all-reduce stands in for one where the other ranks add zeros.)
+/// the caller's flat buffers, and the values it exchanges live in a buffer it keeps, also
+/// the sums of Prodigy's second exchange. (The all-reduce stands in for one where the other
+/// ranks add zeros.)
 #[test]
 fn steady_state_sharded_steps_do_not_allocate() {
-    use ndarray_optim::{AdamW, Clip, NonFinite, ShardPlan, ShardedOptimizer};
+    use ndarray_optim::{AdamW, Clip, NonFinite, Prodigy, ShardPlan, ShardedOptimizer};
 
-    let plan = ShardPlan::new([("w", &[64, 40][..]), ("b", &[40]), ("v", &[900])], 3).unwrap();
-    let mut opt = Optimizer::<AdamW, f32>::new(AdamW::default()).unwrap();
-    opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
-    opt.set_non_finite(NonFinite::Skip);
-    let mut rank = ShardedOptimizer::new(opt, plan.clone(), 0).unwrap();
-    assert_eq!(plan.pieces(0).count(), 3, "rank 0 holds `b`, `v` and part of `w`");
-    let mut params = vec![1.0_f32; plan.load(0)];
-    let grads = vec![0.25_f32; plan.load(0)];
-    rank.step_all(&mut params, &grads, |_| {}).unwrap();
-    let count = allocations(|| {
-        for _ in 0..5 {
-            rank.step_all(&mut params, &grads, |_| {}).unwrap();
-        }
-    });
-    assert_eq!(count, 0, "steady-state sharded steps allocated");
+    /// `rule`'s steps call the all-reduce `exchanges` times each.
+    fn check<R: UpdateRule>(rule: R, exchanges: usize) {
+        let plan = ShardPlan::new([("w", &[64, 40][..]), ("b", &[40]), ("v", &[900])], 3).unwrap();
+        let rule_name = rule.name();
+        let mut opt = Optimizer::<R, f32>::new(rule).unwrap();
+        opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+        opt.set_non_finite(NonFinite::Skip);
+        let mut rank = ShardedOptimizer::new(opt, plan.clone(), 0).unwrap();
+        assert_eq!(plan.pieces(0).count(), 3, "rank 0 holds `b`, `v` and part of `w`");
+        let mut params = vec![1.0_f32; plan.load(0)];
+        let grads = vec![0.25_f32; plan.load(0)];
+        let mut calls = 0;
+        rank.step_all(&mut params, &grads, |_| calls += 1).unwrap();
+        assert_eq!(calls, exchanges, "{rule_name}");
+        let count = allocations(|| {
+            for _ in 0..5 {
+                rank.step_all(&mut params, &grads, |_| {}).unwrap();
+            }
+        });
+        assert_eq!(count, 0, "{rule_name}: steady-state sharded steps allocated");
+    }
+    check(AdamW::default(), 1);
+    check(Prodigy::default(), 2);
 }
 
 #[test]

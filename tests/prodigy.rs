@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use ndarray_optim::checkpoint::{Encoding, ScalarRecord};
-use ndarray_optim::{
-    Adam, Checkpoint, Error, Optimizer, ParamGrad, Prodigy, Rule, ShardPlan, ShardedOptimizer,
-    StepOutcome,
-};
+use ndarray_optim::{Adam, Checkpoint, Error, Optimizer, ParamGrad, Prodigy, Rule, StepOutcome};
 use serde_json::Value;
 
 use crate::reference::{Fixture, assert_covers, assert_matches_v2, bits, load, replay};
@@ -215,7 +212,7 @@ fn bad_shared_scalars_are_refused() {
     assert!(Optimizer::from_checkpoint(Checkpoint { shared: Vec::new(), ..good }).is_ok());
 }
 
-/// A single-tensor step refuses, a sharded optimizer refuses, groups at unequal rates
+/// A single-tensor step refuses, groups at unequal rates
 /// refuse (changing nothing), and hyperparameters out of range are refused.
 #[test]
 fn errors() {
@@ -224,10 +221,6 @@ fn errors() {
     let g = ArrayD::<f64>::ones(IxDyn(&[2]));
     assert_eq!(opt.step("w", &mut w, &g), Err(Error::ReductionNeedsBatch { rule: "prodigy" }));
     assert_eq!(opt.step_count("w"), None);
-
-    let plan = ShardPlan::new([("w", &[2][..])], 1).unwrap();
-    let err = ShardedOptimizer::new(opt.clone(), plan, 0).unwrap_err();
-    assert_eq!(err, Error::ReductionNeedsBatch { rule: "prodigy" });
 
     opt.add_group("head", Prodigy { lr: 0.5, ..Prodigy::default() }).unwrap();
     opt.assign("h", "head").unwrap();

@@ -7,8 +7,8 @@ use ndarray::ArrayD;
 use ndarray_optim::checkpoint::{Encoding, ShardRecord, StoredValues as Stored};
 use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
 use ndarray_optim::{
-    Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan,
-    ShardedOptimizer, StatePrecision, StepOutcome, UpdateRule,
+    Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, Prodigy,
+    ShardPlan, ShardedOptimizer, StatePrecision, StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -214,23 +214,29 @@ impl RuleCheck for EqualToOneProcess {
             assert!(err.to_string().contains("does not update element by element"), "{err}");
             return;
         }
-        let mut single = fresh();
-        let mut expected = flat_params::<A>(&plan(1));
-        let outcomes = train_single(&mut single, &mut expected, 0..6);
-        // Clipped every step, and step 3 skipped at `layer.1.weight`, the fifth by name.
-        assert!(outcomes.iter().all(|o| !matches!(o, StepOutcome::Stepped { grad_norm: None })));
-        assert_eq!(outcomes[3], StepOutcome::Skipped { index: 4 });
-        for world in 1..=4 {
-            let mut ranks: Vec<_> = (0..world)
-                .map(|rank| ShardedOptimizer::new(fresh(), plan(world), rank).unwrap())
-                .collect();
-            let mut params = flat_params::<A>(&plan(world));
-            for rank_outcomes in train_sharded(&mut ranks, &mut params, 0..6) {
-                assert_eq!(rank_outcomes, outcomes, "{rule:?} {} on {world} ranks", A::NAME);
-            }
-            assert_eq!(bits(&params), bits(&expected), "{rule:?} {} on {world} ranks", A::NAME);
-            assert_eq!(merged(&ranks), single.checkpoint(), "{rule:?} {} {world}", A::NAME);
+        equals_one_process(&fresh, &format!("{rule:?} {}", A::NAME));
+    }
+}
+
+/// Trains `fresh()` in one process and on 1 to 4 ranks for 6 steps: the same parameters,
+/// outcomes and (merged) checkpoint, bit for bit.
+fn equals_one_process<R: UpdateRule, A: Element>(fresh: &dyn Fn() -> Optimizer<R, A>, what: &str) {
+    let mut single = fresh();
+    let mut expected = flat_params::<A>(&plan(1));
+    let outcomes = train_single(&mut single, &mut expected, 0..6);
+    // Clipped every step, and step 3 skipped at `layer.1.weight`, the fifth by name.
+    assert!(outcomes.iter().all(|o| !matches!(o, StepOutcome::Stepped { grad_norm: None })));
+    assert_eq!(outcomes[3], StepOutcome::Skipped { index: 4 });
+    for world in 1..=4 {
+        let mut ranks: Vec<_> = (0..world)
+            .map(|rank| ShardedOptimizer::new(fresh(), plan(world), rank).unwrap())
+            .collect();
+        let mut params = flat_params::<A>(&plan(world));
+        for rank_outcomes in train_sharded(&mut ranks, &mut params, 0..6) {
+            assert_eq!(rank_outcomes, outcomes, "{what} on {world} ranks");
         }
+        assert_eq!(bits(&params), bits(&expected), "{what} on {world} ranks");
+        assert_eq!(merged(&ranks), single.checkpoint(), "{what} on {world} ranks");
     }
 }
 
@@ -271,27 +277,67 @@ impl RuleCheck for AcrossWorldSizes {
             return;
         }
         let fresh = || setup_in::<R, A>(&rule, self.0).unwrap();
-        let mut single = fresh();
-        let mut expected = flat_params::<A>(&plan(1));
-        train_single(&mut single, &mut expected, 0..12);
-        // 4 ranks for 5 steps, save, resume on 2 ranks for 4, save, resume on 1 for 3.
-        let mut params = flat_params::<A>(&plan(1));
-        let mut four = shards_of(fresh().checkpoint(), 4);
-        train_sharded(&mut four, &mut params, 0..5);
-        let saved: Vec<_> =
-            four.iter().map(|rank| serde_json::to_string(rank.optimizer()).unwrap()).collect();
-        let loaded = saved
-            .iter()
-            .map(|json| serde_json::from_str::<Optimizer<R, A>>(json).unwrap().checkpoint())
-            .collect();
-        let mut two = shards_of(merge(loaded, &plan(4)).unwrap(), 2);
-        train_sharded(&mut two, &mut params, 5..9);
-        let mut one = shards_of(merged(&two), 1);
-        train_sharded(&mut one, &mut params, 9..12);
-
-        assert_eq!(bits(&params), bits(&expected), "{rule:?} {}", A::NAME);
-        assert_eq!(merged(&one), single.checkpoint(), "{rule:?} {}", A::NAME);
+        resumes_across_world_sizes(&fresh, &format!("{rule:?} {}", A::NAME));
     }
+}
+
+/// Trains `fresh()` in one process for 12 steps, and on 4 ranks for 5, saved and resumed
+/// on 2 for 4, saved and resumed on 1 for 3: the same parameters and checkpoint.
+fn resumes_across_world_sizes<R, A>(fresh: &dyn Fn() -> Optimizer<R, A>, what: &str)
+where
+    R: UpdateRule + Serialize + DeserializeOwned,
+    A: Element + Serialize + DeserializeOwned,
+{
+    let mut single = fresh();
+    let mut expected = flat_params::<A>(&plan(1));
+    train_single(&mut single, &mut expected, 0..12);
+    let mut params = flat_params::<A>(&plan(1));
+    let mut four = shards_of(fresh().checkpoint(), 4);
+    train_sharded(&mut four, &mut params, 0..5);
+    let saved: Vec<_> =
+        four.iter().map(|rank| serde_json::to_string(rank.optimizer()).unwrap()).collect();
+    let loaded = saved
+        .iter()
+        .map(|json| serde_json::from_str::<Optimizer<R, A>>(json).unwrap().checkpoint())
+        .collect();
+    let mut two = shards_of(merge(loaded, &plan(4)).unwrap(), 2);
+    train_sharded(&mut two, &mut params, 5..9);
+    let mut one = shards_of(merged(&two), 1);
+    train_sharded(&mut one, &mut params, 9..12);
+
+    assert_eq!(bits(&params), bits(&expected), "{what}");
+    assert_eq!(merged(&one), single.checkpoint(), "{what}");
+}
+
+/// Prodigy's step size comes from sums over every tensor: each rank sums its parts in the
+/// blocks a whole tensor would use, and the ranks' exact sums add up to one process's, so
+/// the estimate, and with it every parameter, is the same bits on any number of ranks.
+/// Its groups must share the rate, so the second group differs in weight decay.
+#[test]
+fn sharded_prodigy_equals_one_process() {
+    fn check<A: Element + Serialize + DeserializeOwned>() {
+        let fresh = || {
+            let rule = Prodigy { use_bias_correction: true, d_coef: 100.0, ..Prodigy::default() };
+            let mut opt = Optimizer::<Prodigy, A>::new(rule).unwrap();
+            opt.add_group("decayed", Prodigy { weight_decay: 0.1, ..rule }).unwrap();
+            for (name, _) in TENSORS.iter().filter(|(name, _)| name.ends_with("weight")) {
+                opt.assign(name, "decayed").unwrap();
+            }
+            opt.set_clip(Some(Clip::GlobalNorm { max_norm: 5.0 })).unwrap();
+            opt.set_non_finite(NonFinite::Skip);
+            opt
+        };
+        equals_one_process(&fresh, &format!("prodigy {}", A::NAME));
+        resumes_across_world_sizes(&fresh, &format!("prodigy {}", A::NAME));
+        // The estimate grows from d0 within three steps (with `d_coef` 100), so the sums
+        // steer the parameters compared above.
+        let mut opt = fresh();
+        train_single(&mut opt, &mut flat_params::<A>(&plan(1)), 0..3);
+        let d = &opt.checkpoint().shared[0];
+        assert!(d.name == "d" && d.value > 1e-5, "{d:?}");
+    }
+    check::<f32>();
+    check::<f64>();
 }
 
 #[test]

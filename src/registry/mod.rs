@@ -7,7 +7,7 @@ use crate::compact::{Compact, QuantMap, StatePrecision};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{self, GradTransform, Shared, Stage, TensorStep};
-use crate::rule::{UpdateRule, check_options};
+use crate::rule::{ReductionSums, UpdateRule, check_options};
 use crate::rules::schedule_free::{Mode, wrong_mode};
 use crate::slots::Slots;
 
@@ -116,7 +116,7 @@ impl<R: UpdateRule> ParamGroup<R> {
     }
 
     /// The first pass of a step of a rule with a reduction over one of the group's tensors,
-    /// as [`step`](Self::step) sets it up: writes the tensor's partial sums into `sums`.
+    /// as [`step`](Self::step) sets it up: adds the tensor's terms to `sums`.
     pub(crate) fn reduce<A: Element>(
         &self,
         param: ArrayViewMut<'_, A, IxDyn>,
@@ -124,7 +124,7 @@ impl<R: UpdateRule> ParamGroup<R> {
         tensor: &mut TensorState<A>,
         transform: GradTransform<A>,
         shared: Shared<'_>,
-        sums: &mut [f64],
+        sums: &mut ReductionSums,
     ) {
         self.hyper.reduce(self.tensor_step(param, grad, tensor, transform, shared), sums);
     }

@@ -3,7 +3,7 @@
 use crate::element::Element;
 use crate::error::Result;
 use crate::kernel::TensorStep;
-use crate::rule::{Options, Reduction, UpdateRule};
+use crate::rule::{Options, Reduction, ReductionSums, UpdateRule};
 use crate::rules::{
     Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lion, Momentum, Muon, NAdam,
     Nesterov, Prodigy, RAdam, RmsProp, Rprop, ScheduleFreeAdamW, ScheduleFreeSgd, Sgd,
@@ -182,7 +182,7 @@ macro_rules! rules {
                 }
             }
 
-            fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut [f64]) {
+            fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut ReductionSums) {
                 match self {
                     $(Rule::$variant(rule) => rule.reduce(tensor, sums),)*
                 }

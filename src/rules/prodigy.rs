@@ -2,10 +2,10 @@ use ndarray::{ArrayView, ArrayViewMut, IxDyn, Zip};
 
 use crate::element::Element;
 use crate::error::Result;
-use crate::kernel::{Split, Stage, TensorStep, sum_in_order};
+use crate::kernel::{Split, Stage, TensorStep};
 use crate::rule::{
-    Options, Reduction, UpdateRule, WeightDecay, check_decay, check_non_negative, check_positive,
-    check_unit,
+    Options, Reduction, ReductionSums, UpdateRule, WeightDecay, check_decay, check_non_negative,
+    check_positive, check_unit,
 };
 
 /// Prodigy (Mishchenko & Defazio 2024): Adam whose step size `$d$` estimates the distance
@@ -47,9 +47,10 @@ use crate::rule::{
 /// [`Optimizer::step_model`] (and [`MultiSteps`](crate::MultiSteps)); a single-tensor
 /// [`Optimizer::step`] refuses with [`Error::ReductionNeedsBatch`](crate::Error::ReductionNeedsBatch).
 /// Tensors of frozen groups are left out, as prodigyopt leaves out tensors without
-/// gradients. The sums over elements are in `f64`, in logical order
-/// ([`sum_in_order`]), added tensor after tensor in batch order, so they do not depend on
-/// memory layout or thread count. The shared scalars `d`, `d_max`, `d_numerator` (`$r$`) and
+/// gradients. The sums over elements are in `f64`, in blocks of 256 in logical order,
+/// added exactly ([`ReductionSums`]), so they do not depend on the order of the tensors,
+/// memory layout or thread count, and a [sharded step](crate::ShardedOptimizer) gives one
+/// process's bits on any number of ranks. The shared scalars `d`, `d_max`, `d_numerator` (`$r$`) and
 /// `k` are the optimizer's, kept in `f64` and checkpointed by name.
 ///
 /// Groups: as in prodigyopt, `$d$` and its update use the first Prodigy group's settings,
@@ -295,7 +296,7 @@ impl UpdateRule for Prodigy {
         }
     }
 
-    fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut [f64]) {
+    fn reduce<A: Element>(&self, tensor: TensorStep<'_, A>, sums: &mut ReductionSums) {
         let shared = tensor.shared();
         let (d, first_step, moves) = (shared[0], tensor.step() == 1, tensor.lr() > 0.0);
         let dlr = self.dlr(shared, tensor.reduction_lr());
@@ -315,13 +316,12 @@ impl UpdateRule for Prodigy {
         }
         let grad_of = self.grad(stage);
         // prodigyopt: `(d / d0) * dlr * dot(g, p0 - p)`, the dot product in f64 here.
-        let dot = sum_in_order(
-            grad.iter()
-                .zip(&param)
-                .zip(&p0)
-                .map(|((&g, &p), &p0)| grad_of(g, p).into_f64() * (p0 - p).into_f64()),
-        );
-        sums[0] = (d / self.d0) * dlr * dot;
+        let dot = grad
+            .iter()
+            .zip(&param)
+            .zip(&p0)
+            .map(|((&g, &p), &p0)| grad_of(g, p).into_f64() * (p0 - p).into_f64());
+        sums.add_blocks(0, (d / self.d0) * dlr, dot);
         if let Some(mut m) = exp_avg {
             let (beta1, weight) = (A::from_f64(self.beta1), A::from_f64(d * (1.0 - self.beta1)));
             Zip::from(&mut m).and(&grad).and(&param).for_each(|m, &g, &p| {
@@ -340,7 +340,7 @@ impl UpdateRule for Prodigy {
             *v = *v * beta2 + weight * g * g;
             *s = *s * beta3 + s_weight * g;
         });
-        sums[1] = sum_in_order(s.iter().map(|&s| s.abs().into_f64()));
+        sums.add_blocks(1, 1.0, s.iter().map(|&s| s.abs().into_f64()));
     }
 
     // `d_denom` > 0 needs a group at a rate > 0, so the largest rate is > 0 here, as

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::invalid;
 use super::plan::ShardPlan;
+use super::{cuts_exactly, invalid};
 use crate::checkpoint::{
     BufferRecord, Checkpoint, GroupRecord, ShardRecord, StateRecord, StoredValues, TensorRecord,
 };
@@ -242,7 +242,8 @@ fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> 
 /// # Errors
 /// [`Error::InvalidSharding`](crate::Error::InvalidSharding) if the checkpoint has state of a
 /// tensor the plan does not list, of another size than the plan's, or of a group whose rule
-/// does not update [element by element](UpdateRule::elementwise) (its state cannot be cut;
+/// does not update [element by element](UpdateRule::elementwise) and has no
+/// [reduction](UpdateRule::reduction) (its state cannot be cut;
 /// low-precision state is cut as full-precision state is, 8-bit codes with their blocks'
 /// scales), and for a checkpoint that is one rank's share ([`Checkpoint::shard`]) rather
 /// than one of whole tensors.
@@ -324,7 +325,7 @@ fn cut<R: UpdateRule, A: Clone>(
     plan: &ShardPlan,
 ) -> Result<Vec<(usize, TensorRecord<A>)>> {
     let name = &tensor.name;
-    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && !g.hyper.elementwise()) {
+    if let Some(group) = groups.iter().find(|g| g.name == tensor.group && !cuts_exactly(&g.hyper)) {
         return Err(invalid(format!(
             "tensor `{name}` is in group `{}`, whose rule `{}` does not update element by \
              element: its state cannot be cut between ranks",

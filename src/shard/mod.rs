@@ -29,6 +29,12 @@
 //! decided by the size of the whole tensor: a rank's part of a large tensor keeps 8 bits
 //! however small the part, as it would in one process.
 //!
+//! A rule with a [reduction](crate::UpdateRule::reduction) over every tensor
+//! ([`Prodigy`](crate::Prodigy)) sums each tensor's terms in blocks of
+//! [`ReductionSums::BLOCK`](crate::rule::ReductionSums::BLOCK) elements, on whose boundaries
+//! the cuts fall too, and adds the blocks' values exactly; the ranks add up their sums in a
+//! second all-reduce, so its estimate, and every step after it, is one process's too.
+//!
 //! The crate does no communication itself: bring your own (MPI, sockets, threads); the
 //! `data_parallel` example does it over MPI, with a reduce-scatter of the gradients and an
 //! all-gather of the parameters.
@@ -44,6 +50,15 @@ pub use plan::{Piece, PlannedTensor, SHARD_BLOCK, ShardPlan};
 pub use sharded::ShardedOptimizer;
 
 use crate::error::Error;
+use crate::rule::UpdateRule;
+
+/// Whether a part of a tensor is stepped, and its state cut, as the part of the whole
+/// tensor: a rule that updates element by element, or one whose elementwise steps need a
+/// reduction over every tensor, whose terms are added in blocks that the cuts respect
+/// ([`UpdateRule::reduction`]).
+fn cuts_exactly<R: UpdateRule>(rule: &R) -> bool {
+    rule.elementwise() || rule.reduction().is_some()
+}
 
 fn invalid(reason: String) -> Error {
     Error::InvalidSharding { reason }

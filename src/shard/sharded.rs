@@ -3,16 +3,16 @@
 use ndarray::{ArrayView1, ArrayViewMut1};
 
 use super::checkpoints::{share, share_of};
-use super::invalid;
 use super::plan::ShardPlan;
+use super::{cuts_exactly, invalid};
 use crate::clip::Clip;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::exact_sum::PARTS;
+use crate::exact_sum::{PARTS, SignedSum};
 use crate::guard::{NonFinite, StepOutcome};
 use crate::model::{Prefix, VisitPair};
-use crate::optimizer::{BatchCheck, Optimizer};
-use crate::rule::UpdateRule;
+use crate::optimizer::{BatchCheck, Exchange, Optimizer};
+use crate::rule::{Reduction, UpdateRule};
 
 /// The values a sharded step adds up across ranks, after the ranks' first non-finite tensors.
 mod slot {
@@ -85,12 +85,10 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, `optimizer` holds
     ///   another rank's share or one cut under a plan of another world size (see
     ///   [`Checkpoint::shard`](crate::Checkpoint::shard)), a group's rule does
-    ///   not update [element by element](UpdateRule::elementwise), the optimizer clips each
-    ///   tensor by its own norm, or it has state of a tensor the plan does not list or of
-    ///   another size;
-    /// - [`Error::ReductionNeedsBatch`] if a group's rule has a
-    ///   [reduction](UpdateRule::reduction) over every tensor of a step (such as
-    ///   [`Prodigy`](crate::Prodigy)), which sharded steps cannot compute yet.
+    ///   not update [element by element](UpdateRule::elementwise) and has no
+    ///   [reduction](UpdateRule::reduction) (Lamb, Muon and Adafactor look at whole
+    ///   tensors; Prodigy is sharded), the optimizer clips each tensor by its own norm, or it
+    ///   has state of a tensor the plan does not list or of another size.
     pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
         if rank >= plan.world() {
             return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
@@ -112,7 +110,8 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
             (piece.name, tensor.range.len())
         });
         optimizer.registry.set_whole_numels(whole);
-        let exchanged = vec![0.0; slot::SQUARES + PARTS + plan.world()];
+        let sums = 2 * PARTS * Reduction::MAX_SUMS;
+        let exchanged = vec![0.0; check_len(&plan).max(sums)];
         Ok(ShardedOptimizer { optimizer, plan, rank, exchanged })
     }
 
@@ -126,13 +125,21 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// every tensor, the same outcome (a skip reports the position of the first non-finite
     /// tensor in the plan's order). Parts of frozen groups are left alone.
     ///
-    /// `all_reduce` is called exactly once per call, on every rank, with a slice of
-    /// `$73 + N$` values for `$N$` ranks: it must replace each value by its sum over all ranks,
-    /// as MPI's `MPI_Allreduce` with `MPI_SUM` does in place. The sums are exact in any
-    /// order (the values are small integers and the exact sum of squares' digits), so any
-    /// reduction algorithm gives every rank the same bits. The call comes before any change,
-    /// so that a failure on one rank fails the step on every rank: when `step_all` returns an
-    /// error, no rank has changed anything.
+    /// `all_reduce` is called once per call, on every rank, with a slice of `$73 + N$`
+    /// values for `$N$` ranks: it must replace each value by its sum over all ranks, as MPI's
+    /// `MPI_Allreduce` with `MPI_SUM` does in place. The sums are exact in any order (the
+    /// values are small integers and the exact sum of squares' digits), so any reduction
+    /// algorithm gives every rank the same bits. The call comes before any change, so that
+    /// a failure on one rank fails the step on every rank: when `step_all` returns an error,
+    /// no rank has changed anything.
+    ///
+    /// When a group's rule has a [reduction](UpdateRule::reduction) over every tensor
+    /// ([`Prodigy`](crate::Prodigy)'s estimate of its step size), a step that goes ahead
+    /// calls `all_reduce` a second time, on every rank alike, between the reduction's first
+    /// pass and its combination, with `$140 k$` values for the rule's `$k$` sums (280 for
+    /// Prodigy): the exact digits of each rank's sums ([`ReductionSums`](crate::rule::ReductionSums)),
+    /// whose sums over the ranks are the whole model's, again in any order. prodigyopt's
+    /// `fsdp_in_use` all-reduces its two sums the same way, rounded.
     ///
     /// # Errors
     /// - [`Error::InvalidSharding`] if `params` or `grads` is not of the rank's
@@ -149,7 +156,14 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     ) -> Result<StepOutcome> {
         let ShardedOptimizer { optimizer, plan, rank, exchanged } = self;
         let (plan, rank) = (&*plan, *rank);
-        let mut did_exchange = false;
+        let mut exchange = RankExchange {
+            values: exchanged,
+            plan,
+            rank,
+            policy: optimizer.non_finite(),
+            all_reduce: &mut all_reduce,
+            checked: false,
+        };
         let outcome = self::check_lengths(plan, rank, params.len(), grads.len())
             .and_then(|()| shardable(optimizer))
             .and_then(|()| {
@@ -161,18 +175,10 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
                     }
                     Ok(())
                 };
-                let policy = optimizer.non_finite();
-                let mut exchange = |check: &mut BatchCheck| {
-                    did_exchange = true;
-                    exchange(check, exchanged, plan, rank, policy, &mut all_reduce)
-                };
                 optimizer.step_exchanging(&mut zip, "shard", &mut exchange)
             });
-        if outcome.is_err() && !did_exchange {
-            // The other ranks wait in the exchange: tell them this step failed.
-            exchanged.fill(0.0);
-            exchanged[slot::FAILED] = 1.0;
-            all_reduce(exchanged);
+        if outcome.is_err() && !exchange.checked {
+            exchange.fail();
         }
         outcome
     }
@@ -200,14 +206,11 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     }
 }
 
-/// Refuses what a sharded step cannot do: rules that look at whole tensors or at every
-/// tensor, and a clip by each tensor's own norm.
+/// Refuses what a sharded step cannot do: rules that look at whole tensors, and a clip by
+/// each tensor's own norm.
 fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<()> {
     for group in optimizer.groups() {
-        if group.hyper.reduction().is_some() {
-            return Err(Error::ReductionNeedsBatch { rule: group.hyper.name() });
-        }
-        if !group.hyper.elementwise() {
+        if !cuts_exactly(&group.hyper) {
             return Err(invalid(format!(
                 "group `{}` has rule `{}`, which does not update element by element: a shard \
                  cannot step part of a tensor with it",
@@ -237,9 +240,61 @@ fn check_lengths(plan: &ShardPlan, rank: usize, params: usize, grads: usize) -> 
     Ok(())
 }
 
+/// A rank's side of the exchanges of one step, through the caller's all-reduce.
+struct RankExchange<'a, F> {
+    /// Room for the largest exchange.
+    values: &'a mut [f64],
+    plan: &'a ShardPlan,
+    rank: usize,
+    policy: NonFinite,
+    all_reduce: &'a mut F,
+    /// Whether the first exchange took place.
+    checked: bool,
+}
+
+impl<F: FnMut(&mut [f64])> RankExchange<'_, F> {
+    /// Tells the other ranks, waiting in the first exchange, that this rank's step failed.
+    fn fail(&mut self) {
+        let values = &mut self.values[..check_len(self.plan)];
+        values.fill(0.0);
+        values[slot::FAILED] = 1.0;
+        (self.all_reduce)(values);
+    }
+}
+
+impl<F: FnMut(&mut [f64])> Exchange for RankExchange<'_, F> {
+    fn check(&mut self, check: &mut BatchCheck) -> Result<()> {
+        self.checked = true;
+        let (plan, rank, policy) = (self.plan, self.rank, self.policy);
+        let values = &mut self.values[..check_len(plan)];
+        exchange_check(check, values, plan, rank, policy, &mut *self.all_reduce)
+    }
+
+    /// Each sum's two sides' exact parts, summed over the ranks: what the whole model's
+    /// first pass would have found, bit for bit.
+    fn sums(&mut self, sums: &mut [SignedSum]) {
+        let values = &mut self.values[..2 * PARTS * sums.len()];
+        let sides = sums.iter_mut().flat_map(SignedSum::parts_mut);
+        for (chunk, parts) in values.chunks_exact_mut(PARTS).zip(sides) {
+            chunk.copy_from_slice(parts);
+        }
+        (self.all_reduce)(values);
+        let sides = sums.iter_mut().flat_map(SignedSum::parts_mut);
+        for (chunk, parts) in values.chunks_exact(PARTS).zip(sides) {
+            parts.copy_from_slice(chunk);
+        }
+    }
+}
+
+/// The number of values of the first exchange: the slots, the squares' parts and one per
+/// rank.
+fn check_len(plan: &ShardPlan) -> usize {
+    slot::SQUARES + PARTS + plan.world()
+}
+
 /// Adds up what every rank's first pass found, and leaves in `check` what the whole model's
 /// first pass would have found.
-fn exchange(
+fn exchange_check(
     check: &mut BatchCheck,
     values: &mut [f64],
     plan: &ShardPlan,
