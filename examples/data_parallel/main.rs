@@ -35,7 +35,7 @@ use std::time::Instant;
 use mpi::traits::*;
 use ndarray::Array2;
 use ndarray_optim::{
-    Adam, Clip, Momentum, NonFinite, Optimizer, ShardPlan, ShardedOptimizer, StepOutcome,
+    Adam, Clip, Momentum, NonFinite, Optimizer, Prodigy, ShardPlan, ShardedOptimizer, StepOutcome,
     UpdateRule,
 };
 use serde::Serialize;
@@ -51,7 +51,9 @@ const HELP: &str = "Data-parallel training over MPI with ZeRO-2 sharded optimize
 Usage: mpirun -np N data_parallel [OPTIONS]
 
 Options:
-  --rule adam|momentum   the update rule [default: adam]
+  --rule adam|momentum|prodigy
+                         the update rule; the biases are a group of their own, at twice
+                         the rate (Prodigy: at its one rate, with weight decay) [default: adam]
   --steps N              training steps [default: 50; with --bench, timed steps: 10]
   --exact                average the gradients the same way on any world size (12x traffic)
   --clip MAX_NORM        clip by the global norm of the whole model's gradient; implies
@@ -171,8 +173,10 @@ fn bytes(bytes: f64) -> String {
     if bytes < 1e6 { format!("{bytes:.0} B") } else { format!("{:.3} MB", bytes / 1e6) }
 }
 
+/// Trains with `rule`, and `bias_rule` for the biases' group.
 fn run<R>(
     rule: R,
+    bias_rule: R,
     options: &Options,
     world: &mpi::topology::SimpleCommunicator,
 ) -> Result<(), String>
@@ -189,9 +193,7 @@ where
     let (mut optimizer, params) = match &options.resume_dir {
         Some(dir) => checkpoints::resume::<R>(dir, &plan)?,
         None => {
-            let mut optimizer = Optimizer::new(rule.clone()).map_err(|e| e.to_string())?;
-            let mut bias_rule = rule;
-            *bias_rule.lr_mut() *= 2.0;
+            let mut optimizer = Optimizer::new(rule).map_err(|e| e.to_string())?;
             optimizer.add_group("biases", bias_rule).map_err(|e| e.to_string())?;
             for (name, _) in tensors.iter().filter(|(name, _)| name.ends_with("bias")) {
                 optimizer.assign(name, "biases").map_err(|e| e.to_string())?;
@@ -356,11 +358,19 @@ fn main() -> ExitCode {
             return Ok(());
         }
         match options.rule.as_str() {
-            "adam" => run(Adam { lr: 0.01, ..Adam::default() }, &options, &world),
-            "momentum" => {
-                run(Momentum { lr: 0.05, momentum: 0.9, ..Momentum::default() }, &options, &world)
+            "adam" => {
+                let rule = |lr| Adam { lr, ..Adam::default() };
+                run(rule(0.01), rule(0.02), &options, &world)
             }
-            other => Err(format!("unknown rule {other} (adam or momentum)")),
+            "momentum" => {
+                let rule = |lr| Momentum { lr, momentum: 0.9, ..Momentum::default() };
+                run(rule(0.05), rule(0.1), &options, &world)
+            }
+            "prodigy" => {
+                let rule = |weight_decay| Prodigy { weight_decay, ..Prodigy::default() };
+                run(rule(0.0), rule(0.01), &options, &world)
+            }
+            other => Err(format!("unknown rule {other} (adam, momentum or prodigy)")),
         }
     });
     match result {
