@@ -565,6 +565,67 @@ fn plan_errors() {
 }
 
 /// A step that fails on one rank fails on every rank, and changes nothing anywhere.
+/// One step of every rank on its own thread from the flat parameters `before`, rank
+/// `short` given one gradient too few; every rank's result and parameters.
+fn step_on_threads<R: UpdateRule>(
+    ranks: &mut [ShardedOptimizer<R, f64>],
+    before: &[f64],
+    short: Option<usize>,
+) -> Vec<(Result<StepOutcome, Error>, Vec<f64>)> {
+    let world = ranks.len();
+    let collective = Collective::new(world);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks
+            .iter_mut()
+            .map(|sharded| {
+                let collective = &collective;
+                let plan = plan(world);
+                let mut shard = before[plan.shard(sharded.rank())].to_vec();
+                let grads = flat_grads::<f64>(&plan, 2);
+                scope.spawn(move || {
+                    let range = plan.shard(sharded.rank());
+                    let end = range.end - usize::from(short == Some(sharded.rank()));
+                    let result = sharded.step_all(&mut shard, &grads[range.start..end], |v| {
+                        collective.all_reduce(v)
+                    });
+                    (result, shard)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A setting that Prodigy refuses only after the first exchange in one process (groups at
+/// other rates) is refused before it in a sharded step: the other ranks learn of it there,
+/// rather than waiting in the second exchange for a rank that has left.
+#[test]
+fn a_reduction_refused_on_one_rank_fails_every_rank() {
+    let setup = || {
+        let mut opt = Optimizer::<Prodigy, f64>::new(Prodigy::default()).unwrap();
+        opt.add_group("decayed", Prodigy { weight_decay: 0.1, ..Prodigy::default() }).unwrap();
+        opt.assign("embed", "decayed").unwrap();
+        opt
+    };
+    let mut ranks: Vec<_> =
+        (0..3).map(|rank| ShardedOptimizer::new(setup(), plan(3), rank).unwrap()).collect();
+    let mut params = flat_params::<f64>(&plan(3));
+    train_sharded(&mut ranks, &mut params, 0..2);
+    let (before, states) = (params.clone(), merged(&ranks));
+    ranks[2].optimizer_mut().set_lr("decayed", 0.5).unwrap();
+    let results = step_on_threads(&mut ranks, &before, None);
+    for (rank, (result, shard)) in results.into_iter().enumerate() {
+        let err = result.unwrap_err();
+        match rank {
+            2 => assert!(matches!(err, Error::UnequalGroupLr { .. }), "{err}"),
+            _ => assert_eq!(err, Error::OtherRanksFailed { ranks: 1 }),
+        }
+        assert_eq!(bits(&shard), bits(&before[plan(3).shard(rank)]));
+    }
+    ranks[2].optimizer_mut().set_lr("decayed", 1.0).unwrap();
+    assert_eq!(merged(&ranks), states);
+}
+
 #[test]
 fn a_failure_on_one_rank_fails_every_rank_and_changes_nothing() {
     let mut ranks: Vec<_> = (0..3)
@@ -575,28 +636,8 @@ fn a_failure_on_one_rank_fails_every_rank_and_changes_nothing() {
     let mut params = flat_params::<f64>(&plan(3));
     train_sharded(&mut ranks, &mut params, 0..2);
     let (before, states) = (params.clone(), merged(&ranks));
-    let collective = Collective::new(3);
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ranks
-            .iter_mut()
-            .map(|sharded| {
-                let collective = &collective;
-                let plan = plan(3);
-                let mut shard = before[plan.shard(sharded.rank())].to_vec();
-                let grads = flat_grads::<f64>(&plan, 2);
-                scope.spawn(move || {
-                    let range = plan.shard(sharded.rank());
-                    // Rank 1 passes one gradient too few.
-                    let end = range.end - usize::from(sharded.rank() == 1);
-                    let result = sharded.step_all(&mut shard, &grads[range.start..end], |v| {
-                        collective.all_reduce(v)
-                    });
-                    (result, shard)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    // Rank 1 passes one gradient too few.
+    let results = step_on_threads(&mut ranks, &before, Some(1));
     for (rank, (result, shard)) in results.into_iter().enumerate() {
         let err = result.unwrap_err();
         match rank {

@@ -88,7 +88,9 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     ///   not update [element by element](UpdateRule::elementwise) and has no
     ///   [reduction](UpdateRule::reduction) (Lamb, Muon and Adafactor look at whole
     ///   tensors; Prodigy is sharded), the optimizer clips each tensor by its own norm, or it
-    ///   has state of a tensor the plan does not list or of another size.
+    ///   has state of a tensor the plan does not list or of another size;
+    /// - [`Error::UnequalGroupLr`] or [`Error::ReductionSettingDiffers`] if the groups of a
+    ///   rule with a reduction would be refused by [`Optimizer::step_all`].
     pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
         if rank >= plan.world() {
             return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
@@ -207,8 +209,11 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
 }
 
 /// Refuses what a sharded step cannot do: rules that look at whole tensors, and a clip by
-/// each tensor's own norm.
+/// each tensor's own norm. Also refuses here, before the first exchange, what would refuse
+/// a reduction after it (groups at other rates, settings that differ), so that the other
+/// ranks learn of it in that exchange instead of waiting in the reduction's.
 fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<()> {
+    optimizer.registry.reduction()?;
     for group in optimizer.groups() {
         if !cuts_exactly(&group.hyper) {
             return Err(invalid(format!(
