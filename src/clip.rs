@@ -29,7 +29,9 @@ const NORM_EPS: f64 = 1e-6;
 /// gradient in place by it; the norm itself is accumulated in `f64`, and the global norm's
 /// sum of squares is exact but for its final rounding (squares added in `f64` in blocks of
 /// 256 elements, the blocks' sums added exactly), so it is the same in any order of the
-/// tensors and over any [sharding](crate::shard) of them. A coefficient of 1 (the
+/// tensors and over any [sharding](crate::shard) of them. With `Norm`, the norm a batch step
+/// reports ([`StepOutcome`](crate::StepOutcome)) is `$\sqrt{\sum_i \lVert G_i \rVert_2^2}$` of
+/// the tensors' own norms, their squares likewise added exactly. A coefficient of 1 (the
 /// norm is within bounds) leaves the gradient untouched. A NaN or infinite gradient makes the
 /// norm non-finite and, as in PyTorch, the whole step's gradients NaN or zero: combine with
 /// [`NonFinite`](crate::NonFinite) to refuse or skip such steps instead.

@@ -140,7 +140,11 @@ pub(crate) struct BatchCheck {
     pub(crate) frozen: usize,
     /// The sum of the squares of the gradients, when clipping by global norm: exact, so
     /// that neither the batch's order nor a sharded step's cuts change a bit of the norm.
+    /// When clipping each tensor by its own norm, for a model in parts
+    /// ([`Exchange::in_parts`]), the sum of the squares of those norms.
     pub(crate) squares: ExactSum,
+    /// Whether the squares of each tensor's own norm are summed in this pass.
+    tensor_norms: bool,
 }
 
 /// What the parts of a sharded model exchange between the passes of a step, so that each
@@ -154,6 +158,10 @@ pub(crate) trait Exchange {
     /// After the reduction's first pass, before its combination: may replace the sums with
     /// their sums over every part.
     fn sums(&mut self, sums: &mut [SignedSum]);
+
+    /// Whether the model is in parts, so that a clip of each tensor by its own norm sums
+    /// the norms in the first pass, where their sum can be exchanged for the outcome.
+    fn in_parts(&self) -> bool;
 }
 
 /// A whole model: nothing to exchange.
@@ -165,9 +173,17 @@ impl Exchange for Whole {
     }
 
     fn sums(&mut self, _: &mut [SignedSum]) {}
+
+    fn in_parts(&self) -> bool {
+        false
+    }
 }
 
 /// A batch after its first pass.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per step, on the stack: boxing the exact sum would allocate in every step"
+)]
 enum Checked<A> {
     /// Nothing is stepped: a non-finite gradient skips the step, or every tensor is frozen.
     Skip(StepOutcome),
@@ -206,8 +222,11 @@ struct BatchClip<A> {
     /// The transform of every gradient and the norm of them all (frozen tensors left out),
     /// when clipping by global norm.
     global: Option<(GradTransform<A>, f64)>,
-    /// The sum of the squared norms of each tensor's own clip, in batch order.
-    squares: f64,
+    /// The sum of the squared norms of each tensor's own clip: exact, so that it does not
+    /// depend on the batch's order nor on a sharded step's parts.
+    squares: ExactSum,
+    /// Whether the first pass summed them already.
+    summed: bool,
 }
 
 impl<A> BatchClip<A> {
@@ -215,7 +234,7 @@ impl<A> BatchClip<A> {
     fn outcome(&self, clip: Option<Clip>) -> StepOutcome {
         let grad_norm = match clip {
             Some(Clip::GlobalNorm { .. }) => self.global.as_ref().map(|&(_, norm)| norm),
-            Some(Clip::Norm { .. }) => Some(self.squares.sqrt()),
+            Some(Clip::Norm { .. }) => Some(self.squares.total().sqrt()),
             _ => None,
         };
         StepOutcome::Stepped { grad_norm }
@@ -637,6 +656,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
         exchange: &mut dyn Exchange,
     ) -> Result<StepOutcome> {
         let mut check = self.start_batch(in_what);
+        check.tensor_norms = exchange.in_parts();
         zip(prefix, &mut |name, param, grad| {
             self.check_entry(&mut check, name, param.shape(), &grad, None).map(drop)
         })?;
@@ -695,6 +715,7 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             non_finite: None,
             frozen: 0,
             squares: ExactSum::default(),
+            tensor_norms: false,
         }
     }
 
@@ -717,8 +738,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             // A refusal waits until every tensor is checked: the batch's errors come first.
             batch.non_finite =
                 self.guard(batch.index, name, grad).transpose().map(|found| (batch.index, found));
-            if batch.non_finite.is_none() && matches!(self.clip, Some(Clip::GlobalNorm { .. })) {
-                match flat {
+            match self.clip {
+                _ if batch.non_finite.is_some() => {}
+                Some(Clip::GlobalNorm { .. }) => match flat {
                     // The squares are summed in blocks that start at each tensor, so a flat
                     // block's must be too for its norm to be its tensors' to the last bit.
                     Some(tensors) => tensors.iter().for_each(|tensor| {
@@ -726,7 +748,12 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
                         clip::add_squares(&mut batch.squares, &part);
                     }),
                     None => clip::add_squares(&mut batch.squares, grad),
+                },
+                Some(Clip::Norm { .. }) if batch.tensor_norms => {
+                    let norm = clip::l2_norm(grad);
+                    batch.squares.add(norm * norm);
                 }
+                _ => {}
             }
         }
         batch.index += 1;
@@ -775,7 +802,11 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             }
             _ => None,
         };
-        Ok(Checked::Step(BatchClip { global, squares: 0.0 }, reduction))
+        let (squares, summed) = match self.clip {
+            Some(Clip::Norm { .. }) if batch.tensor_norms => (batch.squares, true),
+            _ => (ExactSum::default(), false),
+        };
+        Ok(Checked::Step(BatchClip { global, squares, summed }, reduction))
     }
 
     /// The clip's transform of the gradient of the next tensor of a batch.
@@ -788,7 +819,9 @@ impl<R: UpdateRule, A: Element> Optimizer<R, A> {
             Some((transform, _)) => transform,
             None => {
                 let (transform, norm) = self.tensor_transform(grad);
-                clip.squares += norm.map_or(0.0, |norm| norm * norm);
+                if let (Some(norm), false) = (norm, clip.summed) {
+                    clip.squares.add(norm * norm);
+                }
                 transform
             }
         }

@@ -163,7 +163,9 @@ pub trait UpdateRule: Clone + Debug + PartialEq + Send + Sync + 'static {
     /// `false` by default, the safe answer for a rule that looks at whole tensors: norms
     /// ([`Lamb`](crate::Lamb)), matrix products ([`Muon`](crate::Muon)), row and column
     /// statistics ([`Adafactor`](crate::Adafactor)), or a reduction over every tensor
-    /// ([`Prodigy`](crate::Prodigy)).
+    /// ([`Prodigy`](crate::Prodigy)). A sharded step of such a rule, unless it has a
+    /// [reduction](Self::reduction), needs a plan that keeps tensors whole
+    /// ([`ShardPlan::whole_tensors`](crate::ShardPlan::whole_tensors)).
     fn elementwise(&self) -> bool {
         false
     }

@@ -824,36 +824,43 @@ fn steady_state_lbfgs_steps_do_not_allocate() {
 }
 
 /// A sharded step allocates nothing once its parts' state exists: its pieces are views of
-/// the caller's flat buffers, and the values it exchanges live in a buffer it keeps, also
-/// the sums of Prodigy's second exchange. (The all-reduce stands in for one where the other
-/// ranks add zeros.)
+/// the caller's flat buffers (in their tensors' shapes under a plan that keeps tensors
+/// whole), and the values it exchanges live in a buffer it keeps, also the sums of
+/// Prodigy's second exchange. (The all-reduce stands in for one where the other ranks add
+/// zeros.)
 #[test]
 fn steady_state_sharded_steps_do_not_allocate() {
-    use ndarray_optim::{AdamW, Clip, NonFinite, Prodigy, ShardPlan, ShardedOptimizer};
+    use ndarray_optim::{AdamW, Clip, Lamb, NonFinite, Prodigy, ShardPlan, ShardedOptimizer};
 
-    /// `rule`'s steps call the all-reduce `exchanges` times each.
-    fn check<R: UpdateRule>(rule: R, exchanges: usize) {
-        let plan = ShardPlan::new([("w", &[64, 40][..]), ("b", &[40]), ("v", &[900])], 3).unwrap();
+    /// `rule`'s steps on rank `rank` of `plan`, clipped by `clip`, call the all-reduce
+    /// `exchanges` times each.
+    fn check<R: UpdateRule>(rule: R, exchanges: usize, plan: ShardPlan, rank: usize, clip: Clip) {
         let rule_name = rule.name();
         let mut opt = Optimizer::<R, f32>::new(rule).unwrap();
-        opt.set_clip(Some(Clip::GlobalNorm { max_norm: 0.5 })).unwrap();
+        opt.set_clip(Some(clip)).unwrap();
         opt.set_non_finite(NonFinite::Skip);
-        let mut rank = ShardedOptimizer::new(opt, plan.clone(), 0).unwrap();
-        assert_eq!(plan.pieces(0).count(), 3, "rank 0 holds `b`, `v` and part of `w`");
-        let mut params = vec![1.0_f32; plan.load(0)];
-        let grads = vec![0.25_f32; plan.load(0)];
+        let mut sharded = ShardedOptimizer::new(opt, plan.clone(), rank).unwrap();
+        let mut params = vec![1.0_f32; plan.load(rank)];
+        let grads = vec![0.25_f32; plan.load(rank)];
         let mut calls = 0;
-        rank.step_all(&mut params, &grads, |_| calls += 1).unwrap();
+        sharded.step_all(&mut params, &grads, |_| calls += 1).unwrap();
         assert_eq!(calls, exchanges, "{rule_name}");
         let count = allocations(|| {
             for _ in 0..5 {
-                rank.step_all(&mut params, &grads, |_| {}).unwrap();
+                sharded.step_all(&mut params, &grads, |_| {}).unwrap();
             }
         });
         assert_eq!(count, 0, "{rule_name}: steady-state sharded steps allocated");
     }
-    check(AdamW::default(), 1);
-    check(Prodigy::default(), 2);
+    let tensors = [("w", &[64, 40][..]), ("b", &[40]), ("v", &[900])];
+    let plan = ShardPlan::new(tensors, 3).unwrap();
+    assert_eq!(plan.pieces(0).count(), 3, "rank 0 holds `b`, `v` and part of `w`");
+    let global = Clip::GlobalNorm { max_norm: 0.5 };
+    check(AdamW::default(), 1, plan.clone(), 0, global);
+    check(Prodigy::default(), 2, plan, 0, global);
+    let whole = ShardPlan::whole_tensors(tensors, 3).unwrap();
+    assert_eq!(whole.pieces(1).map(|piece| piece.name).collect::<Vec<_>>(), ["w"]);
+    check(Lamb::default(), 1, whole, 1, Clip::Norm { max_norm: 0.5 });
 }
 
 #[test]

@@ -7,8 +7,8 @@ use ndarray::ArrayD;
 use ndarray_optim::checkpoint::{Encoding, ShardRecord, StoredValues as Stored};
 use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
 use ndarray_optim::{
-    Adam, Checkpoint, Clip, Element, Error, Momentum, NonFinite, Optimizer, ParamGrad, Prodigy,
-    ShardPlan, ShardedOptimizer, StatePrecision, StepOutcome, UpdateRule,
+    Adafactor, Adam, AdamW, Checkpoint, Clip, Element, Error, Momentum, Muon, NonFinite, Optimizer,
+    ParamGrad, Prodigy, Rule, ShardPlan, ShardedOptimizer, StatePrecision, StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,7 +27,24 @@ const TENSORS: [(&str, &[usize]); 7] = [
 ];
 
 fn plan(world: usize) -> ShardPlan {
-    ShardPlan::new(TENSORS, world).unwrap()
+    plan_by(Cuts::Elements, world)
+}
+
+/// Where a plan may cut the model: inside tensors ([`ShardPlan::new`]) or only between them
+/// ([`ShardPlan::whole_tensors`]).
+#[derive(Clone, Copy, Debug)]
+enum Cuts {
+    Elements,
+    Tensors,
+}
+
+/// On 2–4 ranks, whole tensors put `embed` on a rank of its own, and on 4 ranks leave rank 0
+/// with nothing.
+fn plan_by(cuts: Cuts, world: usize) -> ShardPlan {
+    match cuts {
+        Cuts::Elements => ShardPlan::new(TENSORS, world).unwrap(),
+        Cuts::Tensors => ShardPlan::whole_tensors(TENSORS, world).unwrap(),
+    }
 }
 
 /// An all-reduce between threads: every value summed over all of them, in whatever order the
@@ -177,9 +194,8 @@ fn train_sharded<R: UpdateRule, A: Element>(
 
 fn shards_of<R: UpdateRule, A: Element>(
     full: Checkpoint<R, A>,
-    world: usize,
+    plan: ShardPlan,
 ) -> Vec<ShardedOptimizer<R, A>> {
-    let plan = plan(world);
     split(full, &plan)
         .unwrap()
         .into_iter()
@@ -209,18 +225,24 @@ impl RuleCheck for EqualToOneProcess {
             return;
         }
         let fresh = || setup_in::<R, A>(&rule, self.0).unwrap();
-        if !rule.elementwise() {
+        let what = format!("{rule:?} {}", A::NAME);
+        if rule.elementwise() {
+            equals_one_process(&fresh, &what, Cuts::Elements);
+        } else {
             let err = ShardedOptimizer::new(fresh(), plan(2), 0).unwrap_err();
             assert!(err.to_string().contains("does not update element by element"), "{err}");
-            return;
         }
-        equals_one_process(&fresh, &format!("{rule:?} {}", A::NAME));
+        equals_one_process(&fresh, &what, Cuts::Tensors);
     }
 }
 
 /// Trains `fresh()` in one process and on 1 to 4 ranks for 6 steps: the same parameters,
 /// outcomes and (merged) checkpoint, bit for bit.
-fn equals_one_process<R: UpdateRule, A: Element>(fresh: &dyn Fn() -> Optimizer<R, A>, what: &str) {
+fn equals_one_process<R: UpdateRule, A: Element>(
+    fresh: &dyn Fn() -> Optimizer<R, A>,
+    what: &str,
+    cuts: Cuts,
+) {
     let mut single = fresh();
     let mut expected = flat_params::<A>(&plan(1));
     let outcomes = train_single(&mut single, &mut expected, 0..6);
@@ -228,15 +250,17 @@ fn equals_one_process<R: UpdateRule, A: Element>(fresh: &dyn Fn() -> Optimizer<R
     assert!(outcomes.iter().all(|o| !matches!(o, StepOutcome::Stepped { grad_norm: None })));
     assert_eq!(outcomes[3], StepOutcome::Skipped { index: 4 });
     for world in 1..=4 {
+        let plan = plan_by(cuts, world);
         let mut ranks: Vec<_> = (0..world)
-            .map(|rank| ShardedOptimizer::new(fresh(), plan(world), rank).unwrap())
+            .map(|rank| ShardedOptimizer::new(fresh(), plan.clone(), rank).unwrap())
             .collect();
-        let mut params = flat_params::<A>(&plan(world));
+        let mut params = flat_params::<A>(&plan);
+        let what = format!("{what} on {world} ranks, cut between {cuts:?}");
         for rank_outcomes in train_sharded(&mut ranks, &mut params, 0..6) {
-            assert_eq!(rank_outcomes, outcomes, "{what} on {world} ranks");
+            assert_eq!(rank_outcomes, outcomes, "{what}");
         }
-        assert_eq!(bits(&params), bits(&expected), "{what} on {world} ranks");
-        assert_eq!(merged(&ranks), single.checkpoint(), "{what} on {world} ranks");
+        assert_eq!(bits(&params), bits(&expected), "{what}");
+        assert_eq!(merged(&ranks), single.checkpoint(), "{what}");
     }
 }
 
@@ -273,18 +297,33 @@ impl RuleCheck for AcrossWorldSizes {
         R: UpdateRule + Serialize + DeserializeOwned,
         A: Element + Serialize + DeserializeOwned,
     {
-        if !rule.elementwise() || setup_in::<R, A>(&rule, self.0).is_err() {
+        if setup_in::<R, A>(&rule, self.0).is_err() {
             return;
         }
         let fresh = || setup_in::<R, A>(&rule, self.0).unwrap();
-        resumes_across_world_sizes(&fresh, &format!("{rule:?} {}", A::NAME));
+        let what = format!("{rule:?} {}", A::NAME);
+        if rule.elementwise() {
+            // A checkpoint moves between plans of either kind through `merge` and `split`.
+            resumes_across_world_sizes(&fresh, &what, [Cuts::Elements; 3]);
+            resumes_across_world_sizes(
+                &fresh,
+                &what,
+                [Cuts::Tensors, Cuts::Elements, Cuts::Tensors],
+            );
+        } else {
+            resumes_across_world_sizes(&fresh, &what, [Cuts::Tensors; 3]);
+        }
     }
 }
 
 /// Trains `fresh()` in one process for 12 steps, and on 4 ranks for 5, saved and resumed
-/// on 2 for 4, saved and resumed on 1 for 3: the same parameters and checkpoint.
-fn resumes_across_world_sizes<R, A>(fresh: &dyn Fn() -> Optimizer<R, A>, what: &str)
-where
+/// on 2 for 4, saved and resumed on 1 for 3, cut as `cuts` says on each: the same parameters
+/// and checkpoint.
+fn resumes_across_world_sizes<R, A>(
+    fresh: &dyn Fn() -> Optimizer<R, A>,
+    what: &str,
+    cuts: [Cuts; 3],
+) where
     R: UpdateRule + Serialize + DeserializeOwned,
     A: Element + Serialize + DeserializeOwned,
 {
@@ -292,7 +331,7 @@ where
     let mut expected = flat_params::<A>(&plan(1));
     train_single(&mut single, &mut expected, 0..12);
     let mut params = flat_params::<A>(&plan(1));
-    let mut four = shards_of(fresh().checkpoint(), 4);
+    let mut four = shards_of(fresh().checkpoint(), plan_by(cuts[0], 4));
     train_sharded(&mut four, &mut params, 0..5);
     let saved: Vec<_> =
         four.iter().map(|rank| serde_json::to_string(rank.optimizer()).unwrap()).collect();
@@ -300,11 +339,12 @@ where
         .iter()
         .map(|json| serde_json::from_str::<Optimizer<R, A>>(json).unwrap().checkpoint())
         .collect();
-    let mut two = shards_of(merge(loaded, &plan(4)).unwrap(), 2);
+    let mut two = shards_of(merge(loaded, four[0].plan()).unwrap(), plan_by(cuts[1], 2));
     train_sharded(&mut two, &mut params, 5..9);
-    let mut one = shards_of(merged(&two), 1);
+    let mut one = shards_of(merged(&two), plan_by(cuts[2], 1));
     train_sharded(&mut one, &mut params, 9..12);
 
+    let what = format!("{what}, cut between {cuts:?}");
     assert_eq!(bits(&params), bits(&expected), "{what}");
     assert_eq!(merged(&one), single.checkpoint(), "{what}");
 }
@@ -327,8 +367,9 @@ fn sharded_prodigy_equals_one_process() {
             opt.set_non_finite(NonFinite::Skip);
             opt
         };
-        equals_one_process(&fresh, &format!("prodigy {}", A::NAME));
-        resumes_across_world_sizes(&fresh, &format!("prodigy {}", A::NAME));
+        let what = format!("prodigy {}", A::NAME);
+        equals_one_process(&fresh, &what, Cuts::Elements);
+        resumes_across_world_sizes(&fresh, &what, [Cuts::Elements; 3]);
         // The estimate grows from d0 within three steps (with `d_coef` 100), so the sums
         // steer the parameters compared above.
         let mut opt = fresh();
@@ -375,7 +416,7 @@ fn parts_keep_the_precision_of_their_whole_tensor() {
     for (name, _) in TENSORS.iter().filter(|(name, _)| *name != "unused") {
         assert_eq!(in_eight_bits(&opt, name), eight_bit.contains(name), "{name}");
     }
-    let mut ranks = shards_of(opt.checkpoint(), 4);
+    let mut ranks = shards_of(opt.checkpoint(), plan(4));
     // Stepped from state cut from whole tensors, and from a first step.
     let mut fresh: Vec<_> = (0..4)
         .map(|rank| {
@@ -548,6 +589,135 @@ fn plans_are_balanced_contiguous_and_deterministic() {
     assert!((0..3).all(|rank| plan.load(rank).abs_diff(even) <= SHARD_BLOCK));
 }
 
+/// Plans that keep tensors whole cut at the tensor boundaries nearest to even shares, and
+/// the state of a rule that looks at whole tensors (Adafactor's factors) moves whole between
+/// the ranks' shares and back.
+#[test]
+fn whole_tensor_plans_cut_between_tensors_nearest_to_even_shares() {
+    for model in random_models() {
+        let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+        let total: usize = model.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let mut boundaries: Vec<usize> = vec![0];
+        let mut sizes: Vec<(&str, usize)> =
+            model.iter().map(|(n, s)| (n.as_str(), s.iter().product())).collect();
+        sizes.sort();
+        for (_, size) in &sizes {
+            boundaries.push(boundaries.last().unwrap() + size);
+        }
+        for world in 1..=5 {
+            let plan = ShardPlan::whole_tensors(listed(), world).unwrap();
+            assert!(
+                plan.keeps_tensors_whole()
+                    && !ShardPlan::new(listed(), 1).unwrap().keeps_tensors_whole()
+            );
+            assert_eq!(ShardPlan::whole_tensors(listed().rev(), world).unwrap(), plan);
+            let mut end = 0;
+            for rank in 0..world {
+                let shard = plan.shard(rank);
+                assert_eq!(shard.start, end);
+                end = shard.end;
+                // The nearest boundary to the even share, the earlier of two as near.
+                let even = rank * total / world;
+                let distance = |b: usize| b.abs_diff(even);
+                let nearest = boundaries.iter().copied().min_by_key(|&b| (distance(b), b));
+                assert_eq!(Some(shard.start), nearest, "{model:?} rank {rank} of {world}");
+            }
+            assert_eq!(end, total);
+            let mut seen: Vec<&str> = (0..world)
+                .flat_map(|rank| plan.pieces(rank).collect::<Vec<_>>())
+                .map(|piece| {
+                    let tensor = plan.tensor(piece.name).unwrap();
+                    assert_eq!(piece.elements, 0..tensor.range.len(), "{}", piece.name);
+                    piece.name
+                })
+                .collect();
+            seen.dedup();
+            assert_eq!(seen, sizes.iter().map(|(name, _)| *name).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// Adafactor's factored state, of another size than its tensor, moves whole between the
+/// shares of a plan that keeps tensors whole, and back, on random models.
+#[test]
+fn whole_tensor_state_splits_and_merges_on_random_models() {
+    for model in random_models().iter().take(60) {
+        let mut opt = Optimizer::<Adafactor, f64>::new(Adafactor::default()).unwrap();
+        let mut params: Vec<ArrayD<f64>> = model.iter().map(|(_, s)| values(s, 1)).collect();
+        let grads: Vec<ArrayD<f64>> = model.iter().map(|(_, s)| values(s, 2)).collect();
+        let mut batch: Vec<_> = (model.iter().zip(params.iter_mut()).zip(&grads))
+            .map(|(((name, _), param), grad)| ParamGrad::new(name, param, grad))
+            .collect();
+        opt.step_all(&mut batch).unwrap();
+        let full = opt.checkpoint();
+        let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+        for world in 1..=5 {
+            let plan = ShardPlan::whole_tensors(listed(), world).unwrap();
+            let shards = split(full.clone(), &plan).unwrap();
+            for (rank, shard) in shards.iter().enumerate() {
+                let opt = Optimizer::from_checkpoint(shard.clone()).unwrap();
+                let sharded = ShardedOptimizer::new(opt, plan.clone(), rank).unwrap();
+                assert_eq!(&sharded.optimizer().checkpoint(), shard, "{model:?} {rank}/{world}");
+            }
+            assert_eq!(merge(shards, &plan).unwrap(), full, "{model:?} on {world} ranks");
+            if world > 1 {
+                let err = split(full.clone(), &ShardPlan::new(listed(), world).unwrap());
+                assert!(
+                    err.is_err() || model.iter().all(|(_, s)| s.iter().product::<usize>() == 0)
+                );
+            }
+        }
+    }
+}
+
+/// Muon steps matrices as wholes, and clipping by each tensor's own norm needs whole
+/// tensors: both are refused by a plan that cuts tensors, and under one that keeps them
+/// whole equal one process, and resume across world sizes, bit for bit.
+#[test]
+fn muon_and_per_tensor_clipping_shard_by_whole_tensors() {
+    fn check<A: Element + Serialize + DeserializeOwned>() {
+        let fresh = || {
+            let adamw = AdamW { lr: 0.01, ..AdamW::default() };
+            let mut opt = Optimizer::<Rule, A>::new(adamw.into()).unwrap();
+            opt.add_group("matrices", Muon { lr: 0.02, ..Muon::default() }).unwrap();
+            for (name, _) in TENSORS.iter().filter(|(_, shape)| shape.len() == 2) {
+                opt.assign(name, "matrices").unwrap();
+            }
+            opt.set_clip(Some(Clip::Norm { max_norm: 1.0 })).unwrap();
+            opt.set_non_finite(NonFinite::Skip);
+            opt
+        };
+        let what = format!("muon {}", A::NAME);
+        let err = ShardedOptimizer::new(fresh(), plan(2), 0).unwrap_err();
+        assert!(err.to_string().contains("does not update element by element"), "{err}");
+        equals_one_process(&fresh, &what, Cuts::Tensors);
+        resumes_across_world_sizes(&fresh, &what, [Cuts::Tensors; 3]);
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
+/// A rank's share holds the pieces of the plan that cut it: under another plan of the same
+/// world size, which would give some of its tensors to other ranks, it is refused, by the
+/// rank and by `merge`, rather than resumed with state lost.
+#[test]
+fn a_share_resumes_only_under_the_plan_that_cut_it() {
+    let mut opt = setup::<_, f64>(&Adam::default());
+    train_single(&mut opt, &mut flat_params::<f64>(&plan(1)), 0..2);
+    let full = opt.checkpoint();
+    for (cut, other) in [(Cuts::Elements, Cuts::Tensors), (Cuts::Tensors, Cuts::Elements)] {
+        let shares = split(full.clone(), &plan_by(cut, 2)).unwrap();
+        for (rank, share) in shares.iter().enumerate() {
+            let share = Optimizer::from_checkpoint(share.clone()).unwrap();
+            assert!(ShardedOptimizer::new(share.clone(), plan_by(cut, 2), rank).is_ok());
+            let err = ShardedOptimizer::new(share, plan_by(other, 2), rank).unwrap_err();
+            assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+            assert!(err.to_string().contains("another plan"), "{err}");
+        }
+        assert!(merge(shares, &plan_by(other, 2)).is_err());
+    }
+}
+
 #[test]
 fn plan_errors() {
     assert!(matches!(ShardPlan::new(TENSORS, 0), Err(Error::InvalidSharding { .. })));
@@ -662,7 +832,7 @@ fn what_a_shard_cannot_step_is_refused() {
     let err = ShardedOptimizer::new(per_tensor, plan(2), 0).unwrap_err();
     assert!(err.to_string().contains("its own norm needs whole tensors"), "{err}");
     // A rank's share resumes on that rank only, under a plan of the same world size.
-    let ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 2);
+    let ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), plan(2));
     let first = ranks[0].optimizer().clone();
     assert!(ShardedOptimizer::new(first.clone(), plan(2), 0).is_ok());
     for (world, rank) in [(2, 1), (3, 0)] {
@@ -688,7 +858,7 @@ fn shards_of_a_frozen_group_stay_unchanged() {
     let mut single = opt.clone();
     let mut expected = flat_params::<f32>(&plan(1));
     train_single(&mut single, &mut expected, 0..3);
-    let mut ranks = shards_of(opt.checkpoint(), 3);
+    let mut ranks = shards_of(opt.checkpoint(), plan(3));
     let mut params = flat_params::<f32>(&plan(3));
     train_sharded(&mut ranks, &mut params, 0..3);
     assert_eq!(bits(&params), bits(&expected));
@@ -704,7 +874,7 @@ fn shards_of_a_frozen_group_stay_unchanged() {
     assert!(matches!(err, Error::InvalidSharding { .. }), "{err:?}");
     // Every tensor frozen: every rank reports it.
     opt.freeze("default").unwrap();
-    let mut ranks = shards_of(opt.checkpoint(), 2);
+    let mut ranks = shards_of(opt.checkpoint(), plan(2));
     for outcomes in train_sharded(&mut ranks, &mut params, 0..1) {
         assert_eq!(outcomes, [StepOutcome::Frozen]);
     }
@@ -714,7 +884,7 @@ fn shards_of_a_frozen_group_stay_unchanged() {
 fn refusing_non_finite_gradients_names_the_tensor_on_every_rank() {
     let mut opt = setup::<_, f64>(&Adam::default());
     opt.set_non_finite(NonFinite::Refuse);
-    let mut ranks = shards_of(opt.checkpoint(), 2);
+    let mut ranks = shards_of(opt.checkpoint(), plan(2));
     let collective = Collective::new(2);
     let plan = plan(2);
     let params = flat_params::<f64>(&plan);
@@ -736,7 +906,7 @@ fn refusing_non_finite_gradients_names_the_tensor_on_every_rank() {
 /// other setups, and parts that disagree are refused, naming what is wrong.
 #[test]
 fn incomplete_or_inconsistent_shards_are_refused() {
-    let mut ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), 4);
+    let mut ranks = shards_of(setup::<_, f64>(&Adam::default()).checkpoint(), plan(4));
     let mut params = flat_params::<f64>(&plan(4));
     train_sharded(&mut ranks, &mut params, 0..2);
     let shards: Vec<_> = ranks.iter().map(|rank| rank.optimizer().checkpoint()).collect();

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use ndarray::Dimension;
+
 use super::plan::ShardPlan;
 use super::{cuts_exactly, invalid};
 use crate::checkpoint::{
@@ -35,8 +37,10 @@ const _: () = assert!(super::SHARD_BLOCK.is_multiple_of(BLOCK));
 /// rule, dtype, groups with their hyperparameters, rates and frozen flags, clipping), list
 /// each tensor at most once, and hold state only of the parts the plan gives its rank. A
 /// tensor's parts are joined in rank order into the state of the whole tensor, of the plan's
-/// shape; all its parts must have the same step count and per-tensor scalars. A tensor that
-/// no rank has stepped yet may be listed, without state, by any number of them.
+/// shape; all its parts must have the same step count and per-tensor scalars. Under a plan
+/// that [keeps tensors whole](ShardPlan::whole_tensors), the one holder's state, of the
+/// tensor's shape, is the whole tensor's. A tensor that no rank has stepped yet may be
+/// listed, without state, by any number of them.
 ///
 /// Give the shards in rank order. Each records the rank whose share it holds
 /// ([`Checkpoint::shard`], since format version 5), and a shard in another rank's place, or
@@ -50,8 +54,9 @@ const _: () = assert!(super::SHARD_BLOCK.is_multiple_of(BLOCK));
 /// shards than the plan has ranks (naming the missing ranks), a shard in another rank's place
 /// or of another world size, shards of different setups (naming the shard), a shard that
 /// lists a tensor twice, a tensor in different groups, state of a tensor the plan does not
-/// list or whose part is not the rank's, a part of the wrong size, or parts that disagree or
-/// are missing (naming the tensor and the ranks).
+/// list or whose part is not the rank's, a part of the wrong size (or shape, under a plan
+/// that keeps tensors whole), or parts that disagree or are missing (naming the tensor and
+/// the ranks).
 pub fn merge<R: UpdateRule, A: Clone>(
     shards: Vec<Checkpoint<R, A>>,
     plan: &ShardPlan,
@@ -160,6 +165,12 @@ fn join<A: Clone>(
     let Some((first_rank, mut whole)) = parts.next() else {
         return Err(invalid(format!("tensor `{name}` has no parts")));
     };
+    if plan.keeps_tensors_whole() {
+        // The one holder's state is the whole tensor's, in its shape, and may be of a rule
+        // whose buffers are not per element (Adafactor's factors): loading checks those.
+        check_shape(name, first_rank, &whole, tensor.shape)?;
+        return Ok(whole);
+    }
     check_part(name, first_rank, &whole, holders[&first_rank].len())?;
     for (rank, part) in parts {
         check_part(name, rank, &part, holders[&rank].len())?;
@@ -221,6 +232,20 @@ fn buffer_len<A>(buffer: &BufferRecord<A>) -> Option<usize> {
     }
 }
 
+/// Checks that the state rank `rank` holds of tensor `name` is of the `shape` the plan gives
+/// its piece.
+fn check_shape<A>(name: &str, rank: usize, state: &StateRecord<A>, shape: &[usize]) -> Result<()> {
+    if state.shape != shape {
+        return Err(invalid(format!(
+            "the state of tensor `{name}` in the shard of rank {rank} is of shape {:?}, but the \
+             plan gives the rank a piece of shape {shape:?} (was the shard cut under another \
+             plan?)",
+            state.shape
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that the state of rank `rank`'s part of tensor `name` is of the part's `len`.
 fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> Result<()> {
     let numel = part.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
@@ -236,12 +261,14 @@ fn check_part<A>(name: &str, rank: usize, part: &StateRecord<A>, len: usize) -> 
 
 /// Splits a full checkpoint into one checkpoint per rank of `plan`: each tensor's state is cut
 /// into the parts the plan gives the ranks (each part's state of shape `[len]`, with the
-/// tensor's step count and per-tensor scalars); tensors without state are listed in every
-/// shard, so that each rank knows every tensor's group.
+/// tensor's step count and per-tensor scalars), or, under a plan that [keeps tensors
+/// whole](ShardPlan::whole_tensors), given whole to the rank that holds the tensor; tensors
+/// without state are listed in every shard, so that each rank knows every tensor's group.
 ///
 /// # Errors
 /// [`Error::InvalidSharding`](crate::Error::InvalidSharding) if the checkpoint has state of a
-/// tensor the plan does not list, of another size than the plan's, or of a group whose rule
+/// tensor the plan does not list, of another size (or, for a plan that keeps tensors whole,
+/// shape) than the plan's, or, for a plan that cuts tensors, of a group whose rule
 /// does not update [element by element](UpdateRule::elementwise) and has no
 /// [reduction](UpdateRule::reduction) (its state cannot be cut;
 /// low-precision state is cut as full-precision state is, 8-bit codes with their blocks'
@@ -282,11 +309,18 @@ pub fn split<R: UpdateRule, A: Clone>(
 /// Rank `rank`'s share of a checkpoint that holds the state of whole tensors, of parts of
 /// them already cut for `rank` under `plan` (a shard saved by that rank), or both: whole
 /// tensors' state is cut as [`split`] cuts it, the rank's parts are kept.
+///
+/// A checkpoint that records its share ([`Checkpoint::shard`], checked to be `rank`'s under
+/// a plan of this world size) must hold state of the rank's pieces only, each in the shape
+/// this plan gives it: a share cut under another plan of that size, such as one that keeps
+/// tensors whole, would otherwise lose the state of tensors that move to other ranks.
+/// Older shares, which do not record it, are told apart from whole tensors by their sizes.
 pub(super) fn share<R: UpdateRule, A: Clone>(
     checkpoint: Checkpoint<R, A>,
     plan: &ShardPlan,
     rank: usize,
 ) -> Result<Checkpoint<R, A>> {
+    let recorded = checkpoint.shard.is_some();
     let mut share = checkpoint;
     share.shard = Some(share_of(rank, plan));
     let tensors = std::mem::take(&mut share.tensors);
@@ -295,6 +329,18 @@ pub(super) fn share<R: UpdateRule, A: Clone>(
             share.tensors.push(tensor);
             continue;
         };
+        if recorded {
+            let shape = plan.piece_shape(&tensor.name, rank).ok_or_else(|| {
+                invalid(format!(
+                    "the share of rank {rank} has state of tensor `{}`, of which the plan gives \
+                     it no piece (was it cut under another plan?)",
+                    tensor.name
+                ))
+            })?;
+            check_shape(&tensor.name, rank, state, shape.slice())?;
+            share.tensors.push(tensor);
+            continue;
+        }
         let numel = state.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
         let whole = plan.tensor(&tensor.name).map(|t| t.range.len());
         let part = plan.holders(&tensor.name).into_iter().flatten().find(|(r, _)| *r == rank);
@@ -325,6 +371,19 @@ fn cut<R: UpdateRule, A: Clone>(
     plan: &ShardPlan,
 ) -> Result<Vec<(usize, TensorRecord<A>)>> {
     let name = &tensor.name;
+    if plan.keeps_tensors_whole() {
+        let holder = plan.holders(name).into_iter().flatten().next();
+        let (Some(planned), Some((rank, _))) = (plan.tensor(name), holder) else {
+            return Err(invalid(format!("tensor `{name}` is not in the plan")));
+        };
+        check_shape(name, rank, state, planned.shape).map_err(|_| {
+            invalid(format!(
+                "tensor `{name}` is of shape {:?} in the plan but has state of shape {:?}",
+                planned.shape, state.shape
+            ))
+        })?;
+        return Ok(vec![(rank, tensor.clone())]);
+    }
     if let Some(group) = groups.iter().find(|g| g.name == tensor.group && !cuts_exactly(&g.hyper)) {
         return Err(invalid(format!(
             "tensor `{name}` is in group `{}`, whose rule `{}` does not update element by \

@@ -35,6 +35,12 @@
 //! the cuts fall too, and adds the blocks' values exactly; the ranks add up their sums in a
 //! second all-reduce, so its estimate, and every step after it, is one process's too.
 //!
+//! Rules that look at whole tensors ([`Lamb`](crate::Lamb), [`Muon`](crate::Muon),
+//! [`Adafactor`](crate::Adafactor)) and clipping each tensor by its own norm
+//! ([`Clip::Norm`](crate::Clip::Norm)) need a plan that keeps tensors whole
+//! ([`ShardPlan::whole_tensors`]): each rank steps whole tensors, in their shapes, and its
+//! checkpoint holds their state whole, so the result is again one process's, bit for bit.
+//!
 //! The crate does no communication itself: bring your own (MPI, sockets, threads); the
 //! `data_parallel` example does it over MPI, with a reduce-scatter of the gradients and an
 //! all-gather of the parameters.

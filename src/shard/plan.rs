@@ -2,6 +2,8 @@
 
 use core::ops::Range;
 
+use ndarray::IxDyn;
+
 use super::invalid;
 use crate::clip::NORM_BLOCK;
 use crate::error::{Error, Result};
@@ -44,14 +46,17 @@ struct Tensor {
 }
 
 /// A deterministic assignment of a model's elements to `world` ranks: contiguous shards of
-/// one flat order, balanced to within [`SHARD_BLOCK`] elements.
+/// one flat order, balanced to within [`SHARD_BLOCK`] elements, or kept to whole tensors.
 ///
 /// The flat order takes the tensors by name, each in row-major order. Rank `$r$` owns the
 /// positions `$[c_r, c_{r+1})$`, where `$c_r$` is the allowed cut nearest to
-/// `$\lfloor r T / N \rfloor$` (`$T$` elements in all): a tensor's start or end, or a multiple
-/// of [`SHARD_BLOCK`] elements into it. No shard holds more than `$\lceil T/N \rceil$` +
-/// [`SHARD_BLOCK`] elements. The plan depends only on the names, shapes and `$N$`, not on the
-/// order the tensors are listed in, so every rank and every run computes the same one.
+/// `$\lfloor r T / N \rfloor$` (`$T$` elements in all). A plan of [`new`](Self::new) may
+/// cut at a tensor's start or end, or a multiple of [`SHARD_BLOCK`] elements into it, so no
+/// shard holds more than `$\lceil T/N \rceil$` + [`SHARD_BLOCK`] elements. A plan of
+/// [`whole_tensors`](Self::whole_tensors) cuts only between tensors, for rules that look at
+/// whole tensors. The plan depends only on the names, shapes, `$N$` and which of the two
+/// it is, not on the order the tensors are listed in, so every rank and every run computes
+/// the same one.
 ///
 /// ```
 /// use ndarray_optim::ShardPlan;
@@ -71,6 +76,8 @@ pub struct ShardPlan {
     tensors: Vec<Tensor>,
     /// The cuts `$c_0 = 0, …, c_N = T$`.
     cuts: Vec<usize>,
+    /// Whether every cut lies between tensors.
+    whole_tensors: bool,
 }
 
 impl ShardPlan {
@@ -82,6 +89,44 @@ impl ShardPlan {
     pub fn new<'a>(
         tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
         world: usize,
+    ) -> Result<Self> {
+        Self::planned(tensors, world, false)
+    }
+
+    /// Plans the tensors `(name, shape)` over `world` ranks without cutting any: each rank
+    /// owns whole tensors, and steps them in their shapes, as PyTorch's
+    /// `ZeroRedundancyOptimizer` partitions parameters. Rules that look at whole tensors
+    /// ([`Lamb`](crate::Lamb), [`Muon`](crate::Muon), [`Adafactor`](crate::Adafactor)) and
+    /// clipping by each tensor's own norm need such a plan. The cuts are the tensor
+    /// boundaries nearest to even shares, so a shard may exceed `$\lceil T/N \rceil$` by up
+    /// to the largest tensor, and a rank may own none.
+    ///
+    /// ```
+    /// use ndarray_optim::ShardPlan;
+    ///
+    /// let tensors = [("w1", &[600, 10][..]), ("b1", &[10]), ("w2", &[500]), ("b2", &[4])];
+    /// let plan = ShardPlan::whole_tensors(tensors, 2)?;
+    /// assert!(plan.keeps_tensors_whole());
+    /// // The flat order is b1, b2, w1, w2: the even cut, 3,257, is nearer w1's end.
+    /// assert_eq!((plan.shard(0), plan.shard(1)), (0..6014, 6014..6514));
+    /// let pieces: Vec<_> = plan.pieces(0).map(|p| (p.name, p.elements)).collect();
+    /// assert_eq!(pieces, [("b1", 0..10), ("b2", 0..4), ("w1", 0..6000)]);
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn whole_tensors<'a>(
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        world: usize,
+    ) -> Result<Self> {
+        Self::planned(tensors, world, true)
+    }
+
+    fn planned<'a>(
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        world: usize,
+        whole_tensors: bool,
     ) -> Result<Self> {
         if world == 0 {
             return Err(invalid("a plan needs at least one rank".to_owned()));
@@ -107,10 +152,16 @@ impl ShardPlan {
         let cuts = (0..=world)
             .map(|rank| {
                 let even = (rank as u128 * total as u128 / world as u128) as usize;
-                nearest_cut(&flat, even)
+                nearest_cut(&flat, even, whole_tensors)
             })
             .collect();
-        Ok(ShardPlan { tensors: flat, cuts })
+        Ok(ShardPlan { tensors: flat, cuts, whole_tensors })
+    }
+
+    /// Whether every cut lies between tensors ([`whole_tensors`](Self::whole_tensors)), so
+    /// that every piece is a whole tensor.
+    pub fn keeps_tensors_whole(&self) -> bool {
+        self.whole_tensors
     }
 
     /// The number of ranks.
@@ -178,6 +229,14 @@ impl ShardPlan {
         Some((0..self.world()).filter_map(move |rank| Some((rank, self.part(tensor, rank)?))))
     }
 
+    /// The shape of the piece of tensor `name` that `rank` steps, if it holds one: the
+    /// tensor's under a plan that keeps tensors whole, else `[len]` of its part.
+    pub(crate) fn piece_shape(&self, name: &str, rank: usize) -> Option<IxDyn> {
+        let tensor = &self.tensors[self.position(name)?];
+        let part = self.part(tensor, rank)?;
+        Some(if self.whole_tensors { IxDyn(&tensor.shape) } else { IxDyn(&[part.len()]) })
+    }
+
     /// The positions among `tensor`'s elements that `rank` holds, if it holds a part: the
     /// overlap with its shard, or, for a tensor without elements, the empty part of the rank
     /// whose shard holds the position where it starts.
@@ -211,12 +270,15 @@ impl Tensor {
 }
 
 /// The allowed cut nearest to flat position `even` (the earlier of two as near): the start or
-/// end of the tensor holding it, or a whole number of [`SHARD_BLOCK`]s into that tensor.
-fn nearest_cut(tensors: &[Tensor], even: usize) -> usize {
+/// end of the tensor holding it, or, unless the plan keeps `whole_tensors`, a whole number of
+/// [`SHARD_BLOCK`]s into that tensor.
+fn nearest_cut(tensors: &[Tensor], even: usize, whole_tensors: bool) -> usize {
     let holder = tensors.partition_point(|t| t.end() <= even);
     let Some(tensor) = tensors.get(holder) else { return even };
     let into = even - tensor.start;
-    let below = into - into % SHARD_BLOCK;
-    let above = (below + SHARD_BLOCK).min(tensor.len);
+    // The holder has elements (it ends after `even`), so a block of its length is not 0.
+    let block = if whole_tensors { tensor.len } else { SHARD_BLOCK };
+    let below = into - into % block;
+    let above = (below + block).min(tensor.len);
     tensor.start + if into - below <= above - into { below } else { above }
 }

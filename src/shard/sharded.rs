@@ -1,9 +1,9 @@
 //! One rank's share of a sharded optimizer.
 
-use ndarray::{ArrayView1, ArrayViewMut1};
+use ndarray::{ArrayView, ArrayViewMut, IxDyn};
 
 use super::checkpoints::{share, share_of};
-use super::plan::ShardPlan;
+use super::plan::{Piece, ShardPlan};
 use super::{cuts_exactly, invalid};
 use crate::clip::Clip;
 use crate::element::Element;
@@ -84,18 +84,22 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// # Errors
     /// - [`Error::InvalidSharding`] if `rank` is outside the plan's world, `optimizer` holds
     ///   another rank's share or one cut under a plan of another world size (see
-    ///   [`Checkpoint::shard`](crate::Checkpoint::shard)), a group's rule does
-    ///   not update [element by element](UpdateRule::elementwise) and has no
-    ///   [reduction](UpdateRule::reduction) (Lamb, Muon and Adafactor look at whole
-    ///   tensors; Prodigy is sharded), the optimizer clips each tensor by its own norm, or it
-    ///   has state of a tensor the plan does not list or of another size;
+    ///   [`Checkpoint::shard`](crate::Checkpoint::shard)), or holds a rank's share whose
+    ///   state is not that of the parts this plan gives the rank (a share cut under another
+    ///   plan: merge the shares under that plan and split them for this one), or has state
+    ///   of a tensor the plan does not list or of another size;
+    /// - [`Error::InvalidSharding`] unless the plan [keeps tensors
+    ///   whole](ShardPlan::whole_tensors), if a group's rule does not update [element by
+    ///   element](UpdateRule::elementwise) and has no [reduction](UpdateRule::reduction)
+    ///   (Lamb, Muon and Adafactor look at whole tensors; Prodigy is sharded by elements) or
+    ///   the optimizer clips each tensor by its own norm;
     /// - [`Error::UnequalGroupLr`] or [`Error::ReductionSettingDiffers`] if the groups of a
     ///   rule with a reduction would be refused by [`Optimizer::step_all`].
     pub fn new(optimizer: Optimizer<R, A>, plan: ShardPlan, rank: usize) -> Result<Self> {
         if rank >= plan.world() {
             return Err(invalid(format!("rank {rank} is outside a world of {}", plan.world())));
         }
-        shardable(&optimizer)?;
+        shardable(&optimizer, &plan)?;
         if let Some(origin) = optimizer.shard.filter(|&origin| origin != share_of(rank, &plan)) {
             return Err(invalid(format!(
                 "the optimizer holds the share of rank {} of {}, not of rank {rank} of {}: merge \
@@ -125,7 +129,11 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// any number of ranks: the same parameters and state, the same
     /// [global-norm clipping](Clip::GlobalNorm) and [non-finite check](NonFinite) over
     /// every tensor, the same outcome (a skip reports the position of the first non-finite
-    /// tensor in the plan's order). Parts of frozen groups are left alone.
+    /// tensor in the plan's order). Parts of frozen groups are left alone. Under a plan that
+    /// [keeps tensors whole](ShardPlan::whole_tensors), each piece is stepped in its
+    /// tensor's shape, and a clip of each tensor by its own norm reports the norm over
+    /// every rank's tensors, as one process does (each tensor's norm is computed in the
+    /// first pass, for the exchange, and again in the second, for its clip).
     ///
     /// `all_reduce` is called once per call, on every rank, with a slice of `$73 + N$`
     /// values for `$N$` ranks: it must replace each value by its sum over all ranks, as MPI's
@@ -167,13 +175,12 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
             checked: false,
         };
         let outcome = self::check_lengths(plan, rank, params.len(), grads.len())
-            .and_then(|()| shardable(optimizer))
+            .and_then(|()| shardable(optimizer, plan))
             .and_then(|()| {
                 let mut zip = |_: &mut Prefix, visit: &mut VisitPair<'_, A>| {
                     for piece in plan.pieces(rank) {
-                        let param = ArrayViewMut1::from(&mut params[piece.shard.clone()]);
-                        let grad = ArrayView1::from(&grads[piece.shard]);
-                        visit(piece.name, param.into_dyn(), grad.into_dyn())?;
+                        let (param, grad) = piece_views(plan, &piece, rank, params, grads)?;
+                        visit(piece.name, param, grad)?;
                     }
                     Ok(())
                 };
@@ -196,7 +203,8 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     }
 
     /// The optimizer holding this rank's state (for groups, learning rates and checkpoints:
-    /// its tensors are the rank's parts, each of shape `[len]`).
+    /// its tensors are the rank's parts, each of shape `[len]`, or under a plan that [keeps
+    /// tensors whole](ShardPlan::whole_tensors) the rank's tensors in their shapes).
     pub fn optimizer(&self) -> &Optimizer<R, A> {
         &self.optimizer
     }
@@ -208,17 +216,24 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     }
 }
 
-/// Refuses what a sharded step cannot do: rules that look at whole tensors, and a clip by
-/// each tensor's own norm. Also refuses here, before the first exchange, what would refuse
-/// a reduction after it (groups at other rates, settings that differ), so that the other
-/// ranks learn of it in that exchange instead of waiting in the reduction's.
-fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<()> {
+/// Refuses what a sharded step cannot do: under a plan that cuts tensors, rules that look at
+/// whole tensors and a clip by each tensor's own norm. Also refuses here, before the first
+/// exchange, what would refuse a reduction after it (groups at other rates, settings that
+/// differ), so that the other ranks learn of it in that exchange instead of waiting in the
+/// reduction's.
+fn shardable<R: UpdateRule, A: Element>(
+    optimizer: &Optimizer<R, A>,
+    plan: &ShardPlan,
+) -> Result<()> {
     optimizer.registry.reduction()?;
+    if plan.keeps_tensors_whole() {
+        return Ok(());
+    }
     for group in optimizer.groups() {
         if !cuts_exactly(&group.hyper) {
             return Err(invalid(format!(
                 "group `{}` has rule `{}`, which does not update element by element: a shard \
-                 cannot step part of a tensor with it",
+                 cannot step part of a tensor with it (plan with `ShardPlan::whole_tensors`)",
                 group.name(),
                 group.hyper.name()
             )));
@@ -227,11 +242,32 @@ fn shardable<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Result<(
     if let Some(Clip::Norm { .. }) = optimizer.clip() {
         return Err(invalid(
             "clipping each tensor by its own norm needs whole tensors: clip by global norm or \
-             by value"
+             by value, or plan with `ShardPlan::whole_tensors`"
                 .to_owned(),
         ));
     }
     Ok(())
+}
+
+/// The views of `piece` in rank `rank`'s `params` and `grads`, of the shape the plan gives
+/// it: under a plan that keeps tensors whole, the tensor's, so that rules see the tensor as
+/// one process does.
+fn piece_views<'a, A>(
+    plan: &ShardPlan,
+    piece: &Piece<'_>,
+    rank: usize,
+    params: &'a mut [A],
+    grads: &'a [A],
+) -> Result<(ArrayViewMut<'a, A, IxDyn>, ArrayView<'a, A, IxDyn>)> {
+    let shape = plan.piece_shape(piece.name, rank);
+    let views = shape.and_then(|shape| {
+        let param = ArrayViewMut::from_shape(shape.clone(), &mut params[piece.shard.clone()]);
+        let grad = ArrayView::from_shape(shape, &grads[piece.shard.clone()]);
+        Some((param.ok()?, grad.ok()?))
+    });
+    views.ok_or_else(|| {
+        invalid(format!("rank {rank}'s piece of `{}` is not of its shape", piece.name))
+    })
 }
 
 fn check_lengths(plan: &ShardPlan, rank: usize, params: usize, grads: usize) -> Result<()> {
@@ -273,6 +309,10 @@ impl<F: FnMut(&mut [f64])> Exchange for RankExchange<'_, F> {
         let (plan, rank, policy) = (self.plan, self.rank, self.policy);
         let values = &mut self.values[..check_len(plan)];
         exchange_check(check, values, plan, rank, policy, &mut *self.all_reduce)
+    }
+
+    fn in_parts(&self) -> bool {
+        true
     }
 
     /// Each sum's two sides' exact parts, summed over the ranks: what the whole model's
