@@ -6,11 +6,12 @@ use ndarray_optim::shard::SHARD_BLOCK;
 use crate::mlp::Tensors;
 
 /// The largest shard of `plan`: its elements, that as a multiple of `P/N`, and how many
-/// elements it holds beyond `⌈P/N⌉` (at most [`SHARD_BLOCK`]).
+/// elements it holds beyond `⌈P/N⌉` (at most [`SHARD_BLOCK`] when the plan cuts tensors).
 pub struct Balance {
     pub largest: usize,
     pub of_even: f64,
     pub excess: usize,
+    pub whole_tensors: bool,
 }
 
 impl Balance {
@@ -21,6 +22,7 @@ impl Balance {
             largest,
             of_even: largest as f64 * plan.world() as f64 / plan.len() as f64,
             excess: largest.saturating_sub(even),
+            whole_tensors: plan.keeps_tensors_whole(),
         }
     }
 }
@@ -29,30 +31,38 @@ impl std::fmt::Display for Balance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "largest shard {} elements = {:.4} × P/N, {} beyond ⌈P/N⌉ (one block is {SHARD_BLOCK})",
+            "largest shard {} elements = {:.4} × P/N, {} beyond ⌈P/N⌉ ",
             self.largest, self.of_even, self.excess
-        )
+        )?;
+        if self.whole_tensors {
+            write!(f, "(cut between tensors only)")
+        } else {
+            write!(f, "(one block is {SHARD_BLOCK})")
+        }
     }
 }
 
-/// The plans of `models` (name, tensors) on 2, 3 and 4 ranks, as a Markdown table.
+/// The plans of `models` (name, tensors) on 2, 3 and 4 ranks, cutting tensors and keeping
+/// them whole, as a Markdown table.
 pub fn table(models: &[(&str, Tensors)]) -> Result<String, String> {
     let mut out = String::from(
-        "| model | parameters P | ranks N | largest shard | × P/N | beyond ⌈P/N⌉ |\n\
-         | --- | --- | --- | --- | --- | --- |\n",
+        "| model | parameters P | cuts | ranks N | largest shard | × P/N | beyond ⌈P/N⌉ |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (name, tensors) in models {
-        for world in 2..=4 {
-            let shapes = tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
-            let plan = ShardPlan::new(shapes, world).map_err(|e| e.to_string())?;
-            let balance = Balance::of(&plan);
-            out += &format!(
-                "| {name} | {} | {world} | {} | {:.4} | {} |\n",
-                plan.len(),
-                balance.largest,
-                balance.of_even,
-                balance.excess
-            );
+        for (cuts, whole) in [("in tensors", false), ("between tensors", true)] {
+            for world in 2..=4 {
+                let shapes = tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+                let plan = crate::plan(shapes, world, whole)?;
+                let balance = Balance::of(&plan);
+                out += &format!(
+                    "| {name} | {} | {cuts} | {world} | {} | {:.4} | {} |\n",
+                    plan.len(),
+                    balance.largest,
+                    balance.of_even,
+                    balance.excess
+                );
+            }
         }
     }
     Ok(out)

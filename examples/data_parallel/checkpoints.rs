@@ -76,7 +76,7 @@ where
         return Err(context(&format!("the shard of rank {missing} is missing")));
     }
     let shapes: Vec<(&str, &[usize])> = plan.tensors().map(|t| (t.name, t.shape)).collect();
-    let old_plan = ShardPlan::new(shapes, written_by).map_err(|e| e.to_string())?;
+    let old_plan = crate::plan(shapes, written_by, plan.keeps_tensors_whole())?;
     let full = merge(shards.into_values().collect(), &old_plan).map_err(|e| e.to_string())?;
     let optimizer = Optimizer::from_checkpoint(full).map_err(|e| e.to_string())?;
 

@@ -35,8 +35,8 @@ use std::time::Instant;
 use mpi::traits::*;
 use ndarray::Array2;
 use ndarray_optim::{
-    Adam, Clip, Momentum, NonFinite, Optimizer, Prodigy, ShardPlan, ShardedOptimizer, StepOutcome,
-    UpdateRule,
+    Adam, Clip, Lamb, Momentum, NonFinite, Optimizer, Prodigy, ShardPlan, ShardedOptimizer,
+    StepOutcome, UpdateRule,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,9 +51,10 @@ const HELP: &str = "Data-parallel training over MPI with ZeRO-2 sharded optimize
 Usage: mpirun -np N data_parallel [OPTIONS]
 
 Options:
-  --rule adam|momentum|prodigy
+  --rule adam|momentum|prodigy|lamb
                          the update rule; the biases are a group of their own, at twice
-                         the rate (Prodigy: at its one rate, with weight decay) [default: adam]
+                         the rate (Prodigy: at its one rate, with weight decay); Lamb looks
+                         at whole tensors, so its plan cuts between tensors [default: adam]
   --steps N              training steps [default: 50; with --bench, timed steps: 10]
   --exact                average the gradients the same way on any world size (12x traffic)
   --clip MAX_NORM        clip by the global norm of the whole model's gradient; implies
@@ -173,6 +174,20 @@ fn bytes(bytes: f64) -> String {
     if bytes < 1e6 { format!("{bytes:.0} B") } else { format!("{:.3} MB", bytes / 1e6) }
 }
 
+/// The plan of `tensors` over `world` ranks: cut between tensors only if `whole_tensors`.
+fn plan<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    world: usize,
+    whole_tensors: bool,
+) -> Result<ShardPlan, String> {
+    let plan = if whole_tensors {
+        ShardPlan::whole_tensors(tensors, world)
+    } else {
+        ShardPlan::new(tensors, world)
+    };
+    plan.map_err(|e| e.to_string())
+}
+
 /// Trains with `rule`, and `bias_rule` for the biases' group.
 fn run<R>(
     rule: R,
@@ -187,7 +202,9 @@ where
     let config = if options.bench { &BENCH } else { &SMALL };
     let tensors = mlp::tensors(config.widths);
     let shapes = tensors.iter().map(|(name, shape)| (name.as_str(), shape.as_slice()));
-    let plan = ShardPlan::new(shapes, size).map_err(|e| e.to_string())?;
+    // A rule that looks at whole tensors needs a plan that keeps them whole.
+    let whole = !rule.elementwise() && rule.reduction().is_none();
+    let plan = plan(shapes, size, whole)?;
     let mlp = Mlp::new(config.widths, &plan)?;
 
     let (mut optimizer, params) = match &options.resume_dir {
@@ -370,7 +387,11 @@ fn main() -> ExitCode {
                 let rule = |weight_decay| Prodigy { weight_decay, ..Prodigy::default() };
                 run(rule(0.0), rule(0.01), &options, &world)
             }
-            other => Err(format!("unknown rule {other} (adam, momentum or prodigy)")),
+            "lamb" => {
+                let rule = |lr| Lamb { lr, ..Lamb::default() };
+                run(rule(0.01), rule(0.02), &options, &world)
+            }
+            other => Err(format!("unknown rule {other} (adam, momentum, prodigy or lamb)")),
         }
     });
     match result {
