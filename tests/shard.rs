@@ -158,6 +158,24 @@ fn train_sharded<R: UpdateRule, A: Element>(
     params: &mut [A],
     steps: std::ops::Range<u64>,
 ) -> Vec<Vec<StepOutcome>> {
+    on_threads(ranks, params, |sharded, shard, all_reduce| {
+        let plan = sharded.plan().clone();
+        let range = plan.shard(sharded.rank());
+        let steps = steps.clone().map(|step| {
+            let grads = flat_grads::<A>(&plan, step);
+            sharded.step_all(shard, &grads[range.clone()], |v| all_reduce(v)).unwrap()
+        });
+        steps.collect()
+    })
+}
+
+/// Runs `body` for every rank on its own thread, with the rank's shard of the flat `params`
+/// and an all-reduce between the threads; returns what each rank's `body` returned.
+fn on_threads<R: UpdateRule, A: Element, T: Send>(
+    ranks: &mut [ShardedOptimizer<R, A>],
+    params: &mut [A],
+    body: impl Fn(&mut ShardedOptimizer<R, A>, &mut [A], &mut dyn FnMut(&mut [f64])) -> T + Sync,
+) -> Vec<T> {
     let collective = Collective::new(ranks.len());
     let plan = ranks[0].plan().clone();
     let mut shards: Vec<&mut [A]> = Vec::new();
@@ -168,24 +186,10 @@ fn train_sharded<R: UpdateRule, A: Element>(
         rest = tail;
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = ranks
-            .iter_mut()
-            .zip(shards)
+        let handles: Vec<_> = (ranks.iter_mut().zip(shards))
             .map(|(sharded, shard)| {
-                let (collective, plan, steps) = (&collective, &plan, steps.clone());
-                scope.spawn(move || {
-                    let range = plan.shard(sharded.rank());
-                    steps
-                        .map(|step| {
-                            let grads = flat_grads::<A>(plan, step);
-                            sharded
-                                .step_all(shard, &grads[range.clone()], |v| {
-                                    collective.all_reduce(v)
-                                })
-                                .unwrap()
-                        })
-                        .collect()
-                })
+                let (collective, body) = (&collective, &body);
+                scope.spawn(move || body(sharded, shard, &mut |v| collective.all_reduce(v)))
             })
             .collect();
         handles.into_iter().map(|handle| handle.join().unwrap()).collect()
@@ -516,24 +520,38 @@ fn eight_bit_state_splits_and_merges_on_random_models() {
         let min_numel = if index % 2 == 0 { 1 } else { 1000 };
         let mut opt = Optimizer::<Adam, f32>::new(Adam::default()).unwrap();
         opt.set_state_precision("default", StatePrecision::Int8 { min_numel }).unwrap();
-        let mut params: Vec<ArrayD<f32>> = model.iter().map(|(_, s)| values(s, 1)).collect();
-        let grads: Vec<ArrayD<f32>> = model.iter().map(|(_, s)| values(s, 2)).collect();
-        let mut batch: Vec<_> = (model.iter().zip(params.iter_mut()).zip(&grads))
-            .map(|(((name, _), param), grad)| ParamGrad::new(name, param, grad))
-            .collect();
-        opt.step_all(&mut batch).unwrap();
-        let full = opt.checkpoint();
-        let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
-        for world in 1..=5 {
-            let plan = ShardPlan::new(listed(), world).unwrap();
-            let shards = split(full.clone(), &plan).unwrap();
-            for (rank, shard) in shards.iter().enumerate() {
-                let opt = Optimizer::from_checkpoint(shard.clone()).unwrap();
-                let sharded = ShardedOptimizer::new(opt, plan.clone(), rank).unwrap();
-                assert_eq!(&sharded.optimizer().checkpoint(), shard, "{model:?} {rank}/{world}");
-            }
-            assert_eq!(merge(shards, &plan).unwrap(), full, "{model:?} on {world} ranks");
+        splits_and_merges(opt, model, Cuts::Elements);
+    }
+}
+
+/// Steps `opt` once on `model`, then, for 1 to 5 ranks, splits its checkpoint under a plan
+/// cut as `cuts` says: each share resumes as cut, and the shares merge into the checkpoint.
+fn splits_and_merges<R: UpdateRule, A: Element>(
+    mut opt: Optimizer<R, A>,
+    model: &[(String, Vec<usize>)],
+    cuts: Cuts,
+) {
+    let mut params: Vec<ArrayD<A>> = model.iter().map(|(_, s)| values(s, 1)).collect();
+    let grads: Vec<ArrayD<A>> = model.iter().map(|(_, s)| values(s, 2)).collect();
+    let mut batch: Vec<_> = (model.iter().zip(params.iter_mut()).zip(&grads))
+        .map(|(((name, _), param), grad)| ParamGrad::new(name, param, grad))
+        .collect();
+    opt.step_all(&mut batch).unwrap();
+    let full = opt.checkpoint();
+    let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+    for world in 1..=5 {
+        let plan = match cuts {
+            Cuts::Elements => ShardPlan::new(listed(), world),
+            Cuts::Tensors => ShardPlan::whole_tensors(listed(), world),
         }
+        .unwrap();
+        let shards = split(full.clone(), &plan).unwrap();
+        for (rank, shard) in shards.iter().enumerate() {
+            let opt = Optimizer::from_checkpoint(shard.clone()).unwrap();
+            let sharded = ShardedOptimizer::new(opt, plan.clone(), rank).unwrap();
+            assert_eq!(&sharded.optimizer().checkpoint(), shard, "{model:?} {rank}/{world}");
+        }
+        assert_eq!(merge(shards, &plan).unwrap(), full, "{model:?} on {world} ranks");
     }
 }
 
@@ -638,36 +656,21 @@ fn whole_tensor_plans_cut_between_tensors_nearest_to_even_shares() {
 }
 
 /// Adafactor's factored state, of another size than its tensor, moves whole between the
-/// shares of a plan that keeps tensors whole, and back, on random models.
+/// shares of a plan that keeps tensors whole, and back, on random models; a plan that cuts
+/// tensors refuses it.
 #[test]
 fn whole_tensor_state_splits_and_merges_on_random_models() {
     for model in random_models().iter().take(60) {
-        let mut opt = Optimizer::<Adafactor, f64>::new(Adafactor::default()).unwrap();
-        let mut params: Vec<ArrayD<f64>> = model.iter().map(|(_, s)| values(s, 1)).collect();
-        let grads: Vec<ArrayD<f64>> = model.iter().map(|(_, s)| values(s, 2)).collect();
-        let mut batch: Vec<_> = (model.iter().zip(params.iter_mut()).zip(&grads))
-            .map(|(((name, _), param), grad)| ParamGrad::new(name, param, grad))
-            .collect();
-        opt.step_all(&mut batch).unwrap();
-        let full = opt.checkpoint();
-        let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
-        for world in 1..=5 {
-            let plan = ShardPlan::whole_tensors(listed(), world).unwrap();
-            let shards = split(full.clone(), &plan).unwrap();
-            for (rank, shard) in shards.iter().enumerate() {
-                let opt = Optimizer::from_checkpoint(shard.clone()).unwrap();
-                let sharded = ShardedOptimizer::new(opt, plan.clone(), rank).unwrap();
-                assert_eq!(&sharded.optimizer().checkpoint(), shard, "{model:?} {rank}/{world}");
-            }
-            assert_eq!(merge(shards, &plan).unwrap(), full, "{model:?} on {world} ranks");
-            if world > 1 {
-                let err = split(full.clone(), &ShardPlan::new(listed(), world).unwrap());
-                assert!(
-                    err.is_err() || model.iter().all(|(_, s)| s.iter().product::<usize>() == 0)
-                );
-            }
-        }
+        let opt = Optimizer::<Adafactor, f64>::new(Adafactor::default()).unwrap();
+        splits_and_merges(opt, model, Cuts::Tensors);
     }
+    let model = &random_models()[0];
+    let mut opt = Optimizer::<Adafactor, f64>::new(Adafactor::default()).unwrap();
+    let (mut b, g) = (values::<f64>(&model[1].1, 1), values::<f64>(&model[1].1, 2));
+    opt.step(&model[1].0, &mut b, &g).unwrap();
+    let listed = model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+    let err = split(opt.checkpoint(), &ShardPlan::new(listed, 2).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("does not update element by element"), "{err}");
 }
 
 /// Muon steps matrices as wholes, and clipping by each tensor's own norm needs whole
@@ -734,7 +737,6 @@ fn plan_errors() {
     assert_eq!(plan.pieces(0).count(), 0);
 }
 
-/// A step that fails on one rank fails on every rank, and changes nothing anywhere.
 /// One step of every rank on its own thread from the flat parameters `before`, rank
 /// `short` given one gradient too few; every rank's result and parameters.
 fn step_on_threads<R: UpdateRule>(
@@ -742,27 +744,13 @@ fn step_on_threads<R: UpdateRule>(
     before: &[f64],
     short: Option<usize>,
 ) -> Vec<(Result<StepOutcome, Error>, Vec<f64>)> {
-    let world = ranks.len();
-    let collective = Collective::new(world);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = ranks
-            .iter_mut()
-            .map(|sharded| {
-                let collective = &collective;
-                let plan = plan(world);
-                let mut shard = before[plan.shard(sharded.rank())].to_vec();
-                let grads = flat_grads::<f64>(&plan, 2);
-                scope.spawn(move || {
-                    let range = plan.shard(sharded.rank());
-                    let end = range.end - usize::from(short == Some(sharded.rank()));
-                    let result = sharded.step_all(&mut shard, &grads[range.start..end], |v| {
-                        collective.all_reduce(v)
-                    });
-                    (result, shard)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let mut params = before.to_vec();
+    on_threads(ranks, &mut params, |sharded, shard, all_reduce| {
+        let range = sharded.plan().shard(sharded.rank());
+        let grads = flat_grads::<f64>(sharded.plan(), 2);
+        let end = range.end - usize::from(short == Some(sharded.rank()));
+        let result = sharded.step_all(shard, &grads[range.start..end], all_reduce);
+        (result, shard.to_vec())
     })
 }
 
@@ -796,6 +784,7 @@ fn a_reduction_refused_on_one_rank_fails_every_rank() {
     assert_eq!(merged(&ranks), states);
 }
 
+/// A step that fails on one rank fails on every rank, and changes nothing anywhere.
 #[test]
 fn a_failure_on_one_rank_fails_every_rank_and_changes_nothing() {
     let mut ranks: Vec<_> = (0..3)
