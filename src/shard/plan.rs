@@ -94,8 +94,9 @@ impl ShardPlan {
     }
 
     /// Plans the tensors `(name, shape)` over `world` ranks without cutting any: each rank
-    /// owns whole tensors, and steps them in their shapes, as PyTorch's
-    /// `ZeroRedundancyOptimizer` partitions parameters. Rules that look at whole tensors
+    /// owns whole tensors, and steps them in their shapes, as with PyTorch's
+    /// `ZeroRedundancyOptimizer` (which gives each parameter to the least-loaded rank; these
+    /// shards stay contiguous in the flat order). Rules that look at whole tensors
     /// ([`Lamb`](crate::Lamb), [`Muon`](crate::Muon), [`Adafactor`](crate::Adafactor)) and
     /// clipping by each tensor's own norm need such a plan. The cuts are the tensor
     /// boundaries nearest to even shares, so a shard may exceed `$\lceil T/N \rceil$` by up
