@@ -5,7 +5,7 @@ use std::sync::{Barrier, Mutex};
 
 use ndarray::ArrayD;
 use ndarray_optim::checkpoint::{Encoding, ShardRecord, StoredValues as Stored};
-use ndarray_optim::shard::{SHARD_BLOCK, merge, split};
+use ndarray_optim::shard::{MAX_WORLD, SHARD_BLOCK, merge, split};
 use ndarray_optim::{
     Adafactor, Adam, AdamW, Checkpoint, Clip, Element, Error, Momentum, Muon, NonFinite, Optimizer,
     ParamGrad, Prodigy, Rule, ShardPlan, ShardedOptimizer, StatePrecision, StepOutcome, UpdateRule,
@@ -724,6 +724,11 @@ fn a_share_resumes_only_under_the_plan_that_cut_it() {
 #[test]
 fn plan_errors() {
     assert!(matches!(ShardPlan::new(TENSORS, 0), Err(Error::InvalidSharding { .. })));
+    // A world given as a huge number is refused, not allocated (a cut per rank).
+    for world in [MAX_WORLD + 1, usize::MAX] {
+        let err = ShardPlan::whole_tensors(TENSORS, world).unwrap_err();
+        assert!(err.to_string().contains(&format!("a world of {world} ranks is above")), "{err}");
+    }
     let err = ShardPlan::new([("a", &[1][..]), ("a", &[2])], 2).unwrap_err();
     assert_eq!(err, Error::DuplicateParam { param: "a".into(), in_what: "shard plan" });
     assert_eq!(err.to_string(), "the shard plan lists the tensor `a` more than once");

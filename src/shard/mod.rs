@@ -52,7 +52,7 @@ mod plan;
 mod sharded;
 
 pub use checkpoints::{merge, split};
-pub use plan::{Piece, PlannedTensor, SHARD_BLOCK, ShardPlan};
+pub use plan::{MAX_WORLD, Piece, PlannedTensor, SHARD_BLOCK, ShardPlan};
 pub use sharded::ShardedOptimizer;
 
 use crate::error::Error;

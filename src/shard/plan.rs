@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 /// unchanged. 256 elements are 1 KiB of `f32`, a whole number of cache lines and vectors.
 pub const SHARD_BLOCK: usize = NORM_BLOCK;
 
+/// The most ranks a plan is made for, 2²⁴ (16,777,216), beyond the largest MPI jobs: a plan
+/// keeps a cut per rank, and a step exchanges a value per rank, so a world given by mistake
+/// as a huge number is refused rather than allocated.
+pub const MAX_WORLD: usize = 1 << 24;
+
 /// A tensor of a [`ShardPlan`] and its place in the flat order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedTensor<'a> {
@@ -84,8 +89,9 @@ impl ShardPlan {
     /// Plans the tensors `(name, shape)` over `world` ranks.
     ///
     /// # Errors
-    /// [`Error::InvalidSharding`] if `world` is 0 or the model has more elements than a
-    /// `usize` counts, [`Error::DuplicateParam`] if a name is listed twice.
+    /// [`Error::InvalidSharding`] if `world` is 0 or above [`MAX_WORLD`] or the model has
+    /// more elements than a `usize` counts, [`Error::DuplicateParam`] if a name is listed
+    /// twice.
     pub fn new<'a>(
         tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
         world: usize,
@@ -131,6 +137,9 @@ impl ShardPlan {
     ) -> Result<Self> {
         if world == 0 {
             return Err(invalid("a plan needs at least one rank".to_owned()));
+        }
+        if world > MAX_WORLD {
+            return Err(invalid(format!("a world of {world} ranks is above {MAX_WORLD}")));
         }
         let mut listed: Vec<(&str, &[usize])> = tensors.into_iter().collect();
         listed.sort_by(|a, b| a.0.cmp(b.0));
