@@ -911,6 +911,9 @@ fn incomplete_or_inconsistent_shards_are_refused() {
     assert!(err.to_string().contains("the shards of ranks [3] are missing"), "{err}");
     let err = merge(shards[..1].to_vec(), &plan(4)).unwrap_err();
     assert!(err.to_string().contains("ranks [1, 2, 3] are missing"), "{err}");
+    // Many missing ranks (a plan may have millions) are named as a range, not listed.
+    let err = merge(shards[..1].to_vec(), &plan(20)).unwrap_err();
+    assert!(err.to_string().contains("the shards of ranks 1 to 19 are missing"), "{err}");
     assert!(merge(shards.clone(), &plan(3)).is_err());
     assert!(matches!(merge::<Adam, f64>(vec![], &plan(4)), Err(Error::InvalidSharding { .. })));
 

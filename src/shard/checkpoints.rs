@@ -63,9 +63,15 @@ pub fn merge<R: UpdateRule, A: Clone>(
 ) -> Result<Checkpoint<R, A>> {
     if shards.len() != plan.world() {
         let reason = if shards.len() < plan.world() {
-            let missing: Vec<usize> = (shards.len()..plan.world()).collect();
+            // Listed one by one when few: a plan may have millions of ranks.
+            let missing = shards.len()..plan.world();
+            let missing = if missing.len() <= 8 {
+                format!("{:?}", missing.collect::<Vec<_>>())
+            } else {
+                format!("{} to {}", missing.start, missing.end - 1)
+            };
             format!(
-                "{} shards for a plan of {} ranks: the shards of ranks {missing:?} are missing \
+                "{} shards for a plan of {} ranks: the shards of ranks {missing} are missing \
                  (give one shard per rank, in rank order)",
                 shards.len(),
                 plan.world()
