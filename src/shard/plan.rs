@@ -216,6 +216,12 @@ impl ShardPlan {
     /// is the piece of the rank whose shard holds the position where it starts (the last
     /// rank's for the model's end).
     pub fn pieces(&self, rank: usize) -> impl Iterator<Item = Piece<'_>> {
+        self.shaped_pieces(rank).map(|(piece, _)| piece)
+    }
+
+    /// [`pieces`](Self::pieces), each with the shape [`piece_shape`](Self::piece_shape)
+    /// gives it.
+    pub(crate) fn shaped_pieces(&self, rank: usize) -> impl Iterator<Item = (Piece<'_>, IxDyn)> {
         let shard = self.shard(rank);
         // Tensors that end before the shard, or at its start and have elements, are not in it.
         let first =
@@ -224,7 +230,11 @@ impl ShardPlan {
             move |t| {
                 let elements = self.part(t, rank)?;
                 let start = t.start + elements.start - shard.start;
-                Some(Piece { name: &t.name, shard: start..start + elements.len(), elements })
+                let shape = self.shape_of(t, elements.len());
+                Some((
+                    Piece { name: &t.name, shard: start..start + elements.len(), elements },
+                    shape,
+                ))
             },
         )
     }
@@ -244,7 +254,12 @@ impl ShardPlan {
     pub(crate) fn piece_shape(&self, name: &str, rank: usize) -> Option<IxDyn> {
         let tensor = &self.tensors[self.position(name)?];
         let part = self.part(tensor, rank)?;
-        Some(if self.whole_tensors { IxDyn(&tensor.shape) } else { IxDyn(&[part.len()]) })
+        Some(self.shape_of(tensor, part.len()))
+    }
+
+    /// The shape of a piece of `len` of `tensor`'s elements.
+    fn shape_of(&self, tensor: &Tensor, len: usize) -> IxDyn {
+        if self.whole_tensors { IxDyn(&tensor.shape) } else { IxDyn(&[len]) }
     }
 
     /// The positions among `tensor`'s elements that `rank` holds, if it holds a part: the

@@ -178,8 +178,8 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
             .and_then(|()| shardable(optimizer, plan))
             .and_then(|()| {
                 let mut zip = |_: &mut Prefix, visit: &mut VisitPair<'_, A>| {
-                    for piece in plan.pieces(rank) {
-                        let (param, grad) = piece_views(plan, &piece, rank, params, grads)?;
+                    for (piece, shape) in plan.shaped_pieces(rank) {
+                        let (param, grad) = piece_views(&piece, shape, params, grads)?;
                         visit(piece.name, param, grad)?;
                     }
                     Ok(())
@@ -249,25 +249,20 @@ fn shardable<R: UpdateRule, A: Element>(
     Ok(())
 }
 
-/// The views of `piece` in rank `rank`'s `params` and `grads`, of the shape the plan gives
+/// The views of `piece` in the rank's `params` and `grads`, of the `shape` the plan gives
 /// it: under a plan that keeps tensors whole, the tensor's, so that rules see the tensor as
 /// one process does.
 fn piece_views<'a, A>(
-    plan: &ShardPlan,
     piece: &Piece<'_>,
-    rank: usize,
+    shape: IxDyn,
     params: &'a mut [A],
     grads: &'a [A],
 ) -> Result<(ArrayViewMut<'a, A, IxDyn>, ArrayView<'a, A, IxDyn>)> {
-    let shape = plan.piece_shape(piece.name, rank);
-    let views = shape.and_then(|shape| {
-        let param = ArrayViewMut::from_shape(shape.clone(), &mut params[piece.shard.clone()]);
-        let grad = ArrayView::from_shape(shape, &grads[piece.shard.clone()]);
-        Some((param.ok()?, grad.ok()?))
-    });
-    views.ok_or_else(|| {
-        invalid(format!("rank {rank}'s piece of `{}` is not of its shape", piece.name))
-    })
+    let param = ArrayViewMut::from_shape(shape.clone(), &mut params[piece.shard.clone()]);
+    let grad = ArrayView::from_shape(shape, &grads[piece.shard.clone()]);
+    param
+        .and_then(|param| Ok((param, grad?)))
+        .map_err(|_| invalid(format!("the piece of tensor `{}` is not of its shape", piece.name)))
 }
 
 fn check_lengths(plan: &ShardPlan, rank: usize, params: usize, grads: usize) -> Result<()> {
