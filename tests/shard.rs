@@ -38,13 +38,24 @@ enum Cuts {
     Tensors,
 }
 
+impl Cuts {
+    /// The plan of `tensors` over `world` ranks, cut as `self` says.
+    fn plan<'a>(
+        self,
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        world: usize,
+    ) -> ShardPlan {
+        match self {
+            Cuts::Elements => ShardPlan::new(tensors, world).unwrap(),
+            Cuts::Tensors => ShardPlan::whole_tensors(tensors, world).unwrap(),
+        }
+    }
+}
+
 /// On 2–4 ranks, whole tensors put `embed` on a rank of its own, and on 4 ranks leave rank 0
 /// with nothing.
 fn plan_by(cuts: Cuts, world: usize) -> ShardPlan {
-    match cuts {
-        Cuts::Elements => ShardPlan::new(TENSORS, world).unwrap(),
-        Cuts::Tensors => ShardPlan::whole_tensors(TENSORS, world).unwrap(),
-    }
+    cuts.plan(TENSORS, world)
 }
 
 /// An all-reduce between threads: every value summed over all of them, in whatever order the
@@ -540,11 +551,7 @@ fn splits_and_merges<R: UpdateRule, A: Element>(
     let full = opt.checkpoint();
     let listed = || model.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
     for world in 1..=5 {
-        let plan = match cuts {
-            Cuts::Elements => ShardPlan::new(listed(), world),
-            Cuts::Tensors => ShardPlan::whole_tensors(listed(), world),
-        }
-        .unwrap();
+        let plan = cuts.plan(listed(), world);
         let shards = split(full.clone(), &plan).unwrap();
         for (rank, shard) in shards.iter().enumerate() {
             let opt = Optimizer::from_checkpoint(shard.clone()).unwrap();
