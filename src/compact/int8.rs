@@ -129,6 +129,29 @@ pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
     scale
 }
 
+/// [`decode`] with the map's entries looked up `LANES` codes at a time by `entries`, written
+/// out for an instruction set; the last codes of a block short of `LANES` go one by one.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn decode_in_lanes<A: Element, const LANES: usize>(
+    codes: &[u8],
+    scale: f32,
+    map: QuantMap,
+    values: &mut [A],
+    entries: impl Fn(&[u8; LANES]) -> [f32; LANES],
+) {
+    let values = &mut values[..codes.len()];
+    let mut chunks = values.chunks_exact_mut(LANES).zip(codes.chunks_exact(LANES));
+    for (values, codes) in &mut chunks {
+        let codes = codes.try_into().expect("chunks of LANES codes");
+        for (value, entry) in values.iter_mut().zip(entries(codes)) {
+            *value = A::from_f64(f64::from(entry * scale));
+        }
+    }
+    let done = codes.len() - codes.len() % LANES;
+    decode(&codes[done..], scale, map, &mut values[done..]);
+}
+
 #[inline(always)]
 fn to_f32<A: Element>(value: A) -> f32 {
     value.into_f64() as f32
