@@ -707,6 +707,49 @@ fn muon_and_per_tensor_clipping_shard_by_whole_tensors() {
     check::<f64>();
 }
 
+/// `ShardPlan::for_optimizer` cuts inside tensors exactly when every group's rule steps parts
+/// of tensors and no clip needs whole tensors, and its plan is accepted on every rank.
+struct PlannedForTheOptimizer;
+
+impl RuleCheck for PlannedForTheOptimizer {
+    fn check<R, A>(&mut self, rule: R)
+    where
+        R: UpdateRule + Serialize + DeserializeOwned,
+        A: Element + Serialize + DeserializeOwned,
+    {
+        let name = format!("{rule:?}");
+        let looks_at_whole_tensors =
+            ["Lamb", "Muon", "Adafactor"].iter().any(|whole| name.starts_with(whole));
+        let clips =
+            [None, Some(Clip::GlobalNorm { max_norm: 5.0 }), Some(Clip::Norm { max_norm: 5.0 })];
+        for clip in clips {
+            let mut opt = setup::<R, A>(&rule);
+            opt.set_clip(clip).unwrap();
+            let whole = looks_at_whole_tensors || matches!(clip, Some(Clip::Norm { .. }));
+            for world in 1..=3 {
+                let plan = ShardPlan::for_optimizer(&opt, TENSORS, world).unwrap();
+                let cuts = if whole { Cuts::Tensors } else { Cuts::Elements };
+                assert_eq!(plan, plan_by(cuts, world), "{name} {clip:?} {world}");
+                for rank in 0..world {
+                    ShardedOptimizer::new(opt.clone(), plan.clone(), rank).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn plans_for_an_optimizer_keep_tensors_whole_only_where_it_needs_them() {
+    for_each_rule(&mut PlannedForTheOptimizer);
+    // One group of a rule that looks at whole tensors is enough.
+    let mut opt = Optimizer::<Rule, f32>::new(AdamW::default().into()).unwrap();
+    assert!(!ShardPlan::for_optimizer(&opt, TENSORS, 2).unwrap().keeps_tensors_whole());
+    opt.add_group("matrices", Muon::default()).unwrap();
+    assert!(ShardPlan::for_optimizer(&opt, TENSORS, 2).unwrap().keeps_tensors_whole());
+    let err = ShardPlan::for_optimizer(&opt, TENSORS, 0).unwrap_err();
+    assert!(matches!(err, Error::InvalidSharding { .. }), "{err}");
+}
+
 /// A rank's share holds the pieces of the plan that cut it: under another plan of the same
 /// world size, which would give some of its tensors to other ranks, it is refused, by the
 /// rank and by `merge`, rather than resumed with state lost.

@@ -202,21 +202,18 @@ where
     let config = if options.bench { &BENCH } else { &SMALL };
     let tensors = mlp::tensors(config.widths);
     let shapes = tensors.iter().map(|(name, shape)| (name.as_str(), shape.as_slice()));
-    // A rule that looks at whole tensors needs a plan that keeps them whole.
-    let whole = !rule.elementwise() && rule.reduction().is_none();
-    let plan = plan(shapes, size, whole)?;
+    let mut optimizer = Optimizer::new(rule).map_err(|e| e.to_string())?;
+    optimizer.add_group("biases", bias_rule).map_err(|e| e.to_string())?;
+    for (name, _) in tensors.iter().filter(|(name, _)| name.ends_with("bias")) {
+        optimizer.assign(name, "biases").map_err(|e| e.to_string())?;
+    }
+    // Cut inside tensors, unless a rule looks at whole tensors.
+    let plan = ShardPlan::for_optimizer(&optimizer, shapes, size).map_err(|e| e.to_string())?;
     let mlp = Mlp::new(config.widths, &plan)?;
 
     let (mut optimizer, params) = match &options.resume_dir {
         Some(dir) => checkpoints::resume::<R>(dir, &plan)?,
-        None => {
-            let mut optimizer = Optimizer::new(rule).map_err(|e| e.to_string())?;
-            optimizer.add_group("biases", bias_rule).map_err(|e| e.to_string())?;
-            for (name, _) in tensors.iter().filter(|(name, _)| name.ends_with("bias")) {
-                optimizer.assign(name, "biases").map_err(|e| e.to_string())?;
-            }
-            (optimizer, mlp.init(1))
-        }
+        None => (optimizer, mlp.init(1)),
     };
     let clip = options.clip.map(|max_norm| Clip::GlobalNorm { max_norm });
     optimizer.set_clip(clip).map_err(|e| e.to_string())?;

@@ -37,9 +37,11 @@
 //!
 //! Rules that look at whole tensors ([`Lamb`](crate::Lamb), [`Muon`](crate::Muon),
 //! [`Adafactor`](crate::Adafactor)) and clipping each tensor by its own norm
-//! ([`Clip::Norm`](crate::Clip::Norm)) need a plan that keeps tensors whole
+//! ([`Clip::Norm`]) need a plan that keeps tensors whole
 //! ([`ShardPlan::whole_tensors`]): each rank steps whole tensors, in their shapes, and its
 //! checkpoint holds their state whole, so the result is again one process's, bit for bit.
+//! [`ShardPlan::for_optimizer`] chooses between the two kinds of plan by the optimizer's
+//! rules and clipping.
 //!
 //! The crate does no communication itself: bring your own (MPI, sockets, threads); the
 //! `data_parallel` example does it over MPI, with a reduce-scatter of the gradients and an
@@ -55,7 +57,10 @@ pub use checkpoints::{merge, split};
 pub use plan::{MAX_WORLD, Piece, PlannedTensor, SHARD_BLOCK, ShardPlan};
 pub use sharded::ShardedOptimizer;
 
+use crate::clip::Clip;
+use crate::element::Element;
 use crate::error::Error;
+use crate::optimizer::Optimizer;
 use crate::rule::UpdateRule;
 
 /// Whether a part of a tensor is stepped, and its state cut, as the part of the whole
@@ -64,6 +69,27 @@ use crate::rule::UpdateRule;
 /// ([`UpdateRule::reduction`]).
 fn cuts_exactly<R: UpdateRule>(rule: &R) -> bool {
     rule.elementwise() || rule.reduction().is_some()
+}
+
+/// Why `optimizer` cannot be stepped under a plan that cuts tensors, if it cannot: a
+/// group's rule that looks at whole tensors, or a clip by each tensor's own norm.
+fn needs_whole_tensors<R: UpdateRule, A: Element>(optimizer: &Optimizer<R, A>) -> Option<String> {
+    if let Some(group) = optimizer.groups().iter().find(|group| !cuts_exactly(&group.hyper)) {
+        return Some(format!(
+            "group `{}` has rule `{}`, which does not update element by element: a shard \
+             cannot step part of a tensor with it",
+            group.name(),
+            group.hyper.name()
+        ));
+    }
+    if let Some(Clip::Norm { .. }) = optimizer.clip() {
+        return Some(
+            "clipping each tensor by its own norm needs whole tensors: clip by global norm or \
+             by value"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 fn invalid(reason: String) -> Error {

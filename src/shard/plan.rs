@@ -4,9 +4,12 @@ use core::ops::Range;
 
 use ndarray::IxDyn;
 
-use super::invalid;
+use super::{invalid, needs_whole_tensors};
 use crate::clip::NORM_BLOCK;
+use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
+use crate::rule::UpdateRule;
 
 /// A tensor is cut between ranks only at multiples of this many of its elements (in its
 /// row-major order), so a shard is at most this many elements larger than an even share.
@@ -128,6 +131,35 @@ impl ShardPlan {
         world: usize,
     ) -> Result<Self> {
         Self::planned(tensors, world, true)
+    }
+
+    /// Plans the tensors `(name, shape)` over `world` ranks as `optimizer` needs them:
+    /// cut into even shares ([`new`](Self::new)) if every group's rule steps a part of a
+    /// tensor as it steps it inside the whole tensor (element by element, or with a
+    /// [reduction](crate::UpdateRule::reduction)) and the optimizer does not clip each tensor
+    /// by its own norm, else [keeping tensors whole](Self::whole_tensors). The plan for
+    /// [`ShardedOptimizer::new`](crate::ShardedOptimizer::new) of this optimizer, without
+    /// knowing its rules; a group added later is checked there.
+    ///
+    /// ```
+    /// use ndarray_optim::{AdamW, Lamb, Optimizer, ShardPlan};
+    ///
+    /// let tensors = [("w", &[600, 10][..]), ("b", &[10])];
+    /// let adamw = Optimizer::<_, f32>::new(AdamW::default())?;
+    /// assert!(!ShardPlan::for_optimizer(&adamw, tensors, 2)?.keeps_tensors_whole());
+    /// let lamb = Optimizer::<_, f32>::new(Lamb::default())?;
+    /// assert!(ShardPlan::for_optimizer(&lamb, tensors, 2)?.keeps_tensors_whole());
+    /// # Ok::<(), ndarray_optim::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn for_optimizer<'a, R: UpdateRule, A: Element>(
+        optimizer: &Optimizer<R, A>,
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        world: usize,
+    ) -> Result<Self> {
+        Self::planned(tensors, world, needs_whole_tensors(optimizer).is_some())
     }
 
     fn planned<'a>(

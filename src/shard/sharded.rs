@@ -4,8 +4,7 @@ use ndarray::{ArrayView, ArrayViewMut, IxDyn};
 
 use super::checkpoints::{share, share_of};
 use super::plan::{Piece, ShardPlan};
-use super::{cuts_exactly, invalid};
-use crate::clip::Clip;
+use super::{invalid, needs_whole_tensors};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::exact_sum::{PARTS, SignedSum};
@@ -127,7 +126,7 @@ impl<R: UpdateRule, A: Element> ShardedOptimizer<R, A> {
     /// [plan's order](ShardPlan)). The result is bit for bit what one process's
     /// [`Optimizer::step_all`] gives for the whole model with the same averaged gradients, on
     /// any number of ranks: the same parameters and state, the same
-    /// [global-norm clipping](Clip::GlobalNorm) and [non-finite check](NonFinite) over
+    /// [global-norm clipping](crate::Clip::GlobalNorm) and [non-finite check](NonFinite) over
     /// every tensor, the same outcome (a skip reports the position of the first non-finite
     /// tensor in the plan's order). Parts of frozen groups are left alone. Under a plan that
     /// [keeps tensors whole](ShardPlan::whole_tensors), each piece is stepped in its
@@ -226,27 +225,14 @@ fn shardable<R: UpdateRule, A: Element>(
     plan: &ShardPlan,
 ) -> Result<()> {
     optimizer.registry.reduction()?;
+    // Checked every step, so only where it can fail: the reason is a new string.
     if plan.keeps_tensors_whole() {
         return Ok(());
     }
-    for group in optimizer.groups() {
-        if !cuts_exactly(&group.hyper) {
-            return Err(invalid(format!(
-                "group `{}` has rule `{}`, which does not update element by element: a shard \
-                 cannot step part of a tensor with it (plan with `ShardPlan::whole_tensors`)",
-                group.name(),
-                group.hyper.name()
-            )));
-        }
+    match needs_whole_tensors(optimizer) {
+        Some(reason) => Err(invalid(format!("{reason} (plan with `ShardPlan::for_optimizer`)"))),
+        None => Ok(()),
     }
-    if let Some(Clip::Norm { .. }) = optimizer.clip() {
-        return Err(invalid(
-            "clipping each tensor by its own norm needs whole tensors: clip by global norm or \
-             by value, or plan with `ShardPlan::whole_tensors`"
-                .to_owned(),
-        ));
-    }
-    Ok(())
 }
 
 /// The views of `piece` in the rank's `params` and `grads`, of the `shape` the plan gives
