@@ -9,6 +9,10 @@
 
 use crate::element::Element;
 
+mod pieces;
+
+pub(crate) use pieces::{FIRST_EXPONENT, FRACTION_BITS, Pieces, SLACK};
+
 /// Values per quantization block: each has its own scale (torchao's and bitsandbytes'
 /// default for optimizer state).
 pub const BLOCK: usize = 256;
@@ -180,12 +184,16 @@ pub(crate) const SIGN: u32 = 0x8000_0000;
 /// the code is the bucket's base code, plus one from that threshold on.
 ///
 /// Each bucket is one 32-bit word, the base code over the threshold's key (below), so that a
-/// loop over a block looks up 8 or 16 values at once with one gather (AVX2 or AVX-512).
+/// loop over a block looks up 8 values at once with one gather (AVX2). With AVX-512 the
+/// codes come from the map's arithmetic form ([`Pieces`]), and from this table only for
+/// values that lie too near a threshold for it.
 pub(crate) struct Lookup {
     /// For every bucket of magnitudes, the buckets of positive values, then those of negative
     /// ones: the code of the bucket's lowest value in the top 8 bits, and in the bits of
     /// [`KEY_MASK`] the [`key`] of the threshold of the next code, or [`NO_THRESHOLD`].
     pub(crate) words: [u32; 2 * BUCKETS],
+    /// The same codes by arithmetic, for all but the values nearest to a threshold.
+    pub(crate) pieces: Pieces,
 }
 
 impl Lookup {
@@ -287,7 +295,8 @@ const fn thresholds(entries: &[f32; 256]) -> [f32; 257] {
 /// a bucket's threshold lies among the magnitudes its keys tell apart.
 const fn lookup(entries: &[f32; 256]) -> Lookup {
     let thresholds = thresholds(entries);
-    let mut table = Lookup { words: [0; 2 * BUCKETS] };
+    let mut table =
+        Lookup { words: [0; 2 * BUCKETS], pieces: pieces::pieces(entries, &thresholds) };
     // The code of `y` by the thresholds, and a check that `highest` has at most one more.
     const fn at(thresholds: &[f32; 257], y: f32) -> usize {
         let (mut low, mut high) = (0_usize, 255);

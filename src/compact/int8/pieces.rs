@@ -1,0 +1,139 @@
+//! A map's nearest codes by arithmetic: within a decade the dynamic map's entries are evenly
+//! spaced (the midpoints of `linspace(0.1, 1, n + 1)` times a power of ten), so its
+//! thresholds lie at whole positions of a linear function of the magnitude, and a value's code
+//! is the first code of its decade plus the whole part of its position there.
+//!
+//! Magnitudes split into pieces at the thresholds where a decade's first code starts (and
+//! where the code of 1 starts); a piece is found from the binade of the magnitude (its
+//! exponent) and at most one comparison, since no binade holds two such thresholds. The
+//! position is computed in `f32` in fixed point, [`FRACTION_BITS`] bits below the point: a
+//! value whose position lies within [`SLACK`] units of a whole number, or whose magnitude lies
+//! within [`SLACK`] units in the last place of a piece's start, may round either way and is
+//! left to the table lookup ([`super::Lookup::nearest_code`]); every other value gets the
+//! table's code (every `f32` is checked by
+//! `kernel::isa::tests::the_avx512_arithmetic_codes_every_f32_as_the_table_does`).
+
+use super::{MIN_BITS, SIGN};
+
+/// Bits of a code position below the point.
+pub(crate) const FRACTION_BITS: u32 = 14;
+/// How close (in units of `2^-FRACTION_BITS` of a position, or in units in the last place of
+/// a magnitude) a value may lie to a threshold and still get its code by arithmetic.
+pub(crate) const SLACK: i32 = 4;
+/// A piece start below every magnitude's bits: a binade without one compares as past it.
+const NO_START: i32 = -(1 << 30);
+/// The pieces: below the first decade (the code of 0), seven decades, and the code of 1.
+const PIECES: usize = 9;
+
+/// A map's codes as a function of the magnitude, piece by piece, in tables of 32 binades and
+/// 16 pieces (vector registers of 32-bit lanes index them).
+pub(crate) struct Pieces {
+    /// For the binade of magnitudes with exponent `e` (`2^{e − 127}` up to twice that), at
+    /// index `e − 103` (clamped at 0; magnitudes up to 1 index at most 24): the piece of the
+    /// binade's first magnitude, plus one if a piece starts inside the binade.
+    pub(crate) binade_piece: [i32; 32],
+    /// The bits of the magnitude where a piece starts inside the binade, or a number below
+    /// every magnitude's bits.
+    pub(crate) binade_start: [i32; 32],
+    /// Per piece: a magnitude's code position, times `2^FRACTION_BITS`, is `magnitude ·
+    /// scale + offset`.
+    pub(crate) scale: [f32; 16],
+    pub(crate) offset: [f32; 16],
+    /// Per piece: the least and the greatest fixed-point position of its codes.
+    pub(crate) lowest: [i32; 16],
+    pub(crate) highest: [i32; 16],
+    /// A negative value's code is `mirror` minus the code of its magnitude, at least 0 (the
+    /// signed map is symmetric about its zero; the unsigned map gives every negative value 0).
+    pub(crate) mirror: i32,
+}
+
+/// The biased exponent of the first binade of [`Pieces::binade_piece`] (2^-24 up to 2^-23):
+/// smaller magnitudes share it, since no piece starts below it.
+pub(crate) const FIRST_EXPONENT: i32 = (MIN_BITS >> 23) as i32;
+
+/// The pieces of `entries`, with `thresholds` as [`super::thresholds`] gives them; checks, at
+/// compile time, that no binade holds two piece starts.
+pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pieces {
+    let mut table = Pieces {
+        binade_piece: [0; 32],
+        binade_start: [NO_START; 32],
+        scale: [0.0; 16],
+        offset: [0.0; 16],
+        lowest: [0; 16],
+        highest: [0; 16],
+        mirror: 0,
+    };
+    let mut zero = 0;
+    while entries[zero] < 0.0 {
+        zero += 1;
+    }
+    table.mirror = 2 * zero as i32;
+    // Piece `d` starts at `starts[d − 1]`.
+    let mut starts = [0.0_f32; PIECES - 1];
+    // Below the first decade every magnitude takes 0's code; the offset keeps its position
+    // half-way between whole numbers.
+    piece(&mut table, 0, zero, 1, 0.0, 0.5);
+    let mut first = zero + 1;
+    let mut decade = 0;
+    while decade < 7 {
+        // Decade `i` holds the entries from 10^(i − 7) up to 10^(i − 6), 1 excluded.
+        let top = power_of_ten(decade as i32 - 6);
+        let mut end = first;
+        while end < 255 && (entries[end] as f64) < top {
+            end += 1;
+        }
+        let count = end - first;
+        let n = count as f64;
+        piece(&mut table, decade + 1, first, count, n / (0.9 * top), -0.1 * n / 0.9);
+        starts[decade] = thresholds[first];
+        first = end;
+        decade += 1;
+    }
+    assert!(first == 255, "the decades end at the code of 1");
+    piece(&mut table, PIECES - 1, 255, 1, 0.0, 0.5);
+    starts[PIECES - 2] = thresholds[255];
+    let mut binade = 0;
+    while binade < 32 {
+        let start_bits = ((FIRST_EXPONENT + binade as i32) as u32) << 23;
+        let end_bits = start_bits + (1 << 23);
+        let mut below = 0;
+        let mut inside = 0;
+        let mut k = 0;
+        while k < PIECES - 1 {
+            let bits = starts[k].to_bits() & !SIGN;
+            if bits < start_bits {
+                below += 1;
+            } else if bits < end_bits {
+                table.binade_start[binade] = bits as i32;
+                inside += 1;
+            }
+            k += 1;
+        }
+        assert!(inside <= 1, "a binade holds two piece starts");
+        assert!(binade > 0 || below == 0, "a piece starts below the first binade");
+        table.binade_piece[binade] = below + inside;
+        binade += 1;
+    }
+    table
+}
+
+/// Sets piece `d`: its `count` codes from `first`, and the position `magnitude · scale +
+/// offset` of a magnitude among them, both in fixed point.
+const fn piece(table: &mut Pieces, d: usize, first: usize, count: usize, scale: f64, offset: f64) {
+    let unit = (1 << FRACTION_BITS) as f64;
+    table.scale[d] = (scale * unit) as f32;
+    table.offset[d] = ((offset + first as f64) * unit) as f32;
+    table.lowest[d] = (first as i32) << FRACTION_BITS;
+    table.highest[d] = ((first + count - 1) as i32) << FRACTION_BITS | ((1 << FRACTION_BITS) - 1);
+}
+
+/// `10^exponent` for exponents from −6 to 0, by an exact power of ten and one division.
+const fn power_of_ten(exponent: i32) -> f64 {
+    let mut power = 1.0;
+    let mut k = 0;
+    while k < -exponent {
+        power *= 10.0;
+        k += 1;
+    }
+    1.0 / power
+}
