@@ -39,6 +39,15 @@ impl QuantMap {
         }
     }
 
+    /// The map's entries as four planes of bytes, from the least significant byte of each
+    /// entry's bits to the most, for byte permutations to expand codes with.
+    pub(crate) fn byte_planes(self) -> &'static [[u8; 256]; 4] {
+        match self {
+            QuantMap::Signed => &SIGNED_PLANES,
+            QuantMap::Unsigned => &UNSIGNED_PLANES,
+        }
+    }
+
     pub(crate) fn lookup(self) -> &'static Lookup {
         match self {
             QuantMap::Signed => &SIGNED_LOOKUP,
@@ -236,6 +245,25 @@ pub(crate) const WITHIN: u32 = (1 << SHIFT) - 1;
 pub(crate) const NO_THRESHOLD: u32 = WITHIN + 1;
 /// The bits of a word that hold the threshold's key.
 pub(crate) const KEY_MASK: u32 = (1 << 24) - 1;
+
+static SIGNED_PLANES: [[u8; 256]; 4] = byte_planes(&SIGNED);
+static UNSIGNED_PLANES: [[u8; 256]; 4] = byte_planes(&UNSIGNED);
+
+/// Byte `p` of the bits of every entry, for each `p` from the least significant.
+const fn byte_planes(entries: &[f32; 256]) -> [[u8; 256]; 4] {
+    let mut planes = [[0; 256]; 4];
+    let mut code = 0;
+    while code < 256 {
+        let bytes = entries[code].to_bits().to_le_bytes();
+        let mut plane = 0;
+        while plane < 4 {
+            planes[plane][code] = bytes[plane];
+            plane += 1;
+        }
+        code += 1;
+    }
+    planes
+}
 
 static SIGNED_LOOKUP: Lookup = lookup(&SIGNED);
 static UNSIGNED_LOOKUP: Lookup = lookup(&UNSIGNED);
