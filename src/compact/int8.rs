@@ -118,23 +118,34 @@ pub(crate) fn decode<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values
 
 /// [`encode`] with the map lookup done `LANES` values at a time by `nearest`, for an
 /// instruction set whose gathers the compiler does not emit by itself; the last values of a
-/// block short of `LANES` go one by one.
+/// block short of `LANES` go one by one. `nearest` writes the codes of `LANES` quotients, each
+/// within `[-1, 1]` (the block's scale is finite here, and a value divided by the largest
+/// magnitude of its block, correctly rounded, lies within `[-1, 1]`), and returns the lanes
+/// (bits) whose codes it leaves to the table.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
     values: &[A],
     map: QuantMap,
     codes: &mut [u8],
-    nearest: impl Fn(&Lookup, &[f32; LANES]) -> [u32; LANES],
+    nearest: impl Fn(&Lookup, &[f32; LANES], &mut [u8; LANES]) -> u32,
 ) -> f32 {
     let codes = &mut codes[..values.len()];
     let scale = block_scale(values);
     let lookup = map.lookup();
+    if !scale.is_finite() {
+        // A NaN or infinite value: the quotients are NaN or 0, which the table decides.
+        codes_one_by_one(lookup, values, scale, codes);
+        return scale;
+    }
     let mut chunks = codes.chunks_exact_mut(LANES).zip(values.chunks_exact(LANES));
     for (codes, values) in &mut chunks {
         let ys = core::array::from_fn(|lane| to_f32(values[lane]) / scale);
-        for (code, found) in codes.iter_mut().zip(nearest(lookup, &ys)) {
-            *code = found as u8;
+        let mut left = nearest(lookup, &ys, codes.try_into().expect("chunks of LANES codes"));
+        while left != 0 {
+            let lane = left.trailing_zeros() as usize;
+            codes[lane] = lookup.nearest_code(to_f32(values[lane]) / scale);
+            left &= left - 1;
         }
     }
     let done = values.len() - values.len() % LANES;

@@ -213,8 +213,8 @@ compiled_with!(
         codes: &mut [u8],
     ) -> f32 {
         // SAFETY: this function runs only where the CPU has AVX-512F.
-        int8::encode_in_lanes(values, map, codes, |lookup, ys| unsafe {
-            super::nearest_codes_avx512(lookup, ys)
+        int8::encode_in_lanes(values, map, codes, |lookup, ys, codes| unsafe {
+            super::arithmetic_codes_avx512(&lookup.pieces, ys, codes)
         })
     },
     pub(super) unsafe fn dequantize<A: Element>(
@@ -240,9 +240,13 @@ compiled_with!(
         map: QuantMap,
         codes: &mut [u8],
     ) -> f32 {
-        // SAFETY: this function runs only where the CPU has AVX2.
-        int8::encode_in_lanes(values, map, codes, |lookup, ys| unsafe {
-            super::nearest_codes_avx2(lookup, ys)
+        int8::encode_in_lanes(values, map, codes, |lookup, ys, codes| {
+            // SAFETY: this function runs only where the CPU has AVX2.
+            let found = unsafe { super::nearest_codes_avx2(lookup, ys) };
+            for (code, found) in codes.iter_mut().zip(found) {
+                *code = found as u8;
+            }
+            0
         })
     },
     pub(super) unsafe fn dequantize<A: Element>(
@@ -348,33 +352,22 @@ impl BytePlanes {
     }
 }
 
-/// `Lookup::nearest_code` of 16 values at once by the map's arithmetic form
-/// ([`int8::Pieces`]), with the table lookup for the few values that lie too near a
-/// threshold for it (and for magnitudes above 1 and NaN): about 0.06 % of values in `[-1, 1]`.
-/// Its permutations and integer steps replace a gather, which cost 1.5 to 1.9 times as much
-/// on Zen 5.
+/// `Lookup::nearest_code` of 16 values within `[-1, 1]` at once, into `codes`, by the map's
+/// arithmetic form ([`int8::Pieces`]); returns the lanes (bits) that lie too near a threshold
+/// for it, about 0.06 % of values, whose codes it leaves to the table. Its permutations and
+/// integer steps replace a gather, which cost 1.5 to 1.9 times as much on Zen 5. Magnitudes
+/// up to 1 lie in the first 25 binades of the tables, so nothing here checks for larger ones
+/// or NaN.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn nearest_codes_avx512(lookup: &int8::Lookup, ys: &[f32; 16]) -> [u32; 16] {
-    // SAFETY: the caller's CPU has AVX-512F.
-    let (mut codes, mut redo) = unsafe { arithmetic_codes_avx512(&lookup.pieces, ys) };
-    while redo != 0 {
-        let lane = redo.trailing_zeros() as usize;
-        codes[lane] = u32::from(lookup.nearest_code(ys[lane]));
-        redo &= redo - 1;
-    }
-    codes
-}
-
-/// The codes of 16 values by the map's arithmetic form, and the lanes (bits) whose codes it
-/// leaves to the table.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn arithmetic_codes_avx512(pieces: &int8::Pieces, ys: &[f32; 16]) -> ([u32; 16], u16) {
+unsafe fn arithmetic_codes_avx512(
+    pieces: &int8::Pieces,
+    ys: &[f32; 16],
+    codes: &mut [u8; 16],
+) -> u32 {
     use core::arch::x86_64::*;
-    use int8::{FIRST_EXPONENT, FRACTION_BITS, ONE_BITS, SIGN, SLACK};
+    use int8::{FIRST_EXPONENT, FRACTION_BITS, SIGN, SLACK};
 
     // SAFETY (all loads below): each reads 16 values of an array of 16 or 32; unaligned loads
     // are allowed.
@@ -399,27 +392,23 @@ unsafe fn arithmetic_codes_avx512(pieces: &int8::Pieces, ys: &[f32; 16]) -> ([u3
     );
     let scale = _mm512_permutexvar_ps(piece, floats(&pieces.scale));
     let offset = _mm512_permutexvar_ps(piece, floats(&pieces.offset));
-    let lowest = _mm512_permutexvar_epi32(piece, ints(&pieces.lowest));
-    let highest = _mm512_permutexvar_epi32(piece, ints(&pieces.highest));
     let position = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_fmadd_ps(magnitude, scale, offset),
     );
-    let clamped = _mm512_min_epi32(_mm512_max_epi32(position, lowest), highest);
-    let code = _mm512_srai_epi32::<{ FRACTION_BITS }>(clamped);
+    let highest = _mm512_permutexvar_epi32(piece, ints(&pieces.highest));
+    let code = _mm512_srai_epi32::<{ FRACTION_BITS }>(_mm512_min_epi32(position, highest));
     let negative = _mm512_cmplt_epi32_mask(_mm512_castps_si512(y), splat(0));
     let code = _mm512_mask_sub_epi32(code, negative, splat(pieces.mirror), code);
     let code = _mm512_max_epi32(code, splat(0));
     // Within SLACK of a whole position or of a piece start (as unsigned numbers, both sides
-    // of either fold into 0 to 2 · SLACK), or outside [-1, 1]: the table decides.
+    // of either fold into 0 to 2 · SLACK): the table decides.
     let fraction =
         _mm512_and_si512(_mm512_add_epi32(position, splat(SLACK)), splat((1 << FRACTION_BITS) - 1));
     let near_start = _mm512_add_epi32(past_start, splat(SLACK));
     let near = _mm512_cmple_epu32_mask(_mm512_min_epu32(fraction, near_start), splat(2 * SLACK));
-    let outside = _mm512_cmpgt_epu32_mask(bits, splat(ONE_BITS as i32));
-    let mut codes = [0_u32; 16];
-    // SAFETY: `codes` holds 16 `u32`s; unaligned stores are allowed.
-    unsafe { _mm512_storeu_si512(codes.as_mut_ptr().cast(), code) };
-    (codes, near | outside)
+    // SAFETY: `codes` holds 16 bytes; unaligned stores are allowed.
+    unsafe { _mm_storeu_si128(codes.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(code)) };
+    u32::from(near)
 }
 
 /// `Lookup::nearest_code` of eight values at once, in the same integer and comparison steps,
@@ -482,8 +471,8 @@ mod tests {
         }
     }
 
-    /// Checks `arithmetic_codes_avx512` on `ys` against the table: every code it gives is the
-    /// table's. Returns how many values it left to the table.
+    /// Checks `arithmetic_codes_avx512` on those of `ys` within `[-1, 1]` against the table:
+    /// every code it gives is the table's. Returns how many values it left to the table.
     fn check_arithmetic_codes(map: QuantMap, ys: impl Iterator<Item = f32>) -> usize {
         let lookup = map.lookup();
         let mut left = 0;
@@ -491,16 +480,17 @@ mod tests {
         let mut filled = 0;
         let mut check = |chunk: &[f32; 16], lanes: usize| {
             // SAFETY: the callers check that the CPU has AVX-512F.
-            let (codes, redo) = unsafe { arithmetic_codes_avx512(&lookup.pieces, chunk) };
+            let mut codes = [0; 16];
+            let redo = unsafe { arithmetic_codes_avx512(&lookup.pieces, chunk, &mut codes) };
             for (lane, (&y, code)) in chunk.iter().zip(codes).enumerate().take(lanes) {
                 if redo >> lane & 1 == 1 {
                     left += 1;
                 } else {
-                    assert_eq!(code, u32::from(lookup.nearest_code(y)), "{map:?} {y:e}");
+                    assert_eq!(code, lookup.nearest_code(y), "{map:?} {y:e}");
                 }
             }
         };
-        for y in ys {
+        for y in ys.filter(|y| y.abs() <= 1.0) {
             chunk[filled] = y;
             filled += 1;
             if filled == 16 {

@@ -39,8 +39,10 @@ pub(crate) struct Pieces {
     /// scale + offset`.
     pub(crate) scale: [f32; 16],
     pub(crate) offset: [f32; 16],
-    /// Per piece: the least and the greatest fixed-point position of its codes.
-    pub(crate) lowest: [i32; 16],
+    /// Per piece: the greatest fixed-point position of its codes. Just below the next
+    /// piece's start, more than [`SLACK`] units in the last place from it, the rounded line
+    /// can still run past the piece's last code (in the first decade, whose few entries make
+    /// the line steep); positions are clamped to it. Nothing runs below a piece's first code.
     pub(crate) highest: [i32; 16],
     /// A negative value's code is `mirror` minus the code of its magnitude, at least 0 (the
     /// signed map is symmetric about its zero; the unsigned map gives every negative value 0).
@@ -59,7 +61,6 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
         binade_start: [NO_START; 32],
         scale: [0.0; 16],
         offset: [0.0; 16],
-        lowest: [0; 16],
         highest: [0; 16],
         mirror: 0,
     };
@@ -123,7 +124,6 @@ const fn piece(table: &mut Pieces, d: usize, first: usize, count: usize, scale: 
     let unit = (1 << FRACTION_BITS) as f64;
     table.scale[d] = (scale * unit) as f32;
     table.offset[d] = ((offset + first as f64) * unit) as f32;
-    table.lowest[d] = (first as i32) << FRACTION_BITS;
     table.highest[d] = ((first + count - 1) as i32) << FRACTION_BITS | ((1 << FRACTION_BITS) - 1);
 }
 
