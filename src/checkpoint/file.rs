@@ -169,10 +169,10 @@ where
         .ok_or_else(|| corrupt(format!("unknown encoding `{}`", header.encoding)))?;
     // `Header::find` lets versions 1 to `VERSION` through.
     let record = match header.version {
-        1 => T::from_v1(decode_payload(payload, encoding)?),
-        2 => T::from_v2(decode_payload(payload, encoding)?),
-        3 => T::from_v3(decode_payload(payload, encoding)?),
-        4 => T::from_v4(decode_payload(payload, encoding)?),
+        1 => decode_payload::<T::V1>(payload, encoding)?.into(),
+        2 => decode_payload::<T::V2>(payload, encoding)?.into(),
+        3 => decode_payload::<T::V3>(payload, encoding)?.into(),
+        4 => decode_payload::<T::V4>(payload, encoding)?.into(),
         _ => decode_payload::<T>(payload, encoding)?,
     };
     // The header vouches for the payload only if both say the same.

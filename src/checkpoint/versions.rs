@@ -13,101 +13,50 @@ use crate::clip::Clip;
 use crate::compact::StatePrecision;
 use crate::guard::NonFinite;
 
-/// A record of a file: read in the layout of the format version its header names.
+/// A record of a file: read in the layout of the format version its header names, and
+/// converted.
 pub(super) trait Versioned<R, A>: DeserializeOwned {
     /// The record as format version 1 laid it out.
-    type V1: DeserializeOwned;
-
-    /// The record of a version 1 file in this version's layout.
-    fn from_v1(v1: Self::V1) -> Self;
-
+    type V1: DeserializeOwned + Into<Self>;
     /// The record as format version 2 laid it out.
-    type V2: DeserializeOwned;
-
-    /// The record of a version 2 file in this version's layout.
-    fn from_v2(v2: Self::V2) -> Self;
-
+    type V2: DeserializeOwned + Into<Self>;
     /// The record as format version 3 laid it out.
-    type V3: DeserializeOwned;
-
-    /// The record of a version 3 file in this version's layout.
-    fn from_v3(v3: Self::V3) -> Self;
-
+    type V3: DeserializeOwned + Into<Self>;
     /// The record as format version 4 laid it out.
-    type V4: DeserializeOwned;
-
-    /// The record of a version 4 file in this version's layout.
-    fn from_v4(v4: Self::V4) -> Self;
+    type V4: DeserializeOwned + Into<Self>;
 
     /// The optimizer's checkpoint in the record.
     fn checkpoint(&self) -> &Checkpoint<R, A>;
 }
 
-/// A [`Checkpoint`] of version 1: no frozen flags.
+/// A [`Checkpoint`] of versions 1 and 2, which had no shared scalars, with groups and
+/// tensors recorded as `G` and `T`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CheckpointV1<R, A> {
+pub(super) struct UnsharedCheckpoint<G, T> {
     format: String,
     version: u32,
     rule: String,
     dtype: String,
-    groups: Vec<GroupRecordV1<R>>,
-    tensors: Vec<TensorRecordV3<A>>,
+    groups: Vec<G>,
+    tensors: Vec<T>,
     #[serde(default, with = "super::stored_clip")]
     clip: Option<Clip>,
     #[serde(default)]
     non_finite: NonFinite,
 }
 
-/// A [`Checkpoint`] of version 2: no shared scalars.
+/// A [`Checkpoint`] of versions 3 and 4, which had no rank share (every checkpoint one of
+/// whole tensors), with groups and tensors recorded as `G` and `T`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CheckpointV2<R, A> {
+pub(super) struct UnshardedCheckpoint<G, T> {
     format: String,
     version: u32,
     rule: String,
     dtype: String,
-    groups: Vec<GroupRecordV3<R>>,
-    tensors: Vec<TensorRecordV3<A>>,
-    #[serde(default, with = "super::stored_clip")]
-    clip: Option<Clip>,
-    #[serde(default)]
-    non_finite: NonFinite,
-}
-
-/// A [`TrainingState`] of version 2.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TrainingStateV2<R, A, E> {
-    optimizer: CheckpointV2<R, A>,
-    extras: E,
-}
-
-/// Version 2 is version 3 without shared scalars: it converts through version 3.
-impl<R, A> From<CheckpointV2<R, A>> for CheckpointV3<R, A> {
-    fn from(v2: CheckpointV2<R, A>) -> Self {
-        let CheckpointV2 { format, version, rule, dtype, groups, tensors, clip, non_finite } = v2;
-        let shared = Vec::new();
-        CheckpointV3 { format, version, rule, dtype, groups, tensors, clip, non_finite, shared }
-    }
-}
-
-impl<R, A> From<CheckpointV2<R, A>> for Checkpoint<R, A> {
-    fn from(v2: CheckpointV2<R, A>) -> Self {
-        CheckpointV3::from(v2).into()
-    }
-}
-
-/// A [`Checkpoint`] of version 3: no state precisions, every buffer in full precision.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CheckpointV3<R, A> {
-    format: String,
-    version: u32,
-    rule: String,
-    dtype: String,
-    groups: Vec<GroupRecordV3<R>>,
-    tensors: Vec<TensorRecordV3<A>>,
+    groups: Vec<G>,
+    tensors: Vec<T>,
     #[serde(default, with = "super::stored_clip")]
     clip: Option<Clip>,
     #[serde(default)]
@@ -116,78 +65,88 @@ pub(super) struct CheckpointV3<R, A> {
     shared: Vec<ScalarRecord>,
 }
 
-/// A [`TrainingState`] of version 3.
+/// Version 1: no frozen flags (nor anything later).
+type CheckpointV1<R, A> = UnsharedCheckpoint<GroupRecordV1<R>, TensorRecordV3<A>>;
+/// Version 2: no shared scalars, no state precisions, no rank share.
+type CheckpointV2<R, A> = UnsharedCheckpoint<GroupRecordV3<R>, TensorRecordV3<A>>;
+/// Version 3: no state precisions (every buffer in full precision), no rank share.
+type CheckpointV3<R, A> = UnshardedCheckpoint<GroupRecordV3<R>, TensorRecordV3<A>>;
+/// Version 4: no rank share.
+type CheckpointV4<R, A> = UnshardedCheckpoint<GroupRecord<R>, TensorRecord<A>>;
+
+/// A [`TrainingState`] of an older version, its optimizer's checkpoint recorded as `C`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct TrainingStateV3<R, A, E> {
-    optimizer: CheckpointV3<R, A>,
+pub(super) struct OlderTrainingState<C, E> {
+    optimizer: C,
     extras: E,
 }
 
-impl<R, A> From<CheckpointV3<R, A>> for Checkpoint<R, A> {
-    fn from(v3: CheckpointV3<R, A>) -> Self {
+impl<R, A, G, T> From<UnsharedCheckpoint<G, T>> for Checkpoint<R, A>
+where
+    G: Into<GroupRecord<R>>,
+    T: Into<TensorRecord<A>>,
+{
+    fn from(old: UnsharedCheckpoint<G, T>) -> Self {
+        let UnsharedCheckpoint { format, version, rule, dtype, groups, tensors, clip, non_finite } =
+            old;
+        UnshardedCheckpoint {
+            format,
+            version,
+            rule,
+            dtype,
+            groups,
+            tensors,
+            clip,
+            non_finite,
+            shared: Vec::new(),
+        }
+        .into()
+    }
+}
+
+impl<R, A, G, T> From<UnshardedCheckpoint<G, T>> for Checkpoint<R, A>
+where
+    G: Into<GroupRecord<R>>,
+    T: Into<TensorRecord<A>>,
+{
+    fn from(old: UnshardedCheckpoint<G, T>) -> Self {
         Checkpoint {
-            format: v3.format,
-            version: v3.version,
-            rule: v3.rule,
-            dtype: v3.dtype,
-            groups: v3.groups.into_iter().map(GroupRecord::from).collect(),
-            tensors: v3.tensors.into_iter().map(TensorRecord::from).collect(),
-            clip: v3.clip,
-            non_finite: v3.non_finite,
-            shared: v3.shared,
+            format: old.format,
+            version: old.version,
+            rule: old.rule,
+            dtype: old.dtype,
+            groups: old.groups.into_iter().map(Into::into).collect(),
+            tensors: old.tensors.into_iter().map(Into::into).collect(),
+            clip: old.clip,
+            non_finite: old.non_finite,
+            shared: old.shared,
             shard: None,
         }
     }
 }
 
-/// A [`Checkpoint`] of version 4: no rank share, every checkpoint one of whole tensors.
+/// A [`GroupRecord`] of version 1.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CheckpointV4<R, A> {
-    format: String,
-    version: u32,
-    rule: String,
-    dtype: String,
-    groups: Vec<GroupRecord<R>>,
-    tensors: Vec<TensorRecord<A>>,
-    #[serde(default, with = "super::stored_clip")]
-    clip: Option<Clip>,
+pub(super) struct GroupRecordV1<R> {
+    name: String,
+    hyper: R,
     #[serde(default)]
-    non_finite: NonFinite,
-    #[serde(default)]
-    shared: Vec<ScalarRecord>,
+    lr: Option<f64>,
 }
 
-/// A [`TrainingState`] of version 4.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TrainingStateV4<R, A, E> {
-    optimizer: CheckpointV4<R, A>,
-    extras: E,
-}
-
-impl<R, A> From<CheckpointV4<R, A>> for Checkpoint<R, A> {
-    fn from(v4: CheckpointV4<R, A>) -> Self {
-        Checkpoint {
-            format: v4.format,
-            version: v4.version,
-            rule: v4.rule,
-            dtype: v4.dtype,
-            groups: v4.groups,
-            tensors: v4.tensors,
-            clip: v4.clip,
-            non_finite: v4.non_finite,
-            shared: v4.shared,
-            shard: None,
-        }
+impl<R> From<GroupRecordV1<R>> for GroupRecord<R> {
+    fn from(v1: GroupRecordV1<R>) -> Self {
+        let GroupRecordV1 { name, hyper, lr } = v1;
+        GroupRecordV3 { name, hyper, lr, frozen: false }.into()
     }
 }
 
 /// A [`GroupRecord`] of versions 2 and 3.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GroupRecordV3<R> {
+pub(super) struct GroupRecordV3<R> {
     name: String,
     hyper: R,
     #[serde(default)]
@@ -206,7 +165,7 @@ impl<R> From<GroupRecordV3<R>> for GroupRecord<R> {
 /// A [`TensorRecord`] of versions 1 to 3.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TensorRecordV3<A> {
+pub(super) struct TensorRecordV3<A> {
     name: String,
     group: String,
     state: Option<StateRecordV3<A>>,
@@ -249,49 +208,12 @@ impl<A> From<TensorRecordV3<A>> for TensorRecord<A> {
     }
 }
 
-/// A [`GroupRecord`] of version 1.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GroupRecordV1<R> {
-    name: String,
-    hyper: R,
-    #[serde(default)]
-    lr: Option<f64>,
-}
-
-/// A [`TrainingState`] of version 1.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TrainingStateV1<R, A, E> {
-    optimizer: CheckpointV1<R, A>,
-    extras: E,
-}
-
-impl<R, A> From<CheckpointV1<R, A>> for Checkpoint<R, A> {
-    fn from(v1: CheckpointV1<R, A>) -> Self {
-        let groups = v1
-            .groups
-            .into_iter()
-            .map(|group| GroupRecord {
-                name: group.name,
-                hyper: group.hyper,
-                lr: group.lr,
-                frozen: false,
-                state_precision: StatePrecision::Full,
-            })
-            .collect();
-        Checkpoint {
-            format: v1.format,
-            version: v1.version,
-            rule: v1.rule,
-            dtype: v1.dtype,
-            groups,
-            tensors: v1.tensors.into_iter().map(TensorRecord::from).collect(),
-            clip: v1.clip,
-            non_finite: v1.non_finite,
-            shared: Vec::new(),
-            shard: None,
-        }
+impl<R, A, C, E> From<OlderTrainingState<C, E>> for TrainingState<R, A, E>
+where
+    C: Into<Checkpoint<R, A>>,
+{
+    fn from(old: OlderTrainingState<C, E>) -> Self {
+        TrainingState { optimizer: old.optimizer.into(), extras: old.extras }
     }
 }
 
@@ -301,28 +223,9 @@ where
     A: DeserializeOwned,
 {
     type V1 = CheckpointV1<R, A>;
-
-    fn from_v1(v1: Self::V1) -> Self {
-        v1.into()
-    }
-
     type V2 = CheckpointV2<R, A>;
-
-    fn from_v2(v2: Self::V2) -> Self {
-        v2.into()
-    }
-
     type V3 = CheckpointV3<R, A>;
-
-    fn from_v3(v3: Self::V3) -> Self {
-        v3.into()
-    }
-
     type V4 = CheckpointV4<R, A>;
-
-    fn from_v4(v4: Self::V4) -> Self {
-        v4.into()
-    }
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {
         self
@@ -335,29 +238,10 @@ where
     A: DeserializeOwned,
     E: DeserializeOwned,
 {
-    type V1 = TrainingStateV1<R, A, E>;
-
-    fn from_v1(v1: Self::V1) -> Self {
-        TrainingState { optimizer: v1.optimizer.into(), extras: v1.extras }
-    }
-
-    type V2 = TrainingStateV2<R, A, E>;
-
-    fn from_v2(v2: Self::V2) -> Self {
-        TrainingState { optimizer: v2.optimizer.into(), extras: v2.extras }
-    }
-
-    type V3 = TrainingStateV3<R, A, E>;
-
-    fn from_v3(v3: Self::V3) -> Self {
-        TrainingState { optimizer: v3.optimizer.into(), extras: v3.extras }
-    }
-
-    type V4 = TrainingStateV4<R, A, E>;
-
-    fn from_v4(v4: Self::V4) -> Self {
-        TrainingState { optimizer: v4.optimizer.into(), extras: v4.extras }
-    }
+    type V1 = OlderTrainingState<CheckpointV1<R, A>, E>;
+    type V2 = OlderTrainingState<CheckpointV2<R, A>, E>;
+    type V3 = OlderTrainingState<CheckpointV3<R, A>, E>;
+    type V4 = OlderTrainingState<CheckpointV4<R, A>, E>;
 
     fn checkpoint(&self) -> &Checkpoint<R, A> {
         &self.optimizer
