@@ -959,14 +959,9 @@ def extension_case(opt, tag, hyper, group, dtype):
 
 
 def write_extensions(version):
-    entries = []
-    for dtype in ("f64", "f32"):
-        for opt, tag, hyper, group in EXTENSION_CASES:
-            case = extension_case(opt, tag, hyper, group, dtype)
-            check_case(case)
-            traj = run_torch(case)
-            check_trajectory(case, traj)
-            entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    entries = checked_entries((extension_case(opt, tag, hyper, group, dtype)
+                               for dtype in ("f64", "f32")
+                               for opt, tag, hyper, group in EXTENSION_CASES), run_torch)
     n = write(HERE / "pytorch_extensions.json",
               {"generator": GENERATOR, "torch_version": version, "cases": entries})
     print(f"pytorch_extensions.json: {len(entries)} cases, {n} bytes")
@@ -1128,14 +1123,8 @@ def torch_plateau_sequence(settings, metrics):
 def write_training(version):
     import warnings
 
-    entries = []
-    for dtype in ("f64", "f32"):
-        for entry in TRAINING:
-            case = training_case(entry, dtype)
-            check_case(case)
-            traj = run_torch(case)
-            check_trajectory(case, traj)
-            entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    entries = checked_entries((training_case(entry, dtype)
+                               for dtype in ("f64", "f32") for entry in TRAINING), run_torch)
     schedules = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SequentialLR's deprecation chatter
@@ -1989,14 +1978,8 @@ def v2_training_case(entry, dtype):
 def write_schedules_v2(version):
     import warnings
 
-    entries = []
-    for dtype in ("f64", "f32"):
-        for entry in V2_TRAINING:
-            case = v2_training_case(entry, dtype)
-            check_case(case)
-            traj = run_torch(case)
-            check_trajectory(case, traj)
-            entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    entries = checked_entries((v2_training_case(entry, dtype)
+                               for dtype in ("f64", "f32") for entry in V2_TRAINING), run_torch)
     schedules = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SequentialLR's deprecation chatter
@@ -2528,6 +2511,17 @@ def _dump(obj, indent=0):
         items = [pad + "  " + _dump(x, indent + 1) for x in obj]
         return "[\n" + ",\n".join(items) + "\n" + pad + "]"
     return _scalar(obj)
+
+
+def checked_entries(cases, run, source="pytorch"):
+    """Runs each case with `run`, checks the case and its trajectory; the fixture entries."""
+    entries = []
+    for case in cases:
+        check_case(case)
+        traj = run(case)
+        check_trajectory(case, traj)
+        entries.append({"case": case, "source": source, "trajectory": traj})
+    return entries
 
 
 def write(path, doc):
@@ -3409,20 +3403,13 @@ def main():
         return
 
     # seed.json
-    seed_entries = []
-    for case in build_cases("seed"):
-        check_case(case)
-        traj = run_seed(case)
-        check_trajectory(case, traj)
-        seed_entries.append({"case": case, "source": "seed", "trajectory": traj})
-    for case, expect in HAND_CASES:
-        check_case(case)
-        traj = run_seed(case)
-        check_trajectory(case, traj)
+    seed_entries = checked_entries(build_cases("seed"), run_seed, source="seed")
+    hand_entries = checked_entries((case for case, _ in HAND_CASES), run_seed, source="seed")
+    for (case, expect), entry in zip(HAND_CASES, hand_entries):
         for name, rows in expect.items():
-            got = np.array(traj[name])
-            assert np.allclose(got, rows, rtol=1e-15, atol=0), (case["name"], name, traj[name], rows)
-        seed_entries.append({"case": case, "source": "seed", "trajectory": traj})
+            got = np.array(entry["trajectory"][name])
+            assert np.allclose(got, rows, rtol=1e-15, atol=0), (case["name"], name, got, rows)
+    seed_entries += hand_entries
     n = write(HERE / "seed.json", {"generator": GENERATOR, "cases": seed_entries})
     print(f"seed.json: {len(seed_entries)} cases, {n} bytes")
 
@@ -3430,12 +3417,7 @@ def main():
         return
     version = import_torch(args)
 
-    torch_entries = []
-    for case in build_cases("pytorch"):
-        check_case(case)
-        traj = run_torch(case)
-        check_trajectory(case, traj)
-        torch_entries.append({"case": case, "source": "pytorch", "trajectory": traj})
+    torch_entries = checked_entries(build_cases("pytorch"), run_torch)
     n = write(HERE / "pytorch.json", {"generator": GENERATOR, "torch_version": version,
                                       "cases": torch_entries})
     print(f"pytorch.json: {len(torch_entries)} cases, {n} bytes")
