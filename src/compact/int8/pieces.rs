@@ -9,17 +9,19 @@
 //! position is computed in `f32` in fixed point, [`FRACTION_BITS`] bits below the point: a
 //! value whose position lies within [`SLACK`] units of a whole number, or whose magnitude lies
 //! within [`SLACK`] units in the last place of a piece's start, may round either way and is
-//! left to the table lookup ([`super::Lookup::nearest_code`]); every other value gets the
-//! table's code (every `f32` is checked by
-//! `kernel::isa::tests::the_avx512_arithmetic_codes_every_f32_as_the_table_does`).
+//! left to the table lookup ([`super::Lookup::nearest_code`]). Every other value gets the
+//! table's code, which is also the code of every `f32` within 4 units in the last place of
+//! it, so that a quotient computed as a product may be off by that much (every `f32` is
+//! checked by `kernel::isa::tests::the_avx512_arithmetic_codes_every_f32_as_the_table_does`).
 
 use super::{MIN_BITS, SIGN};
 
 /// Bits of a code position below the point.
 pub(crate) const FRACTION_BITS: u32 = 14;
-/// How close (in units of `2^-FRACTION_BITS` of a position, or in units in the last place of
-/// a magnitude) a value may lie to a threshold and still get its code by arithmetic.
-pub(crate) const SLACK: i32 = 4;
+/// How near a threshold (in units of `2^-FRACTION_BITS` of a position, or in units in the
+/// last place of a magnitude) a value is left to the table: the smallest slack for which the
+/// check of every `f32`, with the 4 units a product may be off, passes (4 does not).
+pub(crate) const SLACK: i32 = 5;
 /// A piece start below every magnitude's bits: a binade without one compares as past it.
 const NO_START: i32 = -(1 << 30);
 /// The pieces: below the first decade (the code of 0), seven decades, and the code of 1.
