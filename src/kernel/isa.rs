@@ -385,7 +385,8 @@ unsafe fn arithmetic_codes_avx512(
     let y = _mm512_mul_ps(floats(xs), _mm512_set1_ps(reciprocal));
     let bits = _mm512_and_si512(_mm512_castps_si512(y), splat(!SIGN as i32));
     let magnitude = _mm512_castsi512_ps(bits);
-    // The binade, and the piece: the binade's, less one below a piece start inside it.
+    // The binade, and the piece: the binade's, less one below a piece start inside it (less
+    // SLACK: see `Pieces::binade_start`).
     let exponent = _mm512_srli_epi32::<23>(bits);
     let binade = _mm512_max_epi32(_mm512_sub_epi32(exponent, splat(FIRST_EXPONENT)), splat(0));
     let (piece_low, piece_high) =
@@ -408,12 +409,10 @@ unsafe fn arithmetic_codes_avx512(
     let negative = _mm512_cmplt_epi32_mask(_mm512_castps_si512(y), splat(0));
     let code = _mm512_mask_sub_epi32(code, negative, splat(pieces.mirror), code);
     let code = _mm512_max_epi32(code, splat(0));
-    // Within SLACK of a whole position or of a piece start (as unsigned numbers, both sides
-    // of either fold into 0 to 2 · SLACK): the table decides.
-    let fraction =
-        _mm512_and_si512(_mm512_add_epi32(position, splat(SLACK)), splat((1 << FRACTION_BITS) - 1));
-    let near_start = _mm512_add_epi32(past_start, splat(SLACK));
-    let near = _mm512_cmple_epu32_mask(_mm512_min_epu32(fraction, near_start), splat(2 * SLACK));
+    // Within SLACK of a whole position or of a piece start (both shifted by SLACK, so as
+    // unsigned numbers both sides of either fold into 0 to 2 · SLACK): the table decides.
+    let fraction = _mm512_and_si512(position, splat((1 << FRACTION_BITS) - 1));
+    let near = _mm512_cmple_epu32_mask(_mm512_min_epu32(fraction, past_start), splat(2 * SLACK));
     // SAFETY: `codes` holds 16 bytes; unaligned stores are allowed.
     unsafe { _mm_storeu_si128(codes.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(code)) };
     u32::from(near)

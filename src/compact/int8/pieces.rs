@@ -34,11 +34,15 @@ pub(crate) struct Pieces {
     /// index `e − 103` (clamped at 0; magnitudes up to 1 index at most 24): the piece of the
     /// binade's first magnitude, plus one if a piece starts inside the binade.
     pub(crate) binade_piece: [i32; 32],
-    /// The bits of the magnitude where a piece starts inside the binade, or a number below
-    /// every magnitude's bits.
+    /// The bits of the magnitude where a piece starts inside the binade, less [`SLACK`], or a
+    /// number below every magnitude's bits. A magnitude's bits less these are at most
+    /// `2 · SLACK` (as unsigned numbers) within `SLACK` of the start; those below the start
+    /// that count as past it are left to the table.
     pub(crate) binade_start: [i32; 32],
-    /// Per piece: a magnitude's code position, times `2^FRACTION_BITS`, is `magnitude ·
-    /// scale + offset`.
+    /// Per piece: a magnitude's code position, times `2^FRACTION_BITS`, plus [`SLACK`], is
+    /// `magnitude · scale + offset`. Its bits below the point are at most `2 · SLACK` within
+    /// `SLACK` of a whole position; those below it whose whole part counts one more are left to
+    /// the table. Both shifts save the vector loop an addition.
     pub(crate) scale: [f32; 16],
     pub(crate) offset: [f32; 16],
     /// Per piece: the greatest fixed-point position of its codes. Just below the next
@@ -107,7 +111,7 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
             if bits < start_bits {
                 below += 1;
             } else if bits < end_bits {
-                table.binade_start[binade] = bits as i32;
+                table.binade_start[binade] = bits as i32 - SLACK;
                 inside += 1;
             }
             k += 1;
@@ -125,7 +129,7 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
 const fn piece(table: &mut Pieces, d: usize, first: usize, count: usize, scale: f64, offset: f64) {
     let unit = (1 << FRACTION_BITS) as f64;
     table.scale[d] = (scale * unit) as f32;
-    table.offset[d] = ((offset + first as f64) * unit) as f32;
+    table.offset[d] = ((offset + first as f64) * unit + SLACK as f64) as f32;
     table.highest[d] = ((first + count - 1) as i32) << FRACTION_BITS | ((1 << FRACTION_BITS) - 1);
 }
 
