@@ -11,7 +11,7 @@ use crate::element::Element;
 
 mod pieces;
 
-pub(crate) use pieces::{FIRST_EXPONENT, FRACTION_BITS, Pieces, SLACK};
+pub(crate) use pieces::{FRACTION_BITS, Pieces, SLACK};
 
 /// Values per quantization block: each has its own scale (torchao's and bitsandbytes'
 /// default for optimizer state).

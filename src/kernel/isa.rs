@@ -375,7 +375,7 @@ unsafe fn arithmetic_codes_avx512(
     codes: &mut [u8; 16],
 ) -> u32 {
     use core::arch::x86_64::*;
-    use int8::{FIRST_EXPONENT, FRACTION_BITS, SIGN, SLACK};
+    use int8::{FRACTION_BITS, MIN_BITS, SIGN, SLACK};
 
     // SAFETY (all loads below): each reads 16 values of an array of 16 or 32; unaligned loads
     // are allowed.
@@ -387,8 +387,7 @@ unsafe fn arithmetic_codes_avx512(
     let magnitude = _mm512_castsi512_ps(bits);
     // The binade, and the piece: the binade's, less one below a piece start inside it (less
     // SLACK: see `Pieces::binade_start`).
-    let exponent = _mm512_srli_epi32::<23>(bits);
-    let binade = _mm512_max_epi32(_mm512_sub_epi32(exponent, splat(FIRST_EXPONENT)), splat(0));
+    let binade = _mm512_srli_epi32::<23>(_mm512_max_epi32(bits, splat(MIN_BITS as i32)));
     let (piece_low, piece_high) =
         (ints(&pieces.binade_piece[..16]), ints(&pieces.binade_piece[16..]));
     let (start_low, start_high) =

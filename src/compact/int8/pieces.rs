@@ -30,9 +30,12 @@ const PIECES: usize = 9;
 /// A map's codes as a function of the magnitude, piece by piece, in tables of 32 binades and
 /// 16 pieces (vector registers of 32-bit lanes index them).
 pub(crate) struct Pieces {
-    /// For the binade of magnitudes with exponent `e` (`2^{e − 127}` up to twice that), at
-    /// index `e − 103` (clamped at 0; magnitudes up to 1 index at most 24): the piece of the
-    /// binade's first magnitude, plus one if a piece starts inside the binade.
+    /// For the binade of magnitudes with biased exponent `e` (`2^{e − 127}` up to twice that),
+    /// at index `e mod 32`, for the 32 exponents from [`FIRST_EXPONENT`] (magnitudes up to 1
+    /// have at most 127; smaller magnitudes than the first binade's count as its first): the
+    /// piece of the binade's first magnitude, plus one if a piece starts inside the binade.
+    /// Indexing by the exponent itself, whose low five bits a permutation reads, saves the
+    /// vector loop a subtraction.
     pub(crate) binade_piece: [i32; 32],
     /// The bits of the magnitude where a piece starts inside the binade, less [`SLACK`], or a
     /// number below every magnitude's bits. A magnitude's bits less these are at most
@@ -55,9 +58,9 @@ pub(crate) struct Pieces {
     pub(crate) mirror: i32,
 }
 
-/// The biased exponent of the first binade of [`Pieces::binade_piece`] (2^-24 up to 2^-23):
-/// smaller magnitudes share it, since no piece starts below it.
-pub(crate) const FIRST_EXPONENT: i32 = (MIN_BITS >> 23) as i32;
+/// The biased exponent of the first binade of [`Pieces::binade_piece`] (2^-24 up to 2^-23,
+/// from [`MIN_BITS`]): smaller magnitudes share it, since no piece starts below it.
+const FIRST_EXPONENT: usize = (MIN_BITS >> 23) as usize;
 
 /// The pieces of `entries`, with `thresholds` as [`super::thresholds`] gives them; checks, at
 /// compile time, that no binade holds two piece starts.
@@ -99,9 +102,9 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
     assert!(first == 255, "the decades end at the code of 1");
     piece(&mut table, PIECES - 1, 255, 1, 0.0, 0.5);
     starts[PIECES - 2] = thresholds[255];
-    let mut binade = 0;
-    while binade < 32 {
-        let start_bits = ((FIRST_EXPONENT + binade as i32) as u32) << 23;
+    let mut exponent = FIRST_EXPONENT;
+    while exponent < FIRST_EXPONENT + 32 {
+        let (binade, start_bits) = (exponent % 32, (exponent as u32) << 23);
         let end_bits = start_bits + (1 << 23);
         let mut below = 0;
         let mut inside = 0;
@@ -117,9 +120,9 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
             k += 1;
         }
         assert!(inside <= 1, "a binade holds two piece starts");
-        assert!(binade > 0 || below == 0, "a piece starts below the first binade");
+        assert!(exponent > FIRST_EXPONENT || below == 0, "a piece starts below the first binade");
         table.binade_piece[binade] = below + inside;
-        binade += 1;
+        exponent += 1;
     }
     table
 }
