@@ -120,13 +120,14 @@ pub(crate) fn decode<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values
     }
 }
 
-/// [`encode`] with the map lookup done `LANES` values at a time by `nearest`, written out for
-/// an instruction set (AVX2's gathers, which the compiler does not emit by itself, and
-/// AVX-512's arithmetic codes); the last values of a block short of `LANES` go one by one. `nearest` writes the codes of `LANES` values (in
-/// `f32`) divided by the block's scale and returns the lanes (bits) whose codes it leaves to
-/// the table. The scale is at most [`RECIPROCAL_SCALE`] here, so each quotient lies within
-/// `[-1, 1]` (a value divided by the largest magnitude of its block, correctly rounded) and
-/// the scale's reciprocal is a normal number.
+/// [`encode`] with the map lookup done `LANES` values at a time by `nearest`, written out
+/// for an instruction set (AVX2's gathers, which the compiler does not emit by itself, and
+/// AVX-512's arithmetic codes); the last values of a block short of `LANES` go one by one.
+/// `nearest` writes the codes of `LANES` values (in `f32`) divided by the block's scale and
+/// returns the lanes (bits) whose codes it leaves to the table. The scale is at most
+/// [`RECIPROCAL_SCALE`] here, so each quotient lies within `[-1, 1]` (a value divided by
+/// the largest magnitude of its block, correctly rounded) and the scale's reciprocal is a
+/// normal number.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(

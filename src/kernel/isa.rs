@@ -11,7 +11,7 @@
 //! ([`Isa::quantize`], [`Isa::dequantize`]), whose map lookups are integer and comparison
 //! work that gives the same bits in every set. With AVX2 a value's code comes from a gather
 //! from a table of buckets (`nearest_codes_avx2`); with AVX-512 from the map's arithmetic
-//! form, by permutations of small tables and integer steps (`nearest_codes_avx512`), which
+//! form, by permutations of small tables and integer steps (`arithmetic_codes_avx512`), which
 //! leaves to the table only the values nearest a threshold: on Zen 5 the gather cost 1.5 to
 //! 1.9 times as much. A code's entry comes, where the CPU has AVX-512's byte permutations
 //! (VBMI), from permutations of the entries held as planes of bytes in sixteen registers
@@ -538,9 +538,9 @@ mod tests {
         }
     }
 
-    /// Every `f32` (about half a minute): `cargo test --release --lib -- --ignored`.
+    /// Every `f32` (about a minute): `cargo test --release --lib -- --ignored`.
     #[test]
-    #[ignore = "every f32 of both maps, about half a minute"]
+    #[ignore = "every f32 of both maps, about a minute"]
     fn the_avx512_arithmetic_codes_every_f32_as_the_table_does() {
         assert!(Isa::Avx512.is_available(), "needs a CPU with AVX-512F");
         for map in [QuantMap::Signed, QuantMap::Unsigned] {
