@@ -134,7 +134,7 @@ pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
     values: &[A],
     map: QuantMap,
     codes: &mut [u8],
-    nearest: impl Fn(&Lookup, &[f32; LANES], f32, &mut [u8; LANES]) -> u32,
+    nearest: impl Fn(&Lookup, &[f32; LANES], f32, &mut [u8; LANES]) -> u64,
 ) -> f32 {
     let codes = &mut codes[..values.len()];
     let scale = block_scale(values);

@@ -10,13 +10,13 @@
 //! gradient's options stage ([`Isa::stage`]) and the block-wise 8-bit conversions
 //! ([`Isa::quantize`], [`Isa::dequantize`]), whose map lookups are integer and comparison
 //! work that gives the same bits in every set. With AVX2 a value's code comes from a gather
-//! from a table of buckets (`nearest_codes_avx2`); with AVX-512 from the map's arithmetic
-//! form, by permutations of small tables and integer steps (`arithmetic_codes_avx512`), which
-//! leaves to the table only the values nearest a threshold: on Zen 5 the gather cost 1.5 to
-//! 1.9 times as much. A code's entry comes, where the CPU has AVX-512's byte permutations
-//! (VBMI), from permutations of the entries held as planes of bytes in sixteen registers
-//! (`BytePlanes`), rather than from the compiler's gather, which took about a third of the
-//! 8-bit step on Zen 5.
+//! from a table of buckets (`nearest_codes_avx2`); with AVX-512 (F and BW) from the map's
+//! arithmetic form, by permutations of small tables and integer steps
+//! (`arithmetic_codes_avx512`), which leaves to the table only the values nearest a
+//! threshold: on Zen 5 the gather cost 1.5 to 1.9 times as much. A code's entry comes, where
+//! the CPU has AVX-512's byte permutations (VBMI), from permutations of the entries held as
+//! planes of bytes in sixteen registers (`BytePlanes`), rather than from the compiler's
+//! gather, which took about a third of the 8-bit step on Zen 5.
 //!
 //! Calling a `#[target_feature]` function is `unsafe`: it is sound only on a CPU that has the
 //! features. This module is the one place that does it, each time right after checking them.
@@ -212,7 +212,10 @@ compiled_with!(
         map: QuantMap,
         codes: &mut [u8],
     ) -> f32 {
-        // SAFETY: this function runs only where the CPU has AVX-512F.
+        if !super::has_byte_packs() {
+            return int8::encode(values, map, codes);
+        }
+        // SAFETY: the CPU has AVX-512F and BW, checked just before.
         match map {
             QuantMap::Signed => unsafe {
                 super::quantize_by_arithmetic::<A, true>(values, map, codes)
@@ -265,25 +268,48 @@ compiled_with!(
     }
 );
 
+/// Whether the CPU has AVX-512's byte and word instructions (BW) besides AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn has_byte_packs() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bw")
+}
+
 /// Whether the CPU has AVX-512's byte permutations (VBMI, with BW) besides AVX-512F.
 #[cfg(target_arch = "x86_64")]
 fn has_byte_permutations() -> bool {
-    std::arch::is_x86_feature_detected!("avx512vbmi")
-        && std::arch::is_x86_feature_detected!("avx512bw")
+    std::arch::is_x86_feature_detected!("avx512vbmi") && has_byte_packs()
 }
 
 /// [`int8::encode`] of a block with codes by the map's arithmetic form
-/// (`arithmetic_codes_avx512`), `SIGNED` for [`QuantMap::Signed`].
+/// (`arithmetic_codes_avx512`), `SIGNED` for [`QuantMap::Signed`], 64 values at a time: the
+/// codes of four vectors are packed into one store, since storing each vector's 16 codes
+/// (`vpmovdb`) took a third of the quantizer's time on Zen 5.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn quantize_by_arithmetic<A: Element, const SIGNED: bool>(
     values: &[A],
     map: QuantMap,
     codes: &mut [u8],
 ) -> f32 {
-    int8::encode_in_lanes(values, map, codes, |lookup, xs, scale, codes| {
-        // SAFETY: the caller's CPU has AVX-512F.
-        unsafe { arithmetic_codes_avx512::<SIGNED>(&lookup.pieces, xs, scale.recip(), codes) }
+    use core::arch::x86_64::*;
+    int8::encode_in_lanes(values, map, codes, |lookup, xs: &[f32; 64], scale, codes| {
+        let reciprocal = scale.recip();
+        let quarter = |k: usize| {
+            let xs = xs[16 * k..16 * k + 16].try_into().expect("16 values");
+            // SAFETY: the caller's CPU has AVX-512F.
+            unsafe { arithmetic_codes_avx512::<SIGNED>(&lookup.pieces, xs, reciprocal) }
+        };
+        let [(c0, n0), (c1, n1), (c2, n2), (c3, n3)] = [0, 1, 2, 3].map(quarter);
+        // Saturating packs (codes lie within 0 to 255; a lane left to the table may hold
+        // anything) leave, in 128-bit lane `k`, the codes 4k to 4k + 3 of each vector in turn;
+        // a permutation of 32-bit groups puts them in order.
+        let bytes = _mm512_packus_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        // SAFETY: `codes` holds 64 bytes; unaligned stores are allowed.
+        unsafe {
+            _mm512_storeu_si512(codes.as_mut_ptr().cast(), _mm512_permutexvar_epi32(order, bytes))
+        };
+        u64::from(n0) | u64::from(n1) << 16 | u64::from(n2) << 32 | u64::from(n3) << 48
     })
 }
 
@@ -381,10 +407,11 @@ impl BytePlanes {
     }
 }
 
-/// `Lookup::nearest_code` of the 16 quotients `xs · reciprocal` at once, into `codes`, by
-/// the map's arithmetic form ([`int8::Pieces`]); returns the lanes (bits) whose codes it
-/// leaves to the table, about 0.07 % of values. Its permutations and integer steps replace a
-/// gather, which cost 1.5 to 1.9 times as much on Zen 5.
+/// `Lookup::nearest_code` of the 16 quotients `xs · reciprocal` at once, by the map's
+/// arithmetic form ([`int8::Pieces`]): the codes, one per 32-bit lane, and the lanes (bits)
+/// whose codes it leaves to the table, about 0.07 % of values (their lanes hold anything).
+/// Its permutations and integer steps replace a gather, which cost 1.5 to 1.9 times as much
+/// on Zen 5.
 ///
 /// The quotients must lie within a few units in the last place of `[-1, 1]`: magnitudes up to
 /// 1 lie in the first 25 binades of the tables, so nothing here checks for larger ones or
@@ -404,8 +431,7 @@ unsafe fn arithmetic_codes_avx512<const SIGNED: bool>(
     pieces: &int8::Pieces,
     xs: &[f32; 16],
     reciprocal: f32,
-    codes: &mut [u8; 16],
-) -> u32 {
+) -> (core::arch::x86_64::__m512i, u16) {
     use core::arch::x86_64::*;
     use int8::{FRACTION_BITS, MIN_BITS, SIGN, SLACK};
 
@@ -453,9 +479,7 @@ unsafe fn arithmetic_codes_avx512<const SIGNED: bool>(
     // unsigned numbers both sides of either fold into 0 to 2 · SLACK): the table decides.
     let fraction = _mm512_and_si512(position, splat((1 << FRACTION_BITS) - 1));
     let near = _mm512_cmple_epu32_mask(_mm512_min_epu32(fraction, past_start), splat(2 * SLACK));
-    // SAFETY: `codes` holds 16 bytes; unaligned stores are allowed.
-    unsafe { _mm_storeu_si128(codes.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(code)) };
-    u32::from(near)
+    (code, near)
 }
 
 /// `Lookup::nearest_code` of eight values at once, in the same integer and comparison steps,
@@ -535,23 +559,25 @@ mod tests {
         let mut chunk = [0.0_f32; 16];
         let mut filled = 0;
         let mut check = |chunk: &[f32; 16], lanes: usize| {
-            let mut codes = [0; 16];
             // SAFETY: the callers check that the CPU has AVX-512F.
-            let redo = match map {
-                QuantMap::Signed => unsafe {
-                    arithmetic_codes_avx512::<true>(pieces, chunk, 1.0, &mut codes)
-                },
+            let (codes, redo) = match map {
+                QuantMap::Signed => unsafe { arithmetic_codes_avx512::<true>(pieces, chunk, 1.0) },
                 QuantMap::Unsigned => unsafe {
-                    arithmetic_codes_avx512::<false>(pieces, chunk, 1.0, &mut codes)
+                    arithmetic_codes_avx512::<false>(pieces, chunk, 1.0)
                 },
             };
-            for (lane, (&y, code)) in chunk.iter().zip(codes).enumerate().take(lanes) {
+            let mut lanes_codes = [0_i32; 16];
+            // SAFETY: as above; `lanes_codes` holds 16 `i32`s, unaligned stores are allowed.
+            unsafe {
+                core::arch::x86_64::_mm512_storeu_si512(lanes_codes.as_mut_ptr().cast(), codes)
+            };
+            for (lane, (&y, code)) in chunk.iter().zip(lanes_codes).enumerate().take(lanes) {
                 if redo >> lane & 1 == 1 {
                     left += 1;
                 } else {
                     let (below, above) = (around(y, f32::next_down), around(y, f32::next_up));
                     let expected = lookup.nearest_code(y);
-                    assert_eq!(code, expected, "{map:?} {y:e}");
+                    assert_eq!(code, i32::from(expected), "{map:?} {y:e}");
                     assert_eq!(lookup.nearest_code(below), expected, "{map:?} {y:e} {below:e}");
                     assert_eq!(lookup.nearest_code(above), expected, "{map:?} {y:e} {above:e}");
                 }
@@ -635,7 +661,7 @@ mod tests {
     #[test]
     fn every_instruction_set_quantizes_a_block_alike() {
         let specials = [0.0, -0.0, 1e-40, -3e38, f32::INFINITY, f32::NAN, 0.7, -2.5];
-        for len in [1, 7, 8, 9, 255, 256] {
+        for len in [1, 7, 8, 9, 16, 17, 63, 64, 65, 129, 255, 256] {
             for special in 0..=specials.len() {
                 let values: Vec<f32> = (0..len)
                     .map(|i| match specials.get(special) {

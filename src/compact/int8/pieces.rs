@@ -26,6 +26,8 @@ pub(crate) const SLACK: i32 = 5;
 const NO_START: i32 = -(1 << 30);
 /// The pieces: below the first decade (the code of 0), seven decades, and the code of 1.
 const PIECES: usize = 9;
+// Piece −1, index 15 of the tables, stays empty (see `pieces`).
+const _: () = assert!(PIECES < 16);
 
 /// A map's codes as a function of the magnitude, piece by piece, in tables of 32 binades and
 /// 16 pieces (vector registers of 32-bit lanes index them).
@@ -120,7 +122,13 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
             k += 1;
         }
         assert!(inside <= 1, "a binade holds two piece starts");
-        assert!(exponent > FIRST_EXPONENT || below == 0, "a piece starts below the first binade");
+        // The unsigned map's vector loop leaves negative values to the table by this: their
+        // bits, as integers, fall in the first binade and below its mark of no start, so in
+        // piece −1 (index 15), whose entries are all 0.
+        assert!(
+            exponent > FIRST_EXPONENT || below + inside == 0,
+            "a piece starts in or below the first binade"
+        );
         table.binade_piece[binade] = below + inside;
         exponent += 1;
     }
