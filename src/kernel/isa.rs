@@ -270,12 +270,14 @@ compiled_with!(
 
 /// Whether the CPU has AVX-512's byte and word instructions (BW) besides AVX-512F.
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn has_byte_packs() -> bool {
     std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// Whether the CPU has AVX-512's byte permutations (VBMI, with BW) besides AVX-512F.
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn has_byte_permutations() -> bool {
     std::arch::is_x86_feature_detected!("avx512vbmi") && has_byte_packs()
 }
@@ -294,12 +296,17 @@ unsafe fn quantize_by_arithmetic<A: Element, const SIGNED: bool>(
     use core::arch::x86_64::*;
     int8::encode_in_lanes(values, map, codes, |lookup, xs: &[f32; 64], scale, codes| {
         let reciprocal = scale.recip();
-        let quarter = |k: usize| {
-            let xs = xs[16 * k..16 * k + 16].try_into().expect("16 values");
-            // SAFETY: the caller's CPU has AVX-512F.
-            unsafe { arithmetic_codes_avx512::<SIGNED>(&lookup.pieces, xs, reciprocal) }
-        };
-        let [(c0, n0), (c1, n1), (c2, n2), (c3, n3)] = [0, 1, 2, 3].map(quarter);
+        // A macro rather than a closure mapped over the four: the compiler may keep such a
+        // closure as a call (as it did in a trial build), passing registers through memory.
+        macro_rules! quarter {
+            ($k:literal) => {{
+                let xs = xs[16 * $k..16 * $k + 16].try_into().expect("16 values");
+                // SAFETY: the caller's CPU has AVX-512F.
+                unsafe { arithmetic_codes_avx512::<SIGNED>(&lookup.pieces, xs, reciprocal) }
+            }};
+        }
+        let [(c0, n0), (c1, n1), (c2, n2), (c3, n3)] =
+            [quarter!(0), quarter!(1), quarter!(2), quarter!(3)];
         // Saturating packs (codes lie within 0 to 255; a lane left to the table may hold
         // anything) leave, in 128-bit lane `k`, the codes 4k to 4k + 3 of each vector in turn;
         // a permutation of 32-bit groups puts them in order.
