@@ -82,16 +82,17 @@ fn load<R: Setup, A: Element + Serialize + DeserializeOwned>(door: u8, input: &[
     }
 }
 
-/// Names and element counts of a checkpoint's tensors, for a plan (0 without state).
-fn sizes<R, A>(checkpoint: &Checkpoint<R, A>) -> Vec<(String, usize)> {
-    let size = |state: &ndarray_optim::checkpoint::StateRecord<A>| numel(&state.shape);
-    let tensors = checkpoint.tensors.iter();
-    tensors.map(|t| (t.name.clone(), t.state.as_ref().and_then(size).unwrap_or(0))).collect()
+/// Names and shapes of a checkpoint's tensors, for a plan (`[0]` without state).
+fn shapes<R, A>(checkpoint: &Checkpoint<R, A>) -> Vec<(String, Vec<usize>)> {
+    let shape = |t: &ndarray_optim::checkpoint::TensorRecord<A>| {
+        t.state.as_ref().map_or_else(|| vec![0], |state| state.shape.clone())
+    };
+    checkpoint.tensors.iter().map(|t| (t.name.clone(), shape(t))).collect()
 }
 
 fn plan_of<R, A>(checkpoint: &Checkpoint<R, A>, world: usize) -> ndarray_optim::Result<ShardPlan> {
-    let sizes = sizes(checkpoint);
-    ShardPlan::new(sizes.iter().map(|(name, size)| (name.as_str(), *size)), world)
+    let shapes = shapes(checkpoint);
+    ShardPlan::new(shapes.iter().map(|(name, shape)| (name.as_str(), shape.as_slice())), world)
 }
 
 fn shard<R: Setup, A: Element + Serialize + DeserializeOwned>(input: &[u8]) {
@@ -99,11 +100,11 @@ fn shard<R: Setup, A: Element + Serialize + DeserializeOwned>(input: &[u8]) {
     let world = 1 + usize::from(world % 5);
     let Ok(checkpoint) = Checkpoint::<R, A>::from_bytes(input) else { return };
     // As read, unchecked: splitting and merging may refuse it but never panic.
-    if let Ok(plan) = plan_of(&checkpoint, world) {
-        if let Ok(shards) = split(checkpoint.clone(), &plan) {
-            assert_eq!(shards.len(), world);
-            let _ = merge(shards, &plan);
-        }
+    if let Ok(plan) = plan_of(&checkpoint, world)
+        && let Ok(shards) = split(checkpoint.clone(), &plan)
+    {
+        assert_eq!(shards.len(), world);
+        let _ = merge(shards, &plan);
     }
     let Ok(opt) = Optimizer::from_checkpoint(checkpoint) else { return };
     let full = opt.checkpoint();
