@@ -370,6 +370,49 @@ fn momentum_cycling_and_per_group_lists_fail_typed() {
     assert!(matches!(empty.validate(), Err(Error::InvalidHyperparameter { key: "swa_lr", .. })));
 }
 
+/// Momenta that do not cycle are still kept and saved, so they are checked like those that
+/// do: a non-finite one would not survive a JSON round trip (JSON writes it as null), and a
+/// stored scheduler holding one is refused as it is read.
+#[test]
+fn momenta_are_checked_even_when_they_do_not_cycle() {
+    const MARK: f64 = 0.123_456_789;
+    let cyclic = |momentum: f64| {
+        Schedule::Cyclic(Cyclic { base_momentum: momentum.into(), ..Cyclic::new(0.01, 0.1) })
+    };
+    let one_cycle = |momentum: f64| {
+        Schedule::OneCycle(OneCycle { max_momentum: momentum.into(), ..OneCycle::new(0.1, 10) })
+    };
+    for (schedule, key) in
+        [(cyclic as fn(f64) -> Schedule, "base_momentum"), (one_cycle, "max_momentum")]
+    {
+        let mut opt = Optimizer::<Momentum, f64>::new(Momentum::default()).unwrap();
+        for bad in [f64::NAN, f64::INFINITY, -0.5] {
+            let err = schedule(bad).validate().unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidHyperparameter { key: k, .. } if k == key),
+                "{err}"
+            );
+            let fresh = opt.clone();
+            assert!(LrScheduler::new(&mut opt, schedule(bad)).is_err(), "{key} = {bad}");
+            assert_eq!(opt, fresh);
+        }
+        // A valid scheduler reads back the same from JSON; stored with the value replaced, it
+        // is refused, in postcard (NaN) as in JSON (a negative value).
+        let scheduler = LrScheduler::new(&mut opt, schedule(MARK)).unwrap();
+        let json = serde_json::to_string(&scheduler).unwrap();
+        assert_eq!(serde_json::from_str::<LrScheduler>(&json).unwrap(), scheduler);
+        let negative = json.replace(&MARK.to_string(), "-0.5");
+        assert_ne!(negative, json);
+        assert!(serde_json::from_str::<LrScheduler>(&negative).is_err(), "{key}");
+        let stored = postcard::to_stdvec(&scheduler).unwrap();
+        let at = stored.windows(8).position(|w| w == MARK.to_le_bytes()).expect("the mark");
+        let mut nan = stored.clone();
+        nan[at..at + 8].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert!(postcard::from_bytes::<LrScheduler>(&stored).is_ok());
+        assert!(postcard::from_bytes::<LrScheduler>(&nan).is_err(), "{key}");
+    }
+}
+
 /// The new kinds read from PyTorch-style configuration: per-group settings as numbers or
 /// lists, keys left out at PyTorch's defaults (with `cycle_momentum` off), and the keys the
 /// first one-cycle schedules had.

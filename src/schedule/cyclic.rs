@@ -134,10 +134,10 @@ impl Cyclic {
         check_count(name, "step_size_up", self.step_size_up)?;
         // γ above 1 would grow the amplitude without bound (and 0 · ∞ at a cycle's start).
         check_unit(name, "gamma", self.gamma)?;
-        if self.cycle_momentum {
-            self.base_momentum.validate(name, "base_momentum", check_non_negative)?;
-            self.max_momentum.validate(name, "max_momentum", check_non_negative)?;
-        }
+        // Checked even when momentum does not cycle: the settings are kept and saved, and a
+        // non-finite one would not survive a JSON round trip (which writes it as null).
+        self.base_momentum.validate(name, "base_momentum", check_non_negative)?;
+        self.max_momentum.validate(name, "max_momentum", check_non_negative)?;
         Ok(())
     }
 

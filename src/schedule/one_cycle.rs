@@ -208,10 +208,10 @@ impl OneCycle {
 
     pub(super) fn validate(&self, name: &'static str) -> Result<()> {
         self.max_lr.validate(name, "max_lr", check_positive)?;
-        if self.cycle_momentum {
-            self.base_momentum.validate(name, "base_momentum", check_non_negative)?;
-            self.max_momentum.validate(name, "max_momentum", check_non_negative)?;
-        }
+        // Checked even when momentum does not cycle: the settings are kept and saved, and a
+        // non-finite one would not survive a JSON round trip (which writes it as null).
+        self.base_momentum.validate(name, "base_momentum", check_non_negative)?;
+        self.max_momentum.validate(name, "max_momentum", check_non_negative)?;
         check_count(name, "total_steps", self.total_steps)?;
         let pct_ok = (0.0..=1.0).contains(&self.pct_start);
         require(pct_ok, name, "pct_start", self.pct_start, "in [0, 1]")?;
