@@ -479,6 +479,40 @@ fn plateau_in_max_mode_follows_a_rising_metric() {
     }
 }
 
+/// An infinite best metric (a first loss of +∞, or a loss of −∞) survives JSON: JSON writes
+/// infinities as `null`, which read back as "no metric yet", and the resumed plateau then
+/// took a next +∞ for an improvement where the uninterrupted one counted a bad call.
+#[test]
+fn an_infinite_best_metric_survives_json() {
+    for first in [f64::INFINITY, f64::NEG_INFINITY] {
+        let mut straight = ReduceLrOnPlateau { patience: 0, ..Default::default() };
+        let mut opt = sgd(1.0);
+        straight.step(&mut opt, first).unwrap();
+        assert_eq!(straight.best, Some(first));
+        let json = serde_json::to_string(&straight).unwrap();
+        let mut resumed: ReduceLrOnPlateau = serde_json::from_str(&json).unwrap();
+        assert_eq!(resumed, straight, "{json}");
+        let mut resumed_opt = opt.clone();
+        for loss in [f64::INFINITY, 2.0, f64::INFINITY] {
+            straight.step(&mut opt, loss).unwrap();
+            resumed.step(&mut resumed_opt, loss).unwrap();
+            assert_eq!(resumed, straight);
+            assert_eq!(rates(&resumed_opt), rates(&opt));
+        }
+        let back: ReduceLrOnPlateau =
+            postcard::from_bytes(&postcard::to_stdvec(&resumed).unwrap()).unwrap();
+        assert_eq!(back, resumed);
+    }
+    // Finite and absent bests read as before; other names are refused.
+    let read = |best: &str| {
+        serde_json::from_str::<ReduceLrOnPlateau>(&format!(r#"{{"best":{best}}}"#)).map(|p| p.best)
+    };
+    assert_eq!(read("1.5").unwrap(), Some(1.5));
+    assert_eq!(read("null").unwrap(), None);
+    assert_eq!(read(r#""-inf""#).unwrap(), Some(f64::NEG_INFINITY));
+    assert!(read(r#""nan""#).is_err());
+}
+
 /// A model with two groups under warm-up then cosine, trained `steps` steps.
 fn run(steps: usize) -> (Optimizer<Sgd, f64>, LrScheduler) {
     let mut opt = sgd(0.8);

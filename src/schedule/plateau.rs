@@ -71,12 +71,62 @@ pub struct ReduceLrOnPlateau {
     /// Reductions smaller than this are not made (finite, ≥ 0; default 1e-8).
     pub eps: f64,
     /// Position: the best metric so far, `None` before the first call (so that any
-    /// setting of `mode` starts right: a first metric is always an improvement).
+    /// setting of `mode` starts right: a first metric is always an improvement). In JSON an
+    /// infinite best is the string `"inf"` or `"-inf"`, since JSON writes infinities as
+    /// `null`, which would read back as `None`.
+    #[cfg_attr(feature = "serde", serde(with = "best_metric"))]
     pub best: Option<f64>,
     /// Position: calls without improvement since the last improvement or reduction.
     pub num_bad_epochs: u64,
     /// Position: cooldown calls left.
     pub cooldown_counter: u64,
+}
+
+/// [`ReduceLrOnPlateau::best`] in human-readable formats: a number, `null` before the first
+/// call, or `"inf"` / `"-inf"`; elsewhere (postcard) as an optional float.
+#[cfg(feature = "serde")]
+mod best_metric {
+    use serde::de::{self, Unexpected};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Readable {
+        Number(f64),
+        Named(String),
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        best: &Option<f64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match *best {
+            Some(value) if value.is_infinite() && serializer.is_human_readable() => {
+                serializer.serialize_some(if value > 0.0 { "inf" } else { "-inf" })
+            }
+            _ => best.serialize(serializer),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<f64>, D::Error> {
+        if !deserializer.is_human_readable() {
+            return Option::<f64>::deserialize(deserializer);
+        }
+        Ok(match Option::<Readable>::deserialize(deserializer)? {
+            None => None,
+            Some(Readable::Number(value)) => Some(value),
+            Some(Readable::Named(name)) => Some(match name.as_str() {
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                _ => {
+                    let expected = &"a number, \"inf\" or \"-inf\"";
+                    return Err(de::Error::invalid_value(Unexpected::Str(&name), expected));
+                }
+            }),
+        })
+    }
 }
 
 impl Default for ReduceLrOnPlateau {
