@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use ndarray::Array2;
-use ndarray_optim::checkpoint::Encoding;
+use ndarray_optim::checkpoint::{Encoding, ScalarRecord};
 use ndarray_optim::{Adadelta, Checkpoint, Error, Momentum, NAdam, Optimizer};
 
 pub(crate) const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::Postcard];
@@ -404,7 +404,7 @@ fn json_refuses_every_value_it_cannot_store() {
     let mut w = Array2::<f64>::from_elem((2, 2), 0.5);
     opt.step("w", &mut w, &Array2::from_elem((2, 2), 0.25)).unwrap();
     type Edit = fn(&mut Checkpoint<NAdam, f64>);
-    let edits: [(&str, Edit); 5] = [
+    let edits: [(&str, Edit); 6] = [
         ("scalar `mu_product` of `w` is NaN", |c| {
             c.tensors[0].state.as_mut().unwrap().scalars[0].value = f64::NAN;
         }),
@@ -415,6 +415,10 @@ fn json_refuses_every_value_it_cannot_store() {
         }),
         ("the clip is inf", |c| {
             c.clip = Some(ndarray_optim::Clip::Norm { max_norm: f64::INFINITY })
+        }),
+        // No check names shared scalars: the walk over every float finds it.
+        ("`shared[0].value` is -inf", |c| {
+            c.shared.push(ScalarRecord { name: "d".to_owned(), value: f64::NEG_INFINITY });
         }),
     ];
     for (named, edit) in edits {

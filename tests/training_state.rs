@@ -2,6 +2,8 @@
 //! guarantees of a checkpoint file (atomic replacement, checked header, hostile bytes
 //! refused) and an exact resume.
 
+use std::collections::BTreeMap;
+
 use ndarray::{Array1, array};
 use ndarray_optim::checkpoint::{Encoding, LoadMode, TrainingState};
 use ndarray_optim::schedule::{LrScheduler, Schedule};
@@ -165,6 +167,30 @@ fn extras_json_cannot_store_are_refused_on_saving() {
     let (_, nan): (Optimizer<AdamW, f64>, f64) = Optimizer::load_with(&path).unwrap();
     assert_eq!(nan.to_bits(), f64::NAN.to_bits());
     assert_eq!(listing(&folder), ["run.ckpt"]);
+}
+
+/// JSON writes NaN and infinities as `null`, which an `Option` reads back as `None`: such
+/// extras are refused too, naming where the value sits, rather than changed on the way.
+#[test]
+fn extras_whose_floats_json_would_turn_into_none_are_refused() {
+    let folder = Folder::new("training-json-option");
+    let path = folder.file("run.ckpt");
+    let (opt, scheduler, _) = trained(2);
+    opt.save_with(&path, Encoding::Json, &scheduler).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let best: BTreeMap<String, Option<f64>> =
+        BTreeMap::from([("loss".to_owned(), Some(0.5)), ("metric".to_owned(), Some(f64::NAN))]);
+    let err = opt.save_with(&path, Encoding::Json, &(7_u64, best.clone())).unwrap_err();
+    let Error::Encode { reason } = &err else { panic!("{err:?}") };
+    assert!(reason.contains(r#"`[1]["metric"]` of the extras is NaN"#), "{reason}");
+    let state = TrainingState { optimizer: opt.checkpoint(), extras: Some(f64::INFINITY) };
+    assert!(matches!(state.to_bytes(Encoding::Json), Err(Error::Encode { .. })));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // Postcard keeps them.
+    opt.save_with(&path, Encoding::Postcard, &best).unwrap();
+    let (_, back): (Optimizer<AdamW, f64>, BTreeMap<String, Option<f64>>) =
+        Optimizer::load_with(&path).unwrap();
+    assert!(back["metric"].is_some_and(f64::is_nan));
 }
 
 /// Concurrent saves of training states to one path leave one whole file of one of them.

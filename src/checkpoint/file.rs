@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::finite::{NonFinite, first_non_finite};
 use super::serde_impl::Live;
 use super::versions::Versioned;
 use super::{Checkpoint, FORMAT, TRAINING_FORMAT, VERSION, check_kind};
@@ -349,7 +350,8 @@ where
     /// # Errors
     /// [`Error::Encode`] if the payload cannot be encoded: in JSON, any value that is an
     /// infinity or NaN (a buffer's or scalar's, named by tensor; a hyperparameter, current
-    /// learning rate or clip, named by group); a rule whose name is empty or has spaces.
+    /// learning rate or clip, named by group; any other by its place in the checkpoint); a
+    /// rule whose name is empty or has spaces.
     /// [`Error::UnsupportedCheckpoint`] or [`Error::CheckpointMismatch`] for a checkpoint
     /// edited to another format, version, rule or element type than its types.
     pub fn to_bytes(&self, encoding: Encoding) -> Result<Vec<u8>> {
@@ -420,7 +422,8 @@ where
     }
 
     /// Refuses values that JSON cannot hold (it writes NaN and infinities as `null`, which
-    /// does not read back): every float, of the state, the groups and the clip.
+    /// does not read back, or reads back as `None`): every float, of the state, the groups
+    /// and the clip by name, any other by its place in the checkpoint.
     fn check_finite(&self) -> Result<()> {
         let refuse = |what: String, value: f64| Error::Encode {
             reason: format!("{what} is {value}, which JSON cannot store; save in postcard"),
@@ -456,7 +459,11 @@ where
                 check_scalar_json(&tensor.name, &scalar.name, scalar.value)?;
             }
         }
-        Ok(())
+        // Every other float: a rule's own settings, and whatever the checks above do not name.
+        match first_non_finite(self) {
+            Some(NonFinite { path, value }) => Err(refuse(format!("`{path}`"), value)),
+            None => Ok(()),
+        }
     }
 }
 

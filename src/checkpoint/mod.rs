@@ -146,6 +146,8 @@ use crate::slots::Slots;
 
 #[cfg(feature = "serde")]
 mod file;
+#[cfg(feature = "serde")]
+mod finite;
 mod report;
 #[cfg(feature = "serde")]
 mod training;

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::file::{Encoding, decode, read_framed, save_error, write_atomically, write_framed};
+use super::finite::{NonFinite, first_non_finite};
 use super::serde_impl::Live;
 use super::{Checkpoint, TRAINING_FORMAT, VERSION};
 use crate::element::Element;
@@ -68,15 +69,24 @@ struct LiveTraining<'a, R: UpdateRule, A: Element, E> {
     extras: &'a E,
 }
 
-/// Refuses extras that JSON cannot store: they must read back as they were written (JSON
-/// writes NaN and infinities as `null`, which a float does not read back from).
-pub(crate) fn check_extras_json<E: Serialize + DeserializeOwned>(extras: &E) -> Result<()> {
+/// Refuses extras that JSON cannot store: a NaN or infinity anywhere in them (JSON writes it
+/// as `null`, which a float does not read back from and an `Option` reads back as `None`),
+/// named by where it sits in `what` (such as "the extras"), and extras that do not read back
+/// from their JSON at all.
+pub(crate) fn check_extras_json<E: Serialize + DeserializeOwned>(
+    extras: &E,
+    what: &str,
+) -> Result<()> {
+    if let Some(NonFinite { path, value }) = first_non_finite(extras) {
+        let place =
+            if path.is_empty() { format!("{what} are") } else { format!("`{path}` of {what} is") };
+        return Err(Error::Encode {
+            reason: format!("{place} {value}, which JSON cannot store; save in postcard"),
+        });
+    }
     let json = serde_json::to_vec(extras).map_err(|e| Error::Encode { reason: e.to_string() })?;
     serde_json::from_slice::<E>(&json).map(drop).map_err(|e| Error::Encode {
-        reason: format!(
-            "the extras do not read back from JSON ({e}): a NaN or infinity among them? save \
-             in postcard"
-        ),
+        reason: format!("{what} do not read back from JSON ({e}); save in postcard"),
     })
 }
 
@@ -89,7 +99,7 @@ where
     fn check_encodable(&self, encoding: Encoding) -> Result<()> {
         self.optimizer.check_encodable(encoding)?;
         match encoding {
-            Encoding::Json => check_extras_json(&self.extras),
+            Encoding::Json => check_extras_json(&self.extras, "the extras"),
             Encoding::Postcard => Ok(()),
         }
     }
@@ -103,8 +113,8 @@ where
     /// the payload in `encoding`.
     ///
     /// # Errors
-    /// As [`Checkpoint::to_bytes`]; in JSON also [`Error::Encode`] for extras that do not
-    /// read back as they were written (a NaN or infinity).
+    /// As [`Checkpoint::to_bytes`]; in JSON also [`Error::Encode`] for extras holding a NaN
+    /// or infinity anywhere, named by where it sits, or not reading back from JSON.
     pub fn to_bytes(&self, encoding: Encoding) -> Result<Vec<u8>> {
         self.check_encodable(encoding)?;
         let mut bytes = Vec::new();
@@ -153,14 +163,15 @@ where
     /// file, as by [`save`](Self::save).
     ///
     /// # Errors
-    /// As [`save`](Self::save); in JSON also [`Error::Encode`] for extras that do not read
-    /// back as they were written (a NaN or infinity).
+    /// As [`save`](Self::save); in JSON also [`Error::Encode`] for extras holding a NaN or
+    /// infinity anywhere (inside an `Option` too, which JSON would turn into `None`), named
+    /// by where it sits, and for extras that do not read back from JSON.
     pub fn save_with<E>(&self, path: impl AsRef<Path>, encoding: Encoding, extras: &E) -> Result<()>
     where
         E: Serialize + DeserializeOwned,
     {
         if encoding == Encoding::Json {
-            check_extras_json(extras)?;
+            check_extras_json(extras, "the extras")?;
         }
         self.save_training(path.as_ref(), encoding, extras)
     }

@@ -133,8 +133,8 @@ where
     {
         let accumulation = Accumulation { every_k: self.every_k, means: self.mean_records() };
         if encoding == Encoding::Json {
-            check_extras_json(&accumulation)?;
-            check_extras_json(extras)?;
+            check_extras_json(&accumulation, "the accumulated means")?;
+            check_extras_json(extras, "the extras")?;
         }
         self.optimizer.save_training(path.as_ref(), encoding, &(accumulation, extras))
     }
