@@ -34,7 +34,8 @@ use ndarray_optim::checkpoint::{Encoding, LoadMode, LoadReport, ShapeMismatch};
 use ndarray_optim::schedule::{LrScheduler, OneCycle, Schedule};
 use ndarray_optim::shard::{merge, split};
 use ndarray_optim::{
-    Checkpoint, Clip, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan, StepOutcome,
+    Checkpoint, Clip, Error, Momentum, NonFinite, Optimizer, ParamGrad, ShardPlan, StatePrecision,
+    StepOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
@@ -139,6 +140,11 @@ enum Op {
         group: usize,
         frozen: bool,
     },
+    /// Keep a group's state in a precision: low precision is refused for `f64` elements.
+    SetPrecision {
+        group: usize,
+        precision: StatePrecision,
+    },
     Reset(usize),
     Remove(usize),
     Rename {
@@ -236,6 +242,12 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(world, leave_one_out)| Op::Shard { world, leave_one_out }),
         4 => (groups(), prop::bool::weighted(0.7))
             .prop_map(|(group, frozen)| Op::Freeze { group, frozen }),
+        1 => (groups(), prop_oneof![
+            Just(StatePrecision::Full),
+            Just(StatePrecision::Bf16),
+            (0..8192_usize).prop_map(|min_numel| StatePrecision::Int8 { min_numel }),
+        ])
+            .prop_map(|(group, precision)| Op::SetPrecision { group, precision }),
         1 => names().prop_map(Op::Reset),
         1 => names().prop_map(Op::Remove),
         1 => (names(), names()).prop_map(|(from, to)| Op::Rename { from, to }),
@@ -820,6 +832,9 @@ fn apply(world: &mut World, op: &Op) -> bool {
         Op::BumpStep { name, below_max } => bump_step(world, NAMES[*name], *below_max),
         Op::Shard { world: ranks, leave_one_out } => shard(world, *ranks, *leave_one_out, op),
         Op::Freeze { group, frozen } => freeze(world, GROUPS[*group], *frozen, op),
+        Op::SetPrecision { group, precision } => {
+            set_precision(world, GROUPS[*group], *precision, op)
+        }
         Op::Reset(name) => reset(world, NAMES[*name], op),
         Op::Remove(name) => remove(world, NAMES[*name], op),
         Op::Rename { from, to } => rename(world, NAMES[*from], NAMES[*to], op),
@@ -1386,6 +1401,20 @@ fn freeze(world: &mut World, group: &str, frozen: bool, op: &Op) -> bool {
     let Ok(index) = expected else { return false };
     world.model.groups[index].frozen = frozen;
     true
+}
+
+/// Full precision changes nothing here; low precision is refused, as it is for every `f64`
+/// optimizer, changing nothing either (which the caller checks).
+fn set_precision(world: &mut World, group: &str, precision: StatePrecision, op: &Op) -> bool {
+    let expected = world.model.group_index(group).and_then(|_| match precision {
+        StatePrecision::Full => Ok(()),
+        _ => {
+            Err(Error::UnsupportedStatePrecision { group: group.to_owned(), rule: "", reason: "" })
+        }
+    });
+    let actual = world.opt.set_state_precision(group, precision);
+    assert_outcome(&actual, &expected, op);
+    false
 }
 
 fn reset(world: &mut World, name: &str, op: &Op) -> bool {
