@@ -10,7 +10,7 @@
 use core::fmt;
 
 use serde::Serialize;
-use serde::ser::{self, Impossible};
+use serde::ser;
 
 /// A float that JSON cannot store: where it sits in the value (`field.list[2].key`, empty
 /// for the value itself) and what it is.
@@ -302,8 +302,9 @@ impl ser::SerializeMap for Compound<'_> {
     type Ok = ();
     type Error = Stop;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Stop> {
-        // JSON keys are strings: a float key is written as text, so even NaN survives.
-        self.key = key.serialize(KeyText).unwrap_or_else(|_| "…".to_owned());
+        // Only the value is walked: JSON writes a key as a string, or refuses it. Shown as
+        // JSON shows it.
+        self.key = serde_json::to_string(key).unwrap_or_else(|_| "…".to_owned());
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
@@ -312,144 +313,6 @@ impl ser::SerializeMap for Compound<'_> {
     }
     fn end(self) -> Result<(), Stop> {
         Ok(())
-    }
-}
-
-/// A map key as the path shows it: strings, integers and unit variants as they read;
-/// anything else is shown as an ellipsis.
-struct KeyText;
-
-impl ser::Serializer for KeyText {
-    type Ok = String;
-    type Error = Stop;
-    type SerializeSeq = Impossible<String, Stop>;
-    type SerializeTuple = Impossible<String, Stop>;
-    type SerializeTupleStruct = Impossible<String, Stop>;
-    type SerializeTupleVariant = Impossible<String, Stop>;
-    type SerializeMap = Impossible<String, Stop>;
-    type SerializeStruct = Impossible<String, Stop>;
-    type SerializeStructVariant = Impossible<String, Stop>;
-
-    fn serialize_str(self, v: &str) -> Result<String, Stop> {
-        Ok(format!("{v:?}"))
-    }
-    fn serialize_char(self, v: char) -> Result<String, Stop> {
-        Ok(format!("{v:?}"))
-    }
-    fn serialize_bool(self, v: bool) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_i8(self, v: i8) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_i16(self, v: i16) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_i32(self, v: i32) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_i64(self, v: i64) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_i128(self, v: i128) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_u8(self, v: u8) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_u16(self, v: u16) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_u32(self, v: u32) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_u64(self, v: u64) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_u128(self, v: u128) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_f32(self, v: f32) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_f64(self, v: f64) -> Result<String, Stop> {
-        Ok(v.to_string())
-    }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        variant: &'static str,
-    ) -> Result<String, Stop> {
-        Ok(variant.to_owned())
-    }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<String, Stop> {
-        value.serialize(self)
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result<String, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_none(self) -> Result<String, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<String, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_unit(self) -> Result<String, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<String, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<String, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Stop> {
-        Err(Stop::Failed)
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, Stop> {
-        Err(Stop::Failed)
     }
 }
 
