@@ -424,14 +424,24 @@ where
     /// Refuses values that JSON cannot hold (it writes NaN and infinities as `null`, which
     /// does not read back, or reads back as `None`): every float, of the state, the groups
     /// and the clip by name, any other by its place in the checkpoint.
+    ///
+    /// One walk looks at every float; only when it finds one do the checks by name run, so
+    /// that a large state is not read twice to be saved.
     fn check_finite(&self) -> Result<()> {
-        let refuse = |what: String, value: f64| Error::Encode {
-            reason: format!("{what} is {value}, which JSON cannot store; save in postcard"),
-        };
+        let Some(NonFinite { path, value }) = first_non_finite(self) else { return Ok(()) };
+        self.name_non_finite()?;
+        // A float no check names, such as a shared scalar.
+        Err(json_refusal(&format!("`{path}`"), value))
+    }
+
+    /// Refuses the first value JSON cannot hold among those it knows by name: the groups'
+    /// current learning rates and hyperparameters, the clip, the tensors' buffers and scalars.
+    fn name_non_finite(&self) -> Result<()> {
         for group in &self.groups {
             let name = &group.name;
             if let Some(lr) = group.lr.filter(|lr| !lr.is_finite()) {
-                return Err(refuse(format!("the current learning rate of group `{name}`"), lr));
+                let what = format!("the current learning rate of group `{name}`");
+                return Err(json_refusal(&what, lr));
             }
             check_hyper_finite(&group.hyper).map_err(|key| Error::Encode {
                 reason: format!(
@@ -447,7 +457,7 @@ where
                 | crate::clip::Clip::GlobalNorm { max_norm } => max_norm,
             };
             if !value.is_finite() {
-                return Err(refuse("the clip".to_owned(), value));
+                return Err(json_refusal("the clip", value));
             }
         }
         for tensor in &self.tensors {
@@ -459,11 +469,14 @@ where
                 check_scalar_json(&tensor.name, &scalar.name, scalar.value)?;
             }
         }
-        // Every other float: a rule's own settings, and whatever the checks above do not name.
-        match first_non_finite(self) {
-            Some(NonFinite { path, value }) => Err(refuse(format!("`{path}`"), value)),
-            None => Ok(()),
-        }
+        Ok(())
+    }
+}
+
+/// The refusal of `what`, whose value JSON cannot store.
+fn json_refusal(what: &str, value: f64) -> Error {
+    Error::Encode {
+        reason: format!("{what} is {value}, which JSON cannot store; save in postcard"),
     }
 }
 
@@ -489,12 +502,7 @@ fn check_scalar_json(tensor: &str, scalar: &str, value: f64) -> Result<()> {
     if value.is_finite() {
         return Ok(());
     }
-    Err(Error::Encode {
-        reason: format!(
-            "scalar `{scalar}` of `{tensor}` is {value}, which JSON cannot store; save in \
-             postcard"
-        ),
-    })
+    Err(json_refusal(&format!("scalar `{scalar}` of `{tensor}`"), value))
 }
 
 /// Whether hyperparameters survive JSON: a NaN or infinity is written as `null` and does not
