@@ -99,7 +99,7 @@ pub fn dequantize_block(codes: &[u8], scale: f32, map: QuantMap, values: &mut [f
 #[inline(always)]
 pub(crate) fn encode<A: Element>(values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
     let scale = block_scale(values);
-    codes_one_by_one(map.lookup(), values, scale, codes);
+    codes_of(values, scale, map, codes);
     scale
 }
 
@@ -120,7 +120,37 @@ pub(crate) fn decode<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values
     }
 }
 
-/// [`encode`] with the map lookup done `LANES` values at a time by `nearest`, written out
+/// [`encode`] of one block of each of several buffers (`values`, with their `maps`), into
+/// their `codes` and `scales`: every block's scale first, then the codes, each buffer's by
+/// `codes_of` (`values`, scale, map, codes). A block's scale is a reduction, and its codes
+/// wait on the scale's reciprocal: buffer by buffer, each buffer's codes waited on both, while
+/// with every scale found first the buffers' reductions and divisions overlap. The 8-bit
+/// AdamW step took 0.69 ns per element at 65,536 elements against 0.74 buffer by buffer on
+/// Zen 5 (alternating runs, medians of 11).
+#[inline(always)]
+pub(crate) fn encode_each<A: Element>(
+    values: &[&[A]],
+    maps: &[QuantMap],
+    codes: &mut [&mut [u8]],
+    scales: &mut [f32],
+    mut codes_of: impl FnMut(&[A], f32, QuantMap, &mut [u8]),
+) {
+    for (scale, values) in scales.iter_mut().zip(values) {
+        *scale = block_scale(values);
+    }
+    let buffers = values.iter().zip(maps).zip(codes.iter_mut()).zip(scales.iter());
+    for (((values, &map), codes), &scale) in buffers {
+        codes_of(values, scale, map, codes);
+    }
+}
+
+/// The codes of `values` divided by `scale`, their block's, into `codes`, one by one.
+#[inline(always)]
+pub(crate) fn codes_of<A: Element>(values: &[A], scale: f32, map: QuantMap, codes: &mut [u8]) {
+    codes_one_by_one(map.lookup(), values, scale, codes);
+}
+
+/// [`codes_of`] with the map lookup done `LANES` values at a time by `nearest`, written out
 /// for an instruction set (AVX2's gathers, which the compiler does not emit by itself, and
 /// AVX-512's arithmetic codes); the last values of a block short of `LANES` go one by one.
 /// `nearest` writes the codes of `LANES` values (in `f32`) divided by the block's scale and
@@ -130,20 +160,19 @@ pub(crate) fn decode<A: Element>(codes: &[u8], scale: f32, map: QuantMap, values
 /// normal number.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
+pub(crate) fn codes_in_lanes<A: Element, const LANES: usize>(
     values: &[A],
+    scale: f32,
     map: QuantMap,
     codes: &mut [u8],
     nearest: impl Fn(&Lookup, &[f32; LANES], f32, &mut [u8; LANES]) -> u64,
-) -> f32 {
+) {
     let codes = &mut codes[..values.len()];
-    let scale = block_scale(values);
     let lookup = map.lookup();
     if scale.is_nan() || scale > RECIPROCAL_SCALE {
         // A NaN or infinite value (the quotients are NaN or 0), or magnitudes beyond any
         // optimizer state's: the table decides.
-        codes_one_by_one(lookup, values, scale, codes);
-        return scale;
+        return codes_one_by_one(lookup, values, scale, codes);
     }
     let mut chunks = codes.chunks_exact_mut(LANES).zip(values.chunks_exact(LANES));
     for (codes, values) in &mut chunks {
@@ -158,7 +187,6 @@ pub(crate) fn encode_in_lanes<A: Element, const LANES: usize>(
     }
     let done = values.len() - values.len() % LANES;
     codes_one_by_one(lookup, &values[done..], scale, &mut codes[done..]);
-    scale
 }
 
 /// [`decode`] with the map's entries looked up `LANES` codes at a time by `entries`, written

@@ -252,10 +252,14 @@ fn step_block<A, S, F>(
             }
             let mut state = work.state.each_mut().map(|values| &mut values[..len]);
             pass.isa.run::<A, S, F>(param, seen, &mut state[..S::LEN], pass.update);
-            let buffers = work.state[..S::LEN].iter().zip(codes.iter_mut()).zip(scales.iter_mut());
-            for (((values, codes), scales), &map) in buffers.zip(maps.iter()) {
-                let codes = &mut codes[start..start + len];
-                scales[block] = pass.isa.quantize(&values[..len], map, codes);
+            let values = work.state.each_ref().map(|values| &values[..len]);
+            let mut block_codes =
+                codes.each_mut().map(|codes| codes.get_mut(start..start + len).unwrap_or_default());
+            let mut found = [0.0; MAX_STATE];
+            let (values, maps) = (&values[..S::LEN], &maps[..S::LEN]);
+            pass.isa.quantize_each(values, maps, &mut block_codes[..S::LEN], &mut found[..S::LEN]);
+            for (scales, found) in scales.iter_mut().zip(&found[..S::LEN]) {
+                scales[block] = *found;
             }
         }
     }

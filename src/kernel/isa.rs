@@ -8,7 +8,7 @@
 //! square root are correctly rounded in every instruction set, so all versions compute the
 //! same bits. The passes over blocks of low-precision state are dispatched the same way: the
 //! gradient's options stage ([`Isa::stage`]) and the block-wise 8-bit conversions
-//! ([`Isa::quantize`], [`Isa::dequantize`]), whose map lookups are integer and comparison
+//! ([`Isa::quantize_each`], [`Isa::dequantize`]), whose map lookups are integer and comparison
 //! work that gives the same bits in every set. With AVX2 a value's code comes from a gather
 //! from a table of buckets (`nearest_codes_avx2`); with AVX-512 (F and BW) from the map's
 //! arithmetic form, by permutations of small tables and integer steps
@@ -43,8 +43,8 @@ macro_rules! dispatch {
 }
 
 /// A module of the dispatched functions compiled with `feature` enabled: each inlines the
-/// generic code it calls, which is thereby compiled for that set. `quantize` and `dequantize`
-/// are given separately, since their map lookups are written out for each set.
+/// generic code it calls, which is thereby compiled for that set. `quantize_each` and
+/// `dequantize` are given separately, since their map lookups are written out for each set.
 macro_rules! compiled_with {
     ($module:ident, $feature:literal, $quantize:item, $dequantize:item) => {
         #[cfg(target_arch = "x86_64")]
@@ -185,10 +185,16 @@ impl Isa {
         dispatch!(self, stage(stage, param, grad, seen), else stage.grad_of_slices(param, grad, seen))
     }
 
-    /// [`int8::encode`] of one block.
+    /// [`int8::encode_each`]: one block of each of several buffers.
     #[inline(always)]
-    pub(crate) fn quantize<A: Element>(self, values: &[A], map: QuantMap, codes: &mut [u8]) -> f32 {
-        dispatch!(self, quantize(values, map, codes), else int8::encode(values, map, codes))
+    pub(crate) fn quantize_each<A: Element>(
+        self,
+        values: &[&[A]],
+        maps: &[QuantMap],
+        codes: &mut [&mut [u8]],
+        scales: &mut [f32],
+    ) {
+        dispatch!(self, quantize_each(values, maps, codes, scales), else int8::encode_each(values, maps, codes, scales, int8::codes_of))
     }
 
     /// [`int8::decode`] of one block.
@@ -207,23 +213,26 @@ impl Isa {
 compiled_with!(
     avx512,
     "avx512f",
-    pub(super) unsafe fn quantize<A: Element>(
-        values: &[A],
-        map: QuantMap,
-        codes: &mut [u8],
-    ) -> f32 {
+    pub(super) unsafe fn quantize_each<A: Element>(
+        values: &[&[A]],
+        maps: &[QuantMap],
+        codes: &mut [&mut [u8]],
+        scales: &mut [f32],
+    ) {
         if !super::has_byte_packs() {
-            return int8::encode(values, map, codes);
+            return int8::encode_each(values, maps, codes, scales, int8::codes_of);
         }
-        // SAFETY: the CPU has AVX-512F and BW, checked just before.
-        match map {
-            QuantMap::Signed => unsafe {
-                super::quantize_by_arithmetic::<A, true>(values, map, codes)
-            },
-            QuantMap::Unsigned => unsafe {
-                super::quantize_by_arithmetic::<A, false>(values, map, codes)
-            },
-        }
+        int8::encode_each(values, maps, codes, scales, |values, scale, map, codes| {
+            // SAFETY: the CPU has AVX-512F and BW, checked just before.
+            match map {
+                QuantMap::Signed => unsafe {
+                    super::codes_by_arithmetic::<A, true>(values, scale, map, codes)
+                },
+                QuantMap::Unsigned => unsafe {
+                    super::codes_by_arithmetic::<A, false>(values, scale, map, codes)
+                },
+            }
+        });
     },
     pub(super) unsafe fn dequantize<A: Element>(
         codes: &[u8],
@@ -243,20 +252,23 @@ compiled_with!(
 compiled_with!(
     avx2,
     "avx2",
-    pub(super) unsafe fn quantize<A: Element>(
-        values: &[A],
-        map: QuantMap,
-        codes: &mut [u8],
-    ) -> f32 {
-        int8::encode_in_lanes(values, map, codes, |lookup, xs, scale, codes| {
-            let ys = xs.map(|x| x / scale);
-            // SAFETY: this function runs only where the CPU has AVX2.
-            let found = unsafe { super::nearest_codes_avx2(lookup, &ys) };
-            for (code, found) in codes.iter_mut().zip(found) {
-                *code = found as u8;
-            }
-            0
-        })
+    pub(super) unsafe fn quantize_each<A: Element>(
+        values: &[&[A]],
+        maps: &[QuantMap],
+        codes: &mut [&mut [u8]],
+        scales: &mut [f32],
+    ) {
+        int8::encode_each(values, maps, codes, scales, |values, scale, map, codes| {
+            int8::codes_in_lanes(values, scale, map, codes, |lookup, xs, scale, codes| {
+                let ys = xs.map(|x| x / scale);
+                // SAFETY: this function runs only where the CPU has AVX2.
+                let found = unsafe { super::nearest_codes_avx2(lookup, &ys) };
+                for (code, found) in codes.iter_mut().zip(found) {
+                    *code = found as u8;
+                }
+                0
+            });
+        });
     },
     pub(super) unsafe fn dequantize<A: Element>(
         codes: &[u8],
@@ -282,19 +294,20 @@ fn has_byte_permutations() -> bool {
     std::arch::is_x86_feature_detected!("avx512vbmi") && has_byte_packs()
 }
 
-/// [`int8::encode`] of a block with codes by the map's arithmetic form
-/// (`arithmetic_codes_avx512`), `SIGNED` for [`QuantMap::Signed`], 64 values at a time: the
-/// codes of four vectors are packed into one store, since storing each vector's 16 codes
-/// (`vpmovdb`) took a third of the quantizer's time on Zen 5.
+/// [`int8::codes_of`] a block by the map's arithmetic form (`arithmetic_codes_avx512`),
+/// `SIGNED` for [`QuantMap::Signed`], 64 values at a time: the codes of four vectors are
+/// packed into one store, since storing each vector's 16 codes (`vpmovdb`) took a third of
+/// the quantizer's time on Zen 5.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_by_arithmetic<A: Element, const SIGNED: bool>(
+unsafe fn codes_by_arithmetic<A: Element, const SIGNED: bool>(
     values: &[A],
+    scale: f32,
     map: QuantMap,
     codes: &mut [u8],
-) -> f32 {
+) {
     use core::arch::x86_64::*;
-    int8::encode_in_lanes(values, map, codes, |lookup, xs: &[f32; 64], scale, codes| {
+    int8::codes_in_lanes(values, scale, map, codes, |lookup, xs: &[f32; 64], scale, codes| {
         let reciprocal = scale.recip();
         // A macro rather than a closure mapped over the four: the compiler may keep such a
         // closure as a call (as it did in a trial build), passing registers through memory.
@@ -665,6 +678,33 @@ mod tests {
         }
     }
 
+    /// A step quantizes its buffers' blocks in one call: each buffer's codes and scale are its
+    /// own, as if quantized alone, whatever the other buffers hold.
+    #[test]
+    fn quantizing_blocks_together_is_quantizing_each_alone() {
+        let ramp: Vec<f32> = (0..200).map(|i| (i as f32 - 90.0) * 1e-4).collect();
+        let mut with_nan = ramp.iter().map(|x| x * x).collect::<Vec<_>>();
+        with_nan[7] = f32::NAN;
+        // Beyond `RECIPROCAL_SCALE`, where the codes come from the table.
+        let huge: Vec<f32> = (0..200).map(|i| (i as f32 - 90.0) * 1.5e36).collect();
+        let values = [&ramp[..], &with_nan, &huge, &ramp[..]];
+        let maps = [QuantMap::Signed, QuantMap::Unsigned, QuantMap::Signed, QuantMap::Unsigned];
+        let mut expected = [[0_u8; 200]; 4];
+        let mut expected_scales = [0.0_f32; 4];
+        for k in 0..4 {
+            expected_scales[k] = int8::encode(values[k], maps[k], &mut expected[k]);
+        }
+        let isas = [Isa::Baseline, Isa::Avx2, Isa::Avx512];
+        for isa in isas.into_iter().filter(|isa| isa.is_available()) {
+            let mut codes = [[0_u8; 200]; 4];
+            let mut scales = [0.0_f32; 4];
+            let mut buffers = codes.each_mut().map(|codes| &mut codes[..]);
+            isa.quantize_each(&values, &maps, &mut buffers, &mut scales);
+            assert_eq!(scales.map(f32::to_bits), expected_scales.map(f32::to_bits), "{isa:?}");
+            assert_eq!(codes, expected, "{isa:?}");
+        }
+    }
+
     #[test]
     fn every_instruction_set_quantizes_a_block_alike() {
         let specials = [0.0, -0.0, 1e-40, -3e38, f32::INFINITY, f32::NAN, 0.7, -2.5];
@@ -682,8 +722,9 @@ mod tests {
                     for isa in [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| isa.is_available())
                     {
                         let mut codes = vec![0_u8; len];
-                        let got = isa.quantize(&values, map, &mut codes);
-                        assert_eq!(got.to_bits(), scale.to_bits(), "{isa:?} {len} {special}");
+                        let mut got = [0.0];
+                        isa.quantize_each(&[&values], &[map], &mut [&mut codes], &mut got);
+                        assert_eq!(got[0].to_bits(), scale.to_bits(), "{isa:?} {len} {special}");
                         assert_eq!(codes, expected, "{isa:?} {len} {special} {map:?}");
                     }
                 }
