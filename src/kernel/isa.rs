@@ -226,10 +226,10 @@ compiled_with!(
             // SAFETY: the CPU has AVX-512F and BW, checked just before.
             match map {
                 QuantMap::Signed => unsafe {
-                    super::codes_by_arithmetic::<A, true>(values, scale, map, codes)
+                    super::codes_by_arithmetic::<A, true>(values, scale, codes)
                 },
                 QuantMap::Unsigned => unsafe {
-                    super::codes_by_arithmetic::<A, false>(values, scale, map, codes)
+                    super::codes_by_arithmetic::<A, false>(values, scale, codes)
                 },
             }
         });
@@ -303,10 +303,11 @@ fn has_byte_permutations() -> bool {
 unsafe fn codes_by_arithmetic<A: Element, const SIGNED: bool>(
     values: &[A],
     scale: f32,
-    map: QuantMap,
     codes: &mut [u8],
 ) {
     use core::arch::x86_64::*;
+    // The map from `SIGNED`, a constant, so that its tables' addresses are too.
+    let map = if SIGNED { QuantMap::Signed } else { QuantMap::Unsigned };
     int8::codes_in_lanes(values, scale, map, codes, |lookup, xs: &[f32; 64], scale, codes| {
         let reciprocal = scale.recip();
         // A macro rather than a closure mapped over the four: the compiler may keep such a
