@@ -135,6 +135,9 @@ pub(crate) fn encode_each<A: Element>(
     scales: &mut [f32],
     mut codes_of: impl FnMut(&[A], f32, QuantMap, &mut [u8]),
 ) {
+    // The zips below would quietly leave a buffer unquantized.
+    let buffers = values.len();
+    debug_assert!(maps.len() == buffers && codes.len() == buffers && scales.len() == buffers);
     for (scale, values) in scales.iter_mut().zip(values) {
         *scale = block_scale(values);
     }
