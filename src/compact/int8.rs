@@ -154,8 +154,8 @@ pub(crate) fn codes_of<A: Element>(values: &[A], scale: f32, map: QuantMap, code
 }
 
 /// [`codes_of`] with the map lookup done `LANES` values at a time by `nearest`, written out
-/// for an instruction set (AVX2's gathers, which the compiler does not emit by itself, and
-/// AVX-512's arithmetic codes); the last values of a block short of `LANES` go one by one.
+/// for an instruction set (the map's arithmetic form with AVX2 or AVX-512); the last values
+/// of a block short of `LANES` go one by one.
 /// `nearest` writes the codes of `LANES` values (in `f32`) divided by the block's scale and
 /// returns the lanes (bits) whose codes it leaves to the table. The scale is at most
 /// [`RECIPROCAL_SCALE`] here, so each quotient lies within `[-1, 1]` (a value divided by
@@ -242,10 +242,9 @@ pub(crate) const SIGN: u32 = 0x8000_0000;
 /// `c` or more. A bucket of `y`'s bits holds at most one threshold above its lowest value, so
 /// the code is the bucket's base code, plus one from that threshold on.
 ///
-/// Each bucket is one 32-bit word, the base code over the threshold's key (below), so that a
-/// loop over a block looks up 8 values at once with one gather (AVX2). With AVX-512 the
-/// codes come from the map's arithmetic form ([`Pieces`]), and from this table only for
-/// values that lie too near a threshold for it.
+/// Each bucket is one 32-bit word, the base code over the threshold's key (below): one load
+/// per value. With AVX2 or AVX-512 the codes come from the map's arithmetic form
+/// ([`Pieces`]), and from this table only for values that lie too near a threshold for it.
 pub(crate) struct Lookup {
     /// For every bucket of magnitudes, the buckets of positive values, then those of negative
     /// ones: the code of the bucket's lowest value in the top 8 bits, and in the bits of
@@ -265,7 +264,6 @@ impl Lookup {
         // or the last. Magnitudes below the first bucket share it: no threshold lies between.
         let above_min = (bits & !SIGN).clamp(MIN_BITS, ONE_BITS) - MIN_BITS;
         let negative = bits >> 31;
-        // In 32 bits, so that the gathers take 16 indices at a time.
         let word = self.words[(negative * BUCKETS as u32 + (above_min >> SHIFT)) as usize];
         let code = (word >> 24) + u32::from(key(above_min, negative) >= word & KEY_MASK);
         if y.is_nan() { 0 } else { code as u8 }

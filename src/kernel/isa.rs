@@ -9,11 +9,11 @@
 //! same bits. The passes over blocks of low-precision state are dispatched the same way: the
 //! gradient's options stage ([`Isa::stage`]) and the block-wise 8-bit conversions
 //! ([`Isa::quantize_each`], [`Isa::dequantize`]), whose map lookups are integer and comparison
-//! work that gives the same bits in every set. With AVX2 a value's code comes from a gather
-//! from a table of buckets (`nearest_codes_avx2`); with AVX-512 (F and BW) from the map's
-//! arithmetic form, by permutations of small tables and integer steps
-//! (`arithmetic_codes_avx512`), which leaves to the table only the values nearest a
-//! threshold: on Zen 5 the gather cost 1.5 to 1.9 times as much. A code's entry comes, where
+//! work that gives the same bits in every set. With AVX2 (and FMA) or AVX-512 (F and BW) a
+//! value's code comes from the map's arithmetic form, by permutations of small tables and
+//! integer steps (`arithmetic_codes_avx2`, `arithmetic_codes_avx512`), which leaves to the
+//! table only the values nearest a threshold: a gather from the table cost 1.5 to 1.9 times
+//! as much on Zen 5, and the 8-bit step was a tenth slower with it on Zen 3. A code's entry comes, where
 //! the CPU has AVX-512's byte permutations (VBMI), from permutations of the entries held as
 //! planes of bytes in sixteen registers (`BytePlanes`), rather than from the compiler's
 //! gather, which took about a third of the 8-bit step on Zen 5.
@@ -258,16 +258,19 @@ compiled_with!(
         codes: &mut [&mut [u8]],
         scales: &mut [f32],
     ) {
+        if !super::has_fma() {
+            return int8::encode_each(values, maps, codes, scales, int8::codes_of);
+        }
         int8::encode_each(values, maps, codes, scales, |values, scale, map, codes| {
-            int8::codes_in_lanes(values, scale, map, codes, |lookup, xs, scale, codes| {
-                let ys = xs.map(|x| x / scale);
-                // SAFETY: this function runs only where the CPU has AVX2.
-                let found = unsafe { super::nearest_codes_avx2(lookup, &ys) };
-                for (code, found) in codes.iter_mut().zip(found) {
-                    *code = found as u8;
-                }
-                0
-            });
+            // SAFETY: the CPU has AVX2 and FMA, checked just before.
+            match map {
+                QuantMap::Signed => unsafe {
+                    super::codes_by_arithmetic_avx2::<A, true>(values, scale, codes)
+                },
+                QuantMap::Unsigned => unsafe {
+                    super::codes_by_arithmetic_avx2::<A, false>(values, scale, codes)
+                },
+            }
         });
     },
     pub(super) unsafe fn dequantize<A: Element>(
@@ -279,6 +282,13 @@ compiled_with!(
         int8::decode(codes, scale, map, values);
     }
 );
+
+/// Whether the CPU has fused multiply-adds (FMA) besides AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_fma() -> bool {
+    std::arch::is_x86_feature_detected!("fma")
+}
 
 /// Whether the CPU has AVX-512's byte and word instructions (BW) besides AVX-512F.
 #[cfg(target_arch = "x86_64")]
@@ -439,7 +449,7 @@ impl BytePlanes {
 /// NaN. `reciprocal` is the reciprocal of a block's scale, rounded: a product then lies
 /// within 3 units in the last place of the correctly rounded quotient that torchao computes,
 /// and every lane whose code those 3 units could change is left to the table (checked for
-/// every `f32` by `the_avx512_arithmetic_codes_every_f32_as_the_table_does`). A multiplication
+/// every `f32` by `the_arithmetic_codes_every_f32_as_the_table_does`). A multiplication
 /// instead of a division makes the codes about a tenth faster on Zen 5.
 ///
 /// `SIGNED` is for [`QuantMap::Signed`]. The unsigned map holds state that is never negative
@@ -503,102 +513,194 @@ unsafe fn arithmetic_codes_avx512<const SIGNED: bool>(
     (code, near)
 }
 
-/// `Lookup::nearest_code` of eight values at once, in the same integer and comparison steps,
-/// with AVX2's gathers, which the compiler does not emit for AVX2 by itself.
+/// [`int8::codes_of`] a block by the map's arithmetic form (`arithmetic_codes_avx2`),
+/// `SIGNED` for [`QuantMap::Signed`], 32 values at a time, their codes packed into one store
+/// (16 at a time, in half the registers, was slower on Zen 3).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn nearest_codes_avx2(lookup: &int8::Lookup, ys: &[f32; 8]) -> [u32; 8] {
+#[target_feature(enable = "avx2,fma")]
+unsafe fn codes_by_arithmetic_avx2<A: Element, const SIGNED: bool>(
+    values: &[A],
+    scale: f32,
+    codes: &mut [u8],
+) {
     use core::arch::x86_64::*;
-    use int8::{BUCKETS, KEY_MASK, MIN_BITS, ONE_BITS, SHIFT, SIGN, WITHIN};
+    let map = if SIGNED { QuantMap::Signed } else { QuantMap::Unsigned };
+    int8::codes_in_lanes(values, scale, map, codes, |lookup, xs: &[f32; 32], scale, codes| {
+        let reciprocal = scale.recip();
+        macro_rules! quarter {
+            ($k:literal) => {{
+                let xs = xs[8 * $k..8 * $k + 8].try_into().expect("8 values");
+                // SAFETY: the caller's CPU has AVX2 and FMA.
+                unsafe { arithmetic_codes_avx2::<SIGNED>(&lookup.pieces, xs, reciprocal) }
+            }};
+        }
+        let [(c0, n0), (c1, n1), (c2, n2), (c3, n3)] =
+            [quarter!(0), quarter!(1), quarter!(2), quarter!(3)];
+        // Saturating packs leave, in 128-bit lane `k`, the codes 4k to 4k + 3 of each vector
+        // in turn; a permutation of 32-bit groups puts them in order.
+        let bytes = _mm256_packus_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        // SAFETY: `codes` holds 32 bytes; unaligned stores are allowed.
+        unsafe {
+            _mm256_storeu_si256(
+                codes.as_mut_ptr().cast(),
+                _mm256_permutevar8x32_epi32(bytes, order),
+            )
+        };
+        u64::from(n0) | u64::from(n1) << 8 | u64::from(n2) << 16 | u64::from(n3) << 24
+    })
+}
 
-    let splat = |word: u32| _mm256_set1_epi32(word as i32);
-    // SAFETY: `ys` holds eight `f32`s; unaligned loads are allowed.
-    let y = unsafe { _mm256_loadu_ps(ys.as_ptr()) };
-    let bits = _mm256_castps_si256(y);
-    let magnitude = _mm256_and_si256(bits, splat(!SIGN));
-    let clamped = _mm256_min_epu32(_mm256_max_epu32(magnitude, splat(MIN_BITS)), splat(ONE_BITS));
-    let above_min = _mm256_sub_epi32(clamped, splat(MIN_BITS));
-    // All ones for negative values.
-    let negative = _mm256_srai_epi32::<31>(bits);
-    let bucket = _mm256_add_epi32(
-        _mm256_and_si256(negative, splat(BUCKETS as u32)),
-        _mm256_srli_epi32::<{ SHIFT as i32 }>(above_min),
+/// `arithmetic_codes_avx512` for eight values with AVX2 (and FMA), whose permutations pick
+/// from eight lanes, so that each table takes one: the binade tables are read by groups of
+/// four binades (`Pieces::group_piece`, with up to two piece starts per group), and the
+/// pieces' tables by a piece's low three bits, the last piece (the code of 1) reading the
+/// first's and moved up after. With the tables of 32 binades and 16 pieces in four and two
+/// registers, picked by blends, the 8-bit AdamW step took 3.4 ns per element in cache on Zen
+/// 3 against 2.8 with the gather this replaces: permutations run on one of that core's
+/// pipes, and the tables did not fit its sixteen registers. Checked for every `f32` by
+/// `the_arithmetic_codes_every_f32_as_the_table_does`, as the AVX-512 form is.
+///
+/// The unsigned map leaves its negative values to the table by their sign.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn arithmetic_codes_avx2<const SIGNED: bool>(
+    pieces: &int8::Pieces,
+    xs: &[f32; 8],
+    reciprocal: f32,
+) -> (core::arch::x86_64::__m256i, u8) {
+    use core::arch::x86_64::*;
+    use int8::{FRACTION_BITS, MIN_BITS, SIGN, SLACK};
+
+    // SAFETY (both loads): each reads 8 values of an array of 8 or more; unaligned loads are
+    // allowed.
+    let ints = |values: &[i32]| unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
+    let floats = |values: &[f32]| unsafe { _mm256_loadu_ps(values.as_ptr()) };
+    let splat = _mm256_set1_epi32;
+    let y = _mm256_mul_ps(floats(xs), _mm256_set1_ps(reciprocal));
+    let bits = if SIGNED {
+        _mm256_and_si256(_mm256_castps_si256(y), splat(!SIGN as i32))
+    } else {
+        _mm256_castps_si256(y)
+    };
+    let magnitude = _mm256_castsi256_ps(bits);
+    // The group of four binades, and the piece: the group's, less one below each start in it.
+    let group = _mm256_srli_epi32::<25>(_mm256_max_epi32(bits, splat(MIN_BITS as i32)));
+    let by_group = |table: &[i32; 8]| _mm256_permutevar8x32_epi32(ints(table), group);
+    let past_first = _mm256_sub_epi32(bits, by_group(&pieces.group_starts[0]));
+    let past_second = _mm256_sub_epi32(bits, by_group(&pieces.group_starts[1]));
+    let piece = _mm256_add_epi32(
+        by_group(&pieces.group_piece),
+        _mm256_add_epi32(_mm256_srai_epi32::<31>(past_first), _mm256_srai_epi32::<31>(past_second)),
     );
-    // SAFETY: `above_min ≤ ONE_BITS − MIN_BITS`, so `above_min >> SHIFT < BUCKETS` and every
-    // bucket indexes the table's `2 · BUCKETS` words.
-    let word = unsafe { _mm256_i32gather_epi32::<4>(lookup.words.as_ptr().cast(), bucket) };
-    let key = _mm256_and_si256(_mm256_xor_si256(above_min, negative), splat(WITHIN));
-    // All ones (−1) where the value lies below its bucket's threshold; keys are below 2²⁴, so
-    // the signed comparison orders them.
-    let below = _mm256_cmpgt_epi32(_mm256_and_si256(word, splat(KEY_MASK)), key);
-    let code = _mm256_add_epi32(_mm256_srli_epi32::<24>(word), _mm256_add_epi32(below, splat(1)));
-    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(y, y));
-    let code = _mm256_andnot_si256(nan, code);
-    let mut codes = [0_u32; 8];
-    // SAFETY: `codes` holds eight `u32`s; unaligned stores are allowed.
-    unsafe { _mm256_storeu_si256(codes.as_mut_ptr().cast(), code) };
-    codes
+    // The pieces' tables by the piece's low three bits, so the last (the code of 1) reads the
+    // first's (the code of 0: both have no slope), and its code is moved up after.
+    let scale = _mm256_permutevar8x32_ps(floats(&pieces.scale), piece);
+    let offset = _mm256_permutevar8x32_ps(floats(&pieces.offset), piece);
+    let position = _mm256_cvtps_epi32(_mm256_fmadd_ps(magnitude, scale, offset));
+    let highest = _mm256_permutevar8x32_epi32(ints(&pieces.highest), piece);
+    let last = _mm256_cmpgt_epi32(piece, splat(7));
+    let last_over_first = (pieces.highest[8] - pieces.highest[0]) >> FRACTION_BITS;
+    let mut code = _mm256_add_epi32(
+        _mm256_srai_epi32::<{ FRACTION_BITS as i32 }>(_mm256_min_epi32(position, highest)),
+        _mm256_and_si256(last, splat(last_over_first)),
+    );
+    if SIGNED {
+        let mirrored = _mm256_castsi256_ps(_mm256_sub_epi32(splat(pieces.mirror), code));
+        // By the sign of `y`.
+        let signed = _mm256_blendv_ps(_mm256_castsi256_ps(code), mirrored, y);
+        code = _mm256_max_epi32(_mm256_castps_si256(signed), splat(0));
+    }
+    let fraction = _mm256_and_si256(position, splat((1 << FRACTION_BITS) - 1));
+    // Below 2^FRACTION_BITS, so a signed comparison orders it.
+    let nearest = _mm256_min_epu32(fraction, _mm256_min_epu32(past_first, past_second));
+    let near =
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(splat(2 * SLACK + 1), nearest)))
+            as u8;
+    // The unsigned map's negative values (never its state's) go to the table.
+    (code, if SIGNED { near } else { near | _mm256_movemask_ps(y) as u8 })
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_avx2_lookup_finds_the_scalar_lookups_codes() {
-        if !Isa::Avx2.is_available() {
-            return;
-        }
-        for map in [QuantMap::Signed, QuantMap::Unsigned] {
-            let probes = int8::tests::probes(map);
-            for ys in probes.chunks_exact(8) {
-                let ys: &[f32; 8] = ys.try_into().expect("chunks of eight");
-                // SAFETY: the CPU has AVX2, checked above.
-                let codes = unsafe { nearest_codes_avx2(map.lookup(), ys) };
-                for (&y, code) in ys.iter().zip(codes) {
-                    assert_eq!(code, u32::from(map.lookup().nearest_code(y)), "{map:?} {y:e}");
-                }
-            }
-        }
-    }
-
     /// How far, in units in the last place, a lane's product `x · RN(1/s)` may lie from the
     /// quotient `RN(x / s)`: the two differ by a relative `3 · 2^-24` at most, which is less
     /// than 3 units of the finer of their binades' units; one more for good measure.
     const PRODUCT_ULPS: usize = 4;
 
-    /// Checks `arithmetic_codes_avx512` on those of `ys` within [`PRODUCT_ULPS`] of
+    /// The sets with an arithmetic form of the codes, where the CPU has them.
+    fn arithmetic_sets() -> Vec<Isa> {
+        let avx2 = Isa::Avx2.is_available() && has_fma();
+        let avx512 = Isa::Avx512.is_available() && has_byte_packs();
+        [(Isa::Avx2, avx2), (Isa::Avx512, avx512)]
+            .into_iter()
+            .filter_map(|(isa, available)| available.then_some(isa))
+            .collect()
+    }
+
+    /// The codes of 16 quotients by the arithmetic form of `isa` (`arithmetic_codes_avx2` on
+    /// each half, or `arithmetic_codes_avx512`), and the lanes it leaves to the table.
+    fn arithmetic_codes(isa: Isa, map: QuantMap, chunk: &[f32; 16]) -> ([i32; 16], u16) {
+        use core::arch::x86_64::*;
+        let pieces = &map.lookup().pieces;
+        let signed = map == QuantMap::Signed;
+        let mut codes = [0_i32; 16];
+        // SAFETY (all calls and stores): `arithmetic_sets` checked that the CPU has the set;
+        // `codes` holds 16 `i32`s, unaligned stores are allowed.
+        match isa {
+            Isa::Avx512 => unsafe {
+                let (lanes, left) = if signed {
+                    arithmetic_codes_avx512::<true>(pieces, chunk, 1.0)
+                } else {
+                    arithmetic_codes_avx512::<false>(pieces, chunk, 1.0)
+                };
+                _mm512_storeu_si512(codes.as_mut_ptr().cast(), lanes);
+                (codes, left)
+            },
+            Isa::Avx2 => {
+                let mut left = 0;
+                for half in 0..2 {
+                    let xs = chunk[8 * half..8 * half + 8].try_into().expect("8 values");
+                    // SAFETY: as above.
+                    unsafe {
+                        let (lanes, half_left) = if signed {
+                            arithmetic_codes_avx2::<true>(pieces, xs, 1.0)
+                        } else {
+                            arithmetic_codes_avx2::<false>(pieces, xs, 1.0)
+                        };
+                        _mm256_storeu_si256(codes[8 * half..].as_mut_ptr().cast(), lanes);
+                        left |= u16::from(half_left) << (8 * half);
+                    }
+                }
+                (codes, left)
+            }
+            Isa::Baseline => unreachable!("the baseline has no arithmetic form"),
+        }
+    }
+
+    /// Checks the arithmetic codes of `isa` on those of `ys` within [`PRODUCT_ULPS`] of
     /// `[-1, 1]` against the table: every code it gives is the table's, and is the table's
     /// code of every `f32` within `PRODUCT_ULPS` of the value, so a quotient computed as a
     /// product gets the code of the quotient torchao divides out. Returns how many values it
     /// left to the table.
-    fn check_arithmetic_codes(map: QuantMap, ys: impl Iterator<Item = f32>) -> usize {
-        let (lookup, pieces) = (map.lookup(), &map.lookup().pieces);
+    fn check_arithmetic_codes(isa: Isa, map: QuantMap, ys: impl Iterator<Item = f32>) -> usize {
+        let lookup = map.lookup();
         let around = |y: f32, step: fn(f32) -> f32| (0..PRODUCT_ULPS).fold(y, |y, _| step(y));
         let mut left = 0;
         let mut chunk = [0.0_f32; 16];
         let mut filled = 0;
         let mut check = |chunk: &[f32; 16], lanes: usize| {
-            // SAFETY: the callers check that the CPU has AVX-512F.
-            let (codes, redo) = match map {
-                QuantMap::Signed => unsafe { arithmetic_codes_avx512::<true>(pieces, chunk, 1.0) },
-                QuantMap::Unsigned => unsafe {
-                    arithmetic_codes_avx512::<false>(pieces, chunk, 1.0)
-                },
-            };
-            let mut lanes_codes = [0_i32; 16];
-            // SAFETY: as above; `lanes_codes` holds 16 `i32`s, unaligned stores are allowed.
-            unsafe {
-                core::arch::x86_64::_mm512_storeu_si512(lanes_codes.as_mut_ptr().cast(), codes)
-            };
-            for (lane, (&y, code)) in chunk.iter().zip(lanes_codes).enumerate().take(lanes) {
+            let (codes, redo) = arithmetic_codes(isa, map, chunk);
+            for (lane, (&y, code)) in chunk.iter().zip(codes).enumerate().take(lanes) {
                 if redo >> lane & 1 == 1 {
                     left += 1;
                 } else {
                     let (below, above) = (around(y, f32::next_down), around(y, f32::next_up));
                     let expected = lookup.nearest_code(y);
-                    assert_eq!(code, i32::from(expected), "{map:?} {y:e}");
+                    assert_eq!(code, i32::from(expected), "{isa:?} {map:?} {y:e}");
                     assert_eq!(lookup.nearest_code(below), expected, "{map:?} {y:e} {below:e}");
                     assert_eq!(lookup.nearest_code(above), expected, "{map:?} {y:e} {above:e}");
                 }
@@ -618,31 +720,35 @@ mod tests {
     }
 
     #[test]
-    fn the_avx512_arithmetic_codes_as_the_table_does() {
-        if !Isa::Avx512.is_available() {
-            return;
-        }
-        for map in [QuantMap::Signed, QuantMap::Unsigned] {
+    fn the_arithmetic_codes_as_the_table_does() {
+        for (isa, map) in arithmetic_sets()
+            .into_iter()
+            .flat_map(|isa| [QuantMap::Signed, QuantMap::Unsigned].map(|map| (isa, map)))
+        {
             // Every threshold and entry and their neighbours: these are the hard cases.
-            check_arithmetic_codes(map, int8::tests::probes(map).into_iter());
+            check_arithmetic_codes(isa, map, int8::tests::probes(map).into_iter());
             // Evenly spread values, as a block divided by its largest magnitude holds (the
             // unsigned map's are never negative; it leaves its negative values to the table):
             // the table is left only the values within a few 2^-14 of a threshold's position.
             let lowest = if map == QuantMap::Signed { -1_000_000 } else { 0 };
             let spread = (lowest..=1_000_000).map(|k| k as f32 * 1e-6);
-            let left = check_arithmetic_codes(map, spread);
-            assert!(left < 2_000, "{map:?}: {left} values from {lowest}e-6 to 1 left to the table");
+            let left = check_arithmetic_codes(isa, map, spread);
+            assert!(left < 2_000, "{isa:?} {map:?}: {left} values from {lowest}e-6 left");
         }
     }
 
-    /// Every `f32` (about a minute): `cargo test --release --lib -- --ignored`.
+    /// Every `f32` (about a minute per set): `cargo test --release --lib -- --ignored`.
     #[test]
-    #[ignore = "every f32 of both maps, about a minute"]
-    fn the_avx512_arithmetic_codes_every_f32_as_the_table_does() {
-        assert!(Isa::Avx512.is_available(), "needs a CPU with AVX-512F");
-        for map in [QuantMap::Signed, QuantMap::Unsigned] {
-            let left = check_arithmetic_codes(map, (0..=u32::MAX).map(f32::from_bits));
-            println!("{map:?}: {left} of 2^32 values left to the table");
+    #[ignore = "every f32 of both maps, about a minute per instruction set"]
+    fn the_arithmetic_codes_every_f32_as_the_table_does() {
+        let sets = arithmetic_sets();
+        assert!(!sets.is_empty(), "needs a CPU with AVX2 and FMA, or AVX-512F and BW");
+        for (isa, map) in sets
+            .into_iter()
+            .flat_map(|isa| [QuantMap::Signed, QuantMap::Unsigned].map(|map| (isa, map)))
+        {
+            let left = check_arithmetic_codes(isa, map, (0..=u32::MAX).map(f32::from_bits));
+            println!("{isa:?} {map:?}: {left} of 2^32 values left to the table");
         }
     }
 

@@ -12,7 +12,7 @@
 //! left to the table lookup ([`super::Lookup::nearest_code`]). Every other value gets the
 //! table's code, which is also the code of every `f32` within 4 units in the last place of
 //! it, so that a quotient computed as a product may be off by that much (every `f32` is
-//! checked by `kernel::isa::tests::the_avx512_arithmetic_codes_every_f32_as_the_table_does`).
+//! checked by `kernel::isa::tests::the_arithmetic_codes_every_f32_as_the_table_does`).
 
 use super::{MIN_BITS, SIGN};
 
@@ -55,6 +55,13 @@ pub(crate) struct Pieces {
     /// can still run past the piece's last code (in the first decade, whose few entries make
     /// the line steep); positions are clamped to it. Nothing runs below a piece's first code.
     pub(crate) highest: [i32; 16],
+    /// The binade tables by groups of four binades, for vectors of eight lanes (AVX2), whose
+    /// permutations pick from eight: at index `(e >> 2) mod 8` for the binades of exponents
+    /// `e` from [`FIRST_EXPONENT`] up to 127, the piece at the top of the group's last binade,
+    /// and the starts (as in `binade_start`) of the two pieces that may begin inside the group;
+    /// a magnitude's piece is the group's, less one below each start.
+    pub(crate) group_piece: [i32; 8],
+    pub(crate) group_starts: [[i32; 8]; 2],
     /// A negative value's code is `mirror` minus the code of its magnitude, at least 0 (the
     /// signed map is symmetric about its zero; the unsigned map gives every negative value 0).
     pub(crate) mirror: i32,
@@ -73,6 +80,8 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
         scale: [0.0; 16],
         offset: [0.0; 16],
         highest: [0; 16],
+        group_piece: [0; 8],
+        group_starts: [[NO_START; 8]; 2],
         mirror: 0,
     };
     let mut zero = 0;
@@ -132,7 +141,28 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
         table.binade_piece[binade] = below + inside;
         exponent += 1;
     }
+    group_binades(&mut table);
     table
+}
+
+// The groups of the binades up to 1 have distinct indices.
+const _: () = assert!((127 >> 2) - (FIRST_EXPONENT >> 2) < 8);
+
+/// Fills the tables of groups of four binades from those of binades; checks, at compile time,
+/// that no group holds more than two piece starts.
+const fn group_binades(table: &mut Pieces) {
+    let mut exponent = FIRST_EXPONENT;
+    while exponent < 128 {
+        let group = (exponent >> 2) % 8;
+        table.group_piece[group] = table.binade_piece[exponent % 32];
+        let start = table.binade_start[exponent % 32];
+        if start != NO_START {
+            let k = if table.group_starts[0][group] == NO_START { 0 } else { 1 };
+            assert!(table.group_starts[k][group] == NO_START, "a group holds three starts");
+            table.group_starts[k][group] = start;
+        }
+        exponent += 1;
+    }
 }
 
 /// Sets piece `d`: its `count` codes from `first`, and the position `magnitude · scale +
