@@ -226,10 +226,10 @@ compiled_with!(
             // SAFETY: the CPU has AVX-512F and BW, checked just before.
             match map {
                 QuantMap::Signed => unsafe {
-                    super::codes_by_arithmetic::<A, true>(values, scale, codes)
+                    super::codes_by_arithmetic_avx512::<A, true>(values, scale, codes)
                 },
                 QuantMap::Unsigned => unsafe {
-                    super::codes_by_arithmetic::<A, false>(values, scale, codes)
+                    super::codes_by_arithmetic_avx512::<A, false>(values, scale, codes)
                 },
             }
         });
@@ -310,7 +310,7 @@ fn has_byte_permutations() -> bool {
 /// the quantizer's time on Zen 5.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn codes_by_arithmetic<A: Element, const SIGNED: bool>(
+unsafe fn codes_by_arithmetic_avx512<A: Element, const SIGNED: bool>(
     values: &[A],
     scale: f32,
     codes: &mut [u8],
@@ -594,8 +594,9 @@ unsafe fn arithmetic_codes_avx2<const SIGNED: bool>(
         by_group(&pieces.group_piece),
         _mm256_add_epi32(_mm256_srai_epi32::<31>(past_first), _mm256_srai_epi32::<31>(past_second)),
     );
-    // The pieces' tables by the piece's low three bits, so the last (the code of 1) reads the
-    // first's (the code of 0: both have no slope), and its code is moved up after.
+    // The pieces' tables by the piece's low three bits, so piece 8, the last (the code of 1),
+    // reads piece 0's entries (the code of 0; neither has a slope), and its code is moved up
+    // after.
     let scale = _mm256_permutevar8x32_ps(floats(&pieces.scale), piece);
     let offset = _mm256_permutevar8x32_ps(floats(&pieces.offset), piece);
     let position = _mm256_cvtps_epi32(_mm256_fmadd_ps(magnitude, scale, offset));
