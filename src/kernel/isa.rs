@@ -13,10 +13,11 @@
 //! value's code comes from the map's arithmetic form, by permutations of small tables and
 //! integer steps (`arithmetic_codes_avx2`, `arithmetic_codes_avx512`), which leaves to the
 //! table only the values nearest a threshold: a gather from the table cost 1.5 to 1.9 times
-//! as much on Zen 5, and the 8-bit step was a tenth slower with it on Zen 3. A code's entry comes, where
-//! the CPU has AVX-512's byte permutations (VBMI), from permutations of the entries held as
-//! planes of bytes in sixteen registers (`BytePlanes`), rather than from the compiler's
-//! gather, which took about a third of the 8-bit step on Zen 5.
+//! as much on Zen 5, and the 8-bit step was a tenth slower with it on Zen 3. A code's entry
+//! comes, where the CPU has AVX-512's byte permutations (VBMI), from permutations of the
+//! entries held as planes of bytes in sixteen registers (`BytePlanes`), rather than from the
+//! compiler's gather, which took about a third of the 8-bit step on Zen 5; with AVX2, from
+//! one load per code (a gather of entries made the step about a sixth slower on Zen 3).
 //!
 //! Calling a `#[target_feature]` function is `unsafe`: it is sound only on a CPU that has the
 //! features. This module is the one place that does it, each time right after checking them.
