@@ -556,7 +556,7 @@ unsafe fn codes_by_arithmetic_avx2<A: Element, const SIGNED: bool>(
 /// from eight lanes, so that each table takes one: the binade tables are read by groups of
 /// four binades (`Pieces::group_piece`, with up to two piece starts per group), and the
 /// pieces' tables by a piece's low three bits, the last piece (the code of 1) reading the
-/// first's and moved up after. With the tables of 32 binades and 16 pieces in four and two
+/// first's (the code of 0), which lies on the same line. With the tables of 32 binades and 16 pieces in four and two
 /// registers, picked by blends, the 8-bit AdamW step took 3.4 ns per element in cache on Zen
 /// 3 against 2.8 with the gather this replaces: permutations run on one of that core's
 /// pipes, and the tables did not fit its sixteen registers. Checked for every `f32` by
@@ -595,19 +595,14 @@ unsafe fn arithmetic_codes_avx2<const SIGNED: bool>(
         by_group(&pieces.group_piece),
         _mm256_add_epi32(_mm256_srai_epi32::<31>(past_first), _mm256_srai_epi32::<31>(past_second)),
     );
-    // The pieces' tables by the piece's low three bits, so piece 8, the last (the code of 1),
-    // reads piece 0's entries (the code of 0; neither has a slope), and its code is moved up
-    // after.
+    // The pieces' tables by the piece's low three bits: piece 8, the last (the code of 1),
+    // reads piece 0's entries, the same line.
     let scale = _mm256_permutevar8x32_ps(floats(&pieces.scale), piece);
     let offset = _mm256_permutevar8x32_ps(floats(&pieces.offset), piece);
     let position = _mm256_cvtps_epi32(_mm256_fmadd_ps(magnitude, scale, offset));
     let highest = _mm256_permutevar8x32_epi32(ints(&pieces.highest), piece);
-    let last = _mm256_cmpgt_epi32(piece, splat(7));
-    let last_over_first = (pieces.highest[8] - pieces.highest[0]) >> FRACTION_BITS;
-    let mut code = _mm256_add_epi32(
-        _mm256_srai_epi32::<{ FRACTION_BITS as i32 }>(_mm256_min_epi32(position, highest)),
-        _mm256_and_si256(last, splat(last_over_first)),
-    );
+    let mut code =
+        _mm256_srai_epi32::<{ FRACTION_BITS as i32 }>(_mm256_min_epi32(position, highest));
     if SIGNED {
         let mirrored = _mm256_castsi256_ps(_mm256_sub_epi32(splat(pieces.mirror), code));
         // By the sign of `y`.

@@ -91,9 +91,6 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
     table.mirror = 2 * zero as i32;
     // Piece `d` starts at `starts[d − 1]`.
     let mut starts = [0.0_f32; PIECES - 1];
-    // Below the first decade every magnitude takes 0's code; the offset keeps its position
-    // half-way between whole numbers.
-    piece(&mut table, 0, zero, 1, 0.0, 0.5);
     let mut first = zero + 1;
     let mut decade = 0;
     while decade < 7 {
@@ -111,8 +108,13 @@ pub(super) const fn pieces(entries: &[f32; 256], thresholds: &[f32; 257]) -> Pie
         decade += 1;
     }
     assert!(first == 255, "the decades end at the code of 1");
-    piece(&mut table, PIECES - 1, 255, 1, 0.0, 0.5);
     starts[PIECES - 2] = thresholds[255];
+    // Below the first decade every magnitude takes 0's code, and from the last threshold up
+    // to 1 the code of 1. Both ends lie on one line, so that vectors of eight lanes (AVX2),
+    // whose tables hold eight pieces, read both from one entry.
+    let slope = ends_slope(zero, thresholds[255] as f64, starts[0] as f64);
+    piece(&mut table, 0, zero, 256 - zero, slope, 0.5);
+    piece(&mut table, PIECES - 1, zero, 256 - zero, slope, 0.5);
     let mut exponent = FIRST_EXPONENT;
     while exponent < FIRST_EXPONENT + 32 {
         let (binade, start_bits) = (exponent % 32, (exponent as u32) << 23);
@@ -163,6 +165,17 @@ const fn group_binades(table: &mut Pieces) {
         }
         exponent += 1;
     }
+}
+
+/// The slope, in codes per unit of magnitude, of the line through both ends of the map: its
+/// position is 0's code and a half at magnitude 0, and the code of 1 and a half half-way
+/// between the `last` threshold and 1. Checks, at compile time, that it stays clear of whole
+/// positions below the `first` threshold and from the last up to 1.
+const fn ends_slope(zero: usize, last: f64, first: f64) -> f64 {
+    let slope = (255 - zero) as f64 / ((last + 1.0) / 2.0);
+    assert!(slope * first < 0.4, "the ends' line nears a whole position below the first code");
+    assert!(slope * (1.0 - last) / 2.0 < 0.4, "the ends' line nears a whole position near 1");
+    slope
 }
 
 /// Sets piece `d`: its `count` codes from `first`, and the position `magnitude · scale +
