@@ -44,10 +44,11 @@ macro_rules! dispatch {
 }
 
 /// A module of the dispatched functions compiled with `feature` enabled: each inlines the
-/// generic code it calls, which is thereby compiled for that set. `quantize_each` and
-/// `dequantize` are given separately, since their map lookups are written out for each set.
+/// generic code it calls, which is thereby compiled for that set. `quantize_each` finds codes
+/// with `codes` (written out for the set) where `extras()` holds, else one by one;
+/// `dequantize` is given separately.
 macro_rules! compiled_with {
-    ($module:ident, $feature:literal, $quantize:item, $dequantize:item) => {
+    ($module:ident, $feature:literal, codes: $codes:ident if $extras:ident, $dequantize:item) => {
         #[cfg(target_arch = "x86_64")]
         mod $module {
             use super::*;
@@ -92,7 +93,27 @@ macro_rules! compiled_with {
             }
 
             #[target_feature(enable = $feature)]
-            $quantize
+            pub(super) unsafe fn quantize_each<A: Element>(
+                values: &[&[A]],
+                maps: &[QuantMap],
+                codes: &mut [&mut [u8]],
+                scales: &mut [f32],
+            ) {
+                if !super::$extras() {
+                    return int8::encode_each(values, maps, codes, scales, int8::codes_of);
+                }
+                int8::encode_each(values, maps, codes, scales, |values, scale, map, codes| {
+                    // SAFETY: the CPU has the set and its extras, checked just before.
+                    match map {
+                        QuantMap::Signed => unsafe {
+                            super::$codes::<A, true>(values, scale, codes)
+                        },
+                        QuantMap::Unsigned => unsafe {
+                            super::$codes::<A, false>(values, scale, codes)
+                        },
+                    }
+                });
+            }
 
             #[target_feature(enable = $feature)]
             $dequantize
@@ -214,27 +235,7 @@ impl Isa {
 compiled_with!(
     avx512,
     "avx512f",
-    pub(super) unsafe fn quantize_each<A: Element>(
-        values: &[&[A]],
-        maps: &[QuantMap],
-        codes: &mut [&mut [u8]],
-        scales: &mut [f32],
-    ) {
-        if !super::has_byte_packs() {
-            return int8::encode_each(values, maps, codes, scales, int8::codes_of);
-        }
-        int8::encode_each(values, maps, codes, scales, |values, scale, map, codes| {
-            // SAFETY: the CPU has AVX-512F and BW, checked just before.
-            match map {
-                QuantMap::Signed => unsafe {
-                    super::codes_by_arithmetic_avx512::<A, true>(values, scale, codes)
-                },
-                QuantMap::Unsigned => unsafe {
-                    super::codes_by_arithmetic_avx512::<A, false>(values, scale, codes)
-                },
-            }
-        });
-    },
+    codes: codes_by_arithmetic_avx512 if has_byte_packs,
     pub(super) unsafe fn dequantize<A: Element>(
         codes: &[u8],
         scale: f32,
@@ -253,27 +254,7 @@ compiled_with!(
 compiled_with!(
     avx2,
     "avx2",
-    pub(super) unsafe fn quantize_each<A: Element>(
-        values: &[&[A]],
-        maps: &[QuantMap],
-        codes: &mut [&mut [u8]],
-        scales: &mut [f32],
-    ) {
-        if !super::has_fma() {
-            return int8::encode_each(values, maps, codes, scales, int8::codes_of);
-        }
-        int8::encode_each(values, maps, codes, scales, |values, scale, map, codes| {
-            // SAFETY: the CPU has AVX2 and FMA, checked just before.
-            match map {
-                QuantMap::Signed => unsafe {
-                    super::codes_by_arithmetic_avx2::<A, true>(values, scale, codes)
-                },
-                QuantMap::Unsigned => unsafe {
-                    super::codes_by_arithmetic_avx2::<A, false>(values, scale, codes)
-                },
-            }
-        });
-    },
+    codes: codes_by_arithmetic_avx2 if has_fma,
     pub(super) unsafe fn dequantize<A: Element>(
         codes: &[u8],
         scale: f32,
@@ -556,11 +537,12 @@ unsafe fn codes_by_arithmetic_avx2<A: Element, const SIGNED: bool>(
 /// from eight lanes, so that each table takes one: the binade tables are read by groups of
 /// four binades (`Pieces::group_piece`, with up to two piece starts per group), and the
 /// pieces' tables by a piece's low three bits, the last piece (the code of 1) reading the
-/// first's (the code of 0), which lies on the same line. With the tables of 32 binades and 16 pieces in four and two
-/// registers, picked by blends, the 8-bit AdamW step took 3.4 ns per element in cache on Zen
-/// 3 against 2.8 with the gather this replaces: permutations run on one of that core's
-/// pipes, and the tables did not fit its sixteen registers. Checked for every `f32` by
-/// `the_arithmetic_codes_every_f32_as_the_table_does`, as the AVX-512 form is.
+/// first's (the code of 0), which lies on the same line. With the tables of 32 binades and
+/// 16 pieces in four and two registers, picked by blends, the 8-bit AdamW step took 3.4 ns
+/// per element in cache on Zen 3 against 2.8 with the gather this replaces: permutations
+/// run on one of that core's pipes, and the tables did not fit its sixteen registers.
+/// Checked for every `f32` by `the_arithmetic_codes_every_f32_as_the_table_does`, as the
+/// AVX-512 form is.
 ///
 /// The unsigned map leaves its negative values to the table by their sign.
 #[cfg(target_arch = "x86_64")]
