@@ -431,7 +431,7 @@ where
         let Some(NonFinite { path, value }) = first_non_finite(self) else { return Ok(()) };
         self.name_non_finite()?;
         // A float no check names, such as a shared scalar.
-        Err(json_refusal(&format!("`{path}`"), value))
+        Err(json_refusal(format_args!("`{path}` is {value}")))
     }
 
     /// Refuses the first value JSON cannot hold among those it knows by name: the groups'
@@ -440,14 +440,12 @@ where
         for group in &self.groups {
             let name = &group.name;
             if let Some(lr) = group.lr.filter(|lr| !lr.is_finite()) {
-                let what = format!("the current learning rate of group `{name}`");
-                return Err(json_refusal(&what, lr));
+                return Err(json_refusal(format_args!(
+                    "the current learning rate of group `{name}` is {lr}"
+                )));
             }
-            check_hyper_finite(&group.hyper).map_err(|key| Error::Encode {
-                reason: format!(
-                    "hyperparameter `{key}` of group `{name}` is not finite, which JSON \
-                         cannot store; save in postcard"
-                ),
+            check_hyper_finite(&group.hyper).map_err(|key| {
+                json_refusal(format_args!("hyperparameter `{key}` of group `{name}` is not finite"))
             })?;
         }
         if let Some(clip) = self.clip {
@@ -457,7 +455,7 @@ where
                 | crate::clip::Clip::GlobalNorm { max_norm } => max_norm,
             };
             if !value.is_finite() {
-                return Err(json_refusal("the clip", value));
+                return Err(json_refusal(format_args!("the clip is {value}")));
             }
         }
         for tensor in &self.tensors {
@@ -473,11 +471,10 @@ where
     }
 }
 
-/// The refusal of `what`, whose value JSON cannot store.
-fn json_refusal(what: &str, value: f64) -> Error {
-    Error::Encode {
-        reason: format!("{what} is {value}, which JSON cannot store; save in postcard"),
-    }
+/// The refusal to write JSON of a value it cannot store, `subject` saying which and what it
+/// is (such as "the clip is NaN").
+pub(crate) fn json_refusal(subject: core::fmt::Arguments<'_>) -> Error {
+    Error::Encode { reason: format!("{subject}, which JSON cannot store; save in postcard") }
 }
 
 /// Refuses a buffer holding a value that JSON cannot store, naming it.
@@ -487,12 +484,9 @@ fn check_buffer_json<A: Element>(
     values: impl Iterator<Item = A>,
 ) -> Result<()> {
     match values.enumerate().find(|(_, value)| !value.is_finite()) {
-        Some((index, value)) => Err(Error::Encode {
-            reason: format!(
-                "buffer `{buffer}` of `{tensor}` holds {value} at index {index}, which JSON \
-                 cannot store; save in postcard"
-            ),
-        }),
+        Some((index, value)) => Err(json_refusal(format_args!(
+            "buffer `{buffer}` of `{tensor}` holds {value} at index {index}"
+        ))),
         None => Ok(()),
     }
 }
@@ -502,7 +496,7 @@ fn check_scalar_json(tensor: &str, scalar: &str, value: f64) -> Result<()> {
     if value.is_finite() {
         return Ok(());
     }
-    Err(json_refusal(&format!("scalar `{scalar}` of `{tensor}`"), value))
+    Err(json_refusal(format_args!("scalar `{scalar}` of `{tensor}` is {value}")))
 }
 
 /// Whether hyperparameters survive JSON: a NaN or infinity is written as `null` and does not

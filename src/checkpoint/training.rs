@@ -7,7 +7,9 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::file::{Encoding, decode, read_framed, save_error, write_atomically, write_framed};
+use super::file::{
+    Encoding, decode, json_refusal, read_framed, save_error, write_atomically, write_framed,
+};
 use super::finite::{NonFinite, first_non_finite};
 use super::serde_impl::Live;
 use super::{Checkpoint, TRAINING_FORMAT, VERSION};
@@ -78,10 +80,10 @@ pub(crate) fn check_extras_json<E: Serialize + DeserializeOwned>(
     what: &str,
 ) -> Result<()> {
     if let Some(NonFinite { path, value }) = first_non_finite(extras) {
-        let place =
-            if path.is_empty() { format!("{what} are") } else { format!("`{path}` of {what} is") };
-        return Err(Error::Encode {
-            reason: format!("{place} {value}, which JSON cannot store; save in postcard"),
+        return Err(if path.is_empty() {
+            json_refusal(format_args!("{what} are {value}"))
+        } else {
+            json_refusal(format_args!("`{path}` of {what} is {value}"))
         });
     }
     let json = serde_json::to_vec(extras).map_err(|e| Error::Encode { reason: e.to_string() })?;
