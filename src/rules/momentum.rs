@@ -65,7 +65,6 @@ impl Default for Momentum {
     }
 }
 
-/// Checks the hyperparameters shared by [`Momentum`] and [`Nesterov`](crate::Nesterov).
 impl UpdateRule for Momentum {
     const NAME: &'static str = "momentum";
 
