@@ -249,7 +249,7 @@ pub(crate) struct Lookup {
     /// For every bucket of magnitudes, the buckets of positive values, then those of negative
     /// ones: the code of the bucket's lowest value in the top 8 bits, and in the bits of
     /// [`KEY_MASK`] the [`key`] of the threshold of the next code, or [`NO_THRESHOLD`].
-    pub(crate) words: [u32; 2 * BUCKETS],
+    words: [u32; 2 * BUCKETS],
     /// The same codes by arithmetic, for all but the values nearest to a threshold.
     pub(crate) pieces: Pieces,
 }
@@ -273,7 +273,7 @@ impl Lookup {
 /// Where a value lies within its bucket, as an integer that grows with the value: the low
 /// bits of its magnitude's distance from the first bucket, reversed for negative values.
 #[inline(always)]
-pub(crate) const fn key(above_min: u32, negative: u32) -> u32 {
+const fn key(above_min: u32, negative: u32) -> u32 {
     (above_min & WITHIN) ^ (negative * WITHIN)
 }
 
@@ -281,18 +281,18 @@ pub(crate) const fn key(above_min: u32, negative: u32) -> u32 {
 /// smallest non-zero entry is 3.25 · 10⁻⁷, about 2⁻²¹·⁵, and the threshold below it half that).
 pub(crate) const MIN_BITS: u32 = (127 - 24) << 23;
 /// The bits of 1.0, the largest magnitude the map covers.
-pub(crate) const ONE_BITS: u32 = 0x3F80_0000;
+const ONE_BITS: u32 = 0x3F80_0000;
 /// Buckets keep the exponent and 7 bits of the fraction: narrower than the gap between any
 /// two thresholds, so each bucket holds at most one (checked when the tables are built, at
 /// compile time).
-pub(crate) const SHIFT: u32 = 23 - 7;
-pub(crate) const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
+const SHIFT: u32 = 23 - 7;
+const BUCKETS: usize = ((ONE_BITS - MIN_BITS) >> SHIFT) as usize + 1;
 /// The low bits of a magnitude, which tell the values of one bucket apart.
-pub(crate) const WITHIN: u32 = (1 << SHIFT) - 1;
+const WITHIN: u32 = (1 << SHIFT) - 1;
 /// The key of a bucket without a threshold: above every value's.
-pub(crate) const NO_THRESHOLD: u32 = WITHIN + 1;
+const NO_THRESHOLD: u32 = WITHIN + 1;
 /// The bits of a word that hold the threshold's key.
-pub(crate) const KEY_MASK: u32 = (1 << 24) - 1;
+const KEY_MASK: u32 = (1 << 24) - 1;
 
 static SIGNED_PLANES: [[u8; 256]; 4] = byte_planes(&SIGNED);
 static UNSIGNED_PLANES: [[u8; 256]; 4] = byte_planes(&UNSIGNED);
