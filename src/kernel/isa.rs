@@ -610,13 +610,14 @@ mod tests {
     /// than 3 units of the finer of their binades' units; one more for good measure.
     const PRODUCT_ULPS: usize = 4;
 
-    /// The sets with an arithmetic form of the codes, where the CPU has them.
-    fn arithmetic_sets() -> Vec<Isa> {
+    /// Each set with an arithmetic form of the codes that the CPU has, with each map.
+    fn arithmetic_cases() -> Vec<(Isa, QuantMap)> {
         let avx2 = Isa::Avx2.is_available() && has_fma();
         let avx512 = Isa::Avx512.is_available() && has_byte_packs();
         [(Isa::Avx2, avx2), (Isa::Avx512, avx512)]
             .into_iter()
             .filter_map(|(isa, available)| available.then_some(isa))
+            .flat_map(|isa| [QuantMap::Signed, QuantMap::Unsigned].map(|map| (isa, map)))
             .collect()
     }
 
@@ -627,7 +628,7 @@ mod tests {
         let pieces = &map.lookup().pieces;
         let signed = map == QuantMap::Signed;
         let mut codes = [0_i32; 16];
-        // SAFETY (all calls and stores): `arithmetic_sets` checked that the CPU has the set;
+        // SAFETY (all calls and stores): `arithmetic_cases` checked that the CPU has the set;
         // `codes` holds 16 `i32`s, unaligned stores are allowed.
         match isa {
             Isa::Avx512 => unsafe {
@@ -700,10 +701,7 @@ mod tests {
 
     #[test]
     fn the_arithmetic_codes_as_the_table_does() {
-        for (isa, map) in arithmetic_sets()
-            .into_iter()
-            .flat_map(|isa| [QuantMap::Signed, QuantMap::Unsigned].map(|map| (isa, map)))
-        {
+        for (isa, map) in arithmetic_cases() {
             // Every threshold and entry and their neighbours: these are the hard cases.
             check_arithmetic_codes(isa, map, int8::tests::probes(map).into_iter());
             // Evenly spread values, as a block divided by its largest magnitude holds (the
@@ -720,12 +718,9 @@ mod tests {
     #[test]
     #[ignore = "every f32 of both maps, about a minute per instruction set"]
     fn the_arithmetic_codes_every_f32_as_the_table_does() {
-        let sets = arithmetic_sets();
-        assert!(!sets.is_empty(), "needs a CPU with AVX2 and FMA, or AVX-512F and BW");
-        for (isa, map) in sets
-            .into_iter()
-            .flat_map(|isa| [QuantMap::Signed, QuantMap::Unsigned].map(|map| (isa, map)))
-        {
+        let cases = arithmetic_cases();
+        assert!(!cases.is_empty(), "needs a CPU with AVX2 and FMA, or AVX-512F and BW");
+        for (isa, map) in cases {
             let left = check_arithmetic_codes(isa, map, (0..=u32::MAX).map(f32::from_bits));
             println!("{isa:?} {map:?}: {left} of 2^32 values left to the table");
         }
